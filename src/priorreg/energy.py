@@ -1,0 +1,152 @@
+"""Energy terms. The solver sees only *data terms* (value and force of u) and one
+quadratic *regulariser* (solved semi-implicitly); it does not care which terms.
+
+Histogram terms (``-MI``, ``KL``) share one joint histogram per evaluation: each
+returns its value and its comparison function Phi = dE/dP (METHOD.md §4.2); the
+weighted Phi's are summed, smoothed once (C = S Phi S) and turned into one
+per-voxel force (§4.1, §4.3). A future local term (MIND-SSC, regional
+histograms) plugs in as another data term.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import histogram as hist
+from . import spatial
+
+
+class NegMutualInformation:
+    """I_MI = -MI(P~) in nats."""
+
+    name = "-MI"
+
+    def value(self, Pt, P1, P2):
+        return -(Pt * (torch.log(Pt) - torch.log(P1)[:, None] - torch.log(P2)[None, :])).sum()
+
+    def phi(self, Pt, P1, P2):
+        # d(-MI)/dP_kl = -ln P~ + ln P~1 + ln P~2 + 1; terms constant along l drop out (§4.2).
+        return -torch.log(Pt) + torch.log(P2)[None, :]
+
+
+class PriorKL:
+    """I_KL = KL(P~ || Q~) in nats against a learned, floored prior table Q~."""
+
+    name = "KL"
+
+    def __init__(self, Q_floored: torch.Tensor):
+        self.logQ = torch.log(Q_floored)
+
+    def value(self, Pt, P1, P2):
+        return (Pt * (torch.log(Pt) - self.logQ)).sum()
+
+    def phi(self, Pt, P1, P2):
+        return torch.log(Pt) - self.logQ
+
+
+@dataclass
+class HistogramSpec:
+    """Binning of both modalities: B bins, Parzen sigma (bins), ranges [lo, hi] per modality."""
+
+    bins: int
+    parzen_sigma: float
+    ranges: tuple  # ((lo1, hi1), (lo2, hi2))
+    eps: float = 1e-10
+
+
+class JointHistogramEnergy:
+    """Data term sum_t w_t E_t(P_u) over histogram terms, with its exact force.
+
+    Parameters
+    ----------
+    fixed, moving : tensors of shape (*S), normalised intensities on one grid.
+    spacing : voxel size in mm per axis.
+    terms : list of (weight, term) pairs; zero weights are dropped.
+    mask : optional (*S) tensor of 0/1 sample weights on the fixed grid.
+    force : "exact" or "practical" (see RegistrationOptions).
+    """
+
+    def __init__(self, fixed, moving, spacing, spec: HistogramSpec, terms, mask=None, force="exact"):
+        self.spacing = tuple(float(s) for s in spacing)
+        self.spec = spec
+        self.terms = [(float(w), t) for w, t in terms if w != 0]
+        self.all_terms = [(float(w), t) for w, t in terms]
+        self.moving = moving
+        self.force_mode = force
+        B = spec.bins
+        (lo1, hi1), (lo2, hi2) = spec.ranges
+        a, _, _ = hist.bin_coordinates(fixed.reshape(-1), lo1, hi1, B)
+        self.a = a
+        self.lo2, self.hi2 = lo2, hi2
+        self.S = hist.smoothing_matrix(B, spec.parzen_sigma, torch.float64, fixed.device)
+        n_grid = fixed.numel()
+        if mask is None:
+            self.weights = None
+            self.n_ratio = 1.0
+        else:
+            self.weights = mask.reshape(-1).to(fixed.dtype)
+            self.n_ratio = n_grid / float(self.weights.sum())
+        if force == "practical":
+            self.grad_moving = spatial.gradient(moving, self.spacing)
+
+    def table(self, w: torch.Tensor):
+        """Smoothed joint table P of (fixed, w) and the bin coordinates of w."""
+        B = self.spec.bins
+        b, inside, beta = hist.bin_coordinates(w.reshape(-1), self.lo2, self.hi2, B)
+        wts = None if self.weights is None else self.weights.double()
+        H = hist.joint_histogram(self.a.double(), b.double(), B, wts)
+        return hist.smooth(H, self.S), b, inside, beta
+
+    def evaluate(self, u: torch.Tensor, with_force: bool = True):
+        """Return (values per term name, weighted total, force (d, *S) or None).
+
+        The force is N_grid * dJ_data/du (per-voxel convention of METHOD.md §4.3),
+        with u a physical field in mm.
+        """
+        coords = spatial.displaced_coords(u, self.spacing)
+        exact = with_force and self.force_mode == "exact"
+        if exact:
+            uu = u.detach().requires_grad_(True)
+            coords = spatial.displaced_coords(uu, self.spacing)
+            w_graph = spatial.sample(self.moving, coords)
+            w = w_graph.detach()
+        else:
+            w = spatial.sample(self.moving, coords)
+        P, b, inside, beta = self.table(w)
+        Pt, P1, P2 = hist.entropy_terms(P, self.spec.eps)
+        values = {t.name: float(t.value(Pt, P1, P2)) for _, t in self.all_terms}
+        total = sum(wt * values[t.name] for wt, t in self.terms)
+        if not with_force:
+            return values, total, None
+        Phi = sum(wt * t.phi(Pt, P1, P2) for wt, t in self.terms)
+        if not torch.is_tensor(Phi):  # every weight zero
+            return values, total, torch.zeros_like(u)
+        C = hist.smooth(Phi, self.S)
+        s = hist.d2_bilinear(C, self.a.double(), b.double()).to(u.dtype)
+        g = beta * s * inside.to(u.dtype)
+        if self.weights is not None:
+            g = g * self.weights * self.n_ratio
+        g = g.reshape(u.shape[1:])
+        if exact:
+            force = torch.autograd.grad(w_graph, uu, grad_outputs=g)[0]
+        else:
+            dw = spatial.sample(self.grad_moving, coords)
+            force = g[None] * dw
+        return values, total, force.detach()
+
+
+@dataclass
+class Tikhonov:
+    """lambda * R(u), R = 1/2 mean |grad u|^2 with physical spacing, Neumann boundary."""
+
+    weight: float
+    spacing: tuple
+    name: str = field(default="R", init=False)
+
+    def value(self, u):
+        return float(spatial.tikhonov(u, self.spacing))
+
+    def force(self, u):
+        """N_grid * d(lambda R)/du = lambda * L u."""
+        return self.weight * spatial.neg_laplacian(u, self.spacing)

@@ -1,0 +1,9 @@
+"""The one exception type priorreg raises for bad input or a failed run."""
+
+
+class PriorRegError(ValueError):
+    """Raised for input priorreg refuses, or a registration that cannot go on.
+
+    The message always names the function and argument concerned, what was
+    expected and what was given, so the CLI can print it as one line.
+    """

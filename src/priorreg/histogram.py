@@ -1,0 +1,123 @@
+"""Parzen-window joint histograms (METHOD.md §2.2-2.4) and their adjoint (§4.1).
+
+Everything works on flat tensors of continuous bin coordinates, so it is the
+same code for 2D and 3D, CPU and CUDA. No (voxels x bins) weight table is ever
+built: samples are scattered into a B x B table, which is then smoothed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def smoothing_matrix(bins: int, sigma: float, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The B x B Gaussian smoother S, half-sample symmetric at both ends.
+
+    ``S @ h`` equals ``scipy.ndimage.gaussian_filter1d(h, sigma, mode='reflect',
+    truncate=4)``. The folding repeats the edge bin (d c b a | a b c d), which
+    makes S symmetric and doubly stochastic, so smoothing preserves mass and is
+    its own adjoint (METHOD.md §2.4, §11). ``sigma = 0`` gives the identity.
+    """
+    if sigma <= 0:
+        return torch.eye(bins, dtype=dtype, device=device)
+    radius = int(4.0 * sigma + 0.5)
+    offs = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (offs / sigma) ** 2)
+    g = g / g.sum()
+    S = torch.zeros(bins, bins, dtype=torch.float64)
+    for k in range(bins):
+        for j, w in zip(range(k - radius, k + radius + 1), g.tolist()):
+            # Half-sample symmetric reflection of index j into [0, B-1].
+            period = 2 * bins
+            jj = j % period
+            if jj >= bins:
+                jj = period - 1 - jj
+            S[k, jj] += w
+    return S.to(dtype=dtype, device=device)
+
+
+def bin_coordinates(values: torch.Tensor, lo: float, hi: float, bins: int):
+    """Continuous bin coordinates ``clip(beta*(v-lo), 0, B-1)`` and the in-range flag.
+
+    Returns ``(t, inside, beta)`` with ``beta = (B-1)/(hi-lo)`` bins per intensity unit.
+    Values outside [lo, hi] are clipped and get zero derivative (``inside`` False).
+    """
+    beta = (bins - 1) / (hi - lo)
+    raw = (values - lo) * beta
+    inside = (raw >= 0) & (raw <= bins - 1)
+    return raw.clamp(0, bins - 1), inside, beta
+
+
+def _corners(t: torch.Tensor, bins: int):
+    # Lower bin index and fractional part; t == B-1 falls in the last cell with frac 1.
+    k0 = torch.floor(t).clamp(max=bins - 2).long()
+    return k0, t - k0.to(t.dtype)
+
+
+def joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int, weights: torch.Tensor | None = None):
+    """Linear (partial-volume) joint histogram H (B x B), normalised to sum 1.
+
+    ``a``, ``b`` are flat bin coordinates in [0, B-1]; ``weights`` optional per-sample
+    mask weights. H_kl = (1/N) sum_x m_x e_k(a_x) e_l(b_x), N = sum m.
+    """
+    k0, fa = _corners(a, bins)
+    l0, fb = _corners(b, bins)
+    w = torch.ones_like(a) if weights is None else weights
+    n = w.sum()
+    idx = k0 * bins + l0
+    H = torch.zeros(bins * bins, dtype=a.dtype, device=a.device)
+    H.index_add_(0, idx, w * (1 - fa) * (1 - fb))
+    H.index_add_(0, idx + 1, w * (1 - fa) * fb)
+    H.index_add_(0, idx + bins, w * fa * (1 - fb))
+    H.index_add_(0, idx + bins + 1, w * fa * fb)
+    return (H / n).reshape(bins, bins)
+
+
+def smooth(H: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """P = S H S^T (S symmetric, so this is also the adjoint C = S Phi S)."""
+    return S @ H @ S.T
+
+
+def d2_bilinear(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Derivative along the second axis of the bilinear interpolant of C at (a, b).
+
+    This is the exact derivative of the linear-binning histogram energy with
+    respect to the second bin coordinate (METHOD.md §4.1).
+    """
+    bins = C.shape[0]
+    k0, fa = _corners(a, bins)
+    l0, _ = _corners(b, bins)
+    Cf = C.reshape(-1)
+    i = k0 * bins + l0
+    return (1 - fa) * (Cf[i + 1] - Cf[i]) + fa * (Cf[i + bins + 1] - Cf[i + bins])
+
+
+def entropy_terms(P: torch.Tensor, eps: float):
+    """Floored joint and marginal tables (P~, P~1, P~2) of METHOD.md §2.4."""
+    Pt = P + eps
+    return Pt, Pt.sum(1), Pt.sum(0)
+
+
+def mutual_information(P: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """MI in nats of a (smoothed) joint table P: sum P~ ln(P~ / (P~1 P~2))."""
+    Pt, P1, P2 = entropy_terms(P, eps)
+    return (Pt * (torch.log(Pt) - torch.log(P1)[:, None] - torch.log(P2)[None, :])).sum()
+
+
+def kl_divergence(P: torch.Tensor, logQ: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """KL(P~ || Q~) in nats, Q~ given as its log."""
+    Pt = P + eps
+    return (Pt * (torch.log(Pt) - logQ)).sum()
+
+
+def floor_prior(Q: torch.Tensor, eta: float) -> torch.Tensor:
+    """Q~ = (Q + eta)/(1 + B^2 eta): floor then renormalise (METHOD.md §3)."""
+    return (Q + eta) / (1.0 + Q.numel() * eta)
+
+
+def gaussian_kernel1d(sigma: float, dtype=torch.float64) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=dtype)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()

@@ -1,0 +1,127 @@
+"""The image type: an array with its physical geometry, and input validation.
+
+Conventions
+-----------
+* ``array`` axes are the image's index axes in NumPy order (for files read with
+  SimpleITK that is (z, y, x)).
+* ``spacing[k]`` is the voxel size in mm along array axis ``k``.
+* ``direction[:, k]`` is the unit world vector of array axis ``k``; world
+  coordinates are ITK's LPS (x, y, z) millimetres. ``origin`` is the world
+  position of voxel index 0.  So ``world(i) = origin + direction @ (spacing * i)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import PriorRegError
+
+
+@dataclass
+class Image:
+    """An n-D image (n = 2 or 3) with spacing, origin and direction."""
+
+    array: np.ndarray
+    spacing: tuple = None
+    origin: tuple = None
+    direction: np.ndarray = None
+
+    def __post_init__(self):
+        a = np.asarray(self.array)
+        if a.ndim not in (2, 3):
+            raise PriorRegError(f"Image(): array must be 2D or 3D, got shape {a.shape}")
+        self.array = a
+        d = a.ndim
+        self.spacing = _as_vector(self.spacing, d, 1.0, "spacing")
+        if np.any(np.asarray(self.spacing) <= 0) or not np.all(np.isfinite(self.spacing)):
+            raise PriorRegError(f"Image(): spacing must be positive and finite, got {self.spacing}")
+        self.origin = _as_vector(self.origin, d, 0.0, "origin")
+        if self.direction is None:
+            self.direction = np.eye(d)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(d, d)
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    @property
+    def shape(self) -> tuple:
+        return self.array.shape
+
+    def same_grid(self, other: "Image", tol: float = 1e-4) -> bool:
+        """True if both images sample the same world points."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def with_array(self, array: np.ndarray) -> "Image":
+        """A new image on the same grid holding ``array``."""
+        return Image(array, self.spacing, self.origin, self.direction)
+
+    def index_to_world(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with world = A @ index + b."""
+        return self.direction @ np.diag(self.spacing), np.asarray(self.origin, float)
+
+
+def _as_vector(v, d, default, name):
+    if v is None:
+        return tuple([float(default)] * d)
+    arr = np.atleast_1d(np.asarray(v, dtype=float))
+    if arr.size == 1:
+        arr = np.repeat(arr, d)
+    if arr.size != d:
+        raise PriorRegError(f"Image(): {name} needs {d} values for a {d}D image, got {arr.size}")
+    return tuple(float(x) for x in arr)
+
+
+def as_image(x, name: str, func: str, spacing=None) -> Image:
+    """Validate and convert a user input (array or Image) into an :class:`Image`.
+
+    Refuses NaN/Inf, non-numeric data, wrong dimension and constant images.
+    """
+    if isinstance(x, Image):
+        img = x
+        if spacing is not None:
+            img = Image(img.array, spacing, img.origin, img.direction)
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as e:  # pragma: no cover - exotic inputs
+            raise PriorRegError(f"{func}(): {name} must be an array or priorreg.Image ({e})") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise PriorRegError(f"{func}(): {name} must be a numeric array, got dtype {arr.dtype}")
+        if arr.ndim not in (2, 3):
+            raise PriorRegError(
+                f"{func}(): {name} must be a 2D or 3D image, got an array of shape {arr.shape}"
+            )
+        img = Image(arr, spacing)
+    a = img.array
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise PriorRegError(f"{func}(): {name} must be numeric, got dtype {a.dtype}")
+    if min(a.shape) < 4:
+        raise PriorRegError(f"{func}(): {name} has shape {a.shape}; every axis needs at least 4 voxels")
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise PriorRegError(f"{func}(): {name} contains {bad} NaN/Inf voxel(s); clean the image first")
+    if np.ptp(a) == 0:
+        raise PriorRegError(f"{func}(): {name} is constant (every voxel = {a.flat[0]}); nothing to register")
+    return img
+
+
+def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
+    """Validate a fixed-space mask: same shape as the fixed image, not empty."""
+    if mask is None:
+        return None
+    m = mask.array if isinstance(mask, Image) else np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise PriorRegError(f"{func}(): {name} has shape {m.shape} but the fixed image has shape {tuple(shape)}")
+    if not np.all(np.isfinite(m)):
+        raise PriorRegError(f"{func}(): {name} contains NaN/Inf")
+    m = (m > 0).astype(np.float64)
+    if m.sum() == 0:
+        raise PriorRegError(f"{func}(): {name} is empty (no voxel > 0); give a mask that covers the region to align")
+    return m

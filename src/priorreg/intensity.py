@@ -1,0 +1,67 @@
+"""Intensity normalisation and histogram ranges shared by training and registration.
+
+A learned prior is a table over *bin coordinates*, so the test images must map
+to bins exactly as the training images did (METHOD.md §3). Per-image min/max is
+fragile (field of view, outliers); the default recipe maps robust percentiles of
+the image's own **foreground** (Otsu) to 0 and 1. It is invariant to any gain
+and offset of the scanner's intensity scale, which a learned prior needs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import PriorRegError
+
+NORMALIZATIONS = ("percentile", "none")
+# Robust foreground percentiles mapped to 0 and 1 by the "percentile" recipe.
+FOREGROUND_PERCENTILES = (2.0, 98.0)
+# Ranges: pooled percentiles of the normalised data plus a margin, so that real
+# data sit strictly inside [lo, hi] and only outliers are clipped (METHOD.md §2.2).
+RANGE_PERCENTILES = (0.05, 99.95)
+RANGE_MARGIN = 0.05
+
+
+def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of a sample (between-class variance maximiser)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(v, bins=nbins, range=(lo, hi))
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between[:-1]))])
+
+
+def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
+    """Apply a normalisation recipe to one image; returns float64."""
+    a = np.asarray(array, dtype=np.float64)
+    if method == "none":
+        return a.copy()
+    if method != "percentile":
+        raise PriorRegError(f"normalize(): method must be one of {NORMALIZATIONS}, got {method!r}")
+    t = otsu_threshold(a)
+    fg = a[a > t]
+    if fg.size < 16:
+        fg = a.ravel()
+    p0, p1 = np.percentile(fg, FOREGROUND_PERCENTILES)
+    if p1 <= p0:
+        p0, p1 = float(a.min()), float(a.max())
+    return (a - p0) / (p1 - p0)
+
+
+def intensity_range(arrays) -> tuple[float, float]:
+    """[lo, hi] from pooled robust percentiles of (already normalised) arrays, with a margin."""
+    pooled = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    lo, hi = np.percentile(pooled, RANGE_PERCENTILES)
+    if hi <= lo:
+        lo, hi = float(pooled.min()), float(pooled.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    m = RANGE_MARGIN * (hi - lo)
+    return float(lo - m), float(hi + m)

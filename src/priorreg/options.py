@@ -1,0 +1,110 @@
+"""All registration defaults, in one place. The Python API and the CLI read them from here."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import PriorRegError
+from .intensity import NORMALIZATIONS
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """Options of :func:`priorreg.register` (and of ``priorreg register`` on the command line).
+
+    Attributes
+    ----------
+    alpha : float
+        Blend J = alpha*(-MI) + (1-alpha)*KL(p_u || p_L) + regularization*R. 1 = classic MI
+        (no prior needed); alpha < 1 needs a learned prior.
+    regularization : float
+        lambda, weight of the Tikhonov term R = 1/2 mean |grad u|^2 (dimensionless).
+    bins : int
+        Histogram bins per intensity axis (B).
+    parzen_sigma : float
+        Parzen window std, in bins.
+    levels : int
+        Pyramid levels (factor 2 each); 1 = full resolution only.
+    max_iterations : int
+        Iteration cap per level.
+    step_voxels : float
+        Largest similarity update per iteration at the first step of a level (voxels).
+    max_step_voxels : float
+        Cap on the similarity update per iteration (voxels).
+    tolerance : float
+        Stop a level when J decreased by less than tolerance*|J| over ``tolerance_window`` iterations.
+    tolerance_window : int
+        See ``tolerance``.
+    min_step_voxels : float
+        Stop a level when the backtracked update is smaller than this (voxels).
+    force : {"exact", "practical"}
+        "exact": derivative of the n-linear interpolant (the true gradient of the
+        discrete energy); "practical": interpolated central-difference image gradient.
+    normalization : {"percentile", "none"}
+        Intensity normalisation when no prior is given (a prior brings its own).
+    prior_floor : float
+        eta, floor added to the learned prior before its log (METHOD.md §3).
+    eps : float
+        Floor against log 0 in the observed histogram.
+    dtype : {"float32", "float64"}
+        Working precision of per-voxel tensors (histograms are always float64).
+    device : str
+        "cpu" or "cuda" (or "cuda:N").
+    """
+
+    alpha: float = 1.0
+    regularization: float = 1.0
+    bins: int = 64
+    parzen_sigma: float = 2.0
+    levels: int = 3
+    max_iterations: int = 300
+    step_voxels: float = 0.5
+    max_step_voxels: float = 2.0
+    tolerance: float = 1e-4
+    tolerance_window: int = 10
+    min_step_voxels: float = 1e-4
+    force: str = "exact"
+    normalization: str = "percentile"
+    prior_floor: float = 1e-6
+    eps: float = 1e-10
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        f = "register()"
+        if not (0.0 <= float(self.alpha) <= 1.0):
+            raise PriorRegError(f"{f}: alpha must be in [0, 1], got {self.alpha}")
+        if not self.regularization >= 0:
+            raise PriorRegError(f"{f}: regularization must be >= 0, got {self.regularization}")
+        if int(self.bins) != self.bins or self.bins < 4:
+            raise PriorRegError(f"{f}: bins must be an integer >= 4, got {self.bins}")
+        if not self.parzen_sigma >= 0:
+            raise PriorRegError(f"{f}: parzen_sigma must be >= 0 (bins), got {self.parzen_sigma}")
+        if int(self.levels) != self.levels or self.levels < 1:
+            raise PriorRegError(f"{f}: levels must be an integer >= 1, got {self.levels}")
+        if self.max_iterations < 0:
+            raise PriorRegError(f"{f}: max_iterations must be >= 0, got {self.max_iterations}")
+        if not (self.step_voxels > 0 and self.max_step_voxels >= self.step_voxels):
+            raise PriorRegError(
+                f"{f}: need 0 < step_voxels <= max_step_voxels, got {self.step_voxels} and {self.max_step_voxels}"
+            )
+        if self.force not in ("exact", "practical"):
+            raise PriorRegError(f"{f}: force must be 'exact' or 'practical', got {self.force!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise PriorRegError(f"{f}: normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise PriorRegError(f"{f}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not (self.prior_floor > 0 and self.eps > 0):
+            raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
+
+    def replace(self, **changes) -> "RegistrationOptions":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise PriorRegError(
+                f"register(): unknown option(s) {sorted(unknown)}; known: {[f.name for f in fields(self)]}"
+            )
+        d = asdict(self)
+        d.update(changes)
+        return RegistrationOptions(**d)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

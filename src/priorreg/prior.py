@@ -1,0 +1,201 @@
+"""Learned joint-intensity priors p_L (METHOD.md §3): fit, save, load, check."""
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import pyramid
+from .energy import HistogramSpec, JointHistogramEnergy
+from .errors import PriorRegError
+from .image import as_image, as_mask
+from .intensity import NORMALIZATIONS, intensity_range, normalize
+from .options import RegistrationOptions
+
+FORMAT = "priorreg-prior"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Prior:
+    """A learned joint density, one B x B table per pyramid level.
+
+    ``tables[l]`` is the mean over the training pairs of their normalised,
+    Parzen-smoothed joint histograms at level l (unfloored; the floor eta is a
+    registration option). Everything needed to use it the way it was learned
+    is stored with it.
+    """
+
+    tables: np.ndarray  # (levels, B, B), each sums to 1
+    bins: int
+    parzen_sigma: float
+    ranges: tuple  # ((lo_fixed, hi_fixed), (lo_moving, hi_moving)) in normalised units
+    normalization: str
+    dim: int
+    levels: int
+    n_pairs: int
+    version: int = FORMAT_VERSION
+    notes: dict = field(default_factory=dict)
+
+    def floored(self, level: int, eta: float) -> np.ndarray:
+        """Q~ = (Q + eta) / (1 + B^2 eta)."""
+        Q = self.tables[level]
+        return (Q + eta) / (1.0 + Q.size * eta)
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "bins": self.bins,
+            "parzen_sigma": self.parzen_sigma,
+            "ranges": [list(r) for r in self.ranges],
+            "normalization": self.normalization,
+            "dim": self.dim,
+            "levels": self.levels,
+            "n_pairs": self.n_pairs,
+            "notes": self.notes,
+        }
+
+    def save(self, path) -> None:
+        """Write one .npz file at exactly ``path``, atomically."""
+        path = os.fspath(path)
+        buf = _io.BytesIO()
+        np.savez_compressed(buf, tables=self.tables, meta=np.array(json.dumps(self.metadata())))
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".priorreg-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buf.getvalue())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> "Prior":
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise PriorRegError(f"Prior.load(): no such file: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                tables = np.asarray(z["tables"], dtype=np.float64)
+                meta = json.loads(str(z["meta"]))
+        except Exception:
+            raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file (.npz written by fit_prior)") from None
+        if meta.get("format") != FORMAT:
+            raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file")
+        if meta.get("version") != FORMAT_VERSION:
+            raise PriorRegError(
+                f"Prior.load(): {path} has prior format version {meta.get('version')}; "
+                f"this priorreg reads version {FORMAT_VERSION}"
+            )
+        B = int(meta["bins"])
+        if tables.shape != (int(meta["levels"]), B, B):
+            raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape})")
+        return cls(
+            tables=tables,
+            bins=B,
+            parzen_sigma=float(meta["parzen_sigma"]),
+            ranges=tuple(tuple(float(v) for v in r) for r in meta["ranges"]),
+            normalization=meta["normalization"],
+            dim=int(meta["dim"]),
+            levels=int(meta["levels"]),
+            n_pairs=int(meta["n_pairs"]),
+            notes=meta.get("notes", {}),
+        )
+
+    def check_compatible(self, dim: int, opts: RegistrationOptions, func: str = "register()") -> None:
+        """Refuse a prior learned for another dimension, binning or pyramid."""
+        if dim != self.dim:
+            raise PriorRegError(f"{func}: the prior was learned on {self.dim}D images but the images are {dim}D")
+        if opts.bins != self.bins:
+            raise PriorRegError(
+                f"{func}: the prior was learned with bins={self.bins} but registration asks bins={opts.bins}; "
+                f"use bins={self.bins} or train a new prior"
+            )
+        if abs(opts.parzen_sigma - self.parzen_sigma) > 1e-12:
+            raise PriorRegError(
+                f"{func}: the prior was learned with parzen_sigma={self.parzen_sigma} but registration asks "
+                f"parzen_sigma={opts.parzen_sigma}; use the prior's value or train a new prior"
+            )
+        if opts.levels > self.levels:
+            raise PriorRegError(
+                f"{func}: the prior has tables for {self.levels} pyramid level(s) but registration asks "
+                f"levels={opts.levels}; use levels <= {self.levels} or train with more levels"
+            )
+
+
+def fit_prior(
+    fixed,
+    moving,
+    *,
+    masks=None,
+    bins: int = RegistrationOptions.bins,
+    parzen_sigma: float = RegistrationOptions.parzen_sigma,
+    levels: int = RegistrationOptions.levels,
+    normalization: str = RegistrationOptions.normalization,
+    spacing=None,
+) -> Prior:
+    """Learn p_L from n >= 1 pre-registered (fixed-modality, moving-modality) pairs.
+
+    Parameters
+    ----------
+    fixed, moving : sequence of arrays or :class:`Image`, or a single one each
+        Aligned training pairs; ``fixed[j]`` and ``moving[j]`` share one grid.
+        "fixed" is the modality of the reference image at registration time.
+    masks : optional sequence of masks (one per pair) limiting the samples.
+    bins, parzen_sigma, levels, normalization : as in :class:`RegistrationOptions`.
+
+    Notes
+    -----
+    Each pair is normalised with the same recipe as at registration time,
+    ranges are pooled over all pairs (robust percentiles + margin), and each
+    level's table is the equal-weight mean of the pairs' smoothed histograms of
+    images downsampled by the registration pyramid's operator.
+    """
+    func = "fit_prior()"
+    fixed = list(fixed) if isinstance(fixed, (list, tuple)) else [fixed]
+    moving = list(moving) if isinstance(moving, (list, tuple)) else [moving]
+    if len(fixed) == 0 or len(fixed) != len(moving):
+        raise PriorRegError(f"{func}: need n >= 1 pairs with as many fixed as moving images, got {len(fixed)} and {len(moving)}")
+    if masks is not None:
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+        if len(masks) != len(fixed):
+            raise PriorRegError(f"{func}: got {len(masks)} masks for {len(fixed)} pairs")
+    if normalization not in NORMALIZATIONS:
+        raise PriorRegError(f"{func}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels)  # validates them
+    pairs = []
+    for j, (f, m) in enumerate(zip(fixed, moving)):
+        fi = as_image(f, f"fixed[{j}]", func, spacing)
+        mi = as_image(m, f"moving[{j}]", func, spacing)
+        if fi.shape != mi.shape:
+            raise PriorRegError(
+                f"{func}: pair {j} is not on one grid: fixed has shape {fi.shape}, moving {mi.shape} "
+                "(training pairs must be pre-registered and resampled to one grid)"
+            )
+        if j > 0 and fi.ndim != pairs[0][0].ndim:
+            raise PriorRegError(f"{func}: pair {j} is {fi.ndim}D but pair 0 is {pairs[0][0].ndim}D")
+        pyramid.check_levels(fi.shape, levels, func)
+        mk = None if masks is None else as_mask(masks[j], fi.shape, f"masks[{j}]", func)
+        pairs.append((fi, normalize(fi.array, normalization), normalize(mi.array, normalization), mk))
+    dim = pairs[0][0].ndim
+    ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
+    spec = HistogramSpec(bins, parzen_sigma, ranges)
+    tables = np.zeros((levels, bins, bins))
+    for fi, fn, mn, mk in pairs:
+        ft = torch.as_tensor(fn, dtype=torch.float64)
+        mt = torch.as_tensor(mn, dtype=torch.float64)
+        kt = None if mk is None else torch.as_tensor(mk, dtype=torch.float64)
+        fl, ml, kl = pyramid.image_pyramid(ft, levels), pyramid.image_pyramid(mt, levels), pyramid.mask_pyramid(kt, levels)
+        for lv in range(levels):
+            energy = JointHistogramEnergy(fl[lv], ml[lv], pyramid.level_spacing(fi.spacing, lv), spec, [], kl[lv])
+            P, *_ = energy.table(ml[lv])
+            tables[lv] += P.cpu().numpy() / len(pairs)
+    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs))

@@ -1,0 +1,70 @@
+"""Coarse-to-fine pyramid. It knows how to resample images and fields between
+levels, not which energy is minimised: the per-level solver is a callable."""
+from __future__ import annotations
+
+import torch
+
+from . import spatial
+from .errors import PriorRegError
+
+MIN_COARSE_VOXELS = 4
+
+
+def level_factor(level: int) -> int:
+    """Subsampling factor of level ``level`` (0 = full resolution)."""
+    return 2**level
+
+
+def check_levels(shape, levels: int, func: str = "register()"):
+    for lv in range(levels):
+        f = level_factor(lv)
+        coarse = tuple((n + f - 1) // f for n in shape)
+        if min(coarse) < MIN_COARSE_VOXELS:
+            ok = max(1, lv)
+            raise PriorRegError(
+                f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {coarse} at level {lv}; "
+                f"use levels <= {ok}"
+            )
+
+
+def image_pyramid(image: torch.Tensor, levels: int) -> list:
+    """[level 0 (full), level 1, ...]: blur with std 0.5*f voxels, keep every f-th voxel."""
+    return [spatial.downsample(image, level_factor(lv)) for lv in range(levels)]
+
+
+def mask_pyramid(mask: torch.Tensor | None, levels: int) -> list:
+    """Masks subsampled like the images (nearest), at every level."""
+    if mask is None:
+        return [None] * levels
+    out = []
+    for lv in range(levels):
+        f = level_factor(lv)
+        m = mask[tuple(slice(0, None, f) for _ in range(mask.dim()))].contiguous()
+        if m.sum() == 0:
+            raise PriorRegError(f"register(): the mask is empty at pyramid level {lv}; use fewer levels or a larger mask")
+        out.append(m)
+    return out
+
+
+def level_spacing(spacing, level: int) -> tuple:
+    f = level_factor(level)
+    return tuple(float(s) * f for s in spacing)
+
+
+def coarse_to_fine(shapes: list, solve_level, u0: torch.Tensor | None = None, dtype=torch.float32, device=None):
+    """Run ``solve_level(level, u_init) -> u`` from the coarsest level to level 0.
+
+    ``shapes[l]`` is the grid shape at level l. The physical field (mm) is
+    upsampled between levels by n-linear interpolation; being in mm it needs no
+    rescaling. ``u0`` is an optional initial field on the coarsest grid.
+    """
+    levels = len(shapes)
+    u = None
+    for lv in range(levels - 1, -1, -1):
+        shape = shapes[lv]
+        if u is None:
+            u = u0 if u0 is not None else torch.zeros((len(shape), *shape), dtype=dtype, device=device)
+        else:
+            u = spatial.upsample_field(u, shape, ratio=2.0)
+        u = solve_level(lv, u)
+    return u

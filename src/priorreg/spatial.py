@@ -1,0 +1,202 @@
+"""Spatial operators on tensors: warping, image gradients, the Tikhonov term,
+its DCT solve, pyramid resampling and Jacobian determinants.
+
+Fields are tensors of shape (d, *spatial) holding **physical** displacements in
+mm along the array axes (component k moves along array axis k), on the fixed
+grid, pull-back: fixed voxel x samples the moving image at x + u(x).
+All functions are written once for 2D and 3D.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def identity_grid(shape, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Voxel index coordinates, shape (d, *shape)."""
+    axes = [torch.arange(n, dtype=dtype, device=device) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``image`` (shape (*S) or (C, *S)) at voxel coordinates ``coords`` (d, *S_out).
+
+    n-linear (``mode='bilinear'``, trilinear in 3D) or nearest interpolation;
+    coordinates outside the image are clamped to its box (border replication),
+    so every fixed voxel always has a sample (METHOD.md §2.1).
+    """
+    d = coords.shape[0]
+    squeeze = image.dim() == d
+    img = image[None, None] if squeeze else image[None]
+    shape = image.shape[-d:]
+    # grid_sample wants normalised coordinates with the last axis ordered (x, y[, z]),
+    # i.e. array axes reversed; align_corners=True puts -1/+1 on corner voxel centres.
+    norm = [2.0 * coords[k] / max(shape[k] - 1, 1) - 1.0 for k in range(d)]
+    grid = torch.stack(norm[::-1], dim=-1)[None]
+    out = F.grid_sample(img, grid.to(img.dtype), mode=mode, padding_mode="border", align_corners=True)
+    return out[0, 0] if squeeze else out[0]
+
+
+def displaced_coords(u: torch.Tensor, spacing) -> torch.Tensor:
+    """Voxel coordinates x + u(x)/h of a physical field u (d, *S)."""
+    d = u.shape[0]
+    h = torch.as_tensor(spacing, dtype=u.dtype, device=u.device).reshape(d, *([1] * d))
+    return identity_grid(u.shape[1:], u.dtype, u.device) + u / h
+
+
+def gradient(image: torch.Tensor, spacing) -> torch.Tensor:
+    """Central-difference gradient in intensity/mm, shape (d, *S) (one-sided at edges)."""
+    d = image.dim()
+    return torch.stack(torch.gradient(image, spacing=[float(s) for s in spacing], dim=list(range(d))))
+
+
+# ----------------------------------------------------------------------------- Tikhonov
+def tikhonov(u: torch.Tensor, spacing) -> torch.Tensor:
+    """R(u) = (1/N) * 1/2 * sum_x sum_c sum_k (D+_k u_c)^2, D+ forward differences / h_k.
+
+    Differences are only taken where the neighbour exists (Neumann boundary),
+    N = number of voxels, so R is a dimensionless mean (METHOD.md §2.5).
+    """
+    d = u.shape[0]
+    n = u[0].numel()
+    total = u.new_zeros(())
+    for k in range(d):
+        dk = torch.diff(u, dim=k + 1) / float(spacing[k])
+        total = total + (dk * dk).sum()
+    return 0.5 * total / n
+
+
+def neg_laplacian(u: torch.Tensor, spacing) -> torch.Tensor:
+    """L u = sum_k (D+_k)^T D+_k u: the exact gradient of sum 1/2 |D+ u|^2 (Neumann)."""
+    d = u.shape[0]
+    out = torch.zeros_like(u)
+    for k in range(d):
+        h2 = float(spacing[k]) ** 2
+        dk = torch.diff(u, dim=k + 1) / h2
+        pad = [0, 0] * d
+        # (D+)^T d at i = d[i-1] - d[i], with d[-1] = d[n-1] = 0.
+        idx = 2 * (d - 1 - k)
+        pad_lo, pad_hi = list(pad), list(pad)
+        pad_lo[idx] = 1
+        pad_hi[idx + 1] = 1
+        out = out + F.pad(dk, pad_lo) - F.pad(dk, pad_hi)
+    return out
+
+
+# ----------------------------------------------------------------------------- DCT solve
+def _dct2_last(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised DCT-II along the last axis: X_k = 2 sum_n x_n cos(pi k (2n+1) / 2N).
+
+    Makhoul's reordering: one complex FFT of the even/odd-interleaved sequence.
+    """
+    n = x.shape[-1]
+    v = torch.cat([x[..., ::2], torch.flip(x[..., 1::2], dims=[-1])], dim=-1)
+    V = torch.fft.fft(v, dim=-1)
+    k = torch.arange(n, dtype=x.dtype, device=x.device)
+    ph = -math.pi * k / (2 * n)
+    return 2.0 * (V.real * torch.cos(ph) - V.imag * torch.sin(ph))
+
+
+def _idct2_last(X: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of :func:`_dct2_last`."""
+    n = X.shape[-1]
+    k = torch.arange(n, dtype=X.dtype, device=X.device)
+    Xrev = torch.cat([torch.zeros_like(X[..., :1]), torch.flip(X[..., 1:], dims=[-1])], dim=-1)
+    ph = math.pi * k / (2 * n)
+    c, s = torch.cos(ph), torch.sin(ph)
+    # V_k = 1/2 e^{i ph} (X_k - i X_{N-k})
+    re = 0.5 * (X * c + Xrev * s)
+    im = 0.5 * (X * s - Xrev * c)
+    v = torch.fft.ifft(torch.complex(re, im), dim=-1).real
+    x = torch.empty_like(X)
+    half = (n + 1) // 2
+    x[..., ::2] = v[..., :half]
+    x[..., 1::2] = torch.flip(v[..., half:], dims=[-1])
+    return x
+
+
+def dctn(x: torch.Tensor, dims) -> torch.Tensor:
+    for dim in dims:
+        x = _dct2_last(x.movedim(dim, -1)).movedim(-1, dim)
+    return x
+
+
+def idctn(x: torch.Tensor, dims) -> torch.Tensor:
+    for dim in dims:
+        x = _idct2_last(x.movedim(dim, -1)).movedim(-1, dim)
+    return x
+
+
+def laplacian_eigenvalues(shape, spacing, dtype=torch.float32, device=None) -> torch.Tensor:
+    """mu_k = sum_d (2 - 2 cos(pi k_d / n_d)) / h_d^2: the DCT eigenvalues of L (Neumann)."""
+    mu = torch.zeros(shape, dtype=dtype, device=device)
+    d = len(shape)
+    for ax, (n, h) in enumerate(zip(shape, spacing)):
+        k = torch.arange(n, dtype=dtype, device=device)
+        e = (2 - 2 * torch.cos(math.pi * k / n)) / float(h) ** 2
+        mu = mu + e.reshape([n if i == ax else 1 for i in range(d)])
+    return mu
+
+
+def solve_implicit(rhs: torch.Tensor, tau_lambda: float, mu: torch.Tensor) -> torch.Tensor:
+    """Solve (I + tau*lambda*L) u = rhs per component by DCT (METHOD.md §5.2)."""
+    dims = list(range(1, rhs.dim()))
+    return idctn(dctn(rhs, dims) / (1.0 + tau_lambda * mu), dims)
+
+
+# ----------------------------------------------------------------------------- pyramid
+def gaussian_blur(image: torch.Tensor, sigmas) -> torch.Tensor:
+    """Separable Gaussian blur (std in voxels per axis, 0 = none), edge-replicating."""
+    d = image.dim()
+    x = image[None, None]
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
+    for ax, s in enumerate(sigmas):
+        if s <= 0:
+            continue
+        r = max(1, int(math.ceil(3.0 * s)))
+        t = torch.arange(-r, r + 1, dtype=image.dtype, device=image.device)
+        g = torch.exp(-0.5 * (t / s) ** 2)
+        g = g / g.sum()
+        kshape = [1] * d
+        kshape[ax] = 2 * r + 1
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - ax)] = r
+        pad[2 * (d - 1 - ax) + 1] = r
+        x = conv(F.pad(x, pad, mode="replicate"), g.reshape(1, 1, *kshape))
+    return x[0, 0]
+
+
+def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Blur with std 0.5*factor voxels, then keep every factor-th voxel from index 0."""
+    if factor == 1:
+        return image
+    img = gaussian_blur(image, [0.5 * factor] * image.dim())
+    sl = tuple(slice(0, None, factor) for _ in range(image.dim()))
+    return img[sl].contiguous()
+
+
+def upsample_field(u: torch.Tensor, shape, ratio: float) -> torch.Tensor:
+    """Resample a physical field from a coarse grid to a finer one.
+
+    Fine voxel i sits at coarse coordinate i/ratio (both grids start at index 0).
+    The field is in mm, so its values need no rescaling.
+    """
+    d = u.shape[0]
+    coords = identity_grid(shape, u.dtype, u.device) / ratio
+    return sample(u, coords)
+
+
+# ----------------------------------------------------------------------------- Jacobian
+def jacobian_determinant(u: torch.Tensor, spacing) -> torch.Tensor:
+    """det(I + grad u) of the map x -> x + u(x), central differences, physical units."""
+    d = u.shape[0]
+    rows = []
+    for c in range(d):
+        g = gradient(u[c], spacing)  # (d, *S): d u_c / d x_k
+        rows.append(g)
+    J = torch.stack(rows)  # (c, k, *S)
+    J = J.movedim(0, -1).movedim(0, -1)  # (*S, c, k)
+    J = J + torch.eye(d, dtype=u.dtype, device=u.device)
+    return torch.linalg.det(J)

@@ -1,0 +1,232 @@
+import numpy as np
+import pytest
+import torch
+
+import priorreg
+import synthetic as syn
+from conftest import cuda
+from priorreg import Image, PriorRegError, RegistrationOptions, fit_prior, register, warp
+
+# The phantom is piecewise constant: inside a tissue class the warp is not observable
+# and only the regulariser decides it. Its true fields are very smooth (sigma ~ 1/6 of
+# the image), so these tests use a stronger lambda than the brain default of 1.
+SMOOTH = dict(bins=32, parzen_sigma=1.0, regularization=20.0)
+
+
+def _epe(field, v, mask):
+    return float(np.sqrt(((field - v) ** 2).sum(0))[mask].mean())
+
+
+def _body(lab, v):
+    return syn.deform((lab > 0).astype(float), v) > 0.5
+
+
+def test_no_motion_gives_a_near_zero_field():
+    # Aligned images related by an exact intensity map: the joint histogram is a thin
+    # curve that any warp spreads. The Parzen-smoothed MI of a noisy image still
+    # peaks a little off identity (measured: mean 0.015, max 0.2 voxel), so "zero"
+    # here means well below a tenth of a voxel on average.
+    lab = syn.anatomy((64, 72))
+    f = syn.contrast(lab, syn.T1, noise=0.01)
+    r = register(f, 2.0 - 3.0 * f, levels=2)
+    norm = np.sqrt((r.field**2).sum(0))
+    assert norm.mean() < 0.05 and norm.max() < 0.3, (norm.mean(), norm.max())
+    assert r.jacobian_stats["percent_nonpositive"] == 0
+    # Identical images with a single level and no iterations give exactly zero.
+    r0 = register(f, f, levels=1, max_iterations=0)
+    assert np.all(r0.field == 0) and np.allclose(r0.warped.array, f)
+
+
+@pytest.mark.parametrize("contrast", [syn.T2_MONO, syn.PD_NONMONO], ids=["monotone", "non-monotone"])
+def test_recovers_a_known_smooth_warp_in_2d(contrast):
+    f, m, v, lab = syn.case((96, 112), contrast, max_disp=4.0)
+    mask = _body(lab, v)
+    r = register(f, m, levels=3, **SMOOTH)
+    before, after = _epe(0 * v, v, mask), _epe(r.field, v, mask)
+    assert before > 1.2
+    assert after < 0.5, (before, after)
+    assert r.jacobian_stats["percent_nonpositive"] == 0
+    # The energy went down at every level and is reported per term.
+    for h in r.history:
+        assert h.energy[-1] <= h.energy[0]
+        assert set(h.terms[-1]) == {"-MI", "R"}
+
+
+@pytest.mark.parametrize("contrast", [syn.T2_MONO, syn.PD_NONMONO], ids=["monotone", "non-monotone"])
+def test_recovers_a_known_smooth_warp_in_3d_with_anisotropic_spacing(contrast):
+    shape, spacing = (48, 52, 44), (1.0, 1.0, 1.5)
+    f, m, v, lab = syn.case(shape, contrast, max_disp=3.0)
+    mask = _body(lab, v)
+    r = register(Image(f, spacing), Image(m, spacing), levels=2, **SMOOTH)
+    v_mm = v * np.asarray(spacing).reshape(3, 1, 1, 1)
+    # EPE in voxels: the field is in mm.
+    err_vox = np.sqrt((((r.field - v_mm) / np.asarray(spacing).reshape(3, 1, 1, 1)) ** 2).sum(0))[mask].mean()
+    assert _epe(0 * v, v, mask) > 0.6
+    assert err_vox < 0.5, err_vox
+    assert r.jacobian_stats["percent_nonpositive"] == 0
+
+
+def test_prior_registration_alpha_zero_and_blend():
+    f, m, v, lab = syn.case((96, 112), syn.PD_NONMONO, max_disp=4.0)
+    # Training pair: another subject's anatomy, aligned, with a different gain and offset
+    # on the moving modality (normalisation must absorb it).
+    lab_t = syn.anatomy((96, 112), seed=5)
+    g1 = syn.contrast(lab_t, syn.T1, seed=40)
+    g2 = 3.0 * syn.contrast(lab_t, syn.PD_NONMONO, seed=41) + 10.0
+    prior = fit_prior([g1], [g2], bins=32, parzen_sigma=1.0, levels=3)
+    mask = _body(lab, v)
+    for alpha in (0.0, 0.4):
+        r = register(f, m, prior=prior, alpha=alpha, levels=3, **SMOOTH)
+        assert _epe(r.field, v, mask) < 0.6, (alpha, _epe(r.field, v, mask))
+        assert set(r.history[-1].terms[-1]) == {"-MI", "KL", "R"}
+        assert r.jacobian_stats["percent_nonpositive"] == 0
+
+
+def test_warp_nearest_keeps_labels_and_linear_matches_result():
+    f, m, v, lab = syn.case((48, 40), syn.T2_MONO, max_disp=2.0)
+    r = register(f, m, levels=2, **SMOOTH)
+    assert np.allclose(warp(m, r.field).array, r.warped.array)
+    wl = r.apply(lab.astype(np.uint8), interpolation="nearest").array
+    assert wl.dtype == np.uint8 and set(np.unique(wl)) <= set(np.unique(lab))
+
+
+def test_warp_of_a_known_translation_on_an_anisotropic_grid():
+    i, j = np.meshgrid(np.arange(30), np.arange(17), indexing="ij")
+    img = Image((10.0 * i + j), spacing=(0.5, 2.0))
+    field = np.zeros((2, 30, 17))
+    field[0], field[1] = 1.0, 4.0  # = 2 and 2 voxels
+    out = warp(img, field).array
+    assert np.allclose(out[:28, :15], (10.0 * (i + 2) + (j + 2))[:28, :15])
+
+
+def test_different_grids_start_from_world_alignment():
+    # The moving image covers the same world box on a grid with another spacing and origin.
+    f, m, v, lab = syn.case((64, 64), syn.T2_MONO, max_disp=0.0)
+    fixed = Image(f, spacing=(1.0, 1.0))
+    coarse = m[::2, ::2]
+    moving = Image(coarse, spacing=(2.0, 2.0))
+    r = register(fixed, moving, levels=1, max_iterations=0)
+    assert np.abs(r.warped.array[:62, :62] - m[:62, :62]).mean() < 0.05
+
+
+def test_result_carries_options_and_history():
+    f, m, v, lab = syn.case((48, 40), syn.T2_MONO, max_disp=2.0)
+    r = register(f, m, levels=2, max_iterations=5)
+    assert isinstance(r.options, RegistrationOptions) and r.options.max_iterations == 5
+    assert [h.level for h in r.history] == [1, 0]
+    assert all(h.iterations <= 5 for h in r.history)
+    d = r.as_dict()
+    assert d["options"]["levels"] == 2 and "percent_nonpositive" in d["jacobian"]
+
+
+def test_signature_defaults_come_from_the_options_object():
+    import inspect
+
+    sig = inspect.signature(register)
+    assert sig.parameters["alpha"].default == RegistrationOptions().alpha
+    fsig = inspect.signature(fit_prior)
+    for name in ("bins", "parzen_sigma", "levels", "normalization"):
+        assert fsig.parameters[name].default == getattr(RegistrationOptions(), name)
+
+
+# ---------------------------------------------------------------------------- refusals
+@pytest.fixture(scope="module")
+def pair():
+    f, m, v, lab = syn.case((32, 36), syn.T2_MONO, max_disp=1.0)
+    return f, m
+
+
+def _raises(match, fn, *a, **k):
+    with pytest.raises(PriorRegError, match=match):
+        fn(*a, **k)
+
+
+def test_refuses_alpha_below_one_without_prior(pair):
+    _raises(r"alpha=0\.4 < 1 needs a learned prior", register, *pair, alpha=0.4)
+
+
+def test_refuses_nan_and_inf(pair):
+    f, m = pair
+    bad = f.copy()
+    bad[3, 4] = np.nan
+    _raises(r"fixed contains 1 NaN/Inf voxel", register, bad, m)
+    bad[3, 4] = np.inf
+    _raises(r"moving contains 1 NaN/Inf voxel", register, f, bad)
+
+
+def test_refuses_constant_images(pair):
+    _raises(r"moving is constant", register, pair[0], np.full_like(pair[1], 7.0))
+
+
+def test_refuses_empty_mask(pair):
+    _raises(r"mask is empty", register, *pair, mask=np.zeros_like(pair[0]))
+    _raises(r"mask has shape \(3, 3\)", register, *pair, mask=np.ones((3, 3)))
+
+
+def test_refuses_mismatched_dimensions(pair):
+    _raises(r"fixed is 2D but moving is 3D", register, pair[0], np.random.default_rng(0).random((8, 8, 8)))
+    _raises(r"fixed has shape \(32, 36\) but moving has \(30, 36\)", register, pair[0], pair[1][:30])
+    _raises(r"must be a 2D or 3D image", register, np.arange(10.0), np.arange(10.0))
+
+
+def test_refuses_bad_options(pair):
+    _raises(r"alpha must be in \[0, 1\]", register, *pair, alpha=1.5)
+    _raises(r"unknown option\(s\) \['binz'\]", register, *pair, binz=3)
+    _raises(r"levels=5 shrinks", register, *pair, levels=5)
+    _raises(r"device must be 'cpu' or 'cuda'", register, *pair, device="tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_refuses_cuda_without_gpu(pair):
+    _raises(r"no CUDA device is available", register, *pair, device="cuda")
+
+
+def test_refuses_a_prior_that_does_not_fit(pair, tmp_path):
+    f, m = pair
+    prior = fit_prior([f], [m], bins=16, parzen_sigma=1.0, levels=2)
+    _raises(r"prior was learned with bins=16 but registration asks bins=64", register, f, m, prior=prior, alpha=0.0, parzen_sigma=1.0, levels=2)
+    _raises(r"parzen_sigma=1\.0 but registration asks parzen_sigma=2\.0", register, f, m, prior=prior, alpha=0.0, bins=16, levels=2)
+    _raises(r"tables for 2 pyramid level\(s\) but registration asks levels=3", register, f, m, prior=prior, alpha=0.0, bins=16, parzen_sigma=1.0, levels=3)
+    vol = np.random.default_rng(0).random((8, 8, 8))
+    _raises(r"learned on 2D images but the images are 3D", register, vol, vol + 1, prior=prior, alpha=0.0, bins=16, parzen_sigma=1.0, levels=2)
+    _raises(r"prior must be a priorreg.Prior", register, f, m, prior="p.npz", alpha=0.0)
+
+
+def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
+    f, m = pair
+    prior = fit_prior([f, f[::-1]], [m, m[::-1]], bins=16, parzen_sigma=1.0, levels=2)
+    assert prior.tables.shape == (2, 16, 16) and prior.n_pairs == 2
+    assert np.allclose(prior.tables.sum((1, 2)), 1.0)
+    path = tmp_path / "prior.npz"
+    prior.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior.npz"]  # exactly that path, no temp left
+    back = priorreg.Prior.load(path)
+    assert np.array_equal(back.tables, prior.tables) and back.metadata() == prior.metadata()
+    (tmp_path / "junk.npz").write_bytes(b"not a prior")
+    _raises(r"is not a priorreg prior file", priorreg.Prior.load, tmp_path / "junk.npz")
+    _raises(r"no such file", priorreg.Prior.load, tmp_path / "missing.npz")
+    _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
+    _raises(r"need n >= 1 pairs", fit_prior, [], [])
+
+
+def test_prior_normalisation_is_invariant_to_gain_and_offset(pair):
+    f, m = pair
+    p1 = fit_prior([f], [m], bins=16, parzen_sigma=1.0, levels=1)
+    p2 = fit_prior([2.5 * f + 100], [0.8 * m - 3], bins=16, parzen_sigma=1.0, levels=1)
+    assert np.allclose(p1.tables, p2.tables, atol=1e-9)
+
+
+@cuda
+def test_cpu_and_cuda_agree():
+    f, m, v, lab = syn.case((64, 72), syn.PD_NONMONO, max_disp=3.0)
+    prior = fit_prior([f], [syn.deform(m, v)], bins=32, parzen_sigma=1.0, levels=2)
+    kw = dict(prior=prior, alpha=0.4, levels=2, bins=32, parzen_sigma=1.0, max_iterations=20, dtype="float64")
+    rc = register(f, m, device="cpu", **kw)
+    rg = register(f, m, device="cuda", **kw)
+    assert [h.iterations for h in rc.history] == [h.iterations for h in rg.history]
+    assert np.abs(rc.field - rg.field).max() < 1e-6
+    for hc, hg in zip(rc.history, rg.history):
+        assert np.allclose(hc.energy, hg.energy, rtol=1e-9)
+    r32c = register(f, m, device="cpu", **{**kw, "dtype": "float32"})
+    r32g = register(f, m, device="cuda", **{**kw, "dtype": "float32"})
+    assert np.abs(r32c.field - r32g.field).max() < 1e-2
