@@ -37,8 +37,12 @@ class RegistrationOptions:
     min_step_voxels : float
         Stop a level when the backtracked update is smaller than this (voxels).
     force : {"exact", "practical"}
-        "exact": derivative of the n-linear interpolant (the true gradient of the
-        discrete energy); "practical": interpolated central-difference image gradient.
+        "practical" (default): the central-difference image gradient, interpolated at
+        x + u(x) (METHOD.md §4.4); a descent direction of the same energy (the line
+        search backtracks on J). "exact": the derivative of the n-linear interpolant,
+        the true gradient of the discrete energy (used by the gradient tests); it is
+        one-sided on grid nodes, so at u = 0 it depends on rounding of the sample
+        coordinates, and CPU and CUDA runs can part ways from the first step.
     normalization : {"percentile", "none"}
         Intensity normalisation when no prior is given (a prior brings its own).
     prior_floor : float
@@ -62,7 +66,7 @@ class RegistrationOptions:
     tolerance: float = 1e-4
     tolerance_window: int = 10
     min_step_voxels: float = 1e-4
-    force: str = "exact"
+    force: str = "practical"
     normalization: str = "percentile"
     prior_floor: float = 1e-6
     eps: float = 1e-10

@@ -43,6 +43,9 @@ class LevelHistory:
         }
 
 
+_NOISE = 1e-12
+
+
 def _max_voxel_norm(F: torch.Tensor, spacing) -> float:
     d = F.shape[0]
     h = torch.as_tensor(spacing, dtype=F.dtype, device=F.device).reshape(d, *([1] * d))
@@ -100,7 +103,10 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
                 raise PriorRegError(
                     f"register(): the energy became non-finite at level {level}, iteration {it + 1} (J={J_new})"
                 )
-            if J_new <= J:
+            # Accept only a decrease larger than rounding noise: a step whose change of J is
+            # at the level of summation-order noise would otherwise be accepted on one
+            # device and rejected on another, and the two runs would part ways.
+            if J_new <= J - _NOISE * max(abs(J), 1.0):
                 accepted = True
                 break
             hist.rejected += 1
