@@ -76,8 +76,8 @@ class JointHistogramEnergy:
         self.force_mode = force
         B = spec.bins
         (lo1, hi1), (lo2, hi2) = spec.ranges
-        a, _, _ = hist.bin_coordinates(fixed.reshape(-1), lo1, hi1, B)
-        self.a = a
+        a, _, _ = hist.bin_coordinates(fixed.reshape(-1).double(), lo1, hi1, B)
+        self.a = hist.corners(a, B)  # fixed samples: bin corners computed once per level
         self.lo2, self.hi2 = lo2, hi2
         self.S = hist.smoothing_matrix(B, spec.parzen_sigma, torch.float64, fixed.device)
         n_grid = fixed.numel()
@@ -86,6 +86,7 @@ class JointHistogramEnergy:
             self.n_ratio = 1.0
         else:
             self.weights = mask.reshape(-1).to(fixed.dtype)
+            self.weights64 = self.weights.double()
             self.n_ratio = n_grid / float(self.weights.sum())
         if force == "practical":
             self.grad_moving = spatial.gradient(moving, self.spacing)
@@ -94,8 +95,8 @@ class JointHistogramEnergy:
         """Smoothed joint table P of (fixed, w) and the bin coordinates of w."""
         B = self.spec.bins
         b, inside, beta = hist.bin_coordinates(w.reshape(-1), self.lo2, self.hi2, B)
-        wts = None if self.weights is None else self.weights.double()
-        H = hist.joint_histogram(self.a.double(), b.double(), B, wts)
+        wts = None if self.weights is None else self.weights64
+        H = hist.joint_histogram(self.a, b.double(), B, wts)
         return hist.smooth(H, self.S), b, inside, beta
 
     def evaluate(self, u: torch.Tensor, with_force: bool = True):
@@ -123,7 +124,7 @@ class JointHistogramEnergy:
         if not torch.is_tensor(Phi):  # every weight zero
             return values, total, torch.zeros_like(u)
         C = hist.smooth(Phi, self.S)
-        s = hist.d2_bilinear(C, self.a.double(), b.double()).to(u.dtype)
+        s = hist.d2_bilinear(C, self.a, b).to(u.dtype)
         g = beta * s * inside.to(u.dtype)
         if self.weights is not None:
             g = g * self.weights * self.n_ratio

@@ -55,18 +55,24 @@ def _corners(t: torch.Tensor, bins: int):
     return k0, t - k0.to(t.dtype)
 
 
-def joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int, weights: torch.Tensor | None = None):
+def corners(t: torch.Tensor, bins: int):
+    """(lower bin index, fractional part) of bin coordinates; reusable for a fixed image."""
+    return _corners(t, bins)
+
+
+def joint_histogram(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None = None):
     """Linear (partial-volume) joint histogram H (B x B), normalised to sum 1.
 
-    ``a``, ``b`` are flat bin coordinates in [0, B-1]; ``weights`` optional per-sample
-    mask weights. H_kl = (1/N) sum_x m_x e_k(a_x) e_l(b_x), N = sum m.
+    ``a``, ``b`` are flat bin coordinates in [0, B-1] (``a`` may be given as its
+    precomputed ``corners``); ``weights`` optional per-sample mask weights.
+    H_kl = (1/N) sum_x m_x e_k(a_x) e_l(b_x), N = sum m.
     """
-    k0, fa = _corners(a, bins)
+    k0, fa = a if isinstance(a, tuple) else _corners(a, bins)
     l0, fb = _corners(b, bins)
-    w = torch.ones_like(a) if weights is None else weights
+    w = torch.ones_like(fa) if weights is None else weights
     n = w.sum()
     idx = k0 * bins + l0
-    H = torch.zeros(bins * bins, dtype=a.dtype, device=a.device)
+    H = torch.zeros(bins * bins, dtype=fa.dtype, device=fa.device)
     H.index_add_(0, idx, w * (1 - fa) * (1 - fb))
     H.index_add_(0, idx + 1, w * (1 - fa) * fb)
     H.index_add_(0, idx + bins, w * fa * (1 - fb))
@@ -79,14 +85,14 @@ def smooth(H: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return S @ H @ S.T
 
 
-def d2_bilinear(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def d2_bilinear(C: torch.Tensor, a, b: torch.Tensor) -> torch.Tensor:
     """Derivative along the second axis of the bilinear interpolant of C at (a, b).
 
     This is the exact derivative of the linear-binning histogram energy with
     respect to the second bin coordinate (METHOD.md §4.1).
     """
     bins = C.shape[0]
-    k0, fa = _corners(a, bins)
+    k0, fa = a if isinstance(a, tuple) else _corners(a, bins)
     l0, _ = _corners(b, bins)
     Cf = C.reshape(-1)
     i = k0 * bins + l0

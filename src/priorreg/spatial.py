@@ -86,46 +86,43 @@ def neg_laplacian(u: torch.Tensor, spacing) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- DCT solve
-def _dct2_last(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised DCT-II along the last axis: X_k = 2 sum_n x_n cos(pi k (2n+1) / 2N).
+def _twiddle(n: int, dim: int, ndim: int, sign: float, like: torch.Tensor) -> torch.Tensor:
+    k = torch.arange(n, dtype=like.dtype, device=like.device)
+    t = torch.polar(torch.ones_like(k), sign * math.pi * k / (2 * n))
+    return t.reshape([n if i == dim else 1 for i in range(ndim)])
 
-    Makhoul's reordering: one complex FFT of the even/odd-interleaved sequence.
+
+def dct_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Unnormalised DCT-II along ``dim``: X_k = 2 sum_n x_n cos(pi k (2n+1) / 2N).
+
+    With y = [x, reversed x] (length 2N), FFT(y)_k = e^{i pi k / 2N} X_k, so one
+    real FFT of the mirrored sequence gives the DCT (scipy's type-2, norm=None).
     """
-    n = x.shape[-1]
-    v = torch.cat([x[..., ::2], torch.flip(x[..., 1::2], dims=[-1])], dim=-1)
-    V = torch.fft.fft(v, dim=-1)
-    k = torch.arange(n, dtype=x.dtype, device=x.device)
-    ph = -math.pi * k / (2 * n)
-    return 2.0 * (V.real * torch.cos(ph) - V.imag * torch.sin(ph))
+    n = x.shape[dim]
+    Y = torch.fft.rfft(torch.cat([x, torch.flip(x, dims=[dim])], dim=dim), dim=dim)
+    Y = Y.narrow(dim, 0, n)
+    return (Y * _twiddle(n, dim, x.dim(), -1.0, x)).real
 
 
-def _idct2_last(X: torch.Tensor) -> torch.Tensor:
-    """Exact inverse of :func:`_dct2_last`."""
-    n = X.shape[-1]
-    k = torch.arange(n, dtype=X.dtype, device=X.device)
-    Xrev = torch.cat([torch.zeros_like(X[..., :1]), torch.flip(X[..., 1:], dims=[-1])], dim=-1)
-    ph = math.pi * k / (2 * n)
-    c, s = torch.cos(ph), torch.sin(ph)
-    # V_k = 1/2 e^{i ph} (X_k - i X_{N-k})
-    re = 0.5 * (X * c + Xrev * s)
-    im = 0.5 * (X * s - Xrev * c)
-    v = torch.fft.ifft(torch.complex(re, im), dim=-1).real
-    x = torch.empty_like(X)
-    half = (n + 1) // 2
-    x[..., ::2] = v[..., :half]
-    x[..., 1::2] = torch.flip(v[..., half:], dims=[-1])
-    return x
+def idct_axis(X: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exact inverse of :func:`dct_axis`: rebuild FFT(y) (its N-th entry is 0) and invert."""
+    n = X.shape[dim]
+    Y = X * _twiddle(n, dim, X.dim(), 1.0, X)
+    shape = list(X.shape)
+    shape[dim] = 1
+    Y = torch.cat([Y, torch.zeros(shape, dtype=Y.dtype, device=Y.device)], dim=dim)
+    return torch.fft.irfft(Y, n=2 * n, dim=dim).narrow(dim, 0, n)
 
 
 def dctn(x: torch.Tensor, dims) -> torch.Tensor:
     for dim in dims:
-        x = _dct2_last(x.movedim(dim, -1)).movedim(-1, dim)
+        x = dct_axis(x, dim)
     return x
 
 
 def idctn(x: torch.Tensor, dims) -> torch.Tensor:
     for dim in dims:
-        x = _idct2_last(x.movedim(dim, -1)).movedim(-1, dim)
+        x = idct_axis(x, dim)
     return x
 
 
