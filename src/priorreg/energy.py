@@ -89,7 +89,8 @@ class JointHistogramEnergy:
             self.weights64 = self.weights.double()
             self.n_ratio = n_grid / float(self.weights.sum())
         if force == "practical":
-            self.grad_moving = spatial.gradient(moving, self.spacing)
+            # Image and its gradient as one (1+d)-channel image: one interpolation pass.
+            self.moving_and_grad = torch.cat([moving[None], spatial.gradient(moving, self.spacing)])
 
     def table(self, w: torch.Tensor):
         """Smoothed joint table P of (fixed, w) and the bin coordinates of w."""
@@ -112,6 +113,9 @@ class JointHistogramEnergy:
             coords = spatial.displaced_coords(uu, self.spacing)
             w_graph = spatial.sample(self.moving, coords)
             w = w_graph.detach()
+        elif with_force:
+            wg = spatial.sample(self.moving_and_grad, coords)
+            w, dw = wg[0], wg[1:]
         else:
             w = spatial.sample(self.moving, coords)
         P, b, inside, beta = self.table(w)
@@ -132,7 +136,6 @@ class JointHistogramEnergy:
         if exact:
             force = torch.autograd.grad(w_graph, uu, grad_outputs=g)[0]
         else:
-            dw = spatial.sample(self.grad_moving, coords)
             force = g[None] * dw
         return values, total, force.detach()
 
