@@ -67,6 +67,7 @@ class RegistrationResult:
     seconds: float
     device: str
     moving: Image = field(repr=False, default=None)
+    moving_on_fixed: Image = field(repr=False, default=None)  # before registration, for comparisons
 
     def field_world(self) -> np.ndarray:
         """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""
@@ -277,6 +278,7 @@ def register(
     jac = spatial.jacobian_determinant(u.double(), fix.spacing)
     field_np = u.double().cpu().numpy()
     warped = warp(mov, field_np, reference=fix, device=str(dev))
+    before = mov if fix.same_grid(mov) else warp(mov, np.zeros_like(field_np), reference=fix)
     jac_np = jac.cpu().numpy()
     stats = {
         "min": float(jac_np.min()),
@@ -298,4 +300,5 @@ def register(
         seconds=time.perf_counter() - t0,
         device=str(dev),
         moving=mov,
+        moving_on_fixed=before,
     )
