@@ -417,9 +417,11 @@ def cmd_register(args, con: Console) -> int:
     alpha = overrides.pop("alpha", RegistrationOptions.alpha)
     if alpha < 1 and prior is None:
         raise PriorRegError(f"--alpha {alpha} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone")
+    opts = RegistrationOptions(alpha=alpha, **overrides)
+    if prior is not None:
+        prior.check_compatible(fixed.ndim, opts, f"prior {args.prior}:")
     for n in notes:
         con.note(n)
-    opts = RegistrationOptions(alpha=alpha, **overrides)
     cb = con.progress(opts.max_iterations, opts.levels)
     result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, callback=cb, **overrides)
     con.end_bar()

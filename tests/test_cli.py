@@ -1,0 +1,258 @@
+"""The priorreg command line: every command, every error, the option defaults, outputs."""
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import priorreg
+import synthetic
+from priorreg import cli
+from priorreg import io as pio
+
+FAST = ["--levels", "2", "--max-iterations", "8", "--bins", "32"]
+
+
+def run(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_error(capsys, argv, match):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("priorreg: error: "), err
+    assert "Traceback" not in err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small 2D multi-modal pair on a rotated, anisotropic grid, a label map, a mask and a prior."""
+    d = tmp_path_factory.mktemp("data")
+    fixed, moving, v, lab = synthetic.case((48, 40), synthetic.T2_MONO, max_disp=2.0)
+    th = 0.3
+    D = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    geo = dict(spacing=(1.2, 0.9), origin=(5.0, -2.0), direction=D)
+    paths = {
+        "fixed": d / "fixed.nii.gz",
+        "moving": d / "moving.nii.gz",
+        "labels": d / "labels.nii.gz",
+        "mask": d / "mask.nii.gz",
+        "train_f": d / "train_t1.nii.gz",
+        "train_m": d / "train_t2.nii.gz",
+    }
+    pio.write_image(priorreg.Image(fixed.astype(np.float32), **geo), paths["fixed"])
+    pio.write_image(priorreg.Image(moving.astype(np.float32), **geo), paths["moving"])
+    pio.write_image(priorreg.Image(lab.astype(np.int16), **geo), paths["labels"])
+    pio.write_image(priorreg.Image((lab > 0).astype(np.uint8), **geo), paths["mask"])
+    # Aligned training pair of the same two contrasts (another phantom).
+    lab2 = synthetic.anatomy((48, 40), seed=5)
+    pio.write_image(priorreg.Image(synthetic.contrast(lab2, synthetic.T1, seed=3).astype(np.float32)), paths["train_f"])
+    pio.write_image(priorreg.Image(synthetic.contrast(lab2, synthetic.T2_MONO, seed=4).astype(np.float32)), paths["train_m"])
+    paths["prior"] = d / "prior.npz"
+    assert cli.main(["train", "--fixed", str(paths["train_f"]), "--moving", str(paths["train_m"]),
+                     "--out", str(paths["prior"]), "--bins", "32", "--levels", "2", "--quiet"]) == 0
+    return paths
+
+
+def digest(paths):
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), os.stat(p).st_mtime_ns) for p in paths}
+
+
+def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
+    out = tmp_path / "my.prior"
+    rc, so, _ = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--mask", data["mask"],
+                    "--out", out, "--bins", "16", "--levels", "1")
+    assert rc == 0 and "written to" in so
+    assert os.listdir(tmp_path) == ["my.prior"]
+    p = priorreg.Prior.load(out)
+    assert p.bins == 16 and p.levels == 1 and p.dim == 2 and p.n_pairs == 1
+    assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", out], "exists")
+    assert_error(capsys, ["train", "--fixed", data["train_f"], data["fixed"], "--moving", data["train_m"],
+                          "--out", tmp_path / "x.npz"], "one moving per fixed")
+
+
+def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path):
+    inputs = [data["fixed"], data["moving"], data["prior"], data["mask"]]
+    before = digest(inputs)
+    out = tmp_path / "run"
+    rc, so, err = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--prior", data["prior"],
+                      "--alpha", "0.4", "--mask", data["mask"], *FAST)
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == sorted(cli.OUTPUT_NAMES)
+    assert "final energy" in so and "folding" in so and len(so.strip().splitlines()) == 1
+    assert "\r" not in err  # not a TTY: no progress bar
+    assert digest(inputs) == before
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["options"] == {**dataclasses.asdict(priorreg.RegistrationOptions()), "alpha": 0.4, "levels": 2,
+                              "max_iterations": 8, "bins": 32}
+    assert len(rep["levels"]) == 2 and all("energy" in lv and "seconds" in lv for lv in rep["levels"])
+    assert set(rep["jacobian"]) == {"min", "max", "percent_nonpositive"}
+    assert rep["geometry"]["fixed"]["spacing_mm"] == pytest.approx([1.2, 0.9])
+    assert rep["versions"]["torch"] and rep["device"] == "cpu"
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "learned prior" in html
+    assert "src='http" not in html and 'src="http' not in html  # self-contained
+    warped = pio.read_image(out / "warped.nii.gz")
+    fixed = pio.read_image(data["fixed"])
+    assert warped.same_grid(fixed)
+    jac = pio.read_image(out / "jacobian.nii.gz")
+    assert jac.shape == fixed.shape and jac.array.min() == pytest.approx(rep["jacobian"]["min"], rel=1e-5)
+
+    # --overwrite refusal, then acceptance.
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", out, *FAST], "not empty")
+    rc, _, _ = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--overwrite", "--quiet", *FAST)
+    assert rc == 0
+    # Inputs are never outputs.
+    assert_error(capsys, ["register", out / "warped.nii.gz", data["moving"], "--out", out, "--overwrite", *FAST],
+                 "would overwrite the input")
+    assert_error(capsys, ["apply", data["moving"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                          "--out", data["moving"], "--overwrite"], "is an input")
+
+
+def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path):
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--quiet", *FAST)
+    assert rc == 0, err
+    warped = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
+    disp = sitk.ReadImage(str(out / "field.nii.gz"), sitk.sitkVectorFloat64)
+    ref = sitk.ReadImage(str(data["fixed"]))
+    got = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(data["moving"])), ref,
+                                               sitk.DisplacementFieldTransform(disp), sitk.sitkLinear, 0.0,
+                                               sitk.sitkFloat32))
+    inner = (slice(4, -4), slice(4, -4))
+    np.testing.assert_allclose(got[inner], warped[inner], atol=1e-4)
+    # priorreg apply gives the same image, and keeps labels with nearest interpolation.
+    rc, so, _ = run(capsys, "apply", data["moving"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                    "--out", tmp_path / "applied.nii.gz")
+    assert rc == 0 and "wrote" in so
+    np.testing.assert_allclose(pio.read_image(tmp_path / "applied.nii.gz").array, warped, atol=1e-5)
+    rc, _, _ = run(capsys, "apply", data["labels"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                   "--out", tmp_path / "labels.nii.gz", "--interpolation", "nearest")
+    assert rc == 0
+    lab = pio.read_image(tmp_path / "labels.nii.gz").array
+    assert lab.dtype == np.int16 and set(np.unique(lab)) <= set(np.unique(pio.read_image(data["labels"]).array))
+    assert_error(capsys, ["apply", data["moving"], "--field", out / "field.nii.gz", "--reference",
+                          data["train_f"], "--out", tmp_path / "x.nii.gz"], "different grid")
+
+
+def test_demo_runs_and_reports(capsys, tmp_path):
+    out = tmp_path / "demo"
+    rc, so, err = run(capsys, "demo", "--out", out)
+    assert rc == 0, err
+    report = out / "alpha0.4" / "report.html"
+    assert str(report.resolve()) in so
+    assert sorted(os.listdir(out / "alpha1")) == sorted(cli.OUTPUT_NAMES)
+    summary = json.loads((out / "demo.json").read_text())
+    epe = {e["alpha"]: e["endpoint_error_mm_mean"] for e in summary["endpoint_error"]}
+    assert epe[0.4] < summary["known_field"]["mean_mm_in_head"]
+    assert epe[0.4] < epe[1.0]
+    assert run(capsys, "demo", "--out", out)[0] == 0  # a previous demo directory is reused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    assert_error(capsys, ["demo", "--out", tmp_path / "other"], "not empty")
+
+
+def test_option_flags_mirror_registration_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["register", "f.nii", "m.nii", "--out", "d"])
+    assert cli.options_from_args(args) == priorreg.RegistrationOptions()
+    for f in dataclasses.fields(priorreg.RegistrationOptions):
+        flag = cli.option_flag(f.name)
+        sub = parser._subparsers._group_actions[0].choices["register"]
+        action = next(a for a in sub._actions if flag in a.option_strings)
+        assert f"(default: {f.default})" in action.help
+        value = {"str": None, "int": 5, "float": 0.5}[f.type]
+        if f.type == "str":
+            continue
+        parsed = parser.parse_args(["register", "f", "m", "--out", "d", flag, str(value)])
+        assert getattr(cli.options_from_args(parsed), f.name) == value
+    args = parser.parse_args(["register", "f", "m", "--out", "d", "--force", "exact", "--dtype", "float64"])
+    assert cli.options_from_args(args).force == "exact" and cli.options_from_args(args).dtype == "float64"
+    help_text = sub.format_help()
+    assert "--max-iterations" in help_text and "--parzen-sigma" in help_text
+
+
+@pytest.mark.parametrize("command", ["train", "register", "apply", "demo"])
+def test_help_on_every_command(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: priorreg " + command in capsys.readouterr().out
+
+
+def test_errors_are_one_line(capsys, data, tmp_path):
+    f, m, out = data["fixed"], data["moving"], tmp_path / "o"
+    assert_error(capsys, ["register", f, tmp_path / "nope.nii.gz", "--out", out], "no such file")
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    assert_error(capsys, ["register", f, tmp_path / "broken.nii.gz", "--out", out], "cannot read")
+    (tmp_path / "img.jpg2").write_bytes(b"x")
+    assert_error(capsys, ["register", f, tmp_path / "img.jpg2", "--out", out], "unsupported file format")
+    vol = tmp_path / "vol.nii.gz"
+    pio.write_image(priorreg.Image(np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)), vol)
+    assert_error(capsys, ["register", f, vol, "--out", out], "both must be 2D or both 3D")
+    nan = tmp_path / "nan.mha"  # (ITK's NIfTI writer does not keep NaN)
+    a = pio.read_image(m)
+    arr = a.array.copy()
+    arr[3, 4] = np.nan
+    pio.write_image(a.with_array(arr), nan)
+    assert_error(capsys, ["register", f, nan, "--out", out], "NaN")
+    empty = tmp_path / "empty_mask.nii.gz"
+    pio.write_image(a.with_array(np.zeros(a.shape, np.uint8)), empty)
+    assert_error(capsys, ["register", f, m, "--out", out, "--mask", empty], "empty")
+    assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "0.5"], "needs a learned prior")
+    assert_error(capsys, ["register", f, m, "--out", out, "--prior", data["prior"], "--alpha", "0.5", "--bins", "64"],
+                 "bins=32")
+    p3 = tmp_path / "p3.npz"
+    priorreg.fit_prior([np.random.default_rng(1).random((16, 16, 16))], [np.random.default_rng(2).random((16, 16, 16))],
+                       bins=32, levels=1).save(p3)
+    assert_error(capsys, ["register", f, m, "--out", out, "--prior", p3, "--alpha", "0.5"], "3D")
+    assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "2"], "alpha must be in [0, 1]")
+    assert_error(capsys, ["register", f, m], "--out")  # argparse usage error, one line
+    assert_error(capsys, ["register", f, m, "--out", out, "--levels", "x"], "invalid int value")
+    assert_error(capsys, ["apply", m, "--field", m, "--reference", f, "--out", tmp_path / "a.nii.gz"],
+                 "not a displacement field")
+    assert not out.exists()  # nothing created by failed runs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_no_cuda_device(capsys, data, tmp_path):
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--device", "cuda"],
+                 "no CUDA device")
+
+
+def test_progress_bar_only_on_a_tty():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    con = cli.Console(stream=s)
+    cb = con.progress(10, 2)
+    cb(1, 0, -0.5)
+    cb(1, 1, -0.6)
+    cb(0, 0, -0.7)
+    con.end_bar()
+    text = s.getvalue()
+    assert text.count("\r") == 3 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
+    assert cli.Console(quiet=True, stream=Tty()).progress(10, 2) is None
+    assert cli.Console(stream=io.StringIO()).progress(10, 2) is None
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "priorreg.cli", "apply", str(tmp_path / "x.nii"), "--field",
+                        str(tmp_path / "f.nii.gz"), "--reference", str(tmp_path / "r.nii"), "--out",
+                        str(tmp_path / "o.nii.gz")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("priorreg: error: ") and "Traceback" not in r.stderr

@@ -1,0 +1,235 @@
+"""File I/O: geometry round trips, 2D-in-3D files, colour images, errors, atomic writes, and
+the ITK/ANTs convention of the displacement field file."""
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import priorreg
+from priorreg import io as pio
+from priorreg.errors import PriorRegError
+
+
+def rotation(seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def smooth(shape, seed=0, amp=1.0):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    a = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    return amp * a / np.abs(a).max()
+
+
+def blob_image(shape, seed=0):
+    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(sum(x**2 for x in g))
+    return (np.cos(4 * r) + 0.3 * g[0] + 0.2 * smooth(shape, seed)).astype(np.float32)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_image_round_trip_keeps_geometry(tmp_path, ext):
+    img = priorreg.Image(blob_image((6, 7, 8)), (1.5, 0.7, 2.0), (10.0, -5.0, 3.0), rotation())
+    path = tmp_path / f"a{ext}"
+    pio.write_image(img, path)
+    back = pio.read_image(path)
+    assert back.shape == img.shape
+    np.testing.assert_array_equal(back.array, img.array)
+    np.testing.assert_allclose(back.spacing, img.spacing, atol=1e-6)
+    np.testing.assert_allclose(back.origin, img.origin, atol=1e-5)
+    np.testing.assert_allclose(back.direction, img.direction, atol=1e-5)
+    # Same world position of a voxel as SimpleITK computes it.
+    s = sitk.ReadImage(str(path))
+    A, b = back.index_to_world()
+    np.testing.assert_allclose(s.TransformIndexToPhysicalPoint((3, 2, 1)), A @ [1, 2, 3] + b, atol=1e-4)
+
+
+def test_sitk_axis_order_is_numpy_order(tmp_path):
+    s = sitk.Image(5, 7, 9, sitk.sitkFloat32)  # size x=5, y=7, z=9
+    s.SetSpacing((1.0, 2.0, 3.0))
+    path = tmp_path / "b.mha"
+    sitk.WriteImage(s + 1, str(path))
+    img = pio.read_image(path)
+    assert img.shape == (9, 7, 5)
+    assert img.spacing == (3.0, 2.0, 1.0)
+    np.testing.assert_allclose(img.direction[:, 0], [0, 0, 1])  # array axis 0 is world z
+
+
+def test_single_slice_3d_file_is_2d(tmp_path):
+    s = sitk.GetImageFromArray(blob_image((1, 217, 181)))  # a 181x217x1 NIfTI
+    s.SetSpacing((0.9, 1.1, 2.0))
+    s.SetOrigin((4.0, 5.0, 6.0))
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(s, str(path))
+    notes = []
+    img = pio.read_image(path, "fixed", notes)
+    assert img.ndim == 2 and img.shape == (217, 181)
+    assert img.spacing == pytest.approx((1.1, 0.9))
+    assert img.origin == pytest.approx((4.0, 5.0))
+    assert notes and "2D" in notes[0]
+    png = pio.read_image(pio_data("BrainT1Slice.png"))
+    assert png.ndim == 2 and png.shape == (217, 181)
+
+
+def pio_data(name):
+    return os.path.join(os.path.dirname(priorreg.__file__), "data", "brainweb", name)
+
+
+def test_rgb_png_becomes_grey_with_a_note(tmp_path):
+    notes = []
+    img = pio.read_image(pio_data("BrainProtonDensitySlice.png"), "moving", notes)
+    assert img.ndim == 2 and np.issubdtype(img.array.dtype, np.floating)
+    assert any("grey" in n for n in notes)
+    rgb = sitk.ReadImage(pio_data("BrainProtonDensitySlice.png"))
+    np.testing.assert_allclose(img.array, sitk.GetArrayFromImage(rgb)[..., 0], atol=1)  # grey stored as RGB
+
+
+def test_png_and_tiff_write(tmp_path):
+    img = priorreg.Image((blob_image((20, 30)) * 50 + 100).astype(np.float32))
+    pio.write_image(img, tmp_path / "a.png")
+    back = pio.read_image(tmp_path / "a.png")
+    assert back.array.dtype == np.uint8 and np.abs(back.array - img.array).max() <= 0.5 + 1e-6
+    pio.write_image(img, tmp_path / "a.tif")
+    np.testing.assert_allclose(pio.read_image(tmp_path / "a.tif").array, img.array)
+    with pytest.raises(PriorRegError, match="3D image as .png"):
+        pio.write_image(priorreg.Image(blob_image((5, 6, 7))), tmp_path / "b.png")
+
+
+def test_dicom_series_directory(tmp_path):
+    vol = (blob_image((5, 16, 12)) * 500 + 1000).astype(np.int16)
+    d = tmp_path / "dicom"
+    d.mkdir()
+    for k in range(vol.shape[0]):
+        s = sitk.GetImageFromArray(vol[k : k + 1])
+        s.SetSpacing((0.8, 0.8, 2.5))
+        s.SetOrigin((0.0, 0.0, 2.5 * k))
+        s.SetMetaData("0020|0032", f"0\\0\\{2.5 * k}")  # image position (patient)
+        s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")  # orientation
+        s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.42")  # series instance UID
+        s.SetMetaData("0020|0013", str(k + 1))
+        s.SetMetaData("0008|0060", "MR")
+        s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.41")  # study instance UID
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(d / f"slice{k:03d}.dcm"))
+        w.Execute(s)
+    img = pio.read_image(d)
+    assert img.shape == vol.shape
+    np.testing.assert_array_equal(img.array, vol)
+    assert img.spacing[0] == pytest.approx(2.5)
+    assert img.spacing[1:] == pytest.approx((0.8, 0.8))
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(PriorRegError, match="no such file"):
+        pio.read_image(tmp_path / "missing.nii.gz", "fixed")
+    (tmp_path / "a.xyz").write_text("hello")
+    with pytest.raises(PriorRegError, match="unsupported file format '.xyz'"):
+        pio.read_image(tmp_path / "a.xyz", "fixed")
+    (tmp_path / "bad.nii.gz").write_bytes(b"not an image at all")
+    with pytest.raises(PriorRegError, match="cannot read"):
+        pio.read_image(tmp_path / "bad.nii.gz", "fixed")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PriorRegError, match="without a DICOM series"):
+        pio.read_image(tmp_path / "empty", "fixed")
+    with pytest.raises(PriorRegError, match="not a displacement field"):
+        pio.write_image(priorreg.Image(blob_image((6, 7, 8))), tmp_path / "s.nii.gz")
+        pio.read_field(tmp_path / "s.nii.gz")
+    with pytest.raises(PriorRegError, match="unsupported output format"):
+        pio.write_image(priorreg.Image(blob_image((6, 7))), tmp_path / "x.jpg")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    img = priorreg.Image(blob_image((8, 9)))
+    target = tmp_path / "out.nii.gz"
+    pio.write_image(img, target)
+    before = target.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", boom)
+    with pytest.raises(PriorRegError, match="cannot write"):
+        pio.write_image(priorreg.Image(blob_image((8, 9)) + 1), target)
+    assert target.read_bytes() == before  # old file intact
+    assert sorted(os.listdir(tmp_path)) == ["out.nii.gz"]  # no temporary left behind
+
+
+def test_field_file_round_trip(tmp_path):
+    grid = priorreg.Image(np.zeros((6, 7, 8), np.float32), (1.5, 0.7, 2.0), (1.0, 2.0, 3.0), rotation(1))
+    field = np.stack([smooth(grid.shape, k, 2.0) for k in range(3)])
+    world = np.einsum("ij,j...->...i", grid.direction, field)
+    pio.write_field(world, grid, tmp_path / "f.nii.gz")
+    s = sitk.ReadImage(str(tmp_path / "f.nii.gz"))
+    assert s.GetPixelID() == sitk.sitkVectorFloat64 and s.GetNumberOfComponentsPerPixel() == 3
+    np.testing.assert_allclose(sitk.GetArrayFromImage(s), world)
+    back, g = pio.read_field(tmp_path / "f.nii.gz")
+    np.testing.assert_allclose(back, field, atol=1e-5)  # NIfTI stores the direction in float32
+    assert g.same_grid(grid)
+
+
+def _case_3d():
+    """Fixed grid: anisotropic, rotated; moving: another grid (shifted, other spacing and direction)."""
+    fixed = priorreg.Image(np.zeros((14, 18, 16), np.float32), (2.0, 1.0, 1.5), (-3.0, 4.0, 1.0), rotation(2))
+    A_f, b_f = fixed.index_to_world()
+    center = A_f @ ((np.asarray(fixed.shape) - 1) / 2) + b_f
+    shape_m, sp_m, D_m = (30, 32, 28), (1.3, 1.1, 1.2), rotation(3)
+    origin_m = center - D_m @ (np.asarray(sp_m) * (np.asarray(shape_m) - 1) / 2)  # same centre, other grid
+    moving = priorreg.Image(blob_image(shape_m), sp_m, origin_m, D_m)
+    field = np.stack([smooth(fixed.shape, 10 + k, 1.5) for k in range(3)])
+    return fixed, moving, field
+
+
+def _interior(shape, border=3):
+    return tuple(slice(border, n - border) for n in shape)
+
+
+def _valid(fixed, moving, field, margin=2.0):
+    """Fixed voxels whose sample point lies well inside the moving image (away from its border)."""
+    A_f, b_f = fixed.index_to_world()
+    A_m, b_m = moving.index_to_world()
+    idx = np.indices(fixed.shape).reshape(3, -1).astype(float)
+    world = A_f @ idx + b_f[:, None] + fixed.direction @ field.reshape(3, -1)
+    mi = np.linalg.solve(A_m, world - b_m[:, None])
+    ok = np.all((mi >= margin) & (mi <= np.asarray(moving.shape)[:, None] - 1 - margin), axis=0)
+    return ok.reshape(fixed.shape)
+
+
+def test_sitk_displacement_field_transform_reproduces_warp(tmp_path):
+    fixed, moving, field = _case_3d()
+    warped = priorreg.warp(moving, field, reference=fixed)
+    pio.write_field(np.einsum("ij,j...->...i", fixed.direction, field), fixed, tmp_path / "field.nii.gz")
+    pio.write_image(moving, tmp_path / "moving.nii.gz")
+    pio.write_image(fixed, tmp_path / "fixed.nii.gz")
+
+    disp = sitk.ReadImage(str(tmp_path / "field.nii.gz"), sitk.sitkVectorFloat64)
+    tx = sitk.DisplacementFieldTransform(disp)
+    ref = sitk.ReadImage(str(tmp_path / "fixed.nii.gz"))
+    out = sitk.Resample(sitk.ReadImage(str(tmp_path / "moving.nii.gz")), ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    got = sitk.GetArrayFromImage(out)
+    ok = _valid(fixed, moving, field)
+    assert ok.mean() > 0.3
+    np.testing.assert_allclose(got[ok], warped.array[ok], atol=1e-4)
+
+
+def test_ants_apply_transforms_reproduces_warp(tmp_path):
+    ants = pytest.importorskip("ants")
+    fixed, moving, field = _case_3d()
+    warped = priorreg.warp(moving, field, reference=fixed)
+    pio.write_field(np.einsum("ij,j...->...i", fixed.direction, field), fixed, tmp_path / "field.nii.gz")
+    pio.write_image(moving, tmp_path / "moving.nii.gz")
+    pio.write_image(fixed, tmp_path / "fixed.nii.gz")
+    out = ants.apply_transforms(
+        fixed=ants.image_read(str(tmp_path / "fixed.nii.gz")),
+        moving=ants.image_read(str(tmp_path / "moving.nii.gz")),
+        transformlist=[str(tmp_path / "field.nii.gz")],
+        interpolator="linear",
+    )
+    out.to_file(str(tmp_path / "ants.nii.gz"))
+    got = pio.read_image(tmp_path / "ants.nii.gz").array
+    ok = _valid(fixed, moving, field)
+    assert ok.mean() > 0.3
+    np.testing.assert_allclose(got[ok], warped.array[ok], atol=1e-3)
