@@ -1,0 +1,379 @@
+"""Run priorreg and every available peer on the same cases, in one run.
+
+    python3 benchmarks/run.py --out benchmarks/results [--quick] [--cases NAME ...] [--no-peers]
+
+Writes results.md (table), results.json and PNG figures into --out. Each registration runs in a
+fresh spawned process (one at a time), so wall time and peak memory (ru_maxrss of that process
+after the call minus before it) are per run. Every tool is limited to 2 threads.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+    os.environ[_k] = "2"
+# Under CPU contention, spinning OpenMP workers made torch runs 40x slower here; passive waiting
+# changes nothing in the results.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import cases as C  # noqa: E402
+
+# One priorreg setting per kind of case (chosen once, never per case).
+PRIORREG_SETTINGS = {
+    "2d": dict(regularization=3.0, bins=64, parzen_sigma=2.0, levels=3),
+    "3d": dict(regularization=20.0, bins=32, parzen_sigma=1.0, levels=3),
+}
+ALPHAS = (1.0, 0.4, 0.0)
+DESCS = {}
+
+
+def _setting(case):
+    return PRIORREG_SETTINGS["3d" if case["fixed"].ndim == 3 else "2d"]
+
+
+# --------------------------------------------------------------------------- one run (child process)
+
+
+def _child(method, case, prior_key=None, alpha=1.0):
+    import resource
+
+    import torch
+
+    torch.set_num_threads(2)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {}
+    if method == "priorreg":
+        import priorreg
+
+        s = _setting(case)
+        prior = None
+        if alpha < 1 or prior_key is not None:
+            tr = case["prior_train"][prior_key] if isinstance(case["prior_train"], dict) else case["prior_train"]
+            prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"])
+        t = time.perf_counter()
+        r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"], **s)
+        out["seconds"] = time.perf_counter() - t
+        out["field"] = r.field
+        out["iterations"] = [h.iterations for h in r.history]
+    else:
+        import peers
+
+        fn = dict(peers.available())[method][0]
+        t = time.perf_counter()
+        field = fn(case["fixed"], case["moving"], case["spacing"], verify=False)
+        out["seconds"] = time.perf_counter() - t
+        out["field"] = field
+        if case.get("verify", False):
+            fn(case["fixed"], case["moving"], case["spacing"], verify=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_mb"] = peak / 1024.0  # whole process: interpreter + torch/tool + data + the run
+    out["delta_mb"] = (peak - before) / 1024.0  # growth during the call
+    return out
+
+
+def run_isolated(*args, timeout=900, **kw):
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        return ex.submit(_child, *args, **kw).result(timeout=timeout)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def jacobian_det(field, spacing):
+    d = field.shape[0]
+    J = np.zeros((d, d) + field.shape[1:])
+    for i in range(d):
+        for j in range(d):
+            J[i, j] = np.gradient(field[i] / spacing[i], axis=j) + (i == j)
+    if d == 2:
+        return J[0, 0] * J[1, 1] - J[0, 1] * J[1, 0]
+    return np.linalg.det(np.moveaxis(J, (0, 1), (-2, -1)))
+
+
+def warp_nearest(labels, field, spacing):
+    from scipy import ndimage as ndi
+
+    pos = np.indices(labels.shape, dtype=np.float64) + field / np.reshape(spacing, (-1,) + (1,) * labels.ndim)
+    return ndi.map_coordinates(labels, pos, order=0, mode="nearest")
+
+
+def warp_linear(img, field, spacing):
+    from scipy import ndimage as ndi
+
+    pos = np.indices(img.shape, dtype=np.float64) + field / np.reshape(spacing, (-1,) + (1,) * img.ndim)
+    return ndi.map_coordinates(img, pos, order=1, mode="nearest")
+
+
+def dice(a, b):
+    s = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / s) if s else float("nan")
+
+
+def metrics(case, field):
+    sp = np.asarray(case["spacing"], float)
+    m = {}
+    jac = jacobian_det(field, sp)
+    m["fold_pct"] = float(100.0 * np.mean(jac <= 0))
+    if case["true_field"] is not None:
+        err = np.sqrt((((field - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))[case["mask"]]
+        m["epe_mean"] = float(err.mean())
+        m["epe_p95"] = float(np.percentile(err, 95))
+    if case.get("labels_fixed") is not None:
+        w = warp_nearest(case["labels_moving"], field, sp)
+        per = {name: dice(w == k, case["labels_fixed"] == k) for k, name in case["label_names"].items()}
+        m["dice"] = per
+        m["dice_mean"] = float(np.mean(list(per.values())))
+    if case["kind"] == "phantom":
+        w = warp_linear(case["moving"], field, sp) < 0.6
+        m["dice_small"] = dice(w, case["small"])
+        m["dice_big"] = dice(w, case["big"])
+        m["dice_union"] = dice(w, case["small"] | case["big"])
+        m["disc_px"] = int(w.sum())
+    return m
+
+
+def baseline(case):
+    return metrics(case, np.zeros_like(case["true_field"]) if case["true_field"] is not None else
+                   np.zeros((case["fixed"].ndim, *case["fixed"].shape)))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def fig_phantom(case, fields, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(fields) + 2
+    fig, ax = plt.subplots(1, n, figsize=(1.9 * n, 2.2), dpi=70)
+    ax[0].imshow(case["fixed"], cmap="gray"); ax[0].set_title("fixed f1", fontsize=7)  # noqa: E702
+    ax[1].imshow(case["moving"], cmap="gray"); ax[1].set_title("moving f2", fontsize=7)  # noqa: E702
+    for a, (name, f) in zip(ax[2:], fields.items()):
+        w = warp_linear(case["moving"], f, np.asarray(case["spacing"]))
+        rgb = np.stack([case["small"] | case["big"], w < 0.6, np.zeros_like(w, bool)], -1).astype(float) * 0.9
+        a.imshow(rgb)
+        a.set_title(name, fontsize=6)
+    for a in ax:
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fig_overlay(case, fields, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import ndimage as ndi
+
+    sp = np.asarray(case["spacing"], float)
+    fixed, moving = case["fixed"], case["moving"]
+    sl = (lambda a: a[:, :, a.shape[2] // 2]) if fixed.ndim == 3 else (lambda a: a)
+    n = len(fields) + 1
+    fig, ax = plt.subplots(2, n, figsize=(1.9 * n, 4.0), dpi=70)
+    edges = lambda a: ndi.morphological_gradient((a > 0.15 * a.max()).astype(np.uint8), size=2) > 0  # noqa: E731
+    items = [("no registration", np.zeros((fixed.ndim, *fixed.shape)))] + list(fields.items())
+    for j, (name, f) in enumerate(items):
+        w = warp_linear(moving, f, sp)
+        fs, ws = sl(fixed), sl(w)
+        rgb = np.stack([fs / np.percentile(fs, 99.5), ws / np.percentile(ws, 99.5), np.zeros_like(fs)], -1).clip(0, 1)
+        ax[0, j].imshow(rgb)
+        ax[0, j].set_title(name, fontsize=6)
+        if case["true_field"] is not None:
+            e = np.sqrt((((f - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+            e = np.where(case["mask"], e, np.nan)
+            ax[1, j].imshow(sl(e), vmin=0, vmax=3, cmap="magma")
+            ax[1, j].set_title("EPE (0-3 vox)", fontsize=6)
+    for a in ax.ravel():
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    mem = ""
+    try:
+        mem = f"{int(open('/proc/meminfo').readline().split()[1]) / 2**20:.0f} GB RAM"
+    except Exception:  # noqa: BLE001
+        pass
+    return f"{nproc} cores (nproc), {cpu}, {mem}, Python {platform.python_version()}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--quick", action="store_true", help="the quick set: " + ", ".join(C.QUICK))
+    p.add_argument("--cases", nargs="*", help="case names: " + ", ".join(C.CASES))
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--peers", nargs="*", help="only these peers")
+    a = p.parse_args(argv)
+    names = a.cases or (C.QUICK if a.quick else list(C.CASES))
+    os.makedirs(a.out, exist_ok=True)
+
+    import peers
+
+    avail = {} if a.no_peers else peers.available()
+    for k, (fn, msg) in avail.items():
+        if fn is None:
+            print(f"[skip] {k}: {msg}")
+    avail = {k: v for k, v in avail.items() if v[0] is not None and (not a.peers or k in a.peers)}
+
+    import priorreg
+    import torch
+
+    versions = {"priorreg": getattr(priorreg, "__version__", "?"), "torch": torch.__version__, "numpy": np.__version__}
+    for mod in ("SimpleITK", "itk", "ants", "convexAdam"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", None) or (m.Version.VersionString() if mod == "SimpleITK" else "?")
+        except Exception:  # noqa: BLE001
+            pass
+
+    rows = []
+    t_all = time.perf_counter()
+    verified = set()
+    for name in names:
+        case = C.CASES[name]()
+        d = case["fixed"].ndim
+        DESCS[name] = (case["desc"], case["prior_note"])
+        print(f"== {name}: {case['desc']}", flush=True)
+        rows.append(dict(case=name, method="no registration", setting="", **baseline(case), seconds=0.0, peak_mb=0.0, delta_mb=0.0))
+        fields = {}
+        runs = []
+        if case["kind"] == "phantom":
+            runs.append(("priorreg", "MI (alpha=1)", None, 1.0))
+            for key in ("small", "big"):
+                runs.append(("priorreg", f"alpha=0, {key}-disc prior", key, 0.0))
+                runs.append(("priorreg", f"alpha=0.4, {key}-disc prior", key, 0.4))
+        else:
+            for al in ALPHAS:
+                runs.append(("priorreg", f"alpha={al:g}", None if al == 1 else "train", al))
+        for k in avail:
+            if k == "convexadam" and d != 3:
+                continue
+            runs.append((k, k, None, None))
+        for method, label, pkey, al in runs:
+            case["verify"] = method != "priorreg" and (method, d) not in verified
+            try:
+                if method == "priorreg":
+                    r = run_isolated("priorreg", case, None if pkey in (None, "train") else pkey, al)
+                    if pkey == "train":
+                        pass
+                else:
+                    r = run_isolated(method, case)
+                    verified.add((method, d))
+            except Exception as e:  # noqa: BLE001
+                print(f"   {label}: FAILED {type(e).__name__}: {e}", flush=True)
+                rows.append(dict(case=name, method=label, error=f"{type(e).__name__}: {e}"))
+                continue
+            m = metrics(case, r["field"])
+            setting = ""
+            if method == "priorreg":
+                s = _setting(case)
+                setting = f"lambda={s['regularization']:g}, B={s['bins']}, sigma={s['parzen_sigma']:g}, levels={s['levels']}"
+                label = "priorreg " + label
+            row = dict(case=name, method=label, setting=setting, seconds=r["seconds"], peak_mb=r["peak_mb"],
+                       delta_mb=r["delta_mb"], **m)
+            if "iterations" in r:
+                row["iterations"] = r["iterations"]
+            rows.append(row)
+            fields[label] = r["field"]
+            print("   " + _fmt_console(row), flush=True)
+        if case["kind"] == "phantom":
+            fig_phantom(case, fields, os.path.join(a.out, f"{name}.png"))
+        elif name in ("mni-axial-t2", "mni3d-2mm-t2", "brainweb-t1-pd"):
+            keep = {k: v for k, v in fields.items() if k in ("priorreg alpha=1", "priorreg alpha=0.4") or not k.startswith("priorreg")}
+            fig_overlay(case, keep, os.path.join(a.out, f"{name}.png"))
+        _write(a.out, rows, names, versions, time.perf_counter() - t_all, partial=True)
+    _write(a.out, rows, names, versions, time.perf_counter() - t_all, partial=False)
+    print(f"wrote {a.out}/results.md, results.json ({time.perf_counter() - t_all:.0f} s)")
+
+
+def _fmt_console(r):
+    parts = [f"{r['method']:<34}"]
+    for k in ("epe_mean", "epe_p95", "dice_mean", "dice_small", "dice_big", "fold_pct", "seconds", "peak_mb"):
+        if k in r:
+            parts.append(f"{k}={r[k]:.3f}")
+    return " ".join(parts)
+
+
+def _write(out, rows, names, versions, total, partial):
+    hdr = (f"# priorreg benchmark results\n\nDate: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}  \n"
+           f"Machine: {machine()}  \nEvery tool limited to 2 threads; one registration at a time, each in a fresh "
+           f"process. Wall time = the registration call only (for peers it includes the tool's own dense-field "
+           f"conversion). Peak memory = max RSS of the run's process (interpreter, torch/tool libraries, data and the run; "+" = growth during the call).  \n"
+           f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}  \nTotal run time: {total:.0f} s"
+           f"{' (PARTIAL: run still going or interrupted)' if partial else ''}\n\n"
+           f"priorreg settings: 2D {PRIORREG_SETTINGS['2d']}; 3D {PRIORREG_SETTINGS['3d']} (one setting per "
+           f"dimension, not per case; defaults otherwise).\n\n")
+    descs = [n for n in names if n in DESCS]
+    lines = []
+    brain = [r for r in rows if not r["case"].startswith("phantom")]
+    ph = [r for r in rows if r["case"].startswith("phantom")]
+    if brain:
+        lines += ["## Brain and real-slice cases (EPE in voxels inside the brain/foreground mask of the fixed image)\n",
+                  "| case | method | mean EPE | p95 EPE | tissue Dice (CSF/GM/WM mean) | % Jac <= 0 | time (s) | peak mem (MB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in brain:
+            if "error" in r:
+                lines.append(f"| {r['case']} | {r['method']} | failed: {r['error']} | | | | | |")
+                continue
+            best = min((x["epe_mean"] for x in brain if x["case"] == r["case"] and "epe_mean" in x and x["method"] != "no registration"), default=None)
+            e = f"{r['epe_mean']:.3f}"
+            if best is not None and abs(r["epe_mean"] - best) < 1e-12:
+                e = f"**{e}**"
+            dm = f"{r['dice_mean']:.3f}" if "dice_mean" in r else "–"
+            lines.append(f"| {r['case']} | {r['method']} | {e} | {r['epe_p95']:.2f} | {dm} | {r['fold_pct']:.3f} | "
+                         f"{r['seconds']:.1f} | {r['peak_mb']:.0f} (+{r['delta_mb']:.0f}) |")
+    if ph:
+        lines += ["\n## Circle phantom (paper Fig. 1; Dice of the warped moving disc, w < 0.6)\n",
+                  "| case | method | Dice small | Dice big | Dice union | disc px | % Jac <= 0 | time (s) | peak mem (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in ph:
+            if "error" in r:
+                lines.append(f"| {r['case']} | {r['method']} | failed: {r['error']} | | | | | | |")
+                continue
+            lines.append(f"| {r['case']} | {r['method']} | {r['dice_small']:.3f} | {r['dice_big']:.3f} | "
+                         f"{r['dice_union']:.3f} | {r['disc_px']} | {r['fold_pct']:.3f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} (+{r['delta_mb']:.0f}) |")
+    lines += ["\n## Cases\n"]
+    for n in descs:
+        lines.append(f"- `{n}`: {DESCS[n][0]}. Prior: {DESCS[n][1]}.")
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(hdr + "\n".join(lines) + "\n")
+    with open(os.path.join(out, "results.json"), "w") as fh:
+        json.dump(dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=machine(), versions=versions,
+                       priorreg_settings=PRIORREG_SETTINGS, total_seconds=total, partial=partial, rows=rows), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
