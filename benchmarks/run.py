@@ -4,7 +4,7 @@
 
 Writes results.md (table), results.json and PNG figures into --out. Each registration runs in a
 fresh spawned process (one at a time), so wall time and peak memory (ru_maxrss of that process
-after the call minus before it) are per run. Every tool is limited to 2 threads.
+= VmHWM of that process; growth = VmHWM minus RSS before the call) are per run. Every tool is limited to 2 threads.
 """
 from __future__ import annotations
 
@@ -47,13 +47,26 @@ def _setting(case):
 # --------------------------------------------------------------------------- one run (child process)
 
 
-def _child(method, case, prior_key=None, alpha=1.0):
-    import resource
+def _status_kb(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
 
+
+def _child(method, case, prior_key=None, alpha=1.0):
     import torch
 
     torch.set_num_threads(2)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss survives fork+exec (it would report the parent's peak); VmHWM is per address space
+    # and can be reset: clear_refs "5" sets it to the current RSS.
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    before = _status_kb("VmRSS")
     out = {}
     if method == "priorreg":
         import priorreg
@@ -78,7 +91,7 @@ def _child(method, case, prior_key=None, alpha=1.0):
         out["field"] = field
         if case.get("verify", False):
             fn(case["fixed"], case["moving"], case["spacing"], verify=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM")
     out["peak_mb"] = peak / 1024.0  # whole process: interpreter + torch/tool + data + the run
     out["delta_mb"] = (peak - before) / 1024.0  # growth during the call
     return out
