@@ -122,7 +122,7 @@ def _scaled(a, rng):
 
 
 def _edges(a, spacing):
-    """Edge map of ``a``: Sobel gradient magnitude above the 88th percentile of its non-zero values."""
+    """Edge map of ``a``: Sobel gradient magnitude above the 95th percentile of its non-zero values."""
     from scipy import ndimage
 
     g = np.zeros(a.shape, dtype=float)
@@ -132,7 +132,7 @@ def _edges(a, spacing):
     nz = g[g > 0]
     if nz.size == 0:
         return np.zeros(a.shape, bool)
-    return g > np.percentile(nz, 88)
+    return g > np.percentile(nz, 95)
 
 
 def _checkerboard(a, b, n=8):
@@ -346,10 +346,10 @@ def figures(result, prior=None, mask=None) -> list:
 
 def _rank_diff(fixed, moving):
     """|rank(fixed) - rank(moving)| in [0, 1]: a modality-agnostic (monotone) difference for display."""
+    from scipy.stats import rankdata
+
     def ranks(a):
-        r = np.empty(a.size)
-        r[np.argsort(a.ravel(), kind="stable")] = np.linspace(0, 1, a.size)
-        return r.reshape(a.shape)
+        return ((rankdata(a.ravel(), method="average") - 1) / max(a.size - 1, 1)).reshape(a.shape)
 
     return np.abs(ranks(fixed) - ranks(moving))
 
