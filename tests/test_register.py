@@ -280,3 +280,10 @@ def test_prior_survives_a_change_of_intensity_scale_and_helps_mi():
     mi = register(f, m, alpha=1.0, **kw)
     assert np.allclose(blend.field, blend_scaled.field, atol=1e-4)
     assert _epe(blend.field, v, mask) < _epe(mi.field, v, mask) - 0.05
+
+
+def test_image_accepts_a_reversed_direction_view():
+    # SimpleITK's matrix reversed to array order is a negative-stride view; warp must take it.
+    d = np.array([[0.0, 1.0], [1.0, 0.0]])[:, ::-1]
+    img = Image(np.arange(48.0).reshape(6, 8), direction=d)
+    assert np.allclose(warp(img, np.zeros((2, 6, 8))).array, img.array)

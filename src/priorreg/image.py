@@ -39,7 +39,8 @@ class Image:
         self.origin = _as_vector(self.origin, d, 0.0, "origin")
         if self.direction is None:
             self.direction = np.eye(d)
-        self.direction = np.asarray(self.direction, dtype=float).reshape(d, d)
+        # A contiguous copy: torch refuses negative-stride views (e.g. a reversed SimpleITK matrix).
+        self.direction = np.ascontiguousarray(np.array(self.direction, dtype=float).reshape(d, d))
 
     @property
     def ndim(self) -> int:
