@@ -29,7 +29,7 @@ def _pair(shape, seed):
     return torch.as_tensor(f1), torch.as_tensor(f2)
 
 
-def _setup(shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force="exact"):
+def _setup(shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force="exact", bending=0.0):
     f1, f2 = _pair(shape, seed)
     g1, g2 = _pair(shape, seed + 100)  # independent pair for the prior
     ranges = ((-0.1, 1.1), (-1.3, 1.3))
@@ -43,7 +43,7 @@ def _setup(shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force
     data = JointHistogramEnergy(
         f1, f2, spacing, spec, [(alpha, NegMutualInformation()), (1 - alpha, PriorKL(Q))], mask, force
     )
-    reg = Tikhonov(lam, spacing)
+    reg = Tikhonov(lam, spacing, bending)
     rng = np.random.default_rng(seed + 1)
     d = len(shape)
     u = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) for _ in range(d)])
@@ -55,7 +55,7 @@ def _setup(shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force
 
 def _energy(data, reg, u):
     _, total, _ = data.evaluate(u, with_force=False)
-    return total + reg.weight * reg.value(u)
+    return total + reg.total(reg.values(u))
 
 
 def _check(data, reg, u, seed=0):
@@ -107,6 +107,19 @@ def test_gradient_with_more_bins_and_wider_parzen_window():
 def test_regularizer_alone():
     data, reg, u = _setup((16, 14), (1.0, 2.0), 1.0, 1.0, False)
     data.terms = []  # similarity weight zero: the energy is lambda * R only
+    _check(data, reg, u)
+
+
+@pytest.mark.parametrize("shape,spacing", [((16, 14), (1.0, 2.0)), ((8, 7, 6), (1.0, 1.5, 0.7))])
+def test_bending_regularizer_alone(shape, spacing):
+    data, reg, u = _setup(shape, spacing, 1.0, 0.5, False, bending=3.0)
+    data.terms = []  # energy = lambda R + bending B only
+    assert reg.values(u)["B"] > 0
+    _check(data, reg, u)
+
+
+def test_blend_with_membrane_and_bending_2d():
+    data, reg, u = _setup((24, 20), (1.0, 1.3), 0.4, 0.3, True, bending=10.0)
     _check(data, reg, u)
 
 

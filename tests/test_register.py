@@ -9,7 +9,7 @@ from priorreg import Image, PriorRegError, RegistrationOptions, fit_prior, regis
 
 # The phantom is piecewise constant: inside a tissue class the warp is not observable
 # and only the regulariser decides it. Its true fields are very smooth (sigma ~ 1/6 of
-# the image), so these tests use a stronger lambda than the brain default of 1.
+# the image), so these tests add a strong membrane weight to the default bending term.
 SMOOTH = dict(bins=32, parzen_sigma=1.0, regularization=20.0)
 
 
@@ -49,7 +49,7 @@ def test_recovers_a_known_smooth_warp_in_2d(contrast):
     # The energy went down at every level and is reported per term.
     for h in r.history:
         assert h.energy[-1] <= h.energy[0]
-        assert set(h.terms[-1]) == {"-MI", "R"}
+        assert set(h.terms[-1]) == {"-MI", "R", "B"}
 
 
 @pytest.mark.parametrize("contrast", [syn.T2_MONO, syn.PD_NONMONO], ids=["monotone", "non-monotone"])
@@ -78,7 +78,7 @@ def test_prior_registration_alpha_zero_and_blend():
     for alpha in (0.0, 0.4):
         r = register(f, m, prior=prior, alpha=alpha, levels=3, **SMOOTH)
         assert _epe(r.field, v, mask) < 0.6, (alpha, _epe(r.field, v, mask))
-        assert set(r.history[-1].terms[-1]) == {"-MI", "KL", "R"}
+        assert set(r.history[-1].terms[-1]) == {"-MI", "KL", "R", "B"}
         assert r.jacobian_stats["percent_nonpositive"] == 0
 
 
@@ -266,8 +266,7 @@ def test_masked_registration_recovers_the_warp_inside_the_mask():
 def test_prior_survives_a_change_of_intensity_scale_and_helps_mi():
     # METHOD.md §9.3: with stored raw ranges a test image at gain 0.8 made alpha=0 worse
     # than no registration. The foreground-percentile normalisation makes the prior see
-    # the same bins whatever the gain and offset, so the result must not change at all,
-    # and the blend must beat MI alone at the default lambda (measured: 0.68 vs 0.86 voxel).
+    # the same bins whatever the gain and offset, so the result must not change at all.
     f, m, v, lab = syn.case((96, 112), syn.PD_NONMONO, max_disp=4.0)
     lab_t = syn.anatomy((96, 112), seed=5)
     prior = fit_prior(
@@ -277,9 +276,17 @@ def test_prior_survives_a_change_of_intensity_scale_and_helps_mi():
     kw = dict(prior=prior, levels=3, bins=32, parzen_sigma=1.0)
     blend = register(f, m, alpha=0.4, **kw)
     blend_scaled = register(f, 0.8 * m + 0.1, alpha=0.4, **kw)
-    mi = register(f, m, alpha=1.0, **kw)
     assert np.allclose(blend.field, blend_scaled.field, atol=1e-4)
-    assert _epe(blend.field, v, mask) < _epe(mi.field, v, mask) - 0.05
+    # With the paper's membrane regulariser alone (lambda=1) MI wanders and the prior pulls
+    # it back: measured 0.68 (alpha=0.4) vs 0.86 voxel (MI). With the default bending term
+    # MI itself is well posed here and this prior (another anatomy) no longer helps
+    # (measured 0.39 vs 0.32): the prior's gain is a regularisation effect, said in the README.
+    paper = dict(kw, regularization=1.0, bending=0.0)
+    blend_p = register(f, m, alpha=0.4, **paper)
+    mi_p = register(f, m, alpha=1.0, **paper)
+    assert _epe(blend_p.field, v, mask) < _epe(mi_p.field, v, mask) - 0.05
+    mi = register(f, m, alpha=1.0, **kw)
+    assert _epe(mi.field, v, mask) < _epe(mi_p.field, v, mask) - 0.3
 
 
 def test_image_accepts_a_reversed_direction_view():

@@ -22,6 +22,12 @@ def test_semi_implicit_solve_residual_and_laplacian_is_gradient_of_tikhonov(shap
     mu = spatial.laplacian_eigenvalues(shape, spacing, torch.float64)
     u = spatial.solve_implicit(rhs, 0.7, mu)
     assert (u + 0.7 * spatial.neg_laplacian(u, spacing) - rhs).abs().max() < 1e-12
+    # The bending spectrum mu^2 solves (I + t L L) u = rhs: the regulariser's spectrum is exact.
+    from priorreg.energy import Tikhonov
+
+    reg = Tikhonov(0.3, spacing, bending=2.0)
+    u = spatial.solve_implicit(rhs, 0.7, reg.spectrum(shape, torch.float64, None))
+    assert (u + 0.7 * reg.force(u) - rhs).abs().max() < 1e-11
     # L u is the exact gradient of N * R(u): compare to central finite differences.
     v = torch.randn(d, *shape, dtype=torch.float64, generator=g)
     n = v[0].numel()

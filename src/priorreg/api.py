@@ -258,7 +258,7 @@ def register(
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
             terms.append((1.0 - opts.alpha, PriorKL(Q)))
         data = JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms, kl[lv], opts.force)
-        reg = Tikhonov(opts.regularization, sp)
+        reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow
 
         u, h = gradient_flow([data], reg, u, opts, lv, sp, callback)

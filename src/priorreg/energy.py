@@ -142,15 +142,47 @@ class JointHistogramEnergy:
 
 @dataclass
 class Tikhonov:
-    """lambda * R(u), R = 1/2 mean |grad u|^2 with physical spacing, Neumann boundary."""
+    """Quadratic smoothness prior, diagonal in the DCT basis (Neumann boundary):
+
+        weight * R(u) + bending * B(u),  R = 1/2 mean |grad u|^2 (membrane),
+                                          B = 1/2 mean |L u|^2   (bending, thin plate)
+
+    with L the discrete negative Laplacian (physical spacing). The membrane term alone
+    is the paper's regulariser; the bending term penalises curvature instead of slope,
+    so a field pinned only at edges is interpolated smoothly between them (the B-spline
+    peers get this from their basis). Both are solved exactly by the semi-implicit DCT
+    step: the solver needs only ``spectrum``.
+    """
 
     weight: float
     spacing: tuple
+    bending: float = 0.0
     name: str = field(default="R", init=False)
 
     def value(self, u):
+        """R(u), the membrane term (unweighted)."""
         return float(spatial.tikhonov(u, self.spacing))
 
+    def values(self, u) -> dict:
+        """Unweighted term values by name: R and, when used, B."""
+        out = {"R": self.value(u)}
+        if self.bending:
+            Lu = spatial.neg_laplacian(u, self.spacing)
+            out["B"] = float(0.5 * (Lu * Lu).sum() / u[0].numel())
+        return out
+
+    def total(self, values: dict) -> float:
+        return self.weight * values["R"] + self.bending * values.get("B", 0.0)
+
     def force(self, u):
-        """N_grid * d(lambda R)/du = lambda * L u."""
-        return self.weight * spatial.neg_laplacian(u, self.spacing)
+        """N_grid * d(weight R + bending B)/du = weight L u + bending L L u."""
+        Lu = spatial.neg_laplacian(u, self.spacing)
+        out = self.weight * Lu
+        if self.bending:
+            out = out + self.bending * spatial.neg_laplacian(Lu, self.spacing)
+        return out
+
+    def spectrum(self, shape, dtype, device):
+        """Eigenvalues of the regulariser's operator in the DCT basis: weight mu + bending mu^2."""
+        mu = spatial.laplacian_eigenvalues(shape, self.spacing, dtype, device)
+        return self.weight * mu + self.bending * mu * mu

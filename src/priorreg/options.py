@@ -18,6 +18,9 @@ class RegistrationOptions:
         (no prior needed); alpha < 1 needs a learned prior.
     regularization : float
         lambda, weight of the Tikhonov term R = 1/2 mean |grad u|^2 (dimensionless).
+    bending : float
+        Weight of the bending term B = 1/2 mean |Laplacian u|^2 (mm^2). It penalises
+        curvature, not slope: smooth fields between the edges that drive the match.
     bins : int
         Histogram bins per intensity axis (B).
     parzen_sigma : float
@@ -56,7 +59,8 @@ class RegistrationOptions:
     """
 
     alpha: float = 1.0
-    regularization: float = 1.0
+    regularization: float = 0.3
+    bending: float = 100.0
     bins: int = 64
     parzen_sigma: float = 2.0
     levels: int = 3
@@ -79,6 +83,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: alpha must be in [0, 1], got {self.alpha}")
         if not self.regularization >= 0:
             raise PriorRegError(f"{f}: regularization must be >= 0, got {self.regularization}")
+        if not self.bending >= 0:
+            raise PriorRegError(f"{f}: bending must be >= 0, got {self.bending}")
         if int(self.bins) != self.bins or self.bins < 4:
             raise PriorRegError(f"{f}: bins must be an integer >= 4, got {self.bins}")
         if not self.parzen_sigma >= 0:

@@ -1,6 +1,6 @@
 """Semi-implicit gradient flow for one pyramid level (METHOD.md §5.2-5.6).
 
-    (I + tau*lambda*L) u_new = u - tau*F(u)
+    (I + tau*A) u_new = u - tau*F(u),   A = lambda*L (+ bending*L^2)
 
 solved by DCT (unconditionally stable in lambda), with step normalisation,
 backtracking on the total energy J and the stopping rules of §5.6. The data
@@ -60,9 +60,9 @@ def _total(data_terms, reg, u, with_force):
         total += t
         if f is not None:
             force = f if force is None else force + f
-    r = reg.value(u)
-    values[reg.name] = r
-    total += reg.weight * r
+    r = reg.values(u)
+    values.update(r)
+    total += reg.total(r)
     return values, total, force
 
 
@@ -77,27 +77,44 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
     t0 = time.perf_counter()
     shape = tuple(u.shape[1:])
     hist = LevelHistory(level, shape, tuple(spacing))
-    mu = spatial.laplacian_eigenvalues(shape, spacing, u.dtype, u.device)
+    spectrum = reg.spectrum(shape, u.dtype, u.device)
     values, J, F = _total(data_terms, reg, u, True)
     if not math.isfinite(J):
         raise PriorRegError(f"register(): the energy is not finite at level {level}, iteration 0 (J={J})")
     hist.energy.append(J)
     hist.terms.append(values)
     fmax = _max_voxel_norm(F, spacing)
-    tau = opts.step_voxels / fmax if fmax > 0 else 0.0
+    if fmax == 0:
+        hist.iterations, hist.stop_reason = 0, "zero force"
+        hist.seconds = time.perf_counter() - t0
+        return u, hist
+
+    def update(tau):
+        u_new = spatial.solve_implicit(u - tau * F, tau, spectrum)
+        return u_new, _max_voxel_norm(u_new - u, spacing)
+
+    # Steps are measured on the update itself, not on tau*F: a stiff regulariser (bending)
+    # shrinks tau*F a lot, and a cap on tau*F alone would crawl. Start where the first
+    # update moves about step_voxels.
+    tau = opts.step_voxels / fmax
+    for _ in range(30):
+        if update(tau)[1] >= 0.5 * opts.step_voxels:
+            break
+        tau *= 2.0
     it = 0
     reason = "max_iterations"
     while it < opts.max_iterations:
-        fmax = _max_voxel_norm(F, spacing)
-        if fmax == 0:
+        if _max_voxel_norm(F, spacing) == 0:
             reason = "zero force"
             break
-        tau = min(tau, opts.max_step_voxels / fmax)
         accepted = False
         while True:
-            if tau * fmax < opts.min_step_voxels:
+            u_new, delta = update(tau)
+            if delta > opts.max_step_voxels:
+                tau *= 0.5 * opts.max_step_voxels / delta + 0.25
+                continue
+            if delta < opts.min_step_voxels:
                 break
-            u_new = spatial.solve_implicit(u - tau * F, tau * reg.weight, mu)
             v_new, J_new, F_new = _total(data_terms, reg, u_new, True)
             if not math.isfinite(J_new):
                 raise PriorRegError(

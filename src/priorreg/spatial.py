@@ -138,7 +138,8 @@ def laplacian_eigenvalues(shape, spacing, dtype=torch.float32, device=None) -> t
 
 
 def solve_implicit(rhs: torch.Tensor, tau_lambda: float, mu: torch.Tensor) -> torch.Tensor:
-    """Solve (I + tau*lambda*L) u = rhs per component by DCT (METHOD.md §5.2)."""
+    """Solve (I + tau_lambda*A) u = rhs per component by DCT (METHOD.md §5.2), where
+    ``mu`` holds A's DCT eigenvalues (``laplacian_eigenvalues`` for A = L)."""
     dims = list(range(1, rhs.dim()))
     return idctn(dctn(rhs, dims) / (1.0 + tau_lambda * mu), dims)
 
