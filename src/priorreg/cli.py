@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(J = alpha*(-MI) + (1-alpha)*KL(p_u||p_L) + lambda*R).",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,register,apply,demo}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,register,apply,cohort,demo}", parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser(
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'nearest' for label maps (default: linear)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    from .cohort import add_parser as add_cohort_parser
+
+    add_cohort_parser(sub)
 
     d = sub.add_parser(
         "demo",
@@ -477,7 +481,13 @@ def cmd_demo(args, con: Console) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "register": cmd_register, "apply": cmd_apply, "demo": cmd_demo}
+def cmd_cohort(args, con: Console) -> int:
+    from .cohort import cmd_cohort as run_cohort
+
+    return run_cohort(args, con)
+
+
+COMMANDS = {"train": cmd_train, "register": cmd_register, "apply": cmd_apply, "cohort": cmd_cohort, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

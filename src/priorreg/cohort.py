@@ -1,0 +1,656 @@
+"""``priorreg cohort``: register many pairs listed in a CSV manifest as one command on Dask.
+
+The manifest has the columns ``fixed,moving`` (paths; relative paths are taken from the
+manifest's folder) and optionally ``id`` (the name of the pair's output folder, default
+the row number 0001, 0002, ...), ``mask`` (a fixed-space mask) and ``out`` (the pair's
+output folder instead of DIR/ID; a relative path is taken from DIR). Blank rows are
+skipped; other columns are ignored (with a note).
+
+Everything that can be checked without registering is checked before anything is
+submitted (the manifest, every file, ids, output folders, overwrites, the engine
+options and the prior); all bad rows are reported in one error. Then each pair is one
+task on a dask.distributed cluster (an existing scheduler, ``--scheduler``, or a
+LocalCluster): it reads its images, registers, writes the same five files as
+``priorreg register`` into its folder (atomically) and returns a small dict. A pair that
+fails is recorded with its one-line error; the others go on. DIR/cohort.csv and
+DIR/cohort.json summarise the run. Exit status: 0 when every pair is registered (or was
+complete already, ``--resume``), 1 when some pair failed, 2 for an error before the run.
+
+dask is an optional dependency (``pip install "dask[distributed]"``); this module imports
+it only when the command runs.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io as _io
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from . import cli
+from .errors import PriorRegError
+from .options import RegistrationOptions
+
+INSTALL_HINT = 'python3 -m pip install "dask[distributed]"'
+COLUMNS = ("fixed", "moving", "id", "mask", "out")
+REQUIRED = ("fixed", "moving")
+SUMMARY_NAMES = ("cohort.csv", "cohort.json")
+SUMMARY_FIELDS = ("id", "status", "seconds", "final_energy", "percent_folding", "error", "fixed", "moving", "mask", "out", "line")
+EXIT_PAIRS_FAILED = 1
+_HTML_LOCK = threading.Lock()  # matplotlib's pyplot keeps global state: one report figure at a time per process
+
+
+@dataclass
+class Pair:
+    """One validated manifest row (absolute paths)."""
+
+    line: int
+    id: str
+    fixed: str
+    moving: str
+    mask: str | None
+    out: str
+    skip: bool = False  # complete from an earlier run (--resume)
+
+    def spec(self) -> dict:
+        return {"line": self.line, "id": self.id, "fixed": self.fixed, "moving": self.moving, "mask": self.mask, "out": self.out}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    """Add the ``cohort`` subcommand to the ``priorreg`` subparsers."""
+    c = sub.add_parser(
+        "cohort",
+        help="register many pairs from a CSV manifest on Dask",
+        description="Register every (FIXED, MOVING) pair of a CSV manifest on a dask.distributed cluster. "
+        "MANIFEST columns: fixed,moving (paths, relative to the manifest's folder) and optional id, mask, out. "
+        "Each pair writes the files of 'priorreg register' into DIR/ID (or its out column); DIR/cohort.csv and "
+        "DIR/cohort.json summarise the run. Exit status 1 if some pair failed. Needs dask: " + INSTALL_HINT,
+    )
+    c.add_argument("manifest", metavar="MANIFEST", help="CSV file with the columns fixed,moving[,id,mask,out]")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory: one folder per pair, plus cohort.csv/cohort.json")
+    c.add_argument("--prior", metavar="PRIOR", help="learned prior (from 'priorreg train'); needed for alpha < 1")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of a running dask.distributed scheduler (e.g. tcp://host:8786); default: a local cluster")
+    c.add_argument("--workers", type=int, metavar="N", help="local cluster: worker processes (default: CPU cores / threads per worker)")
+    c.add_argument("--threads-per-worker", type=int, metavar="T", help="local cluster: pairs run at once per worker (default: 1)")
+    c.add_argument("--no-processes", action="store_true",
+                   help="local cluster: run the workers as threads of this process (small cohorts, tests)")
+    c.add_argument("--torch-threads", type=int, metavar="K",
+                   help="torch threads per pair (default: local cluster CPU cores / (workers x threads per worker); "
+                   "with --scheduler: the worker's default)")
+    c.add_argument("--resume", action="store_true", help="skip pairs whose output folder holds all outputs already")
+    c.add_argument("--overwrite", action="store_true", help="write into existing non-empty output folders")
+    c.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    cli.add_engine_options(c)
+
+
+def import_distributed():
+    """The dask.distributed module, or a one-line error with the pip command."""
+    try:
+        import distributed  # noqa: F401
+        from dask import distributed as dd
+    except ImportError:
+        raise PriorRegError(f"'priorreg cohort' needs dask.distributed, which is not installed; install it with: {INSTALL_HINT}") from None
+    return dd
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _cell(row: dict, name: str) -> str:
+    v = row.get(name)
+    return "" if v is None else str(v).strip()
+
+
+def read_manifest(path) -> tuple[list, list]:
+    """``(rows, ignored_columns)``: rows are ``(line number, {column: text})`` of the non-blank data rows."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise PriorRegError(f"manifest: no such file: {path}")
+    if os.path.isdir(path):
+        raise PriorRegError(f"manifest: {path} is a directory; give a CSV file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        raise PriorRegError(f"manifest: cannot read {path} as UTF-8 text; give a CSV file") from None
+    except OSError as e:
+        raise PriorRegError(f"manifest: cannot read {path} ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise PriorRegError(f"manifest: {path} is not a text file; give a CSV file")
+    reader = csv.reader(_io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        while header is not None and not any(h.strip() for h in header):
+            header = next(reader, None)
+        if header is None:
+            raise PriorRegError(f"manifest: {path} is empty; it needs a header line with at least the columns fixed,moving")
+        names = [h.strip().lower() for h in header]
+        dup = sorted({n for n in names if n and names.count(n) > 1})
+        if dup:
+            raise PriorRegError(f"manifest: {path} has the column(s) {', '.join(dup)} more than once")
+        missing = [c for c in REQUIRED if c not in names]
+        if missing:
+            hint = ""
+            if len(header) == 1 and any(s in header[0] for s in ";\t"):
+                hint = " (the manifest must be comma-separated)"
+            raise PriorRegError(
+                f"manifest: {path} has no column(s) {', '.join(missing)}{hint}; its header is "
+                f"{','.join(h.strip() for h in header)!r} and needs fixed,moving (optional: id, mask, out)"
+            )
+        rows = []
+        for cells in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            row = {n: (cells[k] if k < len(cells) else None) for k, n in enumerate(names) if n}
+            if len(cells) > len(names):
+                row[None] = (len(cells), len(names))
+            rows.append((line, row))
+    except csv.Error as e:
+        raise PriorRegError(f"manifest: {path} is not a valid CSV file (line {reader.line_num}: {e})") from None
+    if not rows:
+        raise PriorRegError(f"manifest: {path} lists no pairs (only a header)")
+    ignored = [n for n in names if n and n not in COLUMNS]
+    return rows, ignored
+
+
+_BAD_ID = re.compile(r"[/\\\x00-\x1f]")
+
+
+def _id_problem(pid: str) -> str | None:
+    if not pid:
+        return "empty id"
+    if _BAD_ID.search(pid) or pid.startswith(".") or pid in SUMMARY_NAMES:
+        return f"id {pid!r} cannot be a folder name (no slashes, control characters or leading '.', not cohort.csv or cohort.json)"
+    return None
+
+
+def _input_problem(path: str, role: str) -> str | None:
+    from . import io as pio
+
+    if not os.path.exists(path):
+        return f"{role}: no such file: {path}"
+    if os.path.isdir(path):
+        return None  # a DICOM series folder (read at run time)
+    ext = pio.extension(path)
+    if ext not in pio.READ_EXTENSIONS:
+        return f"{role}: unsupported file format {ext or '(no extension)'!r} for {path}"
+    if not os.access(path, os.R_OK):
+        return f"{role}: cannot read {path} (permission denied)"
+    return None
+
+
+def _key(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _abs(path: str, base: str) -> str:
+    path = os.path.expanduser(path)
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+
+
+def outputs_complete(folder: str) -> bool:
+    """Whether ``folder`` holds every file ``priorreg register`` writes (each is written atomically)."""
+    return all(os.path.isfile(os.path.join(folder, n)) for n in cli.OUTPUT_NAMES)
+
+
+def _only_ours(folder: str) -> bool:
+    """Whether ``folder`` holds nothing but priorreg outputs (and temporary files of an interrupted write)."""
+    return all(n in cli.OUTPUT_NAMES or n.startswith(".priorreg-") for n in os.listdir(folder))
+
+
+def validate(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None) -> list:
+    """Check the manifest and the outputs; returns the pairs or raises one error listing every bad row."""
+    manifest = os.path.abspath(os.fspath(manifest))
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    rows, ignored = read_manifest(manifest)
+    if ignored and notes is not None:
+        notes.append(f"manifest: ignoring the column(s) {', '.join(ignored)}")
+    base = os.path.dirname(manifest)
+    width = max(4, len(str(len(rows))))
+    problems: dict[int, list] = {}
+    pairs = []
+    for k, (line, row) in enumerate(rows, 1):
+        bad = problems.setdefault(line, [])
+        if None in row:
+            bad.append(f"{row[None][0]} fields but the header has {row[None][1]}")
+        pid = _cell(row, "id") if "id" in row else f"{k:0{width}d}"
+        p = _id_problem(pid)
+        if p:
+            bad.append(p)
+        paths = {}
+        for role in ("fixed", "moving", "mask"):
+            v = _cell(row, role)
+            if not v:
+                if role != "mask":
+                    bad.append(f"{role}: empty")
+                paths[role] = None
+                continue
+            paths[role] = _abs(v, base)
+            p = _input_problem(paths[role], role)
+            if p:
+                bad.append(p)
+        o = _cell(row, "out")
+        folder = _abs(o, out_dir) if o else os.path.join(out_dir, pid)
+        pairs.append(Pair(line, pid, paths["fixed"], paths["moving"], paths["mask"], folder))
+
+    # Ids and output folders: unique, not nested, never an input, nothing overwritten unasked.
+    first_id, first_out = {}, {}
+    for pr in pairs:
+        if pr.id in first_id:
+            problems[pr.line].append(f"duplicate id {pr.id!r} (first on line {first_id[pr.id]})")
+        else:
+            first_id[pr.id] = pr.line
+        k = _key(pr.out)
+        if k in first_out:
+            problems[pr.line].append(f"output folder {pr.out} is also the output folder of line {first_out[k]}")
+        else:
+            first_out[k] = pr.line
+    summary_keys = {_key(os.path.join(out_dir, n)): os.path.join(out_dir, n) for n in SUMMARY_NAMES}
+    inputs = {_key(manifest): "the manifest"}
+    if prior_path is not None:
+        inputs[_key(prior_path)] = "the prior"
+    for pr in pairs:
+        for role in ("fixed", "moving", "mask"):
+            path = getattr(pr, role)
+            if path is not None:
+                inputs.setdefault(_key(path), f"{role} of line {pr.line}")
+    out_key = _key(out_dir)
+    for pr in pairs:
+        bad = problems[pr.line]
+        k = _key(pr.out)
+        if k in inputs:
+            bad.append(f"output folder {pr.out} is {inputs[k]}")
+        if k == out_key:
+            bad.append(f"output folder {pr.out} is the cohort --out folder itself (give each pair its own folder)")
+        parent = os.path.dirname(k)
+        while parent and parent != os.path.dirname(parent):
+            if parent == out_key:
+                break
+            if parent in first_out and first_out[parent] != pr.line:
+                bad.append(f"output folder {pr.out} is inside the output folder of line {first_out[parent]}")
+                break
+            parent = os.path.dirname(parent)
+        for n in cli.OUTPUT_NAMES:
+            f = _key(os.path.join(pr.out, n))
+            if f in inputs:
+                bad.append(f"its output {os.path.join(pr.out, n)} would overwrite {inputs[f]} (inputs are never written)")
+        if os.path.exists(pr.out):
+            if not os.path.isdir(pr.out):
+                bad.append(f"output folder {pr.out} exists and is not a directory")
+            elif os.listdir(pr.out):
+                if resume and outputs_complete(pr.out):
+                    pr.skip = True
+                elif not (overwrite or (resume and _only_ours(pr.out))):
+                    bad.append(f"output folder {pr.out} exists and is not empty; use --overwrite, --resume or another id/out")
+    for k, path in summary_keys.items():
+        if k in inputs:
+            raise PriorRegError(f"--out {out_dir}: writing {path} would overwrite {inputs[k]}; choose another --out")
+    bad_rows = [(line, ps) for line, ps in sorted(problems.items()) if ps]
+    if bad_rows:
+        listing = " | ".join(f"line {line}: {'; '.join(ps)}" for line, ps in bad_rows)
+        raise PriorRegError(
+            f"manifest {manifest} has {len(bad_rows)} bad row(s) of {len(pairs)}; nothing was run: {listing}"
+        )
+    return pairs
+
+
+def _check_out_dir(out_dir: str, overwrite: bool, resume: bool) -> None:
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise PriorRegError(f"--out {out_dir} exists and is not a directory")
+        if os.listdir(out_dir) and not (overwrite or resume):
+            raise PriorRegError(
+                f"output directory {out_dir} exists and is not empty; use --resume to continue a cohort, --overwrite or another --out"
+            )
+    elif not os.path.isdir(os.path.dirname(os.path.abspath(out_dir))):
+        raise PriorRegError(f"cannot create output directory {out_dir}: its parent directory does not exist")
+
+
+def resolve_options(overrides: dict, prior, prior_path, notes: list) -> tuple[float, dict, RegistrationOptions]:
+    """``(alpha, overrides, options)`` exactly as ``priorreg register`` derives them (bins/levels from the prior)."""
+    overrides = dict(overrides)
+    if prior is not None:
+        for name in ("bins", "parzen_sigma"):
+            if name not in overrides and getattr(prior, name) != getattr(RegistrationOptions, name):
+                overrides[name] = getattr(prior, name)
+                notes.append(f"using {cli.option_flag(name)} {getattr(prior, name)} from the prior")
+        if "levels" not in overrides and prior.levels < RegistrationOptions.levels:
+            overrides["levels"] = prior.levels
+            notes.append(f"using --levels {prior.levels} (the prior has tables for {prior.levels} level(s))")
+    alpha = overrides.pop("alpha", RegistrationOptions.alpha)
+    if alpha < 1 and prior is None:
+        raise PriorRegError(
+            f"--alpha {alpha} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone"
+        )
+    opts = RegistrationOptions(alpha=alpha, **overrides)
+    if prior is not None:
+        prior.check_compatible(prior.dim, opts, f"prior {prior_path}:")
+    return alpha, overrides, opts
+
+
+# --------------------------------------------------------------------------- one pair (runs on a worker)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    if not isinstance(e, PriorRegError):
+        msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return msg[:400]
+
+
+def _register_and_write(spec: dict, prior, alpha: float, overrides: dict, notes: list):
+    from . import register
+
+    fixed = cli.load_input(spec["fixed"], "fixed", notes)
+    moving = cli.load_input(spec["moving"], "moving", notes)
+    cli._check_pair(fixed, moving, spec["fixed"], spec["moving"])
+    mask = cli._load_mask(spec["mask"], fixed, notes)
+    if prior is not None and prior.dim != fixed.ndim:
+        raise PriorRegError(
+            f"prior {spec['prior']} was learned on {prior.dim}D images but {spec['fixed']} is {cli._describe(fixed)}"
+        )
+    result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, **overrides)
+    out = spec["out"]
+    cli.make_out_dir(out)
+    for n in cli.OUTPUT_NAMES:  # stale files of an earlier run go first: a complete folder is one complete run
+        p = os.path.join(out, n)
+        if os.path.isfile(p):
+            os.unlink(p)
+    inputs = {"fixed": {"path": spec["fixed"]}, "moving": {"path": spec["moving"]}}
+    if spec["mask"]:
+        inputs["mask"] = {"path": spec["mask"]}
+    if prior is not None:
+        inputs["prior"] = {"path": spec["prior"], **prior.metadata()}
+    with _HTML_LOCK:
+        cli.write_outputs(out, result, prior=prior, mask=mask, inputs=inputs,
+                          extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
+    return result
+
+
+def register_pair(spec: dict, prior=None, alpha: float = 1.0, overrides: dict | None = None, torch_threads: int | None = None) -> dict:
+    """Dask task: read, register and write one pair; never raises, returns a small dict."""
+    t0 = time.perf_counter()
+    res = {"id": spec["id"], "status": "failed", "seconds": None, "final_energy": None, "percent_folding": None,
+           "error": "", "notes": []}
+    try:
+        if torch_threads:
+            import torch
+
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
+        result = _register_and_write(spec, prior, alpha, overrides or {}, res["notes"])
+        res.update(status="ok", final_energy=float(result.final_energy),
+                   percent_folding=float(result.jacobian_stats["percent_nonpositive"]))
+    except Exception as e:  # one failing pair must not stop the cohort
+        res["error"] = _one_line(e)
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+# --------------------------------------------------------------------------- progress and summary
+
+
+def _duration(s: float) -> str:
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+class Progress:
+    """Pairs done/failed/remaining, elapsed and ETA on stderr: one updating line on a TTY, else a line every 10 s."""
+
+    def __init__(self, total: int, con, interval: float = 10.0):
+        self.total, self.con, self.interval = total, con, interval
+        self.stream = con.stream
+        self.tty = con.bar
+        self.t0 = time.perf_counter()
+        self.last = -1e9
+        self.done = self.failed = 0
+        self._open = False
+
+    def line(self) -> str:
+        el = time.perf_counter() - self.t0
+        n = self.done + self.failed
+        rem = self.total - n
+        eta = _duration(el / n * rem) if n else "--"
+        return (f"{cli.PROG}: cohort {n}/{self.total}: {self.done} done, {self.failed} failed, {rem} remaining, "
+                f"{_duration(el)} elapsed, ETA {eta}")
+
+    def update(self, ok: bool, force: bool = False) -> None:
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.show(force)
+
+    def show(self, force: bool = False) -> None:
+        if self.con.quiet:
+            return
+        if self.tty:
+            self.stream.write("\r" + self.line() + " ")
+            self.stream.flush()
+            self._open = True
+        elif force or time.perf_counter() - self.last >= self.interval:
+            print(self.line(), file=self.stream)
+            self.last = time.perf_counter()
+
+    def error(self, msg: str) -> None:
+        """A failed pair: one line on stderr, also with --quiet."""
+        self.end()
+        print(f"{cli.PROG}: {msg}", file=self.stream)
+
+    def end(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+
+def _skipped_record(pr: Pair) -> dict:
+    import json
+
+    rec = {"id": pr.id, "status": "skipped", "seconds": None, "final_energy": None, "percent_folding": None, "error": ""}
+    try:
+        with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
+            s = json.load(fh).get("summary", {})
+        rec.update(seconds=s.get("seconds"), final_energy=s.get("final_energy"), percent_folding=s.get("percent_folding"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return rec
+
+
+def write_summary(out_dir: str, pairs: list, records: dict, meta: dict) -> dict:
+    """Write DIR/cohort.csv and DIR/cohort.json atomically (manifest order); returns the counts."""
+    from . import io as pio
+    from . import report as rep
+
+    rows = []
+    for pr in pairs:
+        r = records.get(pr.id) or {"status": "not run", "error": "interrupted before it finished"}
+        rows.append({"id": pr.id, "status": r["status"], "seconds": r.get("seconds"), "final_energy": r.get("final_energy"),
+                     "percent_folding": r.get("percent_folding"), "error": r.get("error", ""), "fixed": pr.fixed,
+                     "moving": pr.moving, "mask": pr.mask or "", "out": pr.out, "line": pr.line,
+                     **({"notes": r["notes"]} if r.get("notes") else {})})
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "skipped", "not run")}
+    counts["total"] = len(rows)
+    buf = _io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])) for k in SUMMARY_FIELDS})
+    pio.write_bytes(os.path.join(out_dir, "cohort.csv"), buf.getvalue().encode("utf-8"))
+    rep.write_json(os.path.join(out_dir, "cohort.json"), {
+        "priorreg_cohort": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "counts": counts,
+        "versions": rep.package_versions(),
+        "pairs": rows,
+    })
+    return counts
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _start_client(args, n_run: int):
+    """``(client, cluster or None, description dict, torch threads per pair)``."""
+    dd = import_distributed()
+    if args.scheduler:
+        try:
+            client = dd.Client(args.scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise PriorRegError(f"cannot connect to the Dask scheduler at {args.scheduler}: {_one_line(e)}") from None
+        nworkers = len(client.scheduler_info().get("workers", {}))
+        return client, None, {"scheduler": args.scheduler, "workers_at_start": nworkers}, args.torch_threads
+    tpw = args.threads_per_worker or 1
+    workers = args.workers or max(1, _cores() // tpw)
+    workers = max(1, min(workers, n_run))
+    torch_threads = args.torch_threads or max(1, _cores() // (workers * tpw))
+    kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=None)
+    try:
+        cluster = dd.LocalCluster(**kw)
+    except (OSError, TimeoutError, RuntimeError) as e:
+        raise PriorRegError(f"cannot start a local Dask cluster ({workers} worker(s)): {_one_line(e)}") from None
+    client = dd.Client(cluster)
+    desc = {"scheduler": "local", "workers": workers, "threads_per_worker": tpw, "processes": not args.no_processes}
+    return client, cluster, desc, torch_threads
+
+
+def cmd_cohort(args, con) -> int:
+    from . import Prior
+
+    import_distributed()
+    for name in ("workers", "threads_per_worker", "torch_threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise PriorRegError(f"{cli.option_flag(name)} must be >= 1, got {v}")
+    if args.scheduler and (args.workers or args.threads_per_worker or args.no_processes):
+        raise PriorRegError("--workers, --threads-per-worker and --no-processes set up a local cluster; "
+                            "they do not apply with --scheduler (size the cluster when starting its workers)")
+    overrides = cli.engine_overrides(args)
+    RegistrationOptions(**overrides)  # validate values before anything else
+    if "device" in overrides:
+        cli._check_device(overrides["device"])
+    notes = []
+    prior = None
+    prior_path = os.path.abspath(args.prior) if args.prior else None
+    if prior_path:
+        prior = Prior.load(prior_path)
+    alpha, overrides, opts = resolve_options(overrides, prior, args.prior, notes)
+    out_dir = os.path.abspath(args.out)
+    _check_out_dir(out_dir, args.overwrite, args.resume)
+    pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
+    for n in notes:
+        con.note(n)
+    todo = [p for p in pairs if not p.skip]
+    records = {p.id: _skipped_record(p) for p in pairs if p.skip}
+    if records:
+        con.note(f"--resume: {len(records)} of {len(pairs)} pair(s) complete already; skipping them")
+
+    t0 = time.perf_counter()
+    meta = {"manifest": os.path.abspath(args.manifest), "out": out_dir, "alpha": alpha, "options": opts.as_dict(),
+            "prior": None if prior is None else {"path": prior_path, **prior.metadata()}, "cluster": None}
+    progress = Progress(len(todo), con)
+    client = cluster = None
+    prev_threads = None
+    try:
+        if todo:
+            client, cluster, desc, torch_threads = _start_client(args, len(todo))
+            meta["cluster"] = {**desc, "torch_threads_per_pair": torch_threads}
+            if desc.get("workers_at_start") == 0:
+                con.note(f"the scheduler at {args.scheduler} has no workers yet; the pairs wait for workers to join")
+            if cluster is not None and args.no_processes:
+                import torch
+
+                prev_threads = torch.get_num_threads()  # the workers share this process's torch
+            cli.make_out_dir(out_dir)
+            con.note(f"registering {len(todo)} pair(s) on " + (
+                f"{args.scheduler}" if args.scheduler else
+                f"a local cluster of {desc['workers']} worker(s) x {desc['threads_per_worker']} thread(s)"
+            ) + (f", {torch_threads} torch thread(s) per pair" if torch_threads else ""))
+            _run(client, todo, prior, prior_path, alpha, overrides, torch_threads, records, progress)
+        else:
+            cli.make_out_dir(out_dir)
+    except KeyboardInterrupt:
+        progress.end()
+        meta["seconds"] = time.perf_counter() - t0
+        meta["interrupted"] = True
+        if os.path.isdir(out_dir):  # what finished is kept: --resume goes on from there
+            write_summary(out_dir, pairs, records, meta)
+        raise
+    finally:
+        progress.end()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+        if prev_threads is not None:
+            import torch
+
+            torch.set_num_threads(prev_threads)
+    meta["seconds"] = time.perf_counter() - t0
+    counts = write_summary(out_dir, pairs, records, meta)
+    summary_csv = os.path.join(args.out, "cohort.csv")
+    if not con.quiet:
+        print(f"{cli.PROG}: cohort of {counts['total']} pair(s): {counts['ok']} registered, {counts['failed']} failed, "
+              f"{counts['skipped']} skipped (complete already) in {_duration(meta['seconds'])}; summary in {summary_csv}")
+    if counts["failed"]:
+        print(f"{cli.PROG}: error: {counts['failed']} of {counts['total']} pair(s) failed; see {summary_csv}", file=sys.stderr)
+        return EXIT_PAIRS_FAILED
+    return 0
+
+
+def _run(client, todo, prior, prior_path, alpha, overrides, torch_threads, records, progress) -> None:
+    from dask.distributed import as_completed
+
+    prior_f = client.scatter(prior, broadcast=True, hash=False) if prior is not None else None
+    token = uuid.uuid4().hex[:8]
+    futures = {}
+    for pr in todo:
+        spec = {**pr.spec(), "prior": prior_path}
+        f = client.submit(register_pair, spec, prior_f, alpha, overrides, torch_threads, key=f"priorreg-{token}-{pr.id}")
+        futures[f] = pr
+    try:
+        for f in as_completed(futures):
+            pr = futures.pop(f)
+            if f.status == "finished":
+                rec = f.result()
+            else:  # the task itself never raises: the worker died, or the task could not run there
+                try:
+                    exc = f.exception()
+                    err = _one_line(exc) if exc is not None else f"task {f.status}"
+                except Exception as e:  # cancelled futures raise here
+                    err = f"task {f.status}: {_one_line(e)}"
+                rec = {"id": pr.id, "status": "failed", "seconds": None, "final_energy": None, "percent_folding": None,
+                       "error": err}
+            f.release()
+            records[pr.id] = rec
+            if rec["status"] != "ok":
+                progress.error(f"pair {pr.id} (line {pr.line}) failed: {rec['error']}")
+            progress.update(rec["status"] == "ok", force=not futures)
+    except KeyboardInterrupt:
+        client.cancel(list(futures))
+        raise
