@@ -1,0 +1,230 @@
+"""priorreg cohort: a CSV manifest of pairs registered on a dask.distributed LocalCluster."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason="priorreg cohort needs dask[distributed]")
+
+import priorreg  # noqa: E402
+import synthetic  # noqa: E402
+from priorreg import cli, cohort  # noqa: E402
+from priorreg import io as pio  # noqa: E402
+
+FAST = ["--levels", "2", "--max-iterations", "6", "--bins", "32"]
+KW = dict(levels=2, max_iterations=6, bins=32)
+# One in-process worker thread: quick to start, and the pairs run one after the other.
+LOCAL = ["--workers", "1", "--threads-per-worker", "1", "--no-processes"]
+GEO = dict(spacing=(1.2, 0.9), origin=(5.0, -2.0))
+
+
+def run(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(capsys, argv, *match):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("priorreg: error: "), err
+    for m in match:
+        assert m in lines[0], (m, lines[0])
+    return lines[0]
+
+
+def write_manifest(path, rows, header=("id", "fixed", "moving", "mask")):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def read_summary(out):
+    with open(out / "cohort.csv", newline="") as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+    return rows, json.loads((out / "cohort.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three small 2D T1/T2 pairs (48x40) under root/data, a mask and a learned prior."""
+    root = tmp_path_factory.mktemp("cohort")
+    (root / "data").mkdir()
+    for i in range(3):
+        f, m, _, lab = synthetic.case((48, 40), synthetic.T2_MONO, max_disp=2.0, seed=i)
+        pio.write_image(priorreg.Image(f.astype(np.float32), **GEO), root / "data" / f"t1_{i}.nii.gz")
+        pio.write_image(priorreg.Image(m.astype(np.float32), **GEO), root / "data" / f"t2_{i}.nii.gz")
+        if i == 1:
+            pio.write_image(priorreg.Image((lab > 0).astype(np.uint8), **GEO), root / "data" / "mask_1.nii.gz")
+    lab = synthetic.anatomy((48, 40), seed=5)
+    prior = priorreg.fit_prior([synthetic.contrast(lab, synthetic.T1, seed=3)],
+                               [synthetic.contrast(lab, synthetic.T2_MONO, seed=4)], bins=32, levels=2)
+    prior.save(root / "prior.npz")
+    return root
+
+
+def pairs_manifest(root, name="manifest.csv"):
+    rows = [(f"s{i}", f"data/t1_{i}.nii.gz", f"data/t2_{i}.nii.gz", "data/mask_1.nii.gz" if i == 1 else "")
+            for i in range(3)]
+    return write_manifest(root / name, rows)
+
+
+def test_cohort_writes_every_pair_like_register(capsys, data, tmp_path):
+    manifest = pairs_manifest(data)
+    out = tmp_path / "cohort"
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--prior", data / "prior.npz", "--alpha", "0.4",
+                      *FAST, *LOCAL)
+    assert rc == 0, err
+    assert len(so.strip().splitlines()) == 1 and "3 registered, 0 failed" in so
+    assert "cohort 3/3" in err and "ETA" in err and "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json", "s0", "s1", "s2"]
+    rows, summary = read_summary(out)
+    assert summary["counts"] == {"ok": 3, "failed": 0, "skipped": 0, "not run": 0, "total": 3}
+    assert summary["options"]["alpha"] == 0.4 and summary["options"]["bins"] == 32
+    prior = priorreg.Prior.load(data / "prior.npz")
+    for i in range(3):
+        sub = out / f"s{i}"
+        assert sorted(os.listdir(sub)) == sorted(cli.OUTPUT_NAMES)
+        fixed = pio.read_image(data / "data" / f"t1_{i}.nii.gz")
+        moving = pio.read_image(data / "data" / f"t2_{i}.nii.gz")
+        mask = pio.read_image(data / "data" / "mask_1.nii.gz").array > 0 if i == 1 else None
+        direct = priorreg.register(fixed, moving, prior=prior, alpha=0.4, mask=mask, **KW)
+        field, grid = pio.read_field(sub / "field.nii.gz")
+        assert grid.same_grid(fixed)
+        np.testing.assert_allclose(field, direct.field, atol=1e-4)
+        np.testing.assert_allclose(pio.read_image(sub / "warped.nii.gz").array, direct.warped.array, atol=1e-3)
+        r = rows[f"s{i}"]
+        assert r["status"] == "ok" and r["error"] == ""
+        assert float(r["final_energy"]) == pytest.approx(direct.final_energy, rel=1e-4, abs=1e-6)
+        assert float(r["percent_folding"]) == pytest.approx(direct.jacobian_stats["percent_nonpositive"])
+        rep = json.loads((sub / "report.json").read_text())
+        assert rep["cohort"]["id"] == f"s{i}" and ("mask" in rep["inputs"]) == (i == 1)
+    # A finished cohort is not overwritten unasked.
+    one_line_error(capsys, ["cohort", manifest, "--out", out, *FAST, *LOCAL], "not empty", "--resume")
+
+
+def test_bad_rows_are_refused_before_anything_runs(capsys, data, tmp_path, monkeypatch):
+    def no_cluster(*a, **k):
+        raise AssertionError("a cluster was started for a bad manifest")
+
+    monkeypatch.setattr(cohort, "_start_client", no_cluster)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    d = data / "data"
+    rows = [
+        ("a", d / "t1_0.nii.gz", d / "t2_0.nii.gz", ""),
+        ("b", d / "t1_1.nii.gz", tmp_path / "missing.nii.gz", ""),  # line 3: missing file
+        ("a", d / "t1_2.nii.gz", d / "t2_2.nii.gz", ""),  # line 4: duplicate id
+        ("c", tmp_path / "out" / "c" / "warped.nii.gz", d / "t2_2.nii.gz", ""),  # line 5: output is an input
+        ("d", d / "t1_2.nii.gz", d / "t2_2.nii.gz", d / "nomask.nii.gz"),  # line 6: missing mask
+    ]
+    (tmp_path / "out" / "c").mkdir(parents=True)
+    pio.write_image(priorreg.Image(np.ones((48, 40), np.float32)), tmp_path / "out" / "c" / "warped.nii.gz")
+    manifest = write_manifest(tmp_path / "bad.csv", rows)
+    msg = one_line_error(capsys, ["cohort", manifest, "--out", tmp_path / "out", "--overwrite", *LOCAL],
+                         "4 bad row(s) of 5", "nothing was run", "line 3: moving: no such file",
+                         "line 4: duplicate id 'a' (first on line 2)", "inputs are never written",
+                         "line 6: mask: no such file")
+    assert "line 2:" not in msg and "line 5:" in msg
+    assert sorted(os.listdir(tmp_path / "out")) == ["c"]  # nothing written
+    # An existing output folder of another run, the manifest itself and its columns.
+    manifest = write_manifest(tmp_path / "taken.csv", [("taken", d / "t1_0.nii.gz", d / "t2_0.nii.gz", "")])
+    one_line_error(capsys, ["cohort", manifest, "--out", tmp_path, "--resume", *LOCAL],  # not a folder of ours
+                   f"line 2: output folder {tmp_path / 'taken'} exists and is not empty")
+    one_line_error(capsys, ["cohort", manifest, "--out", tmp_path / "new", "--scheduler", "tcp://h:1", "--workers", "2"],
+                   "do not apply with --scheduler")
+    (tmp_path / "cols.csv").write_text("fixed;moving\na;b\n")
+    one_line_error(capsys, ["cohort", tmp_path / "cols.csv", "--out", tmp_path / "new"], "no column(s) fixed, moving",
+                   "comma-separated")
+    (tmp_path / "bin.csv").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    one_line_error(capsys, ["cohort", tmp_path / "bin.csv", "--out", tmp_path / "new"], "cannot read", "UTF-8")
+    one_line_error(capsys, ["cohort", tmp_path / "none.csv", "--out", tmp_path / "new"], "manifest: no such file")
+    one_line_error(capsys, ["cohort", manifest, "--out", tmp_path / "new", "--alpha", "0.5"], "needs a learned prior")
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image at all")  # exists: passes validation, fails when read
+    d = data / "data"
+    manifest = write_manifest(tmp_path / "m.csv", [
+        ("good0", d / "t1_0.nii.gz", d / "t2_0.nii.gz", ""),
+        ("bad", d / "t1_1.nii.gz", broken, ""),
+        ("crash", d / "t1_1.nii.gz", d / "t2_1.nii.gz", ""),
+        ("good2", d / "t1_2.nii.gz", d / "t2_2.nii.gz", ""),
+    ])
+    real = cohort.register_pair
+
+    def task(spec, *args):  # a task that raises (as when a worker cannot run it) instead of returning a dict
+        if spec["id"] == "crash":
+            raise RuntimeError("worker lost")
+        return real(spec, *args)
+
+    monkeypatch.setattr(cohort, "register_pair", task)
+    out = tmp_path / "out"
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, *FAST, *LOCAL)
+    assert rc == 1, err
+    assert "2 registered, 2 failed" in so
+    assert "pair bad (line 3) failed: moving: cannot read" in err and "pair crash (line 4) failed: RuntimeError: worker lost" in err
+    assert err.strip().splitlines()[-1] == f"priorreg: error: 2 of 4 pair(s) failed; see {out / 'cohort.csv'}"
+    rows, summary = read_summary(out)
+    assert [rows[k]["status"] for k in ("good0", "bad", "crash", "good2")] == ["ok", "failed", "failed", "ok"]
+    assert "cannot read" in rows["bad"]["error"] and summary["counts"]["failed"] == 2
+    assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json", "good0", "good2"]
+    done = {k: os.stat(out / k / "field.nii.gz").st_mtime_ns for k in ("good0", "good2")}
+
+    # Fix the broken image and resume: only the failed pairs run again.
+    broken.write_bytes((d / "t2_1.nii.gz").read_bytes())
+    monkeypatch.setattr(cohort, "register_pair", real)
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)
+    assert rc == 0, err
+    assert "2 registered, 0 failed, 2 skipped" in so and "2 of 4 pair(s) complete already" in err
+    rows, summary = read_summary(out)
+    assert [rows[k]["status"] for k in ("good0", "bad", "crash", "good2")] == ["skipped", "ok", "ok", "skipped"]
+    assert rows["good0"]["final_energy"] != ""  # taken from the pair's report.json
+    assert {k: os.stat(out / k / "field.nii.gz").st_mtime_ns for k in done} == done
+    assert all(cohort.outputs_complete(out / k) for k in rows)
+
+
+def test_missing_dask_is_one_line_with_the_pip_command(capsys, data, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # 'import distributed' raises ImportError
+    one_line_error(capsys, ["cohort", pairs_manifest(data), "--out", tmp_path / "o"],
+                   "needs dask.distributed", 'pip install "dask[distributed]"')
+    assert not (tmp_path / "o").exists()
+
+
+def test_cohort_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["cohort", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: priorreg cohort" in text and "--scheduler" in text and "--max-iterations" in text
+
+
+def test_progress_line_on_a_tty():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    p = cohort.Progress(3, cli.Console(stream=s))
+    p.update(True)
+    p.error("pair x (line 3) failed: boom")
+    p.update(False)
+    p.end()
+    text = s.getvalue()
+    assert text.count("\r") == 2 and "cohort 1/3: 1 done, 0 failed, 2 remaining" in text and "ETA" in text
+    assert "\npriorreg: pair x (line 3) failed: boom\n" in text and text.endswith("\n")
+    assert "cohort 2/3: 1 done, 1 failed, 1 remaining" in text
+    quiet = Tty()
+    cohort.Progress(3, cli.Console(quiet=True, stream=quiet)).update(True)
+    assert quiet.getvalue() == ""
