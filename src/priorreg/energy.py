@@ -171,6 +171,15 @@ class Tikhonov:
             out["B"] = float(0.5 * (Lu * Lu).sum() / u[0].numel())
         return out
 
+    def values_from_dct(self, U, basis) -> dict:
+        """Same as ``values`` from the field's DCT coefficients U (Parseval; no stencils)."""
+        mu = spatial.laplacian_eigenvalues(basis.shape, self.spacing, U.dtype, U.device)
+        n = U[0].numel()
+        out = {"R": float(0.5 * basis.quadratic(U, mu) / n)}
+        if self.bending:
+            out["B"] = float(0.5 * basis.quadratic(U, mu * mu) / n)
+        return out
+
     def total(self, values: dict) -> float:
         return self.weight * values["R"] + self.bending * values.get("B", 0.0)
 

@@ -52,7 +52,7 @@ def _max_voxel_norm(F: torch.Tensor, spacing) -> float:
     return float(torch.sqrt(((F / h) ** 2).sum(0)).max())
 
 
-def _total(data_terms, reg, u, with_force):
+def _total(data_terms, reg, u, with_force, reg_values=None):
     values, total, force = {}, 0.0, None
     for term in data_terms:
         v, t, f = term.evaluate(u, with_force)
@@ -60,7 +60,7 @@ def _total(data_terms, reg, u, with_force):
         total += t
         if f is not None:
             force = f if force is None else force + f
-    r = reg.values(u)
+    r = reg.values(u) if reg_values is None else reg_values
     values.update(r)
     total += reg.total(r)
     return values, total, force
@@ -78,6 +78,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
     shape = tuple(u.shape[1:])
     hist = LevelHistory(level, shape, tuple(spacing))
     spectrum = reg.spectrum(shape, u.dtype, u.device)
+    basis = spatial.DCTBasis(shape, u.dtype, u.device)
     values, J, F = _total(data_terms, reg, u, True)
     if not math.isfinite(J):
         raise PriorRegError(f"register(): the energy is not finite at level {level}, iteration 0 (J={J})")
@@ -90,8 +91,8 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
         return u, hist
 
     def update(tau):
-        u_new = spatial.solve_implicit(u - tau * F, tau, spectrum)
-        return u_new, _max_voxel_norm(u_new - u, spacing)
+        u_new, U = basis.solve(u - tau * F, tau, spectrum)
+        return u_new, _max_voxel_norm(u_new - u, spacing), U
 
     # Steps are measured on the update itself, not on tau*F: a stiff regulariser (bending)
     # shrinks tau*F a lot, and a cap on tau*F alone would crawl. Start where the first
@@ -109,13 +110,13 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             break
         accepted = False
         while True:
-            u_new, delta = update(tau)
+            u_new, delta, U_new = update(tau)
             if delta > opts.max_step_voxels:
                 tau *= 0.5 * opts.max_step_voxels / delta + 0.25
                 continue
             if delta < opts.min_step_voxels:
                 break
-            v_new, J_new, F_new = _total(data_terms, reg, u_new, True)
+            v_new, J_new, F_new = _total(data_terms, reg, u_new, True, reg.values_from_dct(U_new, basis))
             if not math.isfinite(J_new):
                 raise PriorRegError(
                     f"register(): the energy became non-finite at level {level}, iteration {it + 1} (J={J_new})"

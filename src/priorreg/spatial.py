@@ -137,6 +137,67 @@ def laplacian_eigenvalues(shape, spacing, dtype=torch.float32, device=None) -> t
     return mu
 
 
+MATMUL_DCT_MAX = 320  # axes up to this length use a dense DCT matrix (BLAS), longer ones the FFT
+
+
+class DCTBasis:
+    """The (unnormalised, scipy type-2) DCT of fields on one grid, along all spatial axes.
+
+    Short axes use a cached dense matrix: one BLAS product per axis, about 3x faster
+    than the FFT of the mirrored sequence on CPU for brain-sized grids (and fast on
+    GPU); longer axes fall back to :func:`dct_axis`. ``weights`` are the Parseval
+    factors: sum_x u(x)^2 = sum_k weights_k * U_k^2 for U = forward(u).
+    """
+
+    def __init__(self, shape, dtype, device=None):
+        self.shape = tuple(int(n) for n in shape)
+        self.d = len(self.shape)
+        self.fwd, self.inv = [], []
+        w = torch.ones(self.shape, dtype=dtype, device=device)
+        for ax, n in enumerate(self.shape):
+            if n <= MATMUL_DCT_MAX:
+                k = torch.arange(n, dtype=torch.float64)[:, None]
+                i = torch.arange(n, dtype=torch.float64)[None, :]
+                C = 2.0 * torch.cos(math.pi * k * (2 * i + 1) / (2 * n))
+                # Exact inverse of the unnormalised DCT-II: x_i = (X_0/2 + sum_k X_k cos(..)) / n.
+                Ci = torch.cos(math.pi * k.T * (2 * i.T + 1) / (2 * n)) / n
+                Ci[:, 0] *= 0.5
+                self.fwd.append(C.to(dtype=dtype, device=device))
+                self.inv.append(Ci.to(dtype=dtype, device=device))
+            else:
+                self.fwd.append(None)
+                self.inv.append(None)
+            wk = torch.full((n,), 1.0 / (2 * n), dtype=dtype, device=device)
+            wk[0] = 1.0 / (4 * n)
+            w = w * wk.reshape([n if j == ax else 1 for j in range(self.d)])
+        self.weights = w
+
+    def _apply(self, x, mats, fallback):
+        # x: (c, *shape); axis a of the grid is tensor dim a + 1.
+        for ax in range(self.d):
+            M = mats[ax]
+            if M is None:
+                x = fallback(x, ax + 1)
+            else:
+                x = torch.movedim(torch.movedim(x, ax + 1, -1) @ M.T, -1, ax + 1)
+        return x
+
+    def forward(self, x):
+        return self._apply(x, self.fwd, dct_axis)
+
+    def inverse(self, X):
+        return self._apply(X, self.inv, idct_axis).contiguous()
+
+    def solve(self, rhs, tau, spectrum):
+        """(I + tau*A)^{-1} rhs with A's eigenvalues ``spectrum``; returns (u, U = forward(u))."""
+        U = self.forward(rhs) / (1.0 + tau * spectrum)
+        return self.inverse(U), U
+
+    def quadratic(self, U, spectrum):
+        """sum over components and voxels of u A u, from U = forward(u)."""
+        return (U * U * (spectrum * self.weights)).sum()
+
+
 def solve_implicit(rhs: torch.Tensor, tau_lambda: float, mu: torch.Tensor) -> torch.Tensor:
     """Solve (I + tau_lambda*A) u = rhs per component by DCT (METHOD.md §5.2), where
     ``mu`` holds A's DCT eigenvalues (``laplacian_eigenvalues`` for A = L)."""
