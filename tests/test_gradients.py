@@ -127,7 +127,6 @@ def test_practical_force_is_a_descent_direction_close_to_the_exact_gradient():
     data, reg, u = _setup((48, 40), (1.0, 1.0), 0.4, 0.0, False, force="exact")
     _, _, F_exact = data.evaluate(u, True)
     data.force_mode = "practical"
-    data.moving_and_grad = torch.cat([data.moving[None], spatial.gradient(data.moving, data.spacing)])
     _, _, F_prac = data.evaluate(u, True)
     cos = float((F_exact * F_prac).sum() / (F_exact.norm() * F_prac.norm()))
     # METHOD.md §9.1 measured cosines of 0.69-0.99 between the two; both must point downhill.

@@ -88,9 +88,7 @@ class JointHistogramEnergy:
             self.weights = mask.reshape(-1).to(fixed.dtype)
             self.weights64 = self.weights.double()
             self.n_ratio = n_grid / float(self.weights.sum())
-        if force == "practical":
-            # Image and its gradient as one (1+d)-channel image: one interpolation pass.
-            self.moving_and_grad = torch.cat([moving[None], spatial.gradient(moving, self.spacing)])
+        self.moving_grad = spatial.gradient(moving, self.spacing)
 
     def table(self, w: torch.Tensor):
         """Smoothed joint table P of (fixed, w) and the bin coordinates of w."""
@@ -106,37 +104,63 @@ class JointHistogramEnergy:
         The force is N_grid * dJ_data/du (per-voxel convention of METHOD.md §4.3),
         with u a physical field in mm.
         """
+        if with_force and self.force_mode == "exact":
+            return self._evaluate_exact(u)
+        values, total = self.value(u)
+        return values, total, (self.force(u) if with_force else None)
+
+    def value(self, u: torch.Tensor):
+        """(values per term name, weighted total) at u; keeps what ``force(u)`` needs.
+
+        The solver tries steps with ``value`` alone (one interpolation of the image)
+        and asks for the force only at accepted steps.
+        """
         coords = spatial.displaced_coords(u, self.spacing)
-        exact = with_force and self.force_mode == "exact"
-        if exact:
-            uu = u.detach().requires_grad_(True)
-            coords = spatial.displaced_coords(uu, self.spacing)
-            w_graph = spatial.sample(self.moving, coords)
-            w = w_graph.detach()
-        elif with_force:
-            wg = spatial.sample(self.moving_and_grad, coords)
-            w, dw = wg[0], wg[1:]
-        else:
-            w = spatial.sample(self.moving, coords)
+        w = spatial.sample(self.moving, coords)
         P, b, inside, beta = self.table(w)
         Pt, P1, P2 = hist.entropy_terms(P, self.spec.eps)
         values = {t.name: float(t.value(Pt, P1, P2)) for _, t in self.all_terms}
         total = sum(wt * values[t.name] for wt, t in self.terms)
-        if not with_force:
-            return values, total, None
+        self._state = (u, coords, b, inside, beta, Pt, P1, P2)
+        return values, total
+
+    def _voxel_weights(self, b, inside, beta, Pt, P1, P2, dtype):
+        """g(x) = dJ/dw(x) * N_grid: the per-voxel derivative of J w.r.t. the warped intensity."""
         Phi = sum(wt * t.phi(Pt, P1, P2) for wt, t in self.terms)
         if not torch.is_tensor(Phi):  # every weight zero
-            return values, total, torch.zeros_like(u)
+            return None
         C = hist.smooth(Phi, self.S)
-        s = hist.d2_bilinear(C, self.a, b).to(u.dtype)
-        g = beta * s * inside.to(u.dtype)
+        s = hist.d2_bilinear(C, self.a, b).to(dtype)
+        g = beta * s * inside.to(dtype)
         if self.weights is not None:
             g = g * self.weights * self.n_ratio
-        g = g.reshape(u.shape[1:])
-        if exact:
-            force = torch.autograd.grad(w_graph, uu, grad_outputs=g)[0]
-        else:
-            force = g[None] * dw
+        return g
+
+    def force(self, u: torch.Tensor):
+        """N_grid * dJ_data/du at u ("practical": the interpolated image gradient)."""
+        if self.force_mode == "exact":
+            return self._evaluate_exact(u)[2]
+        if getattr(self, "_state", None) is None or self._state[0] is not u:
+            self.value(u)
+        _, coords, b, inside, beta, Pt, P1, P2 = self._state
+        g = self._voxel_weights(b, inside, beta, Pt, P1, P2, u.dtype)
+        if g is None:
+            return torch.zeros_like(u)
+        dw = spatial.sample(self.moving_grad, coords)
+        return (g.reshape(u.shape[1:])[None] * dw).detach()
+
+    def _evaluate_exact(self, u):
+        uu = u.detach().requires_grad_(True)
+        coords = spatial.displaced_coords(uu, self.spacing)
+        w_graph = spatial.sample(self.moving, coords)
+        P, b, inside, beta = self.table(w_graph.detach())
+        Pt, P1, P2 = hist.entropy_terms(P, self.spec.eps)
+        values = {t.name: float(t.value(Pt, P1, P2)) for _, t in self.all_terms}
+        total = sum(wt * values[t.name] for wt, t in self.terms)
+        g = self._voxel_weights(b, inside, beta, Pt, P1, P2, u.dtype)
+        if g is None:
+            return values, total, torch.zeros_like(u)
+        force = torch.autograd.grad(w_graph, uu, grad_outputs=g.reshape(u.shape[1:]))[0]
         return values, total, force.detach()
 
 

@@ -66,6 +66,16 @@ def _total(data_terms, reg, u, with_force, reg_values=None):
     return values, total, force
 
 
+def _force(data_terms, u):
+    """Sum of the data terms' forces at u (a term may offer ``force(u)`` to reuse its last value)."""
+    force = None
+    for term in data_terms:
+        f = term.force(u) if hasattr(term, "force") else term.evaluate(u, True)[2]
+        if f is not None:
+            force = f if force is None else force + f
+    return force
+
+
 def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, callback=None):
     """Minimise J = sum(data terms) + reg on one level, starting from ``u``.
 
@@ -105,6 +115,8 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
     it = 0
     reason = "max_iterations"
     while it < opts.max_iterations:
+        if F is None:
+            F = _force(data_terms, u)
         if _max_voxel_norm(F, spacing) == 0:
             reason = "zero force"
             break
@@ -116,7 +128,8 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
                 continue
             if delta < opts.min_step_voxels:
                 break
-            v_new, J_new, F_new = _total(data_terms, reg, u_new, True, reg.values_from_dct(U_new, basis))
+            # Trial steps need the energy only; the force is computed once a step is accepted.
+            v_new, J_new, _ = _total(data_terms, reg, u_new, False, reg.values_from_dct(U_new, basis))
             if not math.isfinite(J_new):
                 raise PriorRegError(
                     f"register(): the energy became non-finite at level {level}, iteration {it + 1} (J={J_new})"
@@ -133,7 +146,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             reason = "step below min_step_voxels"
             break
         it += 1
-        u, J, F, values = u_new, J_new, F_new, v_new
+        u, J, F, values = u_new, J_new, None, v_new
         hist.energy.append(J)
         hist.terms.append(values)
         tau *= 1.25
