@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 from priorreg import spatial
-from priorreg.energy import HistogramSpec, JointHistogramEnergy, NegMutualInformation, PriorKL, Tikhonov
+from priorreg.energy import HistogramSpec, JointHistogramEnergy, NegMutualInformation, PriorCrossEntropy, PriorKL, Tikhonov
 from priorreg.histogram import floor_prior
 
 torch.set_default_dtype(torch.float64)
@@ -120,6 +120,16 @@ def test_bending_regularizer_alone(shape, spacing):
 
 def test_blend_with_membrane_and_bending_2d():
     data, reg, u = _setup((24, 20), (1.0, 1.3), 0.4, 0.3, True, bending=10.0)
+    _check(data, reg, u)
+
+
+@pytest.mark.parametrize("shape,spacing", [((24, 20), (1.0, 1.3)), ((10, 9, 8), (1.0, 1.2, 2.0))])
+def test_cross_entropy_prior_gradient(shape, spacing):
+    data, reg, u = _setup(shape, spacing, 0.4, 1.0, True, bins=12)
+    w, kl = data.terms[1]
+    data.terms[1] = data.all_terms[1] = (w, PriorCrossEntropy(torch.exp(kl.logQ)))
+    values, _, _ = data.evaluate(u, with_force=False)
+    assert values["CE"] > 0
     _check(data, reg, u)
 
 

@@ -174,6 +174,8 @@ def test_refuses_bad_options(pair):
     _raises(r"unknown option\(s\) \['binz'\]", register, *pair, binz=3)
     _raises(r"levels=5 shrinks", register, *pair, levels=5)
     _raises(r"device must be 'cpu' or 'cuda'", register, *pair, device="tpu")
+    _raises(r"bending must be >= 0", register, *pair, bending=-1.0)
+    _raises(r"prior_term must be 'kl' or 'ce'", register, *pair, prior_term="js")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import pyramid, spatial
-from .energy import HistogramSpec, JointHistogramEnergy, NegMutualInformation, PriorKL, Tikhonov
+from .energy import PRIOR_TERMS, HistogramSpec, JointHistogramEnergy, NegMutualInformation, Tikhonov
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize
@@ -256,7 +256,7 @@ def register(
         terms = [(opts.alpha, NegMutualInformation())]
         if prior is not None:
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
-            terms.append((1.0 - opts.alpha, PriorKL(Q)))
+            terms.append((1.0 - opts.alpha, PRIOR_TERMS[opts.prior_term](Q)))
         data = JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms, kl[lv], opts.force)
         reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow

@@ -45,6 +45,28 @@ class PriorKL:
         return torch.log(Pt) - self.logQ
 
 
+class PriorCrossEntropy:
+    """I_CE = -sum P~ ln Q~: the mean negative log-likelihood of the joint samples under
+    the learned prior (nats). KL = CE - H(P~): KL also *rewards* a broader joint
+    histogram (its -H term), which works against MI's sharpening whenever the
+    training pairs' noise and bias differ from the test pair's; CE has no such term.
+    """
+
+    name = "CE"
+
+    def __init__(self, Q_floored: torch.Tensor):
+        self.logQ = torch.log(Q_floored)
+
+    def value(self, Pt, P1, P2):
+        return -(Pt * self.logQ).sum()
+
+    def phi(self, Pt, P1, P2):
+        return -self.logQ
+
+
+PRIOR_TERMS = {"kl": PriorKL, "ce": PriorCrossEntropy}
+
+
 @dataclass
 class HistogramSpec:
     """Binning of both modalities: B bins, Parzen sigma (bins), ranges [lo, hi] per modality."""

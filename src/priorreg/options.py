@@ -48,6 +48,10 @@ class RegistrationOptions:
         coordinates, and CPU and CUDA runs can part ways from the first step.
     normalization : {"percentile", "none"}
         Intensity normalisation when no prior is given (a prior brings its own).
+    prior_term : {"kl", "ce"}
+        How the prior enters: "kl" = KL(p_u || p_L) (the paper), "ce" = cross-entropy
+        -sum p_u ln p_L (the likelihood of the joint samples under the prior; no
+        entropy term that rewards a broader joint histogram).
     prior_floor : float
         eta, floor added to the learned prior before its log (METHOD.md §3).
     eps : float
@@ -72,6 +76,7 @@ class RegistrationOptions:
     min_step_voxels: float = 1e-4
     force: str = "practical"
     normalization: str = "percentile"
+    prior_term: str = "kl"
     prior_floor: float = 1e-6
     eps: float = 1e-10
     dtype: str = "float32"
@@ -103,6 +108,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.dtype not in ("float32", "float64"):
             raise PriorRegError(f"{f}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.prior_term not in ("kl", "ce"):
+            raise PriorRegError(f"{f}: prior_term must be 'kl' or 'ce', got {self.prior_term!r}")
         if not (self.prior_floor > 0 and self.eps > 0):
             raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
 
