@@ -323,3 +323,9 @@ CASES = {
 }
 QUICK = ["mni-axial-t2", "mni-sagittal-t2", "mni-axial-pd", "brainweb-t1-pd", "ixi-t2-pd", "mni3d-2mm-t2",
          "phantom-256-close"]
+
+# --------------------------------------------------------------------------- more cases (cases_more.py)
+
+from cases_more import MORE_CASES, DataNotFound  # noqa: E402,F401
+
+CASES.update(MORE_CASES)
