@@ -30,6 +30,7 @@ for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GL
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import cases as C  # noqa: E402
+import cases_more as CM  # noqa: E402
 
 # One priorreg setting per kind of case (chosen once, never per case).
 PRIORREG_SETTINGS = {
@@ -38,6 +39,7 @@ PRIORREG_SETTINGS = {
 }
 ALPHAS = (1.0, 0.4, 0.0)
 DESCS = {}
+SKIPPED = {}
 
 
 def _setting(case):
@@ -221,6 +223,81 @@ def fig_overlay(case, fields, path):
     plt.close(fig)
 
 
+def _fig_items(case, fields):
+    """("no registration", 0), ("truth", true field) where known, then the methods' fields."""
+    zero = np.zeros((case["fixed"].ndim, *case["fixed"].shape))
+    items = [("no registration", zero)]
+    if case["true_field"] is not None:
+        items.append(("truth", case["true_field"]))
+    return items + list(fields.items())
+
+
+def fig_functional(case, fields, path):
+    """PET/CT, SPECT/CT (paper Fig. 4): CT grey, the warped functional image as a colour overlay,
+    before, through the truth (where known) and after each method; EPE maps below where known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sp = np.asarray(case["spacing"], float)
+    sl = lambda a: CM.view_slice(a, case.get("view"))  # noqa: E731
+    items = _fig_items(case, fields)
+    rows = 2 if case["true_field"] is not None else 1
+    n = len(items)
+    fig, ax = plt.subplots(rows, n, figsize=(2.0 * n, 2.2 * rows), dpi=80, squeeze=False)
+    ct = sl(case["fixed"])
+    lo, hi = np.percentile(ct, [1, 99.5])
+    mv = case["moving"]
+    vmax = np.percentile(mv[mv > 0], 99.5) if np.any(mv > 0) else 1.0
+    for j, (name, f) in enumerate(items):
+        w = sl(warp_linear(mv, f, sp))
+        ax[0, j].imshow(ct, cmap="gray", vmin=lo, vmax=hi)
+        ax[0, j].imshow(np.ma.masked_less(w, 0.35 * vmax), cmap="hot", vmin=0.2 * vmax, vmax=vmax, alpha=0.6)
+        ax[0, j].set_title(name, fontsize=6)
+        if rows == 2:
+            e = np.sqrt((((f - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+            ax[1, j].imshow(sl(np.where(case["mask"], e, np.nan)), vmin=0, vmax=3, cmap="magma")
+            ax[1, j].set_title("EPE (0-3 vox)", fontsize=6)
+    for a in ax.ravel():
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fig_view(case, fields, path):
+    """3D real cases: fixed (red) / warped moving (green) on the case's view slice, the fixed labels'
+    outlines (cyan) over it, EPE maps below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sp = np.asarray(case["spacing"], float)
+    sl = lambda a: CM.view_slice(a, case.get("view"))  # noqa: E731
+    items = _fig_items(case, fields)
+    n = len(items)
+    fig, ax = plt.subplots(2, n, figsize=(2.0 * n, 4.2), dpi=80, squeeze=False)
+    norm = lambda a: (a - np.percentile(a, 1)) / (np.percentile(a, 99.5) - np.percentile(a, 1) + 1e-12)  # noqa: E731
+    fs = norm(sl(case["fixed"]))
+    for j, (name, f) in enumerate(items):
+        ws = norm(sl(warp_linear(case["moving"], f, sp)))
+        ax[0, j].imshow(np.stack([fs, ws, np.zeros_like(fs)], -1).clip(0, 1))
+        if case.get("labels_fixed") is not None:
+            for k in case["label_names"]:
+                ax[0, j].contour((sl(case["labels_fixed"]) == k).astype(float), [0.5], colors="c", linewidths=0.4)
+        ax[0, j].set_title(name, fontsize=6)
+        e = np.sqrt((((f - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+        ax[1, j].imshow(sl(np.where(case["mask"], e, np.nan)), vmin=0, vmax=3, cmap="magma")
+        ax[1, j].set_title("EPE (0-3 vox)", fontsize=6)
+    for a in ax.ravel():
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -276,7 +353,12 @@ def main(argv=None):
     t_all = time.perf_counter()
     verified = set()
     for name in names:
-        case = C.CASES[name]()
+        try:
+            case = C.CASES[name]()
+        except CM.DataNotFound as e:
+            print(f"[skip] {name}: {e}", flush=True)
+            SKIPPED[name] = str(e)
+            continue
         d = case["fixed"].ndim
         DESCS[name] = (case["desc"], case["prior_note"])
         print(f"== {name}: {case['desc']}", flush=True)
@@ -330,6 +412,10 @@ def main(argv=None):
         elif name in ("mni-axial-t2", "mni3d-2mm-t2", "brainweb-t1-pd"):
             keep = {k: v for k, v in fields.items() if k in ("priorreg alpha=1", "priorreg alpha=0.4") or not k.startswith("priorreg")}
             fig_overlay(case, keep, os.path.join(a.out, f"{name}.png"))
+        elif case["kind"] in ("real-unaligned", "2d-real-selfprior", "sim-functional", "3d-real"):
+            keep = {k: v for k, v in fields.items() if k in ("priorreg alpha=1", "priorreg alpha=0.4") or not k.startswith("priorreg")}
+            fig = fig_view if case["kind"] == "3d-real" else fig_functional
+            fig(case, keep, os.path.join(a.out, f"{name}.png"))
         _write(a.out, rows, names, versions, time.perf_counter() - t_all, partial=True)
     _write(a.out, rows, names, versions, time.perf_counter() - t_all, partial=False)
     print(f"wrote {a.out}/results.md, results.json ({time.perf_counter() - t_all:.0f} s)")
@@ -358,18 +444,19 @@ def _write(out, rows, names, versions, total, partial):
     ph = [r for r in rows if r["case"].startswith("phantom")]
     if brain:
         lines += ["## Brain and real-slice cases (EPE in voxels inside the brain/foreground mask of the fixed image)\n",
-                  "| case | method | mean EPE | p95 EPE | tissue Dice (CSF/GM/WM mean) | % Jac <= 0 | time (s) | peak mem (MB) |",
+                  "| case | method | mean EPE | p95 EPE | label Dice (mean over the case's labels: tissues, tumour, cord levels) | % Jac <= 0 | time (s) | peak mem (MB) |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in brain:
             if "error" in r:
                 lines.append(f"| {r['case']} | {r['method']} | failed: {r['error']} | | | | | |")
                 continue
             best = min((x["epe_mean"] for x in brain if x["case"] == r["case"] and "epe_mean" in x and x["method"] != "no registration"), default=None)
-            e = f"{r['epe_mean']:.3f}"
-            if best is not None and abs(r["epe_mean"] - best) < 1e-12:
+            e = f"{r['epe_mean']:.3f}" if "epe_mean" in r else "– (no truth)"
+            if best is not None and "epe_mean" in r and abs(r["epe_mean"] - best) < 1e-12:
                 e = f"**{e}**"
+            p95 = f"{r['epe_p95']:.2f}" if "epe_p95" in r else "–"
             dm = f"{r['dice_mean']:.3f}" if "dice_mean" in r else "–"
-            lines.append(f"| {r['case']} | {r['method']} | {e} | {r['epe_p95']:.2f} | {dm} | {r['fold_pct']:.3f} | "
+            lines.append(f"| {r['case']} | {r['method']} | {e} | {p95} | {dm} | {r['fold_pct']:.3f} | "
                          f"{r['seconds']:.1f} | {r['peak_mb']:.0f} (+{r['delta_mb']:.0f}) |")
     if ph:
         lines += ["\n## Circle phantom (paper Fig. 1; Dice of the warped moving disc, w < 0.6)\n",
@@ -384,6 +471,9 @@ def _write(out, rows, names, versions, total, partial):
     lines += ["\n## Cases\n"]
     for n in descs:
         lines.append(f"- `{n}`: {DESCS[n][0]}. Prior: {DESCS[n][1]}.")
+    for n in names:
+        if n in SKIPPED:
+            lines.append(f"- `{n}`: skipped, {SKIPPED[n]}")
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(hdr + "\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as fh:
