@@ -17,12 +17,15 @@ p.add_argument("--shape", type=int, nargs=3, default=[96, 112, 96])
 p.add_argument("--device", default="cpu")
 p.add_argument("--levels", type=int, default=3)
 p.add_argument("--force", default=priorreg.RegistrationOptions.force)
-p.add_argument("--regularization", type=float, default=20.0)
+p.add_argument("--regularization", type=float, default=priorreg.RegistrationOptions.regularization)
+p.add_argument("--bending", type=float, default=priorreg.RegistrationOptions.bending)
+p.add_argument("--tolerance", type=float, default=priorreg.RegistrationOptions.tolerance)
 a = p.parse_args()
 shape = tuple(a.shape)
 f, m, v, lab = syn.case(shape, syn.PD_NONMONO, max_disp=4.0)
 mask = syn.deform((lab > 0).astype(float), v) > 0.5
-kw = dict(levels=a.levels, bins=32, parzen_sigma=1.0, regularization=a.regularization, device=a.device, force=a.force)
+kw = dict(levels=a.levels, bins=32, parzen_sigma=1.0, regularization=a.regularization,
+          bending=a.bending, tolerance=a.tolerance, device=a.device, force=a.force)
 priorreg.register(f[:32, :32, :32], m[:32, :32, :32], **{**kw, "levels": 1, "max_iterations": 3})  # warm-up
 if a.device.startswith("cuda"):
     torch.cuda.synchronize()
