@@ -82,6 +82,21 @@ def test_prior_registration_alpha_zero_and_blend():
         assert r.jacobian_stats["percent_nonpositive"] == 0
 
 
+def test_alpha_schedule_mi_finest_uses_the_prior_on_coarse_levels_only():
+    f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=3.0)
+    lab_t = syn.anatomy((64, 72), seed=5)
+    prior = fit_prior([syn.contrast(lab_t, syn.T1, seed=40)], [syn.contrast(lab_t, syn.T2_MONO, seed=41)], levels=2)
+    r = register(f, m, prior=prior, alpha=0.0, alpha_schedule="mi-finest", levels=2)
+    o = r.options
+    for h, w_mi in ((r.history[0], 0.0), (r.history[-1], 1.0)):  # coarsest first: prior only, then MI only
+        t = h.terms[-1]
+        expect = w_mi * t["-MI"] + (1 - w_mi) * t["KL"] + o.regularization * t["R"] + o.bending * t["B"]
+        assert abs(h.energy[-1] - expect) < 1e-9 * max(1.0, abs(expect)), (h.level, h.energy[-1], expect)
+    constant = register(f, m, prior=prior, alpha=0.0, levels=2)
+    assert np.allclose(constant.history[0].energy, r.history[0].energy)  # same coarse level
+    assert not np.allclose(constant.field, r.field)
+
+
 def test_warp_nearest_keeps_labels_and_linear_matches_result():
     f, m, v, lab = syn.case((48, 40), syn.T2_MONO, max_disp=2.0)
     r = register(f, m, levels=2, **SMOOTH)
@@ -176,6 +191,7 @@ def test_refuses_bad_options(pair):
     _raises(r"device must be 'cpu' or 'cuda'", register, *pair, device="tpu")
     _raises(r"bending must be >= 0", register, *pair, bending=-1.0)
     _raises(r"prior_term must be 'kl' or 'ce'", register, *pair, prior_term="js")
+    _raises(r"alpha_schedule must be 'constant' or 'mi-finest'", register, *pair, alpha_schedule="linear")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

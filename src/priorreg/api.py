@@ -253,10 +253,11 @@ def register(
 
     def solve_level(lv, u):
         sp = pyramid.level_spacing(fix.spacing, lv)
-        terms = [(opts.alpha, NegMutualInformation())]
+        alpha = 1.0 if (opts.alpha_schedule == "mi-finest" and lv == 0) else opts.alpha
+        terms = [(alpha, NegMutualInformation())]
         if prior is not None:
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
-            terms.append((1.0 - opts.alpha, PRIOR_TERMS[opts.prior_term](Q)))
+            terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
         data = JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms, kl[lv], opts.force)
         reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow

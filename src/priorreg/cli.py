@@ -25,6 +25,8 @@ _CHOICES = {
     "force": ("practical", "exact"),
     "normalization": None,  # filled from intensity.NORMALIZATIONS
     "dtype": ("float32", "float64"),
+    "prior_term": ("kl", "ce"),
+    "alpha_schedule": ("constant", "mi-finest"),
 }
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool}
 # train uses these fields of RegistrationOptions as fit_prior parameters.

@@ -16,6 +16,10 @@ class RegistrationOptions:
     alpha : float
         Blend J = alpha*(-MI) + (1-alpha)*KL(p_u || p_L) + regularization*R. 1 = classic MI
         (no prior needed); alpha < 1 needs a learned prior.
+    alpha_schedule : {"constant", "mi-finest"}
+        "constant": alpha at every pyramid level. "mi-finest": alpha at the coarser levels and
+        1 (MI alone) at the finest, i.e. the prior guides the coarse alignment only (the paper's
+        "alpha adapted per resolution level").
     regularization : float
         lambda, weight of the Tikhonov term R = 1/2 mean |grad u|^2 (dimensionless).
     bending : float
@@ -63,6 +67,7 @@ class RegistrationOptions:
     """
 
     alpha: float = 1.0
+    alpha_schedule: str = "constant"
     regularization: float = 0.3
     bending: float = 100.0
     bins: int = 64
@@ -108,6 +113,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.dtype not in ("float32", "float64"):
             raise PriorRegError(f"{f}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.alpha_schedule not in ("constant", "mi-finest"):
+            raise PriorRegError(f"{f}: alpha_schedule must be 'constant' or 'mi-finest', got {self.alpha_schedule!r}")
         if self.prior_term not in ("kl", "ce"):
             raise PriorRegError(f"{f}: prior_term must be 'kl' or 'ce', got {self.prior_term!r}")
         if not (self.prior_floor > 0 and self.eps > 0):
