@@ -65,7 +65,7 @@ def _status_kb(key):
     return 0
 
 
-def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl"):
+def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_schedule="constant"):
     import torch
 
     torch.set_num_threads(2)
@@ -88,7 +88,7 @@ def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl"):
             prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"])
         t = time.perf_counter()
         r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"],
-                              prior_term=prior_term, **s)
+                              prior_term=prior_term, alpha_schedule=alpha_schedule, **s)
         out["seconds"] = time.perf_counter() - t
         out["field"] = r.field
         out["iterations"] = [h.iterations for h in r.history]
@@ -384,6 +384,7 @@ def main(argv=None):
             for al in ALPHAS:
                 runs.append(("priorreg", f"alpha={al:g}", None if al == 1 else "train", al))
             runs.append(("priorreg", f"alpha={CE_ALPHA:g} CE", "train", CE_ALPHA))
+            runs.append(("priorreg", f"alpha={CE_ALPHA:g} CE, MI at finest", "train", CE_ALPHA))
         for k in avail:
             if k == "convexadam" and d != 3:
                 continue
@@ -395,8 +396,9 @@ def main(argv=None):
             case["verify"] = method != "priorreg" and (method, d) not in verified
             try:
                 if method == "priorreg":
-                    term = "ce" if label.endswith("CE") else "kl"
-                    r = run_isolated("priorreg", case, None if pkey in (None, "train") else pkey, al, term)
+                    term = "ce" if "CE" in label else "kl"
+                    sched = "mi-finest" if label.endswith("MI at finest") else "constant"
+                    r = run_isolated("priorreg", case, None if pkey in (None, "train") else pkey, al, term, sched)
                 else:
                     r = run_isolated(method, case)
                     verified.add((method, d))
