@@ -393,6 +393,28 @@ def _summary(result) -> str:
     )
 
 
+def resolve_options(overrides: dict, prior, prior_path, notes: list) -> tuple[float, dict, RegistrationOptions]:
+    """``(alpha, overrides, options)`` exactly as ``priorreg register`` derives them (bins/levels from the prior)."""
+    overrides = dict(overrides)
+    if prior is not None:
+        for name in ("bins", "parzen_sigma"):
+            if name not in overrides and getattr(prior, name) != getattr(RegistrationOptions, name):
+                overrides[name] = getattr(prior, name)
+                notes.append(f"using {option_flag(name)} {getattr(prior, name)} from the prior")
+        if "levels" not in overrides and prior.levels < RegistrationOptions.levels:
+            overrides["levels"] = prior.levels
+            notes.append(f"using --levels {prior.levels} (the prior has tables for {prior.levels} level(s))")
+    alpha = overrides.pop("alpha", RegistrationOptions.alpha)
+    if alpha < 1 and prior is None:
+        raise PriorRegError(
+            f"--alpha {alpha} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone"
+        )
+    opts = RegistrationOptions(alpha=alpha, **overrides)
+    if prior is not None:
+        prior.check_compatible(prior.dim, opts, f"prior {prior_path}:")
+    return alpha, overrides, opts
+
+
 def cmd_register(args, con: Console) -> int:
     from . import Prior, register
 
@@ -413,19 +435,7 @@ def cmd_register(args, con: Console) -> int:
             raise PriorRegError(
                 f"prior {args.prior} was learned on {prior.dim}D images but {args.fixed} is {_describe(fixed)}"
             )
-        for name in ("bins", "parzen_sigma"):
-            if name not in overrides and getattr(prior, name) != getattr(RegistrationOptions, name):
-                overrides[name] = getattr(prior, name)
-                notes.append(f"using {option_flag(name)} {getattr(prior, name)} from the prior")
-        if "levels" not in overrides and prior.levels < RegistrationOptions.levels:
-            overrides["levels"] = prior.levels
-            notes.append(f"using --levels {prior.levels} (the prior has tables for {prior.levels} level(s))")
-    alpha = overrides.pop("alpha", RegistrationOptions.alpha)
-    if alpha < 1 and prior is None:
-        raise PriorRegError(f"--alpha {alpha} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone")
-    opts = RegistrationOptions(alpha=alpha, **overrides)
-    if prior is not None:
-        prior.check_compatible(fixed.ndim, opts, f"prior {args.prior}:")
+    alpha, overrides, opts = resolve_options(overrides, prior, args.prior, notes)
     for n in notes:
         con.note(n)
     cb = con.progress(opts.max_iterations, opts.levels)

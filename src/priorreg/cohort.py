@@ -316,28 +316,6 @@ def _check_out_dir(out_dir: str, overwrite: bool, resume: bool) -> None:
         raise PriorRegError(f"cannot create output directory {out_dir}: its parent directory does not exist")
 
 
-def resolve_options(overrides: dict, prior, prior_path, notes: list) -> tuple[float, dict, RegistrationOptions]:
-    """``(alpha, overrides, options)`` exactly as ``priorreg register`` derives them (bins/levels from the prior)."""
-    overrides = dict(overrides)
-    if prior is not None:
-        for name in ("bins", "parzen_sigma"):
-            if name not in overrides and getattr(prior, name) != getattr(RegistrationOptions, name):
-                overrides[name] = getattr(prior, name)
-                notes.append(f"using {cli.option_flag(name)} {getattr(prior, name)} from the prior")
-        if "levels" not in overrides and prior.levels < RegistrationOptions.levels:
-            overrides["levels"] = prior.levels
-            notes.append(f"using --levels {prior.levels} (the prior has tables for {prior.levels} level(s))")
-    alpha = overrides.pop("alpha", RegistrationOptions.alpha)
-    if alpha < 1 and prior is None:
-        raise PriorRegError(
-            f"--alpha {alpha} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone"
-        )
-    opts = RegistrationOptions(alpha=alpha, **overrides)
-    if prior is not None:
-        prior.check_compatible(prior.dim, opts, f"prior {prior_path}:")
-    return alpha, overrides, opts
-
-
 # --------------------------------------------------------------------------- one pair (runs on a worker)
 
 
@@ -559,7 +537,7 @@ def cmd_cohort(args, con) -> int:
     prior_path = os.path.abspath(args.prior) if args.prior else None
     if prior_path:
         prior = Prior.load(prior_path)
-    alpha, overrides, opts = resolve_options(overrides, prior, args.prior, notes)
+    alpha, overrides, opts = cli.resolve_options(overrides, prior, args.prior, notes)
     out_dir = os.path.abspath(args.out)
     _check_out_dir(out_dir, args.overwrite, args.resume)
     pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
