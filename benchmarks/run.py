@@ -147,13 +147,30 @@ def dice(a, b):
     return float(2.0 * (a & b).sum() / s) if s else float("nan")
 
 
+def epe_map(case, field):
+    """Endpoint error in voxels at every fixed voxel (true_field and field in mm)."""
+    sp = np.asarray(case["spacing"], float)
+    return np.sqrt((((field - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+
+
+def _save(fig, ax, path):
+    """Axes off, tight layout, write ``path`` and free the figure (every benchmark figure ends so)."""
+    import matplotlib.pyplot as plt
+
+    for a in np.ravel(ax):
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def metrics(case, field):
     sp = np.asarray(case["spacing"], float)
     m = {}
     jac = jacobian_det(field, sp)
     m["fold_pct"] = float(100.0 * np.mean(jac <= 0))
     if case["true_field"] is not None:
-        err = np.sqrt((((field - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))[case["mask"]]
+        err = epe_map(case, field)[case["mask"]]
         m["epe_mean"] = float(err.mean())
         m["epe_p95"] = float(np.percentile(err, 95))
     if case.get("labels_fixed") is not None:
@@ -193,11 +210,7 @@ def fig_phantom(case, fields, path):
         rgb = np.stack([case["small"] | case["big"], w < 0.6, np.zeros_like(w, bool)], -1).astype(float) * 0.9
         a.imshow(rgb)
         a.set_title(name, fontsize=6)
-    for a in ax:
-        a.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def fig_overlay(case, fields, path):
@@ -221,15 +234,11 @@ def fig_overlay(case, fields, path):
         ax[0, j].imshow(rgb)
         ax[0, j].set_title(name, fontsize=6)
         if case["true_field"] is not None:
-            e = np.sqrt((((f - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+            e = epe_map(case, f)
             e = np.where(case["mask"], e, np.nan)
             ax[1, j].imshow(sl(e), vmin=0, vmax=3, cmap="magma")
             ax[1, j].set_title("EPE (0-3 vox)", fontsize=6)
-    for a in ax.ravel():
-        a.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def _fig_items(case, fields):
@@ -265,14 +274,10 @@ def fig_functional(case, fields, path):
         ax[0, j].imshow(np.ma.masked_less(w, 0.35 * vmax), cmap="hot", vmin=0.2 * vmax, vmax=vmax, alpha=0.6)
         ax[0, j].set_title(name, fontsize=6)
         if rows == 2:
-            e = np.sqrt((((f - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+            e = epe_map(case, f)
             ax[1, j].imshow(sl(np.where(case["mask"], e, np.nan)), vmin=0, vmax=3, cmap="magma")
             ax[1, j].set_title("EPE (0-3 vox)", fontsize=6)
-    for a in ax.ravel():
-        a.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def fig_view(case, fields, path):
@@ -297,14 +302,10 @@ def fig_view(case, fields, path):
             for k in case["label_names"]:
                 ax[0, j].contour((sl(case["labels_fixed"]) == k).astype(float), [0.5], colors="c", linewidths=0.4)
         ax[0, j].set_title(name, fontsize=6)
-        e = np.sqrt((((f - case["true_field"]) / sp.reshape((-1,) + (1,) * len(sp))) ** 2).sum(0))
+        e = epe_map(case, f)
         ax[1, j].imshow(sl(np.where(case["mask"], e, np.nan)), vmin=0, vmax=3, cmap="magma")
         ax[1, j].set_title("EPE (0-3 vox)", fontsize=6)
-    for a in ax.ravel():
-        a.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 # --------------------------------------------------------------------------- main
