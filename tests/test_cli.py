@@ -83,6 +83,20 @@ def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
                           "--out", tmp_path / "x.npz"], "one moving per fixed")
 
 
+def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):
+    out = tmp_path / "regional.npz"
+    rc, so, _ = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", out,
+                    "--bins", "16", "--levels", "2", "--regions", "3x2")
+    assert rc == 0 and "regions=3x2" in so
+    p = priorreg.Prior.load(out)
+    assert p.regions == (3, 2) and p.tables.shape == (2, 6, 16, 16)
+    for bad, msg in (("3y2", "--regions must be K or KxK"), ("2x2x2", "regions must be an integer >= 1 or 2 of them"),
+                     ("500", "too fine")):
+        assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out",
+                              tmp_path / "bad.npz", "--regions", bad], msg)
+    assert not (tmp_path / "bad.npz").exists()
+
+
 def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path):
     inputs = [data["fixed"], data["moving"], data["prior"], data["mask"]]
     before = digest(inputs)

@@ -1,6 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 import priorreg
 import synthetic as syn
@@ -213,8 +216,8 @@ def test_refuses_a_prior_that_does_not_fit(pair, tmp_path):
 def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
     f, m = pair
     prior = fit_prior([f, f[::-1]], [m, m[::-1]], bins=16, parzen_sigma=1.0, levels=2)
-    assert prior.tables.shape == (2, 16, 16) and prior.n_pairs == 2
-    assert np.allclose(prior.tables.sum((1, 2)), 1.0)
+    assert prior.tables.shape == (2, 1, 16, 16) and prior.n_pairs == 2 and prior.regions == (1, 1)
+    assert np.allclose(prior.tables.sum((2, 3)), 1.0)
     path = tmp_path / "prior.npz"
     prior.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prior.npz"]  # exactly that path, no temp left
@@ -225,6 +228,65 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
     _raises(r"no such file", priorreg.Prior.load, tmp_path / "missing.npz")
     _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
     _raises(r"need n >= 1 pairs", fit_prior, [], [])
+
+
+def test_regional_prior_round_trip_version_1_files_and_refusals(pair, tmp_path):
+    f, m = pair
+    prior = fit_prior([f], [m], bins=16, parzen_sigma=1.0, levels=2, regions=(2, 3))
+    assert prior.tables.shape == (2, 6, 16, 16) and prior.regions == (2, 3)
+    assert np.allclose(prior.tables.sum((2, 3)), 1.0) and np.allclose(prior.region_mass.sum(1), 1.0)
+    # The regions' tables weighted by their mass give back the global prior.
+    glob = fit_prior([f], [m], bins=16, parzen_sigma=1.0, levels=2)
+    assert np.allclose(prior.global_table(1), glob.tables[1, 0], atol=1e-12)
+    prior.save(tmp_path / "r.npz")
+    back = priorreg.Prior.load(tmp_path / "r.npz")
+    assert np.array_equal(back.tables, prior.tables) and np.array_equal(back.region_mass, prior.region_mass)
+    assert back.metadata() == prior.metadata()
+    # A version-1 file (global tables of shape (levels, B, B), no regions) still loads.
+    meta = dict(glob.metadata(), version=1)
+    del meta["regions"]
+    np.savez(tmp_path / "v1.npz", tables=glob.tables[:, 0], meta=np.array(json.dumps(meta)))
+    old = priorreg.Prior.load(tmp_path / "v1.npz")
+    assert old.regions == (1, 1) and np.array_equal(old.tables, glob.tables)
+    _raises(r"regions must be an integer >= 1 or 2 of them", fit_prior, [f], [m], regions=(2, 0))
+    _raises(r"regions must be an integer >= 1 or 2 of them", fit_prior, [f], [m], regions=(2, 2, 2))
+    _raises(r"regions=\[40, 40\] is too fine", fit_prior, [f], [m], levels=2, regions=40)
+
+
+@pytest.mark.slow
+def test_regional_prior_decides_the_circle_phantom():
+    # METHOD.md §9.2 / the paper's Fig. 1: f1 has a small and a big disc; the moving disc
+    # overlaps both equally. A global histogram prior only knows the class proportions, so
+    # it cannot say which disc; a regional prior knows where the pair (disc, disc) occurs.
+    # The benchmark's 256 x 256 "close" layout. The disc must travel and change size
+    # by a third; the edge-driven flow needs more than the default 300 iterations a level.
+    n, rs, rb, rm, gap = 256, 20.0, 36.0, 29.1, 2.0
+    yy, xx = np.indices((n, n), dtype=float)
+    cy, x0 = n / 2, n / 2 - (rs + rb + gap) / 2
+    disc = lambda c, r: ((yy - cy) ** 2 + (xx - c) ** 2 <= r * r).astype(float)  # noqa: E731
+    small, big = disc(x0, rs), disc(x0 + rs + rb + gap, rb)
+    lo, hi = x0, x0 + rs + rb + gap  # moving centre with equal overlaps (bisection)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if (disc(mid, rm) * small).sum() > (disc(mid, rm) * big).sum() else (lo, mid)
+    blur = lambda a: ndimage.gaussian_filter(a, 1.0)  # noqa: E731
+    f1, f2 = blur(np.maximum(small, big)), blur(1 - 0.8 * disc(lo, rm))
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    for target, other in ((small, big), (big, small)):
+        prior = fit_prior([f1], [blur(1 - 0.8 * target)], levels=3, regions=8)
+        r = register(f1, f2, prior=prior, alpha=0.0, max_iterations=1500)
+        w = r.warped.array < 0.6
+        assert dice(w, target > 0.5) > 0.85 and dice(w, other > 0.5) < 0.15, (dice(w, target > 0.5), dice(w, other > 0.5))
+        assert r.jacobian_stats["percent_nonpositive"] == 0
+
+
+def test_flat_foreground_is_normalised_by_min_and_max():
+    # A binary-like image: above Otsu everything is 1 up to rounding noise of a blur. The
+    # noise must not become the unit of intensity (it blew the image up by 1e8 before).
+    yy, xx = np.indices((256, 256))
+    img = ndimage.gaussian_filter(1.0 - 0.8 * (((yy - 128) ** 2 + (xx - 128) ** 2) < 36**2), 1.0)
+    out = priorreg.intensity.normalize(img)
+    assert np.isclose(out.min(), 0.0) and np.isclose(out.max(), 1.0)
 
 
 def test_prior_normalisation_is_invariant_to_gain_and_offset(pair):

@@ -258,7 +258,8 @@ def register(
         if prior is not None:
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
             terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
-        data = JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms, kl[lv], opts.force)
+        regions = prior.regions if prior is not None else None
+        data = JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms, kl[lv], opts.force, regions)
         reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow
 

@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="PRIOR", help="prior file to write (e.g. prior.npz)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing PRIOR file")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument(
+        "--regions",
+        default="1",
+        metavar="K[xK[xK]]",
+        help="learn one table per block of the field of view: K blocks per axis, or one K per axis "
+        "(e.g. 8 or 8x8x4). 1 (default) = one global table, the paper's prior. Only for training and "
+        "test images in one frame (atlas space, one field of view).",
+    )
     add_engine_options(t, TRAIN_OPTIONS)
 
     r = sub.add_parser(
@@ -326,6 +334,14 @@ def _check_device(device: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _parse_regions(text: str):
+    parts = text.lower().split("x")
+    if not all(p.strip().isdigit() for p in parts):
+        raise PriorRegError(f"--regions must be K or KxK or KxKxK with integers K >= 1, got {text!r}")
+    vals = [int(p) for p in parts]
+    return vals[0] if len(vals) == 1 else tuple(vals)
+
+
 def cmd_train(args, con: Console) -> int:
     from . import fit_prior
 
@@ -354,12 +370,15 @@ def cmd_train(args, con: Console) -> int:
         con.note(n)
     kw = {k: getattr(RegistrationOptions, k) for k in TRAIN_OPTIONS}
     kw.update(engine_overrides(args, TRAIN_OPTIONS))
+    kw["regions"] = _parse_regions(args.regions)
     t0 = time.perf_counter()
     prior = fit_prior(fixed, moving, masks=masks, **kw)
     prior.save(args.out)
     if not con.quiet:
         print(
-            f"{PROG}: prior from {prior.n_pairs} pair(s), {prior.dim}D, bins={prior.bins}, levels={prior.levels} "
+            f"{PROG}: prior from {prior.n_pairs} pair(s), {prior.dim}D, bins={prior.bins}, levels={prior.levels}"
+            + (f", regions={'x'.join(map(str, prior.regions))}" if prior.n_regions > 1 else "")
+            + " "
             f"written to {args.out} ({time.perf_counter() - t0:.1f} s)"
         )
     return 0

@@ -9,6 +9,7 @@ histograms) plugs in as another data term.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,51 +18,78 @@ from . import histogram as hist
 from . import spatial
 
 
+@dataclass
+class Tables:
+    """What the histogram terms read: the floored global table and its marginals, and the
+    floored per-region tables with the regions' sample fractions (R = 1: ``Prt = Pt[None]``).
+    """
+
+    Pt: torch.Tensor  # (B, B)
+    P1: torch.Tensor  # (B,)
+    P2: torch.Tensor  # (B,)
+    Prt: torch.Tensor  # (R, B, B), each region's own normalised table, floored
+    pi: torch.Tensor  # (R,), fraction of the samples in each region
+
+
 class NegMutualInformation:
-    """I_MI = -MI(P~) in nats."""
+    """I_MI = -MI(P~) in nats, on the global joint table."""
 
     name = "-MI"
+    regional = False
 
-    def value(self, Pt, P1, P2):
-        return -(Pt * (torch.log(Pt) - torch.log(P1)[:, None] - torch.log(P2)[None, :])).sum()
+    def value(self, T: Tables):
+        return -(T.Pt * (torch.log(T.Pt) - torch.log(T.P1)[:, None] - torch.log(T.P2)[None, :])).sum()
 
-    def phi(self, Pt, P1, P2):
+    def phi(self, T: Tables):
         # d(-MI)/dP_kl = -ln P~ + ln P~1 + ln P~2 + 1; terms constant along l drop out (§4.2).
-        return -torch.log(Pt) + torch.log(P2)[None, :]
+        return -torch.log(T.Pt) + torch.log(T.P2)[None, :]
 
 
-class PriorKL:
-    """I_KL = KL(P~ || Q~) in nats against a learned, floored prior table Q~."""
+class _PriorTerm:
+    """A learned prior compared region by region: sum_r pi_r E(P~_r, Q~_r).
+
+    ``Q_floored`` is one B x B table (a global prior, the paper's) or (R, B, B) tables,
+    one per region of the fixed image's field of view (a regional prior: it knows
+    *where* each intensity pair occurs, not only how often).
+    """
+
+    regional = True
+
+    def __init__(self, Q_floored: torch.Tensor):
+        Q = Q_floored if Q_floored.dim() == 3 else Q_floored[None]
+        self.logQ = torch.log(Q)
+
+    @property
+    def n_regions(self) -> int:
+        return self.logQ.shape[0]
+
+
+class PriorKL(_PriorTerm):
+    """I_KL = sum_r pi_r KL(P~_r || Q~_r) in nats against learned, floored prior tables."""
 
     name = "KL"
 
-    def __init__(self, Q_floored: torch.Tensor):
-        self.logQ = torch.log(Q_floored)
+    def value(self, T: Tables):
+        return (T.pi * (T.Prt * (torch.log(T.Prt) - self.logQ)).sum((1, 2))).sum()
 
-    def value(self, Pt, P1, P2):
-        return (Pt * (torch.log(Pt) - self.logQ)).sum()
-
-    def phi(self, Pt, P1, P2):
-        return torch.log(Pt) - self.logQ
+    def phi(self, T: Tables):
+        return torch.log(T.Prt) - self.logQ
 
 
-class PriorCrossEntropy:
-    """I_CE = -sum P~ ln Q~: the mean negative log-likelihood of the joint samples under
-    the learned prior (nats). KL = CE - H(P~): KL also *rewards* a broader joint
-    histogram (its -H term), which works against MI's sharpening whenever the
+class PriorCrossEntropy(_PriorTerm):
+    """I_CE = -sum_r pi_r sum P~_r ln Q~_r: the mean negative log-likelihood of the joint
+    samples under the learned prior (nats). KL = CE - H(P~): KL also *rewards* a broader
+    joint histogram (its -H term), which works against MI's sharpening whenever the
     training pairs' noise and bias differ from the test pair's; CE has no such term.
     """
 
     name = "CE"
 
-    def __init__(self, Q_floored: torch.Tensor):
-        self.logQ = torch.log(Q_floored)
+    def value(self, T: Tables):
+        return -(T.pi * (T.Prt * self.logQ).sum((1, 2))).sum()
 
-    def value(self, Pt, P1, P2):
-        return -(Pt * self.logQ).sum()
-
-    def phi(self, Pt, P1, P2):
-        return -self.logQ
+    def phi(self, T: Tables):
+        return -self.logQ.expand_as(T.Prt)
 
 
 PRIOR_TERMS = {"kl": PriorKL, "ce": PriorCrossEntropy}
@@ -87,9 +115,11 @@ class JointHistogramEnergy:
     terms : list of (weight, term) pairs; zero weights are dropped.
     mask : optional (*S) tensor of 0/1 sample weights on the fixed grid.
     force : "exact" or "practical" (see RegistrationOptions).
+    regions : blocks per axis of the fixed grid for regional terms (a regional prior's
+        ``regions``); None or all ones = one global table.
     """
 
-    def __init__(self, fixed, moving, spacing, spec: HistogramSpec, terms, mask=None, force="exact"):
+    def __init__(self, fixed, moving, spacing, spec: HistogramSpec, terms, mask=None, force="exact", regions=None):
         self.spacing = tuple(float(s) for s in spacing)
         self.spec = spec
         self.terms = [(float(w), t) for w, t in terms if w != 0]
@@ -105,20 +135,42 @@ class JointHistogramEnergy:
         n_grid = fixed.numel()
         if mask is None:
             self.weights = None
+            self.weights64 = None
             self.n_ratio = 1.0
         else:
             self.weights = mask.reshape(-1).to(fixed.dtype)
             self.weights64 = self.weights.double()
             self.n_ratio = n_grid / float(self.weights.sum())
+        self.n_regions = 1 if regions is None else math.prod(int(r) for r in regions)
+        self.region = None
+        if self.n_regions > 1:
+            self.region = hist.region_index(fixed.shape, regions, fixed.device)
+        w64 = torch.ones(n_grid, dtype=torch.float64, device=fixed.device) if mask is None else self.weights64
+        counts = torch.zeros(self.n_regions, dtype=torch.float64, device=fixed.device)
+        counts.index_add_(0, torch.zeros_like(w64, dtype=torch.long) if self.region is None else self.region, w64)
+        self.n_samples = counts.sum()
+        self.pi = counts / self.n_samples
+        self.region_norm = counts.clamp(min=1e-300)  # empty regions: zero tables, pi = 0
+        for _, t in self.all_terms:
+            if getattr(t, "regional", False) and t.n_regions != self.n_regions:
+                raise ValueError(f"term {t.name} has {t.n_regions} region table(s) but the energy has {self.n_regions} region(s)")
         self.moving_grad = spatial.gradient(moving, self.spacing)
 
     def table(self, w: torch.Tensor):
-        """Smoothed joint table P of (fixed, w) and the bin coordinates of w."""
+        """Smoothed joint tables of (fixed, w): (P global, Pr per region (R, B, B), bin coords of w...)."""
         B = self.spec.bins
         b, inside, beta = hist.bin_coordinates(w.reshape(-1), self.lo2, self.hi2, B)
-        wts = None if self.weights is None else self.weights64
-        H = hist.joint_histogram(self.a, b.double(), B, wts)
-        return hist.smooth(H, self.S), b, inside, beta
+        H = hist.joint_counts(self.a, b.double(), B, self.weights64, self.region, self.n_regions)
+        Hs = hist.smooth(H, self.S)
+        P = Hs.sum(0) / self.n_samples
+        Pr = P[None] if self.n_regions == 1 else Hs / self.region_norm[:, None, None]
+        return P, Pr, b, inside, beta
+
+    def _tables(self, P, Pr):
+        eps = self.spec.eps
+        Pt, P1, P2 = hist.entropy_terms(P, eps)
+        Prt = Pt[None] if self.n_regions == 1 else Pr + eps
+        return Tables(Pt, P1, P2, Prt, self.pi)
 
     def evaluate(self, u: torch.Tensor, with_force: bool = True):
         """Return (values per term name, weighted total, force (d, *S) or None).
@@ -131,6 +183,10 @@ class JointHistogramEnergy:
         values, total = self.value(u)
         return values, total, (self.force(u) if with_force else None)
 
+    def _values(self, T: Tables):
+        values = {t.name: float(t.value(T)) for _, t in self.all_terms}
+        return values, sum(wt * values[t.name] for wt, t in self.terms)
+
     def value(self, u: torch.Tensor):
         """(values per term name, weighted total) at u; keeps what ``force(u)`` needs.
 
@@ -139,20 +195,29 @@ class JointHistogramEnergy:
         """
         coords = spatial.displaced_coords(u, self.spacing)
         w = spatial.sample(self.moving, coords)
-        P, b, inside, beta = self.table(w)
-        Pt, P1, P2 = hist.entropy_terms(P, self.spec.eps)
-        values = {t.name: float(t.value(Pt, P1, P2)) for _, t in self.all_terms}
-        total = sum(wt * values[t.name] for wt, t in self.terms)
-        self._state = (u, coords, b, inside, beta, Pt, P1, P2)
+        P, Pr, b, inside, beta = self.table(w)
+        T = self._tables(P, Pr)
+        values, total = self._values(T)
+        self._state = (u, coords, b, inside, beta, T)
         return values, total
 
-    def _voxel_weights(self, b, inside, beta, Pt, P1, P2, dtype):
-        """g(x) = dJ/dw(x) * N_grid: the per-voxel derivative of J w.r.t. the warped intensity."""
-        Phi = sum(wt * t.phi(Pt, P1, P2) for wt, t in self.terms)
-        if not torch.is_tensor(Phi):  # every weight zero
+    def _voxel_weights(self, b, inside, beta, T: Tables, dtype):
+        """g(x) = dJ/dw(x) * N_grid: the per-voxel derivative of J w.r.t. the warped intensity.
+
+        A global term's table gradient Phi is shared by all samples; a regional term's
+        Phi_r is read by the samples of region r only (pi_r / n_r = 1 / n, so both enter
+        with the same scale).
+        """
+        glob = [wt * t.phi(T) for wt, t in self.terms if not t.regional]
+        reg = [wt * t.phi(T) for wt, t in self.terms if t.regional]
+        if not glob and not reg:  # every weight zero
             return None
-        C = hist.smooth(Phi, self.S)
-        s = hist.d2_bilinear(C, self.a, b).to(dtype)
+        C = 0.0
+        if glob:
+            C = hist.smooth(sum(glob), self.S)[None]
+        if reg:
+            C = C + hist.smooth(sum(reg), self.S)
+        s = hist.d2_bilinear(C, self.a, b, self.region).to(dtype)
         g = beta * s * inside.to(dtype)
         if self.weights is not None:
             g = g * self.weights * self.n_ratio
@@ -164,8 +229,8 @@ class JointHistogramEnergy:
             return self._evaluate_exact(u)[2]
         if getattr(self, "_state", None) is None or self._state[0] is not u:
             self.value(u)
-        _, coords, b, inside, beta, Pt, P1, P2 = self._state
-        g = self._voxel_weights(b, inside, beta, Pt, P1, P2, u.dtype)
+        _, coords, b, inside, beta, T = self._state
+        g = self._voxel_weights(b, inside, beta, T, u.dtype)
         if g is None:
             return torch.zeros_like(u)
         dw = spatial.sample(self.moving_grad, coords)
@@ -175,11 +240,10 @@ class JointHistogramEnergy:
         uu = u.detach().requires_grad_(True)
         coords = spatial.displaced_coords(uu, self.spacing)
         w_graph = spatial.sample(self.moving, coords)
-        P, b, inside, beta = self.table(w_graph.detach())
-        Pt, P1, P2 = hist.entropy_terms(P, self.spec.eps)
-        values = {t.name: float(t.value(Pt, P1, P2)) for _, t in self.all_terms}
-        total = sum(wt * values[t.name] for wt, t in self.terms)
-        g = self._voxel_weights(b, inside, beta, Pt, P1, P2, u.dtype)
+        P, Pr, b, inside, beta = self.table(w_graph.detach())
+        T = self._tables(P, Pr)
+        values, total = self._values(T)
+        g = self._voxel_weights(b, inside, beta, T, u.dtype)
         if g is None:
             return values, total, torch.zeros_like(u)
         force = torch.autograd.grad(w_graph, uu, grad_outputs=g.reshape(u.shape[1:]))[0]

@@ -67,17 +67,30 @@ def joint_histogram(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None 
     precomputed ``corners``); ``weights`` optional per-sample mask weights.
     H_kl = (1/N) sum_x m_x e_k(a_x) e_l(b_x), N = sum m.
     """
+    H = joint_counts(a, b, bins, weights)[0]
+    n = H.sum() if weights is None else weights.sum()
+    return H / n
+
+
+def joint_counts(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None = None, region=None, n_regions: int = 1):
+    """Unnormalised linear joint histograms, one B x B table per region: (R, B, B).
+
+    ``region`` (flat long tensor, one region id per sample) scatters each sample into
+    its region's table; ``None`` puts every sample in one table (R = 1). One
+    ``index_add_`` per bilinear corner, whatever R.
+    """
     k0, fa = a if isinstance(a, tuple) else _corners(a, bins)
     l0, fb = _corners(b, bins)
     w = torch.ones_like(fa) if weights is None else weights
-    n = w.sum()
     idx = k0 * bins + l0
-    H = torch.zeros(bins * bins, dtype=fa.dtype, device=fa.device)
+    if region is not None:
+        idx = idx + region * (bins * bins)
+    H = torch.zeros(n_regions * bins * bins, dtype=fa.dtype, device=fa.device)
     H.index_add_(0, idx, w * (1 - fa) * (1 - fb))
     H.index_add_(0, idx + 1, w * (1 - fa) * fb)
     H.index_add_(0, idx + bins, w * fa * (1 - fb))
     H.index_add_(0, idx + bins + 1, w * fa * fb)
-    return (H / n).reshape(bins, bins)
+    return H.reshape(n_regions, bins, bins)
 
 
 def smooth(H: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -85,18 +98,35 @@ def smooth(H: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     return S @ H @ S.T
 
 
-def d2_bilinear(C: torch.Tensor, a, b: torch.Tensor) -> torch.Tensor:
+def d2_bilinear(C: torch.Tensor, a, b: torch.Tensor, region=None) -> torch.Tensor:
     """Derivative along the second axis of the bilinear interpolant of C at (a, b).
 
     This is the exact derivative of the linear-binning histogram energy with
-    respect to the second bin coordinate (METHOD.md §4.1).
+    respect to the second bin coordinate (METHOD.md §4.1). ``C`` is one B x B
+    table, or (R, B, B) tables read at each sample's ``region``.
     """
-    bins = C.shape[0]
+    bins = C.shape[-1]
     k0, fa = a if isinstance(a, tuple) else _corners(a, bins)
     l0, _ = _corners(b, bins)
     Cf = C.reshape(-1)
     i = k0 * bins + l0
+    if region is not None:
+        i = i + region * (bins * bins)
     return (1 - fa) * (Cf[i + 1] - Cf[i]) + fa * (Cf[i + bins + 1] - Cf[i + bins])
+
+
+def region_index(shape, regions, device=None) -> torch.Tensor:
+    """Flat region id of every voxel of a grid cut into ``regions[k]`` equal blocks along axis k.
+
+    Blocks are placed by relative position ((i + 0.5) / n along each axis), so the same
+    region is the same part of the field of view at every pyramid level and on grids of
+    another size.
+    """
+    ids = None
+    for n, r in zip(shape, regions):
+        k = torch.floor((torch.arange(n, dtype=torch.float64, device=device) + 0.5) * r / n).long().clamp(max=r - 1)
+        ids = k if ids is None else (ids[..., None] * r + k)
+    return ids.reshape(-1)
 
 
 def entropy_terms(P: torch.Tensor, eps: float):

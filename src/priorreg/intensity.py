@@ -50,8 +50,11 @@ def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
     if fg.size < 16:
         fg = a.ravel()
     p0, p1 = np.percentile(fg, FOREGROUND_PERCENTILES)
-    if p1 <= p0:
-        p0, p1 = float(a.min()), float(a.max())
+    lo, hi = float(a.min()), float(a.max())
+    # A flat foreground (a synthetic or binary-like image) has p1 == p0 up to rounding
+    # noise, and dividing by that noise would blow the image up by 1e8: use min/max.
+    if p1 - p0 <= 1e-6 * (hi - lo):
+        p0, p1 = lo, hi
     return (a - p0) / (p1 - p0)
 
 

@@ -18,20 +18,25 @@ from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .options import RegistrationOptions
 
 FORMAT = "priorreg-prior"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-region tables (levels, R, B, B); version 1 files (global tables) still load
 
 
 @dataclass
 class Prior:
-    """A learned joint density, one B x B table per pyramid level.
+    """A learned joint density: B x B tables per pyramid level and per region.
 
-    ``tables[l]`` is the mean over the training pairs of their normalised,
-    Parzen-smoothed joint histograms at level l (unfloored; the floor eta is a
-    registration option). Everything needed to use it the way it was learned
-    is stored with it.
+    ``tables[l, r]`` is the mean over the training pairs of their normalised,
+    Parzen-smoothed joint histograms at level l inside region r of the field of
+    view (unfloored; the floor eta is a registration option). A *global* prior
+    (the paper's) has one region. A *regional* prior cuts the field of view into
+    ``regions[k]`` blocks along axis k and learns where each intensity pair occurs,
+    which a global histogram cannot (METHOD.md §9.2); it assumes the training pairs
+    and the test pair share a frame (atlas space, one scanner's field of view).
+    ``region_mass[l, r]`` is the mean fraction of the training samples in region r.
+    Everything needed to use it the way it was learned is stored with it.
     """
 
-    tables: np.ndarray  # (levels, B, B), each sums to 1
+    tables: np.ndarray  # (levels, R, B, B), each table sums to 1
     bins: int
     parzen_sigma: float
     ranges: tuple  # ((lo_fixed, hi_fixed), (lo_moving, hi_moving)) in normalised units
@@ -39,13 +44,32 @@ class Prior:
     dim: int
     levels: int
     n_pairs: int
+    regions: tuple = ()
+    region_mass: np.ndarray | None = None  # (levels, R)
     version: int = FORMAT_VERSION
     notes: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if not self.regions:
+            self.regions = (1,) * self.dim
+        self.regions = tuple(int(r) for r in self.regions)
+        if self.tables.ndim == 3:  # a global prior given as (levels, B, B)
+            self.tables = self.tables[:, None]
+        if self.region_mass is None:
+            self.region_mass = np.full(self.tables.shape[:2], 1.0 / self.tables.shape[1])
+
+    @property
+    def n_regions(self) -> int:
+        return int(np.prod(self.regions))
+
+    def global_table(self, level: int) -> np.ndarray:
+        """The B x B table of all samples at ``level`` (the regions' tables weighted by their mass)."""
+        return np.tensordot(self.region_mass[level], self.tables[level], axes=1)
+
     def floored(self, level: int, eta: float) -> np.ndarray:
-        """Q~ = (Q + eta) / (1 + B^2 eta)."""
+        """Q~ = (Q + eta) / (1 + B^2 eta) per region: (R, B, B)."""
         Q = self.tables[level]
-        return (Q + eta) / (1.0 + Q.size * eta)
+        return (Q + eta) / (1.0 + Q[0].size * eta)
 
     def metadata(self) -> dict:
         return {
@@ -58,6 +82,7 @@ class Prior:
             "dim": self.dim,
             "levels": self.levels,
             "n_pairs": self.n_pairs,
+            "regions": list(self.regions),
             "notes": self.notes,
         }
 
@@ -65,7 +90,7 @@ class Prior:
         """Write one .npz file at exactly ``path``, atomically."""
         path = os.fspath(path)
         buf = _io.BytesIO()
-        np.savez_compressed(buf, tables=self.tables, meta=np.array(json.dumps(self.metadata())))
+        np.savez_compressed(buf, tables=self.tables, region_mass=self.region_mass, meta=np.array(json.dumps(self.metadata())))
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".priorreg-", suffix=".tmp")
         try:
@@ -85,28 +110,35 @@ class Prior:
         try:
             with np.load(path, allow_pickle=False) as z:
                 tables = np.asarray(z["tables"], dtype=np.float64)
+                mass = np.asarray(z["region_mass"], dtype=np.float64) if "region_mass" in z.files else None
                 meta = json.loads(str(z["meta"]))
         except Exception:
             raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file (.npz written by fit_prior)") from None
         if meta.get("format") != FORMAT:
             raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file")
-        if meta.get("version") != FORMAT_VERSION:
+        if meta.get("version") not in (1, FORMAT_VERSION):
             raise PriorRegError(
                 f"Prior.load(): {path} has prior format version {meta.get('version')}; "
-                f"this priorreg reads version {FORMAT_VERSION}"
+                f"this priorreg reads versions 1 to {FORMAT_VERSION}"
             )
-        B = int(meta["bins"])
-        if tables.shape != (int(meta["levels"]), B, B):
-            raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape})")
+        B, L, dim = int(meta["bins"]), int(meta["levels"]), int(meta["dim"])
+        regions = tuple(int(r) for r in meta.get("regions", [1] * dim))
+        R = int(np.prod(regions))
+        if tables.ndim == 3:
+            tables = tables[:, None]
+        if tables.shape != (L, R, B, B) or (mass is not None and mass.shape != (L, R)) or len(regions) != dim:
+            raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape}, regions {list(regions)})")
         return cls(
             tables=tables,
             bins=B,
             parzen_sigma=float(meta["parzen_sigma"]),
             ranges=tuple(tuple(float(v) for v in r) for r in meta["ranges"]),
             normalization=meta["normalization"],
-            dim=int(meta["dim"]),
-            levels=int(meta["levels"]),
+            dim=dim,
+            levels=L,
             n_pairs=int(meta["n_pairs"]),
+            regions=regions,
+            region_mass=mass,
             notes=meta.get("notes", {}),
         )
 
@@ -141,6 +173,7 @@ def fit_prior(
     levels: int = RegistrationOptions.levels,
     normalization: str = RegistrationOptions.normalization,
     spacing=None,
+    regions=1,
 ) -> Prior:
     """Learn p_L from n >= 1 pre-registered (fixed-modality, moving-modality) pairs.
 
@@ -151,6 +184,13 @@ def fit_prior(
         "fixed" is the modality of the reference image at registration time.
     masks : optional sequence of masks (one per pair) limiting the samples.
     bins, parzen_sigma, levels, normalization : as in :class:`RegistrationOptions`.
+    regions : int or sequence of int
+        1 (default): one global table per level, the paper's prior. ``k`` or
+        ``(k1, k2[, k3])``: cut the field of view into that many equal blocks per
+        axis and learn one table per block, so the prior also says *where* each
+        intensity pair occurs. Only meaningful when training and test images share
+        a frame (same field of view / atlas space); blocks are placed by relative
+        position, so grids of another size map onto the same blocks.
 
     Notes
     -----
@@ -186,16 +226,45 @@ def fit_prior(
         mk = None if masks is None else as_mask(masks[j], fi.shape, f"masks[{j}]", func)
         pairs.append((fi, normalize(fi.array, normalization), normalize(mi.array, normalization), mk))
     dim = pairs[0][0].ndim
+    regs = _check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
+    R = int(np.prod(regs))
     ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
     spec = HistogramSpec(bins, parzen_sigma, ranges)
-    tables = np.zeros((levels, bins, bins))
+    sums = np.zeros((levels, R, bins, bins))
+    seen = np.zeros((levels, R))
+    mass = np.zeros((levels, R))
+    glob = np.zeros((levels, bins, bins))
     for fi, fn, mn, mk in pairs:
         ft = torch.as_tensor(fn, dtype=torch.float64)
         mt = torch.as_tensor(mn, dtype=torch.float64)
         kt = None if mk is None else torch.as_tensor(mk, dtype=torch.float64)
         fl, ml, kl = pyramid.image_pyramid(ft, levels), pyramid.image_pyramid(mt, levels), pyramid.mask_pyramid(kt, levels)
         for lv in range(levels):
-            energy = JointHistogramEnergy(fl[lv], ml[lv], pyramid.level_spacing(fi.spacing, lv), spec, [], kl[lv])
-            P, *_ = energy.table(ml[lv])
-            tables[lv] += P.cpu().numpy() / len(pairs)
-    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs))
+            energy = JointHistogramEnergy(
+                fl[lv], ml[lv], pyramid.level_spacing(fi.spacing, lv), spec, [], kl[lv], regions=regs
+            )
+            P, Pr, *_ = energy.table(ml[lv])
+            has = (energy.pi > 0).cpu().numpy()
+            sums[lv] += Pr.cpu().numpy() * has[:, None, None]
+            seen[lv] += has
+            mass[lv] += energy.pi.cpu().numpy() / len(pairs)
+            glob[lv] += P.cpu().numpy() / len(pairs)
+    # A region no training pair covers (masks) falls back to the level's global table.
+    tables = np.where(seen[..., None, None] > 0, sums / np.maximum(seen, 1)[..., None, None], glob[:, None])
+    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass)
+
+
+def _check_regions(regions, dim, shapes, levels, func) -> tuple:
+    """Validate ``regions``: k or one k per axis, each block >= 2 voxels at the coarsest level."""
+    r = (regions,) * dim if isinstance(regions, (int, np.integer)) else tuple(regions)
+    if len(r) != dim or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in r):
+        raise PriorRegError(f"{func}: regions must be an integer >= 1 or {dim} of them (one per axis), got {regions!r}")
+    f = pyramid.level_factor(levels - 1)
+    for shape in shapes:
+        coarse = [max(1, n // f) for n in shape]
+        if any(k > c // 2 for k, c in zip(r, coarse)):
+            raise PriorRegError(
+                f"{func}: regions={list(r)} is too fine for images of shape {shape} at {levels} level(s): the coarsest "
+                f"level has shape {coarse} and each block needs at least 2 voxels per axis; use fewer regions or levels"
+            )
+    return tuple(int(k) for k in r)

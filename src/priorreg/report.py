@@ -300,7 +300,7 @@ def figures(result, prior=None, mask=None) -> list:
         (_joint_histogram(fn, an, ranges, opts.bins, opts.parzen_sigma, mask), "observed, after"),
     ]
     if prior is not None:
-        hists.append((prior.tables[0], f"learned prior p_L ({prior.n_pairs} pair(s))"))
+        hists.append((prior.global_table(0), f"learned prior p_L ({prior.n_pairs} pair(s))"))
     fig, axs = plt.subplots(1, len(hists), figsize=(3.5 * len(hists), 3.4), squeeze=False)
     for ax, (H, title) in zip(axs[0], hists):
         ax.imshow(np.log10(H.T + 1e-7), origin="lower", cmap="magma", vmin=-7, aspect="auto",
