@@ -40,9 +40,15 @@ PRIORREG_SETTINGS = {
     "2d": dict(regularization=0.3, bins=64, parzen_sigma=2.0, levels=3),
     "3d": dict(regularization=0.3, bins=32, parzen_sigma=1.0, levels=3, tolerance=3e-4),
 }
+# `--set 3d.force=warped` (a sub-run with one setting changed) reaches the spawned children
+# through this environment variable.
+for _k, _v in json.loads(os.environ.get("PRIORREG_BENCH_SET", "{}")).items():
+    PRIORREG_SETTINGS[_k.split(".")[0]][_k.split(".")[1]] = _v
 BENDING_PER_VOXEL2 = 100.0  # bending = 100 mm^2 x (mean spacing / 1 mm)^2; the library default is 100 mm^2
 ALPHAS = (1.0, 0.4, 0.0)
 CE_ALPHA = 0.4  # also run alpha=0.4 with the cross-entropy prior term (prior_term="ce")
+PHANTOM_REGIONS = 8  # regional-prior rows of the circle phantom: 8 x 8 blocks
+PHANTOM_ITERATIONS = 1500  # ... and up to 1500 iterations per level (default 300)
 DESCS = {}
 SKIPPED = {}
 
@@ -65,7 +71,7 @@ def _status_kb(key):
     return 0
 
 
-def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_schedule="constant"):
+def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_schedule="constant", regions=1, extra=None):
     import torch
 
     torch.set_num_threads(2)
@@ -85,10 +91,11 @@ def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_sched
         prior = None
         if alpha < 1 or prior_key is not None:
             tr = case["prior_train"][prior_key] if isinstance(case["prior_train"], dict) else case["prior_train"]
-            prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"])
+            prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"],
+                                       regions=regions)
         t = time.perf_counter()
         r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"],
-                              prior_term=prior_term, alpha_schedule=alpha_schedule, **s)
+                              prior_term=prior_term, alpha_schedule=alpha_schedule, **{**s, **(extra or {})})
         out["seconds"] = time.perf_counter() - t
         out["field"] = r.field
         out["iterations"] = [h.iterations for h in r.history]
@@ -336,7 +343,22 @@ def main(argv=None):
     p.add_argument("--cases", nargs="*", help="case names: " + ", ".join(C.CASES))
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--peers", nargs="*", help="only these peers")
+    p.add_argument("--set", nargs="*", default=[], metavar="DIM.KEY=VALUE",
+                   help="change a priorreg setting for this run, e.g. 3d.force=warped 3d.tolerance=1e-3")
     a = p.parse_args(argv)
+    if a.set:
+        changes = {}
+        for item in a.set:
+            key, _, val = item.partition("=")
+            if key.split(".")[0] not in PRIORREG_SETTINGS or "." not in key or not val:
+                p.error(f"--set wants 2d.KEY=VALUE or 3d.KEY=VALUE, got {item!r}")
+            try:
+                changes[key] = json.loads(val)
+            except ValueError:
+                changes[key] = val
+        os.environ["PRIORREG_BENCH_SET"] = json.dumps(changes)
+        for k, v in changes.items():
+            PRIORREG_SETTINGS[k.split(".")[0]][k.split(".")[1]] = v
     names = a.cases or (C.QUICK if a.quick else list(C.CASES))
     os.makedirs(a.out, exist_ok=True)
 
@@ -376,30 +398,36 @@ def main(argv=None):
         fields = {}
         runs = []
         if case["kind"] == "phantom":
-            runs.append(("priorreg", "MI (alpha=1)", None, 1.0))
+            runs.append(("priorreg", "MI (alpha=1)", None, 1.0, {}))
             for key in ("small", "big"):
-                runs.append(("priorreg", f"alpha=0, {key}-disc prior", key, 0.0))
-                runs.append(("priorreg", f"alpha=0.4, {key}-disc prior", key, 0.4))
-                runs.append(("priorreg", f"alpha=0, {key}-disc prior, CE", key, 0.0))
+                runs.append(("priorreg", f"alpha=0, {key}-disc prior", key, 0.0, {}))
+                runs.append(("priorreg", f"alpha=0.4, {key}-disc prior", key, 0.4, {}))
+                runs.append(("priorreg", f"alpha=0, {key}-disc prior, CE", key, 0.0, dict(prior_term="ce")))
+            # A regional prior (one table per block of an 8 x 8 grid) knows where the pair (disc, disc)
+            # occurs. The disc must travel and change size by a third: the edge-driven flow needs more
+            # than the default 300 iterations per level (PHANTOM_ITERATIONS, stated in the table).
+            for key in ("small", "big"):
+                for al in (0.0, 0.4):
+                    runs.append(("priorreg", f"alpha={al:g}, {key}-disc REGIONAL prior 8x8", key, al,
+                                 dict(regions=PHANTOM_REGIONS, extra=dict(max_iterations=PHANTOM_ITERATIONS))))
         else:
             for al in ALPHAS:
-                runs.append(("priorreg", f"alpha={al:g}", None if al == 1 else "train", al))
-            runs.append(("priorreg", f"alpha={CE_ALPHA:g} CE", "train", CE_ALPHA))
-            runs.append(("priorreg", f"alpha={CE_ALPHA:g} CE, MI at finest", "train", CE_ALPHA))
+                runs.append(("priorreg", f"alpha={al:g}", None if al == 1 else "train", al, {}))
+            runs.append(("priorreg", f"alpha={CE_ALPHA:g} CE", "train", CE_ALPHA, dict(prior_term="ce")))
+            runs.append(("priorreg", f"alpha={CE_ALPHA:g} CE, MI at finest", "train", CE_ALPHA,
+                         dict(prior_term="ce", alpha_schedule="mi-finest")))
         for k in avail:
             if k == "convexadam" and d != 3:
                 continue
             if k == "simpleitk-bspline" and d == 3 and a.quick:
                 print("   [skip] simpleitk-bspline on 3D in --quick (ran > 4.5 min and 5 GB RSS here)", flush=True)
                 continue
-            runs.append((k, k, None, None))
-        for method, label, pkey, al in runs:
+            runs.append((k, k, None, None, {}))
+        for method, label, pkey, al, kw in runs:
             case["verify"] = method != "priorreg" and (method, d) not in verified
             try:
                 if method == "priorreg":
-                    term = "ce" if "CE" in label else "kl"
-                    sched = "mi-finest" if label.endswith("MI at finest") else "constant"
-                    r = run_isolated("priorreg", case, None if pkey in (None, "train") else pkey, al, term, sched)
+                    r = run_isolated("priorreg", case, None if pkey in (None, "train") else pkey, al, **kw)
                 else:
                     r = run_isolated(method, case)
                     verified.add((method, d))
@@ -422,7 +450,8 @@ def main(argv=None):
             fields[label] = r["field"]
             print("   " + _fmt_console(row), flush=True)
         if case["kind"] == "phantom":
-            fig_phantom(case, fields, os.path.join(a.out, f"{name}.png"))
+            keep = {k: v for k, v in fields.items() if "0.4" not in k and "CE" not in k}
+            fig_phantom(case, keep, os.path.join(a.out, f"{name}.png"))
         elif name in ("mni-axial-t2", "mni3d-2mm-t2", "brainweb-t1-pd"):
             keep = {k: v for k, v in fields.items() if k in ("priorreg alpha=1", "priorreg alpha=0.4") or not k.startswith("priorreg")}
             fig_overlay(case, keep, os.path.join(a.out, f"{name}.png"))
