@@ -86,10 +86,15 @@ def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
 def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):
     out = tmp_path / "regional.npz"
     rc, so, _ = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", out,
-                    "--bins", "16", "--levels", "2", "--regions", "3x2")
+                    "--bins", "32", "--levels", "2", "--regions", "3x2")
     assert rc == 0 and "regions=3x2" in so
     p = priorreg.Prior.load(out)
-    assert p.regions == (3, 2) and p.tables.shape == (2, 6, 16, 16)
+    assert p.regions == (3, 2) and p.tables.shape == (2, 6, 32, 32)
+    rc, so, err = run(capsys, "register", data["fixed"], data["moving"], "--out", tmp_path / "run", "--prior", out,
+                      "--alpha", "0.4", *FAST)
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["prior"]["regions"] == [3, 2] and "KL" in rep["levels"][-1]["terms"][-1]
     for bad, msg in (("3y2", "--regions must be K or KxK"), ("2x2x2", "regions must be an integer >= 1 or 2 of them"),
                      ("500", "too fine")):
         assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out",
