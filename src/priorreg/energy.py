@@ -146,8 +146,10 @@ class JointHistogramEnergy:
         if self.n_regions > 1:
             self.region = hist.region_index(fixed.shape, regions, fixed.device)
         w64 = torch.ones(n_grid, dtype=torch.float64, device=fixed.device) if mask is None else self.weights64
-        counts = torch.zeros(self.n_regions, dtype=torch.float64, device=fixed.device)
-        counts.index_add_(0, torch.zeros_like(w64, dtype=torch.long) if self.region is None else self.region, w64)
+        if self.region is None:
+            counts = w64.sum().reshape(1)
+        else:
+            counts = torch.zeros(self.n_regions, dtype=torch.float64, device=fixed.device).index_add_(0, self.region, w64)
         self.n_samples = counts.sum()
         self.pi = counts / self.n_samples
         self.region_norm = counts.clamp(min=1e-300)  # empty regions: zero tables, pi = 0
