@@ -15,7 +15,15 @@ import torch
 from scipy import ndimage
 
 from priorreg import spatial
-from priorreg.energy import HistogramSpec, JointHistogramEnergy, NegMutualInformation, PriorCrossEntropy, PriorKL, Tikhonov
+from priorreg.energy import (
+    HistogramSpec,
+    JointHistogramEnergy,
+    NegMutualInformation,
+    PriorCrossEntropy,
+    PriorKL,
+    RegionalNegMutualInformation,
+    Tikhonov,
+)
 from priorreg.histogram import floor_prior
 
 torch.set_default_dtype(torch.float64)
@@ -156,6 +164,23 @@ def test_regional_prior_with_one_region_is_the_global_prior():
     b, _, _ = _setup((24, 20), (1.0, 1.3), 0.4, 1.0, True, regions=(1, 1))
     (va, ta, fa), (vb, tb, fb) = a.evaluate(u, True), b.evaluate(u, True)
     assert va == vb and ta == tb and torch.equal(fa, fb)
+
+
+@pytest.mark.parametrize(
+    "shape,spacing,regions,masked",
+    [((24, 20), (1.0, 1.3), (2, 3), True), ((24, 20), (1.0, 1.3), (1, 1), False), ((10, 9, 8), (1.0, 1.2, 2.0), (2, 1, 2), True)],
+    ids=["2d-mask", "2d-one-region", "3d-mask"],
+)
+def test_regional_mi_gradient(shape, spacing, regions, masked):
+    # Local similarity: -MI block by block, blended with the global -MI and a regional prior.
+    data, reg, u = _setup(shape, spacing, 0.4, 1.0, masked, bins=12, regions=regions)
+    data.terms.append((0.5, RegionalNegMutualInformation()))
+    data.all_terms.append(data.terms[-1])
+    values, _, _ = data.evaluate(u, with_force=False)
+    assert values["-rMI"] < 0
+    if regions == (1, 1):
+        assert abs(values["-rMI"] - values["-MI"]) < 1e-12  # one block = the global MI
+    _check(data, reg, u)
 
 
 def test_practical_force_is_a_descent_direction_close_to_the_exact_gradient():

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 
 from . import pyramid, spatial
-from .energy import PRIOR_TERMS, HistogramSpec, JointHistogramEnergy, NegMutualInformation, Tikhonov
+from .energy import (
+    PRIOR_TERMS,
+    HistogramSpec,
+    JointHistogramEnergy,
+    NegMutualInformation,
+    RegionalNegMutualInformation,
+    Tikhonov,
+)
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize
@@ -226,6 +233,11 @@ def register(
             raise PriorRegError(f"{func}: prior must be a priorreg.Prior (fit_prior or Prior.load), got {type(prior).__name__}")
         prior.check_compatible(fix.ndim, opts, func)
     pyramid.check_levels(fix.shape, opts.levels, func)
+    local_regions = None
+    if opts.local_weight > 0:
+        from .prior import _check_regions
+
+        local_regions = _check_regions(opts.local_regions, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
     m = as_mask(mask, fix.shape, "mask", func)
     dev = _device(opts.device, func)
     dt = _DTYPES[opts.dtype]
@@ -254,16 +266,26 @@ def register(
     def solve_level(lv, u):
         sp = pyramid.level_spacing(fix.spacing, lv)
         alpha = 1.0 if (opts.alpha_schedule == "mi-finest" and lv == 0) else opts.alpha
-        terms = [(alpha, NegMutualInformation())]
+        gamma = opts.local_weight
+        terms = [(alpha * (1.0 - gamma), NegMutualInformation())]
+        prior_terms = []
         if prior is not None:
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
-            terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
-        regions = prior.regions if prior is not None else None
-        data = JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms, kl[lv], opts.force, regions)
+            prior_terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
+        regions = prior.regions if prior is not None and prior.n_regions > 1 else None
+        data = []
+        if gamma > 0 and alpha > 0:
+            local = (alpha * gamma, RegionalNegMutualInformation())
+            if regions is None or tuple(regions) == local_regions:
+                terms.append(local)
+                regions = local_regions
+            else:  # a regional prior on another block layout: a second joint histogram
+                data.append(JointHistogramEnergy(fl[lv], ml[lv], sp, spec, [local], kl[lv], opts.force, local_regions))
+        data.insert(0, JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms + prior_terms, kl[lv], opts.force, regions))
         reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow
 
-        u, h = gradient_flow([data], reg, u, opts, lv, sp, callback)
+        u, h = gradient_flow(data, reg, u, opts, lv, sp, callback)
         history.append(h)
         return u
 

@@ -45,15 +45,36 @@ class NegMutualInformation:
         return -torch.log(T.Pt) + torch.log(T.P2)[None, :]
 
 
-class _PriorTerm:
-    """A learned prior compared region by region: sum_r pi_r E(P~_r, Q~_r).
+class RegionalNegMutualInformation:
+    """I_rMI = -sum_r pi_r MI(P~_r): mutual information block by block of the fixed grid.
 
-    ``Q_floored`` is one B x B table (a global prior, the paper's) or (R, B, B) tables,
-    one per region of the fixed image's field of view (a regional prior: it knows
-    *where* each intensity pair occurs, not only how often).
+    A local similarity: each block has its own intensity mapping, so a bias field or an
+    intensity relation that changes across the field of view (which flattens one global
+    joint histogram) still gives sharp per-block histograms. Block layout = the energy's
+    ``regions``.
     """
 
+    name = "-rMI"
     regional = True
+    n_regions = None  # takes the energy's layout
+
+    def value(self, T: Tables):
+        P1 = T.Prt.sum(2, keepdim=True)
+        P2 = T.Prt.sum(1, keepdim=True)
+        mi = (T.Prt * (torch.log(T.Prt) - torch.log(P1) - torch.log(P2))).sum((1, 2))
+        return -(T.pi * mi).sum()
+
+    def phi(self, T: Tables):
+        return -torch.log(T.Prt) + torch.log(T.Prt.sum(1, keepdim=True))
+
+
+class _PriorTerm:
+    """A learned prior: one B x B table (a global prior, the paper's) or (R, B, B) tables,
+    one per region of the fixed image's field of view (a regional prior: it knows *where*
+    each intensity pair occurs, not only how often), compared region by region:
+    sum_r pi_r E(P~_r, Q~_r). A global prior reads the global table, whatever layout the
+    energy's other (local) terms use.
+    """
 
     def __init__(self, Q_floored: torch.Tensor):
         Q = Q_floored if Q_floored.dim() == 3 else Q_floored[None]
@@ -63,6 +84,19 @@ class _PriorTerm:
     def n_regions(self) -> int:
         return self.logQ.shape[0]
 
+    @property
+    def regional(self) -> bool:
+        return self.n_regions > 1
+
+    def _tables(self, T: Tables):
+        """(observed tables (R, B, B), their weights (R,)) this prior compares against."""
+        if self.regional:
+            return T.Prt, T.pi
+        return T.Pt[None], torch.ones(1, dtype=T.Pt.dtype, device=T.Pt.device)
+
+    def _phi(self, table_grad: torch.Tensor) -> torch.Tensor:
+        return table_grad if self.regional else table_grad[0]
+
 
 class PriorKL(_PriorTerm):
     """I_KL = sum_r pi_r KL(P~_r || Q~_r) in nats against learned, floored prior tables."""
@@ -70,10 +104,11 @@ class PriorKL(_PriorTerm):
     name = "KL"
 
     def value(self, T: Tables):
-        return (T.pi * (T.Prt * (torch.log(T.Prt) - self.logQ)).sum((1, 2))).sum()
+        P, w = self._tables(T)
+        return (w * (P * (torch.log(P) - self.logQ)).sum((1, 2))).sum()
 
     def phi(self, T: Tables):
-        return torch.log(T.Prt) - self.logQ
+        return self._phi(torch.log(self._tables(T)[0]) - self.logQ)
 
 
 class PriorCrossEntropy(_PriorTerm):
@@ -86,10 +121,11 @@ class PriorCrossEntropy(_PriorTerm):
     name = "CE"
 
     def value(self, T: Tables):
-        return -(T.pi * (T.Prt * self.logQ).sum((1, 2))).sum()
+        P, w = self._tables(T)
+        return -(w * (P * self.logQ).sum((1, 2))).sum()
 
     def phi(self, T: Tables):
-        return -self.logQ.expand_as(T.Prt)
+        return self._phi(-self.logQ.expand_as(self._tables(T)[0]))
 
 
 PRIOR_TERMS = {"kl": PriorKL, "ce": PriorCrossEntropy}
@@ -154,7 +190,7 @@ class JointHistogramEnergy:
         self.pi = counts / self.n_samples
         self.region_norm = counts.clamp(min=1e-300)  # empty regions: zero tables, pi = 0
         for _, t in self.all_terms:
-            if getattr(t, "regional", False) and t.n_regions != self.n_regions:
+            if getattr(t, "regional", False) and t.n_regions is not None and t.n_regions != self.n_regions:
                 raise ValueError(f"term {t.name} has {t.n_regions} region table(s) but the energy has {self.n_regions} region(s)")
         self.moving_grad = spatial.gradient(moving, self.spacing)
 

@@ -56,6 +56,13 @@ class RegistrationOptions:
         How the prior enters: "kl" = KL(p_u || p_L) (the paper), "ce" = cross-entropy
         -sum p_u ln p_L (the likelihood of the joint samples under the prior; no
         entropy term that rewards a broader joint histogram).
+    local_weight : float in [0, 1]
+        gamma: the similarity is (1 - gamma) * (-MI) + gamma * (-regional MI), where regional
+        MI is the mutual information block by block of the fixed grid (``local_regions``):
+        each block has its own intensity mapping, so a bias field or a contrast that changes
+        across the field of view does not blur the joint histogram. 0 = the paper's global MI.
+    local_regions : int or tuple of int
+        Blocks per axis of the regional MI (one number for every axis, or one per axis).
     prior_floor : float
         eta, floor added to the learned prior before its log (METHOD.md §3).
     eps : float
@@ -82,6 +89,8 @@ class RegistrationOptions:
     force: str = "practical"
     normalization: str = "percentile"
     prior_term: str = "kl"
+    local_weight: float = 0.0
+    local_regions: int | tuple = 4
     prior_floor: float = 1e-6
     eps: float = 1e-10
     dtype: str = "float32"
@@ -117,6 +126,11 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: alpha_schedule must be 'constant' or 'mi-finest', got {self.alpha_schedule!r}")
         if self.prior_term not in ("kl", "ce"):
             raise PriorRegError(f"{f}: prior_term must be 'kl' or 'ce', got {self.prior_term!r}")
+        if not (0.0 <= float(self.local_weight) <= 1.0):
+            raise PriorRegError(f"{f}: local_weight must be in [0, 1], got {self.local_weight}")
+        lr = self.local_regions if isinstance(self.local_regions, (tuple, list)) else (self.local_regions,)
+        if not lr or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in lr):
+            raise PriorRegError(f"{f}: local_regions must be an integer >= 1 or one per axis, got {self.local_regions!r}")
         if not (self.prior_floor > 0 and self.eps > 0):
             raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
 

@@ -254,17 +254,17 @@ def fit_prior(
     return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass)
 
 
-def _check_regions(regions, dim, shapes, levels, func) -> tuple:
+def _check_regions(regions, dim, shapes, levels, func, name="regions") -> tuple:
     """Validate ``regions``: k or one k per axis, each block >= 2 voxels at the coarsest level."""
     r = (regions,) * dim if isinstance(regions, (int, np.integer)) else tuple(regions)
     if len(r) != dim or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in r):
-        raise PriorRegError(f"{func}: regions must be an integer >= 1 or {dim} of them (one per axis), got {regions!r}")
+        raise PriorRegError(f"{func}: {name} must be an integer >= 1 or {dim} of them (one per axis), got {regions!r}")
     f = pyramid.level_factor(levels - 1)
     for shape in shapes:
         coarse = [max(1, n // f) for n in shape]
         if any(k > c // 2 for k, c in zip(r, coarse)):
             raise PriorRegError(
-                f"{func}: regions={list(r)} is too fine for images of shape {shape} at {levels} level(s): the coarsest "
-                f"level has shape {coarse} and each block needs at least 2 voxels per axis; use fewer regions or levels"
+                f"{func}: {name}={list(r)} is too fine for images of shape {shape} at {levels} level(s): the coarsest "
+                f"level has shape {coarse} and each block needs at least 2 voxels per axis; use fewer {name} or levels"
             )
     return tuple(int(k) for k in r)
