@@ -192,6 +192,11 @@ def test_option_flags_mirror_registration_options():
         sub = parser._subparsers._group_actions[0].choices["register"]
         action = next(a for a in sub._actions if flag in a.option_strings)
         assert f"(default: {f.default})" in action.help
+        if f.name == "local_regions":
+            for text, value in (("auto", "auto"), ("3", 3), ("2x3x2", (2, 3, 2))):
+                parsed = parser.parse_args(["register", "f", "m", "--out", "d", flag, text])
+                assert cli.options_from_args(parsed).local_regions == value
+            continue
         value = {"str": None, "int": 5, "float": 0.5}[f.type]
         if f.type == "str":
             continue

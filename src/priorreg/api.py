@@ -19,7 +19,7 @@ from .energy import (
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize
-from .options import RegistrationOptions
+from .options import RegistrationOptions, auto_local_regions
 from .prior import Prior
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -237,7 +237,8 @@ def register(
     if opts.local_weight > 0:
         from .prior import _check_regions
 
-        local_regions = _check_regions(opts.local_regions, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
+        lr = auto_local_regions(fix.shape, opts.levels) if opts.local_regions == "auto" else opts.local_regions
+        local_regions = _check_regions(lr, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
     m = as_mask(mask, fix.shape, "mask", func)
     dev = _device(opts.device, func)
     dt = _DTYPES[opts.dtype]

@@ -59,6 +59,16 @@ def _option_docs() -> dict:
     return out
 
 
+def _local_regions_arg(text: str):
+    """--local-regions: auto, K, KxK or KxKxK."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _parse_regions(text)
+    except PriorRegError:
+        raise argparse.ArgumentTypeError(f"must be auto, K, KxK or KxKxK with integers K >= 1, got {text!r}") from None
+
+
 def option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -72,7 +82,7 @@ def add_engine_options(parser, names=None) -> None:
     for f in dataclasses.fields(RegistrationOptions):
         if names is not None and f.name not in names:
             continue
-        kind = _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+        kind = _local_regions_arg if f.name == "local_regions" else _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
         choices = _CHOICES.get(f.name)
         if f.name == "normalization":
             choices = NORMALIZATIONS
@@ -84,6 +94,8 @@ def add_engine_options(parser, names=None) -> None:
             kw["metavar"] = "{" + ",".join(choices) + "}"
         if f.name == "device":
             kw["metavar"] = "{cpu,cuda}"
+        if f.name == "local_regions":
+            kw["metavar"] = "{auto,K,KxK,KxKxK}"
         group.add_argument(option_flag(f.name), **kw)
 
 

@@ -7,6 +7,19 @@ from .errors import PriorRegError
 from .intensity import NORMALIZATIONS
 
 
+LOCAL_BLOCK_VOXELS = 20
+LOCAL_MAX_REGIONS = 4
+
+
+def auto_local_regions(shape, levels: int) -> tuple:
+    """Blocks per axis for local_regions="auto": about LOCAL_BLOCK_VOXELS voxels per block
+    side or more, at most LOCAL_MAX_REGIONS, and at least 2 voxels per side at the coarsest level."""
+    f = 2 ** (levels - 1)
+    return tuple(
+        int(max(1, min(LOCAL_MAX_REGIONS, round(n / LOCAL_BLOCK_VOXELS), max(1, n // f) // 2))) for n in shape
+    )
+
+
 @dataclass(frozen=True)
 class RegistrationOptions:
     """Options of :func:`priorreg.register` (and of ``priorreg register`` on the command line).
@@ -61,8 +74,10 @@ class RegistrationOptions:
         MI is the mutual information block by block of the fixed grid (``local_regions``):
         each block has its own intensity mapping, so a bias field or a contrast that changes
         across the field of view does not blur the joint histogram. 0 = the paper's global MI.
-    local_regions : int or tuple of int
+    local_regions : "auto", int or tuple of int
         Blocks per axis of the regional MI (one number for every axis, or one per axis).
+        "auto": blocks of at least ``LOCAL_BLOCK_VOXELS`` (20) voxels per axis, at most
+        ``LOCAL_MAX_REGIONS`` (4) per axis (a block needs enough samples for its histogram).
     prior_floor : float
         eta, floor added to the learned prior before its log (METHOD.md §3).
     eps : float
@@ -90,7 +105,7 @@ class RegistrationOptions:
     normalization: str = "percentile"
     prior_term: str = "kl"
     local_weight: float = 0.0
-    local_regions: int | tuple = 4
+    local_regions: int | tuple | str = "auto"
     prior_floor: float = 1e-6
     eps: float = 1e-10
     dtype: str = "float32"
@@ -129,8 +144,10 @@ class RegistrationOptions:
         if not (0.0 <= float(self.local_weight) <= 1.0):
             raise PriorRegError(f"{f}: local_weight must be in [0, 1], got {self.local_weight}")
         lr = self.local_regions if isinstance(self.local_regions, (tuple, list)) else (self.local_regions,)
-        if not lr or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in lr):
-            raise PriorRegError(f"{f}: local_regions must be an integer >= 1 or one per axis, got {self.local_regions!r}")
+        if self.local_regions != "auto" and (
+            not lr or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in lr)
+        ):
+            raise PriorRegError(f"{f}: local_regions must be 'auto', an integer >= 1 or one per axis, got {self.local_regions!r}")
         if not (self.prior_floor > 0 and self.eps > 0):
             raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
 
