@@ -37,7 +37,9 @@ def _pair(shape, seed):
     return torch.as_tensor(f1), torch.as_tensor(f2)
 
 
-def _setup(shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force="exact", bending=0.0, regions=None):
+def _setup(
+    shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force="exact", bending=0.0, regions=None, points=None
+):
     f1, f2 = _pair(shape, seed)
     g1, g2 = _pair(shape, seed + 100)  # independent pair for the prior
     ranges = ((-0.1, 1.1), (-1.3, 1.3))
@@ -49,7 +51,7 @@ def _setup(shape, spacing, alpha, lam, masked, seed=0, bins=16, sigma=1.0, force
     prior_e = JointHistogramEnergy(g1, g2, spacing, spec, [], regions=regions)
     Q = floor_prior(prior_e.table(g2)[0 if regions is None else 1], 1e-6)
     data = JointHistogramEnergy(
-        f1, f2, spacing, spec, [(alpha, NegMutualInformation()), (1 - alpha, PriorKL(Q))], mask, force, regions
+        f1, f2, spacing, spec, [(alpha, NegMutualInformation()), (1 - alpha, PriorKL(Q))], mask, force, regions, points
     )
     reg = Tikhonov(lam, spacing, bending)
     rng = np.random.default_rng(seed + 1)
@@ -181,6 +183,26 @@ def test_regional_mi_gradient(shape, spacing, regions, masked):
     if regions == (1, 1):
         assert abs(values["-rMI"] - values["-MI"]) < 1e-12  # one block = the global MI
     _check(data, reg, u)
+
+
+@pytest.mark.parametrize(
+    "shape,spacing,regions", [((24, 20), (1.0, 1.3), None), ((10, 9, 8), (1.0, 1.2, 2.0), (2, 1, 2))], ids=["2d", "3d-regional"]
+)
+def test_gradient_on_a_random_subset_of_samples(shape, spacing, regions):
+    # max_samples: the histogram sees a fixed random third of the voxels; the force is zero
+    # elsewhere and carries the N_grid / n_samples scale of the per-voxel convention.
+    n = int(np.prod(shape))
+    points = spatial.sample_points(shape, n // 3, seed=4)
+    assert points.numel() == n // 3 and torch.equal(points, torch.unique(points))
+    data, reg, u = _setup(shape, spacing, 0.4, 1.0, True, bins=12, regions=regions, points=points)
+    data.terms.append((0.5, RegionalNegMutualInformation()))
+    data.all_terms.append(data.terms[-1])
+    _, _, F = data.evaluate(u, True)
+    off = torch.ones(n, dtype=torch.bool)
+    off[points] = False
+    assert torch.all(F.reshape(len(shape), -1)[:, off] == 0) and F.abs().max() > 0
+    _check(data, reg, u)
+    assert spatial.sample_points(shape, n) is None and spatial.sample_points(shape, 0) is None
 
 
 def test_practical_force_is_a_descent_direction_close_to_the_exact_gradient():

@@ -72,6 +72,18 @@ def test_regional_mi_survives_a_bias_field_that_global_mi_does_not():
     assert local.options.local_weight == 1.0
 
 
+def test_a_random_subset_of_samples_still_recovers_the_warp():
+    # max_samples=2000 of 10752 voxels at the finest level (all 2688 at the next one would
+    # be subsampled too, 2000 of them): the field stays dense and smooth. Measured EPE 0.28
+    # with every voxel, 0.36 with the subset.
+    f, m, v, lab = syn.case((96, 112), syn.PD_NONMONO, max_disp=4.0)
+    mask = _body(lab, v)
+    r = register(f, m, levels=3, max_samples=2000, **SMOOTH)
+    assert _epe(r.field, v, mask) < 0.45 and _epe(0 * v, v, mask) > 1.2
+    assert r.jacobian_stats["percent_nonpositive"] == 0
+    assert r.options.max_samples == 2000
+
+
 def test_regional_mi_beside_a_regional_prior_on_another_block_layout():
     f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=3.0, seed=3)
     # The prior (2 x 2 blocks) from the aligned pair; regional MI on 4 x 3 blocks: two joint histograms.
@@ -222,6 +234,7 @@ def test_refuses_bad_options(pair):
     _raises(r"bending must be >= 0", register, *pair, bending=-1.0)
     _raises(r"prior_term must be 'kl' or 'ce'", register, *pair, prior_term="js")
     _raises(r"alpha_schedule must be 'constant' or 'mi-finest'", register, *pair, alpha_schedule="linear")
+    _raises(r"max_samples must be an integer >= 0", register, *pair, max_samples=-5)
     _raises(r"local_weight must be in \[0, 1\]", register, *pair, local_weight=2.0)
     _raises(r"local_regions must be .auto., an integer >= 1", register, *pair, local_regions=0)
     _raises(r"local_regions=\[9, 9\] is too fine", register, *pair, local_weight=0.5, local_regions=9)

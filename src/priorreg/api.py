@@ -274,6 +274,9 @@ def register(
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
             prior_terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
         regions = prior.regions if prior is not None and prior.n_regions > 1 else None
+        points = spatial.sample_points(fl[lv].shape, opts.max_samples, seed=lv, device=dev)
+        if points is not None and kl[lv] is not None and float(kl[lv].reshape(-1)[points].sum()) <= 0:
+            points = None  # the subset misses a tiny mask: use every voxel
         data = []
         if gamma > 0 and alpha > 0:
             local = (alpha * gamma, RegionalNegMutualInformation())
@@ -281,8 +284,10 @@ def register(
                 terms.append(local)
                 regions = local_regions
             else:  # a regional prior on another block layout: a second joint histogram
-                data.append(JointHistogramEnergy(fl[lv], ml[lv], sp, spec, [local], kl[lv], opts.force, local_regions))
-        data.insert(0, JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms + prior_terms, kl[lv], opts.force, regions))
+                data.append(
+                    JointHistogramEnergy(fl[lv], ml[lv], sp, spec, [local], kl[lv], opts.force, local_regions, points)
+                )
+        data.insert(0, JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms + prior_terms, kl[lv], opts.force, regions, points))
         reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow
 

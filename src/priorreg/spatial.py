@@ -20,6 +20,18 @@ def identity_grid(shape, dtype=torch.float32, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
+def sample_points(shape, max_samples: int, seed: int = 0, device=None):
+    """Sorted flat indices of ``max_samples`` voxels of a grid drawn at random (fixed by
+    ``seed``: the same subset at every iteration, so the line search compares like with
+    like), or None (every voxel) when the grid has no more voxels than that.
+    """
+    n = math.prod(shape)
+    if not max_samples or n <= max_samples:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(n, generator=gen)[: int(max_samples)]).values.to(device)
+
+
 def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Sample ``image`` (shape (*S) or (C, *S)) at voxel coordinates ``coords`` (d, *S_out).
 
