@@ -237,7 +237,7 @@ def register(
     if opts.local_weight > 0:
         from .prior import _check_regions
 
-        lr = auto_local_regions(fix.shape, opts.levels) if opts.local_regions == "auto" else opts.local_regions
+        lr = auto_local_regions(fix.shape, opts.levels, opts.bins) if opts.local_regions == "auto" else opts.local_regions
         local_regions = _check_regions(lr, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
     m = as_mask(mask, fix.shape, "mask", func)
     dev = _device(opts.device, func)

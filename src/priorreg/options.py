@@ -1,6 +1,7 @@
 """All registration defaults, in one place. The Python API and the CLI read them from here."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import PriorRegError
@@ -11,13 +12,19 @@ LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
 
 
-def auto_local_regions(shape, levels: int) -> tuple:
+def auto_local_regions(shape, levels: int, bins: int = 0) -> tuple:
     """Blocks per axis for local_regions="auto": about LOCAL_BLOCK_VOXELS voxels per block
-    side or more, at most LOCAL_MAX_REGIONS, and at least 2 voxels per side at the coarsest level."""
+    side or more, at most LOCAL_MAX_REGIONS, at least 2 voxels per side at the coarsest
+    level, and at least bins^2 / 2 voxels per block (a block's joint histogram needs samples:
+    a 140 x 140 slice with 64 bins gets 3 x 3 blocks, not 4 x 4).
+    """
     f = 2 ** (levels - 1)
-    return tuple(
-        int(max(1, min(LOCAL_MAX_REGIONS, round(n / LOCAL_BLOCK_VOXELS), max(1, n // f) // 2))) for n in shape
-    )
+    k = [int(max(1, min(LOCAL_MAX_REGIONS, round(n / LOCAL_BLOCK_VOXELS), max(1, n // f) // 2))) for n in shape]
+    n_vox = math.prod(shape)
+    while math.prod(k) > 1 and n_vox / math.prod(k) < bins * bins / 2:
+        i = max(range(len(k)), key=lambda j: (k[j], -shape[j]))  # the axis with the most blocks (shortest first)
+        k[i] -= 1
+    return tuple(k)
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,9 @@ class RegistrationOptions:
         across the field of view does not blur the joint histogram. 0 = the paper's global MI.
     local_regions : "auto", int or tuple of int
         Blocks per axis of the regional MI (one number for every axis, or one per axis).
-        "auto": blocks of at least ``LOCAL_BLOCK_VOXELS`` (20) voxels per axis, at most
-        ``LOCAL_MAX_REGIONS`` (4) per axis (a block needs enough samples for its histogram).
+        "auto": blocks of about ``LOCAL_BLOCK_VOXELS`` (20) voxels per side or more, at most
+        ``LOCAL_MAX_REGIONS`` (4) per axis and at least bins^2 / 2 voxels per block (a block
+        needs enough samples for its histogram); see ``auto_local_regions``.
     max_samples : int
         Histogram samples per level: 0 = every voxel; else, at levels with more voxels,
         this many voxels drawn at random once per level (elastix and
