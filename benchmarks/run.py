@@ -42,7 +42,7 @@ import cases_more as CM  # noqa: E402
 PRIORREG_SETTINGS = {
     "2d": dict(regularization=0.3, bins=64, parzen_sigma=2.0, levels=3, tolerance=3e-4, local_weight=1.0),
     "3d": dict(regularization=0.3, bins=32, parzen_sigma=1.0, levels=3, tolerance=1e-3, tolerance_window=5,
-               local_weight=1.0, max_samples=300000),
+               local_weight=1.0, max_samples=300000, min_sample_fraction=0.3),
 }
 # `--set 3d.force=warped` (a sub-run with one setting changed) reaches the spawned children
 # through this environment variable.

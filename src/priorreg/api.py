@@ -274,7 +274,7 @@ def register(
             Q = torch.as_tensor(prior.floored(lv, opts.prior_floor), dtype=torch.float64, device=dev)
             prior_terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
         regions = prior.regions if prior is not None and prior.n_regions > 1 else None
-        points = spatial.sample_points(fl[lv].shape, opts.max_samples, seed=lv, device=dev)
+        points = spatial.sample_points(fl[lv].shape, opts.max_samples, seed=lv, device=dev, min_fraction=opts.min_sample_fraction)
         if points is not None and kl[lv] is not None and float(kl[lv].reshape(-1)[points].sum()) <= 0:
             points = None  # the subset misses a tiny mask: use every voxel
         data = []

@@ -20,12 +20,15 @@ def identity_grid(shape, dtype=torch.float32, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
-def sample_points(shape, max_samples: int, seed: int = 0, device=None):
-    """Sorted flat indices of ``max_samples`` voxels of a grid drawn at random (fixed by
-    ``seed``: the same subset at every iteration, so the line search compares like with
-    like), or None (every voxel) when the grid has no more voxels than that.
+def sample_points(shape, max_samples: int, seed: int = 0, device=None, min_fraction: float = 0.0):
+    """Sorted flat indices of ``max_samples`` voxels of a grid (but at least ``min_fraction``
+    of them), drawn at random (fixed by ``seed``: the same subset at every iteration, so the
+    line search compares like with like), or None (every voxel) when ``max_samples`` is 0
+    or the grid has no more voxels than that.
     """
     n = math.prod(shape)
+    if max_samples:
+        max_samples = max(int(max_samples), int(round(min_fraction * n)))
     if not max_samples or n <= max_samples:
         return None
     gen = torch.Generator().manual_seed(seed)
