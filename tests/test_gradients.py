@@ -203,6 +203,9 @@ def test_gradient_on_a_random_subset_of_samples(shape, spacing, regions):
     assert torch.all(F.reshape(len(shape), -1)[:, off] == 0) and F.abs().max() > 0
     _check(data, reg, u)
     assert spatial.sample_points(shape, n) is None and spatial.sample_points(shape, 0) is None
+    # min_fraction: the subset never falls below that share of the grid.
+    assert spatial.sample_points(shape, 10, min_fraction=0.5).numel() == round(0.5 * n)
+    assert spatial.sample_points(shape, n // 3, min_fraction=0.1).numel() == n // 3
 
 
 def test_practical_force_is_a_descent_direction_close_to_the_exact_gradient():

@@ -235,6 +235,7 @@ def test_refuses_bad_options(pair):
     _raises(r"prior_term must be 'kl' or 'ce'", register, *pair, prior_term="js")
     _raises(r"alpha_schedule must be 'constant' or 'mi-finest'", register, *pair, alpha_schedule="linear")
     _raises(r"max_samples must be an integer >= 0", register, *pair, max_samples=-5)
+    _raises(r"min_sample_fraction must be in \[0, 1\]", register, *pair, min_sample_fraction=1.5)
     _raises(r"local_weight must be in \[0, 1\]", register, *pair, local_weight=2.0)
     _raises(r"local_regions must be .auto., an integer >= 1", register, *pair, local_regions=0)
     _raises(r"local_regions=\[9, 9\] is too fine", register, *pair, local_weight=0.5, local_regions=9)
