@@ -102,6 +102,19 @@ def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):
     assert not (tmp_path / "bad.npz").exists()
 
 
+def test_register_with_regional_mi_and_sampling(capsys, data, tmp_path):
+    # Local similarity and a histogram subset from the command line; the report carries both
+    # and the -rMI term's history; a block layout too fine for the image is refused cleanly.
+    rc, so, err = run(capsys, "register", data["fixed"], data["moving"], "--out", tmp_path / "run",
+                      "--local-weight", "1", "--local-regions", "2x2", "--max-samples", "1000", *FAST)
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["options"]["local_weight"] == 1.0 and rep["options"]["local_regions"] == [2, 2]
+    assert rep["options"]["max_samples"] == 1000 and "-rMI" in rep["levels"][-1]["terms"][-1]
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "bad",
+                          "--local-weight", "1", "--local-regions", "40"], "local_regions=[40, 40] is too fine")
+
+
 def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path):
     inputs = [data["fixed"], data["moving"], data["prior"], data["mask"]]
     before = digest(inputs)
