@@ -20,7 +20,6 @@ import numpy as np
 THREADS = 2
 for _k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
     os.environ.setdefault(_k, str(THREADS))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def available():

@@ -1,0 +1,166 @@
+"""The 2D brain comparison on many seeds: priorreg (alpha = 1) and every available peer on the
+same N random deformations (and noise, bias) per case generator.
+
+    python3 benchmarks/seeds.py --out benchmarks/results/seeds [--seeds 300-309] [--generators NAME ...]
+
+One case of run.py is one draw of its generator; a difference of 0.05 voxel between two tools on
+one draw can be the draw. This runs each 2D generator of run.py on other seeds (300 and up: never
+the benchmark's cases, seeds 1-7, nor the tuning seeds, 101-161) and reports per generator and
+tool: the mean over seeds of the mean EPE (and its standard deviation), the mean p95, the worst
+folding, the median time, and how many seeds priorreg won against each peer.
+
+Each tool runs all seeds of one generator in one fresh spawned process (2 threads), the call
+itself timed, so the import and start-up costs are outside the times, as in run.py.
+Writes seeds.md and seeds.json into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import run as R  # noqa: E402  (sets the thread limits before torch / ITK are imported)
+
+GENERATORS = {
+    "mni-axial-t2": ("brain_2d", ("axial", "t2")),
+    "mni-axial-pd": ("brain_2d", ("axial", "pd")),
+    "mni-sagittal-t2": ("brain_2d", ("sagittal", "t2")),
+    "mni-sagittal-pd": ("brain_2d", ("sagittal", "pd")),
+    "brainweb-t1-pd": ("real_2d", ("brainweb",)),
+    "ixi-t2-pd": ("real_2d", ("ixi",)),
+}
+
+
+def make_case(gen, seed):
+    import cases as C
+
+    fn, args = GENERATORS[gen]
+    return getattr(C, fn)(*args, seed=seed)
+
+
+def _batch(method, gen, seeds):
+    """Child process: run ``method`` on every seed of ``gen``; metrics and call time per seed."""
+    import torch
+
+    torch.set_num_threads(2)
+    out = []
+    for seed in seeds:
+        case = make_case(gen, seed)
+        if method == "priorreg":
+            import priorreg
+
+            t = time.perf_counter()
+            r = priorreg.register(case["fixed"], case["moving"], alpha=1.0, spacing=case["spacing"], **R._setting(case))
+            dt = time.perf_counter() - t
+            field = r.field
+        else:
+            import peers
+
+            fn = dict(peers.available())[method][0]
+            t = time.perf_counter()
+            field = fn(case["fixed"], case["moving"], case["spacing"], verify=False)
+            dt = time.perf_counter() - t
+        m = R.metrics(case, field)
+        out.append(dict(seed=seed, seconds=dt, epe_mean=m["epe_mean"], epe_p95=m["epe_p95"], fold_pct=m["fold_pct"]))
+    return out
+
+
+def run_batch(method, gen, seeds, timeout=1800):
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        return ex.submit(_batch, method, gen, seeds).result(timeout=timeout)
+
+
+def parse_seeds(text):
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def summarise(results, gens, methods):
+    """Markdown lines: one table per generator and one overall table (paired by seed)."""
+    lines = []
+    for gen in gens:
+        lines += [f"### {gen}", "", "| tool | mean EPE (sd over seeds) | mean p95 | worst % folding | median time (s) | "
+                  "seeds priorreg won vs this tool |", "|---|---|---|---|---|---|"]
+        ours = {r["seed"]: r["epe_mean"] for r in results[gen].get("priorreg", [])}
+        for meth in methods:
+            rs = results[gen].get(meth)
+            if not rs:
+                continue
+            e = np.array([r["epe_mean"] for r in rs])
+            won = "" if meth == "priorreg" else f"{sum(ours[r['seed']] < r['epe_mean'] for r in rs if r['seed'] in ours)}/{len(rs)}"
+            lines.append(f"| {meth} | {e.mean():.3f} ({e.std():.3f}) | {np.mean([r['epe_p95'] for r in rs]):.2f} | "
+                         f"{max(r['fold_pct'] for r in rs):.3f} | {np.median([r['seconds'] for r in rs]):.2f} | {won} |")
+        lines.append("")
+    lines += ["### all generators", "", "| tool | mean EPE | mean p95 | worst % folding | median time (s) | seeds priorreg won |",
+              "|---|---|---|---|---|---|"]
+    for meth in methods:
+        rs = [(gen, r) for gen in gens for r in results[gen].get(meth, [])]
+        if not rs:
+            continue
+        ours = {(g, r["seed"]): r["epe_mean"] for g in gens for r in results[g].get("priorreg", [])}
+        won = "" if meth == "priorreg" else \
+            f"{sum(ours[(g, r['seed'])] < r['epe_mean'] for g, r in rs if (g, r['seed']) in ours)}/{len(rs)}"
+        lines.append(f"| {meth} | {np.mean([r['epe_mean'] for _, r in rs]):.3f} | {np.mean([r['epe_p95'] for _, r in rs]):.2f} | "
+                     f"{max(r['fold_pct'] for _, r in rs):.3f} | {np.median([r['seconds'] for _, r in rs]):.2f} | {won} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join(HERE, "results", "seeds"))
+    p.add_argument("--seeds", default="300-309", help="first-last seed (default 300-309)")
+    p.add_argument("--generators", nargs="*", choices=sorted(GENERATORS), help="default: all")
+    p.add_argument("--peers", nargs="*", help="only these peers (default: every available one)")
+    p.add_argument("--set", nargs="*", default=[], metavar="2d.KEY=VALUE", help="change a priorreg setting (as run.py)")
+    p.add_argument("--no-peers", action="store_true")
+    a = p.parse_args(argv)
+    R.apply_sets(a.set, p.error)
+    seeds = parse_seeds(a.seeds)
+    gens = a.generators or list(GENERATORS)
+    import peers
+
+    avail = peers.available()
+    for k, (fn, msg) in avail.items():
+        if fn is None:
+            print(f"[skip] {k}: {msg}")
+    methods = ["priorreg"] + [k for k, (fn, _) in avail.items() if fn is not None and k != "convexadam"
+                              and (not a.peers or k in a.peers) and not a.no_peers]
+    os.makedirs(a.out, exist_ok=True)
+    R.warn_if_busy()
+    results = {g: {} for g in gens}
+    t0 = time.perf_counter()
+    for gen in gens:
+        for meth in methods:
+            try:
+                results[gen][meth] = run_batch(meth, gen, seeds)
+            except Exception as e:  # noqa: BLE001  (a peer that crashes is reported, the run goes on)
+                print(f"[error] {meth} on {gen}: {type(e).__name__}: {e}", flush=True)
+                continue
+            e = [r["epe_mean"] for r in results[gen][meth]]
+            print(f"{gen:18s} {meth:18s} mean EPE {np.mean(e):.3f} over {len(e)} seeds "
+                  f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    lines = [f"# priorreg vs peers on {len(seeds)} seeds per 2D generator (seeds {seeds[0]}-{seeds[-1]})", "",
+             f"Date: {datetime.date.today()}  \nMachine: {R.machine()}  \npriorreg setting: "
+             f"{R.PRIORREG_SETTINGS['2d']} (bending {R.BENDING_PER_VOXEL2} x h^2)  \nTotal time "
+             f"{time.perf_counter() - t0:.0f} s. Mean EPE in voxels inside the brain / foreground.", ""]
+    lines += summarise(results, gens, methods)
+    with open(os.path.join(a.out, "seeds.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(a.out, "seeds.json"), "w") as fh:
+        json.dump(dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=R.machine(), seeds=seeds,
+                       setting=R.PRIORREG_SETTINGS["2d"], results=results), fh, indent=1)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
