@@ -396,6 +396,7 @@ def apply_sets(items, error):
         key, _, val = item.partition("=")
         if key.split(".")[0] not in PRIORREG_SETTINGS or "." not in key or not val:
             error(f"--set wants 2d.KEY=VALUE or 3d.KEY=VALUE, got {item!r}")
+            continue  # (argparse's error exits; another handler may not)
         try:
             changes[key] = json.loads(val)
         except ValueError:
