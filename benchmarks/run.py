@@ -143,10 +143,15 @@ def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_sched
     return out
 
 
-def run_isolated(*args, timeout=900, **kw):
+def in_fresh_process(fn, *args, timeout=900, **kw):
+    """``fn(*args, **kw)`` in a freshly spawned process (its own imports, threads and peak memory)."""
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
-        return ex.submit(_child, *args, **kw).result(timeout=timeout)
+        return ex.submit(fn, *args, **kw).result(timeout=timeout)
+
+
+def run_isolated(*args, timeout=900, **kw):
+    return in_fresh_process(_child, *args, timeout=timeout, **kw)
 
 
 # --------------------------------------------------------------------------- metrics

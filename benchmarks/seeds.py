@@ -16,10 +16,8 @@ Writes seeds.md and seeds.json into --out.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import datetime
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -74,44 +72,36 @@ def _batch(method, gen, seeds):
     return out
 
 
-def run_batch(method, gen, seeds, timeout=1800):
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
-        return ex.submit(_batch, method, gen, seeds).result(timeout=timeout)
-
-
 def parse_seeds(text):
     lo, _, hi = text.partition("-")
     return list(range(int(lo), int(hi or lo) + 1))
 
 
+def _row(meth, draws, ours, with_sd):
+    """One table row from ``draws`` = [((generator, seed), result)], paired with priorreg's ``ours``."""
+    e = np.array([r["epe_mean"] for _, r in draws])
+    mean = f"{e.mean():.3f} ({e.std():.3f})" if with_sd else f"{e.mean():.3f}"
+    won = "" if meth == "priorreg" else f"{sum(ours[k] < r['epe_mean'] for k, r in draws if k in ours)}/{len(draws)}"
+    return (f"| {meth} | {mean} | {np.mean([r['epe_p95'] for _, r in draws]):.2f} | "
+            f"{max(r['fold_pct'] for _, r in draws):.3f} | {np.median([r['seconds'] for _, r in draws]):.2f} | {won} |")
+
+
 def summarise(results, gens, methods):
     """Markdown lines: one table per generator and one overall table (paired by seed)."""
+    draws = {m: [((g, r["seed"]), r) for g in gens for r in results[g].get(m, [])] for m in methods}
+    ours = {k: r["epe_mean"] for k, r in draws.get("priorreg", [])}
     lines = []
     for gen in gens:
         lines += [f"### {gen}", "", "| tool | mean EPE (sd over seeds) | mean p95 | worst % folding | median time (s) | "
                   "seeds priorreg won vs this tool |", "|---|---|---|---|---|---|"]
-        ours = {r["seed"]: r["epe_mean"] for r in results[gen].get("priorreg", [])}
         for meth in methods:
-            rs = results[gen].get(meth)
-            if not rs:
-                continue
-            e = np.array([r["epe_mean"] for r in rs])
-            won = "" if meth == "priorreg" else f"{sum(ours[r['seed']] < r['epe_mean'] for r in rs if r['seed'] in ours)}/{len(rs)}"
-            lines.append(f"| {meth} | {e.mean():.3f} ({e.std():.3f}) | {np.mean([r['epe_p95'] for r in rs]):.2f} | "
-                         f"{max(r['fold_pct'] for r in rs):.3f} | {np.median([r['seconds'] for r in rs]):.2f} | {won} |")
+            rs = [(k, r) for k, r in draws[meth] if k[0] == gen]
+            if rs:
+                lines.append(_row(meth, rs, ours, with_sd=True))
         lines.append("")
     lines += ["### all generators", "", "| tool | mean EPE | mean p95 | worst % folding | median time (s) | seeds priorreg won |",
               "|---|---|---|---|---|---|"]
-    for meth in methods:
-        rs = [(gen, r) for gen in gens for r in results[gen].get(meth, [])]
-        if not rs:
-            continue
-        ours = {(g, r["seed"]): r["epe_mean"] for g in gens for r in results[g].get("priorreg", [])}
-        won = "" if meth == "priorreg" else \
-            f"{sum(ours[(g, r['seed'])] < r['epe_mean'] for g, r in rs if (g, r['seed']) in ours)}/{len(rs)}"
-        lines.append(f"| {meth} | {np.mean([r['epe_mean'] for _, r in rs]):.3f} | {np.mean([r['epe_p95'] for _, r in rs]):.2f} | "
-                     f"{max(r['fold_pct'] for _, r in rs):.3f} | {np.median([r['seconds'] for _, r in rs]):.2f} | {won} |")
+    lines += [_row(meth, draws[meth], ours, with_sd=False) for meth in methods if draws[meth]]
     return lines
 
 
@@ -142,7 +132,7 @@ def main(argv=None):
     for gen in gens:
         for meth in methods:
             try:
-                results[gen][meth] = run_batch(meth, gen, seeds)
+                results[gen][meth] = R.in_fresh_process(_batch, meth, gen, seeds, timeout=1800)
             except Exception as e:  # noqa: BLE001  (a peer that crashes is reported, the run goes on)
                 print(f"[error] {meth} on {gen}: {type(e).__name__}: {e}", flush=True)
                 continue
