@@ -361,12 +361,7 @@ class Tikhonov:
 
     def values_from_dct(self, U, basis) -> dict:
         """Same as ``values`` from the field's DCT coefficients U (Parseval; no stencils)."""
-        # Every trial step of a level asks for these: keep the eigenvalues (and mu^2 * weights) on the basis.
-        key = ("tikhonov", self.spacing, U.dtype, U.device)
-        cache = basis.__dict__.setdefault("_cache", {})
-        if key not in cache:
-            cache[key] = spatial.laplacian_eigenvalues(basis.shape, self.spacing, U.dtype, U.device)
-        mu = cache[key]
+        mu = spatial.laplacian_eigenvalues(basis.shape, self.spacing, U.dtype, U.device)
         n = U[0].numel()
         out = {"R": float(0.5 * basis.quadratic(U, mu) / n)}
         if self.bending:
