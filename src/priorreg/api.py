@@ -19,6 +19,7 @@ from .energy import (
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize
+from .mind import MindEnergy
 from .options import RegistrationOptions, auto_local_regions
 from .prior import Prior
 
@@ -288,6 +289,13 @@ def register(
                     JointHistogramEnergy(fl[lv], ml[lv], sp, spec, [local], kl[lv], opts.force, local_regions, points)
                 )
         data.insert(0, JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms + prior_terms, kl[lv], opts.force, regions, points))
+        if opts.mind_weight > 0 and alpha > 0:  # a similarity term: weighted by alpha like MI
+            data.append(
+                MindEnergy(
+                    fl[lv], ml[lv], sp, alpha * opts.mind_weight, kl[lv], points, opts.mind_radius, opts.mind_dilation, opts.mind_channels,
+                    opts.force,
+                )
+            )
         reg = Tikhonov(opts.regularization, sp, opts.bending)
         from .solver import gradient_flow
 

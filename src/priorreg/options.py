@@ -58,7 +58,9 @@ class RegistrationOptions:
     max_step_voxels : float
         Cap on the similarity update per iteration (voxels).
     tolerance : float
-        Stop a level when J decreased by less than tolerance*|J| over ``tolerance_window`` iterations.
+        Stop a level when J decreased by less than tolerance times its size over ``tolerance_window``
+        iterations (size: the sum of the absolute values of the data terms and the regulariser,
+        so terms of opposite sign that cancel in J do not tighten the rule).
     tolerance_window : int
         See ``tolerance``.
     min_step_voxels : float
@@ -86,6 +88,19 @@ class RegistrationOptions:
         "auto": blocks of about ``LOCAL_BLOCK_VOXELS`` (20) voxels per side or more, at most
         ``LOCAL_MAX_REGIONS`` (4) per axis and at least bins^2 / 2 voxels per block (a block
         needs enough samples for its histogram); see ``auto_local_regions``.
+    mind_weight : float
+        Weight of a MIND-SSC term (``priorreg.mind``): half the mean squared difference of
+        the local self-similarity descriptors of the fixed and the warped moving image. A
+        local, modality-independent similarity added to the histogram similarity, and like
+        it weighted by alpha: J = alpha * (similarity + mind_weight * E_MIND) + (1 - alpha) * prior
+        + regulariser, so alpha = 0 stays prior-only. 0 = off (the paper's energy).
+    mind_radius : int
+        Patch radius (voxels, at each pyramid level) of the MIND-SSC patch distances.
+    mind_dilation : int
+        Distance (voxels) of the neighbours whose patches MIND-SSC compares.
+    mind_channels : int
+        0 = every MIND-SSC channel (4 in 2D, 12 in 3D); k > 0 = the k principal components of
+        the two images' descriptors (faster: the cost per iteration grows with the channels).
     max_samples : int
         Histogram samples per level: 0 = every voxel; else, at levels with more voxels,
         this many voxels drawn at random once per level (elastix and
@@ -123,6 +138,10 @@ class RegistrationOptions:
     prior_term: str = "kl"
     local_weight: float = 0.0
     local_regions: int | tuple | str = "auto"
+    mind_weight: float = 0.0
+    mind_radius: int = 1
+    mind_dilation: int = 1
+    mind_channels: int = 0
     max_samples: int = 0
     min_sample_fraction: float = 0.0
     prior_floor: float = 1e-6
@@ -167,6 +186,12 @@ class RegistrationOptions:
             not lr or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in lr)
         ):
             raise PriorRegError(f"{f}: local_regions must be 'auto', an integer >= 1 or one per axis, got {self.local_regions!r}")
+        if not (self.mind_weight >= 0 and math.isfinite(self.mind_weight)):
+            raise PriorRegError(f"{f}: mind_weight must be a finite number >= 0, got {self.mind_weight}")
+        for k, low in (("mind_radius", 0), ("mind_dilation", 1), ("mind_channels", 0)):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < low:
+                raise PriorRegError(f"{f}: {k} must be an integer >= {low}, got {v!r}")
         if int(self.max_samples) != self.max_samples or self.max_samples < 0:
             raise PriorRegError(f"{f}: max_samples must be an integer >= 0 (0 = every voxel), got {self.max_samples}")
         if not (0.0 <= float(self.min_sample_fraction) <= 1.0):

@@ -53,17 +53,22 @@ def _max_voxel_norm(F: torch.Tensor, spacing) -> float:
 
 
 def _total(data_terms, reg, u, with_force, reg_values=None):
-    values, total, force = {}, 0.0, None
+    """(term values, J, force, scale): scale = sum of |each data term's J| + the regulariser,
+    the size of J that the stopping rule measures a decrease against (J itself can sit near 0
+    when terms of opposite sign, e.g. -MI and a descriptor SSD, cancel)."""
+    values, total, force, scale = {}, 0.0, None, 0.0
     for term in data_terms:
         v, t, f = term.evaluate(u, with_force)
         values.update(v)
         total += t
+        scale += abs(t)
         if f is not None:
             force = f if force is None else force + f
     r = reg.values(u) if reg_values is None else reg_values
     values.update(r)
     total += reg.total(r)
-    return values, total, force
+    scale += abs(reg.total(r))
+    return values, total, force, scale
 
 
 def _force(data_terms, u):
@@ -89,7 +94,8 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
     hist = LevelHistory(level, shape, tuple(spacing))
     spectrum = reg.spectrum(shape, u.dtype, u.device)
     basis = spatial.DCTBasis(shape, u.dtype, u.device)
-    values, J, F = _total(data_terms, reg, u, True)
+    values, J, F, scale = _total(data_terms, reg, u, True)
+    scales = [scale]
     if not math.isfinite(J):
         raise PriorRegError(f"register(): the energy is not finite at level {level}, iteration 0 (J={J})")
     hist.energy.append(J)
@@ -129,7 +135,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             if delta < opts.min_step_voxels:
                 break
             # Trial steps need the energy only; the force is computed once a step is accepted.
-            v_new, J_new, _ = _total(data_terms, reg, u_new, False, reg.values_from_dct(U_new, basis))
+            v_new, J_new, _, scale_new = _total(data_terms, reg, u_new, False, reg.values_from_dct(U_new, basis))
             if not math.isfinite(J_new):
                 raise PriorRegError(
                     f"register(): the energy became non-finite at level {level}, iteration {it + 1} (J={J_new})"
@@ -147,6 +153,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             break
         it += 1
         u, J, F, values = u_new, J_new, None, v_new
+        scales.append(scale_new)
         hist.energy.append(J)
         hist.terms.append(values)
         tau *= 1.25
@@ -155,7 +162,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
         m = opts.tolerance_window
         if len(hist.energy) > m:
             J_old = hist.energy[-1 - m]
-            if J_old - J <= opts.tolerance * abs(J_old):
+            if J_old - J <= opts.tolerance * scales[-1 - m]:
                 reason = "energy change below tolerance"
                 break
     hist.iterations = it
