@@ -5,6 +5,7 @@ import torch
 from scipy import ndimage
 
 import synthetic as syn
+from conftest import cuda
 from priorreg import PriorRegError, RegistrationOptions, fit_prior, register
 from priorreg.mind import MindEnergy, mind_ssc, principal_channels, ssc_pairs
 
@@ -156,3 +157,13 @@ def test_alpha_weights_the_mind_term_and_zero_keeps_the_prior_alone():
 def test_bad_mind_options_are_refused(bad):
     with pytest.raises(PriorRegError, match="mind_"):
         RegistrationOptions(**bad)
+
+
+@cuda
+def test_mind_term_cpu_and_cuda_agree():
+    f, m, v, lab = syn.case((64, 72), syn.PD_NONMONO, max_disp=3.0)
+    kw = dict(levels=2, bins=32, parzen_sigma=1.0, max_iterations=20, dtype="float64", mind_weight=10.0, local_weight=1.0)
+    rc = register(f, m, device="cpu", **kw)
+    rg = register(f, m, device="cuda", **kw)
+    assert [h.iterations for h in rc.history] == [h.iterations for h in rg.history]
+    assert np.abs(rc.field - rg.field).max() < 1e-6

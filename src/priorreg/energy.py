@@ -166,9 +166,10 @@ class JointHistogramEnergy:
         self.force_mode = force
         self.shape = tuple(fixed.shape)
         self.points = points  # None: every voxel is a sample; else flat indices of the sampled voxels
+        self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
         B = spec.bins
         (lo1, hi1), (lo2, hi2) = spec.ranges
-        a, _, _ = hist.bin_coordinates(self._at_points(fixed.reshape(-1)).double(), lo1, hi1, B)
+        a, _, _ = hist.bin_coordinates(self.samples.at(fixed.reshape(-1)).double(), lo1, hi1, B)
         self.a = hist.corners(a, B)  # fixed samples: bin corners computed once per level
         self.lo2, self.hi2 = lo2, hi2
         self.S = hist.smoothing_matrix(B, spec.parzen_sigma, torch.float64, fixed.device)
@@ -179,7 +180,7 @@ class JointHistogramEnergy:
             self.weights64 = None
             n_weight = float(n_points)
         else:
-            self.weights = self._at_points(mask.reshape(-1)).to(fixed.dtype)
+            self.weights = self.samples.at(mask.reshape(-1)).to(fixed.dtype)
             self.weights64 = self.weights.double()
             n_weight = float(self.weights.sum())
         if n_weight <= 0:
@@ -190,7 +191,7 @@ class JointHistogramEnergy:
         self.n_regions = 1 if regions is None else math.prod(int(r) for r in regions)
         self.region = None
         if self.n_regions > 1:
-            self.region = self._at_points(hist.region_index(fixed.shape, regions, fixed.device))
+            self.region = self.samples.at(hist.region_index(fixed.shape, regions, fixed.device))
         w64 = torch.ones(n_points, dtype=torch.float64, device=fixed.device) if mask is None else self.weights64
         if self.region is None:
             counts = w64.sum().reshape(1)
@@ -203,31 +204,6 @@ class JointHistogramEnergy:
             if getattr(t, "regional", False) and t.n_regions is not None and t.n_regions != self.n_regions:
                 raise ValueError(f"term {t.name} has {t.n_regions} region table(s) but the energy has {self.n_regions} region(s)")
         self.moving_grad = spatial.gradient(moving, self.spacing)
-        if points is not None:
-            d = fixed.dim()
-            grid = spatial.identity_grid(fixed.shape, fixed.dtype, fixed.device).reshape(d, -1)
-            self._base = grid[:, points]
-            self._h = torch.as_tensor(self.spacing, dtype=fixed.dtype, device=fixed.device).reshape(d, 1)
-
-    def _at_points(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat if self.points is None else flat[self.points]
-
-    def _coords(self, u: torch.Tensor) -> torch.Tensor:
-        """Moving-image voxel coordinates of the samples: (d, *S), or (d, n, 1[, 1]) for a subset."""
-        if self.points is None:
-            return spatial.displaced_coords(u, self.spacing)
-        d = u.shape[0]
-        c = self._base + u.reshape(d, -1)[:, self.points] / self._h
-        return c.reshape(d, -1, *([1] * (d - 1)))
-
-    def _to_grid(self, v: torch.Tensor) -> torch.Tensor:
-        """Per-sample vectors (d, n...) onto the grid (d, *S); zero at voxels that are no sample."""
-        d = v.shape[0]
-        if self.points is None:
-            return v.reshape(d, *self.shape)
-        out = torch.zeros((d, math.prod(self.shape)), dtype=v.dtype, device=v.device)
-        out[:, self.points] = v.reshape(d, -1)
-        return out.reshape(d, *self.shape)
 
     def table(self, w: torch.Tensor):
         """Smoothed joint tables of (fixed, w): (P global, Pr per region (R, B, B), bin coords of w...).
@@ -269,7 +245,7 @@ class JointHistogramEnergy:
         The solver tries steps with ``value`` alone (one interpolation of the image)
         and asks for the force only at accepted steps.
         """
-        coords = self._coords(u)
+        coords = self.samples.coords(u)
         w = spatial.sample(self.moving, coords)
         P, Pr, b, inside, beta = self.table(w)
         T = self._tables(P, Pr)
@@ -312,11 +288,11 @@ class JointHistogramEnergy:
         if g is None:
             return torch.zeros_like(u)
         dw = spatial.sample(self.moving_grad, coords)
-        return self._to_grid(g.reshape(dw.shape[1:])[None] * dw).detach()
+        return self.samples.to_grid(g.reshape(dw.shape[1:])[None] * dw).detach()
 
     def _evaluate_exact(self, u):
         uu = u.detach().requires_grad_(True)
-        coords = self._coords(uu)
+        coords = self.samples.coords(uu)
         w_graph = spatial.sample(self.moving, coords)
         P, Pr, b, inside, beta = self.table(w_graph.detach())
         T = self._tables(P, Pr)

@@ -132,8 +132,6 @@ class MindEnergy:
         self.weight = float(weight)
         self.spacing = tuple(float(s) for s in spacing)
         self.shape = tuple(fixed.shape)
-        self.points = points
-        d = fixed.dim()
         Mf = mind_ssc(fixed, radius, dilation)
         self.moving_desc = mind_ssc(moving, radius, dilation)
         if channels and channels < Mf.shape[0]:
@@ -143,36 +141,22 @@ class MindEnergy:
         if force == "practical":
             self.moving_grad = torch.cat([spatial.gradient(c, self.spacing) for c in self.moving_desc])  # (C*d, *S)
         n_grid = math.prod(self.shape)
-        self.fixed_desc = self._at(Mf.reshape(self.C, -1))
+        self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
+        self.fixed_desc = self.samples.at(Mf.reshape(self.C, -1))
         if mask is None:
             self.weights = None
-            n_weight = float(n_grid if points is None else points.numel())
+            n_weight = float(self.samples.n)
         else:
-            self.weights = self._at(mask.reshape(1, -1)).to(fixed.dtype)[0]
+            self.weights = self.samples.at(mask.reshape(-1)).to(fixed.dtype)
             n_weight = float(self.weights.sum())
         if n_weight <= 0:
             raise ValueError("no sample has a non-zero mask weight")
         self.n_weight = n_weight
         self.n_ratio = n_grid / n_weight
-        if points is not None:
-            grid = spatial.identity_grid(fixed.shape, fixed.dtype, fixed.device).reshape(d, -1)
-            self._base = grid[:, points]
-            self._h = torch.as_tensor(self.spacing, dtype=fixed.dtype, device=fixed.device).reshape(d, 1)
         self._state = None
 
-    def _at(self, flat: torch.Tensor) -> torch.Tensor:
-        """(C, n_grid) -> (C, n samples)."""
-        return flat if self.points is None else flat[:, self.points]
-
-    def _coords(self, u):
-        if self.points is None:
-            return spatial.displaced_coords(u, self.spacing)
-        d = u.shape[0]
-        c = self._base + u.reshape(d, -1)[:, self.points] / self._h
-        return c.reshape(d, -1, *([1] * (d - 1)))
-
     def _residual(self, u):
-        coords = self._coords(u)
+        coords = self.samples.coords(u)
         w = spatial.sample(self.moving_desc, coords).reshape(self.C, -1)
         return coords, w - self.fixed_desc
 
@@ -201,11 +185,7 @@ class MindEnergy:
         if self.weights is not None:
             f = f * self.weights
         f = f * (self.weight * self.n_ratio / self.C)
-        if self.points is None:
-            return f.reshape(d, *self.shape)
-        out = torch.zeros((d, math.prod(self.shape)), dtype=f.dtype, device=f.device)
-        out[:, self.points] = f
-        return out.reshape(d, *self.shape)
+        return self.samples.to_grid(f)
 
     def evaluate(self, u, with_force: bool = True):
         values, total = self.value(u)

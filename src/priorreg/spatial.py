@@ -35,6 +35,43 @@ def sample_points(shape, max_samples: int, seed: int = 0, device=None, min_fract
     return torch.sort(torch.randperm(n, generator=gen)[: int(max_samples)]).values.to(device)
 
 
+class Samples:
+    """Where a data term reads the images: every voxel of a grid (``points`` None) or a fixed
+    subset of flat voxel indices (``sample_points``). Shared by the histogram and MIND terms.
+    """
+
+    def __init__(self, shape, spacing, points=None, dtype=torch.float32, device=None):
+        self.shape = tuple(shape)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.points = points
+        d = len(self.shape)
+        self.n = math.prod(self.shape) if points is None else int(points.numel())
+        if points is not None:
+            self._base = identity_grid(self.shape, dtype, device).reshape(d, -1)[:, points]
+            self._h = torch.as_tensor(self.spacing, dtype=dtype, device=device).reshape(d, 1)
+
+    def at(self, flat: torch.Tensor) -> torch.Tensor:
+        """Values (..., n_grid) at the samples: (..., n)."""
+        return flat if self.points is None else flat[..., self.points]
+
+    def coords(self, u: torch.Tensor) -> torch.Tensor:
+        """Moving-image voxel coordinates of the samples: (d, *S), or (d, n, 1[, 1]) for a subset."""
+        if self.points is None:
+            return displaced_coords(u, self.spacing)
+        d = u.shape[0]
+        c = self._base + u.reshape(d, -1)[:, self.points] / self._h
+        return c.reshape(d, -1, *([1] * (d - 1)))
+
+    def to_grid(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-sample vectors (d, n...) onto the grid (d, *S); zero at voxels that are no sample."""
+        d = v.shape[0]
+        if self.points is None:
+            return v.reshape(d, *self.shape)
+        out = torch.zeros((d, math.prod(self.shape)), dtype=v.dtype, device=v.device)
+        out[:, self.points] = v.reshape(d, -1)
+        return out.reshape(d, *self.shape)
+
+
 def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Sample ``image`` (shape (*S) or (C, *S)) at voxel coordinates ``coords`` (d, *S_out).
 
