@@ -6,7 +6,7 @@ from scipy import ndimage
 
 import synthetic as syn
 from conftest import cuda
-from priorreg import PriorRegError, RegistrationOptions, fit_prior, register, spatial
+from priorreg import PriorRegError, RegistrationOptions, fit_prior, register
 from priorreg.mind import MindEnergy, mind_ssc, principal_channels, ssc_pairs
 
 
@@ -94,24 +94,18 @@ def test_exact_force_is_the_derivative_of_the_value(shape, spacing, points):
         assert float(force.reshape(len(shape), -1)[:, outside].abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("contrast", [syn.T2_MONO, syn.PD_NONMONO], ids=["monotone", "non-monotone"])
-def test_practical_force_points_back_to_the_true_alignment(contrast):
-    # Aligned anatomy in two contrasts, displaced by a smooth u (the truth is u = 0): the
-    # practical force (the fixed descriptor's gradient), smoothed as the regulariser's solve
-    # smooths it, must point along +u so that the step u - tau F goes back. Measured cosine
-    # 0.10-0.6 over 4 fields x 3 sizes. (The exact gradient does not pass this: interpolating the
-    # rough moving descriptor between voxels blurs it, which pulls towards whole-voxel shifts;
-    # its cosine ranged from -0.5 to +0.5.) A sign error gives a negative cosine.
-    shape, spacing = (64, 72), (1.0, 1.3)
-    lab = syn.anatomy(shape)
-    f, m = _t(syn.contrast(lab, syn.T1)), _t(syn.contrast(lab, contrast, seed=3))
-    for seed in range(4):
-        for amplitude in (0.5, 1.0, 2.0):
-            u = _smooth_field(shape, amplitude, seed)
-            force = MindEnergy(f, m, spacing, 7.0).force(u)
-            smooth = torch.stack([spatial.gaussian_blur(c, [3.0, 3.0]) for c in force])
-            cos = float((smooth * u).sum() / (smooth.norm() * u.norm()))
-            assert cos > 0.05, (seed, amplitude, cos)
+@pytest.mark.parametrize("shape,spacing", [((64, 72), (1.0, 1.3)), ((24, 26, 22), (1.2, 1.0, 1.5))])
+def test_practical_force_points_along_the_exact_one(shape, spacing):
+    # The descriptor is rough at the voxel scale, so its central-difference gradient and the
+    # interpolant's one-sided derivative differ voxel by voxel (measured cosine 0.64-0.70);
+    # a wrong sign gives a negative cosine, a missing spacing or channel factor a wrong scale.
+    f, m = _anatomy_pair(shape)
+    u = _smooth_field(shape, 2.3, 1)
+    fp = MindEnergy(f, m, spacing, 7.0).force(u)
+    fe = MindEnergy(f, m, spacing, 7.0, force="exact").force(u)
+    cos = float((fp * fe).sum() / (fp.norm() * fe.norm()))
+    assert cos > 0.5, cos
+    assert 0.5 < float(fp.norm() / fe.norm()) < 2.0
 
 
 def _epe(field, v, mask):
@@ -120,7 +114,7 @@ def _epe(field, v, mask):
 
 def test_mind_term_improves_recovery_of_a_known_warp():
     # A bias field across the moving image blurs the global joint histogram; the local
-    # descriptor does not care. Measured EPE: MI 0.77, MI + MIND 0.41.
+    # descriptor does not care. Measured EPE: MI 0.77, MI + MIND 0.40.
     f, m, v, lab = syn.case((96, 112), syn.PD_NONMONO, max_disp=4.0, seed=0)
     X, Y = np.meshgrid(np.linspace(-1, 1, m.shape[0]), np.linspace(-1, 1, m.shape[1]), indexing="ij")
     m = m * np.exp(0.6 * (X + Y))
@@ -135,8 +129,7 @@ def test_mind_term_improves_recovery_of_a_known_warp():
 
 
 def test_mind_in_3d_with_principal_channels_and_samples():
-    # Measured EPE (voxels): 0.96 before, MI 0.45, MI + MIND on 3 principal channels 0.41 (only a
-    # little better on this smooth phantom: the point is that the sampled 3D path runs and converges).
+    # Measured EPE (voxels): 0.96 before, MI 0.45, MI + MIND on 3 principal channels 0.41.
     shape, spacing = (40, 44, 36), (1.0, 1.0, 1.5)
     f, m, v, lab = syn.case(shape, syn.T2_MONO, max_disp=3.0)
     mask = syn.deform((lab > 0).astype(float), v) > 0.5

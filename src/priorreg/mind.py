@@ -96,21 +96,16 @@ class MindEnergy:
 
     Descriptors are computed once per level on the fixed and on the (unwarped) moving image;
     the moving descriptor is interpolated at x + u, as the histogram terms interpolate the
-    image. The force is N_grid * dE/du with the image gradient taken from the *fixed*
-    descriptor, sum_c r_c grad M_c^fix(x) (``force="practical"``: the demons-style
-    "fixed-image gradient"; at alignment the two descriptors agree, that is the point of a
-    modality-independent descriptor), or the derivative of the n-linear interpolant of the
-    moving descriptor (``"exact"``, by autograd: the true gradient of the discrete energy).
-    The practical force needs no interpolation of gradient images (C x d of them), and the
-    descriptor is rough at the voxel scale, where an interpolated gradient is noisy: on the
-    benchmark's tuning cases it was both faster and more accurate than interpolating the
-    moving descriptor's gradient (2D 2.36 -> 2.32, spinal cord 1.62 -> 1.02 voxels). It is a
-    descent direction near alignment, not everywhere: the line search accepts only steps
-    that lower J.
+    image. The force is N_grid * dE/du with the interpolated central-difference gradient of
+    the descriptor (``force="practical"``, like the histogram terms' default: one image
+    gradient per channel, computed once per level), or the derivative of the n-linear
+    interpolant (``"exact"``, by autograd: the true gradient of the discrete energy). The
+    descriptor is rough at the voxel scale, so the two differ more than they do for an
+    image; the line search accepts only steps that lower J either way.
 
     ``channels`` > 0 keeps that many principal components of the descriptors
-    (:func:`principal_channels`): each iteration interpolates one image per channel, so 12
-    channels in 3D cost about 4x what 3 do.
+    (:func:`principal_channels`): each iteration interpolates one image per channel plus d
+    gradient images per channel, so 12 channels in 3D cost about 4x what 3 do.
 
     Same interface as :class:`~priorreg.energy.JointHistogramEnergy` (``evaluate``,
     ``value``, ``force``), so the solver treats both alike.
@@ -142,14 +137,12 @@ class MindEnergy:
         if channels and channels < Mf.shape[0]:
             Mf, self.moving_desc = principal_channels(Mf, self.moving_desc, channels)
         self.C = Mf.shape[0]
+        self.moving_grad = None
+        if force == "practical":
+            self.moving_grad = torch.cat([spatial.gradient(c, self.spacing) for c in self.moving_desc])  # (C*d, *S)
         n_grid = math.prod(self.shape)
         self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
         self.fixed_desc = self.samples.at(Mf.reshape(self.C, -1))
-        self.fixed_grad = None
-        if force == "practical":  # (C, d, n): the fixed descriptor's gradient at the samples, once per level
-            d = fixed.dim()
-            g = torch.cat([spatial.gradient(c, self.spacing) for c in Mf])
-            self.fixed_grad = self.samples.at(g.reshape(self.C * d, -1)).reshape(self.C, d, -1)
         if mask is None:
             self.weights = None
             n_weight = float(self.samples.n)
@@ -165,28 +158,30 @@ class MindEnergy:
     def _residual(self, u):
         coords = self.samples.coords(u)
         w = spatial.sample(self.moving_desc, coords).reshape(self.C, -1)
-        return w - self.fixed_desc
+        return coords, w - self.fixed_desc
 
     def value(self, u):
-        r = self._residual(u)
+        coords, r = self._residual(u)
         sq = (r * r).sum(0)
         if self.weights is not None:
             sq = sq * self.weights
         e = 0.5 * float(sq.double().sum()) / (self.n_weight * self.C)
-        self._state = (u, r)
+        self._state = (u, coords, r)
         return {self.name: e}, self.weight * e
 
     def force(self, u):
+        d = u.shape[0]
         if self.force_mode == "exact":
             uu = u.detach().requires_grad_(True)
-            r = self._residual(uu)
+            _, r = self._residual(uu)
             w = r.detach() if self.weights is None else r.detach() * self.weights
             f = torch.autograd.grad(r, uu, grad_outputs=w * (self.weight * self.n_ratio / self.C))[0]
             return f.detach()
         if self._state is None or self._state[0] is not u:
             self.value(u)
-        r = self._state[1]
-        f = (r[:, None] * self.fixed_grad).sum(0)  # (d, n)
+        _, coords, r = self._state
+        g = spatial.sample(self.moving_grad, coords).reshape(self.C, d, -1)
+        f = (r[:, None] * g).sum(0)  # (d, n)
         if self.weights is not None:
             f = f * self.weights
         f = f * (self.weight * self.n_ratio / self.C)
