@@ -165,7 +165,7 @@ class JointHistogramEnergy:
         self.moving = moving
         self.force_mode = force
         self.shape = tuple(fixed.shape)
-        self.points = points  # None: every voxel is a sample; else flat indices of the sampled voxels
+        # Every voxel is a sample (points None), or the flat indices in ``points`` are.
         self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
         B = spec.bins
         (lo1, hi1), (lo2, hi2) = spec.ranges
@@ -174,7 +174,7 @@ class JointHistogramEnergy:
         self.lo2, self.hi2 = lo2, hi2
         self.S = hist.smoothing_matrix(B, spec.parzen_sigma, torch.float64, fixed.device)
         n_grid = fixed.numel()
-        n_points = n_grid if points is None else int(points.numel())
+        n_points = self.samples.n
         if mask is None:
             self.weights = None
             self.weights64 = None

@@ -23,18 +23,6 @@ import torch.nn.functional as F
 from . import spatial
 
 
-def _shift(image: torch.Tensor, offset) -> torch.Tensor:
-    """image(x + offset) for an integer offset per axis, edges replicated."""
-    d = image.dim()
-    r = max(abs(o) for o in offset)
-    if r == 0:
-        return image
-    pad = [r] * (2 * d)
-    x = F.pad(image[None, None], pad, mode="replicate")[0, 0]
-    sl = tuple(slice(r + o, r + o + n) for o, n in zip(offset, image.shape))
-    return x[sl]
-
-
 def _box(image: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a (2 radius + 1)^d box, edges replicated."""
     if radius <= 0:
@@ -68,7 +56,10 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 1) -> torch.T
     if image.dim() not in (2, 3):
         raise ValueError(f"mind_ssc: need a 2D or 3D image, got {image.dim()}D")
     pairs = ssc_pairs(image.dim(), dilation)
-    D = torch.stack([_box((_shift(image, a) - _shift(image, b)) ** 2, radius) for a, b in pairs])
+    r = dilation
+    padded = F.pad(image[None, None], [r] * (2 * image.dim()), mode="replicate")[0, 0]  # once, edges replicated
+    shifted = {o: padded[tuple(slice(r + k, r + k + n) for k, n in zip(o, image.shape))] for o in {o for p in pairs for o in p}}
+    D = torch.stack([_box((shifted[a] - shifted[b]) ** 2, radius) for a, b in pairs])
     D = D - D.min(0, keepdim=True).values
     V = D.mean(0, keepdim=True)
     m = float(V.mean())
@@ -85,7 +76,7 @@ def principal_channels(a: torch.Tensor, b: torch.Tensor, k: int):
     X = torch.cat([a.reshape(C, -1), b.reshape(C, -1)], 1).double()
     X = X - X.mean(1, keepdim=True)
     cov = X @ X.T / X.shape[1]
-    evals, evecs = torch.linalg.eigh(cov)
+    evecs = torch.linalg.eigh(cov).eigenvectors
     W = evecs[:, -k:].T.to(a.dtype)  # (k, C), largest last
     proj = lambda m: (W @ m.reshape(C, -1)).reshape(k, *m.shape[1:])
     return proj(a), proj(b)
