@@ -175,16 +175,8 @@ class JointHistogramEnergy:
         self.S = hist.smoothing_matrix(B, spec.parzen_sigma, torch.float64, fixed.device)
         n_grid = fixed.numel()
         n_points = self.samples.n
-        if mask is None:
-            self.weights = None
-            self.weights64 = None
-            n_weight = float(n_points)
-        else:
-            self.weights = self.samples.at(mask.reshape(-1)).to(fixed.dtype)
-            self.weights64 = self.weights.double()
-            n_weight = float(self.weights.sum())
-        if n_weight <= 0:
-            raise ValueError("no sample has a non-zero mask weight")
+        self.weights, n_weight = self.samples.mask_weights(mask, fixed.dtype)
+        self.weights64 = None if self.weights is None else self.weights.double()
         # Force convention: N_grid * dJ/du, while the histogram is normalised by its own
         # sample count (mask weights, a subset of the voxels).
         self.n_ratio = n_grid / n_weight

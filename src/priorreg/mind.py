@@ -134,14 +134,7 @@ class MindEnergy:
         n_grid = math.prod(self.shape)
         self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
         self.fixed_desc = self.samples.at(Mf.reshape(self.C, -1))
-        if mask is None:
-            self.weights = None
-            n_weight = float(self.samples.n)
-        else:
-            self.weights = self.samples.at(mask.reshape(-1)).to(fixed.dtype)
-            n_weight = float(self.weights.sum())
-        if n_weight <= 0:
-            raise ValueError("no sample has a non-zero mask weight")
+        self.weights, n_weight = self.samples.mask_weights(mask, fixed.dtype)
         self.n_weight = n_weight
         self.n_ratio = n_grid / n_weight
         self._state = None

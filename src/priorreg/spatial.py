@@ -50,6 +50,17 @@ class Samples:
             self._base = identity_grid(self.shape, dtype, device).reshape(d, -1)[:, points]
             self._h = torch.as_tensor(self.spacing, dtype=dtype, device=device).reshape(d, 1)
 
+    def mask_weights(self, mask, dtype):
+        """(weights at the samples or None, their total): a data term's sample weights from a
+        0/1 mask on the grid (None: every sample counts 1). Refuses a mask that misses every sample."""
+        if mask is None:
+            return None, float(self.n)
+        w = self.at(mask.reshape(-1)).to(dtype)
+        total = float(w.sum())
+        if total <= 0:
+            raise ValueError("no sample has a non-zero mask weight")
+        return w, total
+
     def at(self, flat: torch.Tensor) -> torch.Tensor:
         """Values (..., n_grid) at the samples: (..., n)."""
         return flat if self.points is None else flat[..., self.points]
