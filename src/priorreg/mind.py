@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from . import spatial
 
 
-def _box(image: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2 radius + 1)^d box, edges replicated."""
+def _box(images: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of each channel of ``images`` (C, *S) over a (2 radius + 1)^d box, edges replicated."""
     if radius <= 0:
-        return image
-    d = image.dim()
+        return images
+    d = images.dim() - 1
     pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[d]
-    x = F.pad(image[None], [radius] * (2 * d), mode="replicate")
+    x = F.pad(images[None], [radius] * (2 * d), mode="replicate")
     return pool(x, 2 * radius + 1, stride=1)[0]
 
 
@@ -59,7 +59,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 1) -> torch.T
     r = dilation
     padded = F.pad(image[None, None], [r] * (2 * image.dim()), mode="replicate")[0, 0]  # once, edges replicated
     shifted = {o: padded[tuple(slice(r + k, r + k + n) for k, n in zip(o, image.shape))] for o in {o for p in pairs for o in p}}
-    D = torch.stack([_box((shifted[a] - shifted[b]) ** 2, radius) for a, b in pairs])
+    D = _box(torch.stack([(shifted[a] - shifted[b]) ** 2 for a, b in pairs]), radius)  # one pooling call for all pairs
     D = D - D.min(0, keepdim=True).values
     V = D.mean(0, keepdim=True)
     m = float(V.mean())
