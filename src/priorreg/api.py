@@ -290,10 +290,15 @@ def register(
                 )
         data.insert(0, JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms + prior_terms, kl[lv], opts.force, regions, points))
         if opts.mind_weight > 0 and alpha > 0:  # a similarity term: weighted by alpha like MI
+            mind_points = spatial.thin_points(points, fl[lv].shape, opts.mind_sample_fraction, seed=100 + lv)
+            if mind_points is not points:
+                mind_points = mind_points.to(dev)
+                if kl[lv] is not None and float(kl[lv].reshape(-1)[mind_points].sum()) <= 0:
+                    mind_points = points  # the thinner subset misses a tiny mask
             data.append(
                 MindEnergy(
-                    fl[lv], ml[lv], sp, alpha * opts.mind_weight, kl[lv], points, opts.mind_radius, opts.mind_dilation, opts.mind_channels,
-                    opts.force,
+                    fl[lv], ml[lv], sp, alpha * opts.mind_weight, kl[lv], mind_points, opts.mind_radius, opts.mind_dilation,
+                    opts.mind_channels, opts.force,
                 )
             )
         reg = Tikhonov(opts.regularization, sp, opts.bending)

@@ -35,6 +35,20 @@ def sample_points(shape, max_samples: int, seed: int = 0, device=None, min_fract
     return torch.sort(torch.randperm(n, generator=gen)[: int(max_samples)]).values.to(device)
 
 
+def thin_points(points, shape, fraction: float, seed: int = 0):
+    """A random ``fraction`` of ``points`` (sorted flat indices, or None for every voxel of
+    ``shape``), fixed by ``seed``; ``points`` itself when ``fraction`` >= 1."""
+    if fraction >= 1.0:
+        return points
+    n = math.prod(shape) if points is None else int(points.numel())
+    k = max(1, int(round(fraction * n)))
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.sort(torch.randperm(n, generator=gen)[:k]).values
+    if points is None:
+        return pick
+    return points[pick.to(points.device)]
+
+
 class Samples:
     """Where a data term reads the images: every voxel of a grid (``points`` None) or a fixed
     subset of flat voxel indices (``sample_points``). Shared by the histogram and MIND terms.
