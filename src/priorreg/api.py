@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import pyramid, spatial
+from . import histogram, pyramid, spatial
+from .calibration import fit_intensity_maps
 from .energy import (
     PRIOR_TERMS,
     HistogramSpec,
@@ -265,9 +266,19 @@ def register(
     kl = pyramid.mask_pyramid(kt, opts.levels)
     history = []
 
+    intensity_maps = []
+
     def solve_level(lv, u):
         sp = pyramid.level_spacing(fix.spacing, lv)
         alpha = 1.0 if (opts.alpha_schedule == "mi-finest" and lv == 0) else opts.alpha
+        f_lv, m_lv = fl[lv], ml[lv]
+        if prior is not None and alpha < 1 and opts.prior_intensity_fit == "affine":
+            warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
+            Qg = torch.as_tensor(prior.global_table(lv), dtype=torch.float64, device=dev)
+            Qg = histogram.floor_prior(Qg, opts.prior_floor)
+            (af, bf), (am, bm), kl0, kl1 = fit_intensity_maps(f_lv, warped, Qg, spec, kl[lv], seed=lv)
+            f_lv, m_lv = af * f_lv + bf, am * m_lv + bm
+            intensity_maps.append(dict(level=lv, fixed=(af, bf), moving=(am, bm), kl_before=kl0, kl_after=kl1))
         gamma = opts.local_weight
         terms = [(alpha * (1.0 - gamma), NegMutualInformation())]
         prior_terms = []
@@ -286,9 +297,9 @@ def register(
                 regions = local_regions
             else:  # a regional prior on another block layout: a second joint histogram
                 data.append(
-                    JointHistogramEnergy(fl[lv], ml[lv], sp, spec, [local], kl[lv], opts.force, local_regions, points)
+                    JointHistogramEnergy(f_lv, m_lv, sp, spec, [local], kl[lv], opts.force, local_regions, points)
                 )
-        data.insert(0, JointHistogramEnergy(fl[lv], ml[lv], sp, spec, terms + prior_terms, kl[lv], opts.force, regions, points))
+        data.insert(0, JointHistogramEnergy(f_lv, m_lv, sp, spec, terms + prior_terms, kl[lv], opts.force, regions, points))
         if opts.mind_weight > 0 and alpha > 0:  # a similarity term: weighted by alpha like MI
             mind_points = spatial.thin_points(points, fl[lv].shape, opts.mind_sample_fraction, seed=100 + lv)
             if mind_points is not points:
@@ -297,7 +308,7 @@ def register(
                     mind_points = points  # the thinner subset misses a tiny mask
             data.append(
                 MindEnergy(
-                    fl[lv], ml[lv], sp, alpha * opts.mind_weight, kl[lv], mind_points, opts.mind_radius, opts.mind_dilation,
+                    f_lv, m_lv, sp, alpha * opts.mind_weight, kl[lv], mind_points, opts.mind_radius, opts.mind_dilation,
                     opts.mind_channels, opts.force,
                 )
             )
@@ -329,6 +340,8 @@ def register(
         "percent_nonpositive": float(100.0 * np.mean(jac_np <= 0)),
     }
     prior_info = None if prior is None else prior.metadata()
+    if intensity_maps:
+        prior_info["intensity_maps"] = intensity_maps
     return RegistrationResult(
         field=field_np,
         warped=warped,

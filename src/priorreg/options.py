@@ -78,6 +78,14 @@ class RegistrationOptions:
         How the prior enters: "kl" = KL(p_u || p_L) (the paper), "ce" = cross-entropy
         -sum p_u ln p_L (the likelihood of the joint samples under the prior; no
         entropy term that rewards a broader joint histogram).
+    prior_intensity_fit : {"none", "affine"}
+        "affine" (with a prior and alpha < 1): at each level, fit one gain and offset per
+        modality that bring the current joint histogram onto the prior (at most 2x / 0.3 in
+        normalised units), and use them only when they lower KL by >= 0.1 nats
+        (:mod:`priorreg.calibration`). For priors whose intensity scale differs from the
+        test pair's (another field of view, other patients, no normalisation): on the
+        benchmark's MR cases it turned a prior that hurt into one close to MI alone.
+        "none": the paper's energy. The fitted maps are in ``result.prior["intensity_maps"]``.
     local_weight : float in [0, 1]
         gamma: the similarity is (1 - gamma) * (-MI) + gamma * (-regional MI), where regional
         MI is the mutual information block by block of the fixed grid (``local_regions``):
@@ -141,6 +149,7 @@ class RegistrationOptions:
     force: str = "practical"
     normalization: str = "percentile"
     prior_term: str = "kl"
+    prior_intensity_fit: str = "none"
     local_weight: float = 0.0
     local_regions: int | tuple | str = "auto"
     mind_weight: float = 0.0
@@ -183,6 +192,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.alpha_schedule not in ("constant", "mi-finest"):
             raise PriorRegError(f"{f}: alpha_schedule must be 'constant' or 'mi-finest', got {self.alpha_schedule!r}")
+        if self.prior_intensity_fit not in ("none", "affine"):
+            raise PriorRegError(f"{f}: prior_intensity_fit must be 'none' or 'affine', got {self.prior_intensity_fit!r}")
         if self.prior_term not in ("kl", "ce"):
             raise PriorRegError(f"{f}: prior_term must be 'kl' or 'ce', got {self.prior_term!r}")
         if not (0.0 <= float(self.local_weight) <= 1.0):
