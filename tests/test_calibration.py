@@ -74,3 +74,20 @@ def test_alpha_one_fits_nothing_and_bad_values_are_refused():
     assert "intensity_maps" not in r.prior
     with pytest.raises(PriorRegError, match="prior_intensity_fit"):
         RegistrationOptions(prior_intensity_fit="linear")
+
+
+def test_the_fit_reads_only_the_masked_voxels():
+    # Inside the mask the moving image has gain 1.2, outside 0.7: fitted on the mask the maps
+    # undo 1.2 as if the rest were not there; fitted on every voxel they land elsewhere.
+    f, m = _aligned_pair()
+    spec = HistogramSpec(bins=32, parzen_sigma=1.0, ranges=((-0.3, 1.3), (-0.3, 1.3)))
+    mask = torch.zeros_like(f)
+    mask[:, : f.shape[1] // 2] = 1
+    Q = _table(f[mask > 0], m[mask > 0], spec)
+    noisy = torch.where(mask > 0, 1.2 * m - 0.1, 0.7 * m + 0.2)
+    (_, _), (am, bm), _, _ = fit_intensity_maps(f, noisy, Q, spec, weights=mask)
+    assert am * 1.2 == pytest.approx(1.0, abs=0.03) and bm - am * 0.1 == pytest.approx(0.0, abs=0.03)
+    (_, _), (am_all, _), _, _ = fit_intensity_maps(f, noisy, Q, spec)
+    assert abs(am_all * 1.2 - 1.0) > 0.05, am_all
+    with pytest.raises(ValueError, match="mask is empty"):
+        fit_intensity_maps(f, noisy, Q, spec, weights=torch.zeros_like(f))

@@ -55,14 +55,16 @@ def fit_intensity_maps(
     """
     f = fixed.reshape(-1).double()
     m = warped.reshape(-1).double()
-    w = None if weights is None else weights.reshape(-1).double()
+    if weights is not None:  # the masked voxels only (the mask is 0/1)
+        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
+        if inside.numel() == 0:
+            raise ValueError("fit_intensity_maps: the mask is empty")
+        f, m = f[inside], m[inside]
     if f.numel() > FIT_SAMPLES:
         gen = torch.Generator().manual_seed(seed)
         pick = torch.randperm(f.numel(), generator=gen)[:FIT_SAMPLES].to(f.device)
         f, m = f[pick], m[pick]
-        w = None if w is None else w[pick]
-    if w is not None and float(w.sum()) <= 0:
-        w = None
+    w = None
     B = spec.bins
     (lo1, hi1), (lo2, hi2) = spec.ranges
     S = hist.smoothing_matrix(B, spec.parzen_sigma, device=f.device)
@@ -71,8 +73,9 @@ def fit_intensity_maps(
     log_scale = math.log(max_scale)
 
     def unpack(x):
-        x = np.clip(x, -1.0, 1.0)
-        return math.exp(x[0] * log_scale), x[1] * max_shift, math.exp(x[2] * log_scale), x[3] * max_shift
+        x = np.clip(np.asarray(x, dtype=float), -1.0, 1.0)
+        return (math.exp(x[0] * log_scale), float(x[1] * max_shift), math.exp(x[2] * log_scale),
+                float(x[3] * max_shift))
 
     def kl(x):
         af, bf, am, bm = unpack(x)

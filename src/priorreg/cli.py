@@ -27,6 +27,7 @@ _CHOICES = {
     "dtype": ("float32", "float64"),
     "prior_term": ("kl", "ce"),
     "alpha_schedule": ("constant", "mi-finest"),
+    "prior_intensity_fit": ("none", "affine"),
 }
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool}
 # train uses these fields of RegistrationOptions as fit_prior parameters.

@@ -295,6 +295,10 @@ def figures(result, prior=None, mask=None) -> list:
     ))
     opts = result.options
     ranges = result.ranges
+    maps = [d for d in ((result.prior or {}).get("intensity_maps") or []) if d.get("level") == 0]
+    if maps:  # show the pair as the prior term saw it (the fitted gain/offset per modality)
+        (af, bf), (am, bm) = maps[0]["fixed"], maps[0]["moving"]
+        fn, bn, an = af * fn + bf, am * bn + bm, am * an + bm
     hists = [
         (_joint_histogram(fn, bn, ranges, opts.bins, opts.parzen_sigma, mask), "observed, before"),
         (_joint_histogram(fn, an, ranges, opts.bins, opts.parzen_sigma, mask), "observed, after"),
