@@ -268,6 +268,9 @@ def register(
 
     intensity_maps = []
 
+    def misses_mask(lv, pts):  # a random subset with no voxel inside a tiny mask
+        return pts is not None and kl[lv] is not None and float(kl[lv].reshape(-1)[pts].sum()) <= 0
+
     def solve_level(lv, u):
         sp = pyramid.level_spacing(fix.spacing, lv)
         alpha = 1.0 if (opts.alpha_schedule == "mi-finest" and lv == 0) else opts.alpha
@@ -287,7 +290,7 @@ def register(
             prior_terms.append((1.0 - alpha, PRIOR_TERMS[opts.prior_term](Q)))
         regions = prior.regions if prior is not None and prior.n_regions > 1 else None
         points = spatial.sample_points(fl[lv].shape, opts.max_samples, seed=lv, device=dev, min_fraction=opts.min_sample_fraction)
-        if points is not None and kl[lv] is not None and float(kl[lv].reshape(-1)[points].sum()) <= 0:
+        if misses_mask(lv, points):
             points = None  # the subset misses a tiny mask: use every voxel
         data = []
         if gamma > 0 and alpha > 0:
@@ -304,8 +307,8 @@ def register(
             mind_points = spatial.thin_points(points, fl[lv].shape, opts.mind_sample_fraction, seed=100 + lv)
             if mind_points is not points:
                 mind_points = mind_points.to(dev)
-                if kl[lv] is not None and float(kl[lv].reshape(-1)[mind_points].sum()) <= 0:
-                    mind_points = points  # the thinner subset misses a tiny mask
+                if misses_mask(lv, mind_points):
+                    mind_points = points
             data.append(
                 MindEnergy(
                     f_lv, m_lv, sp, alpha * opts.mind_weight, kl[lv], mind_points, opts.mind_radius, opts.mind_dilation,

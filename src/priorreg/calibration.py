@@ -64,12 +64,11 @@ def fit_intensity_maps(
         gen = torch.Generator().manual_seed(seed)
         pick = torch.randperm(f.numel(), generator=gen)[:FIT_SAMPLES].to(f.device)
         f, m = f[pick], m[pick]
-    w = None
     B = spec.bins
     (lo1, hi1), (lo2, hi2) = spec.ranges
     S = hist.smoothing_matrix(B, spec.parzen_sigma, device=f.device)
     logQ = torch.log(Q.double())
-    n = float(f.numel()) if w is None else float(w.sum())
+    n = float(f.numel())
     log_scale = math.log(max_scale)
 
     def unpack(x):
@@ -81,7 +80,7 @@ def fit_intensity_maps(
         af, bf, am, bm = unpack(x)
         a, _, _ = hist.bin_coordinates(af * f + bf, lo1, hi1, B)
         b, _, _ = hist.bin_coordinates(am * m + bm, lo2, hi2, B)
-        P = hist.smooth(hist.joint_counts(a, b, B, w)[0], S) / n
+        P = hist.smooth(hist.joint_counts(a, b, B)[0], S) / n
         P = P + spec.eps
         return float((P * (torch.log(P) - logQ)).sum())
 

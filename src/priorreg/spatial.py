@@ -31,8 +31,13 @@ def sample_points(shape, max_samples: int, seed: int = 0, device=None, min_fract
         max_samples = max(int(max_samples), int(round(min_fraction * n)))
     if not max_samples or n <= max_samples:
         return None
+    return _random_subset(n, int(max_samples), seed).to(device)
+
+
+def _random_subset(n: int, k: int, seed: int) -> torch.Tensor:
+    """Sorted indices of k of range(n), drawn at random (CPU generator fixed by ``seed``)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.sort(torch.randperm(n, generator=gen)[: int(max_samples)]).values.to(device)
+    return torch.sort(torch.randperm(n, generator=gen)[:k]).values
 
 
 def thin_points(points, shape, fraction: float, seed: int = 0):
@@ -41,9 +46,7 @@ def thin_points(points, shape, fraction: float, seed: int = 0):
     if fraction >= 1.0:
         return points
     n = math.prod(shape) if points is None else int(points.numel())
-    k = max(1, int(round(fraction * n)))
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.sort(torch.randperm(n, generator=gen)[:k]).values
+    pick = _random_subset(n, max(1, int(round(fraction * n))), seed)
     if points is None:
         return pick
     return points[pick.to(points.device)]
