@@ -139,6 +139,25 @@ def test_alpha_schedule_mi_finest_uses_the_prior_on_coarse_levels_only():
     assert not np.allclose(constant.field, r.field)
 
 
+def test_regularization_scaling_alpha_weighs_the_regulariser_by_each_levels_alpha():
+    f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=3.0)
+    lab_t = syn.anatomy((64, 72), seed=5)
+    prior = fit_prior([syn.contrast(lab_t, syn.T1, seed=40)], [syn.contrast(lab_t, syn.T2_MONO, seed=41)], levels=2)
+    # (alpha, schedule) -> the alpha of (coarse, finest) level; "mi-finest" ends at alpha = 1
+    # (unscaled), alpha = 0 is prior only (nothing to balance: unscaled).
+    for alpha, schedule, level_alphas in ((0.4, "constant", (0.4, 0.4)), (0.4, "mi-finest", (0.4, 1.0)), (0.0, "constant", (0.0, 0.0))):
+        r = register(f, m, prior=prior, alpha=alpha, alpha_schedule=schedule, regularization_scaling="alpha", levels=2)
+        o = r.options
+        for h, a in zip(r.history, level_alphas):
+            t = h.terms[-1]
+            k = a if 0 < a < 1 else 1.0
+            expect = a * t["-MI"] + (1 - a) * t["KL"] + k * (o.regularization * t["R"] + o.bending * t["B"])
+            assert abs(h.energy[-1] - expect) < 1e-9 * max(1.0, abs(expect)), (alpha, schedule, h.level)
+    plain = register(f, m, prior=prior, alpha=0.4, levels=2)
+    scaled = register(f, m, prior=prior, alpha=0.4, regularization_scaling="alpha", levels=2)
+    assert not np.allclose(plain.field, scaled.field)
+
+
 def test_warp_nearest_keeps_labels_and_linear_matches_result():
     f, m, v, lab = syn.case((48, 40), syn.T2_MONO, max_disp=2.0)
     r = register(f, m, levels=2, **SMOOTH)
@@ -234,6 +253,7 @@ def test_refuses_bad_options(pair):
     _raises(r"bending must be >= 0", register, *pair, bending=-1.0)
     _raises(r"prior_term must be 'kl' or 'ce'", register, *pair, prior_term="js")
     _raises(r"alpha_schedule must be 'constant' or 'mi-finest'", register, *pair, alpha_schedule="linear")
+    _raises(r"regularization_scaling must be 'none' or 'alpha'", register, *pair, regularization_scaling="lambda")
     _raises(r"max_samples must be an integer >= 0", register, *pair, max_samples=-5)
     _raises(r"min_sample_fraction must be in \[0, 1\]", register, *pair, min_sample_fraction=1.5)
     _raises(r"local_weight must be in \[0, 1\]", register, *pair, local_weight=2.0)

@@ -315,7 +315,8 @@ def register(
                     opts.mind_channels, opts.force,
                 )
             )
-        reg = Tikhonov(opts.regularization, sp, opts.bending)
+        k = alpha if (opts.regularization_scaling == "alpha" and 0 < alpha < 1) else 1.0
+        reg = Tikhonov(k * opts.regularization, sp, k * opts.bending)
         from .solver import gradient_flow
 
         u, h = gradient_flow(data, reg, u, opts, lv, sp, callback)

@@ -28,6 +28,7 @@ _CHOICES = {
     "prior_term": ("kl", "ce"),
     "alpha_schedule": ("constant", "mi-finest"),
     "prior_intensity_fit": ("none", "affine"),
+    "regularization_scaling": ("none", "alpha"),
 }
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool}
 # train uses these fields of RegistrationOptions as fit_prior parameters.
