@@ -24,6 +24,7 @@ import torch
 from scipy.optimize import minimize
 
 from . import histogram as hist
+from .spatial import _random_subset
 
 FIT_SAMPLES = 60000  # voxels used by the fit (a fixed random subset on larger grids)
 MIN_GAIN = 0.1  # nats: a fit that lowers KL by less keeps the identity maps (see fit_intensity_maps)
@@ -61,8 +62,7 @@ def fit_intensity_maps(
             raise ValueError("fit_intensity_maps: the mask is empty")
         f, m = f[inside], m[inside]
     if f.numel() > FIT_SAMPLES:
-        gen = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(f.numel(), generator=gen)[:FIT_SAMPLES].to(f.device)
+        pick = _random_subset(f.numel(), FIT_SAMPLES, seed).to(f.device)
         f, m = f[pick], m[pick]
     B = spec.bins
     (lo1, hi1), (lo2, hi2) = spec.ranges
