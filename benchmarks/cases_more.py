@@ -125,7 +125,7 @@ def _poisson(img, rng, counts):
 
 
 # "Another scanner" for the functional image of the test pair (the intensity-robustness target of
-# BENCHMARKS.md: "a prior still helps when the test image's intensity scale differs from training (gain
+# the project's benchmark brief, ../shared/BENCHMARKS.md: "a prior still helps when the test image's intensity scale differs from training (gain
 # 0.8, offset, different scanner)"). The prior is trained on the first scanner; the test image gets a
 # wider PSF, fewer counts and this intensity response (gain, offset, a mild non-linear curve): the
 # percentile normalisation absorbs gain and offset, not the curve, the blur or the noise.
@@ -133,7 +133,8 @@ RESCAN = dict(extra_fwhm_mm=7.0, counts_factor=2 / 3, gain=0.8, offset=0.1, gamm
 
 
 def rescan_response(img, gain=RESCAN["gain"], offset=RESCAN["offset"], gamma=RESCAN["gamma"]):
-    """y = p * (gain * (x / p)^gamma + offset), x clipped at 0, p = its 99th percentile above 0."""
+    """y = p * (gain * (x / p)^gamma + offset), x clipped at 0 (counts are never negative), p = its 99th
+    percentile above 0 (1 for an all-zero image)."""
     x = np.clip(img, 0, None)
     p = np.percentile(x[x > 0], 99) if np.any(x > 0) else 1.0
     return p * (gain * (x / p) ** gamma + offset)
@@ -279,11 +280,11 @@ def spect_petct_selfprior(seed=21, max_disp=5.0, sigma=10.0, rescan=False):
     w = C.smooth_field(ct.shape, sigma, max_disp, rng, body)  # voxels, on the moving grid
     u, res = invert_field(w)
     fixed = _ct_noise(ct, rng)
-    if rescan:
+    moving = _poisson(C.pull(peta, w), rng, 200)  # drawn either way: rng then advances as without rescan
+    if rescan:  # its own generator, so the prior's pair below is the one of rescan=False
         sig = RESCAN["extra_fwhm_mm"] / (2.0 * np.sqrt(2.0 * np.log(2.0))) / h
-        moving = rescan_response(_poisson(ndi.gaussian_filter(C.pull(peta, w), sig), rng, 200 * RESCAN["counts_factor"]))
-    else:
-        moving = _poisson(C.pull(peta, w), rng, 200)
+        r2 = np.random.default_rng((seed, 1))
+        moving = rescan_response(_poisson(ndi.gaussian_filter(C.pull(peta, w), sig), r2, 200 * RESCAN["counts_factor"]))
     # moving point x + u(x) shows P(x): the error is measured in the CT body where the aligned PET has data
     mask = body & fov
     scanner = (f"; the test PET AS FROM ANOTHER SCANNER: {RESCAN['extra_fwhm_mm']:g} mm more blur, "
@@ -393,7 +394,8 @@ def _other_layout(lab, rng):
 def sim_thorax(modality="pet", seed=30, max_disp=5.0, sigma=10.0, rescan=False):
     """SIMULATED PET/CT or SPECT/CT thorax slice from the class map of the real CT slice.
     ``rescan``: the test pair's functional image as from another scanner (``RESCAN``), the prior's
-    pairs from the first; the same random draws, so the scene is that of ``rescan=False``."""
+    pairs from the first; the scene, the fixed image and the prior's pairs are those of ``rescan=False``
+    (the rescanned image's noise comes from a generator of its own)."""
     C = _c()
     rng = np.random.default_rng(seed)
     ct, _ = petct_raw()
@@ -404,7 +406,9 @@ def sim_thorax(modality="pet", seed=30, max_disp=5.0, sigma=10.0, rescan=False):
     u, res = invert_field(w)
     lab_m = C.pull(lab.astype(float), w, order=0).astype(np.int16)  # anatomy deformed, then imaged
     fixed, _ = _thorax_pair(lab, modality, rng, h)
-    _, moving = _thorax_pair(lab_m, modality, rng, h, rescan)
+    _, moving = _thorax_pair(lab_m, modality, rng, h)  # drawn either way: rng then advances as without rescan
+    if rescan:  # its own generator, so the prior's pairs below are those of rescan=False
+        _, moving = _thorax_pair(lab_m, modality, np.random.default_rng((seed, 1)), h, rescan)
     tf, tm = [], []
     for _ in range(2):
         f, m = _thorax_pair(_other_layout(lab, rng), modality, rng, h)

@@ -578,7 +578,7 @@ def _write(out, rows, names, versions, total, partial):
            f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}  \nTotal run time: {total:.0f} s"
            f"{' (PARTIAL: run still going or interrupted)' if partial else ''}\n\n"
            f"priorreg settings: 2D {PRIORREG_SETTINGS['2d']}; 3D {PRIORREG_SETTINGS['3d']}; changed per kind of "
-           f"case: {KIND_SETTINGS}; bending = "
+           f"case: {KIND_SETTINGS}; per prior term: {PRIOR_TERM_SETTINGS}; bending = "
            f"{BENDING_PER_VOXEL2:g} mm^2 x (mean spacing in mm)^2 (one setting per dimension and kind of pair, and one rule, "
            f"chosen on tuning cases with other seeds, not per case; defaults otherwise). 'CE' rows use the "
            f"cross-entropy prior term instead of the paper's KL.\n\n")
@@ -622,7 +622,8 @@ def _write(out, rows, names, versions, total, partial):
         fh.write(hdr + "\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=machine(), versions=versions,
-                       priorreg_settings=PRIORREG_SETTINGS, total_seconds=total, partial=partial, rows=rows), fh, indent=1)
+                       priorreg_settings=PRIORREG_SETTINGS, kind_settings=KIND_SETTINGS,
+                       prior_term_settings=PRIOR_TERM_SETTINGS, total_seconds=total, partial=partial, rows=rows), fh, indent=1)
 
 
 if __name__ == "__main__":
