@@ -35,7 +35,8 @@ class RegistrationOptions:
     ----------
     alpha : float
         Blend J = alpha*(-MI) + (1-alpha)*KL(p_u || p_L) + regularization*R. 1 = classic MI
-        (no prior needed); alpha < 1 needs a learned prior.
+        (no prior needed); alpha < 1 needs a learned prior. See ``regularization_scaling`` for
+        keeping the similarity-to-smoothness balance of alpha = 1 in a blend.
     alpha_schedule : {"constant", "mi-finest"}
         "constant": alpha at every pyramid level. "mi-finest": alpha at the coarser levels and
         1 (MI alone) at the finest, i.e. the prior guides the coarse alignment only (the paper's

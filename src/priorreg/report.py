@@ -410,7 +410,9 @@ def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "
         f"{result.seconds:.1f} s &middot; final energy {result.final_energy:.6g} &middot; {status}</p>",
         f"<p>alpha = {o.alpha:g} "
         + ("(mutual information alone)" if o.alpha == 1 else "(mutual information blended with the learned prior)")
-        + f", regularization &lambda; = {o.regularization:g}, {len(result.history)} pyramid level(s), "
+        + f", regularization &lambda; = {o.regularization:g}"
+        + (" (times alpha at levels with 0 &lt; alpha &lt; 1)" if o.regularization_scaling == "alpha" else "")
+        + f", {len(result.history)} pyramid level(s), "
         f"Jacobian min {js['min']:.3f} / max {js['max']:.3f}.</p>",
         extra_html,
         "<h2>Inputs</h2>",
