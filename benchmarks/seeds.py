@@ -1,5 +1,5 @@
-"""The 2D brain comparison on many seeds: priorreg (alpha = 1) and every available peer on the
-same N random deformations (and noise, bias) per case generator.
+"""The 2D brain comparison on many seeds: priorreg (alpha = 1, and alpha = 0.4 with the case's learned
+prior) and every available peer on the same N random deformations (and noise, bias) per case generator.
 
     python3 benchmarks/seeds.py --out benchmarks/results/seeds [--seeds 300-309] [--generators NAME ...]
 
@@ -38,6 +38,11 @@ GENERATORS = {
 }
 
 
+# priorreg rows: "priorreg" (alpha = 1, the row every other row is paired with) and the blend with the
+# case's learned prior at the paper's alpha = 0.4 (KL, run.py's setting: intensity fit, regulariser x alpha).
+PRIORREG_ROWS = {"priorreg": 1.0, "priorreg alpha=0.4": 0.4}
+
+
 def make_case(gen, seed):
     import cases as C
 
@@ -53,11 +58,17 @@ def _batch(method, gen, seeds):
     out = []
     for seed in seeds:
         case = make_case(gen, seed)
-        if method == "priorreg":
+        if method in PRIORREG_ROWS:
             import priorreg
 
+            alpha = PRIORREG_ROWS[method]
+            s = R._setting(case)
+            prior = None
+            if alpha < 1:  # the case's own prior (other slices / subjects), as in run.py; not timed
+                tr = case["prior_train"]
+                prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"])
             t = time.perf_counter()
-            r = priorreg.register(case["fixed"], case["moving"], alpha=1.0, spacing=case["spacing"], **R._setting(case))
+            r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"], **s)
             dt = time.perf_counter() - t
             field = r.field
         else:
@@ -82,6 +93,7 @@ def _row(meth, draws, ours, with_sd):
     e = np.array([r["epe_mean"] for _, r in draws])
     mean = f"{e.mean():.3f} ({e.std():.3f})" if with_sd else f"{e.mean():.3f}"
     won = "" if meth == "priorreg" else f"{sum(ours[k] < r['epe_mean'] for k, r in draws if k in ours)}/{len(draws)}"
+    # (for the "priorreg alpha=0.4" row: the draws where alpha = 1 was better than the blend)
     return (f"| {meth} | {mean} | {np.mean([r['epe_p95'] for _, r in draws]):.2f} | "
             f"{max(r['fold_pct'] for _, r in draws):.3f} | {np.median([r['seconds'] for _, r in draws]):.2f} | {won} |")
 
@@ -93,13 +105,13 @@ def summarise(results, gens, methods):
     lines = []
     for gen in gens:
         lines += [f"### {gen}", "", "| tool | mean EPE (sd over seeds) | mean p95 | worst % folding | median time (s) | "
-                  "seeds priorreg won vs this tool |", "|---|---|---|---|---|---|"]
+                  "seeds priorreg (alpha = 1) won vs this row |", "|---|---|---|---|---|---|"]
         for meth in methods:
             rs = [(k, r) for k, r in draws[meth] if k[0] == gen]
             if rs:
                 lines.append(_row(meth, rs, ours, with_sd=True))
         lines.append("")
-    lines += ["### all generators", "", "| tool | mean EPE | mean p95 | worst % folding | median time (s) | seeds priorreg won |",
+    lines += ["### all generators", "", "| tool | mean EPE | mean p95 | worst % folding | median time (s) | seeds priorreg (alpha = 1) won |",
               "|---|---|---|---|---|---|"]
     lines += [_row(meth, draws[meth], ours, with_sd=False) for meth in methods if draws[meth]]
     return lines
@@ -113,6 +125,7 @@ def main(argv=None):
     p.add_argument("--peers", nargs="*", help="only these peers (default: every available one)")
     p.add_argument("--set", nargs="*", default=[], metavar="2d.KEY=VALUE", help="change a priorreg setting (as run.py)")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--no-prior", action="store_true", help="skip the alpha = 0.4 row (learned prior)")
     a = p.parse_args(argv)
     R.apply_sets(a.set, p.error)
     seeds = parse_seeds(a.seeds)
@@ -123,7 +136,7 @@ def main(argv=None):
     for k, (fn, msg) in avail.items():
         if fn is None:
             print(f"[skip] {k}: {msg}")
-    methods = ["priorreg"] + [k for k, (fn, _) in avail.items() if fn is not None and k != "convexadam"
+    methods = ["priorreg"] + ([] if a.no_prior else ["priorreg alpha=0.4"]) + [k for k, (fn, _) in avail.items() if fn is not None and k != "convexadam"
                               and (not a.peers or k in a.peers) and not a.no_peers]
     os.makedirs(a.out, exist_ok=True)
     R.warn_if_busy()
