@@ -295,3 +295,29 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
                         str(tmp_path / "o.nii.gz")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.startswith("priorreg: error: ") and "Traceback" not in r.stderr
+
+
+def test_register_warns_in_one_line_about_a_prior_with_the_modalities_swapped(capsys, tmp_path):
+    # (The module's 48 x 40 phantom is too small for its two contrasts to differ to a histogram.)
+    fixed, moving, _, _ = synthetic.case((96, 112), synthetic.T2_MONO, max_disp=3.0)
+    lab_t = synthetic.anatomy((96, 112), seed=5)
+    imgs = {"f.nii.gz": fixed, "m.nii.gz": moving, "t1.nii.gz": synthetic.contrast(lab_t, synthetic.T1, seed=40),
+            "t2.nii.gz": synthetic.contrast(lab_t, synthetic.T2_MONO, seed=41)}
+    for name, a in imgs.items():
+        pio.write_image(priorreg.Image(a.astype(np.float32)), tmp_path / name)
+    for name, order in (("right.npz", ("t1", "t2")), ("swapped.npz", ("t2", "t1"))):  # swapped: a user's slip
+        assert cli.main(["train", "--fixed", str(tmp_path / f"{order[0]}.nii.gz"), "--moving",
+                         str(tmp_path / f"{order[1]}.nii.gz"), "--out", str(tmp_path / name), "--bins", "32",
+                         "--parzen-sigma", "1", "--levels", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    args = [tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--alpha", "0.4", *FAST]
+    rc, so, err = run(capsys, "register", *args, "--out", tmp_path / "run", "--prior", tmp_path / "swapped.npz")
+    assert rc == 0, err
+    warn = [ln for ln in err.splitlines() if "warning" in ln.lower()]
+    assert len(warn) == 1 and warn[0].startswith("priorreg: warning: register(): the prior fits this pair far better"), err
+    assert "Traceback" not in err and "PriorRegWarning" not in err
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert len(rep["warnings"]) == 1 and "swapped" in rep["warnings"][0]
+    assert "far better with fixed and moving swapped" in (tmp_path / "run" / "report.html").read_text()
+    rc, so, err = run(capsys, "register", *args, "--out", tmp_path / "ok", "--prior", tmp_path / "right.npz")
+    assert rc == 0 and "warning" not in err.lower(), err

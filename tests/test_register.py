@@ -8,7 +8,7 @@ from scipy import ndimage
 import priorreg
 import synthetic as syn
 from conftest import cuda
-from priorreg import Image, PriorRegError, RegistrationOptions, fit_prior, register, warp
+from priorreg import Image, PriorRegError, PriorRegWarning, RegistrationOptions, fit_prior, register, warp
 
 # The phantom is piecewise constant: inside a tissue class the warp is not observable
 # and only the regulariser decides it. Its true fields are very smooth (sigma ~ 1/6 of
@@ -156,6 +156,19 @@ def test_regularization_scaling_alpha_weighs_the_regulariser_by_each_levels_alph
     plain = register(f, m, prior=prior, alpha=0.4, levels=2)
     scaled = register(f, m, prior=prior, alpha=0.4, regularization_scaling="alpha", levels=2)
     assert not np.allclose(plain.field, scaled.field)
+
+
+def test_a_prior_trained_with_the_modalities_swapped_is_reported():
+    f, m, v, lab = syn.case((96, 112), syn.T2_MONO, max_disp=3.0)
+    lab_t = syn.anatomy((96, 112), seed=5)
+    t1, t2 = syn.contrast(lab_t, syn.T1, seed=40), syn.contrast(lab_t, syn.T2_MONO, seed=41)
+    kw = dict(alpha=0.4, levels=2, bins=32, parzen_sigma=1.0)
+    assert register(f, m, prior=fit_prior([t1], [t2], bins=32, parzen_sigma=1.0, levels=2), **kw).warnings == []
+    swapped = fit_prior([t2], [t1], bins=32, parzen_sigma=1.0, levels=2)  # moving modality first: a user's slip
+    with pytest.warns(PriorRegWarning, match="far better with fixed and moving swapped"):
+        r = register(f, m, prior=swapped, **kw)
+    assert len(r.warnings) == 1 and r.as_dict()["warnings"] == r.warnings
+    assert register(f, m, prior=swapped, alpha=1.0, levels=2, bins=32, parzen_sigma=1.0).warnings == []  # prior unused
 
 
 def test_warp_nearest_keeps_labels_and_linear_matches_result():

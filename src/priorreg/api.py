@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from . import histogram, pyramid, spatial
-from .calibration import fit_intensity_maps
+from .calibration import fit_intensity_maps, modality_order_check, swapped_prior_message
 from .energy import (
     PRIOR_TERMS,
     HistogramSpec,
@@ -17,7 +18,7 @@ from .energy import (
     RegionalNegMutualInformation,
     Tikhonov,
 )
-from .errors import PriorRegError
+from .errors import PriorRegError, PriorRegWarning
 from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize
 from .mind import MindEnergy
@@ -61,6 +62,9 @@ class RegistrationResult:
         min, max, percent_nonpositive of ``jacobian``.
     options : RegistrationOptions
         The options used.
+    warnings : list of str
+        What looked wrong with the inputs (each also issued as a :class:`PriorRegWarning`),
+        e.g. a prior that fits the pair far better with the modalities swapped.
     """
 
     field: np.ndarray
@@ -77,6 +81,7 @@ class RegistrationResult:
     device: str
     moving: Image = field(repr=False, default=None)
     moving_on_fixed: Image = field(repr=False, default=None)  # before registration, for comparisons
+    warnings: list = field(default_factory=list)  # PriorRegWarning messages of this run
 
     def field_world(self) -> np.ndarray:
         """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""
@@ -102,6 +107,7 @@ class RegistrationResult:
             "final_energy": self.final_energy,
             "jacobian": self.jacobian_stats,
             "levels": [h.as_dict() for h in self.history],
+            "warnings": list(self.warnings),
         }
 
 
@@ -267,6 +273,13 @@ def register(
     ml = pyramid.image_pyramid(mt, opts.levels)
     kl = pyramid.mask_pyramid(kt, opts.levels)
     history = []
+    run_warnings = []
+    if prior is not None and opts.alpha < 1:
+        Qg0 = histogram.floor_prior(torch.as_tensor(prior.global_table(0), dtype=torch.float64, device=dev), opts.prior_floor)
+        msg = swapped_prior_message(func, *modality_order_check(fl[0], ml[0], Qg0, spec, kl[0]))
+        if msg is not None:
+            run_warnings.append(msg)
+            warnings.warn(msg, PriorRegWarning, stacklevel=2)
 
     intensity_maps = []
 
@@ -363,4 +376,5 @@ def register(
         device=str(dev),
         moving=mov,
         moving_on_fixed=before,
+        warnings=run_warnings,
     )

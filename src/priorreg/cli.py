@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import time
+import warnings
 
-from .errors import PriorRegError
+from .errors import PriorRegError, PriorRegWarning
 from .options import RegistrationOptions
 
 PROG = "priorreg"
@@ -472,8 +473,12 @@ def cmd_register(args, con: Console) -> int:
     for n in notes:
         con.note(n)
     cb = con.progress(opts.max_iterations, opts.levels)
-    result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, callback=cb, **overrides)
+    with warnings.catch_warnings():  # kept in result.warnings: printed below as one line each, not as Python warnings
+        warnings.simplefilter("ignore", PriorRegWarning)
+        result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, callback=cb, **overrides)
     con.end_bar()
+    for w in result.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     make_out_dir(args.out)
     inputs = {"fixed": {"path": os.path.abspath(args.fixed)}, "moving": {"path": os.path.abspath(args.moving)}}
     if args.mask:

@@ -30,10 +30,11 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 
 from . import cli
-from .errors import PriorRegError
+from .errors import PriorRegError, PriorRegWarning
 from .options import RegistrationOptions
 
 INSTALL_HINT = 'python3 -m pip install "dask[distributed]"'
@@ -337,7 +338,10 @@ def _register_and_write(spec: dict, prior, alpha: float, overrides: dict, notes:
         raise PriorRegError(
             f"prior {spec['prior']} was learned on {prior.dim}D images but {spec['fixed']} is {cli._describe(fixed)}"
         )
-    result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, **overrides)
+    with warnings.catch_warnings():  # kept in result.warnings: the pair's notes and report.json
+        warnings.simplefilter("ignore", PriorRegWarning)
+        result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, **overrides)
+    notes.extend(f"warning: {w}" for w in result.warnings)
     out = spec["out"]
     cli.make_out_dir(out)
     for n in cli.OUTPUT_NAMES:  # stale files of an earlier run go first: a complete folder is one complete run

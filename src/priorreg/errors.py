@@ -7,3 +7,9 @@ class PriorRegError(ValueError):
     The message always names the function and argument concerned, what was
     expected and what was given, so the CLI can print it as one line.
     """
+
+
+class PriorRegWarning(UserWarning):
+    """A registration ran, but its inputs look wrong (e.g. a prior trained with the modalities
+    the other way round). The message is also kept in ``RegistrationResult.warnings`` and in
+    the report."""

@@ -414,6 +414,7 @@ def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "
         + (" (times alpha at levels with 0 &lt; alpha &lt; 1)" if o.regularization_scaling == "alpha" else "")
         + f", {len(result.history)} pyramid level(s), "
         f"Jacobian min {js['min']:.3f} / max {js['max']:.3f}.</p>",
+        "".join(f'<p><span class="warn">warning:</span> {html.escape(w)}</p>' for w in getattr(result, "warnings", [])),
         extra_html,
         "<h2>Inputs</h2>",
         _table(in_rows, ["role", "path"]) if in_rows else "",
