@@ -228,3 +228,21 @@ def test_progress_line_on_a_tty():
     quiet = Tty()
     cohort.Progress(3, cli.Console(quiet=True, stream=quiet)).update(True)
     assert quiet.getvalue() == ""
+
+
+def test_a_pairs_warning_lands_in_its_notes_and_report(tmp_path):
+    # The dask task itself (no cluster): a prior trained with the modalities swapped runs, and says so.
+    f, m, _, _ = synthetic.case((96, 112), synthetic.T2_MONO, max_disp=3.0)
+    pio.write_image(priorreg.Image(f.astype(np.float32)), tmp_path / "f.nii.gz")
+    pio.write_image(priorreg.Image(m.astype(np.float32)), tmp_path / "m.nii.gz")
+    lab = synthetic.anatomy((96, 112), seed=5)
+    swapped = priorreg.fit_prior([synthetic.contrast(lab, synthetic.T2_MONO, seed=41)],
+                                 [synthetic.contrast(lab, synthetic.T1, seed=40)], bins=32, parzen_sigma=1.0, levels=2)
+    spec = {"line": 2, "id": "p1", "fixed": str(tmp_path / "f.nii.gz"), "moving": str(tmp_path / "m.nii.gz"),
+            "mask": None, "out": str(tmp_path / "p1"), "prior": "swapped.npz"}
+    res = cohort.register_pair(spec, swapped, 0.4, {"levels": 2, "bins": 32, "parzen_sigma": 1.0, "max_iterations": 5})
+    assert res["status"] == "ok", res
+    assert [n for n in res["notes"] if n.startswith("warning: register(): the prior fits this pair far better")]
+    import json
+
+    assert len(json.loads((tmp_path / "p1" / "report.json").read_text())["warnings"]) == 1
