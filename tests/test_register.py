@@ -169,6 +169,10 @@ def test_a_prior_trained_with_the_modalities_swapped_is_reported():
         r = register(f, m, prior=swapped, **kw)
     assert len(r.warnings) == 1 and r.as_dict()["warnings"] == r.warnings
     assert register(f, m, prior=swapped, alpha=1.0, levels=2, bins=32, parzen_sigma=1.0).warnings == []  # prior unused
+    one_level_mi = register(f, m, prior=swapped, alpha_schedule="mi-finest", **dict(kw, levels=1))  # unused too
+    assert one_level_mi.warnings == []
+    quiet = register(f, m, prior=swapped, warn=False, **kw)  # no Python warning (filterwarnings=error would raise)
+    assert quiet.warnings == r.warnings
 
 
 def test_warp_nearest_keeps_labels_and_linear_matches_result():

@@ -183,6 +183,7 @@ def register(
     initial_field=None,
     options: RegistrationOptions | None = None,
     callback=None,
+    warn: bool = True,
     **overrides,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``: minimise
@@ -209,6 +210,9 @@ def register(
         pre-alignment converted to a field.
     callback : callable(level, iteration, energy), optional
         Called after each accepted step (progress display).
+    warn : bool
+        Issue each of ``result.warnings`` as a :class:`PriorRegWarning` too (True), or only
+        record them (False: the CLI and cohort print or store them themselves; thread-safe).
 
     Returns
     -------
@@ -274,12 +278,14 @@ def register(
     kl = pyramid.mask_pyramid(kt, opts.levels)
     history = []
     run_warnings = []
-    if prior is not None and opts.alpha < 1:
+    prior_used = opts.alpha < 1 and not (opts.alpha_schedule == "mi-finest" and opts.levels == 1)
+    if prior is not None and prior_used:  # checked once, at full resolution
         Qg0 = histogram.floor_prior(torch.as_tensor(prior.global_table(0), dtype=torch.float64, device=dev), opts.prior_floor)
         msg = swapped_prior_message(func, *modality_order_check(fl[0], ml[0], Qg0, spec, kl[0]))
         if msg is not None:
             run_warnings.append(msg)
-            warnings.warn(msg, PriorRegWarning, stacklevel=2)
+            if warn:
+                warnings.warn(msg, PriorRegWarning, stacklevel=2)
 
     intensity_maps = []
 

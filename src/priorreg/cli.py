@@ -13,9 +13,8 @@ import os
 import re
 import sys
 import time
-import warnings
 
-from .errors import PriorRegError, PriorRegWarning
+from .errors import PriorRegError
 from .options import RegistrationOptions
 
 PROG = "priorreg"
@@ -473,9 +472,8 @@ def cmd_register(args, con: Console) -> int:
     for n in notes:
         con.note(n)
     cb = con.progress(opts.max_iterations, opts.levels)
-    with warnings.catch_warnings():  # kept in result.warnings: printed below as one line each, not as Python warnings
-        warnings.simplefilter("ignore", PriorRegWarning)
-        result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, callback=cb, **overrides)
+    # warn=False: result.warnings are printed below as one line each, not as Python warnings
+    result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, callback=cb, warn=False, **overrides)
     con.end_bar()
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)

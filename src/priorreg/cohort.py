@@ -30,11 +30,10 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 
 from . import cli
-from .errors import PriorRegError, PriorRegWarning
+from .errors import PriorRegError
 from .options import RegistrationOptions
 
 INSTALL_HINT = 'python3 -m pip install "dask[distributed]"'
@@ -338,9 +337,8 @@ def _register_and_write(spec: dict, prior, alpha: float, overrides: dict, notes:
         raise PriorRegError(
             f"prior {spec['prior']} was learned on {prior.dim}D images but {spec['fixed']} is {cli._describe(fixed)}"
         )
-    with warnings.catch_warnings():  # kept in result.warnings: the pair's notes and report.json
-        warnings.simplefilter("ignore", PriorRegWarning)
-        result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, **overrides)
+    # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
+    result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, warn=False, **overrides)
     notes.extend(f"warning: {w}" for w in result.warnings)
     out = spec["out"]
     cli.make_out_dir(out)
