@@ -278,8 +278,11 @@ def register(
     kl = pyramid.mask_pyramid(kt, opts.levels)
     history = []
     run_warnings = []
-    prior_used = opts.alpha < 1 and not (opts.alpha_schedule == "mi-finest" and opts.levels == 1)
-    if prior is not None and prior_used:  # checked once, at full resolution
+
+    def level_alpha(lv):  # "mi-finest": MI alone at the finest level (0)
+        return 1.0 if (opts.alpha_schedule == "mi-finest" and lv == 0) else opts.alpha
+
+    if prior is not None and any(level_alpha(lv) < 1 for lv in range(opts.levels)):  # checked once, at full resolution
         Qg0 = histogram.floor_prior(torch.as_tensor(prior.global_table(0), dtype=torch.float64, device=dev), opts.prior_floor)
         msg = swapped_prior_message(func, *modality_order_check(fl[0], ml[0], Qg0, spec, kl[0]))
         if msg is not None:
@@ -294,7 +297,7 @@ def register(
 
     def solve_level(lv, u):
         sp = pyramid.level_spacing(fix.spacing, lv)
-        alpha = 1.0 if (opts.alpha_schedule == "mi-finest" and lv == 0) else opts.alpha
+        alpha = level_alpha(lv)
         f_lv, m_lv = fl[lv], ml[lv]
         if prior is not None and alpha < 1 and opts.prior_intensity_fit == "affine":
             warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))

@@ -30,6 +30,22 @@ FIT_SAMPLES = 60000  # voxels used by the fit (a fixed random subset on larger g
 MIN_GAIN = 0.1  # nats: a fit that lowers KL by less keeps the identity maps (see fit_intensity_maps)
 
 
+def _masked_samples(fixed, moving, weights, limit: int, seed: int, func: str):
+    """Flat float64 (fixed, moving) intensities at the voxels of the 0/1 mask ``weights`` (every voxel
+    when None), at most ``limit`` of them, drawn at random (fixed by ``seed``)."""
+    f = fixed.reshape(-1).double()
+    m = moving.reshape(-1).double()
+    if weights is not None:
+        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
+        if inside.numel() == 0:
+            raise ValueError(f"{func}: the mask is empty")
+        f, m = f[inside], m[inside]
+    if f.numel() > limit:
+        pick = _random_subset(f.numel(), limit, seed).to(f.device)
+        f, m = f[pick], m[pick]
+    return f, m
+
+
 def fit_intensity_maps(
     fixed: torch.Tensor,
     warped: torch.Tensor,
@@ -54,16 +70,7 @@ def fit_intensity_maps(
     joint table (B x B, sums to 1, floored); ``spec``: the :class:`HistogramSpec` of the
     energy; ``weights``: optional 0/1 mask on the same grid.
     """
-    f = fixed.reshape(-1).double()
-    m = warped.reshape(-1).double()
-    if weights is not None:  # the masked voxels only (the mask is 0/1)
-        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
-        if inside.numel() == 0:
-            raise ValueError("fit_intensity_maps: the mask is empty")
-        f, m = f[inside], m[inside]
-    if f.numel() > FIT_SAMPLES:
-        pick = _random_subset(f.numel(), FIT_SAMPLES, seed).to(f.device)
-        f, m = f[pick], m[pick]
+    f, m = _masked_samples(fixed, warped, weights, FIT_SAMPLES, seed, "fit_intensity_maps")
     B = spec.bins
     (lo1, hi1), (lo2, hi2) = spec.ranges
     S = hist.smoothing_matrix(B, spec.parzen_sigma, device=f.device)
@@ -111,15 +118,7 @@ def modality_order_check(fixed, moving, Q, spec, weights=None, seed: int = 0):
     table (floored); the swapped KL bins the moving image on the prior's first axis and the fixed
     image on its second, i.e. what a prior trained with the modalities the other way round sees.
     """
-    f = fixed.reshape(-1).double()
-    m = moving.reshape(-1).double()
-    if weights is not None:
-        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
-        if inside.numel() > 0:
-            f, m = f[inside], m[inside]
-    if f.numel() > ORDER_SAMPLES:
-        pick = _random_subset(f.numel(), ORDER_SAMPLES, seed).to(f.device)
-        f, m = f[pick], m[pick]
+    f, m = _masked_samples(fixed, moving, weights, ORDER_SAMPLES, seed, "modality_order_check")
     B = spec.bins
     (lo1, hi1), (lo2, hi2) = spec.ranges
     S = hist.smoothing_matrix(B, spec.parzen_sigma, device=f.device)
