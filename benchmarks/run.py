@@ -132,6 +132,15 @@ def _status_kb(key):
     return 0
 
 
+def case_prior(case, s, prior_key=None, regions=1):
+    """The case's learned prior (its ``prior_train`` pairs, or the ``prior_key`` ones) with setting ``s``'s binning."""
+    import priorreg
+
+    tr = case["prior_train"][prior_key] if isinstance(case["prior_train"], dict) else case["prior_train"]
+    return priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"],
+                              regions=regions)
+
+
 def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_schedule="constant", regions=1, extra=None):
     import torch
 
@@ -152,9 +161,7 @@ def _child(method, case, prior_key=None, alpha=1.0, prior_term="kl", alpha_sched
         s.update(PRIOR_TERM_SETTINGS.get(prior_term, {}))
         prior = None
         if alpha < 1 or prior_key is not None:
-            tr = case["prior_train"][prior_key] if isinstance(case["prior_train"], dict) else case["prior_train"]
-            prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"],
-                                       regions=regions)
+            prior = case_prior(case, s, prior_key, regions)
         t = time.perf_counter()
         r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"],
                               prior_term=prior_term, alpha_schedule=alpha_schedule, **{**s, **(extra or {})})

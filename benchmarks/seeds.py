@@ -76,10 +76,8 @@ def _batch(method, gen, seeds):
 
             alpha = PRIORREG_ROWS[method]
             s = R._setting(case)
-            prior = None
-            if alpha < 1:  # the case's own prior (other slices / subjects), as in run.py; not timed
-                tr = case["prior_train"]
-                prior = priorreg.fit_prior(tr[0], tr[1], bins=s["bins"], parzen_sigma=s["parzen_sigma"], levels=s["levels"])
+            # the case's own prior (other slices / subjects), as in run.py; not timed
+            prior = R.case_prior(case, s) if alpha < 1 else None
             t = time.perf_counter()
             r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"], **s)
             dt = time.perf_counter() - t
