@@ -6,7 +6,7 @@ import json
 import sys
 
 COLS = [("no registration", "before"), ("priorreg alpha=1", "priorreg a=1"), ("priorreg alpha=0.4", "a=0.4"),
-        ("priorreg alpha=0", "a=0"), ("priorreg alpha=0.4 CE", "a=0.4 CE"),
+        ("priorreg alpha=0", "a=0"), ("priorreg alpha=0.4 cKL", "a=0.4 cKL"), ("priorreg alpha=0.4 CE", "a=0.4 CE"),
         ("priorreg alpha=0.4 CE, MI at finest", "a=0.4 CE, MI at finest"), ("simpleitk-bspline", "SimpleITK"),
         ("elastix-bspline", "elastix"), ("ants-syn", "ANTs SyN"), ("convexadam", "ConvexAdam")]
 

@@ -38,9 +38,10 @@ GENERATORS = {
 }
 
 
-# priorreg rows: "priorreg" (alpha = 1, the row every other row is paired with) and the blend with the
-# case's learned prior at the paper's alpha = 0.4 (KL, run.py's setting: intensity fit, regulariser x alpha).
-PRIORREG_ROWS = {"priorreg": 1.0, "priorreg alpha=0.4": 0.4}
+# priorreg rows, (alpha, prior term): "priorreg" (alpha = 1, the row every other row is paired with) and the
+# blend with the case's learned prior at the paper's alpha = 0.4, with the paper's KL and with the
+# conditional KL (run.py's setting: intensity fit, regulariser x alpha).
+PRIORREG_ROWS = {"priorreg": (1.0, "kl"), "priorreg alpha=0.4": (0.4, "kl"), "priorreg alpha=0.4 cKL": (0.4, "ckl")}
 
 
 # The functional (PET/SPECT with CT) generators of cases_more.py, where the learned prior is meant to
@@ -51,6 +52,9 @@ FUNCTIONAL_GENERATORS = {
     "sim-spectct-thorax": ("cases_more.sim_thorax", ("spect",)),
     "sim-petct-brain": ("cases_more.sim_brain", ("pet",)),
     "sim-spectct-brain": ("cases_more.sim_brain", ("spect",)),
+    # the test functional image "from another scanner" (cases_more.RESCAN), the prior from the first
+    "spect-petct-selfprior-rescanned": ("cases_more.spect_petct_selfprior", (), dict(rescan=True)),
+    "sim-spectct-thorax-rescanned": ("cases_more.sim_thorax", ("spect",), dict(rescan=True)),
 }
 
 
@@ -58,9 +62,9 @@ def make_case(gen, seed):
     import cases as C
     import cases_more as CM
 
-    fn, args = {**GENERATORS, **FUNCTIONAL_GENERATORS}[gen]
+    fn, args, *kw = {**GENERATORS, **FUNCTIONAL_GENERATORS}[gen]
     module, _, name = fn.rpartition(".")
-    return getattr(CM if module == "cases_more" else C, name)(*args, seed=seed)
+    return getattr(CM if module == "cases_more" else C, name)(*args, seed=seed, **(kw[0] if kw else {}))
 
 
 def _batch(method, gen, seeds):
@@ -74,12 +78,14 @@ def _batch(method, gen, seeds):
         if method in PRIORREG_ROWS:
             import priorreg
 
-            alpha = PRIORREG_ROWS[method]
+            alpha, term = PRIORREG_ROWS[method]
             s = R._setting(case)
+            s.update(R.PRIOR_TERM_SETTINGS.get(term, {}))
             # the case's own prior (other slices / subjects), as in run.py; not timed
             prior = R.case_prior(case, s) if alpha < 1 else None
             t = time.perf_counter()
-            r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"], **s)
+            r = priorreg.register(case["fixed"], case["moving"], prior=prior, alpha=alpha, spacing=case["spacing"],
+                                  prior_term=term, **s)
             dt = time.perf_counter() - t
             field = r.field
         else:
@@ -104,7 +110,7 @@ def _row(meth, draws, ours, with_sd):
     e = np.array([r["epe_mean"] for _, r in draws])
     mean = f"{e.mean():.3f} ({e.std():.3f})" if with_sd else f"{e.mean():.3f}"
     won = "" if meth == "priorreg" else f"{sum(ours[k] < r['epe_mean'] for k, r in draws if k in ours)}/{len(draws)}"
-    # (for the "priorreg alpha=0.4" row: the draws where alpha = 1 was better than the blend)
+    # (for the "priorreg alpha=0.4" rows: the draws where alpha = 1 was better than the blend)
     return (f"| {meth} | {mean} | {np.mean([r['epe_p95'] for _, r in draws]):.2f} | "
             f"{max(r['fold_pct'] for _, r in draws):.3f} | {np.median([r['seconds'] for _, r in draws]):.2f} | {won} |")
 
@@ -137,7 +143,7 @@ def main(argv=None):
     p.add_argument("--peers", nargs="*", help="only these peers (default: every available one)")
     p.add_argument("--set", nargs="*", default=[], metavar="2d.KEY=VALUE", help="change a priorreg setting (as run.py)")
     p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--no-prior", action="store_true", help="skip the alpha = 0.4 row (learned prior)")
+    p.add_argument("--no-prior", action="store_true", help="skip the alpha = 0.4 rows (learned prior)")
     a = p.parse_args(argv)
     R.apply_sets(a.set, p.error)
     seeds = parse_seeds(a.seeds)
@@ -148,7 +154,7 @@ def main(argv=None):
     for k, (fn, msg) in avail.items():
         if fn is None:
             print(f"[skip] {k}: {msg}")
-    methods = ["priorreg"] + ([] if a.no_prior else ["priorreg alpha=0.4"]) + [k for k, (fn, _) in avail.items() if fn is not None and k != "convexadam"
+    methods = ["priorreg"] + ([] if a.no_prior else ["priorreg alpha=0.4", "priorreg alpha=0.4 cKL"]) + [k for k, (fn, _) in avail.items() if fn is not None and k != "convexadam"
                               and (not a.peers or k in a.peers) and not a.no_peers]
     os.makedirs(a.out, exist_ok=True)
     R.warn_if_busy()

@@ -97,6 +97,11 @@ def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):
     assert rep["prior"]["regions"] == [3, 2] and "KL" in rep["levels"][-1]["terms"][-1]
     assert rep["options"]["regularization_scaling"] == "alpha"
     assert "times alpha at levels with 0 &lt; alpha &lt; 1" in (tmp_path / "run" / "report.html").read_text()
+    rc, so, err = run(capsys, "register", data["fixed"], data["moving"], "--out", tmp_path / "run-ckl", "--prior", out,
+                      "--alpha", "0.4", "--prior-term", "ckl", *FAST)
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "run-ckl" / "report.json").read_text())
+    assert rep["options"]["prior_term"] == "ckl" and "cKL" in rep["levels"][-1]["terms"][-1]
     for bad, msg in (("3y2", "--regions must be K or KxK"), ("2x2x2", "regions must be an integer >= 1 or 2 of them"),
                      ("500", "too fine")):
         assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out",

@@ -19,6 +19,7 @@ from priorreg.energy import (
     HistogramSpec,
     JointHistogramEnergy,
     NegMutualInformation,
+    PriorConditionalKL,
     PriorCrossEntropy,
     PriorKL,
     RegionalNegMutualInformation,
@@ -141,6 +142,43 @@ def test_cross_entropy_prior_gradient(shape, spacing):
     values, _, _ = data.evaluate(u, with_force=False)
     assert values["CE"] > 0
     _check(data, reg, u)
+
+
+@pytest.mark.parametrize(
+    "shape,spacing,regions",
+    [((24, 20), (1.0, 1.3), None), ((10, 9, 8), (1.0, 1.2, 2.0), None), ((24, 20), (1.0, 1.3), (2, 3))],
+    ids=["2d", "3d", "2d-regional"],
+)
+def test_conditional_kl_prior_gradient(shape, spacing, regions):
+    data, reg, u = _setup(shape, spacing, 0.4, 1.0, True, bins=12, regions=regions)
+    w, kl = data.terms[1]
+    data.terms[1] = data.all_terms[1] = (w, PriorConditionalKL(torch.exp(kl.logQ)))
+    values, _, _ = data.evaluate(u, with_force=False)
+    assert values["cKL"] > 0
+    _check(data, reg, u)
+
+
+def test_conditional_kl_is_kl_less_its_moving_marginal_part():
+    # KL(P || Q) = KL(P_m || Q_m) + sum_m P(m) KL(P(f|m) || Q(f|m)): cKL is the second part, so a
+    # prior with the same conditionals q(f|m) and other proportions of moving intensities gives the
+    # same cKL (value and table gradient), while KL changes.
+    data, _, u = _setup((24, 20), (1.0, 1.3), 0.4, 0.0, True, bins=12)
+    _, kl = data.terms[1]
+    data.value(u)
+    T = data._state[-1]
+    Q = torch.exp(kl.logQ[0])
+    Qm = Q.sum(0)
+    Pm = T.Pt.sum(0)
+    marginal = float((Pm * (torch.log(Pm) - torch.log(Qm))).sum())
+    ckl = PriorConditionalKL(Q)
+    assert marginal > 1e-3
+    assert abs(float(ckl.value(T)) - (float(kl.value(T)) - marginal)) < 1e-12
+    other = torch.linspace(0.2, 1.8, Q.shape[1], dtype=Q.dtype)
+    Q2 = Q / Qm[None, :] * (other / other.sum())[None, :]
+    ckl2 = PriorConditionalKL(Q2)
+    assert abs(float(ckl2.value(T)) - float(ckl.value(T))) < 1e-12
+    assert torch.allclose(ckl2.phi(T), ckl.phi(T), atol=1e-12)
+    assert abs(float(PriorKL(Q2).value(T)) - float(kl.value(T))) > 0.05
 
 
 @pytest.mark.parametrize(

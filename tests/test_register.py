@@ -117,10 +117,10 @@ def test_prior_registration_alpha_zero_and_blend():
     g2 = 3.0 * syn.contrast(lab_t, syn.PD_NONMONO, seed=41) + 10.0
     prior = fit_prior([g1], [g2], bins=32, parzen_sigma=1.0, levels=3)
     mask = _body(lab, v)
-    for alpha in (0.0, 0.4):
-        r = register(f, m, prior=prior, alpha=alpha, levels=3, **SMOOTH)
-        assert _epe(r.field, v, mask) < 0.6, (alpha, _epe(r.field, v, mask))
-        assert set(r.history[-1].terms[-1]) == {"-MI", "KL", "R", "B"}
+    for alpha, term, name in ((0.0, "kl", "KL"), (0.4, "kl", "KL"), (0.4, "ckl", "cKL")):
+        r = register(f, m, prior=prior, alpha=alpha, levels=3, prior_term=term, **SMOOTH)
+        assert _epe(r.field, v, mask) < 0.6, (alpha, term, _epe(r.field, v, mask))
+        assert set(r.history[-1].terms[-1]) == {"-MI", name, "R", "B"}
         assert r.jacobian_stats["percent_nonpositive"] == 0
 
 
@@ -268,7 +268,7 @@ def test_refuses_bad_options(pair):
     _raises(r"levels=5 shrinks", register, *pair, levels=5)
     _raises(r"device must be 'cpu' or 'cuda'", register, *pair, device="tpu")
     _raises(r"bending must be >= 0", register, *pair, bending=-1.0)
-    _raises(r"prior_term must be 'kl' or 'ce'", register, *pair, prior_term="js")
+    _raises(r"prior_term must be one of 'kl', 'ce', 'ckl'", register, *pair, prior_term="js")
     _raises(r"alpha_schedule must be 'constant' or 'mi-finest'", register, *pair, alpha_schedule="linear")
     _raises(r"regularization_scaling must be 'none' or 'alpha'", register, *pair, regularization_scaling="lambda")
     _raises(r"max_samples must be an integer >= 0", register, *pair, max_samples=-5)

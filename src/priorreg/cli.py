@@ -15,7 +15,7 @@ import sys
 import time
 
 from .errors import PriorRegError
-from .options import RegistrationOptions
+from .options import PRIOR_TERM_CHOICES, RegistrationOptions
 
 PROG = "priorreg"
 EXIT_ERROR = 2
@@ -25,7 +25,7 @@ _CHOICES = {
     "force": ("practical", "exact"),
     "normalization": None,  # filled from intensity.NORMALIZATIONS
     "dtype": ("float32", "float64"),
-    "prior_term": ("kl", "ce"),
+    "prior_term": PRIOR_TERM_CHOICES,
     "alpha_schedule": ("constant", "mi-finest"),
     "prior_intensity_fit": ("none", "affine"),
     "regularization_scaling": ("none", "alpha"),

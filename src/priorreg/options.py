@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from .errors import PriorRegError
 from .intensity import NORMALIZATIONS
 
+PRIOR_TERM_CHOICES = ("kl", "ce", "ckl")  # energy.PRIOR_TERMS
+
 
 LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
@@ -84,10 +86,15 @@ class RegistrationOptions:
         coordinates, and CPU and CUDA runs can part ways from the first step.
     normalization : {"percentile", "none"}
         Intensity normalisation when no prior is given (a prior brings its own).
-    prior_term : {"kl", "ce"}
+    prior_term : {"kl", "ce", "ckl"}
         How the prior enters: "kl" = KL(p_u || p_L) (the paper), "ce" = cross-entropy
         -sum p_u ln p_L (the likelihood of the joint samples under the prior; no
-        entropy term that rewards a broader joint histogram).
+        entropy term that rewards a broader joint histogram), "ckl" = conditional KL
+        sum_m p_u(m) KL(p_u(f | m) || p_L(f | m)): KL without its moving-marginal part, so
+        the prior no longer asks the warp to reproduce the training images' proportions of
+        moving intensities, which another scanner's response curve, blur or counts, or
+        another field of view, change (:class:`priorreg.energy.PriorConditionalKL`). On the
+        benchmark's "another scanner" PET slice it made the prior help where "kl" hurt.
     prior_intensity_fit : {"none", "affine"}
         "affine" (with a prior and alpha < 1): at each level, fit one gain and offset per
         modality that bring the current joint histogram onto the prior (at most 2x / 0.3 in
@@ -209,8 +216,8 @@ class RegistrationOptions:
             )
         if self.prior_intensity_fit not in ("none", "affine"):
             raise PriorRegError(f"{f}: prior_intensity_fit must be 'none' or 'affine', got {self.prior_intensity_fit!r}")
-        if self.prior_term not in ("kl", "ce"):
-            raise PriorRegError(f"{f}: prior_term must be 'kl' or 'ce', got {self.prior_term!r}")
+        if self.prior_term not in PRIOR_TERM_CHOICES:
+            raise PriorRegError(f"{f}: prior_term must be one of {', '.join(map(repr, PRIOR_TERM_CHOICES))}, got {self.prior_term!r}")
         if not (0.0 <= float(self.local_weight) <= 1.0):
             raise PriorRegError(f"{f}: local_weight must be in [0, 1], got {self.local_weight}")
         lr = self.local_regions if isinstance(self.local_regions, (tuple, list)) else (self.local_regions,)

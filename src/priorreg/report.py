@@ -343,7 +343,7 @@ def figures(result, prior=None, mask=None) -> list:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    out.append(("Energy", "J = alpha*(-MI) + (1-alpha)*KL(p_u||p_L) + lambda*R per accepted iteration, per pyramid level.",
+    out.append(("Energy", "J = alpha*similarity + (1-alpha)*prior term (KL, CE or cKL to p_L) + lambda*R per accepted iteration, per pyramid level.",
                 _png(fig)))
     return out
 
