@@ -2,6 +2,7 @@
 prior) and every available peer on the same N random deformations (and noise, bias) per case generator.
 
     python3 benchmarks/seeds.py --out benchmarks/results/seeds [--seeds 300-309] [--generators NAME ...]
+    python3 benchmarks/seeds.py --readme-table benchmarks/results/seeds/seeds.json   # the README's table
 
 One case of run.py is one draw of its generator; a difference of 0.05 voxel between two tools on
 one draw can be the draw. This runs each 2D generator of run.py on other seeds (300 and up: never
@@ -134,6 +135,38 @@ def summarise(results, gens, methods):
     return lines
 
 
+README_COLUMNS = [("priorreg", "priorreg a=1"), ("priorreg alpha=0.4", "a=0.4 KL"), ("priorreg alpha=0.4 cKL", "a=0.4 cKL"),
+                  ("simpleitk-bspline", "SimpleITK"), ("elastix-bspline", "elastix"), ("ants-syn", "ANTs SyN")]
+
+
+def readme_table(results, label):
+    """The README's compact table from seeds.json's results: per generator mean ± sd over the draws (all
+    draws: mean and median time), worst folding, and per draw how often each row beat alpha = 1 (priorreg
+    rows) or alpha = 1 beat it (peers)."""
+    cols = [c for c in README_COLUMNS if any(c[0] in r for r in results.values())]
+    lines = [f"| {label} (10 draws each) | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    pooled = {m: [r for res in results.values() for r in res.get(m, [])] for m, _ in cols}
+    for gen, res in list(results.items()) + [(None, pooled)]:
+        base = np.array([r["epe_mean"] for r in res["priorreg"]])
+        cells = []
+        for m, _ in cols:
+            if not res.get(m):
+                cells.append("-")
+                continue
+            e = np.array([r["epe_mean"] for r in res[m]])
+            c = f"{e.mean():.2f} ± {e.std():.2f}" if gen else f"{e.mean():.2f}, median {np.median([r['seconds'] for r in res[m]]):.2f} s"
+            fold = max(r["fold_pct"] for r in res[m])
+            if fold > 0:
+                c += f", fold <= {fold:.2f} %"
+            if m.startswith("priorreg alpha"):
+                c += f" (better than a=1 on {int((e < base).sum())}/{len(e)})"
+            elif m != "priorreg":
+                c += f" (a=1 won {int((base < e).sum())}/{len(e)})"
+            cells.append(c)
+        lines.append(f"| {gen or f'all {len(base)} draws'} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(HERE, "results", "seeds"))
@@ -144,7 +177,13 @@ def main(argv=None):
     p.add_argument("--set", nargs="*", default=[], metavar="2d.KEY=VALUE", help="change a priorreg setting (as run.py)")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-prior", action="store_true", help="skip the alpha = 0.4 rows (learned prior)")
+    p.add_argument("--readme-table", metavar="SEEDS_JSON", help="only print the README's compact table of a finished run")
     a = p.parse_args(argv)
+    if a.readme_table:
+        res = json.load(open(a.readme_table))["results"]
+        functional = any(g in FUNCTIONAL_GENERATORS for g in res)
+        print("\n".join(readme_table(res, "functional generator" if functional else "2D generator")))
+        return
     R.apply_sets(a.set, p.error)
     seeds = parse_seeds(a.seeds)
     gens = a.generators or list(GENERATORS)
