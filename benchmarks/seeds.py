@@ -139,31 +139,34 @@ README_COLUMNS = [("priorreg", "priorreg a=1"), ("priorreg alpha=0.4", "a=0.4 KL
                   ("simpleitk-bspline", "SimpleITK"), ("elastix-bspline", "elastix"), ("ants-syn", "ANTs SyN")]
 
 
-def readme_table(results, label):
+def readme_table(results, label, n_seeds):
     """The README's compact table from seeds.json's results: per generator mean ± sd over the draws (all
-    draws: mean and median time), worst folding, and per draw how often each row beat alpha = 1 (priorreg
-    rows) or alpha = 1 beat it (peers)."""
+    draws: mean and median time), worst folding, and, paired by seed with alpha = 1, how often each row
+    beat alpha = 1 (priorreg rows) or alpha = 1 beat it (peers)."""
     cols = [c for c in README_COLUMNS if any(c[0] in r for r in results.values())]
-    lines = [f"| {label} (10 draws each) | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    pooled = {m: [r for res in results.values() for r in res.get(m, [])] for m, _ in cols}
-    for gen, res in list(results.items()) + [(None, pooled)]:
-        base = np.array([r["epe_mean"] for r in res["priorreg"]])
+    lines = [f"| {label} ({n_seeds} draws each) | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    draws = {m: {(g, r["seed"]): r for g, res in results.items() for r in res.get(m, [])} for m, _ in cols}
+    ours = {k: r["epe_mean"] for k, r in draws.get("priorreg", {}).items()}
+    for gen in list(results) + [None]:
         cells = []
         for m, _ in cols:
-            if not res.get(m):
+            rs = {k: r for k, r in draws[m].items() if gen is None or k[0] == gen}
+            if not rs:
                 cells.append("-")
                 continue
-            e = np.array([r["epe_mean"] for r in res[m]])
-            c = f"{e.mean():.2f} ± {e.std():.2f}" if gen else f"{e.mean():.2f}, median {np.median([r['seconds'] for r in res[m]]):.2f} s"
-            fold = max(r["fold_pct"] for r in res[m])
+            e = np.array([r["epe_mean"] for r in rs.values()])
+            c = f"{e.mean():.2f} ± {e.std():.2f}" if gen else f"{e.mean():.2f}, median {np.median([r['seconds'] for r in rs.values()]):.2f} s"
+            fold = max(r["fold_pct"] for r in rs.values())
             if fold > 0:
                 c += f", fold <= {fold:.2f} %"
+            paired = [(ours[k], r["epe_mean"]) for k, r in rs.items() if k in ours]
             if m.startswith("priorreg alpha"):
-                c += f" (better than a=1 on {int((e < base).sum())}/{len(e)})"
+                c += f" (better than a=1 on {sum(x < a1 for a1, x in paired)}/{len(paired)})"
             elif m != "priorreg":
-                c += f" (a=1 won {int((base < e).sum())}/{len(e)})"
+                c += f" (a=1 won {sum(a1 < x for a1, x in paired)}/{len(paired)})"
             cells.append(c)
-        lines.append(f"| {gen or f'all {len(base)} draws'} | " + " | ".join(cells) + " |")
+        n = len({k for d in draws.values() for k in d})
+        lines.append(f"| {gen or f'all {n} draws'} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -180,9 +183,9 @@ def main(argv=None):
     p.add_argument("--readme-table", metavar="SEEDS_JSON", help="only print the README's compact table of a finished run")
     a = p.parse_args(argv)
     if a.readme_table:
-        res = json.load(open(a.readme_table))["results"]
-        functional = any(g in FUNCTIONAL_GENERATORS for g in res)
-        print("\n".join(readme_table(res, "functional generator" if functional else "2D generator")))
+        run = json.load(open(a.readme_table))
+        functional = any(g in FUNCTIONAL_GENERATORS for g in run["results"])
+        print("\n".join(readme_table(run["results"], "functional generator" if functional else "2D generator", len(run["seeds"]))))
         return
     R.apply_sets(a.set, p.error)
     seeds = parse_seeds(a.seeds)

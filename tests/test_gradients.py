@@ -158,6 +158,13 @@ def test_conditional_kl_prior_gradient(shape, spacing, regions):
     _check(data, reg, u)
 
 
+def test_every_prior_term_choice_has_a_term():
+    from priorreg.energy import PRIOR_TERMS
+    from priorreg.options import PRIOR_TERM_CHOICES
+
+    assert set(PRIOR_TERM_CHOICES) == set(PRIOR_TERMS)
+
+
 def test_conditional_kl_is_kl_less_its_moving_marginal_part():
     # KL(P || Q) = KL(P_m || Q_m) + sum_m P(m) KL(P(f|m) || Q(f|m)): cKL is the second part, so a
     # prior with the same conditionals q(f|m) and other proportions of moving intensities gives the

@@ -117,7 +117,7 @@ def test_prior_registration_alpha_zero_and_blend():
     g2 = 3.0 * syn.contrast(lab_t, syn.PD_NONMONO, seed=41) + 10.0
     prior = fit_prior([g1], [g2], bins=32, parzen_sigma=1.0, levels=3)
     mask = _body(lab, v)
-    for alpha, term, name in ((0.0, "kl", "KL"), (0.4, "kl", "KL"), (0.4, "ckl", "cKL")):
+    for alpha, term, name in ((0.0, "kl", "KL"), (0.4, "kl", "KL"), (0.0, "ckl", "cKL"), (0.4, "ckl", "cKL")):
         r = register(f, m, prior=prior, alpha=alpha, levels=3, prior_term=term, **SMOOTH)
         assert _epe(r.field, v, mask) < 0.6, (alpha, term, _epe(r.field, v, mask))
         assert set(r.history[-1].terms[-1]) == {"-MI", name, "R", "B"}

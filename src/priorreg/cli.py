@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Non-rigid multi-modal registration with learned joint-intensity priors "
-        "(J = alpha*(-MI) + (1-alpha)*KL(p_u||p_L) + lambda*R).",
+        "(J = alpha*(-MI) + (1-alpha)*KL(p_u||p_L) + lambda*R; --prior-term picks KL, its conditional form or CE).",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{train,register,apply,cohort,demo}", parser_class=_Parser)

@@ -138,8 +138,9 @@ class PriorConditionalKL(_PriorTerm):
     shrinking regions, and which a test image from another scanner (another response curve,
     blur or count level) or another field of view does not share: the prior then pulls the
     warp off the anatomy. The conditional part asks only that each moving intensity lands on
-    the fixed intensities it sat on in training. A prior that differs from the pair only in
-    its moving marginal gives the same value (a test checks this). What it gives up: at
+    the fixed intensities it sat on in training. Two priors with the same conditionals
+    q(f | m) and other proportions of moving intensities give the same value and table
+    gradient (a test checks this). What it gives up: at
     alpha = 0 nothing ties the warped image's proportions to the training pairs' (the circle
     phantom's "area" cue).
     """
