@@ -188,8 +188,9 @@ def register(
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed``: minimise
     J(u) = alpha*(-MI) + (1-alpha)*KL(p_u || p_L) + regularization * 1/2 mean|grad u|^2
-    (KL or another prior term, ``prior_term``; plus the bending term; with ``regularization_scaling="alpha"`` both regulariser weights are
-    multiplied by alpha at levels with 0 < alpha < 1, see :class:`RegistrationOptions`).
+    (KL or another prior term, ``prior_term``; plus the bending term; with
+    ``regularization_scaling="alpha"`` both regulariser weights are multiplied by alpha at levels
+    with 0 < alpha < 1, see :class:`RegistrationOptions`).
 
     Parameters
     ----------

@@ -140,9 +140,8 @@ class PriorConditionalKL(_PriorTerm):
     warp off the anatomy. The conditional part asks only that each moving intensity lands on
     the fixed intensities it sat on in training. Two priors with the same conditionals
     q(f | m) and other proportions of moving intensities give the same value and table
-    gradient (a test checks this). What it gives up: at
-    alpha = 0 nothing ties the warped image's proportions to the training pairs' (the circle
-    phantom's "area" cue).
+    gradient (a test checks this). What it gives up: at alpha = 0 nothing ties the warped
+    image's proportions to the training pairs' (the circle phantom's "area" cue).
     """
 
     name = "cKL"
