@@ -128,7 +128,7 @@ class PriorCrossEntropy(_PriorTerm):
         return self._phi(-self.logQ.expand_as(self._tables(T)[0]))
 
 
-class PriorConditionalKL(_PriorTerm):
+class PriorConditionalKL(PriorKL):
     """I_cKL = sum_r pi_r sum_m P~_r(m) KL(P~_r(. | m) || Q~_r(. | m)) in nats: the prior's KL
     without its moving-marginal part.
 
@@ -150,17 +150,16 @@ class PriorConditionalKL(_PriorTerm):
         super().__init__(Q_floored)
         self.logQm = torch.log(torch.exp(self.logQ).sum(1, keepdim=True))  # (R, 1, B): moving marginal
 
+    def _moving_marginal(self, T: Tables):
+        return self._tables(T)[0].sum(1, keepdim=True)  # (R, 1, B)
+
     def value(self, T: Tables):
-        P, w = self._tables(T)
-        Pm = P.sum(1, keepdim=True)
-        joint = (P * (torch.log(P) - self.logQ)).sum((1, 2))
-        marginal = (Pm * (torch.log(Pm) - self.logQm)).sum((1, 2))
-        return (w * (joint - marginal)).sum()
+        Pm, w = self._moving_marginal(T), self._tables(T)[1]
+        return super().value(T) - (w * (Pm * (torch.log(Pm) - self.logQm)).sum((1, 2))).sum()
 
     def phi(self, T: Tables):
-        # d/dP_kl: (ln P_kl - ln Q_kl + 1) - (ln Pm_l - ln Qm_l + 1)
-        P = self._tables(T)[0]
-        return self._phi(torch.log(P) - self.logQ - torch.log(P.sum(1, keepdim=True)) + self.logQm)
+        # d/dP_kl of the marginal part: ln Pm_l - ln Qm_l + 1 (the +1 cancels against KL's)
+        return super().phi(T) - self._phi(torch.log(self._moving_marginal(T)) - self.logQm)
 
 
 PRIOR_TERMS = {"kl": PriorKL, "ce": PriorCrossEntropy, "ckl": PriorConditionalKL}
