@@ -46,6 +46,17 @@ def _masked_samples(fixed, moving, weights, limit: int, seed: int, func: str):
     return f, m
 
 
+def _kl_to_prior(x, y, logQ, spec, S) -> float:
+    """KL(P || Q) in nats of the smoothed joint histogram P of samples x (binned on the prior's first
+    axis) and y (its second) against the floored prior table with logarithm ``logQ``."""
+    B = spec.bins
+    (lo1, hi1), (lo2, hi2) = spec.ranges
+    a, _, _ = hist.bin_coordinates(x, lo1, hi1, B)
+    b, _, _ = hist.bin_coordinates(y, lo2, hi2, B)
+    P = hist.smooth(hist.joint_histogram(a, b, B), S) + spec.eps
+    return float((P * (torch.log(P) - logQ)).sum())
+
+
 def fit_intensity_maps(
     fixed: torch.Tensor,
     warped: torch.Tensor,
@@ -71,11 +82,8 @@ def fit_intensity_maps(
     energy; ``weights``: optional 0/1 mask on the same grid.
     """
     f, m = _masked_samples(fixed, warped, weights, FIT_SAMPLES, seed, "fit_intensity_maps")
-    B = spec.bins
-    (lo1, hi1), (lo2, hi2) = spec.ranges
-    S = hist.smoothing_matrix(B, spec.parzen_sigma, device=f.device)
+    S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
     logQ = torch.log(Q.double())
-    n = float(f.numel())
     log_scale = math.log(max_scale)
 
     def unpack(x):
@@ -85,11 +93,7 @@ def fit_intensity_maps(
 
     def kl(x):
         af, bf, am, bm = unpack(x)
-        a, _, _ = hist.bin_coordinates(af * f + bf, lo1, hi1, B)
-        b, _, _ = hist.bin_coordinates(am * m + bm, lo2, hi2, B)
-        P = hist.smooth(hist.joint_counts(a, b, B)[0], S) / n
-        P = P + spec.eps
-        return float((P * (torch.log(P) - logQ)).sum())
+        return _kl_to_prior(af * f + bf, am * m + bm, logQ, spec, S)
 
     x0 = np.zeros(4)
     before = kl(x0)
@@ -119,18 +123,9 @@ def modality_order_check(fixed, moving, Q, spec, weights=None, seed: int = 0):
     image on its second, i.e. what a prior trained with the modalities the other way round sees.
     """
     f, m = _masked_samples(fixed, moving, weights, ORDER_SAMPLES, seed, "modality_order_check")
-    B = spec.bins
-    (lo1, hi1), (lo2, hi2) = spec.ranges
-    S = hist.smoothing_matrix(B, spec.parzen_sigma, device=f.device)
+    S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
     logQ = torch.log(Q.double())
-
-    def kl(x, y):
-        a, _, _ = hist.bin_coordinates(x, lo1, hi1, B)
-        b, _, _ = hist.bin_coordinates(y, lo2, hi2, B)
-        P = hist.smooth(hist.joint_histogram(a, b, B), S) + spec.eps
-        return float((P * (torch.log(P) - logQ)).sum())
-
-    return kl(f, m), kl(m, f)
+    return _kl_to_prior(f, m, logQ, spec, S), _kl_to_prior(m, f, logQ, spec, S)
 
 
 def swapped_prior_message(func: str, kl_given: float, kl_swapped: float):
