@@ -5,7 +5,7 @@ A joint-intensity prior is learned on normalised intensities, and the normalisat
 holds: a sagittal slice has other tissue proportions than the coronal slices a prior
 was trained on, so the same tissue lands a few percent higher or lower on the
 normalised axis. The prior then puts its mass beside the test pair's true joint
-histogram, and KL(p_u || p_L) can even prefer a misaligned pair (METHOD.md reports a
+histogram, and KL(p_u || p_L) can even prefer a misaligned pair (docs/method.md reports a
 prior that breaks when the test image's intensity scale differs from training).
 
 :func:`fit_intensity_maps` finds f -> a_f f + b_f and m -> a_m m + b_m, within bounds

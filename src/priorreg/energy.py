@@ -2,7 +2,7 @@
 quadratic *regulariser* (solved semi-implicitly); it does not care which terms.
 
 Histogram terms (``-MI``, ``KL``) share one joint histogram per evaluation: each
-returns its value and its comparison function Phi = dE/dP (METHOD.md §4.2); the
+returns its value and its comparison function Phi = dE/dP (docs/method.md §4.2); the
 weighted Phi's are summed, smoothed once (C = S Phi S) and turned into one
 per-voxel force (§4.1, §4.3). A future local term (MIND-SSC, regional
 histograms) plugs in as another data term.
@@ -253,7 +253,7 @@ class JointHistogramEnergy:
     def evaluate(self, u: torch.Tensor, with_force: bool = True):
         """Return (values per term name, weighted total, force (d, *S) or None).
 
-        The force is N_grid * dJ_data/du (per-voxel convention of METHOD.md §4.3),
+        The force is N_grid * dJ_data/du (per-voxel convention of docs/method.md §4.3),
         with u a physical field in mm.
         """
         if with_force and self.force_mode == "exact":

@@ -1,4 +1,4 @@
-"""Parzen-window joint histograms (METHOD.md §2.2-2.4) and their adjoint (§4.1).
+"""Parzen-window joint histograms (docs/method.md §2.2-2.4) and their adjoint (§4.1).
 
 Everything works on flat tensors of continuous bin coordinates, so it is the
 same code for 2D and 3D, CPU and CUDA. No (voxels x bins) weight table is ever
@@ -17,7 +17,7 @@ def smoothing_matrix(bins: int, sigma: float, dtype=torch.float64, device=None) 
     ``S @ h`` equals ``scipy.ndimage.gaussian_filter1d(h, sigma, mode='reflect',
     truncate=4)``. The folding repeats the edge bin (d c b a | a b c d), which
     makes S symmetric and doubly stochastic, so smoothing preserves mass and is
-    its own adjoint (METHOD.md §2.4, §11). ``sigma = 0`` gives the identity.
+    its own adjoint (docs/method.md §2.4, §11). ``sigma = 0`` gives the identity.
     """
     if sigma <= 0:
         return torch.eye(bins, dtype=dtype, device=device)
@@ -102,7 +102,7 @@ def d2_bilinear(C: torch.Tensor, a, b: torch.Tensor, region=None) -> torch.Tenso
     """Derivative along the second axis of the bilinear interpolant of C at (a, b).
 
     This is the exact derivative of the linear-binning histogram energy with
-    respect to the second bin coordinate (METHOD.md §4.1). ``C`` is one B x B
+    respect to the second bin coordinate (docs/method.md §4.1). ``C`` is one B x B
     table, or (R, B, B) tables read at each sample's ``region``.
     """
     bins = C.shape[-1]
@@ -130,7 +130,7 @@ def region_index(shape, regions, device=None) -> torch.Tensor:
 
 
 def entropy_terms(P: torch.Tensor, eps: float):
-    """Floored joint and marginal tables (P~, P~1, P~2) of METHOD.md §2.4."""
+    """Floored joint and marginal tables (P~, P~1, P~2) of docs/method.md §2.4."""
     Pt = P + eps
     return Pt, Pt.sum(1), Pt.sum(0)
 
@@ -148,7 +148,7 @@ def kl_divergence(P: torch.Tensor, logQ: torch.Tensor, eps: float = 1e-10) -> to
 
 
 def floor_prior(Q: torch.Tensor, eta: float) -> torch.Tensor:
-    """Q~ = (Q + eta)/(1 + B^2 eta): floor then renormalise (METHOD.md §3)."""
+    """Q~ = (Q + eta)/(1 + B^2 eta): floor then renormalise (docs/method.md §3)."""
     return (Q + eta) / (1.0 + Q.numel() * eta)
 
 

@@ -1,7 +1,7 @@
 """Intensity normalisation and histogram ranges shared by training and registration.
 
 A learned prior is a table over *bin coordinates*, so the test images must map
-to bins exactly as the training images did (METHOD.md §3). Per-image min/max is
+to bins exactly as the training images did (docs/method.md §3). Per-image min/max is
 fragile (field of view, outliers); the default recipe maps robust percentiles of
 the image's own **foreground** (Otsu) to 0 and 1. It is invariant to any gain
 and offset of the scanner's intensity scale, which a learned prior needs.
@@ -16,7 +16,7 @@ NORMALIZATIONS = ("percentile", "none")
 # Robust foreground percentiles mapped to 0 and 1 by the "percentile" recipe.
 FOREGROUND_PERCENTILES = (2.0, 98.0)
 # Ranges: pooled percentiles of the normalised data plus a margin, so that real
-# data sit strictly inside [lo, hi] and only outliers are clipped (METHOD.md §2.2).
+# data sit strictly inside [lo, hi] and only outliers are clipped (docs/method.md §2.2).
 RANGE_PERCENTILES = (0.05, 99.95)
 RANGE_MARGIN = 0.05
 

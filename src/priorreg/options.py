@@ -79,7 +79,7 @@ class RegistrationOptions:
         Stop a level when the backtracked update is smaller than this (voxels).
     force : {"exact", "practical"}
         "practical" (default): the central-difference image gradient, interpolated at
-        x + u(x) (METHOD.md §4.4); a descent direction of the same energy (the line
+        x + u(x) (docs/method.md §4.4); a descent direction of the same energy (the line
         search backtracks on J). "exact": the derivative of the n-linear interpolant,
         the true gradient of the discrete energy (used by the gradient tests); it is
         one-sided on grid nodes, so at u = 0 it depends on rounding of the sample
@@ -143,7 +143,7 @@ class RegistrationOptions:
         subset grows with the grid. max_samples=300k with 0.3 reads 300k of the 900k voxels
         of a 2 mm brain and 1.1M of the 3.7M of a 1 mm one.
     prior_floor : float
-        eta, floor added to the learned prior before its log (METHOD.md §3).
+        eta, floor added to the learned prior before its log (docs/method.md §3).
     eps : float
         Floor against log 0 in the observed histogram.
     dtype : {"float32", "float64"}

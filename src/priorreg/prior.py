@@ -1,4 +1,4 @@
-"""Learned joint-intensity priors p_L (METHOD.md §3): fit, save, load, check."""
+"""Learned joint-intensity priors p_L (docs/method.md §3): fit, save, load, check."""
 from __future__ import annotations
 
 import io as _io
@@ -30,7 +30,7 @@ class Prior:
     view (unfloored; the floor eta is a registration option). A *global* prior
     (the paper's) has one region. A *regional* prior cuts the field of view into
     ``regions[k]`` blocks along axis k and learns where each intensity pair occurs,
-    which a global histogram cannot (METHOD.md §9.2); it assumes the training pairs
+    which a global histogram cannot (docs/method.md §9.2); it assumes the training pairs
     and the test pair share a frame (atlas space, one scanner's field of view).
     ``region_mass[l, r]`` is the mean fraction of the training samples in region r.
     Everything needed to use it the way it was learned is stored with it.

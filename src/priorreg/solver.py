@@ -1,4 +1,4 @@
-"""Semi-implicit gradient flow for one pyramid level (METHOD.md §5.2-5.6).
+"""Semi-implicit gradient flow for one pyramid level (docs/method.md §5.2-5.6).
 
     (I + tau*A) u_new = u - tau*F(u),   A = lambda*L (+ bending*L^2)
 

@@ -105,7 +105,7 @@ def sample(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") ->
 
     n-linear (``mode='bilinear'``, trilinear in 3D) or nearest interpolation;
     coordinates outside the image are clamped to its box (border replication),
-    so every fixed voxel always has a sample (METHOD.md §2.1).
+    so every fixed voxel always has a sample (docs/method.md §2.1).
     """
     d = coords.shape[0]
     squeeze = image.dim() == d
@@ -137,7 +137,7 @@ def tikhonov(u: torch.Tensor, spacing) -> torch.Tensor:
     """R(u) = (1/N) * 1/2 * sum_x sum_c sum_k (D+_k u_c)^2, D+ forward differences / h_k.
 
     Differences are only taken where the neighbour exists (Neumann boundary),
-    N = number of voxels, so R is a dimensionless mean (METHOD.md §2.5).
+    N = number of voxels, so R is a dimensionless mean (docs/method.md §2.5).
     """
     d = u.shape[0]
     n = u[0].numel()
@@ -279,7 +279,7 @@ class DCTBasis:
 
 
 def solve_implicit(rhs: torch.Tensor, tau_lambda: float, mu: torch.Tensor) -> torch.Tensor:
-    """Solve (I + tau_lambda*A) u = rhs per component by DCT (METHOD.md §5.2), where
+    """Solve (I + tau_lambda*A) u = rhs per component by DCT (docs/method.md §5.2), where
     ``mu`` holds A's DCT eigenvalues (``laplacian_eigenvalues`` for A = L)."""
     dims = list(range(1, rhs.dim()))
     return idctn(dctn(rhs, dims) / (1.0 + tau_lambda * mu), dims)
