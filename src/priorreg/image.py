@@ -92,24 +92,24 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
         try:
             arr = np.asarray(x)
         except Exception as e:  # pragma: no cover - exotic inputs
-            raise PriorRegError(f"{func}(): {name} must be an array or priorreg.Image ({e})") from None
+            raise PriorRegError(f"{func}: {name} must be an array or priorreg.Image ({e})") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise PriorRegError(f"{func}(): {name} must be a numeric array, got dtype {arr.dtype}")
+            raise PriorRegError(f"{func}: {name} must be a numeric array, got dtype {arr.dtype}")
         if arr.ndim not in (2, 3):
             raise PriorRegError(
-                f"{func}(): {name} must be a 2D or 3D image, got an array of shape {arr.shape}"
+                f"{func}: {name} must be a 2D or 3D image, got an array of shape {arr.shape}"
             )
         img = Image(arr, spacing)
     a = img.array
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise PriorRegError(f"{func}(): {name} must be numeric, got dtype {a.dtype}")
+        raise PriorRegError(f"{func}: {name} must be numeric, got dtype {a.dtype}")
     if min(a.shape) < 4:
-        raise PriorRegError(f"{func}(): {name} has shape {a.shape}; every axis needs at least 4 voxels")
+        raise PriorRegError(f"{func}: {name} has shape {a.shape}; every axis needs at least 4 voxels")
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-        raise PriorRegError(f"{func}(): {name} contains {bad} NaN/Inf voxel(s); clean the image first")
+        raise PriorRegError(f"{func}: {name} contains {bad} NaN/Inf voxel(s); clean the image first")
     if np.ptp(a) == 0:
-        raise PriorRegError(f"{func}(): {name} is constant (every voxel = {a.flat[0]}); nothing to register")
+        raise PriorRegError(f"{func}: {name} is constant (every voxel = {a.flat[0]}); nothing to register")
     return img
 
 
@@ -119,10 +119,10 @@ def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
         return None
     m = mask.array if isinstance(mask, Image) else np.asarray(mask)
     if m.shape != tuple(shape):
-        raise PriorRegError(f"{func}(): {name} has shape {m.shape} but the fixed image has shape {tuple(shape)}")
+        raise PriorRegError(f"{func}: {name} has shape {m.shape} but the fixed image has shape {tuple(shape)}")
     if not np.all(np.isfinite(m)):
-        raise PriorRegError(f"{func}(): {name} contains NaN/Inf")
+        raise PriorRegError(f"{func}: {name} contains NaN/Inf")
     m = (m > 0).astype(np.float64)
     if m.sum() == 0:
-        raise PriorRegError(f"{func}(): {name} is empty (no voxel > 0); give a mask that covers the region to align")
+        raise PriorRegError(f"{func}: {name} is empty (no voxel > 0); give a mask that covers the region to align")
     return m

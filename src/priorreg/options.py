@@ -254,3 +254,57 @@ class RegistrationOptions:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# --------------------------------------------------------------------------- presets
+# A preset is a named RegistrationOptions value per image dimension (2D slices and 3D
+# volumes differ in how many voxels a histogram and a descriptor have). Explicit options
+# override a preset (resolve_options). docs/options.md says when to use which.
+
+_MR_2D = dict(bins=64, parzen_sigma=2.0, tolerance=1e-3, local_weight=1.0, mind_weight=10.0,
+              prior_intensity_fit="affine", regularization_scaling="alpha")
+_MR_3D = dict(bins=32, parzen_sigma=1.0, tolerance=2e-3, tolerance_window=5, local_weight=1.0,
+              max_samples=300000, min_sample_fraction=0.3, mind_weight=10.0, mind_channels=3,
+              mind_sample_fraction=1 / 3, prior_intensity_fit="affine", regularization_scaling="alpha")
+_NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
+_PAPER = dict(bending=0.0, regularization_scaling="none", prior_intensity_fit="none", prior_term="kl",
+              local_weight=0.0, mind_weight=0.0)
+
+PRESETS = {
+    # what priorreg does with no flags
+    "default": {2: RegistrationOptions(), 3: RegistrationOptions()},
+    # the 2005 energy exactly: global MI and KL to the prior, membrane regulariser only
+    "paper": {2: RegistrationOptions(**_PAPER), 3: RegistrationOptions(**_PAPER)},
+    # MR to MR (T1, T2, PD, FLAIR): regional MI and MIND-SSC beside the histogram terms
+    "mr": {2: RegistrationOptions(**_MR_2D), 3: RegistrationOptions(**_MR_3D)},
+    # PET or SPECT against CT: the local terms do not survive the functional image's blur and noise
+    "functional": {2: RegistrationOptions(**{**_MR_2D, **_NO_LOCAL_TERMS}),
+                   3: RegistrationOptions(**{**_MR_3D, **_NO_LOCAL_TERMS})},
+}
+
+
+def preset_options(name: str, ndim: int = 2) -> RegistrationOptions:
+    """The options of preset ``name`` for ``ndim``-D images (2 or 3)."""
+    if name not in PRESETS:
+        raise PriorRegError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    if ndim not in (2, 3):
+        raise PriorRegError(f"presets exist for 2D and 3D images, not {ndim}D")
+    return PRESETS[name][ndim]
+
+
+def preset_overrides(name: str, ndim: int) -> dict:
+    """The fields in which preset ``name`` differs from the library's defaults."""
+    base, opts = RegistrationOptions().as_dict(), preset_options(name, ndim).as_dict()
+    return {k: v for k, v in opts.items() if v != base[k]}
+
+
+def resolve_options(ndim: int, preset: str | None = None, options: RegistrationOptions | None = None,
+                    **overrides) -> RegistrationOptions:
+    """Options of one registration: a preset (default "default") or ``options``, then ``overrides``.
+
+    Giving both a preset and ``options`` is refused: it is unclear which should win.
+    """
+    if preset is not None and options is not None:
+        raise PriorRegError("register(): give either preset= or options=, not both")
+    base = options if options is not None else preset_options(preset or "default", ndim)
+    return base.replace(**overrides)

@@ -226,7 +226,7 @@ def fit_prior(
         mk = None if masks is None else as_mask(masks[j], fi.shape, f"masks[{j}]", func)
         pairs.append((fi, normalize(fi.array, normalization), normalize(mi.array, normalization), mk))
     dim = pairs[0][0].ndim
-    regs = _check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
+    regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
     R = int(np.prod(regs))
     ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
     spec = HistogramSpec(bins, parzen_sigma, ranges)
@@ -254,7 +254,7 @@ def fit_prior(
     return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass)
 
 
-def _check_regions(regions, dim, shapes, levels, func, name="regions") -> tuple:
+def check_regions(regions, dim, shapes, levels, func, name="regions") -> tuple:
     """Validate ``regions``: k or one k per axis, each block >= 2 voxels at the coarsest level."""
     r = (regions,) * dim if isinstance(regions, (int, np.integer)) else tuple(regions)
     if len(r) != dim or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in r):

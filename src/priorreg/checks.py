@@ -1,0 +1,109 @@
+"""Stage 1 of :func:`priorreg.register`: validate the inputs and resolve the options.
+
+Everything a registration could refuse is refused here, before any work, with one
+clear :class:`PriorRegError` message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import pyramid
+from .errors import PriorRegError
+from .image import Image, as_image, as_mask
+from .options import RegistrationOptions, auto_local_regions, resolve_options
+from .prior import Prior, check_regions
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Inputs:
+    """A validated registration problem."""
+
+    fixed: Image
+    moving: Image
+    mask: np.ndarray | None  # fixed-space sample mask, 0/1
+    prior: Prior | None
+    options: RegistrationOptions
+    preset: str | None
+    device: torch.device
+    dtype: torch.dtype
+    local_regions: tuple | None  # blocks per axis of the regional MI (None: off)
+    initial_field: np.ndarray | None
+
+
+def check_device(name: str, func: str) -> torch.device:
+    """``torch.device(name)`` if it is a CPU or an available CUDA device, else a clear error."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PriorRegError(f"{func}: device={name!r} was asked but no CUDA device is available; use device='cpu'")
+    return dev
+
+
+def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
+    fix = as_image(fixed, "fixed", func, spacing)
+    mov = as_image(moving, "moving", func, spacing)
+    if fix.ndim != mov.ndim:
+        raise PriorRegError(f"{func}: fixed is {fix.ndim}D but moving is {mov.ndim}D; both must be 2D or both 3D")
+    if not isinstance(moving, Image) and not isinstance(fixed, Image) and fix.shape != mov.shape:
+        raise PriorRegError(
+            f"{func}: fixed has shape {fix.shape} but moving has {mov.shape}; arrays must share one grid "
+            "(pass priorreg.Image objects with geometry to register different grids)"
+        )
+    return fix, mov
+
+
+def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
+    if opts.alpha < 1 and prior is None:
+        raise PriorRegError(
+            f"{func}: alpha={opts.alpha} < 1 needs a learned prior (prior=fit_prior(...)); alpha=1 is mutual information alone"
+        )
+    if prior is not None:
+        if not isinstance(prior, Prior):
+            raise PriorRegError(f"{func}: prior must be a priorreg.Prior (fit_prior or Prior.load), got {type(prior).__name__}")
+        prior.check_compatible(ndim, opts, func)
+
+
+def _local_regions(opts: RegistrationOptions, fix: Image, func: str):
+    if opts.local_weight <= 0:
+        return None
+    lr = auto_local_regions(fix.shape, opts.levels, opts.bins) if opts.local_regions == "auto" else opts.local_regions
+    return check_regions(lr, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
+
+
+def _initial_field(initial_field, fix: Image, func: str):
+    if initial_field is None:
+        return None
+    init = np.asarray(initial_field, dtype=np.float64)
+    if init.shape != (fix.ndim, *fix.shape) or not np.all(np.isfinite(init)):
+        raise PriorRegError(f"{func}: initial_field must be a finite array of shape {(fix.ndim, *fix.shape)}, got {init.shape}")
+    return init
+
+
+def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None, options=None, initial_field=None,
+             overrides=None, func: str = "register()") -> Inputs:
+    """Check a registration problem and resolve its options (preset or options, then overrides)."""
+    fix, mov = _check_pair(fixed, moving, spacing, func)
+    opts = resolve_options(fix.ndim, preset, options, **(overrides or {}))
+    _check_prior(prior, opts, fix.ndim, func)
+    pyramid.check_levels(fix.shape, opts.levels, func)
+    return Inputs(
+        fixed=fix,
+        moving=mov,
+        mask=as_mask(mask, fix.shape, "mask", func),
+        prior=prior,
+        options=opts,
+        preset=(preset or "default") if options is None else None,
+        device=check_device(opts.device, func),
+        dtype=DTYPES[opts.dtype],
+        local_regions=_local_regions(opts, fix, func),
+        initial_field=_initial_field(initial_field, fix, func),
+    )

@@ -1,0 +1,153 @@
+"""Stage 4 of :func:`priorreg.register`: the deformable pyramid.
+
+Per level, coarse to fine: choose the level's alpha, optionally fit the intensity maps
+onto the prior, assemble the energy from the options (:func:`build_energy`), and run
+the gradient flow (:mod:`priorreg.solver`) from the upsampled field of the level below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import histogram, pyramid, spatial
+from .calibration import fit_intensity_maps, modality_order_check, swapped_prior_message
+from .checks import Inputs
+from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation, Tikhonov
+from .mind import MindEnergy
+from .normalise import Pyramids
+from .options import RegistrationOptions
+from .solver import gradient_flow
+
+
+@dataclass
+class Level:
+    """What one pyramid level's energy is built from."""
+
+    index: int  # 0 = full resolution
+    fixed: torch.Tensor
+    moving: torch.Tensor  # after the intensity fit, if any
+    mask: torch.Tensor | None
+    spacing: tuple
+    alpha: float
+    points: torch.Tensor | None  # histogram samples (None = every voxel)
+
+
+def level_alpha(opts: RegistrationOptions, level: int) -> float:
+    """alpha at ``level``: "mi-finest" uses MI alone at the finest level (0)."""
+    return 1.0 if (opts.alpha_schedule == "mi-finest" and level == 0) else opts.alpha
+
+
+def uses_prior(inp: Inputs) -> bool:
+    return inp.prior is not None and any(level_alpha(inp.options, lv) < 1 for lv in range(inp.options.levels))
+
+
+def _prior_table(inp: Inputs, level: int) -> torch.Tensor:
+    """The prior's global table at ``level``, floored."""
+    Q = torch.as_tensor(inp.prior.global_table(level), dtype=torch.float64, device=inp.device)
+    return histogram.floor_prior(Q, inp.options.prior_floor)
+
+
+def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
+    """A warning when the prior fits the pair far better with its modality axes swapped (checked at full resolution)."""
+    if not uses_prior(inp):
+        return []
+    check = modality_order_check(pyr.fixed[0], pyr.moving[0], _prior_table(inp, 0), pyr.spec, pyr.mask[0])
+    msg = swapped_prior_message("register()", *check)
+    return [] if msg is None else [msg]
+
+
+def fit_intensities(inp: Inputs, pyr: Pyramids, level: int, alpha: float, u: torch.Tensor, sp: tuple):
+    """(fixed, moving, record): the level's images, mapped onto the prior's intensities when the fit is on."""
+    f_lv, m_lv = pyr.fixed[level], pyr.moving[level]
+    if inp.prior is None or alpha >= 1 or inp.options.prior_intensity_fit != "affine":
+        return f_lv, m_lv, None
+    warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
+    (af, bf), (am, bm), kl0, kl1 = fit_intensity_maps(f_lv, warped, _prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
+    record = dict(level=level, fixed=(af, bf), moving=(am, bm), kl_before=kl0, kl_after=kl1)
+    return af * f_lv + bf, am * m_lv + bm, record
+
+
+def _sample_points(inp: Inputs, pyr: Pyramids, level: int):
+    """Random histogram samples of the level, or None (every voxel) when a subset misses a tiny mask."""
+    opts = inp.options
+    shape = pyr.fixed[level].shape
+    pts = spatial.sample_points(shape, opts.max_samples, seed=level, device=inp.device, min_fraction=opts.min_sample_fraction)
+    return None if _misses_mask(pyr.mask[level], pts) else pts
+
+
+def _misses_mask(mask, pts) -> bool:
+    return pts is not None and mask is not None and float(mask.reshape(-1)[pts].sum()) <= 0
+
+
+def _histogram_terms(lv: Level, inp: Inputs, pyr: Pyramids) -> list:
+    """Global MI, the prior term and regional MI, on one joint histogram (two if their block layouts differ)."""
+    opts, prior, gamma = inp.options, inp.prior, inp.options.local_weight
+    terms = [(lv.alpha * (1.0 - gamma), NegMutualInformation())]
+    if prior is not None:
+        Q = torch.as_tensor(prior.floored(lv.index, opts.prior_floor), dtype=torch.float64, device=inp.device)
+        terms.append((1.0 - lv.alpha, PRIOR_TERMS[opts.prior_term](Q)))
+    regions = prior.regions if prior is not None and prior.n_regions > 1 else None
+
+    def joint(ts, blocks):
+        return JointHistogramEnergy(lv.fixed, lv.moving, lv.spacing, pyr.spec, ts, lv.mask, opts.force, blocks, lv.points)
+
+    if not (gamma > 0 and lv.alpha > 0):
+        return [joint(terms, regions)]
+    local = (lv.alpha * gamma, RegionalNegMutualInformation())
+    if regions is None or tuple(regions) == inp.local_regions:
+        return [joint(terms[:1] + [local] + terms[1:], inp.local_regions)]
+    return [joint(terms, regions), joint([local], inp.local_regions)]  # a regional prior on another block layout
+
+
+def _mind_term(lv: Level, inp: Inputs) -> list:
+    """MIND-SSC, weighted by alpha like the other similarity terms."""
+    opts = inp.options
+    if not (opts.mind_weight > 0 and lv.alpha > 0):
+        return []
+    pts = spatial.thin_points(lv.points, lv.fixed.shape, opts.mind_sample_fraction, seed=100 + lv.index)
+    if pts is not lv.points:
+        pts = pts.to(inp.device)
+        if _misses_mask(lv.mask, pts):
+            pts = lv.points
+    return [MindEnergy(lv.fixed, lv.moving, lv.spacing, lv.alpha * opts.mind_weight, lv.mask, pts, opts.mind_radius,
+                       opts.mind_dilation, opts.mind_channels, opts.force)]
+
+
+def _regulariser(lv: Level, opts: RegistrationOptions) -> Tikhonov:
+    k = lv.alpha if (opts.regularization_scaling == "alpha" and 0 < lv.alpha < 1) else 1.0
+    return Tikhonov(k * opts.regularization, lv.spacing, k * opts.bending)
+
+
+def build_energy(lv: Level, inp: Inputs, pyr: Pyramids) -> tuple[list, Tikhonov]:
+    """(data terms, regulariser) of one level, assembled from the options."""
+    return _histogram_terms(lv, inp, pyr) + _mind_term(lv, inp), _regulariser(lv, inp.options)
+
+
+def _initial_coarse_field(inp: Inputs):
+    if inp.initial_field is None:
+        return None
+    f_c = pyramid.level_factor(inp.options.levels - 1)
+    sub = inp.initial_field[(slice(None),) + tuple(slice(0, None, f_c) for _ in range(inp.fixed.ndim))]
+    return torch.as_tensor(sub, dtype=inp.dtype, device=inp.device).contiguous()
+
+
+def deformable(inp: Inputs, pyr: Pyramids, callback=None):
+    """Run the pyramid: (field tensor on the fixed grid, histories, intensity maps)."""
+    history, intensity_maps = [], []
+
+    def solve_level(index, u):
+        sp = pyramid.level_spacing(inp.fixed.spacing, index)
+        alpha = level_alpha(inp.options, index)
+        f_lv, m_lv, fit = fit_intensities(inp, pyr, index, alpha, u, sp)
+        if fit is not None:
+            intensity_maps.append(fit)
+        lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
+        data, reg = build_energy(lv, inp, pyr)
+        u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
+        history.append(h)
+        return u
+
+    shapes = [f.shape for f in pyr.fixed]
+    u = pyramid.coarse_to_fine(shapes, solve_level, u0=_initial_coarse_field(inp), dtype=inp.dtype, device=inp.device)
+    return u, history, intensity_maps

@@ -1,0 +1,53 @@
+"""Stage 2 of :func:`priorreg.register`: bring both images onto the fixed grid, in the
+intensity units and histogram ranges of the prior (or of the pair), as pyramids."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import pyramid
+from .checks import Inputs
+from .energy import HistogramSpec
+from .intensity import intensity_range, normalize
+from .resample import warp
+
+
+@dataclass
+class Pyramids:
+    """The normalised pair on the fixed grid, level 0 (full resolution) first."""
+
+    fixed: list  # tensors
+    moving: list  # tensors: the moving image resampled onto the fixed grid at world alignment
+    mask: list  # tensors or None per level
+    spec: HistogramSpec
+    ranges: tuple  # ((lo_fixed, hi_fixed), (lo_moving, hi_moving)), normalised units
+    recipe: str  # the intensity normalisation used
+
+
+def normalise(inp: Inputs) -> Pyramids:
+    """Normalise intensities as the prior was learned (or per ``options.normalization``)."""
+    opts, fix, mov = inp.options, inp.fixed, inp.moving
+    recipe = inp.prior.normalization if inp.prior is not None else opts.normalization
+    f_n = normalize(fix.array, recipe)
+    m_n = normalize(mov.array, recipe)
+    if not fix.same_grid(mov):  # the edge voxels repeat outside the moving field of view
+        m_n = warp(mov.with_array(m_n), np.zeros((fix.ndim, *fix.shape)), reference=fix, fill=None).array
+    if inp.prior is not None:
+        ranges = inp.prior.ranges
+    else:
+        ranges = (intensity_range([f_n]), intensity_range([m_n]))
+    spec = HistogramSpec(opts.bins, opts.parzen_sigma, ranges, opts.eps)
+
+    def tensor(a):
+        return None if a is None else torch.as_tensor(a, dtype=inp.dtype, device=inp.device)
+
+    return Pyramids(
+        fixed=pyramid.image_pyramid(tensor(f_n), opts.levels),
+        moving=pyramid.image_pyramid(tensor(m_n), opts.levels),
+        mask=pyramid.mask_pyramid(tensor(inp.mask), opts.levels),
+        spec=spec,
+        ranges=ranges,
+        recipe=recipe,
+    )

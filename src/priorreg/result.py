@@ -1,0 +1,123 @@
+"""Stage 5 of :func:`priorreg.register`: what a registration returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import spatial
+from .image import Image
+from .options import RegistrationOptions
+from .resample import field_of_view, warp
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`priorreg.register` returns.
+
+    Attributes
+    ----------
+    field : ndarray of shape (d, *fixed.shape)
+        Physical displacement in mm; component k moves along the fixed image's
+        array axis k. Pull-back: fixed voxel x samples the moving image at
+        x + field(x). ``field_world()`` gives it in world (ITK LPS) coordinates.
+    warped : Image
+        The moving image resampled on the fixed grid through the field; 0 outside the
+        moving image's field of view (``fov``).
+    fixed : Image
+        The fixed image (its geometry defines the field's grid).
+    history : list of LevelHistory
+        Energy per accepted iteration, per term, per level (coarsest first).
+    jacobian : ndarray
+        det(I + grad u) on the fixed grid.
+    jacobian_stats : dict
+        min, max, percent_nonpositive of ``jacobian``.
+    options : RegistrationOptions
+        The options used (the preset's, with explicit options applied).
+    preset : str or None
+        The preset the options came from (None: ``options=`` was given).
+    warnings : list of str
+        What looked wrong with the inputs (each also issued as a :class:`PriorRegWarning`),
+        e.g. a prior that fits the pair far better with the modalities swapped.
+    fov : ndarray of bool
+        Fixed voxels whose displaced position lies inside the moving image.
+    """
+
+    field: np.ndarray
+    warped: Image
+    fixed: Image
+    history: list
+    jacobian: np.ndarray
+    jacobian_stats: dict
+    options: RegistrationOptions
+    prior: dict | None
+    ranges: tuple
+    normalization: str
+    seconds: float
+    device: str
+    moving: Image = field(repr=False, default=None)
+    moving_on_fixed: Image = field(repr=False, default=None)  # before registration, for comparisons
+    warnings: list = field(default_factory=list)  # PriorRegWarning messages of this run
+    preset: str | None = None
+    fov: np.ndarray = field(repr=False, default=None)
+
+    def field_world(self) -> np.ndarray:
+        """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""
+        return np.einsum("ij,j...->...i", self.fixed.direction, self.field)
+
+    def apply(self, image, interpolation: str = "linear") -> Image:
+        """Warp another image of the moving space (e.g. a label map) through the field."""
+        return warp(image, self.field, reference=self.fixed, interpolation=interpolation)
+
+    @property
+    def final_energy(self) -> float:
+        return self.history[-1].energy[-1]
+
+    def as_dict(self) -> dict:
+        return {
+            "preset": self.preset,
+            "options": self.options.as_dict(),
+            "prior": self.prior,
+            "ranges": [list(r) for r in self.ranges],
+            "normalization": self.normalization,
+            "seconds": self.seconds,
+            "device": self.device,
+            "final_energy": self.final_energy,
+            "jacobian": self.jacobian_stats,
+            "fov_percent": None if self.fov is None else float(100.0 * np.mean(self.fov)),
+            "levels": [h.as_dict() for h in self.history],
+            "warnings": list(self.warnings),
+        }
+
+
+def jacobian_stats(jac: np.ndarray) -> dict:
+    return {"min": float(jac.min()), "max": float(jac.max()), "percent_nonpositive": float(100.0 * np.mean(jac <= 0))}
+
+
+def make_result(inp, pyr, u, history, intensity_maps, warnings, seconds) -> RegistrationResult:
+    """Resample the moving image through the field and collect what the run did."""
+    fix, mov = inp.fixed, inp.moving
+    field_np = u.double().cpu().numpy()
+    jac = spatial.jacobian_determinant(u.double(), fix.spacing).cpu().numpy()
+    prior_info = None if inp.prior is None else inp.prior.metadata()
+    if intensity_maps:
+        prior_info["intensity_maps"] = intensity_maps
+    return RegistrationResult(
+        field=field_np,
+        warped=warp(mov, field_np, reference=fix, device=str(inp.device)),
+        fixed=fix,
+        history=history,
+        jacobian=jac,
+        jacobian_stats=jacobian_stats(jac),
+        options=inp.options,
+        prior=prior_info,
+        ranges=pyr.ranges,
+        normalization=pyr.recipe,
+        seconds=seconds,
+        device=str(inp.device),
+        moving=mov,
+        moving_on_fixed=mov if fix.same_grid(mov) else warp(mov, np.zeros_like(field_np), reference=fix),
+        warnings=warnings,
+        preset=inp.preset,
+        fov=field_of_view(mov, fix, field_np),
+    )
