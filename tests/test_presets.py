@@ -1,0 +1,94 @@
+"""Presets: resolution per dimension, override order, the record in the result, and the
+benchmark's use of them. Plus the API's options handling and the field-of-view fill."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import priorreg
+from priorreg import PriorRegError, RegistrationOptions
+from priorreg.options import PRESETS, preset_options
+
+
+
+def _pair(shape=(40, 40)):
+    rng = np.random.default_rng(0)
+    f = np.zeros(shape)
+    sl = tuple(slice(n // 4, 3 * n // 4) for n in shape)
+    f[sl] = 1.0
+    f += 0.05 * rng.normal(size=shape)
+    return f, 1.0 - f
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_resolves_per_dimension_and_is_recorded(name):
+    f, m = _pair()
+    r = priorreg.register(f, m, preset=name, levels=1, max_iterations=3)
+    expect = preset_options(name, 2).replace(levels=1, max_iterations=3)
+    assert r.options == expect
+    assert r.preset == name and r.as_dict()["preset"] == name
+    assert r.as_dict()["options"]["mind_weight"] == expect.mind_weight
+
+
+def test_presets_differ_where_they_should():
+    assert PRESETS["paper"][2].bending == 0 and PRESETS["paper"][2].local_weight == 0
+    assert PRESETS["mr"][2].mind_weight > 0 and PRESETS["mr"][3].mind_channels > 0
+    assert PRESETS["functional"][3].mind_weight == 0 and PRESETS["functional"][3].local_weight == 0
+    assert PRESETS["mr"][2].bins != PRESETS["mr"][3].bins  # one rule per dimension
+
+
+def test_3d_images_get_the_3d_values():
+    f, m = _pair((16, 16, 16))
+    r = priorreg.register(f, m, preset="mr", levels=1, max_iterations=2)
+    assert r.options.bins == PRESETS["mr"][3].bins and r.options.mind_channels == PRESETS["mr"][3].mind_channels
+
+
+def test_explicit_options_override_the_preset():
+    f, m = _pair()
+    r = priorreg.register(f, m, preset="mr", mind_weight=0.0, levels=1, max_iterations=2)
+    assert r.options.mind_weight == 0.0 and r.options.local_weight == PRESETS["mr"][2].local_weight
+
+
+def test_options_argument_is_not_overridden_by_a_default_alpha():
+    f, m = _pair()
+    prior = priorreg.fit_prior([f], [m], levels=1)
+    r = priorreg.register(f, m, prior=prior, options=RegistrationOptions(alpha=0.4, levels=1, max_iterations=2))
+    assert r.options.alpha == 0.4 and r.preset is None
+    r = priorreg.register(f, m, prior=prior, options=RegistrationOptions(alpha=0.4, levels=1, max_iterations=2), alpha=0.7)
+    assert r.options.alpha == 0.7
+
+
+def test_bad_preset_requests_are_one_clear_error():
+    f, m = _pair()
+    with pytest.raises(PriorRegError, match="unknown preset 'fast'"):
+        priorreg.register(f, m, preset="fast")
+    with pytest.raises(PriorRegError, match="either preset= or options="):
+        priorreg.register(f, m, preset="mr", options=RegistrationOptions())
+
+
+def test_the_benchmark_takes_its_settings_from_the_presets(monkeypatch):
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    monkeypatch.syspath_prepend(bench)
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        monkeypatch.setenv(k, os.environ.get(k, "1"))
+    monkeypatch.delenv("PRIORREG_BENCH_SET", raising=False)
+    import run
+
+    for dim, nd in (("2d", 2), ("3d", 3)):
+        for preset, kind in (("mr", "2d-mr"), ("functional", run.FUNCTIONAL_KINDS[0])):
+            case = {"fixed": np.zeros((8,) * nd), "kind": kind, "spacing": (1.0,) * nd}
+            s = run._setting(case)
+            want = preset_options(preset, nd).as_dict()
+            assert all(s[k] == want[k] for k in s if k != "bending"), (dim, preset)
+    sys.modules.pop("run", None)
+
+
+def test_warped_is_background_outside_the_moving_field_of_view():
+    f, m = _pair((40, 40))
+    fixed = priorreg.Image(f)
+    moving = priorreg.Image(m[:, :20].copy())  # covers the left half of the fixed grid
+    r = priorreg.register(fixed, moving, levels=1, max_iterations=0)
+    assert 45 < 100 * r.fov.mean() < 55
+    assert np.all(r.warped.array[~r.fov] == 0)
+    assert np.allclose(r.warped.array[:, :19], m[:, :19])
