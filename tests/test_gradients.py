@@ -23,9 +23,9 @@ from priorreg.energy import (
     PriorCrossEntropy,
     PriorKL,
     RegionalNegMutualInformation,
-    Tikhonov,
 )
 from priorreg.histogram import floor_prior
+from priorreg.regularizer import Tikhonov
 
 torch.set_default_dtype(torch.float64)
 

@@ -394,7 +394,7 @@ def test_cpu_and_cuda_agree():
 
 
 def test_non_finite_energy_stops_with_level_and_iteration():
-    from priorreg.energy import Tikhonov
+    from priorreg.regularizer import Tikhonov
     from priorreg.solver import gradient_flow
 
     class Exploding:

@@ -3,15 +3,16 @@ import pytest
 import scipy.fft as sfft
 import torch
 
-from priorreg import spatial
+from priorreg import jacobian, pyramid, regularizer, spatial
+from priorreg.regularizer import Tikhonov
 
 
 @pytest.mark.parametrize("n", [5, 8, 13, 64])
 def test_dct_matches_scipy_and_inverts(n):
     x = torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
-    X = spatial.dctn(x, [1])
+    X = regularizer.dctn(x, [1])
     assert np.abs(X.numpy() - sfft.dct(x.numpy(), type=2, axis=1)).max() < 1e-12
-    assert (spatial.idctn(X, [1]) - x).abs().max() < 1e-12
+    assert (regularizer.idctn(X, [1]) - x).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("shape,spacing", [((9, 12), (1.0, 2.5)), ((6, 7, 5), (0.8, 1.0, 3.0))])
@@ -19,25 +20,23 @@ def test_semi_implicit_solve_residual_and_laplacian_is_gradient_of_tikhonov(shap
     g = torch.Generator().manual_seed(0)
     d = len(shape)
     rhs = torch.randn(d, *shape, dtype=torch.float64, generator=g)
-    mu = spatial.laplacian_eigenvalues(shape, spacing, torch.float64)
-    u = spatial.solve_implicit(rhs, 0.7, mu)
-    assert (u + 0.7 * spatial.neg_laplacian(u, spacing) - rhs).abs().max() < 1e-12
+    mu = regularizer.laplacian_eigenvalues(shape, spacing, torch.float64)
+    u = regularizer.solve_implicit(rhs, 0.7, mu)
+    assert (u + 0.7 * regularizer.neg_laplacian(u, spacing) - rhs).abs().max() < 1e-12
     # The bending spectrum mu^2 solves (I + t L L) u = rhs: the regulariser's spectrum is exact.
-    from priorreg.energy import Tikhonov
-
     reg = Tikhonov(0.3, spacing, bending=2.0)
-    u = spatial.solve_implicit(rhs, 0.7, reg.spectrum(shape, torch.float64, None))
+    u = regularizer.solve_implicit(rhs, 0.7, reg.spectrum(shape, torch.float64, None))
     assert (u + 0.7 * reg.force(u) - rhs).abs().max() < 1e-11
     # L u is the exact gradient of N * R(u): compare to central finite differences.
     v = torch.randn(d, *shape, dtype=torch.float64, generator=g)
     n = v[0].numel()
-    Lv = spatial.neg_laplacian(v, spacing)
+    Lv = regularizer.neg_laplacian(v, spacing)
     idx = [tuple(int(torch.randint(0, s, (1,), generator=g)) for s in (d, *shape)) for _ in range(20)]
     h = 1e-6
     for i in idx:
         e = torch.zeros_like(v)
         e[i] = h
-        fd = (spatial.tikhonov(v + e, spacing) - spatial.tikhonov(v - e, spacing)) * n / (2 * h)
+        fd = (regularizer.tikhonov(v + e, spacing) - regularizer.tikhonov(v - e, spacing)) * n / (2 * h)
         # Quadratic energy: central differences are exact up to rounding (~1e-9 relative).
         assert abs(float(fd) - float(Lv[i])) < 1e-6 * max(1.0, abs(float(Lv[i])))
 
@@ -47,7 +46,7 @@ def test_tikhonov_hand_value():
     # everything else 0, so R = 1/2 * (8 * 4) / 12 = 4/3.
     x0 = torch.arange(3, dtype=torch.float64)[:, None].expand(3, 4)
     u = torch.stack([2 * 2 * x0, torch.zeros(3, 4, dtype=torch.float64)])
-    assert abs(float(spatial.tikhonov(u, (2.0, 1.0))) - 4.0 / 3.0) < 1e-14
+    assert abs(float(regularizer.tikhonov(u, (2.0, 1.0))) - 4.0 / 3.0) < 1e-14
 
 
 def test_sample_follows_array_axis_order_on_an_anisotropic_non_square_grid():
@@ -64,28 +63,26 @@ def test_sample_follows_array_axis_order_on_an_anisotropic_non_square_grid():
 
 def test_jacobian_of_identity_and_of_a_stretch():
     u = torch.zeros(3, 6, 7, 5, dtype=torch.float64)
-    assert torch.allclose(spatial.jacobian_determinant(u, (1, 2, 3)), torch.ones(6, 7, 5, dtype=torch.float64))
+    assert torch.allclose(jacobian.jacobian_determinant(u, (1, 2, 3)), torch.ones(6, 7, 5, dtype=torch.float64))
     x = torch.arange(7, dtype=torch.float64)[None, :, None].expand(6, 7, 5) * 2.0  # mm along axis 1
     u[1] = 0.5 * x  # stretch by 1.5 along axis 1
-    assert torch.allclose(spatial.jacobian_determinant(u, (1, 2, 3)), torch.full((6, 7, 5), 1.5, dtype=torch.float64))
+    assert torch.allclose(jacobian.jacobian_determinant(u, (1, 2, 3)), torch.full((6, 7, 5), 1.5, dtype=torch.float64))
 
 
 def test_upsampled_constant_field_keeps_its_physical_value():
     u = torch.full((2, 5, 6), 3.0)
-    up = spatial.upsample_field(u, (10, 12), ratio=2.0)
+    up = pyramid.upsample_field(u, (10, 12), ratio=2.0)
     assert up.shape == (2, 10, 12) and torch.allclose(up, torch.full_like(up, 3.0))
 
 
 @pytest.mark.parametrize("shape,spacing", [((9, 12), (1.0, 2.5)), ((6, 7, 5), (0.8, 1.0, 3.0)), ((400, 3), (1.0, 1.0))])
 def test_dct_basis_matches_fft_dct_and_gives_regulariser_values_by_parseval(shape, spacing, monkeypatch):
-    from priorreg.energy import Tikhonov
-
     g = torch.Generator().manual_seed(3)
     d = len(shape)
     u = torch.randn(d, *shape, dtype=torch.float64, generator=g)
-    basis = spatial.DCTBasis(shape, torch.float64)  # the 400-long axis takes the FFT path
+    basis = regularizer.DCTBasis(shape, torch.float64)  # the 400-long axis takes the FFT path
     U = basis.forward(u)
-    assert (U - spatial.dctn(u, list(range(1, d + 1)))).abs().max() < 1e-10
+    assert (U - regularizer.dctn(u, list(range(1, d + 1)))).abs().max() < 1e-10
     assert (basis.inverse(U) - u).abs().max() < 1e-12
     reg = Tikhonov(0.3, spacing, bending=2.0)
     direct, spectral = reg.values(u), reg.values_from_dct(U, basis)

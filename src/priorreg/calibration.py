@@ -24,7 +24,7 @@ import torch
 from scipy.optimize import minimize
 
 from . import histogram as hist
-from .spatial import _random_subset
+from . import spatial
 
 FIT_SAMPLES = 60000  # voxels used by the fit (a fixed random subset on larger grids)
 MIN_GAIN = 0.1  # nats: a fit that lowers KL by less keeps the identity maps (see fit_intensity_maps)
@@ -41,7 +41,7 @@ def _masked_samples(fixed, moving, weights, limit: int, seed: int, func: str):
             raise ValueError(f"{func}: the mask is empty")
         f, m = f[inside], m[inside]
     if f.numel() > limit:
-        pick = _random_subset(f.numel(), limit, seed).to(f.device)
+        pick = spatial.random_subset(f.numel(), limit, seed).to(f.device)
         f, m = f[pick], m[pick]
     return f, m
 

@@ -13,10 +13,11 @@ import torch
 from . import histogram, pyramid, spatial
 from .calibration import fit_intensity_maps, modality_order_check, swapped_prior_message
 from .checks import Inputs
-from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation, Tikhonov
+from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
 from .mind import MindEnergy
 from .normalise import Pyramids
 from .options import RegistrationOptions
+from .regularizer import Tikhonov
 from .solver import gradient_flow
 
 

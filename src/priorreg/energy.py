@@ -1,5 +1,6 @@
-"""Energy terms. The solver sees only *data terms* (value and force of u) and one
-quadratic *regulariser* (solved semi-implicitly); it does not care which terms.
+"""Data terms. The solver sees only *data terms* (value and force of u) and one
+quadratic *regulariser* (:mod:`priorreg.regularizer`, solved semi-implicitly); it does
+not care which terms.
 
 Histogram terms (``-MI``, ``KL``) share one joint histogram per evaluation: each
 returns its value and its comparison function Phi = dE/dP (docs/method.md §4.2); the
@@ -10,7 +11,7 @@ histograms) plugs in as another data term.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -328,60 +329,3 @@ class JointHistogramEnergy:
             return values, total, torch.zeros_like(u)
         force = torch.autograd.grad(w_graph, uu, grad_outputs=g.reshape(w_graph.shape))[0]
         return values, total, force.detach()
-
-
-@dataclass
-class Tikhonov:
-    """Quadratic smoothness prior, diagonal in the DCT basis (Neumann boundary):
-
-        weight * R(u) + bending * B(u),  R = 1/2 mean |grad u|^2 (membrane),
-                                          B = 1/2 mean |L u|^2   (bending, thin plate)
-
-    with L the discrete negative Laplacian (physical spacing). The membrane term alone
-    is the paper's regulariser; the bending term penalises curvature instead of slope,
-    so a field pinned only at edges is interpolated smoothly between them (the B-spline
-    peers get this from their basis). Both are solved exactly by the semi-implicit DCT
-    step: the solver needs only ``spectrum``.
-    """
-
-    weight: float
-    spacing: tuple
-    bending: float = 0.0
-    name: str = field(default="R", init=False)
-
-    def value(self, u):
-        """R(u), the membrane term (unweighted)."""
-        return float(spatial.tikhonov(u, self.spacing))
-
-    def values(self, u) -> dict:
-        """Unweighted term values by name: R and, when used, B."""
-        out = {"R": self.value(u)}
-        if self.bending:
-            Lu = spatial.neg_laplacian(u, self.spacing)
-            out["B"] = float(0.5 * (Lu * Lu).sum() / u[0].numel())
-        return out
-
-    def values_from_dct(self, U, basis) -> dict:
-        """Same as ``values`` from the field's DCT coefficients U (Parseval; no stencils)."""
-        mu = spatial.laplacian_eigenvalues(basis.shape, self.spacing, U.dtype, U.device)
-        n = U[0].numel()
-        out = {"R": float(0.5 * basis.quadratic(U, mu) / n)}
-        if self.bending:
-            out["B"] = float(0.5 * basis.quadratic(U, mu * mu) / n)
-        return out
-
-    def total(self, values: dict) -> float:
-        return self.weight * values["R"] + self.bending * values.get("B", 0.0)
-
-    def force(self, u):
-        """N_grid * d(weight R + bending B)/du = weight L u + bending L L u."""
-        Lu = spatial.neg_laplacian(u, self.spacing)
-        out = self.weight * Lu
-        if self.bending:
-            out = out + self.bending * spatial.neg_laplacian(Lu, self.spacing)
-        return out
-
-    def spectrum(self, shape, dtype, device):
-        """Eigenvalues of the regulariser's operator in the DCT basis: weight mu + bending mu^2."""
-        mu = spatial.laplacian_eigenvalues(shape, self.spacing, dtype, device)
-        return self.weight * mu + self.bending * mu * mu

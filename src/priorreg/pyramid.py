@@ -1,13 +1,58 @@
 """Coarse-to-fine pyramid. It knows how to resample images and fields between
-levels, not which energy is minimised: the per-level solver is a callable."""
+levels (Gaussian blur and subsampling down, n-linear interpolation of the field up),
+not which energy is minimised: the per-level solver is a callable."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from . import spatial
 from .errors import PriorRegError
 
 MIN_COARSE_VOXELS = 4
+
+
+# ----------------------------------------------------------------------------- resampling
+def gaussian_blur(image: torch.Tensor, sigmas) -> torch.Tensor:
+    """Separable Gaussian blur (std in voxels per axis, 0 = none), edge-replicating."""
+    d = image.dim()
+    x = image[None, None]
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
+    for ax, s in enumerate(sigmas):
+        if s <= 0:
+            continue
+        r = max(1, int(math.ceil(3.0 * s)))
+        t = torch.arange(-r, r + 1, dtype=image.dtype, device=image.device)
+        g = torch.exp(-0.5 * (t / s) ** 2)
+        g = g / g.sum()
+        kshape = [1] * d
+        kshape[ax] = 2 * r + 1
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - ax)] = r
+        pad[2 * (d - 1 - ax) + 1] = r
+        x = conv(F.pad(x, pad, mode="replicate"), g.reshape(1, 1, *kshape))
+    return x[0, 0]
+
+
+def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Blur with std 0.5*factor voxels, then keep every factor-th voxel from index 0."""
+    if factor == 1:
+        return image
+    img = gaussian_blur(image, [0.5 * factor] * image.dim())
+    sl = tuple(slice(0, None, factor) for _ in range(image.dim()))
+    return img[sl].contiguous()
+
+
+def upsample_field(u: torch.Tensor, shape, ratio: float) -> torch.Tensor:
+    """Resample a physical field from a coarse grid to a finer one.
+
+    Fine voxel i sits at coarse coordinate i/ratio (both grids start at index 0).
+    The field is in mm, so its values need no rescaling.
+    """
+    coords = spatial.identity_grid(shape, u.dtype, u.device) / ratio
+    return spatial.sample(u, coords)
 
 
 def level_factor(level: int) -> int:
@@ -29,7 +74,7 @@ def check_levels(shape, levels: int, func: str = "register()"):
 
 def image_pyramid(image: torch.Tensor, levels: int) -> list:
     """[level 0 (full), level 1, ...]: blur with std 0.5*f voxels, keep every f-th voxel."""
-    return [spatial.downsample(image, level_factor(lv)) for lv in range(levels)]
+    return [downsample(image, level_factor(lv)) for lv in range(levels)]
 
 
 def mask_pyramid(mask: torch.Tensor | None, levels: int) -> list:
@@ -65,6 +110,6 @@ def coarse_to_fine(shapes: list, solve_level, u0: torch.Tensor | None = None, dt
         if u is None:
             u = u0 if u0 is not None else torch.zeros((len(shape), *shape), dtype=dtype, device=device)
         else:
-            u = spatial.upsample_field(u, shape, ratio=2.0)
+            u = upsample_field(u, shape, ratio=2.0)
         u = solve_level(lv, u)
     return u

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import spatial
+from .jacobian import jacobian_determinant
 from .image import Image
 from .options import RegistrationOptions
 from .resample import field_of_view, warp
@@ -98,7 +98,7 @@ def make_result(inp, pyr, u, history, intensity_maps, warnings, seconds) -> Regi
     """Resample the moving image through the field and collect what the run did."""
     fix, mov = inp.fixed, inp.moving
     field_np = u.double().cpu().numpy()
-    jac = spatial.jacobian_determinant(u.double(), fix.spacing).cpu().numpy()
+    jac = jacobian_determinant(u.double(), fix.spacing).cpu().numpy()
     prior_info = None if inp.prior is None else inp.prior.metadata()
     if intensity_maps:
         prior_info["intensity_maps"] = intensity_maps

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import spatial
+from . import regularizer
 from .errors import PriorRegError
 
 
@@ -93,7 +93,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
     shape = tuple(u.shape[1:])
     hist = LevelHistory(level, shape, tuple(spacing))
     spectrum = reg.spectrum(shape, u.dtype, u.device)
-    basis = spatial.DCTBasis(shape, u.dtype, u.device)
+    basis = regularizer.DCTBasis(shape, u.dtype, u.device)
     values, J, F, scale = _total(data_terms, reg, u, True)
     scales = [scale]
     if not math.isfinite(J):
