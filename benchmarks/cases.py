@@ -250,7 +250,7 @@ def brain_3d(contrast="t2", seed=0, max_disp=4.0, sigma=12.0, noise=0.02):
     )
 
 
-# --------------------------------------------------------------------------- circle phantom (METHOD.md 9.2)
+# --------------------------------------------------------------------------- circle phantom (docs/method.md §9.2)
 
 
 def _disc(shape, c, r, blur=1.0):

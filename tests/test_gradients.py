@@ -259,7 +259,7 @@ def test_practical_force_is_a_descent_direction_close_to_the_exact_gradient():
     data.force_mode = "practical"
     _, _, F_prac = data.evaluate(u, True)
     cos = float((F_exact * F_prac).sum() / (F_exact.norm() * F_prac.norm()))
-    # METHOD.md §9.1 measured cosines of 0.69-0.99 between the two; both must point downhill.
+    # docs/method.md §9.1 measured cosines of 0.69-0.99 between the two; both must point downhill.
     assert cos > 0.6, cos
 
 

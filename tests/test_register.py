@@ -336,7 +336,7 @@ def test_regional_prior_round_trip_version_1_files_and_refusals(pair, tmp_path):
 
 @pytest.mark.slow
 def test_regional_prior_decides_the_circle_phantom():
-    # METHOD.md §9.2 / the paper's Fig. 1: f1 has a small and a big disc; the moving disc
+    # docs/method.md §9.2 / the paper's Fig. 1: f1 has a small and a big disc; the moving disc
     # overlaps both equally. A global histogram prior only knows the class proportions, so
     # it cannot say which disc; a regional prior knows where the pair (disc, disc) occurs.
     # The benchmark's 256 x 256 "close" layout. The disc must travel and change size
@@ -425,7 +425,7 @@ def test_masked_registration_recovers_the_warp_inside_the_mask():
 
 
 def test_prior_survives_a_change_of_intensity_scale_and_helps_mi():
-    # METHOD.md §9.3: with stored raw ranges a test image at gain 0.8 made alpha=0 worse
+    # docs/method.md §9.3: with stored raw ranges a test image at gain 0.8 made alpha=0 worse
     # than no registration. The foreground-percentile normalisation makes the prior see
     # the same bins whatever the gain and offset, so the result must not change at all.
     f, m, v, lab = syn.case((96, 112), syn.PD_NONMONO, max_disp=4.0)
