@@ -233,3 +233,129 @@ def test_ants_apply_transforms_reproduces_warp(tmp_path):
     ok = _valid(fixed, moving, field)
     assert ok.mean() > 0.3
     np.testing.assert_allclose(got[ok], warped.array[ok], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- NIfTI as stored
+
+
+def _nifti_with(tmp_path, name, values, shape=(6, 7, 8)):
+    """A float32 NIfTI holding ``values`` (an array of ``shape``), written by SimpleITK."""
+    path = tmp_path / name
+    arr = np.asarray(values, np.float32).reshape(shape)
+    s = sitk.GetImageFromArray(arr)
+    s.SetSpacing((0.9, 1.1, 2.0))
+    sitk.WriteImage(s, str(path), name.endswith(".gz"))
+    return path
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_nifti_nan_and_inf_are_refused(tmp_path, ext):
+    # ITK's NIfTI reader turns NaN/Inf into 0: a half-NaN image would register, an all-NaN one
+    # would be called constant. read_image checks the data block as stored.
+    a = blob_image((6, 7, 8))
+    half = a.copy()
+    half[:3] = np.nan
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(_nifti_with(tmp_path, "h" + ext, half))))
+    assert np.all(itk[:3] == 0)  # what ITK alone makes of it
+    with pytest.raises(PriorRegError, match=r"^moving: .* contains 168 NaN voxel\(s\) \(168 NaN of 336 voxels\)") as e:
+        pio.read_image(tmp_path / ("h" + ext), "moving")
+    assert "\n" not in str(e.value)
+    with pytest.raises(PriorRegError, match=r"contains 336 NaN voxel\(s\) \(every voxel is NaN/Inf\)"):
+        pio.read_image(_nifti_with(tmp_path, "all" + ext, np.full(a.shape, np.nan)), "fixed")
+    inf = a.copy()
+    inf[1, 2, 3] = np.inf
+    inf[2, 2, 2] = np.nan
+    with pytest.raises(PriorRegError, match=r"1 NaN and 1 Inf voxel\(s\)"):
+        pio.read_image(_nifti_with(tmp_path, "inf" + ext, inf), "fixed")
+    # Asked for, the values come back as stored (not ITK's zeros), at the right voxels.
+    back = pio.read_image(tmp_path / ("inf" + ext), allow_nonfinite=True)
+    assert np.isposinf(back.array[1, 2, 3]) and np.isnan(back.array[2, 2, 2])
+    ok = np.isfinite(inf)
+    np.testing.assert_array_equal(back.array[ok], a[ok])
+    assert np.count_nonzero(~np.isfinite(back.array)) == 2
+    # Finite NIfTI files, and NaN in other formats, are read as before / refused alike.
+    np.testing.assert_array_equal(pio.read_image(_nifti_with(tmp_path, "ok" + ext, a)).array, a)
+    pio.write_image(priorreg.Image(half), tmp_path / "h.mha")
+    with pytest.raises(PriorRegError, match="168 NaN"):
+        pio.read_image(tmp_path / "h.mha", "moving")
+
+
+def test_nifti_nan_with_scaling_and_big_endian(tmp_path):
+    """The data-block check follows the header: byte order, vox_offset, and scl_slope/scl_inter."""
+    import struct
+
+    a = blob_image((4, 5, 6))
+    a[0, 0, 0] = np.nan
+    hdr = bytearray(348)
+    struct.pack_into(">i", hdr, 0, 348)
+    struct.pack_into(">8h", hdr, 40, 3, 6, 5, 4, 1, 1, 1, 1)
+    struct.pack_into(">hh", hdr, 70, 16, 32)  # float32
+    struct.pack_into(">8f", hdr, 76, 1, 1, 1, 1, 0, 0, 0, 0)
+    struct.pack_into(">fff", hdr, 108, 352.0, 2.0, 1.0)  # vox_offset, scl_slope, scl_inter
+    struct.pack_into(">h", hdr, 254, 1)  # sform_code (with an identity sform below)
+    struct.pack_into(">4f", hdr, 280, 1, 0, 0, 0)
+    struct.pack_into(">4f", hdr, 296, 0, 1, 0, 0)
+    struct.pack_into(">4f", hdr, 312, 0, 0, 1, 0)
+    hdr[344:348] = b"n+1\0"
+    path = tmp_path / "be.nii"
+    path.write_bytes(bytes(hdr) + b"\0\0\0\0" + a.astype(">f4").tobytes())
+    with pytest.raises(PriorRegError, match="1 NaN voxel"):
+        pio.read_image(path)
+    back = pio.read_image(path, allow_nonfinite=True)
+    assert np.isnan(back.array[0, 0, 0])
+    np.testing.assert_allclose(back.array.ravel()[1:], 2.0 * a.ravel()[1:] + 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_truncated_nifti_is_a_read_error(tmp_path, ext):
+    # ITK zero-fills the missing part of a cut file; it must be refused in one line.
+    path = _nifti_with(tmp_path, "a" + ext, blob_image((20, 30, 40)), (20, 30, 40))
+    data = path.read_bytes()
+    for cut in (0.6, 0.99):
+        bad = tmp_path / f"cut{cut}{ext}"
+        bad.write_bytes(data[: int(len(data) * cut)])
+        with pytest.raises(PriorRegError, match=r"^moving: cannot read .*: the file is damaged or truncated") as e:
+            pio.read_image(bad, "moving")
+        assert "\n" not in str(e.value)
+    # Just the header (and a cut header) too.
+    (tmp_path / f"h{ext}").write_bytes(data[: 200 if ext == ".nii" else 60])
+    with pytest.raises(PriorRegError, match="cannot read"):
+        pio.read_image(tmp_path / f"h{ext}", "moving")
+    if ext == ".nii.gz":  # a corrupt byte inside the compressed stream (CRC or inflate error)
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        (tmp_path / "flip.nii.gz").write_bytes(bytes(flipped))
+        with pytest.raises(PriorRegError, match="cannot read"):
+            pio.read_image(tmp_path / "flip.nii.gz", "moving")
+
+
+# --------------------------------------------------------------------------- file modes
+
+
+@pytest.fixture
+def umask022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_outputs_get_the_umask_mode(tmp_path, umask022):
+    """Atomic writes go through mkstemp (0600); what is renamed into place gets 0666 & ~umask."""
+    import stat
+
+    img = priorreg.Image(blob_image((6, 7, 8)))
+    pio.write_image(img, tmp_path / "a.nii.gz")
+    pio.write_field(np.zeros((6, 7, 8, 3)), img, tmp_path / "f.nii.gz")
+    pio.write_bytes(tmp_path / "r.json", b"{}\n")
+    for n in ("a.nii.gz", "f.nii.gz", "r.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / n).st_mode) == 0o644, n
+    assert pio.default_mode() == 0o644 and pio.default_mode(directory=True) == 0o755
+    os.umask(0o077)
+    pio.write_image(img, tmp_path / "b.nii.gz")
+    assert stat.S_IMODE(os.stat(tmp_path / "b.nii.gz").st_mode) == 0o600
+    # Replacing a file keeps that file's mode, as an ordinary write would.
+    os.chmod(tmp_path / "a.nii.gz", 0o640)
+    pio.write_image(img, tmp_path / "a.nii.gz")
+    assert stat.S_IMODE(os.stat(tmp_path / "a.nii.gz").st_mode) == 0o640

@@ -11,21 +11,45 @@ Conventions
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import PriorRegError
 
 
+@dataclass(frozen=True)
+class SliceGeometry:
+    """The 3D grid of a single-slice 3D file (e.g. a 181x217x1 NIfTI) read as a 2D image.
+
+    ``axis`` is the 3D array axis (NumPy order) of length 1; ``spacing``, ``origin`` and
+    ``direction`` are the file's full 3D geometry (same conventions as :class:`Image`);
+    ``drop`` is the world axis (LPS x/y/z) the 2D image's world frame leaves out: the 2D
+    image's world coordinates are the 3D ones without it, and its plane is
+    ``world[drop] = origin[drop]``.
+    """
+
+    axis: int
+    spacing: tuple
+    origin: tuple
+    direction: np.ndarray
+    drop: int
+
+
 @dataclass
 class Image:
-    """An n-D image (n = 2 or 3) with spacing, origin and direction."""
+    """An n-D image (n = 2 or 3) with spacing, origin and direction.
+
+    ``volume`` (2D images only) is set when the image was read from a single-slice 3D
+    file; :func:`priorreg.io.write_image` and ``write_field`` then write images on this
+    grid back as that single-slice 3D grid, so outputs keep the input's dimensionality.
+    """
 
     array: np.ndarray
     spacing: tuple = None
     origin: tuple = None
     direction: np.ndarray = None
+    volume: SliceGeometry | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         a = np.asarray(self.array)
@@ -41,6 +65,8 @@ class Image:
             self.direction = np.eye(d)
         # A contiguous copy: torch refuses negative-stride views (e.g. a reversed SimpleITK matrix).
         self.direction = np.ascontiguousarray(np.array(self.direction, dtype=float).reshape(d, d))
+        if self.volume is not None and d != 2:
+            raise PriorRegError(f"Image(): volume (single-slice 3D geometry) is for 2D images, got a {d}D array")
 
     @property
     def ndim(self) -> int:
@@ -60,8 +86,9 @@ class Image:
         )
 
     def with_array(self, array: np.ndarray) -> "Image":
-        """A new image on the same grid holding ``array``."""
-        return Image(array, self.spacing, self.origin, self.direction)
+        """A new image on the same grid holding ``array`` (keeping ``volume`` when the shape is the same)."""
+        keep = self.volume if np.shape(array) == self.shape else None
+        return Image(array, self.spacing, self.origin, self.direction, volume=keep)
 
     def index_to_world(self) -> tuple[np.ndarray, np.ndarray]:
         """(A, b) with world = A @ index + b."""

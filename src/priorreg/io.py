@@ -6,9 +6,14 @@ Everything goes through SimpleITK, which keeps the physical geometry:
   a DICOM series directory, and 2D PNG / TIFF into a :class:`priorreg.Image`
   (array in NumPy (z, y, x) order, spacing per array axis, ``direction[:, k]`` the
   world LPS vector of array axis k). A 3D file with a single slice (a 2D image
-  stored as e.g. 181x217x1 NIfTI) becomes a 2D image. RGB(A) images become grey.
+  stored as e.g. 181x217x1 NIfTI) becomes a 2D image that remembers its 3D grid
+  (``Image.volume``): images and fields written on that grid are single-slice 3D
+  again, with the file's geometry. RGB(A) images become grey. NaN/Inf voxels and
+  damaged (e.g. truncated) files are refused; NIfTI data blocks are checked as
+  stored, because ITK's NIfTI reader turns NaN/Inf into 0 and zero-fills a cut file.
 * ``write_image`` / ``write_field`` write atomically: a temporary file in the
-  target directory, renamed into place with ``os.replace``.
+  target directory, renamed into place with ``os.replace``, with the mode an
+  ordinary write would give (0666 less the umask, or the replaced file's mode).
 * The displacement field file is an ITK vector image (``sitkVectorFloat64``) on
   the fixed grid whose vectors are world LPS (x, y, z) millimetres, pull-back: the
   fixed point x maps to x + field(x) in the moving image. That is what
@@ -17,13 +22,18 @@ Everything goes through SimpleITK, which keeps the physical geometry:
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import stat
+import struct
 import tempfile
+import threading
+import zlib
 
 import numpy as np
 
 from .errors import PriorRegError
-from .image import Image
+from .image import Image, SliceGeometry
 
 READ_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".dcm")
 # Single-file formats only (a .mhd/.hdr pair cannot be renamed into place atomically).
@@ -72,44 +82,84 @@ def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name:
                 f"{name}: a single-slice image in an oblique plane is not supported; resample it to an axial, "
                 "coronal or sagittal plane first"
             )
+        volume = SliceGeometry(
+            axis=k,
+            spacing=tuple(float(v) for v in spacing),
+            origin=tuple(float(v) for v in origin),
+            direction=np.ascontiguousarray(direction),
+            drop=drop,
+        )
         arr = np.take(arr, 0, axis=k)
         spacing = spacing[keep]
         origin = origin[rows]
         direction = sub
         if notes is not None:
-            notes.append(f"{name}: a single-slice 3D image; treated as 2D {arr.shape[0]}x{arr.shape[1]}")
+            notes.append(
+                f"{name}: a single-slice 3D image; treated as 2D {arr.shape[0]}x{arr.shape[1]} "
+                "(outputs on its grid are written back as single-slice 3D)"
+            )
+        return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction), volume=volume)
     return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction))
 
 
-def _set_geometry(sitk_img, ref: Image):
-    d = ref.ndim
+def _set_geometry(sitk_img, ref):
+    """Give ``sitk_img`` the grid of ``ref`` (an :class:`Image` or a :class:`SliceGeometry`)."""
+    direction = np.asarray(ref.direction, float)
+    d = direction.shape[0]
     sitk_img.SetSpacing([float(s) for s in np.asarray(ref.spacing)[::-1]])
     sitk_img.SetOrigin([float(o) for o in ref.origin])
-    D_itk = np.asarray(ref.direction, float)[:, ::-1]
+    D_itk = direction[:, ::-1]
     sitk_img.SetDirection([float(v) for v in D_itk.reshape(d * d)])
     return sitk_img
 
 
-def image_to_sitk(image: Image):
-    """Convert an :class:`Image` into a scalar SimpleITK image with its geometry."""
+def _slice_volume(image: Image):
+    """The single-slice 3D grid a 2D image is to be written back to, or None."""
+    vol = getattr(image, "volume", None)
+    if vol is None or image.ndim != 2:
+        return None
+    return vol
+
+
+def image_to_sitk(image: Image, *, keep_volume: bool = True):
+    """Convert an :class:`Image` into a scalar SimpleITK image with its geometry.
+
+    A 2D image read from a single-slice 3D file (``image.volume``) becomes that
+    X x Y x 1 image again, with the file's full 3D geometry (unless ``keep_volume`` is False).
+    """
     sitk = _sitk()
     arr = np.asarray(image.array)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
+    vol = _slice_volume(image) if keep_volume else None
+    if vol is not None:
+        arr = np.expand_dims(arr, vol.axis)
+        return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False), vol)
     return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False), image)
 
 
 def geometry(image: Image) -> dict:
     """A JSON-friendly description of an image's grid."""
-    return {
+    out = {
         "shape": [int(n) for n in image.shape],
         "spacing_mm": [float(s) for s in image.spacing],
         "origin_mm": [float(o) for o in image.origin],
         "direction": np.asarray(image.direction, float).round(8).tolist(),
         "dtype": str(image.array.dtype),
     }
+    if image.volume is not None:  # read from a single-slice 3D file; outputs are written like it
+        vol = image.volume
+        shape3 = list(image.shape)
+        shape3.insert(vol.axis, 1)
+        out["file_grid"] = {
+            "shape": shape3,
+            "spacing_mm": [float(s) for s in vol.spacing],
+            "origin_mm": [float(o) for o in vol.origin],
+            "direction": np.asarray(vol.direction, float).round(8).tolist(),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- reading
@@ -146,16 +196,155 @@ def _to_scalar(img, path: str, name: str, notes):
     return grey
 
 
-def read_image(path, name: str = "image", notes: list | None = None) -> Image:
+# NIfTI datatype code -> the float type its values are made of (complex: pairs of them).
+_NIFTI_FLOATS = {16: "f4", 32: "f4", 64: "f8", 1792: "f8"}
+_CHUNK = 1 << 24  # bytes per read while scanning a data block
+
+
+class _NiftiScan:
+    """What :func:`_scan_nifti` found in a NIfTI file's data block."""
+
+    def __init__(self):
+        self.n_nan = 0
+        self.n_inf = 0
+        self.positions = []  # flat voxel indices of non-finite values (when asked for)
+        self.values = []
+        self.slope = 0.0
+        self.inter = 0.0
+
+
+def _nifti_header(fh):
+    """(byte order, header length, dims, datatype, bitpix, vox_offset, scl_slope, scl_inter) of a
+    single-file NIfTI-1/2, "short" for a cut header, or None for anything else."""
+    raw = fh.read(348)
+    if len(raw) < 348:
+        return "short"
+    for e in "<>":
+        size = struct.unpack(e + "i", raw[:4])[0]
+        if size == 348 and raw[344:347] == b"n+1":
+            dims = struct.unpack(e + "8h", raw[40:56])
+            datatype, bitpix = struct.unpack(e + "hh", raw[70:74])
+            (vox_offset,) = struct.unpack(e + "f", raw[108:112])
+            slope, inter = struct.unpack(e + "ff", raw[112:120])
+            return e, 348, dims, datatype, bitpix, int(vox_offset), slope, inter
+        if size == 540 and raw[4:7] == b"n+2":
+            raw += fh.read(540 - 348)
+            if len(raw) < 540:
+                return "short"
+            datatype, bitpix = struct.unpack(e + "hh", raw[12:16])
+            dims = struct.unpack(e + "8q", raw[16:80])
+            (vox_offset,) = struct.unpack(e + "q", raw[168:176])
+            slope, inter = struct.unpack(e + "dd", raw[176:192])
+            return e, 540, dims, datatype, bitpix, int(vox_offset), slope, inter
+    return None  # a header pair (.hdr/.img), an ANALYZE file, or not NIfTI: left to SimpleITK
+
+
+def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiScan | None:
+    """Read a single-file NIfTI's data block as stored and check it.
+
+    ITK's NIfTI reader (niftilib's ``nifti_read_buffer``) silently replaces NaN/Inf by 0 and
+    zero-fills a data block cut short, so a damaged or non-finite file would pass unnoticed.
+    This reads the block itself (gunzipping a .nii.gz, checking its CRC): a data block shorter
+    than the header announces, or a corrupt/truncated gzip stream, raises :class:`PriorRegError`;
+    float data are counted for NaN and Inf. Returns None for files this check does not cover.
+    """
+    damaged = f"{name}: cannot read {path}: the file is damaged or truncated"
+    try:
+        with open(path, "rb") as raw_fh:
+            gz = raw_fh.read(2) == b"\x1f\x8b"
+            raw_fh.seek(0)
+            fh = gzip.GzipFile(fileobj=raw_fh, mode="rb") if gz else raw_fh
+            hdr = _nifti_header(fh)
+            if hdr is None:
+                return None
+            if hdr == "short":
+                raise PriorRegError(f"{damaged} (incomplete header)")
+            endian, hlen, dims, datatype, bitpix, vox_offset, slope, inter = hdr
+            nd = dims[0]
+            if not 1 <= nd <= 7 or bitpix <= 0 or bitpix % 8 or vox_offset < hlen:
+                return None  # a header SimpleITK accepted but this check does not understand
+            nvox = int(np.prod([max(int(n), 1) for n in dims[1 : nd + 1]], dtype=np.int64))
+            nbytes = nvox * (bitpix // 8)
+            skip = vox_offset - hlen
+            if skip and len(fh.read(skip)) < skip:
+                raise PriorRegError(f"{damaged} (no data after its header)")
+            scan = _NiftiScan()
+            if np.isfinite(slope) and slope != 0:
+                scan.slope, scan.inter = float(slope), float(inter)
+            ftype = _NIFTI_FLOATS.get(datatype)
+            dt = None if ftype is None else np.dtype(endian + ftype)
+            got, carry, elem = 0, b"", 0
+            per_voxel = 2 if datatype in (32, 1792) else 1
+            while got < nbytes:
+                buf = fh.read(min(_CHUNK, nbytes - got))
+                if not buf:
+                    break
+                got += len(buf)
+                if dt is None:
+                    continue
+                buf = carry + buf
+                n = len(buf) // dt.itemsize
+                carry = buf[n * dt.itemsize :]
+                vals = np.frombuffer(buf, dtype=dt, count=n)
+                bad = ~np.isfinite(vals)
+                if bad.any():
+                    nan = np.isnan(vals)
+                    scan.n_nan += int(np.count_nonzero(nan))
+                    scan.n_inf += int(np.count_nonzero(bad)) - int(np.count_nonzero(nan))
+                    if keep_positions:
+                        idx = np.flatnonzero(bad)
+                        scan.positions.append((idx + elem) // per_voxel)
+                        scan.values.append(vals[idx].astype(np.float64))
+                elem += n
+            if got < nbytes:
+                raise PriorRegError(
+                    f"{damaged} (its data block holds {got} of the {nbytes} bytes its header announces)"
+                )
+            if gz:
+                while fh.read(_CHUNK):  # to the end of the stream: checks the gzip CRC and length
+                    pass
+    except PriorRegError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise PriorRegError(f"{damaged} (compressed data: {str(e).strip() or type(e).__name__})") from None
+    except OSError as e:
+        raise PriorRegError(f"{name}: cannot read {path} ({e.strerror or e})") from None
+    return scan
+
+
+def _refuse_nonfinite(arr: np.ndarray, path: str, name: str, n_nan: int | None = None, n_inf: int | None = None):
+    if n_nan is None:
+        if not np.issubdtype(arr.dtype, np.inexact):
+            return
+        fin = np.isfinite(arr)
+        if fin.all():
+            return
+        n_nan = int(np.count_nonzero(np.isnan(arr)))
+        n_inf = int(arr.size - np.count_nonzero(fin)) - n_nan
+    if not (n_nan or n_inf):
+        return
+    what = " and ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} Inf" if n_inf else "") if p)
+    total = int(np.size(arr))
+    scope = "every voxel is NaN/Inf" if n_nan + n_inf >= total else f"{what} of {total} voxels"
+    raise PriorRegError(
+        f"{name}: {path} contains {what} voxel(s) ({scope}); replace NaN/Inf with a value (e.g. 0) first"
+    )
+
+
+def read_image(path, name: str = "image", notes: list | None = None, *, allow_nonfinite: bool = False) -> Image:
     """Read an image file (or a DICOM series directory) into an :class:`Image`.
 
-    Raises :class:`PriorRegError` for a missing, unreadable or unsupported file
-    and for images that are not 2D or 3D scalar images. Informational notes
-    (colour converted to grey, single-slice 3D treated as 2D) are appended to
-    ``notes`` if given.
+    Raises :class:`PriorRegError` (one line) for a missing, unreadable, damaged
+    (e.g. truncated) or unsupported file, for images that are not 2D or 3D scalar
+    images and, unless ``allow_nonfinite``, for NaN/Inf voxels (NIfTI included:
+    its data block is checked as stored, since ITK's reader turns NaN into 0).
+    With ``allow_nonfinite`` the NaN/Inf voxels are returned as they are in the file.
+    Informational notes (colour converted to grey, single-slice 3D treated as 2D)
+    are appended to ``notes`` if given.
     """
     sitk = _sitk()
     path = os.fspath(path)
+    scan = None
     if not os.path.exists(path):
         raise PriorRegError(f"{name}: no such file or directory: {path}")
     if os.path.isdir(path):
@@ -174,12 +363,37 @@ def read_image(path, name: str = "image", notes: list | None = None) -> Image:
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
             raise PriorRegError(f"{name}: cannot read {path} as an image ({first.strip()[:200]})") from None
+        if ext in (".nii", ".nii.gz"):
+            scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
     img = _to_scalar(img, path, name, notes)
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     if img.GetDimension() not in (2, 3):
         raise PriorRegError(f"{name}: {path} is a {img.GetDimension()}D image; only 2D and 3D images are supported")
-    return sitk_to_image(img, notes=notes, name=name)
+    out = sitk_to_image(img, notes=notes, name=name)
+    if scan is not None and (scan.n_nan or scan.n_inf):
+        if not allow_nonfinite:
+            _refuse_nonfinite(out.array, path, name, scan.n_nan, scan.n_inf)
+        out = out.with_array(_restore_nonfinite(out.array, scan))
+    elif not allow_nonfinite:
+        _refuse_nonfinite(out.array, path, name)
+    return out
+
+
+def _restore_nonfinite(arr: np.ndarray, scan: _NiftiScan) -> np.ndarray:
+    """Put back the NaN/Inf values that ITK's NIfTI reader replaced by 0 (file order = NumPy C order)."""
+    pos = np.concatenate(scan.positions)
+    val = np.concatenate(scan.values)
+    if scan.slope:
+        val = val * scan.slope + scan.inter
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    else:
+        arr = arr.copy()
+    flat = arr.reshape(-1)
+    if pos.size and pos.max() < flat.size:
+        flat[pos] = val
+    return arr
 
 
 def read_field(path, name: str = "field") -> tuple[np.ndarray, Image]:
@@ -210,7 +424,17 @@ def read_field(path, name: str = "field") -> tuple[np.ndarray, Image]:
         )
     vec = sitk.GetArrayFromImage(img).astype(np.float64)  # (*shape, d) world vectors
     comp0 = sitk.VectorIndexSelectionCast(img, 0)
-    grid = sitk_to_image(comp0, squeeze=False, name=name)
+    grid = sitk_to_image(comp0, name=name)
+    vol = grid.volume
+    if vol is not None:  # a single-slice 3D field (as write_field writes for single-slice inputs): 2D
+        vec = np.take(vec, 0, axis=vol.axis)
+        through = vec[..., vol.drop]
+        if np.all(np.isfinite(through)) and np.abs(through).max(initial=0.0) > 1e-6:
+            raise PriorRegError(
+                f"{name}: {path} is a single-slice field with through-plane displacements (up to "
+                f"{np.abs(through).max():.3g} mm); priorreg applies single-slice fields in 2D only"
+            )
+        vec = np.delete(vec, vol.drop, axis=-1)
     D = np.asarray(grid.direction, float)
     field = np.moveaxis(np.einsum("ij,...j->...i", np.linalg.inv(D), vec), -1, 0)
     if not np.all(np.isfinite(field)):
@@ -221,9 +445,41 @@ def read_field(path, name: str = "field") -> tuple[np.ndarray, Image]:
 # --------------------------------------------------------------------------- writing
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir`` would give a new file (0666) or folder (0777) under the umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask; what is renamed
+    into place gets this mode instead, so outputs in a shared folder are as readable as
+    any other file the user writes there.
+    """
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to ``path`` (same extension); on success rename it into place."""
+    """Yield a temporary path next to ``path`` (same extension); on success rename it into place.
+
+    The file gets the mode an ordinary write would give it: the existing file's mode when
+    it replaces one, else 0666 less the umask (not mkstemp's 0600).
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     ext = extension(path)
@@ -231,6 +487,12 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        try:
+            st = os.stat(path)
+            mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else default_mode()
+        except OSError:
+            mode = default_mode()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -274,6 +536,8 @@ def write_image(image: Image, path, name: str = "output") -> None:
     """Write an :class:`Image` with its geometry, atomically.
 
     PNG keeps 8/16-bit integer data only: other data are rounded and clipped to uint8 or uint16.
+    A 2D image read from a single-slice 3D file (``image.volume``) is written back as that
+    X x Y x 1 grid with the file's 3D geometry, except as PNG/TIFF (2D formats).
     """
     ext = _check_write_ext(path, image.ndim, name)
     arr = np.asarray(image.array)
@@ -281,21 +545,45 @@ def write_image(image: Image, path, name: str = "output") -> None:
         top = 255 if np.nanmax(arr) <= 255 else 65535
         arr = np.clip(np.rint(arr), 0, top).astype(np.uint8 if top == 255 else np.uint16)
         image = image.with_array(arr)
-    _write(image_to_sitk(image), path, name)
+    _write(image_to_sitk(image, keep_volume=ext not in (".png", ".tif", ".tiff")), path, name)
 
 
 def field_to_sitk(field_world: np.ndarray, grid: Image):
-    """A ``sitkVectorFloat64`` image of world (LPS x, y, z) displacement vectors on ``grid``."""
+    """A ``sitkVectorFloat64`` image of world (LPS x, y, z) displacement vectors on ``grid``.
+
+    On a grid read from a single-slice 3D file (``grid.volume``) the 2D world vectors become
+    3D ones (zero through-plane component) on that X x Y x 1 grid with its 3D geometry,
+    which is what ITK's DisplacementFieldTransform and ANTs need to apply it to the 3D files.
+    """
     sitk = _sitk()
     v = np.asarray(field_world, dtype=np.float64)
     if v.shape != (*grid.shape, grid.ndim):
         raise PriorRegError(f"write_field(): field must have shape {(*grid.shape, grid.ndim)}, got {v.shape}")
+    vol = _slice_volume(grid)
+    if vol is not None:
+        v = np.insert(v, vol.drop, 0.0, axis=-1)  # 2D world (x, y, z without drop) -> 3D world
+        v = np.expand_dims(v, vol.axis)
+        return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(v), isVector=True), vol)
     return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(v), isVector=True), grid)
 
 
 def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field") -> None:
-    """Write world-vector displacements (``RegistrationResult.field_world()``) as an ITK vector image."""
+    """Write world-vector displacements (``RegistrationResult.field_world()``) as an ITK vector image.
+
+    On a grid read from a single-slice 3D file the field is written as that single-slice 3D
+    grid with three components (see :func:`field_to_sitk`); as NIfTI, an X x Y x 1 grid is
+    stored as the same grid with its index axes cycled (1 x X x Y), because ITK reads an
+    X x Y x 1 NIfTI vector image as 2D.
+    """
     ext = _check_write_ext(path, grid.ndim, name)
     if ext in (".png", ".tif", ".tiff"):
         raise PriorRegError(f"{name}: a displacement field needs .nii.gz, .nii, .mha or .nrrd, not {ext}")
-    _write(field_to_sitk(field_world, grid), path, name)
+    img = field_to_sitk(field_world, grid)
+    vol = _slice_volume(grid)
+    if vol is not None and vol.axis == 0 and ext in (".nii", ".nii.gz"):
+        # ITK's NIfTI reader drops trailing size-1 axes of a vector image, so an X x Y x 1 field
+        # would read back as a 2D field with 3 components, which DisplacementFieldTransform
+        # refuses. The same grid with its index axes cycled (1 x X x Y: the same voxels at the
+        # same world points) reads back as 3D.
+        img = _sitk().PermuteAxes(img, [2, 0, 1])
+    _write(img, path, name)
