@@ -11,12 +11,8 @@ from priorreg.energy import HistogramSpec
 
 
 def _table(f, m, spec):
-    (lo1, hi1), (lo2, hi2) = spec.ranges
-    a, _, _ = hist.bin_coordinates(f.reshape(-1), lo1, hi1, spec.bins)
-    b, _, _ = hist.bin_coordinates(m.reshape(-1), lo2, hi2, spec.bins)
     S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma)
-    P = hist.smooth(hist.joint_histogram(a, b, spec.bins), S)
-    return hist.floor_prior(P / P.sum(), 1e-6)
+    return hist.floor_prior(hist.parzen_joint_histogram(f.reshape(-1), m.reshape(-1), spec.ranges, S), 1e-6)
 
 
 def _aligned_pair(seed=0):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from priorreg import histogram as hist
 
@@ -86,3 +86,153 @@ def test_d2_bilinear_is_the_derivative_of_the_bilinear_interpolant():
     h = 1e-7
     fd = (interp(b + h) - interp(b - h)) / (2 * h)
     assert torch.allclose(hist.d2_bilinear(C, a, b), fd, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- value tests
+# MI, KL and the Parzen table against references built another way (numpy loops over the
+# table, scipy.stats.entropy, explicit triangle kernels and scipy's Gaussian filter), in the
+# style of DIPY's Parzen histogram tests.
+# A hand-made 3 x 4 joint table (rows: fixed intensity, columns: moving intensity).
+TABLE = np.array([[0.10, 0.05, 0.00, 0.05],
+                  [0.02, 0.20, 0.08, 0.00],
+                  [0.00, 0.05, 0.15, 0.30]])
+
+
+def _mi_loops(P):
+    p1, p2 = P.sum(1), P.sum(0)
+    mi = 0.0
+    for k in range(P.shape[0]):
+        for l in range(P.shape[1]):
+            if P[k, l] > 0:
+                mi += P[k, l] * np.log(P[k, l] / (p1[k] * p2[l]))
+    return mi
+
+
+def test_mutual_information_matches_loops_and_the_entropy_identity():
+    P = torch.as_tensor(TABLE)
+    mi = float(hist.mutual_information(P, 1e-300))  # zero cells: 0 ln 0 needs a floor (here negligible)
+    assert mi == pytest.approx(_mi_loops(TABLE), abs=1e-14)
+    # MI = H(X) + H(Y) - H(X, Y), each entropy by scipy.
+    ref = stats.entropy(TABLE.sum(1)) + stats.entropy(TABLE.sum(0)) - stats.entropy(TABLE.ravel())
+    assert mi == pytest.approx(ref, abs=1e-14)
+    # Hand value for a 2 x 2 table with perfect dependence: MI = ln 2.
+    diagonal = torch.tensor([[0.5, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    assert float(hist.mutual_information(diagonal, 1e-300)) == pytest.approx(np.log(2), abs=1e-15)
+    # The eps floor is P + eps with the marginals of the floored table.
+    eps = 1e-3
+    Pt = TABLE + eps
+    assert float(hist.mutual_information(P, eps)) == pytest.approx(_mi_loops(Pt), abs=1e-14)
+
+
+def test_kl_and_cross_entropy_match_scipy_and_loops():
+    rng = np.random.default_rng(5)
+    Q = rng.random(TABLE.shape) + 0.05
+    Q = Q / Q.sum()
+    logQ = torch.log(torch.as_tensor(Q))
+    P = torch.as_tensor(TABLE)
+    # scipy.stats.entropy(p, q) = sum p ln(p / q), zero cells of p contributing 0; the engine
+    # needs a floored P (ln 0), so compare at a floor far below the test's tolerance.
+    kl = float(hist.kl_divergence(P, logQ, 1e-300))
+    assert kl == pytest.approx(stats.entropy(TABLE.ravel(), Q.ravel()), abs=1e-14)
+    # A floored table: P~ = P + eps, not renormalised (docs/method.md §2.4); loops over the cells.
+    eps = 1e-3
+    Pt = TABLE + eps
+    ref = sum(Pt[k, l] * (np.log(Pt[k, l]) - np.log(Q[k, l])) for k in range(3) for l in range(4))
+    assert float(hist.kl_divergence(P, logQ, eps)) == pytest.approx(ref, abs=1e-14)
+    ce = float(hist.cross_entropy(P, logQ, eps))
+    assert ce == pytest.approx(-sum(Pt[k, l] * np.log(Q[k, l]) for k in range(3) for l in range(4)), abs=1e-14)
+    # KL = CE - H(P~), H written out over the cells.
+    assert float(hist.kl_divergence(P, logQ, eps)) == pytest.approx(ce + float((Pt * np.log(Pt)).sum()), abs=1e-14)
+    assert abs(float(hist.kl_divergence(torch.as_tensor(Q), logQ))) < 1e-15
+
+
+def test_stacked_tables_give_one_value_per_table():
+    rng = np.random.default_rng(6)
+    tables = rng.random((3, 5, 5)) + 1e-3
+    tables /= tables.sum((1, 2), keepdims=True)
+    logQ = torch.log(torch.as_tensor(tables[::-1].copy()))
+    T = torch.as_tensor(tables)
+    mi, kl, ce = hist.mutual_information(T), hist.kl_divergence(T, logQ), hist.cross_entropy(T, logQ)
+    assert mi.shape == kl.shape == ce.shape == (3,)
+    for r in range(3):
+        assert float(mi[r]) == pytest.approx(_mi_loops(tables[r]), abs=1e-14)
+        assert float(kl[r]) == pytest.approx(stats.entropy(tables[r].ravel(), tables[2 - r].ravel()), abs=1e-14)
+        assert float(ce[r]) == pytest.approx(-(tables[r] * np.log(tables[2 - r])).sum(), abs=1e-14)
+
+
+def _parzen_reference(x, y, ranges, bins, sigma, weights=None):
+    """The Parzen table built another way: explicit triangle kernels max(0, 1 - |t - k|) per
+    sample and bin (linear binning), an outer product per sample, scipy's Gaussian filter."""
+    (lo1, hi1), (lo2, hi2) = ranges
+    t1 = np.clip((x - lo1) * (bins - 1) / (hi1 - lo1), 0, bins - 1)
+    t2 = np.clip((y - lo2) * (bins - 1) / (hi2 - lo2), 0, bins - 1)
+    w = np.ones(len(x)) if weights is None else weights
+    k = np.arange(bins)
+    H = np.zeros((bins, bins))
+    for a, b, wi in zip(t1, t2, w):
+        H += wi * np.outer(np.maximum(0, 1 - np.abs(a - k)), np.maximum(0, 1 - np.abs(b - k)))
+    H /= w.sum()
+    return ndimage.gaussian_filter(H, sigma, mode="reflect", truncate=4.0) if sigma > 0 else H
+
+
+@pytest.mark.parametrize("bins,sigma,masked", [(16, 1.0, False), (24, 2.0, True), (10, 0.0, True)])
+def test_parzen_joint_histogram_matches_a_reference_built_with_kernels(bins, sigma, masked):
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-0.2, 1.2, 400)  # some samples outside the range: clipped to the end bins
+    y = np.sin(3 * x) + 0.1 * rng.standard_normal(400)
+    ranges = ((0.0, 1.0), (-1.0, 1.0))
+    w = (rng.random(400) > 0.3).astype(float) if masked else None
+    P = hist.parzen_joint_histogram(torch.as_tensor(x), torch.as_tensor(y), ranges, hist.smoothing_matrix(bins, sigma),
+                                    None if w is None else torch.as_tensor(w))
+    ref = _parzen_reference(x, y, ranges, bins, sigma, w)
+    assert np.abs(P.numpy() - ref).max() < 1e-14
+    assert abs(float(P.sum()) - 1) < 1e-13
+
+
+def test_energy_calibration_and_report_see_the_same_table():
+    # One joint histogram: the registration energy's table at u = 0, the calibration's KL and the
+    # report's figure are the engine's Parzen table (reference built with kernels).
+    from priorreg import report
+    from priorreg.calibration import modality_order_check
+    from priorreg.energy import HistogramSpec, JointHistogramEnergy
+
+    rng = np.random.default_rng(8)
+    f = ndimage.gaussian_filter(rng.random((24, 20)), 1.5)
+    f = (f - f.min()) / np.ptp(f)
+    m = np.cos(2.5 * f) + 0.05 * rng.standard_normal(f.shape)
+    mask = np.zeros(f.shape)
+    mask[3:20, 2:17] = 1
+    spec = HistogramSpec(12, 1.0, ((0.0, 1.0), (-0.5, 1.2)))
+    ref = _parzen_reference(f.ravel(), m.ravel(), spec.ranges, spec.bins, spec.parzen_sigma, mask.ravel())
+    ft, mt = torch.as_tensor(f), torch.as_tensor(m)
+    energy = JointHistogramEnergy(ft, mt, (1.0, 1.0), spec, [], torch.as_tensor(mask))
+    P_energy = energy.table(mt)[0].numpy()
+    P_report = report._joint_histogram(f, m, spec.ranges, spec.bins, spec.parzen_sigma, mask)
+    assert np.abs(P_energy - ref).max() < 1e-14 and np.abs(P_report - ref).max() < 1e-14
+    Q = rng.random((12, 12)) + 0.1
+    Q /= Q.sum()
+    kl_given, _ = modality_order_check(ft, mt, torch.as_tensor(Q), spec, torch.as_tensor(mask))
+    assert kl_given == pytest.approx(float(((ref + spec.eps) * (np.log(ref + spec.eps) - np.log(Q))).sum()), abs=1e-12)
+
+
+def test_energy_terms_values_match_loops():
+    # The histogram terms' values through the engine's Tables against loops over the cells,
+    # the conditional KL written as sum_m P(m) KL(P(. | m) || Q(. | m)).
+    from priorreg.energy import NegMutualInformation, PriorConditionalKL, PriorCrossEntropy, PriorKL, Tables
+
+    rng = np.random.default_rng(9)
+    Q = rng.random(TABLE.shape) + 0.05
+    Q /= Q.sum()
+    Pf, P1, P2 = hist.entropy_terms(torch.as_tensor(TABLE), 1e-10)
+    T = Tables(Pf, P1, P2, Pf[None], torch.ones(1, dtype=torch.float64))
+    Pt = TABLE + 1e-10
+    Qt = torch.as_tensor(Q)
+    assert float(NegMutualInformation().value(T)) == pytest.approx(-_mi_loops(Pt), abs=1e-14)
+    kl = sum(Pt[k, l] * np.log(Pt[k, l] / Q[k, l]) for k in range(3) for l in range(4))
+    assert float(PriorKL(Qt).value(T)) == pytest.approx(kl, abs=1e-14)
+    assert float(PriorCrossEntropy(Qt).value(T)) == pytest.approx(-(Pt * np.log(Q)).sum(), abs=1e-14)
+    ckl = 0.0
+    for mcol in range(4):
+        pm, qm = Pt[:, mcol].sum(), Q[:, mcol].sum()
+        ckl += pm * sum(Pt[k, mcol] / pm * np.log((Pt[k, mcol] / pm) / (Q[k, mcol] / qm)) for k in range(3))
+    assert float(PriorConditionalKL(Qt).value(T)) == pytest.approx(ckl, abs=1e-14)

@@ -49,12 +49,7 @@ def _masked_samples(fixed, moving, weights, limit: int, seed: int, func: str):
 def _kl_to_prior(x, y, logQ, spec, S) -> float:
     """KL(P || Q) in nats of the smoothed joint histogram P of samples x (binned on the prior's first
     axis) and y (its second) against the floored prior table with logarithm ``logQ``."""
-    B = spec.bins
-    (lo1, hi1), (lo2, hi2) = spec.ranges
-    a, _, _ = hist.bin_coordinates(x, lo1, hi1, B)
-    b, _, _ = hist.bin_coordinates(y, lo2, hi2, B)
-    P = hist.smooth(hist.joint_histogram(a, b, B), S) + spec.eps
-    return float((P * (torch.log(P) - logQ)).sum())
+    return float(hist.kl_divergence(hist.parzen_joint_histogram(x, y, spec.ranges, S), logQ, spec.eps))
 
 
 def fit_intensity_maps(

@@ -39,7 +39,7 @@ class NegMutualInformation:
     regional = False
 
     def value(self, T: Tables):
-        return -(T.Pt * (torch.log(T.Pt) - torch.log(T.P1)[:, None] - torch.log(T.P2)[None, :])).sum()
+        return -hist.mutual_information(T.Pt)
 
     def phi(self, T: Tables):
         # d(-MI)/dP_kl = -ln P~ + ln P~1 + ln P~2 + 1; terms constant along l drop out (§4.2).
@@ -60,10 +60,7 @@ class RegionalNegMutualInformation:
     n_regions = None  # takes the energy's layout
 
     def value(self, T: Tables):
-        P1 = T.Prt.sum(2, keepdim=True)
-        P2 = T.Prt.sum(1, keepdim=True)
-        mi = (T.Prt * (torch.log(T.Prt) - torch.log(P1) - torch.log(P2))).sum((1, 2))
-        return -(T.pi * mi).sum()
+        return -(T.pi * hist.mutual_information(T.Prt)).sum()
 
     def phi(self, T: Tables):
         return -torch.log(T.Prt) + torch.log(T.Prt.sum(1, keepdim=True))
@@ -106,7 +103,7 @@ class PriorKL(_PriorTerm):
 
     def value(self, T: Tables):
         P, w = self._tables(T)
-        return (w * (P * (torch.log(P) - self.logQ)).sum((1, 2))).sum()
+        return (w * hist.kl_divergence(P, self.logQ)).sum()
 
     def phi(self, T: Tables):
         return self._phi(torch.log(self._tables(T)[0]) - self.logQ)
@@ -123,7 +120,7 @@ class PriorCrossEntropy(_PriorTerm):
 
     def value(self, T: Tables):
         P, w = self._tables(T)
-        return -(w * (P * self.logQ).sum((1, 2))).sum()
+        return (w * hist.cross_entropy(P, self.logQ)).sum()
 
     def phi(self, T: Tables):
         return self._phi(-self.logQ.expand_as(self._tables(T)[0]))
@@ -156,7 +153,7 @@ class PriorConditionalKL(PriorKL):
 
     def value(self, T: Tables):
         Pm, w = self._moving_marginal(T), self._tables(T)[1]
-        return super().value(T) - (w * (Pm * (torch.log(Pm) - self.logQm)).sum((1, 2))).sum()
+        return super().value(T) - (w * hist.kl_divergence(Pm, self.logQm)).sum()
 
     def phi(self, T: Tables):
         # d/dP_kl of the marginal part: ln Pm_l - ln Qm_l + 1 (the +1 cancels against KL's)

@@ -6,8 +6,6 @@ built: samples are scattered into a B x B table, which is then smoothed.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -135,25 +133,46 @@ def entropy_terms(P: torch.Tensor, eps: float):
     return Pt, Pt.sum(1), Pt.sum(0)
 
 
-def mutual_information(P: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """MI in nats of a (smoothed) joint table P: sum P~ ln(P~ / (P~1 P~2))."""
-    Pt, P1, P2 = entropy_terms(P, eps)
-    return (Pt * (torch.log(Pt) - torch.log(P1)[:, None] - torch.log(P2)[None, :])).sum()
+def parzen_joint_histogram(x, y: torch.Tensor, ranges, S: torch.Tensor, weights: torch.Tensor | None = None):
+    """The Parzen joint table P = S H S^T of flat samples ``x`` (first axis) and ``y`` (second):
+    bin coordinates on ``ranges`` ((lo1, hi1), (lo2, hi2)), linear binning (optional per-sample
+    ``weights``), smoothing by ``S = smoothing_matrix(bins, parzen_sigma)``; sums to 1
+    (docs/method.md §2.2-2.4). The registration's energy builds the same table from the same
+    functions (with its fixed image's bin corners kept per level, and per-region tables).
+    """
+    bins = S.shape[0]
+    (lo1, hi1), (lo2, hi2) = ranges
+    a, _, _ = bin_coordinates(x, lo1, hi1, bins)
+    b, _, _ = bin_coordinates(y, lo2, hi2, bins)
+    return smooth(joint_histogram(a, b, bins, weights), S)
 
 
-def kl_divergence(P: torch.Tensor, logQ: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """KL(P~ || Q~) in nats, Q~ given as its log."""
-    Pt = P + eps
-    return (Pt * (torch.log(Pt) - logQ)).sum()
+# MI, KL and cross-entropy of joint tables: the only place they are written. Each takes one
+# table (B, B) or a stack (..., B, B) and sums over the last two axes; ``eps`` floors P first
+# (P~ = P + eps, docs/method.md §2.4); 0 = P is already floored (no zero cell: ln 0).
+def _floored(P: torch.Tensor, eps: float) -> torch.Tensor:
+    return P + eps if eps else P
+
+
+def mutual_information(P: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """MI in nats: sum P~ ln(P~ / (P~1 P~2)), with P~1, P~2 the marginals of P~ itself."""
+    Pt = _floored(P, eps)
+    P1 = Pt.sum(-1, keepdim=True)
+    P2 = Pt.sum(-2, keepdim=True)
+    return (Pt * (torch.log(Pt) - torch.log(P1) - torch.log(P2))).sum((-2, -1))
+
+
+def kl_divergence(P: torch.Tensor, logQ: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """KL(P~ || Q~) in nats, Q~ (floored, see :func:`floor_prior`) given as its log."""
+    Pt = _floored(P, eps)
+    return (Pt * (torch.log(Pt) - logQ)).sum((-2, -1))
+
+
+def cross_entropy(P: torch.Tensor, logQ: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """-sum P~ ln Q~ in nats (= KL(P~ || Q~) + H(P~)), Q~ given as its log."""
+    return -(_floored(P, eps) * logQ).sum((-2, -1))
 
 
 def floor_prior(Q: torch.Tensor, eta: float) -> torch.Tensor:
     """Q~ = (Q + eta)/(1 + B^2 eta): floor then renormalise (docs/method.md §3)."""
     return (Q + eta) / (1.0 + Q.numel() * eta)
-
-
-def gaussian_kernel1d(sigma: float, dtype=torch.float64) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=dtype)
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    return g / g.sum()

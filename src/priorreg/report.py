@@ -143,13 +143,16 @@ def _checkerboard(a, b, n=8):
 
 
 def _joint_histogram(f, m, ranges, bins, sigma, mask=None):
-    from scipy import ndimage
+    # The engine's Parzen table (float64, CPU): the histogram the registration optimised.
+    import torch
 
-    sel = np.ones(f.shape, bool) if mask is None else np.asarray(mask) > 0
-    H, _, _ = np.histogram2d(f[sel].ravel(), m[sel].ravel(), bins=bins, range=[list(ranges[0]), list(ranges[1])])
-    if sigma > 0:
-        H = ndimage.gaussian_filter(H, sigma, mode="reflect")
-    return H / max(H.sum(), 1e-300)
+    from . import histogram as hist
+
+    x = torch.as_tensor(np.asarray(f, dtype=np.float64).reshape(-1))
+    y = torch.as_tensor(np.asarray(m, dtype=np.float64).reshape(-1))
+    w = None if mask is None else torch.as_tensor((np.asarray(mask) > 0).reshape(-1).astype(np.float64))
+    P = hist.parzen_joint_histogram(x, y, ranges, hist.smoothing_matrix(bins, sigma), w)
+    return P.numpy()
 
 
 def _plt():

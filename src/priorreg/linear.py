@@ -1,0 +1,661 @@
+"""Linear pre-alignment: centres, then rigid, then affine, by Parzen mutual information.
+
+The stage before the deformable one (issue 19). It maximises the mutual information of
+the engine's Parzen joint histogram (``histogram.joint_counts``, docs/method.md §2.2-2.4)
+of the fixed image against the moving image resampled through a linear transform; with a
+learned prior and alpha < 1 it minimises alpha*(-MI) + (1-alpha)*KL(p || prior), the
+deformable stage's energy with the linear transform in place of the field.
+
+Conventions
+-----------
+A :class:`LinearResult` holds ``matrix`` A (d x d) and ``translation`` t in world (ITK LPS)
+millimetres: the fixed world point x maps to the moving world point A x + t. That is the
+pull-back of the displacement field (x -> x + u(x)) and the direction of an ITK transform
+(fixed to moving), so :func:`linear_to_field` and :func:`write_itk_transform` need no
+inversion.
+
+The optimiser works on world parameters about the fixed foreground centre c:
+A = R(angles) diag(exp(log_scales)) (I + H(shears)), x -> A (x - c) + c + t_c. Angles,
+log-scales and shears are scaled by the samples' RMS radius, so a unit step of any
+parameter moves the samples by about 1 mm: the problem stays well conditioned with
+anisotropic voxels and oblique direction matrices.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from . import histogram as hist
+from .energy import PRIOR_TERMS, NegMutualInformation, Tables
+from .errors import PriorRegError
+from .image import Image, as_image, as_mask
+from .intensity import intensity_range, normalize, otsu_threshold
+
+KINDS = ("rigid", "affine")
+TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
+_DT = torch.float64
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class LinearResult:
+    """A linear transform, fixed world point x -> moving world point ``matrix @ x + translation``.
+
+    Attributes
+    ----------
+    matrix : ndarray (d, d)
+        Linear part A, world (LPS) coordinates.
+    translation : ndarray (d,)
+        t in mm, world (LPS) coordinates.
+    kind : str
+        "rigid", "affine" (or "identity").
+    center : ndarray (d,)
+        The fixed-space point the parameters below are reported about (world mm).
+    rotation_degrees : tuple
+        2D: (angle,); 3D: angles about the world x, y, z axes, A = Rz Ry Rx (scales, shears).
+    translation_mm : tuple
+        Displacement of ``center``: A c + t - c.
+    scales, shears : tuple
+        A = R diag(scales) (I + H), H strictly upper triangular holding ``shears`` row by row.
+    metric_before, metric_after : float
+        The minimised energy (nats; -MI, or alpha*(-MI) + (1-alpha)*KL with a prior) at the
+        finest level, at world alignment and for the result. Lower is better.
+    mi_before, mi_after : float
+        Mutual information (nats) at the finest level. Higher is better.
+    overlap : float
+        Fraction of the fixed samples (inside the mask) that land inside the moving image.
+    seconds : float
+    notes : list of str
+    """
+
+    matrix: np.ndarray
+    translation: np.ndarray
+    kind: str = "affine"
+    center: np.ndarray = None
+    rotation_degrees: tuple = ()
+    translation_mm: tuple = ()
+    scales: tuple = ()
+    shears: tuple = ()
+    metric_before: float = float("nan")
+    metric_after: float = float("nan")
+    mi_before: float = float("nan")
+    mi_after: float = float("nan")
+    overlap: float = float("nan")
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.matrix = np.asarray(self.matrix, dtype=float)
+        d = self.matrix.shape[0]
+        self.translation = np.asarray(self.translation, dtype=float).reshape(d)
+        self.center = np.zeros(d) if self.center is None else np.asarray(self.center, dtype=float).reshape(d)
+        angles, scales, shears = decompose(self.matrix)
+        self.rotation_degrees = tuple(float(np.degrees(a)) for a in angles)
+        self.scales, self.shears = tuple(map(float, scales)), tuple(map(float, shears))
+        self.translation_mm = tuple(map(float, self.matrix @ self.center + self.translation - self.center))
+
+    @property
+    def ndim(self) -> int:
+        return self.matrix.shape[0]
+
+    def transform_points(self, points) -> np.ndarray:
+        """Map fixed world points (..., d) to moving world points."""
+        return np.asarray(points, dtype=float) @ self.matrix.T + self.translation
+
+    def as_dict(self) -> dict:
+        """JSON-ready summary (report.json)."""
+        keys = ("kind", "rotation_degrees", "translation_mm", "scales", "shears", "metric_before",
+                "metric_after", "mi_before", "mi_after", "overlap", "seconds", "notes")
+        out = {k: getattr(self, k) for k in keys}
+        out.update(matrix=self.matrix.tolist(), translation=self.translation.tolist(), center=self.center.tolist())
+        return out
+
+
+def identity(ndim: int) -> LinearResult:
+    """The identity transform (world alignment)."""
+    return LinearResult(np.eye(ndim), np.zeros(ndim), kind="identity")
+
+
+def decompose(A: np.ndarray):
+    """(angles (rad), scales, shears) with A = R(angles) diag(scales) (I + H(shears)).
+
+    QR with a positive diagonal; a reflection (det A < 0) shows as a negative last scale.
+    """
+    A = np.asarray(A, dtype=float)
+    d = A.shape[0]
+    Q, U = np.linalg.qr(A)
+    sgn = np.where(np.diag(U) < 0, -1.0, 1.0)
+    Q, U = Q * sgn, sgn[:, None] * U
+    if np.linalg.det(Q) < 0:
+        Q[:, -1], U[-1] = -Q[:, -1], -U[-1]
+    scales = np.diag(U).copy()
+    H = U / scales[:, None] - np.eye(d)
+    shears = H[np.triu_indices(d, 1)]
+    if d == 2:
+        return np.array([math.atan2(Q[1, 0], Q[0, 0])]), scales, shears
+    beta = -math.asin(float(np.clip(Q[2, 0], -1, 1)))
+    return np.array([math.atan2(Q[2, 1], Q[2, 2]), beta, math.atan2(Q[1, 0], Q[0, 0])]), scales, shears
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _layout(d: int):
+    """Slices of the parameter vector: rotation, translation, log-scales, shears."""
+    nr = 1 if d == 2 else 3
+    return slice(0, nr), slice(nr, nr + d), slice(nr + d, nr + 2 * d), slice(nr + 2 * d, 2 * nr + 2 * d)
+
+
+def _plane_rotation(angle: torch.Tensor, d: int, i: int, j: int) -> torch.Tensor:
+    E = torch.zeros(d, d, dtype=_DT, device=angle.device)
+    Eii, Eji = E.clone(), E.clone()
+    Eii[i, i] = Eii[j, j] = 1.0
+    Eji[j, i], Eji[i, j] = 1.0, -1.0
+    return torch.eye(d, dtype=_DT, device=angle.device) + (torch.cos(angle) - 1) * Eii + torch.sin(angle) * Eji
+
+
+def _rotation(angles: torch.Tensor, d: int) -> torch.Tensor:
+    """2D: rotation by angles[0]; 3D: Rz Ry Rx with angles about x, y, z."""
+    if d == 2:
+        return _plane_rotation(angles[0], 2, 0, 1)
+    Rx = _plane_rotation(angles[0], 3, 1, 2)
+    Ry = _plane_rotation(angles[1], 3, 2, 0)
+    Rz = _plane_rotation(angles[2], 3, 0, 1)
+    return Rz @ Ry @ Rx
+
+
+def _matrix(q: torch.Tensor, d: int):
+    """(A, t_c) from physical parameters q (angles rad, translation mm, log-scales, shears)."""
+    rot, tr, ls, sh = _layout(d)
+    iu = torch.triu_indices(d, d, 1, device=q.device)
+    H = torch.zeros(d, d, dtype=_DT, device=q.device).index_put((iu[0], iu[1]), q[sh])
+    U = torch.diag(torch.exp(q[ls])) @ (torch.eye(d, dtype=_DT, device=q.device) + H)
+    return _rotation(q[rot], d) @ U, q[tr]
+
+
+def _params_of(A: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Physical parameters q of x -> A x + t about centre c (inverse of :func:`_matrix`)."""
+    d = A.shape[0]
+    angles, scales, shears = decompose(A)
+    if np.any(scales <= 0):
+        raise PriorRegError("estimate_linear(): the initial transform is a reflection (det < 0); it cannot be refined")
+    return np.concatenate([angles, A @ c + t - c, np.log(scales), shears])
+
+
+def _unit(d: int, radius: float, device) -> torch.Tensor:
+    """Scale from optimiser units (about 1 mm of sample motion each) to physical parameters."""
+    rot, tr, ls, sh = _layout(d)
+    u = torch.full((sh.stop,), 1.0 / radius, dtype=_DT, device=device)
+    u[tr] = 1.0
+    return u
+
+
+# --------------------------------------------------------------------------- levels
+
+
+@dataclass
+class _Level:
+    """One pyramid level: fixed samples (world minus centre) and the moving image."""
+
+    xc: torch.Tensor  # (n, d)
+    a: tuple  # fixed bin corners
+    moving: torch.Tensor  # (1, 1, *shape)
+    to_index: torch.Tensor  # (d, d): world -> moving voxel index
+    origin: torch.Tensor  # (d,): moving origin
+    shape: tuple
+    prior: object | None  # the prior term on this level's floored table, or None
+
+
+def _smoothed_grid(img: Image, arr: np.ndarray, h: float):
+    """``arr`` (on ``img``'s grid) blurred for a target spacing of h mm and subsampled."""
+    ratio = h / np.asarray(img.spacing, dtype=float)
+    stride = np.maximum(1, np.floor(ratio + 1e-6)).astype(int)
+    sigma = np.where(ratio > 1.5, 0.5 * ratio, 0.0)
+    out = gaussian_filter(arr, sigma, mode="nearest") if np.any(sigma > 0) else arr
+    out = np.ascontiguousarray(out[tuple(slice(0, None, s) for s in stride)])
+    return out, stride, Image(out, tuple(np.asarray(img.spacing) * stride), img.origin, img.direction)
+
+
+def _fixed_samples(fix: Image, f_n, mask, h, max_samples, seed):
+    """(world points, normalised values) of the fixed samples at target spacing h.
+
+    Each sample is its voxel centre jittered by up to half a voxel (fixed seed), the fixed
+    value read there by linear interpolation: samples on a regular grid make MI favour
+    transforms that put them on the moving grid too (interpolation artefacts).
+    """
+    from scipy.ndimage import map_coordinates
+
+    arr, stride, grid = _smoothed_grid(fix, f_n, h)
+    keep = np.ones(arr.size, bool) if mask is None else (mask[tuple(slice(0, None, s) for s in stride)].ravel() > 0)
+    flat = np.flatnonzero(keep)
+    rng = np.random.default_rng(seed)
+    if flat.size > max_samples:
+        flat = np.sort(rng.choice(flat, max_samples, replace=False))
+    idx = np.stack(np.unravel_index(flat, arr.shape)).astype(float)
+    idx = np.clip(idx + rng.uniform(-0.5, 0.5, idx.shape), 0, np.array(arr.shape)[:, None] - 1)
+    M, o = grid.index_to_world()
+    return idx.T @ M.T + o, map_coordinates(arr, idx, order=1)
+
+
+# --------------------------------------------------------------------------- energy
+
+
+@dataclass
+class _Problem:
+    """What every level shares: binning, terms, centre and parameter units."""
+
+    bins: int
+    S: torch.Tensor
+    ranges: tuple
+    alpha: float
+    center: torch.Tensor
+    unit: torch.Tensor
+    eps: float = 1e-10
+
+
+def _sample(vol: torch.Tensor, idx: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """n-linear samples of vol (1, 1, *shape) at voxel coordinates idx (n, d), border-clamped."""
+    d = len(shape)
+    size = torch.tensor([max(n - 1, 1) for n in shape], dtype=_DT, device=idx.device)
+    g = (2.0 * idx / size - 1.0).flip(-1)
+    grid = g.reshape(1, -1, *([1] * (d - 1)), d)
+    return F.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
+
+
+def _validity(idx: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Soft inside-the-moving-image weight: 1 inside, ramping to 0 half a voxel beyond the edge."""
+    n = torch.tensor(shape, dtype=_DT, device=idx.device)
+    margin = torch.minimum(idx + 0.5, n - 0.5 - idx)
+    return (2.0 * margin).clamp(0, 1).prod(dim=1)
+
+
+def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor):
+    """(energy, MI, overlap fraction) of the transform with optimiser parameters p."""
+    A, tc = _matrix(p * pb.unit, lv.xc.shape[1])
+    M = lv.to_index @ A  # d x d: elementwise below, no BLAS call on the n samples
+    idx = (lv.xc[:, None, :] * M).sum(-1) + lv.to_index @ (pb.center + tc - lv.origin)
+    w = _validity(idx, lv.shape)
+    b, _, _ = hist.bin_coordinates(_sample(lv.moving, idx, lv.shape), *pb.ranges[1], pb.bins)
+    H = hist.joint_counts(lv.a, b, pb.bins, w)[0]
+    P = hist.smooth(H, pb.S) / w.sum().clamp(min=1e-12)
+    Pt, P1, P2 = hist.entropy_terms(P, pb.eps)
+    T = Tables(Pt, P1, P2, Pt[None], torch.ones(1, dtype=_DT, device=P.device))
+    neg_mi = NegMutualInformation().value(T)
+    energy = neg_mi if lv.prior is None else pb.alpha * neg_mi + (1 - pb.alpha) * lv.prior.value(T)
+    return energy, -float(neg_mi.detach()), float((w.detach() > 0.5).double().mean())
+
+
+def _optimise(lv: _Level, pb: _Problem, p: torch.Tensor, free: torch.Tensor, iters: int) -> torch.Tensor:
+    """L-BFGS (strong Wolfe line search) on the free entries of p; returns the new p."""
+    idx = free.nonzero().reshape(-1)
+    x = p[idx].clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iters, history_size=10, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-7, tolerance_change=1e-5)
+
+    def closure():
+        opt.zero_grad()
+        e = _evaluate(lv, pb, p.index_put((idx,), x))[0]
+        e.backward()
+        return e
+
+    opt.step(closure)
+    out = p.index_put((idx,), x.detach())
+    return out if torch.all(torch.isfinite(out)) else p
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func):
+    """Validated (fixed Image, moving Image, mask array or None, torch device)."""
+    if kind not in KINDS:
+        raise PriorRegError(f"{func}: kind must be one of {KINDS}, got {kind!r}")
+    fix, mov = as_image(fixed, "fixed", func), as_image(moving, "moving", func)
+    if fix.ndim != mov.ndim:
+        raise PriorRegError(f"{func}: fixed is {fix.ndim}D but moving is {mov.ndim}D; both must be 2D or both 3D")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise PriorRegError(f"{func}: alpha must be in [0, 1], got {alpha}")
+    if alpha < 1 and prior is None:
+        raise PriorRegError(f"{func}: alpha={alpha} < 1 needs a learned prior (prior=fit_prior(...))")
+    if prior is not None and prior.dim != fix.ndim:
+        raise PriorRegError(f"{func}: the prior was learned on {prior.dim}D images but the images are {fix.ndim}D")
+    if not isinstance(levels, int) or levels < 1:
+        raise PriorRegError(f"{func}: levels must be an integer >= 1, got {levels!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PriorRegError(f"{func}: device={device!r} was asked but no CUDA device is available; use device='cpu'")
+    return fix, mov, as_mask(fixed_mask, fix.shape, "fixed_mask", func), dev
+
+
+def _centroids(img: Image, arr: np.ndarray, mask=None) -> list:
+    """World centroids of the Otsu foreground and of the intensity (minus its minimum), inside ``mask``."""
+    from scipy.ndimage import center_of_mass
+
+    inside = np.ones(arr.shape, bool) if mask is None else mask > 0
+    fg = (arr > otsu_threshold(arr[inside])) & inside
+    w = (arr - arr[inside].min()) * inside
+    M, o = img.index_to_world()
+    out = []
+    for weights in (fg.astype(float), w):
+        if weights.sum() > 0:
+            out.append(M @ np.asarray(center_of_mass(weights)) + o)
+    return out
+
+
+def _prior_term(prior, level, floor, name, dev):
+    """The prior term on the level's floored global table (a regional prior's tables, mixed)."""
+    if prior is None:
+        return None
+    lv = min(level, prior.levels - 1)
+    Q = prior.floored(lv, floor)[0] if prior.n_regions == 1 else hist.floor_prior(
+        torch.as_tensor(prior.global_table(lv)), floor).numpy()
+    return PRIOR_TERMS[name](torch.as_tensor(Q, dtype=_DT, device=dev))
+
+
+def _build_levels(fix, mov, f_n, m_n, mask, opts, pb_ranges, dev, func):
+    """[_Level] finest first: target spacing 2^l times the fixed image's finest spacing."""
+    out = []
+    B = opts["bins"]
+    for lv in range(opts["levels"]):
+        h = 2.0**lv * min(fix.spacing)
+        pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
+        if len(fv) < 64:
+            raise PriorRegError(f"{func}: levels={opts['levels']} leaves {len(fv)} fixed samples at level {lv}; use fewer levels")
+        a = hist.corners(hist.bin_coordinates(torch.as_tensor(fv, dtype=_DT, device=dev), *pb_ranges[0], B)[0], B)
+        marr, _, mgrid = _smoothed_grid(mov, m_n, h)
+        M, o = mgrid.index_to_world()
+        out.append(_Level(
+            xc=torch.as_tensor(pts, dtype=_DT, device=dev), a=a,
+            moving=torch.as_tensor(marr, dtype=_DT, device=dev)[None, None],
+            to_index=torch.as_tensor(np.linalg.inv(M), dtype=_DT, device=dev),
+            origin=torch.as_tensor(o, dtype=_DT, device=dev), shape=marr.shape,
+            prior=_prior_term(opts["prior"], lv, opts["prior_floor"], opts["prior_term"], dev)))
+    return out
+
+
+def _starts(fix, f_n, mov, m_n, mask, center, initial) -> list:
+    """Physical parameter vectors to start from: world alignment, centroid and moment
+    alignments, each with a few rotations (rotations up to 20 degrees)."""
+    d = fix.ndim
+    if initial is not None:
+        return [_params_of(initial.matrix, initial.translation, center)]
+    fc, mc = _centroids(fix, f_n, mask), _centroids(mov, m_n)
+    shifts = [np.zeros(d)] + [m - f for f, m in zip(fc, mc)]
+    rot = _layout(d)[0]
+    angles = [np.zeros(rot.stop)]
+    for k in range(rot.stop):
+        for deg in ((-20, -10, 10, 20) if d == 2 else (-15, 15)):
+            a = np.zeros(rot.stop)
+            a[k] = np.radians(deg)
+            angles.append(a)
+    out = []
+    for s in shifts:
+        for a in angles:
+            q = np.zeros(_layout(d)[3].stop)
+            q[rot], q[_layout(d)[1]] = a, s
+            out.append(q)
+    return out
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _search(lv: _Level, pb: _Problem, starts, free, iters, keep, min_overlap, func) -> torch.Tensor:
+    """Score every start on the coarsest level, refine the ``keep`` best, return the best."""
+    scored = []
+    with torch.no_grad():
+        for q in starts:
+            p = torch.as_tensor(q, dtype=_DT, device=pb.unit.device) / pb.unit
+            e, _, ov = _evaluate(lv, pb, p)
+            scored.append((float(e), ov, p))
+    best_overlap = max(s[1] for s in scored)
+    if best_overlap < min_overlap:
+        raise PriorRegError(
+            f"{func}: the overlap is too small to register: at best {100 * best_overlap:.1f}% of the fixed samples "
+            f"fall inside the moving image (needs {100 * min_overlap:.0f}%); check the images' geometry or give a fixed_mask"
+        )
+    ok = sorted((s for s in scored if s[1] >= min_overlap), key=lambda s: s[0])[:keep]
+    refined = []
+    for _, _, p in ok:
+        p = _optimise(lv, pb, p, free, iters)
+        with torch.no_grad():
+            e, _, ov = _evaluate(lv, pb, p)
+        if ov >= min_overlap:
+            refined.append((float(e), p))
+    return min(refined, key=lambda s: s[0])[1] if refined else ok[0][2]
+
+
+def _free(d: int, kind: str, device) -> torch.Tensor:
+    rot, tr, ls, sh = _layout(d)
+    free = torch.ones(sh.stop, dtype=torch.bool, device=device)
+    if kind == "rigid":
+        free[ls.start:] = False
+    return free
+
+
+def _to_result(p, pb: _Problem, kind: str) -> tuple:
+    """(A, t) in world coordinates from optimiser parameters."""
+    with torch.no_grad():
+        A, tc = _matrix(p * pb.unit, pb.center.numel())
+    A, tc, c = A.cpu().numpy(), tc.cpu().numpy(), pb.center.cpu().numpy()
+    return A, c + tc - A @ c
+
+
+def _finish(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> LinearResult:
+    """The result at the finest level; never worse than world alignment (or the initial transform)."""
+    d = pb.center.numel()
+    with torch.no_grad():
+        e0, mi0, _ = _evaluate(lv, pb, torch.zeros_like(p))
+        e1, mi1, ov = _evaluate(lv, pb, p)
+        if p_init is not None and float(_evaluate(lv, pb, p_init)[0]) < float(e1):
+            p, (e1, mi1, ov) = p_init, _evaluate(lv, pb, p_init)
+    notes = []
+    if ov < min_overlap:
+        raise PriorRegError(
+            f"{func}: the overlap is too small to register: the best alignment found keeps only {100 * ov:.1f}% "
+            f"of the fixed samples inside the moving image (needs {100 * min_overlap:.0f}%)"
+        )
+    if float(e1) > float(e0):
+        notes.append("the linear stage did not improve on world alignment; the identity is kept")
+        p, e1, mi1 = torch.zeros_like(p), e0, mi0
+        ov = _evaluate(lv, pb, p)[2]
+    A, t = _to_result(p, pb, kind)
+    return LinearResult(A, t, kind=kind, center=pb.center.cpu().numpy(), metric_before=float(e0),
+                        metric_after=float(e1), mi_before=mi0, mi_after=mi1, overlap=ov, notes=notes)
+
+
+def estimate_linear(
+    fixed,
+    moving,
+    *,
+    kind: str = "affine",
+    fixed_mask=None,
+    prior=None,
+    alpha: float = 1.0,
+    bins: int = 32,
+    parzen_sigma: float = 1.0,
+    levels: int = 3,
+    device: str = "cpu",
+    initial: LinearResult | None = None,
+    prior_term: str = "kl",
+    prior_floor: float = 1e-6,
+    normalization: str = "percentile",
+    iterations: int = 40,
+    max_samples: int = 60_000,
+    min_overlap: float = 0.15,
+    seed: int = 0,
+) -> LinearResult:
+    """Rigid or affine alignment of ``moving`` onto ``fixed`` by Parzen mutual information.
+
+    Centres first (world alignment, Otsu-foreground centroids and intensity moments,
+    each with rotations of up to 20 degrees, scored on the coarsest level; the three best
+    refined), then rigid, then (``kind="affine"``) affine, each coarse to fine with L-BFGS.
+
+    Parameters
+    ----------
+    fixed, moving : Image (or arrays on one grid, spacing 1)
+        Their world geometry (spacing, origin, direction) is used; grids may differ.
+    kind : {"affine", "rigid"}
+    fixed_mask : array of the fixed shape, optional
+        Only fixed voxels inside it are samples.
+    prior : Prior, optional
+        With alpha < 1 the energy is alpha*(-MI) + (1-alpha)*E_prior(p || prior) on the
+        prior's floored global table of each level (a regional prior's tables mixed);
+        the prior's bins, Parzen sigma, ranges and normalisation replace the arguments.
+    alpha : float in [0, 1]
+    bins, parzen_sigma : int, float
+        Joint histogram bins and Parzen window (bins) without a prior.
+    levels : int
+        Pyramid levels; level l works at 2^l times the fixed image's finest spacing.
+    device : str
+        "cpu" or "cuda".
+    initial : LinearResult, optional
+        Start from this transform (e.g. :func:`read_itk_transform`) instead of the search.
+    prior_term : {"kl", "ckl", "ce"}
+        Which prior term (as ``RegistrationOptions.prior_term``).
+    iterations : int
+        L-BFGS iterations per level and stage.
+    max_samples : int
+        Fixed samples per level at most (a fixed random subset beyond).
+    min_overlap : float
+        Refuse (PriorRegError) when fewer than this fraction of the fixed samples can be
+        brought inside the moving image.
+
+    Returns
+    -------
+    LinearResult
+        Fixed world x -> moving world A x + t; never worse than world alignment (else the
+        identity, with a note).
+    """
+    func = "estimate_linear()"
+    t0 = time.perf_counter()
+    fix, mov, mask, dev = _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func)
+    if prior_term not in PRIOR_TERMS:
+        raise PriorRegError(f"{func}: prior_term must be one of {tuple(PRIOR_TERMS)}, got {prior_term!r}")
+    recipe = normalization if prior is None else prior.normalization
+    f_n, m_n = normalize(fix.array, recipe), normalize(mov.array, recipe)
+    if prior is not None:
+        bins, parzen_sigma, ranges = prior.bins, prior.parzen_sigma, prior.ranges
+    else:
+        ranges = (intensity_range([f_n if mask is None else f_n[mask > 0]]), intensity_range([m_n]))
+    opts = dict(bins=bins, levels=levels, max_samples=max_samples, seed=seed, prior=prior if alpha < 1 else None,
+                prior_floor=prior_floor, prior_term=prior_term)
+    lvls = _build_levels(fix, mov, f_n, m_n, mask, opts, ranges, dev, func)
+    fc = _centroids(fix, f_n, mask)[0]
+    radius = float(torch.sqrt(((lvls[0].xc - torch.as_tensor(fc, dtype=_DT, device=dev)) ** 2).sum(1).mean()))
+    pb = _Problem(bins, hist.smoothing_matrix(bins, parzen_sigma, _DT, dev), ranges, float(alpha),
+                  torch.as_tensor(fc, dtype=_DT, device=dev), _unit(fix.ndim, max(radius, 1.0), dev))
+    for lv in lvls:
+        lv.xc = lv.xc - pb.center
+    starts = _starts(fix, f_n, mov, m_n, mask, fc, initial)
+    stages = [_free(fix.ndim, "rigid", dev)] + ([_free(fix.ndim, "affine", dev)] if kind == "affine" else [])
+    p = _search(lvls[-1], pb, starts, stages[0], iterations, 3, min_overlap, func)
+    for free in stages:
+        for lv in reversed(lvls):
+            p = _optimise(lv, pb, p, free, iterations)
+    p_init = None if initial is None else torch.as_tensor(starts[0], dtype=_DT, device=dev) / pb.unit
+    res = _finish(lvls[0], pb, p, p_init, kind, min_overlap, func)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# --------------------------------------------------------------------------- fields and files
+
+
+def linear_to_field(result: LinearResult, fixed: Image) -> np.ndarray:
+    """The transform as a displacement field (d, *fixed.shape) in mm along the fixed ARRAY axes.
+
+    Same convention as ``RegistrationResult.field``: the world displacement of voxel i is
+    ``fixed.direction @ field[:, i]``, and fixed world x samples the moving image at
+    x + that (= A x + t). Pass it as ``register(initial_field=...)``.
+    """
+    d = fixed.ndim
+    if result.ndim != d:
+        raise PriorRegError(f"linear_to_field(): the transform is {result.ndim}D but the fixed image is {d}D")
+    M, o = fixed.index_to_world()
+    idx = np.indices(fixed.shape, dtype=float).reshape(d, -1)
+    world = M @ idx + o[:, None]
+    disp = (result.matrix - np.eye(d)) @ world + result.translation[:, None]
+    return np.linalg.solve(fixed.direction, disp).reshape(d, *fixed.shape)
+
+
+def _ext(path) -> str:
+    p = os.fspath(path).lower()
+    return next((e for e in TRANSFORM_EXTENSIONS if p.endswith(e)), os.path.splitext(p)[1])
+
+
+def write_itk_transform(path, result: LinearResult, ndim: int) -> None:
+    """Write ``result`` as an ITK AffineTransform (.tfm/.txt text, .mat MATLAB binary, .h5).
+
+    ITK transforms map fixed-space points to moving-space points (LPS), the direction of
+    :class:`LinearResult`, so SimpleITK's ``Resample(moving, fixed, transform)``, ANTs'
+    antsApplyTransforms and Slicer reproduce the resampling through :func:`linear_to_field`.
+    """
+    import SimpleITK as sitk
+
+    func = "write_itk_transform()"
+    if result.ndim != ndim:
+        raise PriorRegError(f"{func}: the transform is {result.ndim}D but ndim={ndim}")
+    if _ext(path) not in TRANSFORM_EXTENSIONS:
+        raise PriorRegError(f"{func}: {os.fspath(path)} needs one of the extensions {', '.join(TRANSFORM_EXTENSIONS)}")
+    c = result.center
+    tx = sitk.AffineTransform(ndim)
+    tx.SetCenter([float(v) for v in c])
+    tx.SetMatrix([float(v) for v in result.matrix.ravel()])
+    tx.SetTranslation([float(v) for v in result.matrix @ c + result.translation - c])
+    try:
+        sitk.WriteTransform(tx, os.fspath(path))
+    except RuntimeError as e:
+        raise PriorRegError(f"{func}: cannot write {os.fspath(path)} ({str(e).strip().splitlines()[-1][:200]})") from None
+
+
+def _linear_part(tx, ndim: int):
+    """(A, t) of a linear sitk transform, read through TransformPoint (exact for any linear kind)."""
+    t = np.array(tx.TransformPoint([0.0] * ndim))
+    A = np.stack([np.array(tx.TransformPoint([float(v) for v in e])) - t for e in np.eye(ndim)], axis=1)
+    return A, t
+
+
+def read_itk_transform(path, ndim: int) -> LinearResult:
+    """Read a linear ITK transform file (.tfm/.txt/.mat/.h5, as ANTs, elastix's ITK export and
+    Slicer write): Affine, Euler, Versor, Similarity, ScaleSkewVersor, Translation, or a
+    CompositeTransform holding one of them. Anything else is refused with a PriorRegError.
+    """
+    import SimpleITK as sitk
+
+    func = "read_itk_transform()"
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise PriorRegError(f"{func}: no such file: {p}")
+    try:
+        tx = sitk.ReadTransform(p)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unknown error"
+        raise PriorRegError(f"{func}: {p} is not an ITK transform file ({msg}); elastix parameter files need "
+                            "transformix or an ITK export first") from None
+    if tx.GetName() == "CompositeTransform":
+        comp = sitk.CompositeTransform(tx)
+        if comp.GetNumberOfTransforms() != 1:
+            raise PriorRegError(f"{func}: {p} holds a composite of {comp.GetNumberOfTransforms()} transforms; "
+                                "give a file with one linear transform")
+        tx = comp.GetNthTransform(0)
+    if tx.GetDimension() != ndim:
+        raise PriorRegError(f"{func}: {p} holds a {tx.GetDimension()}D transform but the images are {ndim}D")
+    if not tx.IsLinear():
+        raise PriorRegError(f"{func}: {p} holds a {tx.GetName()}, not a linear transform (affine, Euler, versor)")
+    A, t = _linear_part(tx, ndim)
+    center = np.array(tx.GetFixedParameters()[:ndim]) if len(tx.GetFixedParameters()) >= ndim else None
+    rigid = np.allclose(A.T @ A, np.eye(ndim), atol=1e-6)
+    return LinearResult(A, t, kind="rigid" if rigid else "affine", center=center)
