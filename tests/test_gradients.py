@@ -27,7 +27,16 @@ from priorreg.energy import (
 from priorreg.histogram import floor_prior
 from priorreg.regularizer import Tikhonov
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64_default():
+    """float64 as torch's default dtype for this module's tests only (restored afterwards)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _pair(shape, seed):
