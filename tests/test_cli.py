@@ -276,7 +276,7 @@ def test_no_cuda_device(capsys, data, tmp_path):
                  "no CUDA device")
 
 
-def test_progress_bar_only_on_a_tty():
+def test_progress_bar_on_a_tty_never_counts_past_the_cap():
     class Tty(io.StringIO):
         def isatty(self):
             return True
@@ -284,14 +284,31 @@ def test_progress_bar_only_on_a_tty():
     s = Tty()
     con = cli.Console(stream=s)
     cb = con.progress(10, 2)
-    cb(1, 0, -0.5)
-    cb(1, 1, -0.6)
-    cb(0, 0, -0.7)
+    for it in range(1, 11):  # the solver calls back after each accepted step: 1 .. max_iterations
+        cb(1, it, -0.5 - it / 100)
+    cb(0, 1, -0.7)
     con.end_bar()
     text = s.getvalue()
-    assert text.count("\r") == 3 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
+    assert text.count("\r") == 11 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
+    assert "it   10/10" in text and "11/10" not in text and "it    0/10" not in text
     assert cli.Console(quiet=True, stream=Tty()).progress(10, 2) is None
-    assert cli.Console(stream=io.StringIO()).progress(10, 2) is None
+
+
+def test_progress_lines_per_level_when_not_a_tty():
+    s = io.StringIO()
+    con = cli.Console(stream=s)
+    cb = con.progress(30, 3, label="alpha=0.4 ")
+    for level, n in ((2, 5), (1, 30), (0, 3)):
+        for it in range(1, n + 1):
+            cb(level, it, -1.0 - it / 100)
+    assert s.getvalue().count("\n") == 2  # the last level's line comes when it ends
+    con.end_bar()
+    lines = s.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in s.getvalue()
+    assert lines[0].startswith("priorreg: alpha=0.4 level 1/3: 5 iteration(s), J=-1.05, ") and lines[0].endswith(" s")
+    assert lines[1].startswith("priorreg: alpha=0.4 level 2/3: 30 iteration(s), J=-1.3,")
+    assert lines[2].startswith("priorreg: alpha=0.4 level 3/3: 3 iteration(s)")
+    assert cli.Console(quiet=True, stream=io.StringIO()).progress(10, 2) is None
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

@@ -85,7 +85,8 @@ def test_cohort_writes_every_pair_like_register(capsys, data, tmp_path):
     assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json", "s0", "s1", "s2"]
     rows, summary = read_summary(out)
     assert summary["counts"] == {"ok": 3, "failed": 0, "skipped": 0, "not run": 0, "total": 3}
-    assert summary["options"]["alpha"] == 0.4 and summary["options"]["bins"] == 32
+    assert summary["options"]["2D"]["alpha"] == 0.4 and summary["options"]["2D"]["bins"] == 32
+    assert summary["preset"] == "default" and summary["overrides"]["alpha"] == 0.4
     prior = priorreg.Prior.load(data / "prior.npz")
     for i in range(3):
         sub = out / f"s{i}"
@@ -240,7 +241,8 @@ def test_a_pairs_warning_lands_in_its_notes_and_report(tmp_path):
                                  [synthetic.contrast(lab, synthetic.T1, seed=40)], bins=32, parzen_sigma=1.0, levels=2)
     spec = {"line": 2, "id": "p1", "fixed": str(tmp_path / "f.nii.gz"), "moving": str(tmp_path / "m.nii.gz"),
             "mask": None, "out": str(tmp_path / "p1"), "prior": "swapped.npz"}
-    res = cohort.register_pair(spec, swapped, 0.4, {"levels": 2, "bins": 32, "parzen_sigma": 1.0, "max_iterations": 5})
+    res = cohort.register_pair(spec, swapped, None, {"alpha": 0.4, "levels": 2, "bins": 32, "parzen_sigma": 1.0,
+                                                     "max_iterations": 5})
     assert res["status"] == "ok", res
     assert [n for n in res["notes"] if n.startswith("warning: register(): the prior fits this pair far better")]
     import json

@@ -32,9 +32,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from . import cli
+from . import workflow as wf
 from .errors import PriorRegError
-from .options import RegistrationOptions
 
 INSTALL_HINT = 'python3 -m pip install "dask[distributed]"'
 COLUMNS = ("fixed", "moving", "id", "mask", "out")
@@ -64,8 +63,9 @@ class Pair:
 # --------------------------------------------------------------------------- command line
 
 
-def add_parser(sub) -> None:
-    """Add the ``cohort`` subcommand to the ``priorreg`` subparsers."""
+def add_parser(sub):
+    """Add the ``cohort`` subcommand to the ``priorreg`` subparsers; returns its parser (the caller adds
+    the engine flags and --preset)."""
     c = sub.add_parser(
         "cohort",
         help="register many pairs from a CSV manifest on Dask",
@@ -86,10 +86,10 @@ def add_parser(sub) -> None:
     c.add_argument("--torch-threads", type=int, metavar="K",
                    help="torch threads per pair (default: local cluster CPU cores / (workers x threads per worker); "
                    "with --scheduler: the worker's default)")
-    c.add_argument("--resume", action="store_true", help="skip pairs whose output folder holds all outputs already")
+    c.add_argument("--resume", action="store_true", help="skip pairs whose output folder holds all outputs already (their recorded figures are kept)")
     c.add_argument("--overwrite", action="store_true", help="write into existing non-empty output folders")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    cli.add_engine_options(c)
+    return c
 
 
 def import_distributed():
@@ -110,9 +110,7 @@ def _cell(row: dict, name: str) -> str:
     return "" if v is None else str(v).strip()
 
 
-def read_manifest(path) -> tuple[list, list]:
-    """``(rows, ignored_columns)``: rows are ``(line number, {column: text})`` of the non-blank data rows."""
-    path = os.fspath(path)
+def _read_text(path: str) -> str:
     if not os.path.exists(path):
         raise PriorRegError(f"manifest: no such file: {path}")
     if os.path.isdir(path):
@@ -126,42 +124,57 @@ def read_manifest(path) -> tuple[list, list]:
         raise PriorRegError(f"manifest: cannot read {path} ({e.strerror or e})") from None
     if "\x00" in text:
         raise PriorRegError(f"manifest: {path} is not a text file; give a CSV file")
-    reader = csv.reader(_io.StringIO(text, newline=""))
-    try:
+    return text
+
+
+def _header(reader, path: str) -> list:
+    """The column names (lower case) of the first non-blank line."""
+    header = next(reader, None)
+    while header is not None and not any(h.strip() for h in header):
         header = next(reader, None)
-        while header is not None and not any(h.strip() for h in header):
-            header = next(reader, None)
-        if header is None:
-            raise PriorRegError(f"manifest: {path} is empty; it needs a header line with at least the columns fixed,moving")
-        names = [h.strip().lower() for h in header]
-        dup = sorted({n for n in names if n and names.count(n) > 1})
-        if dup:
-            raise PriorRegError(f"manifest: {path} has the column(s) {', '.join(dup)} more than once")
-        missing = [c for c in REQUIRED if c not in names]
-        if missing:
-            hint = ""
-            if len(header) == 1 and any(s in header[0] for s in ";\t"):
-                hint = " (the manifest must be comma-separated)"
-            raise PriorRegError(
-                f"manifest: {path} has no column(s) {', '.join(missing)}{hint}; its header is "
-                f"{','.join(h.strip() for h in header)!r} and needs fixed,moving (optional: id, mask, out)"
-            )
-        rows = []
-        for cells in reader:
-            line = reader.line_num
-            if not any(c.strip() for c in cells):
-                continue
-            row = {n: (cells[k] if k < len(cells) else None) for k, n in enumerate(names) if n}
-            if len(cells) > len(names):
-                row[None] = (len(cells), len(names))
-            rows.append((line, row))
+    if header is None:
+        raise PriorRegError(f"manifest: {path} is empty; it needs a header line with at least the columns fixed,moving")
+    names = [h.strip().lower() for h in header]
+    dup = sorted({n for n in names if n and names.count(n) > 1})
+    if dup:
+        raise PriorRegError(f"manifest: {path} has the column(s) {', '.join(dup)} more than once")
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        hint = " (the manifest must be comma-separated)" if len(header) == 1 and any(s in header[0] for s in ";\t") else ""
+        raise PriorRegError(
+            f"manifest: {path} has no column(s) {', '.join(missing)}{hint}; its header is "
+            f"{','.join(h.strip() for h in header)!r} and needs fixed,moving (optional: id, mask, out)"
+        )
+    return names
+
+
+def _data_rows(reader, names: list) -> list:
+    rows = []
+    for cells in reader:
+        if not any(c.strip() for c in cells):
+            continue
+        row = {n: (cells[k] if k < len(cells) else None) for k, n in enumerate(names) if n}
+        if len(cells) > len(names):
+            row[None] = (len(cells), len(names))
+        rows.append((reader.line_num, row))
+    return rows
+
+
+def read_manifest(path) -> tuple[list, list]:
+    """``(rows, ignored_columns)``: rows are ``(line number, {column: text})`` of the non-blank data rows."""
+    path = os.fspath(path)
+    reader = csv.reader(_io.StringIO(_read_text(path), newline=""))
+    try:
+        names = _header(reader, path)
+        rows = _data_rows(reader, names)
     except csv.Error as e:
         raise PriorRegError(f"manifest: {path} is not a valid CSV file (line {reader.line_num}: {e})") from None
     if not rows:
         raise PriorRegError(f"manifest: {path} lists no pairs (only a header)")
-    ignored = [n for n in names if n and n not in COLUMNS]
-    return rows, ignored
+    return rows, [n for n in names if n and n not in COLUMNS]
 
+
+# --------------------------------------------------------------------------- validation (before anything runs)
 
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]")
 
@@ -199,13 +212,124 @@ def _abs(path: str, base: str) -> str:
 
 
 def outputs_complete(folder: str) -> bool:
-    """Whether ``folder`` holds every file ``priorreg register`` writes (each is written atomically)."""
-    return all(os.path.isfile(os.path.join(folder, n)) for n in cli.OUTPUT_NAMES)
+    """Whether ``folder`` holds every file ``priorreg register`` writes (they land there together)."""
+    return all(os.path.isfile(os.path.join(folder, n)) for n in wf.OUTPUT_NAMES)
 
 
 def _only_ours(folder: str) -> bool:
     """Whether ``folder`` holds nothing but priorreg outputs (and temporary files of an interrupted write)."""
-    return all(n in cli.OUTPUT_NAMES or n.startswith(".priorreg-") for n in os.listdir(folder))
+    return all(n in wf.OUTPUT_NAMES or n.startswith(wf.TEMP_PREFIX) for n in os.listdir(folder))
+
+
+def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
+    """``(Pair, problems)`` of the k-th data row."""
+    bad = []
+    if None in row:
+        bad.append(f"{row[None][0]} fields but the header has {row[None][1]}")
+    pid = _cell(row, "id") if "id" in row else f"{k:0{width}d}"
+    bad += [p for p in [_id_problem(pid)] if p]
+    paths = {}
+    for role in ("fixed", "moving", "mask"):
+        v = _cell(row, role)
+        paths[role] = _abs(v, base) if v else None
+        if not v and role != "mask":
+            bad.append(f"{role}: empty")
+        elif v:
+            bad += [p for p in [_input_problem(paths[role], role)] if p]
+    o = _cell(row, "out")
+    folder = _abs(o, out_dir) if o else os.path.join(out_dir, pid)
+    return Pair(0, pid, paths["fixed"], paths["moving"], paths["mask"], folder), bad
+
+
+def _check_unique(pairs: list, problems: dict) -> dict:
+    """Ids and output folders used once; returns {output folder key: line}."""
+    first_id, first_out = {}, {}
+    for pr in pairs:
+        if pr.id in first_id:
+            problems[pr.line].append(f"duplicate id {pr.id!r} (first on line {first_id[pr.id]})")
+        first_id.setdefault(pr.id, pr.line)
+        k = _key(pr.out)
+        if k in first_out:
+            problems[pr.line].append(f"output folder {pr.out} is also the output folder of line {first_out[k]}")
+        first_out.setdefault(k, pr.line)
+    return first_out
+
+
+def _input_keys(manifest: str, prior_path, pairs: list) -> dict:
+    """{path key: what it is} of everything the cohort reads (never written)."""
+    inputs = {_key(manifest): "the manifest"}
+    if prior_path is not None:
+        inputs[_key(prior_path)] = "the prior"
+    for pr in pairs:
+        for role in ("fixed", "moving", "mask"):
+            path = getattr(pr, role)
+            if path is not None:
+                inputs.setdefault(_key(path), f"{role} of line {pr.line}")
+    return inputs
+
+
+def _nesting_problem(pr: Pair, out_key: str, first_out: dict) -> str | None:
+    parent = os.path.dirname(_key(pr.out))
+    while parent and parent != os.path.dirname(parent) and parent != out_key:
+        if parent in first_out and first_out[parent] != pr.line:
+            return f"output folder {pr.out} is inside the output folder of line {first_out[parent]}"
+        parent = os.path.dirname(parent)
+    return None
+
+
+def _existing_problem(pr: Pair, overwrite: bool, resume: bool) -> str | None:
+    """A taken output folder; marks the pair to skip when --resume finds it complete."""
+    if not os.path.exists(pr.out):
+        return None
+    if not os.path.isdir(pr.out):
+        return f"output folder {pr.out} exists and is not a directory"
+    if not os.listdir(pr.out):
+        return None
+    if resume and outputs_complete(pr.out):
+        pr.skip = True
+    elif not (overwrite or (resume and _only_ours(pr.out))):
+        return f"output folder {pr.out} exists and is not empty; use --overwrite, --resume or another id/out"
+    return None
+
+
+def _writable_problem(folder: str, checked: dict) -> str | None:
+    """Whether the pair's folder can be created and written: a temporary file in its nearest existing folder."""
+    where = folder
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if where not in checked:
+        try:
+            wf.check_writable(where, folder, "output folder")
+            checked[where] = None
+        except PriorRegError as e:
+            checked[where] = str(e)
+    return checked[where]
+
+
+def _output_problems(pr: Pair, inputs: dict, out_key: str, first_out: dict, flags: tuple, checked: dict) -> list:
+    k = _key(pr.out)
+    bad = [f"output folder {pr.out} is {inputs[k]}"] if k in inputs else []
+    if k == out_key:
+        bad.append(f"output folder {pr.out} is the cohort --out folder itself (give each pair its own folder)")
+    for n in wf.OUTPUT_NAMES:
+        f = _key(os.path.join(pr.out, n))
+        if f in inputs:
+            bad.append(f"its output {os.path.join(pr.out, n)} would overwrite {inputs[f]} (inputs are never written)")
+    more = [_nesting_problem(pr, out_key, first_out), _existing_problem(pr, *flags)]
+    bad += [p for p in more if p]
+    if not pr.skip:
+        bad += [p for p in [_writable_problem(pr.out, checked)] if p]
+    return bad
+
+
+def _parse_rows(rows: list, base: str, out_dir: str) -> tuple:
+    width = max(4, len(str(len(rows))))
+    pairs, problems = [], {}
+    for k, (line, row) in enumerate(rows, 1):
+        pr, problems[line] = _parse_row(k, row, base, out_dir, width)
+        pr.line = line
+        pairs.append(pr)
+    return pairs, problems
 
 
 def validate(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None) -> list:
@@ -215,96 +339,25 @@ def validate(manifest, out_dir, *, prior_path=None, overwrite=False, resume=Fals
     rows, ignored = read_manifest(manifest)
     if ignored and notes is not None:
         notes.append(f"manifest: ignoring the column(s) {', '.join(ignored)}")
-    base = os.path.dirname(manifest)
-    width = max(4, len(str(len(rows))))
-    problems: dict[int, list] = {}
-    pairs = []
-    for k, (line, row) in enumerate(rows, 1):
-        bad = problems.setdefault(line, [])
-        if None in row:
-            bad.append(f"{row[None][0]} fields but the header has {row[None][1]}")
-        pid = _cell(row, "id") if "id" in row else f"{k:0{width}d}"
-        p = _id_problem(pid)
-        if p:
-            bad.append(p)
-        paths = {}
-        for role in ("fixed", "moving", "mask"):
-            v = _cell(row, role)
-            if not v:
-                if role != "mask":
-                    bad.append(f"{role}: empty")
-                paths[role] = None
-                continue
-            paths[role] = _abs(v, base)
-            p = _input_problem(paths[role], role)
-            if p:
-                bad.append(p)
-        o = _cell(row, "out")
-        folder = _abs(o, out_dir) if o else os.path.join(out_dir, pid)
-        pairs.append(Pair(line, pid, paths["fixed"], paths["moving"], paths["mask"], folder))
-
-    # Ids and output folders: unique, not nested, never an input, nothing overwritten unasked.
-    first_id, first_out = {}, {}
+    pairs, problems = _parse_rows(rows, os.path.dirname(manifest), out_dir)
+    first_out = _check_unique(pairs, problems)
+    inputs = _input_keys(manifest, prior_path, pairs)
+    checked = {}
     for pr in pairs:
-        if pr.id in first_id:
-            problems[pr.line].append(f"duplicate id {pr.id!r} (first on line {first_id[pr.id]})")
-        else:
-            first_id[pr.id] = pr.line
-        k = _key(pr.out)
-        if k in first_out:
-            problems[pr.line].append(f"output folder {pr.out} is also the output folder of line {first_out[k]}")
-        else:
-            first_out[k] = pr.line
-    summary_keys = {_key(os.path.join(out_dir, n)): os.path.join(out_dir, n) for n in SUMMARY_NAMES}
-    inputs = {_key(manifest): "the manifest"}
-    if prior_path is not None:
-        inputs[_key(prior_path)] = "the prior"
-    for pr in pairs:
-        for role in ("fixed", "moving", "mask"):
-            path = getattr(pr, role)
-            if path is not None:
-                inputs.setdefault(_key(path), f"{role} of line {pr.line}")
-    out_key = _key(out_dir)
-    for pr in pairs:
-        bad = problems[pr.line]
-        k = _key(pr.out)
-        if k in inputs:
-            bad.append(f"output folder {pr.out} is {inputs[k]}")
-        if k == out_key:
-            bad.append(f"output folder {pr.out} is the cohort --out folder itself (give each pair its own folder)")
-        parent = os.path.dirname(k)
-        while parent and parent != os.path.dirname(parent):
-            if parent == out_key:
-                break
-            if parent in first_out and first_out[parent] != pr.line:
-                bad.append(f"output folder {pr.out} is inside the output folder of line {first_out[parent]}")
-                break
-            parent = os.path.dirname(parent)
-        for n in cli.OUTPUT_NAMES:
-            f = _key(os.path.join(pr.out, n))
-            if f in inputs:
-                bad.append(f"its output {os.path.join(pr.out, n)} would overwrite {inputs[f]} (inputs are never written)")
-        if os.path.exists(pr.out):
-            if not os.path.isdir(pr.out):
-                bad.append(f"output folder {pr.out} exists and is not a directory")
-            elif os.listdir(pr.out):
-                if resume and outputs_complete(pr.out):
-                    pr.skip = True
-                elif not (overwrite or (resume and _only_ours(pr.out))):
-                    bad.append(f"output folder {pr.out} exists and is not empty; use --overwrite, --resume or another id/out")
-    for k, path in summary_keys.items():
-        if k in inputs:
-            raise PriorRegError(f"--out {out_dir}: writing {path} would overwrite {inputs[k]}; choose another --out")
+        problems[pr.line] += _output_problems(pr, inputs, _key(out_dir), first_out, (overwrite, resume), checked)
+    for n in SUMMARY_NAMES:
+        if _key(os.path.join(out_dir, n)) in inputs:
+            raise PriorRegError(f"--out {out_dir}: writing {os.path.join(out_dir, n)} would overwrite "
+                                f"{inputs[_key(os.path.join(out_dir, n))]}; choose another --out")
     bad_rows = [(line, ps) for line, ps in sorted(problems.items()) if ps]
     if bad_rows:
         listing = " | ".join(f"line {line}: {'; '.join(ps)}" for line, ps in bad_rows)
-        raise PriorRegError(
-            f"manifest {manifest} has {len(bad_rows)} bad row(s) of {len(pairs)}; nothing was run: {listing}"
-        )
+        raise PriorRegError(f"manifest {manifest} has {len(bad_rows)} bad row(s) of {len(pairs)}; nothing was run: {listing}")
     return pairs
 
 
 def _check_out_dir(out_dir: str, overwrite: bool, resume: bool) -> None:
+    """The cohort's own folder: not taken (unless --overwrite/--resume), and it can be created and written."""
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise PriorRegError(f"--out {out_dir} exists and is not a directory")
@@ -312,8 +365,12 @@ def _check_out_dir(out_dir: str, overwrite: bool, resume: bool) -> None:
             raise PriorRegError(
                 f"output directory {out_dir} exists and is not empty; use --resume to continue a cohort, --overwrite or another --out"
             )
-    elif not os.path.isdir(os.path.dirname(os.path.abspath(out_dir))):
+        wf.check_writable(out_dir, out_dir)
+        return
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
         raise PriorRegError(f"cannot create output directory {out_dir}: its parent directory does not exist")
+    wf.check_writable(parent, out_dir)
 
 
 # --------------------------------------------------------------------------- one pair (runs on a worker)
@@ -326,49 +383,38 @@ def _one_line(e: BaseException) -> str:
     return msg[:400]
 
 
-def _register_and_write(spec: dict, prior, alpha: float, overrides: dict, notes: list):
-    from . import register
+def _register_and_write(spec: dict, prior, preset, overrides: dict, notes: list):
+    from .api import register
 
-    fixed = cli.load_input(spec["fixed"], "fixed", notes)
-    moving = cli.load_input(spec["moving"], "moving", notes)
-    cli._check_pair(fixed, moving, spec["fixed"], spec["moving"])
-    mask = cli._load_mask(spec["mask"], fixed, notes)
-    if prior is not None and prior.dim != fixed.ndim:
-        raise PriorRegError(
-            f"prior {spec['prior']} was learned on {prior.dim}D images but {spec['fixed']} is {cli._describe(fixed)}"
-        )
+    fixed, moving, mask = wf.load_pair(spec["fixed"], spec["moving"], spec["mask"], notes)
+    wf.check_prior_dim(prior, spec["prior"], fixed, spec["fixed"])
     # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
-    result = register(fixed, moving, prior=prior, alpha=alpha, mask=mask, warn=False, **overrides)
+    result = register(fixed, moving, prior=prior, preset=preset, mask=mask, warn=False, **overrides)
     notes.extend(f"warning: {w}" for w in result.warnings)
-    out = spec["out"]
-    cli.make_out_dir(out)
-    for n in cli.OUTPUT_NAMES:  # stale files of an earlier run go first: a complete folder is one complete run
-        p = os.path.join(out, n)
-        if os.path.isfile(p):
-            os.unlink(p)
-    inputs = {"fixed": {"path": spec["fixed"]}, "moving": {"path": spec["moving"]}}
-    if spec["mask"]:
-        inputs["mask"] = {"path": spec["mask"]}
-    if prior is not None:
-        inputs["prior"] = {"path": spec["prior"], **prior.metadata()}
+    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])
     with _HTML_LOCK:
-        cli.write_outputs(out, result, prior=prior, mask=mask, inputs=inputs,
-                          extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
+        wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
+                         extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
     return result
 
 
-def register_pair(spec: dict, prior=None, alpha: float = 1.0, overrides: dict | None = None, torch_threads: int | None = None) -> dict:
+def _set_torch_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def register_pair(spec: dict, prior=None, preset: str | None = None, overrides: dict | None = None,
+                  torch_threads: int | None = None) -> dict:
     """Dask task: read, register and write one pair; never raises, returns a small dict."""
     t0 = time.perf_counter()
     res = {"id": spec["id"], "status": "failed", "seconds": None, "final_energy": None, "percent_folding": None,
            "error": "", "notes": []}
     try:
-        if torch_threads:
-            import torch
-
-            if torch.get_num_threads() != torch_threads:
-                torch.set_num_threads(torch_threads)
-        result = _register_and_write(spec, prior, alpha, overrides or {}, res["notes"])
+        _set_torch_threads(torch_threads)
+        result = _register_and_write(spec, prior, preset, overrides or {}, res["notes"])
         res.update(status="ok", final_energy=float(result.final_energy),
                    percent_folding=float(result.jacobian_stats["percent_nonpositive"]))
     except Exception as e:  # one failing pair must not stop the cohort
@@ -408,7 +454,7 @@ class Progress:
         n = self.done + self.failed
         rem = self.total - n
         eta = _duration(el / n * rem) if n else "--"
-        return (f"{cli.PROG}: cohort {n}/{self.total}: {self.done} done, {self.failed} failed, {rem} remaining, "
+        return (f"{wf.PROG}: cohort {n}/{self.total}: {self.done} done, {self.failed} failed, {rem} remaining, "
                 f"{_duration(el)} elapsed, ETA {eta}")
 
     def update(self, ok: bool, force: bool = False) -> None:
@@ -432,7 +478,7 @@ class Progress:
     def error(self, msg: str) -> None:
         """A failed pair: one line on stderr, also with --quiet."""
         self.end()
-        print(f"{cli.PROG}: {msg}", file=self.stream)
+        print(f"{wf.PROG}: {msg}", file=self.stream)
 
     def end(self) -> None:
         if self._open:
@@ -441,17 +487,53 @@ class Progress:
             self._open = False
 
 
-def _skipped_record(pr: Pair) -> dict:
+FIGURES = ("seconds", "final_energy", "percent_folding")
+
+
+def previous_records(out_dir: str) -> dict:
+    """{(id, output folder): row} of the pairs DIR/cohort.json recorded as registered (or skipped) before."""
+    import json
+
+    try:
+        with open(os.path.join(out_dir, "cohort.json"), encoding="utf-8") as fh:
+            rows = json.load(fh).get("pairs", [])
+        return {(r["id"], r["out"]): r for r in rows if r.get("status") in ("ok", "skipped")}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _skipped_record(pr: Pair, previous: dict) -> dict:
+    """A pair complete already: its figures as recorded when it ran (cohort.json), else from its report.json."""
     import json
 
     rec = {"id": pr.id, "status": "skipped", "seconds": None, "final_energy": None, "percent_folding": None, "error": ""}
+    before = previous.get((pr.id, pr.out))
+    if before is not None and before.get("seconds") is not None:
+        rec.update({k: before.get(k) for k in FIGURES})
+        return rec
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
             s = json.load(fh).get("summary", {})
-        rec.update(seconds=s.get("seconds"), final_energy=s.get("final_energy"), percent_folding=s.get("percent_folding"))
+        rec.update({k: s.get(k) for k in FIGURES})
     except (OSError, ValueError, AttributeError):
         pass
     return rec
+
+
+def _summary_row(pr: Pair, records: dict) -> dict:
+    r = records.get(pr.id) or {"status": "not run", "error": "interrupted before it finished"}
+    return {"id": pr.id, "status": r["status"], **{k: r.get(k) for k in FIGURES}, "error": r.get("error", ""),
+            "fixed": pr.fixed, "moving": pr.moving, "mask": pr.mask or "", "out": pr.out, "line": pr.line,
+            **({"notes": r["notes"]} if r.get("notes") else {})}
+
+
+def _csv_text(rows: list) -> str:
+    buf = _io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])) for k in SUMMARY_FIELDS})
+    return buf.getvalue()
 
 
 def write_summary(out_dir: str, pairs: list, records: dict, meta: dict) -> dict:
@@ -459,21 +541,10 @@ def write_summary(out_dir: str, pairs: list, records: dict, meta: dict) -> dict:
     from . import io as pio
     from . import report as rep
 
-    rows = []
-    for pr in pairs:
-        r = records.get(pr.id) or {"status": "not run", "error": "interrupted before it finished"}
-        rows.append({"id": pr.id, "status": r["status"], "seconds": r.get("seconds"), "final_energy": r.get("final_energy"),
-                     "percent_folding": r.get("percent_folding"), "error": r.get("error", ""), "fixed": pr.fixed,
-                     "moving": pr.moving, "mask": pr.mask or "", "out": pr.out, "line": pr.line,
-                     **({"notes": r["notes"]} if r.get("notes") else {})})
+    rows = [_summary_row(pr, records) for pr in pairs]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "skipped", "not run")}
     counts["total"] = len(rows)
-    buf = _io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])) for k in SUMMARY_FIELDS})
-    pio.write_bytes(os.path.join(out_dir, "cohort.csv"), buf.getvalue().encode("utf-8"))
+    pio.write_bytes(os.path.join(out_dir, "cohort.csv"), _csv_text(rows).encode("utf-8"))
     rep.write_json(os.path.join(out_dir, "cohort.json"), {
         "priorreg_cohort": 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -488,6 +559,24 @@ def write_summary(out_dir: str, pairs: list, records: dict, meta: dict) -> dict:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class Plan:
+    """Everything checked before a cohort runs."""
+
+    pairs: list
+    records: dict  # id -> record; the skipped pairs' already
+    prior: object
+    prior_path: str | None
+    preset: str | None
+    overrides: dict
+    out_dir: str
+    meta: dict
+
+    @property
+    def todo(self) -> list:
+        return [p for p in self.pairs if not p.skip]
+
+
 def _cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -495,139 +584,164 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _connect(args):
+    dd = import_distributed()
+    try:
+        client = dd.Client(args.scheduler, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as e:
+        raise PriorRegError(f"cannot connect to the Dask scheduler at {args.scheduler}: {_one_line(e)}") from None
+    nworkers = len(client.scheduler_info().get("workers", {}))
+    return client, None, {"scheduler": args.scheduler, "workers_at_start": nworkers}, args.torch_threads
+
+
 def _start_client(args, n_run: int):
     """``(client, cluster or None, description dict, torch threads per pair)``."""
-    dd = import_distributed()
     if args.scheduler:
-        try:
-            client = dd.Client(args.scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as e:
-            raise PriorRegError(f"cannot connect to the Dask scheduler at {args.scheduler}: {_one_line(e)}") from None
-        nworkers = len(client.scheduler_info().get("workers", {}))
-        return client, None, {"scheduler": args.scheduler, "workers_at_start": nworkers}, args.torch_threads
+        return _connect(args)
+    dd = import_distributed()
     tpw = args.threads_per_worker or 1
-    workers = args.workers or max(1, _cores() // tpw)
-    workers = max(1, min(workers, n_run))
+    workers = max(1, min(args.workers or max(1, _cores() // tpw), n_run))
     torch_threads = args.torch_threads or max(1, _cores() // (workers * tpw))
     kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=None)
     try:
         cluster = dd.LocalCluster(**kw)
     except (OSError, TimeoutError, RuntimeError) as e:
         raise PriorRegError(f"cannot start a local Dask cluster ({workers} worker(s)): {_one_line(e)}") from None
-    client = dd.Client(cluster)
     desc = {"scheduler": "local", "workers": workers, "threads_per_worker": tpw, "processes": not args.no_processes}
-    return client, cluster, desc, torch_threads
+    return dd.Client(cluster), cluster, desc, torch_threads
 
 
-def cmd_cohort(args, con) -> int:
-    from . import Prior
-
-    import_distributed()
+def _check_cluster_args(args) -> None:
     for name in ("workers", "threads_per_worker", "torch_threads"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise PriorRegError(f"{cli.option_flag(name)} must be >= 1, got {v}")
+            raise PriorRegError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.scheduler and (args.workers or args.threads_per_worker or args.no_processes):
         raise PriorRegError("--workers, --threads-per-worker and --no-processes set up a local cluster; "
                             "they do not apply with --scheduler (size the cluster when starting its workers)")
-    overrides = cli.engine_overrides(args)
-    RegistrationOptions(**overrides)  # validate values before anything else
-    if "device" in overrides:
-        cli._check_device(overrides["device"])
+
+
+def _cohort_options(preset, overrides: dict, prior, prior_path, notes: list) -> tuple:
+    """``(overrides, {"2D": options, "3D": options})``: a prior fixes the dimension (and maybe bins, levels)."""
+    resolved = {}
+    for ndim in (prior.dim,) if prior is not None else (2, 3):
+        ov, opts = wf.resolve_options(ndim, preset, overrides, prior, prior_path, notes)
+        resolved[f"{ndim}D"] = opts.as_dict()
+    return ov, resolved
+
+
+def _plan(args, con, overrides: dict) -> Plan:
+    """Check the options, the prior, the manifest and every output before anything runs."""
+    wf.check_options(args.preset, overrides, args.prior is not None)
+    wf.check_device(overrides.get("device", "cpu"))
     notes = []
-    prior = None
     prior_path = os.path.abspath(args.prior) if args.prior else None
-    if prior_path:
-        prior = Prior.load(prior_path)
-    alpha, overrides, opts = cli.resolve_options(overrides, prior, args.prior, notes)
+    prior = wf.load_prior(prior_path)
+    overrides, options = _cohort_options(args.preset, overrides, prior, args.prior, notes)
     out_dir = os.path.abspath(args.out)
     _check_out_dir(out_dir, args.overwrite, args.resume)
     pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
     for n in notes:
         con.note(n)
-    todo = [p for p in pairs if not p.skip]
-    records = {p.id: _skipped_record(p) for p in pairs if p.skip}
+    previous = previous_records(out_dir) if args.resume else {}
+    records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:
         con.note(f"--resume: {len(records)} of {len(pairs)} pair(s) complete already; skipping them")
-
-    t0 = time.perf_counter()
-    meta = {"manifest": os.path.abspath(args.manifest), "out": out_dir, "alpha": alpha, "options": opts.as_dict(),
+    meta = {"manifest": os.path.abspath(args.manifest), "out": out_dir, "preset": args.preset or "default",
+            "overrides": overrides, "options": options,
             "prior": None if prior is None else {"path": prior_path, **prior.metadata()}, "cluster": None}
-    progress = Progress(len(todo), con)
-    client = cluster = None
-    prev_threads = None
+    return Plan(pairs, records, prior, prior_path, args.preset, overrides, out_dir, meta)
+
+
+def run(args, con, overrides: dict) -> int:
+    """``priorreg cohort``: check everything, register the pairs, write the summary; returns the exit status."""
+    import_distributed()
+    _check_cluster_args(args)
+    plan = _plan(args, con, overrides)
+    t0 = time.perf_counter()
     try:
-        if todo:
-            client, cluster, desc, torch_threads = _start_client(args, len(todo))
-            meta["cluster"] = {**desc, "torch_threads_per_pair": torch_threads}
+        _execute(args, con, plan)
+    except KeyboardInterrupt:
+        plan.meta.update(seconds=time.perf_counter() - t0, interrupted=True)
+        if os.path.isdir(plan.out_dir):  # what finished is kept: --resume goes on from there
+            write_summary(plan.out_dir, plan.pairs, plan.records, plan.meta)
+        raise
+    plan.meta["seconds"] = time.perf_counter() - t0
+    counts = write_summary(plan.out_dir, plan.pairs, plan.records, plan.meta)
+    return _final_lines(args, con, counts, plan.meta["seconds"])
+
+
+def _final_lines(args, con, counts: dict, seconds: float) -> int:
+    summary_csv = os.path.join(args.out, "cohort.csv")
+    if not con.quiet:
+        print(f"{wf.PROG}: cohort of {counts['total']} pair(s): {counts['ok']} registered, {counts['failed']} failed, "
+              f"{counts['skipped']} skipped (complete already) in {_duration(seconds)}; summary in {summary_csv}")
+    if counts["failed"]:
+        print(f"{wf.PROG}: error: {counts['failed']} of {counts['total']} pair(s) failed; see {summary_csv}", file=sys.stderr)
+        return EXIT_PAIRS_FAILED
+    return 0
+
+
+def _start_note(args, desc: dict, torch_threads, n: int) -> str:
+    where = args.scheduler or f"a local cluster of {desc['workers']} worker(s) x {desc['threads_per_worker']} thread(s)"
+    return f"registering {n} pair(s) on {where}" + (f", {torch_threads} torch thread(s) per pair" if torch_threads else "")
+
+
+def _execute(args, con, plan: Plan) -> None:
+    """Start the cluster, run the pairs not done yet, close the cluster (also on Ctrl-C)."""
+    progress = Progress(len(plan.todo), con)
+    client = cluster = prev_threads = None
+    try:
+        if plan.todo:
+            client, cluster, desc, torch_threads = _start_client(args, len(plan.todo))
+            plan.meta["cluster"] = {**desc, "torch_threads_per_pair": torch_threads}
             if desc.get("workers_at_start") == 0:
                 con.note(f"the scheduler at {args.scheduler} has no workers yet; the pairs wait for workers to join")
             if cluster is not None and args.no_processes:
                 import torch
 
                 prev_threads = torch.get_num_threads()  # the workers share this process's torch
-            cli.make_out_dir(out_dir)
-            con.note(f"registering {len(todo)} pair(s) on " + (
-                f"{args.scheduler}" if args.scheduler else
-                f"a local cluster of {desc['workers']} worker(s) x {desc['threads_per_worker']} thread(s)"
-            ) + (f", {torch_threads} torch thread(s) per pair" if torch_threads else ""))
-            _run(client, todo, prior, prior_path, alpha, overrides, torch_threads, records, progress)
-        else:
-            cli.make_out_dir(out_dir)
-    except KeyboardInterrupt:
-        progress.end()
-        meta["seconds"] = time.perf_counter() - t0
-        meta["interrupted"] = True
-        if os.path.isdir(out_dir):  # what finished is kept: --resume goes on from there
-            write_summary(out_dir, pairs, records, meta)
-        raise
+        wf.make_out_dir(plan.out_dir)
+        if plan.todo:
+            con.note(_start_note(args, desc, torch_threads, len(plan.todo)))
+            _run(client, plan, torch_threads, progress)
     finally:
         progress.end()
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-        if prev_threads is not None:
-            import torch
-
-            torch.set_num_threads(prev_threads)
-    meta["seconds"] = time.perf_counter() - t0
-    counts = write_summary(out_dir, pairs, records, meta)
-    summary_csv = os.path.join(args.out, "cohort.csv")
-    if not con.quiet:
-        print(f"{cli.PROG}: cohort of {counts['total']} pair(s): {counts['ok']} registered, {counts['failed']} failed, "
-              f"{counts['skipped']} skipped (complete already) in {_duration(meta['seconds'])}; summary in {summary_csv}")
-    if counts["failed"]:
-        print(f"{cli.PROG}: error: {counts['failed']} of {counts['total']} pair(s) failed; see {summary_csv}", file=sys.stderr)
-        return EXIT_PAIRS_FAILED
-    return 0
+        for closing in (client, cluster):
+            if closing is not None:
+                closing.close()
+        _set_torch_threads(prev_threads)
 
 
-def _run(client, todo, prior, prior_path, alpha, overrides, torch_threads, records, progress) -> None:
+def _future_record(f, pr: Pair) -> dict:
+    """The record of a finished task; a task that could not run (the worker died) is a failed pair."""
+    if f.status == "finished":
+        return f.result()
+    try:
+        exc = f.exception()
+        err = _one_line(exc) if exc is not None else f"task {f.status}"
+    except Exception as e:  # cancelled futures raise here
+        err = f"task {f.status}: {_one_line(e)}"
+    return {"id": pr.id, "status": "failed", "seconds": None, "final_energy": None, "percent_folding": None, "error": err}
+
+
+def _run(client, plan: Plan, torch_threads, progress) -> None:
     from dask.distributed import as_completed
 
-    prior_f = client.scatter(prior, broadcast=True, hash=False) if prior is not None else None
+    prior_f = client.scatter(plan.prior, broadcast=True, hash=False) if plan.prior is not None else None
     token = uuid.uuid4().hex[:8]
     futures = {}
-    for pr in todo:
-        spec = {**pr.spec(), "prior": prior_path}
-        f = client.submit(register_pair, spec, prior_f, alpha, overrides, torch_threads, key=f"priorreg-{token}-{pr.id}")
+    for pr in plan.todo:
+        spec = {**pr.spec(), "prior": plan.prior_path}
+        f = client.submit(register_pair, spec, prior_f, plan.preset, plan.overrides, torch_threads,
+                          key=f"priorreg-{token}-{pr.id}")
         futures[f] = pr
     try:
         for f in as_completed(futures):
             pr = futures.pop(f)
-            if f.status == "finished":
-                rec = f.result()
-            else:  # the task itself never raises: the worker died, or the task could not run there
-                try:
-                    exc = f.exception()
-                    err = _one_line(exc) if exc is not None else f"task {f.status}"
-                except Exception as e:  # cancelled futures raise here
-                    err = f"task {f.status}: {_one_line(e)}"
-                rec = {"id": pr.id, "status": "failed", "seconds": None, "final_energy": None, "percent_folding": None,
-                       "error": err}
+            rec = _future_record(f, pr)
             f.release()
-            records[pr.id] = rec
+            plan.records[pr.id] = rec
             if rec["status"] != "ok":
                 progress.error(f"pair {pr.id} (line {pr.line}) failed: {rec['error']}")
             progress.update(rec["status"] == "ok", force=not futures)

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import io as pio
+from . import workflow as wf
 from .errors import PriorRegError
 from .options import RegistrationOptions
 
@@ -67,7 +68,7 @@ def run(out: str = "priorreg-demo", *, device: str = "cpu", overwrite: bool = Fa
 
     ``options``: extra engine option overrides (the tests use them to keep it short).
     """
-    from . import fit_prior
+    from .prior import fit_prior
 
     _prepare(out, overwrite)
     fixed = pio.read_image(FIXED, "demo fixed")
@@ -102,8 +103,7 @@ def run(out: str = "priorreg-demo", *, device: str = "cpu", overwrite: bool = Fa
 
 
 def _register_all(results, fixed, deformed, prior, true_mm, mask, device, console, options):
-    from . import register
-    from .cli import _summary
+    from .api import register
 
     for alpha in ALPHAS:
         opts = RegistrationOptions(**(options or {}))
@@ -122,12 +122,10 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
             "percent_folding": res.jacobian_stats["percent_nonpositive"],
         })
         if console is not None:
-            console.note(f"alpha={alpha:g}: {_summary(res)}; endpoint error {err[mask].mean():.3f} mm")
+            console.note(f"alpha={alpha:g}: {wf.summary(res)}; endpoint error {err[mask].mean():.3f} mm")
 
 
 def _finish(out, results, fixed, true_mm, mask, prior):
-    from .cli import write_outputs
-
     true_norm = np.sqrt((true_mm**2).sum(0))
     summary = {
         "demo": "BrainWeb T1 (fixed) / PD (moving) slice, PD deformed by a known smooth field",
@@ -135,30 +133,33 @@ def _finish(out, results, fixed, true_mm, mask, prior):
         "endpoint_error": [r[1] for r in results.values()],
         "reports": {f"alpha={a:g}": os.path.join(_dirname(a), "report.html") for a in ALPHAS},
     }
+    extra_html = _summary_html(results, float(true_norm[mask].mean()))
+    inputs = {"fixed": {"path": str(FIXED)}, "moving": {"path": str(MOVING), "deformed_by": "known_field (demo)"}}
+    for alpha, (res, stats) in results.items():
+        wf.write_outputs(os.path.join(out, _dirname(alpha)), res, prior=prior if alpha < 1 else None, mask=None,
+                         inputs=inputs, extra={"demo": {**summary, "this_run": stats}}, extra_html=extra_html)
+    pio.write_bytes(os.path.join(out, MARKER), (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _summary_html(results, mean_mm: float) -> str:
+    """The demo's section of each report.html: the endpoint errors of both runs."""
     rows = "".join(
         f"<tr><td>{a:g}</td><td>{'MI + learned prior' if a < 1 else 'MI only'}</td>"
         f"<td>{s['endpoint_error_mm_mean']:.3f}</td><td>{s['endpoint_error_mm_p95']:.3f}</td>"
         f"<td>{s['percent_folding']:.3f}</td><td><a href='../{_dirname(a)}/report.html'>{_dirname(a)}/report.html</a></td></tr>"
         for a, (_, s) in results.items()
     )
-    extra_html = (
+    return (
         "<h2>Demo: recovering a known deformation</h2><p class='cap'>"
         + html.escape(
             f"The bundled BrainWeb PD slice was deformed by a known smooth field (seed {SEED}, max "
-            f"{MAX_DISPLACEMENT_MM:g} mm, mean {true_norm[mask].mean():.2f} mm inside the head) and registered back "
+            f"{MAX_DISPLACEMENT_MM:g} mm, mean {mean_mm:.2f} mm inside the head) and registered back "
             "onto the T1 slice. Endpoint error = |recovered field - true field| inside the head. The prior was learned "
             "on the undeformed pair (best case for the prior)."
         )
         + "</p><table><tr><th>alpha</th><th>energy</th><th>mean EPE mm</th><th>95% EPE mm</th><th>% folding</th>"
         + f"<th>report</th></tr>{rows}</table>"
     )
-    inputs = {"fixed": {"path": str(FIXED)}, "moving": {"path": str(MOVING), "deformed_by": "known_field (demo)"}}
-    for alpha, (res, stats) in results.items():
-        sub = os.path.join(out, _dirname(alpha))
-        os.makedirs(sub, exist_ok=True)
-        write_outputs(sub, res, prior=prior if alpha < 1 else None, mask=None,
-                      inputs=inputs, extra={"demo": {**summary, "this_run": stats}}, extra_html=extra_html)
-    pio.write_bytes(os.path.join(out, MARKER), (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def _dirname(alpha: float) -> str:

@@ -1,0 +1,392 @@
+"""The work under the command line, shared by ``priorreg`` (cli.py), the cohort and the demo.
+
+* the console: notes, the progress bar on a TTY, one line per pyramid level otherwise;
+* inputs: read and check images, masks, priors and the device, with one-line errors that
+  name the file;
+* options: a preset, the flags given, and what a prior fixes (bins, Parzen sigma, levels);
+* outputs, before any work: the output folder or file does not overlap the inputs, is not
+  taken, and can be created and written;
+* outputs, after the work: the five files of a registration and the run record, written
+  as a whole (a temporary folder renamed into place), so a failure leaves no partial folder.
+
+Nothing here parses arguments; errors are :class:`PriorRegError`. numpy, torch, SimpleITK
+and matplotlib are imported inside the functions that need them (``priorreg --help`` and
+argument errors stay fast).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from .errors import PriorRegError
+
+PROG = "priorreg"
+OUTPUT_NAMES = ("warped.nii.gz", "field.nii.gz", "jacobian.nii.gz", "report.json", "report.html")
+TEMP_PREFIX = ".priorreg-"  # temporary files and folders of a write in progress
+PRIOR_FIXED = ("bins", "parzen_sigma")  # options a prior fixes unless given explicitly
+_NEEDS_PRIOR = "--alpha {} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone"
+
+
+# --------------------------------------------------------------------------- console
+
+
+def _isatty(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+class Console:
+    """Notes and progress on stderr: a bar on a TTY, else one line per pyramid level; nothing when quiet."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.bar = not quiet and _isatty(self.stream)
+        self._open = False  # a bar line is on the screen
+        self._pending = None  # the last level's line, printed when the level ends (not a TTY)
+
+    def note(self, msg: str) -> None:
+        if not self.quiet:
+            self.end_bar()
+            print(f"{PROG}: {msg}", file=self.stream)
+
+    def progress(self, max_iterations: int, levels: int, label: str = ""):
+        """A ``callback(level, iteration, energy)`` for :func:`priorreg.register` (None when quiet)."""
+        if self.quiet:
+            return None
+        state = {"level": None, "start": time.perf_counter(), "last": time.perf_counter()}
+
+        def cb(level, iteration, energy):
+            now = time.perf_counter()
+            if level != state["level"]:
+                self.end_bar()
+                state.update(level=level, start=state["last"] if state["level"] is not None else state["start"])
+            state["last"] = now
+            # iteration counts the accepted steps of this level (1 after the first), never above the cap
+            shown = (levels - level, levels, min(iteration, max_iterations), energy, now - state["start"])
+            if self.bar:
+                self._draw(label, max_iterations, *shown)
+            else:
+                self._pending = "{}level {}/{}: {} iteration(s), J={:.6g}, {:.1f} s".format(label, *shown)
+
+        return cb
+
+    def _draw(self, label, max_iterations, step, levels, iteration, energy, seconds) -> None:
+        width = 30
+        fill = int(round(width * iteration / max(1, max_iterations)))
+        self.stream.write(
+            f"\r{label}level {step}/{levels} [{'#' * fill}{'.' * (width - fill)}] "
+            f"it {iteration:4d}/{max_iterations}  J={energy:.5g}  {seconds:5.1f}s "
+        )
+        self.stream.flush()
+        self._open = True
+
+    def end_bar(self) -> None:
+        """End the bar's line (TTY) or print the finished level's line (not a TTY)."""
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+        if self._pending is not None:
+            print(f"{PROG}: {self._pending}", file=self.stream, flush=True)
+            self._pending = None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def describe(img) -> str:
+    """'2D 48x40'."""
+    return f"{img.ndim}D {'x'.join(str(n) for n in img.shape)}"
+
+
+def load_input(path, role: str, notes: list) -> "Image":  # noqa: F821
+    """Read an input image; refuses missing, damaged or non-numeric files and NaN/Inf (errors name the file)."""
+    import numpy as np
+
+    from . import io as pio
+
+    img = pio.read_image(path, role, notes)
+    if not (np.issubdtype(img.array.dtype, np.number) or img.array.dtype == bool):
+        raise PriorRegError(f"{role}: {path} has non-numeric pixels ({img.array.dtype})")
+    return img
+
+
+def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str = "moving") -> None:
+    if fixed.ndim != moving.ndim:
+        raise PriorRegError(
+            f"{role_f} {fpath} is {describe(fixed)} but {role_m} {mpath} is {describe(moving)}; both must be 2D or both 3D"
+        )
+
+
+def load_mask(path, fixed, notes: list):
+    """The fixed-space mask at ``path`` as 0/1 float64 (None for no path)."""
+    import numpy as np
+
+    if path is None:
+        return None
+    m = load_input(path, "mask", notes)
+    if m.shape != fixed.shape:
+        raise PriorRegError(f"mask: {path} has shape {m.shape} but the fixed image has shape {fixed.shape}")
+    if not np.any(m.array > 0):
+        raise PriorRegError(f"mask: {path} is empty (no voxel > 0); give a mask that covers the region to align")
+    return (m.array > 0).astype(np.float64)
+
+
+def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
+    """``(fixed, moving, mask)`` of one registration, checked."""
+    fixed = load_input(fixed_path, "fixed", notes)
+    moving = load_input(moving_path, "moving", notes)
+    check_pair(fixed, moving, fixed_path, moving_path)
+    return fixed, moving, load_mask(mask_path, fixed, notes)
+
+
+def load_prior(path):
+    """The prior at ``path`` (None for no path)."""
+    if path is None:
+        return None
+    from .prior import Prior
+
+    return Prior.load(path)
+
+
+def check_prior_dim(prior, prior_path, fixed, fixed_path) -> None:
+    if prior is not None and prior.dim != fixed.ndim:
+        raise PriorRegError(f"prior {prior_path} was learned on {prior.dim}D images but {fixed_path} is {describe(fixed)}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use (imports torch only for a CUDA device)."""
+    if device != "cpu":
+        from .checks import check_device as check
+
+        check(device, "--device")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def preset_names() -> list:
+    from .options import PRESETS
+
+    return sorted(PRESETS)
+
+
+def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
+    """Refuse bad option values, an unknown preset and alpha < 1 without a prior, before any work."""
+    from .options import preset_options
+
+    for ndim in (2, 3):
+        opts = preset_options(preset or "default", ndim).replace(**overrides)
+        if opts.alpha < 1 and not has_prior:
+            raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
+
+
+def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior_path, notes: list) -> tuple:
+    """``(overrides, options)`` of one registration: the preset's options for ``ndim``, the flags given,
+    and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note).
+    """
+    from .options import preset_options
+
+    base = preset_options(preset or "default", ndim)
+    overrides = {**_from_prior(base, overrides, prior, notes), **overrides}
+    opts = base.replace(**overrides)
+    if opts.alpha < 1 and prior is None:
+        raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
+    if prior is not None:
+        prior.check_compatible(ndim, opts, f"prior {prior_path}")
+    return overrides, opts
+
+
+def _from_prior(base, given: dict, prior, notes: list) -> dict:
+    if prior is None:
+        return {}
+    out = {}
+    for name in PRIOR_FIXED:
+        if name not in given and getattr(prior, name) != getattr(base, name):
+            out[name] = getattr(prior, name)
+            notes.append(f"using --{name.replace('_', '-')} {out[name]} from the prior")
+    if "levels" not in given and prior.levels < base.levels:
+        out["levels"] = prior.levels
+        notes.append(f"using --levels {prior.levels} (the prior has tables for {prior.levels} level(s))")
+    return out
+
+
+# --------------------------------------------------------------------------- outputs: checks before any work
+
+
+def same_path(a, b) -> bool:
+    a, b = os.path.abspath(os.fspath(a)), os.path.abspath(os.fspath(b))
+    if a == b:
+        return True
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(folder, out, what: str = "--out") -> None:
+    """Create and remove a temporary file in ``folder``: refuse an output that could not be written."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".check")
+    except OSError as e:
+        raise PriorRegError(f"{what} {out}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
+    """Refuse an output folder that overlaps the inputs, is taken (unless overwrite) or cannot be
+    created and written. Creates nothing."""
+    out = os.fspath(out)
+    for path in inputs:
+        if path is None:
+            continue
+        if same_path(out, path):
+            raise PriorRegError(f"{what} {out} is an input; choose another output directory")
+        if any(same_path(os.path.join(out, name), path) for name in OUTPUT_NAMES):
+            raise PriorRegError(f"{what} {out} would overwrite the input {path}; choose another output directory")
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise PriorRegError(f"{what} {out} exists and is not a directory")
+        if os.listdir(out) and not overwrite:
+            raise PriorRegError(f"output directory {out} exists and is not empty; use --overwrite or another --out")
+        check_writable(out, out, what)
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise PriorRegError(f"cannot create output directory {out}: its parent directory does not exist")
+    check_writable(parent, out, what)
+
+
+def check_out_file(out, inputs, overwrite: bool, what: str = "--out") -> None:
+    """Refuse an output file that is an input, a folder, taken (unless overwrite) or cannot be written."""
+    for path in inputs:
+        if path is not None and same_path(out, path):
+            raise PriorRegError(f"{what} {out} is an input; inputs are never written")
+    if os.path.isdir(out):
+        raise PriorRegError(f"{what} {out} is a directory; give a file name")
+    if os.path.exists(out) and not overwrite:
+        raise PriorRegError(f"{out} exists; use --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise PriorRegError(f"cannot write {out}: directory {parent} does not exist")
+    check_writable(parent, out, what)
+
+
+def check_image_format(path, ndim: int | None = None, what: str = "--out") -> None:
+    """Refuse an output image format priorreg cannot write (PNG: 2D only; not checked for ndim None)."""
+    from . import io as pio
+
+    ext = pio.extension(path)
+    if ext not in pio.WRITE_EXTENSIONS:
+        raise PriorRegError(
+            f"{what}: cannot write {os.fspath(path)}: unsupported output format {ext or '(no extension)'!r}; "
+            f"use one of {', '.join(pio.WRITE_EXTENSIONS)}"
+        )
+    if ext == ".png" and ndim not in (None, 2):
+        raise PriorRegError(f"{what}: cannot write a {ndim}D image as {ext}; use .nii.gz")
+
+
+# --------------------------------------------------------------------------- outputs: writing
+
+
+def make_out_dir(out) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise PriorRegError(f"cannot create output directory {out}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def run_folder(out):
+    """Yield a temporary folder for a run's files; on success they land in ``out`` as a whole.
+
+    A new or empty ``out``: the folder is a sibling, renamed into place. An ``out`` with
+    other files (--overwrite): a folder inside it whose files are renamed in, each replacing
+    the earlier run's. On failure the temporary folder goes and ``out`` is as it was.
+    """
+    out = os.path.abspath(os.fspath(out))
+    fresh = not os.path.isdir(out) or not os.listdir(out)
+    tmp = _temp_folder(os.path.dirname(out) if fresh else out, out)
+    try:
+        yield tmp
+        if fresh and os.path.dirname(tmp) != out:
+            _rename_folder(tmp, out)
+        else:
+            for name in os.listdir(tmp):
+                os.replace(os.path.join(tmp, name), os.path.join(out, name))
+            os.rmdir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _temp_folder(where, out) -> str:
+    try:
+        return tempfile.mkdtemp(dir=where, prefix=TEMP_PREFIX + "run-")
+    except OSError:
+        if where != out and os.path.isdir(out):  # parent not writable: work inside the (empty) out
+            return tempfile.mkdtemp(dir=out, prefix=TEMP_PREFIX + "run-")
+        raise
+
+
+def _rename_folder(tmp, out) -> None:
+    from . import io as pio
+
+    mode = pio.default_mode(directory=True)
+    if os.path.isdir(out):  # empty (checked by run_folder): keep its mode
+        mode = os.stat(out).st_mode & 0o7777
+        os.rmdir(out)
+    os.chmod(tmp, mode)
+    os.rename(tmp, out)
+
+
+def write_images(folder, result) -> None:
+    """warped, field and jacobian of ``result`` into ``folder``."""
+    import numpy as np
+
+    from . import io as pio
+
+    fix = result.fixed
+    warped = result.warped.with_array(np.asarray(result.warped.array, dtype=np.float32))
+    pio.write_image(warped, os.path.join(folder, "warped.nii.gz"), "warped")
+    pio.write_field(result.field_world(), fix, os.path.join(folder, "field.nii.gz"))
+    pio.write_image(fix.with_array(result.jacobian.astype(np.float32)), os.path.join(folder, "jacobian.nii.gz"), "jacobian")
+
+
+def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="") -> dict:
+    """Write the five outputs of a registration into ``out`` as a whole; returns the run record."""
+    from . import report as rep
+
+    make_out_dir(os.path.dirname(os.path.abspath(out)))
+    record = rep.report_dict(result, inputs, extra)
+    record["outputs"] = {n: os.path.join(os.fspath(out), n) for n in OUTPUT_NAMES}
+    with run_folder(out) as tmp:
+        write_images(tmp, result)
+        rep.write_json(os.path.join(tmp, "report.json"), record)
+        rep.write_html(os.path.join(tmp, "report.html"), result, record, prior, mask, extra_html)
+    return record
+
+
+def input_record(fixed, moving, mask=None, prior=None, prior_path=None) -> dict:
+    """The ``inputs`` of a run record: absolute paths, and the prior's metadata."""
+    rec = {"fixed": {"path": os.path.abspath(fixed)}, "moving": {"path": os.path.abspath(moving)}}
+    if mask:
+        rec["mask"] = {"path": os.path.abspath(mask)}
+    if prior is not None:
+        rec["prior"] = {"path": os.path.abspath(prior_path), **prior.metadata()}
+    return rec
+
+
+def summary(result) -> str:
+    """One line: time, iterations per level, final energy, folding."""
+    js = result.jacobian_stats
+    its = "+".join(str(h.iterations) for h in result.history)
+    return (
+        f"done in {result.seconds:.1f} s ({its} iterations), final energy {result.final_energy:.6g}, "
+        f"folding {js['percent_nonpositive']:.3f}% (Jacobian min {js['min']:.3f})"
+    )
