@@ -207,7 +207,7 @@ class _Level:
     """One pyramid level: fixed samples (world minus centre) and the moving image."""
 
     xc: torch.Tensor  # (n, d)
-    a: tuple  # fixed bin corners
+    fv: torch.Tensor  # (n,) normalised fixed values
     moving: torch.Tensor  # (1, 1, *shape)
     to_index: torch.Tensor  # (d, d): world -> moving voxel index
     origin: torch.Tensor  # (d,): moving origin
@@ -253,7 +253,6 @@ def _fixed_samples(fix: Image, f_n, mask, h, max_samples, seed):
 class _Problem:
     """What every level shares: binning, terms, centre and parameter units."""
 
-    bins: int
     S: torch.Tensor
     ranges: tuple
     alpha: float
@@ -284,9 +283,9 @@ def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor):
     M = lv.to_index @ A  # d x d: elementwise below, no BLAS call on the n samples
     idx = (lv.xc[:, None, :] * M).sum(-1) + lv.to_index @ (pb.center + tc - lv.origin)
     w = _validity(idx, lv.shape)
-    b, _, _ = hist.bin_coordinates(_sample(lv.moving, idx, lv.shape), *pb.ranges[1], pb.bins)
-    H = hist.joint_counts(lv.a, b, pb.bins, w)[0]
-    P = hist.smooth(H, pb.S) / w.sum().clamp(min=1e-12)
+    if float(w.detach().sum()) < 1.0:  # no overlap at all: worse than any real alignment
+        return (p * 0).sum() + 1e3, 0.0, 0.0
+    P = hist.parzen_joint_histogram(lv.fv, _sample(lv.moving, idx, lv.shape), pb.ranges, pb.S, w)
     Pt, P1, P2 = hist.entropy_terms(P, pb.eps)
     T = Tables(Pt, P1, P2, Pt[None], torch.ones(1, dtype=_DT, device=P.device))
     neg_mi = NegMutualInformation().value(T)
@@ -364,20 +363,18 @@ def _prior_term(prior, level, floor, name, dev):
     return PRIOR_TERMS[name](torch.as_tensor(Q, dtype=_DT, device=dev))
 
 
-def _build_levels(fix, mov, f_n, m_n, mask, opts, pb_ranges, dev, func):
+def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
     """[_Level] finest first: target spacing 2^l times the fixed image's finest spacing."""
     out = []
-    B = opts["bins"]
     for lv in range(opts["levels"]):
         h = 2.0**lv * min(fix.spacing)
         pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
         if len(fv) < 64:
             raise PriorRegError(f"{func}: levels={opts['levels']} leaves {len(fv)} fixed samples at level {lv}; use fewer levels")
-        a = hist.corners(hist.bin_coordinates(torch.as_tensor(fv, dtype=_DT, device=dev), *pb_ranges[0], B)[0], B)
         marr, _, mgrid = _smoothed_grid(mov, m_n, h)
         M, o = mgrid.index_to_world()
         out.append(_Level(
-            xc=torch.as_tensor(pts, dtype=_DT, device=dev), a=a,
+            xc=torch.as_tensor(pts, dtype=_DT, device=dev), fv=torch.as_tensor(fv, dtype=_DT, device=dev),
             moving=torch.as_tensor(marr, dtype=_DT, device=dev)[None, None],
             to_index=torch.as_tensor(np.linalg.inv(M), dtype=_DT, device=dev),
             origin=torch.as_tensor(o, dtype=_DT, device=dev), shape=marr.shape,
@@ -423,7 +420,7 @@ def _search(lv: _Level, pb: _Problem, starts, free, iters, keep, min_overlap, fu
     best_overlap = max(s[1] for s in scored)
     if best_overlap < min_overlap:
         raise PriorRegError(
-            f"{func}: the overlap is too small to register: at best {100 * best_overlap:.1f}% of the fixed samples "
+            f"{func}: overlap too small to register: at best {100 * best_overlap:.1f}% of the fixed samples "
             f"fall inside the moving image (needs {100 * min_overlap:.0f}%); check the images' geometry or give a fixed_mask"
         )
     ok = sorted((s for s in scored if s[1] >= min_overlap), key=lambda s: s[0])[:keep]
@@ -464,7 +461,7 @@ def _finish(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> Lin
     notes = []
     if ov < min_overlap:
         raise PriorRegError(
-            f"{func}: the overlap is too small to register: the best alignment found keeps only {100 * ov:.1f}% "
+            f"{func}: overlap too small to register: the best alignment found keeps only {100 * ov:.1f}% "
             f"of the fixed samples inside the moving image (needs {100 * min_overlap:.0f}%)"
         )
     if float(e1) > float(e0):
@@ -552,10 +549,10 @@ def estimate_linear(
         ranges = (intensity_range([f_n if mask is None else f_n[mask > 0]]), intensity_range([m_n]))
     opts = dict(bins=bins, levels=levels, max_samples=max_samples, seed=seed, prior=prior if alpha < 1 else None,
                 prior_floor=prior_floor, prior_term=prior_term)
-    lvls = _build_levels(fix, mov, f_n, m_n, mask, opts, ranges, dev, func)
+    lvls = _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func)
     fc = _centroids(fix, f_n, mask)[0]
     radius = float(torch.sqrt(((lvls[0].xc - torch.as_tensor(fc, dtype=_DT, device=dev)) ** 2).sum(1).mean()))
-    pb = _Problem(bins, hist.smoothing_matrix(bins, parzen_sigma, _DT, dev), ranges, float(alpha),
+    pb = _Problem(hist.smoothing_matrix(bins, parzen_sigma, _DT, dev), ranges, float(alpha),
                   torch.as_tensor(fc, dtype=_DT, device=dev), _unit(fix.ndim, max(radius, 1.0), dev))
     for lv in lvls:
         lv.xc = lv.xc - pb.center
