@@ -188,6 +188,36 @@ def test_3d_oblique_anisotropic_recovered(brats, kind, extra):
     assert worst < 1.0
 
 
+def test_3d_thin_slab_partial_overlap(brats):
+    """A 20-slice 2.4 mm oblique slab (a third of the brain) onto the whole volume: samples
+    outside the slab are left out of the histogram, the slab is placed."""
+    fixed, t1c, mgrid, brain = brats
+    known = _affine(3, _rot3(0, -7.0) @ _rot3(2, 9.0), (-10.0, 6.0, 8.0), _centre(fixed))
+    size = list(mgrid.GetSize())
+    slab = sitk.Image(size[:2] + [20], sitk.sitkFloat32)
+    slab.SetSpacing(mgrid.GetSpacing()[:2] + (2.4,))
+    slab.SetDirection(mgrid.GetDirection())
+    slab.SetOrigin(mgrid.TransformIndexToPhysicalPoint([0, 0, size[2] // 2 - 5]))
+    bg = float(np.min(sitk.GetArrayViewFromImage(t1c)))
+    moving = sitk_to_image(sitk.Resample(t1c, slab, known, sitk.sitkLinear, bg))
+    r = estimate_linear(fixed, moving, kind="rigid", fixed_mask=brain)
+    worst, mean, angle, _ = _errors(r, known, fixed, brain)
+    assert 0.2 < r.overlap < 0.7
+    assert angle < 0.5 and mean < 0.5 and worst < 1.0, (worst, mean, angle)
+
+
+def test_initial_transform_from_file_is_refined(brainweb, tmp_path):
+    """A 35 degree rotation (beyond the start search) is recovered from a rough initial ITK file."""
+    fixed, moving = brainweb
+    known = _affine(2, _rot2(35.0), (5.0, 4.0), _centre(moving))
+    rough = _affine(2, _rot2(-31.0), (-3.0, -2.0), _centre(moving))  # about the inverse, 4 deg off
+    sitk.WriteTransform(rough, str(tmp_path / "rough.tfm"))
+    initial = read_itk_transform(tmp_path / "rough.tfm", 2)
+    r = estimate_linear(fixed, _moved_2d(moving, known), kind="rigid", initial=initial)
+    worst, _, angle, _ = _errors(r, known, fixed)
+    assert worst < 0.5 and angle < 0.5
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import center_of_mass, gaussian_filter, map_coordinates
 
 from . import histogram as hist
 from .energy import PRIOR_TERMS, NegMutualInformation, Tables
@@ -184,7 +184,6 @@ def _matrix(q: torch.Tensor, d: int):
 
 def _params_of(A: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Physical parameters q of x -> A x + t about centre c (inverse of :func:`_matrix`)."""
-    d = A.shape[0]
     angles, scales, shears = decompose(A)
     if np.any(scales <= 0):
         raise PriorRegError("estimate_linear(): the initial transform is a reflection (det < 0); it cannot be refined")
@@ -232,8 +231,6 @@ def _fixed_samples(fix: Image, f_n, mask, h, max_samples, seed):
     value read there by linear interpolation: samples on a regular grid make MI favour
     transforms that put them on the moving grid too (interpolation artefacts).
     """
-    from scipy.ndimage import map_coordinates
-
     arr, stride, grid = _smoothed_grid(fix, f_n, h)
     keep = np.ones(arr.size, bool) if mask is None else (mask[tuple(slice(0, None, s) for s in stride)].ravel() > 0)
     flat = np.flatnonzero(keep)
@@ -340,8 +337,6 @@ def _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func):
 
 def _centroids(img: Image, arr: np.ndarray, mask=None) -> list:
     """World centroids of the Otsu foreground and of the intensity (minus its minimum), inside ``mask``."""
-    from scipy.ndimage import center_of_mass
-
     inside = np.ones(arr.shape, bool) if mask is None else mask > 0
     fg = (arr > otsu_threshold(arr[inside])) & inside
     w = (arr - arr[inside].min()) * inside
@@ -442,7 +437,7 @@ def _free(d: int, kind: str, device) -> torch.Tensor:
     return free
 
 
-def _to_result(p, pb: _Problem, kind: str) -> tuple:
+def _to_world(p, pb: _Problem) -> tuple:
     """(A, t) in world coordinates from optimiser parameters."""
     with torch.no_grad():
         A, tc = _matrix(p * pb.unit, pb.center.numel())
@@ -451,26 +446,21 @@ def _to_result(p, pb: _Problem, kind: str) -> tuple:
 
 
 def _finish(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> LinearResult:
-    """The result at the finest level; never worse than world alignment (or the initial transform)."""
-    d = pb.center.numel()
+    """The result at the finest level: the optimum, or world alignment (or the initial
+    transform) where that scores better, so an aligned pair is never made worse."""
+    named = [("optimum", p), ("world alignment", torch.zeros_like(p))] + ([] if p_init is None else [("initial", p_init)])
     with torch.no_grad():
-        e0, mi0, _ = _evaluate(lv, pb, torch.zeros_like(p))
-        e1, mi1, ov = _evaluate(lv, pb, p)
-        if p_init is not None and float(_evaluate(lv, pb, p_init)[0]) < float(e1):
-            p, (e1, mi1, ov) = p_init, _evaluate(lv, pb, p_init)
-    notes = []
+        scores = [(float(e), mi, ov, name, q) for name, q in named for e, mi, ov in [_evaluate(lv, pb, q)]]
+    e1, mi1, ov, name, p = min(scores, key=lambda s: s[0])
     if ov < min_overlap:
         raise PriorRegError(
             f"{func}: overlap too small to register: the best alignment found keeps only {100 * ov:.1f}% "
             f"of the fixed samples inside the moving image (needs {100 * min_overlap:.0f}%)"
         )
-    if float(e1) > float(e0):
-        notes.append("the linear stage did not improve on world alignment; the identity is kept")
-        p, e1, mi1 = torch.zeros_like(p), e0, mi0
-        ov = _evaluate(lv, pb, p)[2]
-    A, t = _to_result(p, pb, kind)
-    return LinearResult(A, t, kind=kind, center=pb.center.cpu().numpy(), metric_before=float(e0),
-                        metric_after=float(e1), mi_before=mi0, mi_after=mi1, overlap=ov, notes=notes)
+    notes = [] if name == "optimum" else [f"the linear stage did not improve on the {name}; it is kept"]
+    A, t = _to_world(p, pb)
+    return LinearResult(A, t, kind=kind, center=pb.center.cpu().numpy(), metric_before=scores[1][0],
+                        metric_after=e1, mi_before=scores[1][1], mi_after=mi1, overlap=ov, notes=notes)
 
 
 def estimate_linear(
@@ -491,7 +481,7 @@ def estimate_linear(
     normalization: str = "percentile",
     iterations: int = 40,
     max_samples: int = 60_000,
-    min_overlap: float = 0.15,
+    min_overlap: float = 0.10,
     seed: int = 0,
 ) -> LinearResult:
     """Rigid or affine alignment of ``moving`` onto ``fixed`` by Parzen mutual information.
@@ -519,7 +509,8 @@ def estimate_linear(
     device : str
         "cpu" or "cuda".
     initial : LinearResult, optional
-        Start from this transform (e.g. :func:`read_itk_transform`) instead of the search.
+        Start from this transform (e.g. :func:`read_itk_transform`) instead of the search;
+        with ``kind="rigid"`` its scales and shears are kept as they are.
     prior_term : {"kl", "ckl", "ce"}
         Which prior term (as ``RegistrationOptions.prior_term``).
     iterations : int
