@@ -14,6 +14,7 @@ from priorreg import Image, PriorRegError, fit_prior, warp
 from priorreg.io import image_to_sitk, read_image, sitk_to_image
 from priorreg.linear import (
     LinearResult,
+    compose_field,
     estimate_linear,
     linear_to_field,
     read_itk_transform,
@@ -266,6 +267,19 @@ def test_field_is_the_transform_in_array_axes():
     X = np.indices(img.shape).reshape(3, -1).T @ M.T + o
     world = X + (img.direction @ u.reshape(3, -1)).T  # the field convention: x + D u
     np.testing.assert_allclose(world, r.transform_points(X), atol=1e-9)
+
+
+def test_composed_field_is_linear_then_deformable():
+    """x + D total(x) = A (x + D u(x)) + t: the deformable field u found on the moving image
+    resampled through the linear transform, composed into one field."""
+    img = _oblique(3, (9, 10, 8))
+    r = _some_transform(3, _centre(img))
+    u = np.random.default_rng(3).normal(size=(3, *img.shape))
+    total = compose_field(r, u, img)
+    M, o = img.index_to_world()
+    X = np.indices(img.shape).reshape(3, -1).T @ M.T + o
+    deformed = X + (img.direction @ u.reshape(3, -1)).T
+    np.testing.assert_allclose(X + (img.direction @ total.reshape(3, -1)).T, r.transform_points(deformed), atol=1e-9)
 
 
 @pytest.mark.parametrize("ndim, ext", [(2, ".tfm"), (3, ".tfm"), (3, ".mat"), (2, ".txt")])

@@ -579,6 +579,22 @@ def linear_to_field(result: LinearResult, fixed: Image) -> np.ndarray:
     return np.linalg.solve(fixed.direction, disp).reshape(d, *fixed.shape)
 
 
+def compose_field(result: LinearResult, field: np.ndarray, fixed: Image) -> np.ndarray:
+    """The one field (d, *fixed.shape) of "the linear transform, then ``field``".
+
+    ``field`` is a displacement (fixed array axes, mm) estimated against the moving image
+    already resampled onto the fixed grid through ``result`` (``warp(moving,
+    linear_to_field(result, fixed), reference=fixed)``). Fixed world x then samples the
+    moving image at A (x + D field(x)) + t, i.e. at x + D (linear field + D^-1 A D field).
+    """
+    f = np.asarray(field, dtype=float)
+    if f.shape != (fixed.ndim, *fixed.shape):
+        raise PriorRegError(f"compose_field(): field must have shape {(fixed.ndim, *fixed.shape)}, got {f.shape}")
+    D = fixed.direction
+    K = np.linalg.solve(D, result.matrix @ D)
+    return linear_to_field(result, fixed) + np.einsum("ij,j...->i...", K, f)
+
+
 def _ext(path) -> str:
     p = os.fspath(path).lower()
     return next((e for e in TRANSFORM_EXTENSIONS if p.endswith(e)), os.path.splitext(p)[1])
