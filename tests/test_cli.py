@@ -262,7 +262,7 @@ def test_errors_are_one_line(capsys, data, tmp_path):
     priorreg.fit_prior([np.random.default_rng(1).random((16, 16, 16))], [np.random.default_rng(2).random((16, 16, 16))],
                        bins=32, levels=1).save(p3)
     assert_error(capsys, ["register", f, m, "--out", out, "--prior", p3, "--alpha", "0.5"], "3D")
-    assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "2"], "alpha must be in [0, 1]")
+    assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "2"], "alpha must be")
     assert_error(capsys, ["register", f, m], "--out")  # argparse usage error, one line
     assert_error(capsys, ["register", f, m, "--out", out, "--levels", "x"], "invalid int value")
     assert_error(capsys, ["apply", m, "--field", m, "--reference", f, "--out", tmp_path / "a.nii.gz"],

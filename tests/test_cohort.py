@@ -178,6 +178,7 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     assert "cannot read" in rows["bad"]["error"] and summary["counts"]["failed"] == 2
     assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json", "good0", "good2"]
     done = {k: os.stat(out / k / "field.nii.gz").st_mtime_ns for k in ("good0", "good2")}
+    first = {k: rows[k]["seconds"] for k in ("good0", "good2")}
 
     # Fix the broken image and resume: only the failed pairs run again.
     broken.write_bytes((d / "t2_1.nii.gz").read_bytes())
@@ -187,7 +188,12 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     assert "2 registered, 0 failed, 2 skipped" in so and "2 of 4 pair(s) complete already" in err
     rows, summary = read_summary(out)
     assert [rows[k]["status"] for k in ("good0", "bad", "crash", "good2")] == ["skipped", "ok", "ok", "skipped"]
-    assert rows["good0"]["final_energy"] != ""  # taken from the pair's report.json
+    assert rows["good0"]["final_energy"] != ""
+    assert {k: rows[k]["seconds"] for k in first} == first  # the seconds of the run that made them, not of the skip
+    assert [r["seconds"] for r in summary["pairs"] if r["id"] == "good0"] == [pytest.approx(float(first["good0"]), rel=1e-5)]
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)  # all skipped, twice
+    assert rc == 0 and "0 registered, 0 failed, 4 skipped" in so, err
+    assert {k: read_summary(out)[0][k]["seconds"] for k in first} == first
     assert {k: os.stat(out / k / "field.nii.gz").st_mtime_ns for k in done} == done
     assert all(cohort.outputs_complete(out / k) for k in rows)
 
@@ -248,3 +254,28 @@ def test_a_pairs_warning_lands_in_its_notes_and_report(tmp_path):
     import json
 
     assert len(json.loads((tmp_path / "p1" / "report.json").read_text())["warnings"]) == 1
+
+
+def test_cohort_preset_and_a_failed_write_leaves_no_partial_folder(capsys, data, tmp_path, monkeypatch):
+    from priorreg import report
+    from priorreg.options import preset_options
+
+    manifest = pairs_manifest(data)
+    real = report.write_html
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_html", disk_full)
+    out = tmp_path / "out"
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--preset", "paper", "--quiet", *FAST, *LOCAL)
+    assert rc == 1 and "No space left on device" in err
+    assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json"]  # no pair folder, no temporary folder
+    monkeypatch.setattr(report, "write_html", real)
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--preset", "paper", "--resume", *FAST, *LOCAL)
+    assert rc == 0 and "3 registered" in so, err
+    rows, summary = read_summary(out)
+    assert summary["preset"] == "paper" and set(summary["options"]) == {"2D", "3D"}
+    assert summary["options"]["2D"] == preset_options("paper", 2).replace(levels=2, max_iterations=6, bins=32).as_dict()
+    rep = json.loads((out / "s0" / "report.json").read_text())
+    assert rep["preset"] == "paper" and rep["options"] == summary["options"]["2D"]

@@ -80,6 +80,16 @@ def parse_regions(text: str):
     return vals[0] if len(vals) == 1 else tuple(vals)
 
 
+def _alpha_arg(text: str):
+    """--alpha: a number, or auto where the options know it."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or auto, got {text!r}") from None
+
+
 def _local_regions_arg(text: str):
     """--local-regions: auto, K, KxK or KxKxK."""
     if text.strip().lower() == "auto":
@@ -90,13 +100,16 @@ def _local_regions_arg(text: str):
         raise argparse.ArgumentTypeError(f"must be auto, K, KxK or KxKxK with integers K >= 1, got {text!r}") from None
 
 
+_SPECIAL = {"alpha": _alpha_arg, "local_regions": _local_regions_arg}  # flags that take more than one type
+
+
 def option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def _flag_spec(f, docs: dict, choices: dict) -> dict:
     """argparse keywords of the flag of one RegistrationOptions field (default None: not given)."""
-    kind = _local_regions_arg if f.name == "local_regions" else _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+    kind = _SPECIAL.get(f.name) or _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
     help_ = docs.get(f.name, "").replace("%", "%%") + f" (default: {f.default})"
     kw = dict(type=kind, default=None, dest=f.name, help=help_, metavar=f.name.upper())
     if choices.get(f.name):
@@ -271,7 +284,6 @@ def cmd_train(args, con: Console) -> int:
     import time
 
     from .options import RegistrationOptions
-    from .prior import fit_prior
 
     if len(args.fixed) != len(args.moving):
         raise PriorRegError(f"train: got {len(args.fixed)} --fixed and {len(args.moving)} --moving images; give one moving per fixed")
@@ -284,6 +296,8 @@ def cmd_train(args, con: Console) -> int:
     fixed, moving, masks = _train_inputs(args, notes)
     for n in notes:
         con.note(n)
+    from .prior import fit_prior  # torch: only once the arguments and the output are known to be good
+
     t0 = time.perf_counter()
     prior = fit_prior(fixed, moving, masks=masks, **kw)
     prior.save(args.out)
@@ -295,8 +309,6 @@ def cmd_train(args, con: Console) -> int:
 
 
 def cmd_register(args, con: Console) -> int:
-    from .api import register
-
     overrides = engine_overrides(args)
     wf.check_options(args.preset, overrides, args.prior is not None)  # bad values before reading images
     wf.check_device(overrides.get("device", "cpu"))
@@ -309,6 +321,8 @@ def cmd_register(args, con: Console) -> int:
     for n in notes:
         con.note(n)
     cb = con.progress(opts.max_iterations, opts.levels)
+    from .api import register  # torch: only once the arguments and the outputs are known to be good
+
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)
     con.end_bar()
@@ -323,7 +337,6 @@ def cmd_register(args, con: Console) -> int:
 
 def cmd_apply(args, con: Console) -> int:
     from . import io as pio
-    from .resample import warp
 
     wf.check_out_file(args.out, [args.moving, args.field, args.reference], args.overwrite)
     wf.check_image_format(args.out)
@@ -340,6 +353,8 @@ def cmd_apply(args, con: Console) -> int:
         )
     for n in notes:
         con.note(n)
+    from .resample import warp  # torch
+
     out = warp(moving, field, reference=ref, interpolation=args.interpolation)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
