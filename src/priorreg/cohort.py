@@ -7,13 +7,15 @@ output folder instead of DIR/ID; a relative path is taken from DIR). Blank rows 
 skipped; other columns are ignored (with a note).
 
 Everything that can be checked without registering is checked before anything is
-submitted (the manifest, every file, ids, output folders, overwrites, the engine
-options and the prior); all bad rows are reported in one error. Then each pair is one
+submitted (the manifest, every file, ids, output folders and that they can be written,
+overwrites, the preset and engine options, the prior); all bad rows are reported in one error. Then each pair is one
 task on a dask.distributed cluster (an existing scheduler, ``--scheduler``, or a
 LocalCluster): it reads its images, registers, writes the same five files as
-``priorreg register`` into its folder (atomically) and returns a small dict. A pair that
+``priorreg register`` into its folder (as a whole, through :mod:`priorreg.workflow`) and
+returns a small dict. A pair that
 fails is recorded with its one-line error; the others go on. DIR/cohort.csv and
-DIR/cohort.json summarise the run. Exit status: 0 when every pair is registered (or was
+DIR/cohort.json summarise the run; ``--resume`` skips complete pairs and keeps the figures
+recorded when they ran. Exit status: 0 when every pair is registered (or was
 complete already, ``--resume``), 1 when some pair failed, 2 for an error before the run.
 
 dask is an optional dependency (``pip install "dask[distributed]"``); this module imports
@@ -72,7 +74,8 @@ def add_parser(sub):
         description="Register every (FIXED, MOVING) pair of a CSV manifest on a dask.distributed cluster. "
         "MANIFEST columns: fixed,moving (paths, relative to the manifest's folder) and optional id, mask, out. "
         "Each pair writes the files of 'priorreg register' into DIR/ID (or its out column); DIR/cohort.csv and "
-        "DIR/cohort.json summarise the run. Exit status 1 if some pair failed. Needs dask: " + INSTALL_HINT,
+        "DIR/cohort.json summarise the run; ``--resume`` skips complete pairs and keeps the figures
+recorded when they ran. Exit status 1 if some pair failed. Needs dask: " + INSTALL_HINT,
     )
     c.add_argument("manifest", metavar="MANIFEST", help="CSV file with the columns fixed,moving[,id,mask,out]")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory: one folder per pair, plus cohort.csv/cohort.json")

@@ -169,12 +169,6 @@ def check_device(device: str) -> None:
 # --------------------------------------------------------------------------- options
 
 
-def preset_names() -> list:
-    from .options import PRESETS
-
-    return sorted(PRESETS)
-
-
 def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
     """Refuse bad option values, an unknown preset and alpha < 1 without a prior, before any work."""
     from .options import preset_options
