@@ -74,8 +74,7 @@ def add_parser(sub):
         description="Register every (FIXED, MOVING) pair of a CSV manifest on a dask.distributed cluster. "
         "MANIFEST columns: fixed,moving (paths, relative to the manifest's folder) and optional id, mask, out. "
         "Each pair writes the files of 'priorreg register' into DIR/ID (or its out column); DIR/cohort.csv and "
-        "DIR/cohort.json summarise the run; ``--resume`` skips complete pairs and keeps the figures
-recorded when they ran. Exit status 1 if some pair failed. Needs dask: " + INSTALL_HINT,
+        "DIR/cohort.json summarise the run. Exit status 1 if some pair failed. Needs dask: " + INSTALL_HINT,
     )
     c.add_argument("manifest", metavar="MANIFEST", help="CSV file with the columns fixed,moving[,id,mask,out]")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory: one folder per pair, plus cohort.csv/cohort.json")
