@@ -3,10 +3,12 @@
 A registration is a short pipeline of named stages, each in its own module:
 
 1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options;
-2. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
-3. :func:`priorreg.deformable.deformable` - per level, the energy from
+2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, affine), if asked;
+3. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
+4. :func:`priorreg.deformable.deformable` - per level, the energy from
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
-4. :func:`priorreg.result.make_result` - the field, the warped image, the Jacobian.
+5. :func:`priorreg.result.make_result` - one field (linear and deformable), the warped
+   image, the Jacobian.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .checks import validate
 from .deformable import deformable, prior_order_warnings
 from .errors import PriorRegWarning
 from .normalise import normalise
+from .prealign import after_prealign, one_field, prealign
 from .resample import warp
 from .result import RegistrationResult, make_result
 
@@ -69,10 +72,13 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     t0 = time.perf_counter()
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,
                    initial_field=initial_field, overrides=overrides)
-    pyr = normalise(inp)
-    notes = prior_order_warnings(inp, pyr)
+    lin = prealign(inp)
+    work = after_prealign(inp, lin)
+    pyr = normalise(work)
+    notes = prior_order_warnings(work, pyr)
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=2)
-    u, history, intensity_maps = deformable(inp, pyr, callback)
-    return make_result(inp, pyr, u, history, intensity_maps, notes, time.perf_counter() - t0)
+    u, history, intensity_maps = deformable(work, pyr, callback)
+    field = one_field(lin, u.double().cpu().numpy(), inp)
+    return make_result(inp, pyr, field, history, intensity_maps, notes, time.perf_counter() - t0, lin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .jacobian import jacobian_determinant
 from .image import Image
@@ -41,6 +42,9 @@ class RegistrationResult:
         e.g. a prior that fits the pair far better with the modalities swapped.
     fov : ndarray of bool
         Fixed voxels whose displaced position lies inside the moving image.
+    linear : LinearResult or None
+        The linear stage's transform (fixed world x -> moving world A x + t), already
+        included in ``field``.
     """
 
     field: np.ndarray
@@ -60,6 +64,7 @@ class RegistrationResult:
     warnings: list = field(default_factory=list)  # PriorRegWarning messages of this run
     preset: str | None = None
     fov: np.ndarray = field(repr=False, default=None)
+    linear: object = None
 
     def field_world(self) -> np.ndarray:
         """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""
@@ -84,6 +89,7 @@ class RegistrationResult:
             "device": self.device,
             "final_energy": self.final_energy,
             "jacobian": self.jacobian_stats,
+            "linear": None if self.linear is None else self.linear.as_dict(),
             "fov_percent": None if self.fov is None else float(100.0 * np.mean(self.fov)),
             "levels": [h.as_dict() for h in self.history],
             "warnings": list(self.warnings),
@@ -94,11 +100,10 @@ def jacobian_stats(jac: np.ndarray) -> dict:
     return {"min": float(jac.min()), "max": float(jac.max()), "percent_nonpositive": float(100.0 * np.mean(jac <= 0))}
 
 
-def make_result(inp, pyr, u, history, intensity_maps, warnings, seconds) -> RegistrationResult:
-    """Resample the moving image through the field and collect what the run did."""
+def make_result(inp, pyr, field_np, history, intensity_maps, warnings, seconds, linear=None) -> RegistrationResult:
+    """Resample the moving image through the field (an array, mm) and collect what the run did."""
     fix, mov = inp.fixed, inp.moving
-    field_np = u.double().cpu().numpy()
-    jac = jacobian_determinant(u.double(), fix.spacing).cpu().numpy()
+    jac = jacobian_determinant(torch.as_tensor(field_np, dtype=torch.float64), fix.spacing).cpu().numpy()
     prior_info = None if inp.prior is None else inp.prior.metadata()
     if intensity_maps:
         prior_info["intensity_maps"] = intensity_maps
@@ -120,4 +125,5 @@ def make_result(inp, pyr, u, history, intensity_maps, warnings, seconds) -> Regi
         warnings=warnings,
         preset=inp.preset,
         fov=field_of_view(mov, fix, field_np),
+        linear=linear,
     )
