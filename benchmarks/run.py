@@ -105,7 +105,9 @@ FUNCTIONAL_KINDS = ("sim-functional", "2d-real-selfprior", "real-unaligned")
 # 21 % at alpha=0 on axial PD).
 # MIND-SSC (a local structure descriptor) does not survive the functional images' blur and noise
 # either: on the same functional tuning cases 15.7 -> 20.5 (weight 10), 16.3 (weight 3).
-KIND_SETTINGS = {k: {n: v for n, v in preset_settings("functional", 2).items() if v != PRIORREG_SETTINGS["2d"][n]}
+# Compared with the "mr" preset itself, not PRIORREG_SETTINGS: a --set reaches the children before this line runs,
+# and "2d.linear=none" then made the functional kinds put linear="affine" back (they differed from the changed value).
+KIND_SETTINGS = {k: {n: v for n, v in preset_settings("functional", 2).items() if v != preset_settings("mr", 2)[n]}
                  for k in FUNCTIONAL_KINDS}  # the "functional" preset: the "mr" one without the local terms
 # The functional tuning cases with the 2D tolerance 1e-3 instead of 3e-4: 15.7 -> 15.5.
 # The circle phantom is the paper's experiment: its energy is the paper's (MI and/or the prior), and
