@@ -681,6 +681,11 @@ MORE_CASES = {
     "spine3d-t1w-t2w": spine_3d,
 }
 
+# Known linear offset + smooth warp (issue 19) and the ProstateX ADC/high-b pair (issue 17.3): cases_linear.py
+from cases_linear import LINEAR_CASES  # noqa: E402
+
+MORE_CASES.update(LINEAR_CASES)
+
 
 if __name__ == "__main__":
     import argparse
