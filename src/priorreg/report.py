@@ -2,6 +2,10 @@
 
 The HTML page is self-contained: every figure is a PNG rendered with matplotlib's Agg
 backend and embedded as base64. 3D images are shown as three orthogonal mid slices.
+:data:`PANELS` lists the figures, one small function each; they read what they share from
+one :class:`_Data`, computed once. Laid out with fixed margins rather than tight_layout
+(which measures every text and cost more than drawing), the figures cost a fraction of
+a registration (issue 17).
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import io as _bytesio
 import json
 import platform
 import sys
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -70,6 +76,7 @@ def report_dict(result, inputs: dict | None = None, extra: dict | None = None) -
         "final_energy": result.final_energy,
         "iterations": [h.iterations for h in result.history],
         "percent_folding": result.jacobian_stats["percent_nonpositive"],
+        "percent_outside_fov": percent_outside(field_of_view(result)),
     }
     if extra:
         d.update(extra)
@@ -98,17 +105,30 @@ def write_json(path, data: dict) -> None:
 # --------------------------------------------------------------------------- figures
 
 
-def _views(ndim: int, shape) -> list:
-    """(title, index, (row axis, column axis)) of the 2D views: the image, or three orthogonal mid slices."""
-    if ndim == 2:
-        return [("", (slice(None), slice(None)), (0, 1))]
-    z, y, x = (n // 2 for n in shape)
+FOV_COLOR = "#00e5ff"  # outline of the moving image's field of view
+
+
+@dataclass(frozen=True)
+class _View:
+    """One 2D view of the fixed grid: the whole 2D image, or a mid slice of a 3D one."""
+
+    title: str
+    sl: tuple  # index into a fixed-grid array
+    axes: tuple  # (row axis, column axis) of the view in array order
+    aspect: float  # pixel aspect: spacing of the row axis / spacing of the column axis
+
+
+def _views(ndim: int, shape, spacing) -> list:
+    """The image (2D), or three orthogonal mid slices (3D)."""
     s = slice(None)
-    return [
-        (f"slice {z} of array axis 0", (z, s, s), (1, 2)),
-        (f"slice {y} of array axis 1", (s, y, s), (0, 2)),
-        (f"slice {x} of array axis 2", (s, s, x), (0, 1)),
-    ]
+    if ndim == 2:
+        picks = [("", (s, s), (0, 1))]
+    else:
+        z, y, x = (n // 2 for n in shape)
+        picks = [(f"slice {z} of array axis 0", (z, s, s), (1, 2)),
+                 (f"slice {y} of array axis 1", (s, y, s), (0, 2)),
+                 (f"slice {x} of array axis 2", (s, s, x), (0, 1))]
+    return [_View(t, sl, ax, float(spacing[ax[0]] / spacing[ax[1]])) for t, sl, ax in picks]
 
 
 def _display_range(a):
@@ -125,9 +145,10 @@ def _edges(a, spacing):
     """Edge map of ``a``: Sobel gradient magnitude above the 95th percentile of its non-zero values."""
     from scipy import ndimage
 
+    a = np.asarray(a, dtype=float)
     g = np.zeros(a.shape, dtype=float)
     for k in range(a.ndim):
-        g += (ndimage.sobel(a.astype(float), axis=k) / spacing[k]) ** 2
+        g += (ndimage.sobel(a, axis=k) / spacing[k]) ** 2
     g = np.sqrt(g)
     nz = g[g > 0]
     if nz.size == 0:
@@ -136,10 +157,51 @@ def _edges(a, spacing):
 
 
 def _checkerboard(a, b, n=8):
+    """Tiles of ``a`` and ``b`` (about ``n`` tiles per axis)."""
     tiles = [max(1, s // n) for s in a.shape]
-    idx = np.indices(a.shape)
-    mask = sum(idx[k] // tiles[k] for k in range(a.ndim)) % 2 == 0
-    return np.where(mask, a, b)
+    parity = sum((np.arange(s) // t).reshape([-1 if j == k else 1 for j in range(a.ndim)])
+                 for k, (s, t) in enumerate(zip(a.shape, tiles)))
+    return np.where(parity % 2 == 0, a, b)
+
+
+def _ranker(a):
+    """Function of values of ``a``: their average rank in ``a``, scaled to [0, 1] (scipy's rankdata, 'average')."""
+    srt = np.sort(np.asarray(a).ravel())
+    scale = max(srt.size - 1, 1)
+
+    def ranks(v):
+        left, right = np.searchsorted(srt, v, "left"), np.searchsorted(srt, v, "right")
+        return (left + right - 1) / 2.0 / scale
+
+    return ranks
+
+
+def _rank_diff(fixed, moving, rank_fixed=None):
+    """|rank(fixed) - rank(moving)| in [0, 1], a modality-agnostic (monotone) difference, as a function of a view.
+
+    Ranks are over the whole images; only the views' voxels are looked up. ``rank_fixed``: ``_ranker(fixed)``."""
+    rf, rm = rank_fixed or _ranker(fixed), _ranker(moving)
+    return lambda v: np.abs(rf(fixed[v.sl]) - rm(moving[v.sl]))
+
+
+def field_of_view(result):
+    """Boolean map on the fixed grid: where the warped moving image has data (``result.fov`` when present,
+    else an all-ones moving image warped through the field, > 0.5); None without a moving image."""
+    fov = getattr(result, "fov", None)
+    if fov is not None:
+        return np.asarray(fov, dtype=bool)
+    mov = getattr(result, "moving", None)
+    if mov is None:
+        return None
+    from .api import warp
+
+    ones = mov.with_array(np.ones(mov.shape))
+    return np.asarray(warp(ones, result.field, reference=result.fixed).array) > 0.5
+
+
+def percent_outside(fov) -> float | None:
+    """Percentage of the fixed grid outside the moving image's field of view."""
+    return None if fov is None else float(100.0 * (1.0 - np.mean(fov)))
 
 
 def _joint_histogram(f, m, ranges, bins, sigma, mask=None):
@@ -164,201 +226,280 @@ def _plt():
     return plt
 
 
+DPI = 80
+
+
 def _png(fig) -> str:
-    plt = _plt()
+    """The figure (laid out by :func:`_margins`) as a base64 PNG; closes it."""
     buf = _bytesio.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})  # fast; about 15% larger
+    _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def figures(result, prior=None, mask=None) -> list:
-    """[(section title, caption, base64 PNG)] for the HTML report."""
-    plt = _plt()
-    fix = result.fixed
-    sp = fix.spacing
-    before_img = getattr(result, "moving_on_fixed", None)
-    if before_img is None and getattr(result, "moving", None) is not None:
+class _Data:
+    """What the panels read, computed once per report, each item on first use."""
+
+    def __init__(self, result, prior=None, mask=None, fov=None):
+        self.result, self.prior, self.mask = result, prior, mask
+        fix = result.fixed
+        self.spacing = fix.spacing
+        self.views = _views(fix.ndim, fix.shape, fix.spacing)
+        self.fixed = np.asarray(fix.array, float)
+        self.after = np.asarray(result.warped.array, float)
+        before = _before_image(result)
+        self.before = self.after if before is None else np.asarray(before.array, float)
+        self.fov = field_of_view(result) if fov is None else fov
+
+    @cached_property
+    def scaled(self):
+        """(fixed, before, after) scaled to [0, 1] for display; moving ones share one range."""
+        r_m = _display_range(np.concatenate([self.before.ravel(), self.after.ravel()]))
+        return _scaled(self.fixed, _display_range(self.fixed)), _scaled(self.before, r_m), _scaled(self.after, r_m)
+
+    @cached_property
+    def normalized(self):
+        """(fixed, before, after) normalised as the registration normalised them."""
+        norm = self.result.normalization
+        return normalize(self.fixed, norm), normalize(self.before, norm), normalize(self.after, norm)
+
+    @property
+    def fov_outline(self):
+        """The field of view to outline, or None when it covers the whole fixed grid."""
+        return None if self.fov is None or self.fov.all() else self.fov
+
+
+def _before_image(result):
+    """The moving image on the fixed grid before registration (zero field), or None."""
+    img = getattr(result, "moving_on_fixed", None)
+    if img is None and getattr(result, "moving", None) is not None:
         from .api import warp
 
-        before_img = warp(result.moving, np.zeros((fix.ndim, *fix.shape)), reference=fix)
-    after = np.asarray(result.warped.array, float)
-    before = after if before_img is None else np.asarray(before_img.array, float)
-    fixed = np.asarray(fix.array, float)
-    r_f = _display_range(fixed)
-    r_m = _display_range(np.concatenate([before.ravel(), after.ravel()]))
-    fs, bs, as_ = _scaled(fixed, r_f), _scaled(before, r_m), _scaled(after, r_m)
-    views = _views(fix.ndim, fix.shape)
-    out = []
+        fix = result.fixed
+        img = warp(result.moving, np.zeros((fix.ndim, *fix.shape)), reference=fix)
+    return img
 
-    def panel_grid(columns, titles, cell=3.4, colorbar=None):
-        """One row per view, one column per ``columns`` entry: callables draw(ax, index, axes)."""
-        nrows, ncols = len(views), len(columns)
-        fig, axs = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows), squeeze=False)
-        for r, (vt, sl, axes_) in enumerate(views):
-            aspect = float(sp[axes_[0]] / sp[axes_[1]])
-            for c, draw in enumerate(columns):
-                ax = axs[r, c]
-                ax.set_axis_off()
-                draw(ax, sl, aspect)
-                ax.set_title(titles[c] + (f"\n{vt}" if vt else ""), fontsize=9)
-        fig.tight_layout()
-        return _png(fig)
 
-    def show(a, cmap="gray", vmin=0.0, vmax=1.0, overlay=None, cbar=False):
-        def draw(ax, sl, aspect):
-            im = ax.imshow(a[sl], cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
-            if overlay is not None:
-                e = overlay[sl]
-                rgba = np.zeros(e.shape + (4,))
-                rgba[e] = (1.0, 0.15, 0.1, 0.9)
-                ax.imshow(rgba, aspect=aspect, interpolation="nearest")
-            if cbar:
-                plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+def _at(a, v):
+    """The view ``v`` of ``a``: an array on the fixed grid, or a function of the view."""
+    return a(v) if callable(a) else a[v.sl]
 
-        return draw
 
-    out.append((
+def _grid(d, columns, titles, size=(3.4, 3.4)) -> str:
+    """One row per view, one column per ``columns`` entry (draw(ax, view)); base64 PNG."""
+    nrows, ncols = len(d.views), len(columns)
+    fig, axs = _plt().subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    for r, v in enumerate(d.views):
+        for c, draw in enumerate(columns):
+            axs[r, c].set_axis_off()
+            draw(axs[r, c], v)
+            axs[r, c].set_title(titles[c] + (f"\n{v.title}" if v.title else ""), fontsize=9)
+    title_lines = 2 if d.views[0].title else 1
+    colorbars = len(fig.axes) > nrows * ncols  # room for their tick labels right of every image
+    _margins(fig, ncols, nrows, left=0.05, bottom=0.05, right=0.5 if colorbars else 0.05, top=0.1 + 0.16 * title_lines)
+    return _png(fig)
+
+
+def _margins(fig, ncols, nrows, left, bottom, right, top):
+    """Space in inches around every axes of a ``nrows`` x ``ncols`` grid: ``left`` for y labels, ``bottom`` for
+    x labels, ``right`` for a colorbar, ``top`` for the title (instead of tight_layout, which measures every
+    text and costs more than drawing the figure)."""
+    w, h = fig.get_size_inches()
+    aw, ah = w / ncols - left - right, h / nrows - bottom - top
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=(left + right) / aw, hspace=(top + bottom) / ah)
+
+
+def _layer(ax, m, rgba, v):
+    """Paint the True pixels of the 2D mask ``m`` in colour ``rgba``."""
+    if m.any():
+        img = np.zeros(m.shape + (4,))
+        img[m] = rgba
+        ax.imshow(img, aspect=v.aspect, interpolation="nearest")
+
+
+def _outline(ax, m):
+    """Draw the border of the 2D mask ``m`` (the moving field of view) without changing the axes' limits."""
+    if m.any() and not m.all():
+        lims = ax.get_xlim(), ax.get_ylim()
+        ax.contour(m.astype(float), levels=[0.5], colors=FOV_COLOR, linewidths=1.0)
+        ax.set_xlim(lims[0])
+        ax.set_ylim(lims[1])
+
+
+def _show(a, cmap="gray", vmin=0.0, vmax=1.0, overlay=None, cbar=False, outline=None):
+    """draw(ax, view) of ``a``, optionally with a red mask overlay, a colorbar and a field-of-view outline."""
+    def draw(ax, v):
+        im = ax.imshow(_at(a, v), cmap=cmap, vmin=vmin, vmax=vmax, aspect=v.aspect, interpolation="nearest")
+        if overlay is not None:
+            _layer(ax, overlay[v.sl], (1.0, 0.15, 0.1, 0.9), v)
+        if outline is not None:
+            _outline(ax, outline[v.sl])
+        if cbar:
+            _plt().colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+    return draw
+
+
+def _fov_caption(d) -> str:
+    if d.fov_outline is None:
+        return ""
+    return (f" Cyan line (after): the moving image's field of view on the fixed grid; "
+            f"{percent_outside(d.fov):.1f}% of the fixed grid lies outside it, where the warped image is 0.")
+
+
+def panel_checkerboard(d):
+    fs, bs, as_ = d.scaled
+    return (
         "Checkerboard: fixed / moving",
         "Alternating tiles of the fixed image and the moving image, before and after registration. "
-        "After registration, structures should continue smoothly across tile borders.",
-        panel_grid([show(_checkerboard(fs, bs)), show(_checkerboard(fs, as_))], ["before", "after"]),
-    ))
-    edges = _edges(fixed, sp)
-    out.append((
+        "After registration, structures should continue smoothly across tile borders." + _fov_caption(d),
+        _grid(d, [_show(_checkerboard(fs, bs)), _show(_checkerboard(fs, as_), outline=d.fov_outline)],
+              ["before", "after"]),
+    )
+
+
+def panel_edges(d):
+    _, bs, as_ = d.scaled
+    edges = _edges(d.fixed, d.spacing)
+    return (
         "Fixed-image edges over the moving image",
         "Red: strong edges of the fixed image drawn over the moving image, before and after registration. "
-        "After registration the red contours should follow the moving image's own boundaries.",
-        panel_grid([show(bs, overlay=edges), show(as_, overlay=edges)], ["before", "after"]),
-    ))
-    norm = result.normalization
-    fn, bn, an = normalize(fixed, norm), normalize(before, norm), normalize(after, norm)
-    out.append((
+        "After registration the red contours should follow the moving image's own boundaries." + _fov_caption(d),
+        _grid(d, [_show(bs, overlay=edges), _show(as_, overlay=edges, outline=d.fov_outline)], ["before", "after"]),
+    )
+
+
+def panel_differences(d):
+    _, bn, an = d.normalized
+    ranked, rf = dict(cmap="magma", vmin=0, vmax=0.5, cbar=True), _ranker(d.fixed)
+    return (
         "Difference images",
         "Left: warped moving minus moving (normalised intensities): where the registration moved intensity. "
         "Right: |fixed - warped| after a rank (histogram) matching of the moving image to the fixed one, before "
         "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches.",
-        panel_grid(
-            [
-                show(an - bn, cmap="RdBu_r", vmin=-0.5, vmax=0.5, cbar=True),
-                show(_rank_diff(fixed, before), cmap="magma", vmin=0, vmax=0.5, cbar=True),
-                show(_rank_diff(fixed, after), cmap="magma", vmin=0, vmax=0.5, cbar=True),
-            ],
-            ["after - before", "|fixed - moving| (ranked), before", "|fixed - moving| (ranked), after"],
-        ),
-    ))
-    u_vox = [result.field[k] / sp[k] for k in range(fix.ndim)]
+        _grid(d, [_show(an - bn, cmap="RdBu_r", vmin=-0.5, vmax=0.5, cbar=True),
+                  _show(_rank_diff(d.fixed, d.before, rf), **ranked),
+                  _show(_rank_diff(d.fixed, d.after, rf), **ranked)],
+              ["after - before", "|fixed - moving| (ranked), before", "|fixed - moving| (ranked), after"]),
+    )
 
-    def grid_draw(view_axes):
-        def draw(ax, sl, aspect):
-            ax.imshow(as_[sl], cmap="gray", vmin=0, vmax=1, aspect=aspect, alpha=0.6, interpolation="nearest")
-            r, c = view_axes
-            ur, uc = u_vox[r][sl], u_vox[c][sl]
-            R, C = np.indices(ur.shape)
-            Y, X = R + ur, C + uc
-            step = max(2, max(ur.shape) // 24)
-            for i in range(0, ur.shape[0], step):
-                ax.plot(X[i, :], Y[i, :], color="#ffcc00", lw=0.6)
-            for j in range(0, ur.shape[1], step):
-                ax.plot(X[:, j], Y[:, j], color="#ffcc00", lw=0.6)
-            ax.set_xlim(-0.5, ur.shape[1] - 0.5)
-            ax.set_ylim(ur.shape[0] - 0.5, -0.5)
 
-        return draw
+def _draw_grid_lines(d):
+    """draw(ax, view): the fixed grid's lines displaced by the field (in voxels), over the warped image."""
+    as_ = d.scaled[2]
 
-    jac = result.jacobian
+    def draw(ax, v):
+        ax.imshow(as_[v.sl], cmap="gray", vmin=0, vmax=1, aspect=v.aspect, alpha=0.6, interpolation="nearest")
+        r, c = v.axes
+        ur, uc = d.result.field[r][v.sl] / d.spacing[r], d.result.field[c][v.sl] / d.spacing[c]
+        R, C = np.indices(ur.shape)
+        Y, X = R + ur, C + uc
+        step = max(2, max(ur.shape) // 24)
+        ax.plot(X[::step, :].T, Y[::step, :].T, color="#ffcc00", lw=0.6)
+        ax.plot(X[:, ::step], Y[:, ::step], color="#ffcc00", lw=0.6)
+        ax.set_xlim(-0.5, ur.shape[1] - 0.5)
+        ax.set_ylim(ur.shape[0] - 0.5, -0.5)
+
+    return draw
+
+
+def _draw_jacobian(d):
+    """draw(ax, view): det(I + grad u), folding (<= 0) in black."""
+    jac = d.result.jacobian
     jmax = max(2.0, float(np.percentile(jac, 99.5)))
 
-    def jac_draw(ax, sl, aspect):
-        im = ax.imshow(jac[sl], cmap="RdBu_r", vmin=0, vmax=jmax, aspect=aspect, interpolation="nearest")
-        fold = jac[sl] <= 0
-        if fold.any():
-            rgba = np.zeros(fold.shape + (4,))
-            rgba[fold] = (0, 0, 0, 1)
-            ax.imshow(rgba, aspect=aspect, interpolation="nearest")
-        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    def draw(ax, v):
+        im = ax.imshow(jac[v.sl], cmap="RdBu_r", vmin=0, vmax=jmax, aspect=v.aspect, interpolation="nearest")
+        _layer(ax, jac[v.sl] <= 0, (0, 0, 0, 1), v)
+        _plt().colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
-    js = result.jacobian_stats
-    # The grid view needs the view's in-plane axes; draw each row with its own.
-    nrows = len(views)
-    fig, axs = plt.subplots(nrows, 2, figsize=(7.2, 3.4 * nrows), squeeze=False)
-    for r, (vt, sl, axes_) in enumerate(views):
-        aspect = float(sp[axes_[0]] / sp[axes_[1]])
-        for c, (draw, t) in enumerate(((grid_draw(axes_), "deformation grid"), (jac_draw, "Jacobian determinant"))):
-            axs[r, c].set_axis_off()
-            draw(axs[r, c], sl, aspect)
-            axs[r, c].set_title(t + (f"\n{vt}" if vt else ""), fontsize=9)
-    fig.tight_layout()
-    out.append((
+    return draw
+
+
+def panel_deformation(d):
+    js = d.result.jacobian_stats
+    return (
         "Deformation",
         "Left: the fixed grid's lines mapped through the pull-back field (where each fixed point samples the moving "
         "image), over the warped image. Right: Jacobian determinant det(I + grad u) (1 = volume kept, black = folding). "
         f"min {js['min']:.3f}, max {js['max']:.3f}, {js['percent_nonpositive']:.3f}% of voxels <= 0.",
-        _png(fig),
-    ))
-    opts = result.options
-    ranges = result.ranges
-    maps = [d for d in ((result.prior or {}).get("intensity_maps") or []) if d.get("level") == 0]
-    if maps:  # show the pair as the prior term saw it (the fitted gain/offset per modality)
+        _grid(d, [_draw_grid_lines(d), _draw_jacobian(d)], ["deformation grid", "Jacobian determinant"],
+              size=(3.6, 3.4)),
+    )
+
+
+def _histograms(d) -> list:
+    """[(table, title)]: observed before and after (as the prior term saw the pair), and the prior."""
+    r, o = d.result, d.result.options
+    fn, bn, an = d.normalized
+    maps = [m for m in ((r.prior or {}).get("intensity_maps") or []) if m.get("level") == 0]
+    if maps:  # the fitted gain/offset per modality
         (af, bf), (am, bm) = maps[0]["fixed"], maps[0]["moving"]
         fn, bn, an = af * fn + bf, am * bn + bm, am * an + bm
-    hists = [
-        (_joint_histogram(fn, bn, ranges, opts.bins, opts.parzen_sigma, mask), "observed, before"),
-        (_joint_histogram(fn, an, ranges, opts.bins, opts.parzen_sigma, mask), "observed, after"),
-    ]
-    if prior is not None:
-        hists.append((prior.global_table(0), f"learned prior p_L ({prior.n_pairs} pair(s))"))
-    fig, axs = plt.subplots(1, len(hists), figsize=(3.5 * len(hists), 3.4), squeeze=False)
+    out = [(_joint_histogram(fn, m, r.ranges, o.bins, o.parzen_sigma, d.mask), t)
+           for m, t in ((bn, "observed, before"), (an, "observed, after"))]
+    if d.prior is not None:
+        out.append((d.prior.global_table(0), f"learned prior p_L ({d.prior.n_pairs} pair(s))"))
+    return out
+
+
+def panel_histograms(d):
+    hists, (rf, rm) = _histograms(d), d.result.ranges
+    fig, axs = _plt().subplots(1, len(hists), figsize=(3.5 * len(hists), 3.4), squeeze=False)
     for ax, (H, title) in zip(axs[0], hists):
         ax.imshow(np.log10(H.T + 1e-7), origin="lower", cmap="magma", vmin=-7, aspect="auto",
-                  extent=[ranges[0][0], ranges[0][1], ranges[1][0], ranges[1][1]])
+                  extent=[rf[0], rf[1], rm[0], rm[1]])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("fixed intensity (normalised)", fontsize=8)
         ax.set_ylabel("moving intensity (normalised)", fontsize=8)
-    fig.tight_layout()
-    out.append((
+    _margins(fig, len(hists), 1, left=0.8, bottom=0.45, right=0.15, top=0.3)
+    return (
         "Joint intensity histograms",
         "log10 of the Parzen joint histogram of fixed and moving intensities before and after registration"
-        + (", next to the learned prior p_L (finest level)." if prior is not None
+        + (", next to the learned prior p_L (finest level)." if d.prior is not None
            else " (no learned prior: alpha = 1, mutual information alone).")
         + " Sharper, more compact clusters mean better alignment.",
         _png(fig),
-    ))
-    fig, axs = plt.subplots(1, 2, figsize=(10, 3.3))
-    start = 0
-    keys = []
-    for h in result.history:
+    )
+
+
+def _plot_energy(axs, history):
+    """Total energy (left) and each term (right) per accepted iteration, levels one after another."""
+    start, keys = 0, []
+    for h in history:
         e = np.asarray(h.energy, float)
-        it = np.arange(start, start + len(e))
-        axs[0].plot(it, e, label=f"level {h.level} ({'x'.join(str(s) for s in h.shape)})")
-        for t in h.terms:
-            for k in t:
-                if k not in keys:
-                    keys.append(k)
+        axs[0].plot(np.arange(start, start + len(e)), e, label=f"level {h.level} ({'x'.join(str(s) for s in h.shape)})")
+        keys += [k for k in dict.fromkeys(k for t in h.terms for k in t) if k not in keys]
         for j, k in enumerate(keys):
             vals = [t.get(k, np.nan) for t in h.terms]
             axs[1].plot(np.arange(start, start + len(vals)), vals, color=f"C{j}", label=k if start == 0 else None)
         start += len(e)
+
+
+def panel_energy(d):
+    fig, axs = _plt().subplots(1, 2, figsize=(10, 3.3))
+    _plot_energy(axs, d.result.history)
     for ax, t in zip(axs, ("energy J, coarse to fine", "energy terms")):
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("accepted iteration (all levels)", fontsize=8)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.append(("Energy", "J = alpha*similarity + (1-alpha)*prior term (KL, CE or cKL to p_L) + lambda*R per accepted iteration, per pyramid level.",
-                _png(fig)))
-    return out
+    _margins(fig, 2, 1, left=0.6, bottom=0.45, right=0.1, top=0.3)
+    return ("Energy", "J = alpha*similarity + (1-alpha)*prior term (KL, CE or cKL to p_L) + lambda*R per accepted "
+            "iteration, per pyramid level.", _png(fig))
 
 
-def _rank_diff(fixed, moving):
-    """|rank(fixed) - rank(moving)| in [0, 1]: a modality-agnostic (monotone) difference for display."""
-    from scipy.stats import rankdata
+PANELS = (panel_checkerboard, panel_edges, panel_differences, panel_deformation, panel_histograms, panel_energy)
 
-    def ranks(a):
-        return ((rankdata(a.ravel(), method="average") - 1) / max(a.size - 1, 1)).reshape(a.shape)
 
-    return np.abs(ranks(fixed) - ranks(moving))
+def figures(result, prior=None, mask=None, fov=None) -> list:
+    """[(section title, caption, base64 PNG)] for the HTML report, one per entry of :data:`PANELS`.
+
+    ``fov``: the moving field of view on the fixed grid, if already known (:func:`field_of_view`)."""
+    d = _Data(result, prior, mask, fov)
+    return [panel(d) for panel in PANELS]
 
 
 # --------------------------------------------------------------------------- HTML
@@ -383,34 +524,24 @@ def _fmt(x):
     return f"{x:.6g}" if isinstance(x, float) else x
 
 
-def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "") -> str:
-    """The self-contained HTML page (figures embedded as base64 PNG)."""
-    js = result.jacobian_stats
-    fold = js["percent_nonpositive"]
-    status = (
-        '<span class="ok">no folding</span>' if fold == 0
-        else f'<span class="warn">{fold:.3f}% of voxels fold (Jacobian &le; 0)</span>'
-    )
-    in_rows = [(role, info.get("path", "")) for role, info in report.get("inputs", {}).items()]
-    geo_rows = [
-        (role, "x".join(str(n) for n in g["shape"]), ", ".join(f"{s:.4g}" for s in g["spacing_mm"]),
-         ", ".join(f"{o:.4g}" for o in g["origin_mm"]))
-        for role, g in report.get("geometry", {}).items()
-    ]
-    lvl_rows = [
-        (h.level, "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
-         f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
-        for h in result.history
-    ]
-    o = result.options
-    parts = [
+def _status(result) -> str:
+    fold = result.jacobian_stats["percent_nonpositive"]
+    if fold == 0:
+        return '<span class="ok">no folding</span>'
+    return f'<span class="warn">{fold:.3f}% of voxels fold (Jacobian &le; 0)</span>'
+
+
+def _head(result, report: dict) -> list:
+    """Title, the one-line outcome, the energy's settings and the run's warnings."""
+    js, o = result.jacobian_stats, result.options
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         "<title>priorreg registration report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>priorreg registration report</h1>",
         f"<p>{html.escape(report.get('created', ''))} &middot; device {html.escape(result.device)} &middot; "
-        f"{result.seconds:.1f} s &middot; final energy {result.final_energy:.6g} &middot; {status}</p>",
+        f"{result.seconds:.1f} s &middot; final energy {result.final_energy:.6g} &middot; {_status(result)}</p>",
         f"<p>alpha = {o.alpha:g} "
         + ("(mutual information alone)" if o.alpha == 1 else "(mutual information blended with the learned prior)")
         + f", regularization &lambda; = {o.regularization:g}"
@@ -418,22 +549,53 @@ def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "
         + f", {len(result.history)} pyramid level(s), "
         f"Jacobian min {js['min']:.3f} / max {js['max']:.3f}.</p>",
         "".join(f'<p><span class="warn">warning:</span> {html.escape(w)}</p>' for w in getattr(result, "warnings", [])),
-        extra_html,
+    ]
+
+
+def _summary(result, fov) -> list:
+    """The summary table: time, energy, Jacobian, and how much of the fixed grid the moving image covers."""
+    js, out = result.jacobian_stats, percent_outside(fov)
+    rows = [
+        ("run time", f"{result.seconds:.1f} s"),
+        ("final energy", f"{result.final_energy:.6g}"),
+        ("Jacobian min / max", f"{js['min']:.3f} / {js['max']:.3f}"),
+        ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
+        ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
+    ]
+    return ["<h2>Summary</h2>", _table(rows)]
+
+
+def _inputs(report: dict) -> list:
+    in_rows = [(role, info.get("path", "")) for role, info in report.get("inputs", {}).items()]
+    geo_rows = [
+        (role, "x".join(str(n) for n in g["shape"]), ", ".join(f"{s:.4g}" for s in g["spacing_mm"]),
+         ", ".join(f"{o:.4g}" for o in g["origin_mm"]))
+        for role, g in report.get("geometry", {}).items()
+    ]
+    return [
         "<h2>Inputs</h2>",
         _table(in_rows, ["role", "path"]) if in_rows else "",
         _table(geo_rows, ["image", "shape (array order)", "spacing mm", "origin mm (LPS)"]),
     ]
-    for title, caption, b64 in figures(result, prior, mask):
-        parts += [
-            f"<h2>{html.escape(title)}</h2>",
-            f"<p class='cap'>{html.escape(caption)}</p>",
-            f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>",
-        ]
-    parts += [
+
+
+def _figure(title, caption, b64) -> str:
+    return (f"<h2>{html.escape(title)}</h2>\n<p class='cap'>{html.escape(caption)}</p>\n"
+            f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+
+
+def _tail(result, report: dict) -> list:
+    """Pyramid levels, options, software versions and the field convention."""
+    lvl_rows = [
+        (h.level, "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
+         f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
+        for h in result.history
+    ]
+    return [
         "<h2>Pyramid levels</h2>",
         _table(lvl_rows, ["level", "shape", "iterations", "stop reason", "seconds", "J start", "J end"]),
         "<h2>Options</h2>",
-        _table([(k, _fmt(v)) for k, v in o.as_dict().items()], ["option", "value"]),
+        _table([(k, _fmt(v)) for k, v in result.options.as_dict().items()], ["option", "value"]),
         "<h2>Software</h2>",
         _table(list(report.get("versions", {}).items()), ["package", "version"]),
         "<p class='cap'>field.nii.gz is an ITK vector image on the fixed grid in world LPS millimetres, pull-back: "
@@ -441,6 +603,14 @@ def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "
         "apply_transforms).</p>",
         "</body></html>",
     ]
+
+
+def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "") -> str:
+    """The self-contained HTML page (figures embedded as base64 PNG)."""
+    fov = field_of_view(result)
+    figs = [_figure(*f) for f in figures(result, prior, mask, fov)]
+    parts = [*_head(result, report), extra_html, *_summary(result, fov), *_inputs(report), *figs,
+             *_tail(result, report)]
     return "\n".join(parts)
 
 
