@@ -34,7 +34,12 @@ def test_phantom_pyramid_scales_with_the_image(bench):
     s512 = run._setting(cases.phantom(512, "close"))
     assert (s256["levels"], s512["levels"]) == (3, 4)
     # the phantom's pixels are 1 mm at both sizes: the bending rule gives the same weight
-    assert s256["bending"] == s512["bending"] == run.BENDING_PER_VOXEL2
+    from priorreg.deformable import bending_weight
+    from priorreg.options import RegistrationOptions
+
+    w = [bending_weight(RegistrationOptions(**s), (1.0, 1.0)) for s in (s256, s512)]
+    assert w[0] == w[1] == run.BENDING_PER_VOXEL2
+    assert s256["linear"] == "none"  # the paper's experiment starts from its designed layout
 
 
 def test_functional_pairs_keep_global_mi(bench):
@@ -43,7 +48,11 @@ def test_functional_pairs_keep_global_mi(bench):
     func = dict(base, kind="sim-functional")
     assert run._setting(base)["local_weight"] == run.PRIORREG_SETTINGS["2d"]["local_weight"] > 0
     assert run._setting(func)["local_weight"] == 0.0
-    assert run._setting(base)["bending"] == pytest.approx(run.BENDING_PER_VOXEL2 * 4.0)
+    from priorreg.deformable import bending_weight
+    from priorreg.options import RegistrationOptions
+
+    opts = RegistrationOptions(**run._setting(base))  # the preset's per-voxel rule: 100 mm^2 x (2 mm)^2
+    assert bending_weight(opts, base["spacing"]) == pytest.approx(run.BENDING_PER_VOXEL2 * 4.0)
 
 
 def test_set_changes_settings_and_refuses_bad_items(bench):

@@ -1,13 +1,18 @@
 """Fitting the test pair's intensities to a learned prior (priorreg.calibration)."""
+import functools
 import numpy as np
 import pytest
 import torch
 
 import synthetic as syn
-from priorreg import PriorRegError, RegistrationOptions, fit_prior, register
+from priorreg import PriorRegError, RegistrationOptions, fit_prior, register as register_with_presets
 from priorreg import histogram as hist
 from priorreg.calibration import fit_intensity_maps
 from priorreg.energy import HistogramSpec
+
+# These tests check the engine's mechanics on its field defaults (RegistrationOptions()); what
+# a user gets with no flags (the "default" preset) is tested in test_presets.py.
+register = functools.partial(register_with_presets, options=RegistrationOptions())
 
 
 def _table(f, m, spec):

@@ -90,7 +90,7 @@ def test_cohort_writes_every_pair_like_register(capsys, data, tmp_path):
     prior = priorreg.Prior.load(data / "prior.npz")
     for i in range(3):
         sub = out / f"s{i}"
-        assert sorted(os.listdir(sub)) == sorted(cli.OUTPUT_NAMES)
+        assert sorted(os.listdir(sub)) == sorted(cli.OUTPUT_NAMES + (cli.LINEAR_NAME,))
         fixed = pio.read_image(data / "data" / f"t1_{i}.nii.gz")
         moving = pio.read_image(data / "data" / f"t2_{i}.nii.gz")
         mask = pio.read_image(data / "data" / "mask_1.nii.gz").array > 0 if i == 1 else None

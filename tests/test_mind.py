@@ -1,4 +1,5 @@
 """MIND-SSC descriptor and its SSD data term."""
+import functools
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,12 @@ from scipy import ndimage
 
 import synthetic as syn
 from conftest import cuda
-from priorreg import PriorRegError, RegistrationOptions, fit_prior, register, spatial
+from priorreg import PriorRegError, RegistrationOptions, fit_prior, register as register_with_presets, spatial
 from priorreg.mind import MindEnergy, mind_ssc, principal_channels, ssc_pairs
+
+# These tests check the engine's mechanics on its field defaults (RegistrationOptions()); what
+# a user gets with no flags (the "default" preset) is tested in test_presets.py.
+register = functools.partial(register_with_presets, options=RegistrationOptions())
 
 
 def _t(a):

@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -8,7 +9,11 @@ from scipy import ndimage
 import priorreg
 import synthetic as syn
 from conftest import cuda
-from priorreg import Image, PriorRegError, PriorRegWarning, RegistrationOptions, fit_prior, register, warp
+from priorreg import Image, PriorRegError, PriorRegWarning, RegistrationOptions, fit_prior, register as register_with_presets, warp
+
+# These tests check the engine's mechanics on its field defaults (RegistrationOptions()); what
+# a user gets with no flags (the "default" preset) is tested in test_presets.py.
+register = functools.partial(register_with_presets, options=RegistrationOptions())
 
 # The phantom is piecewise constant: inside a tissue class the warp is not observable
 # and only the regulariser decides it. Its true fields are very smooth (sigma ~ 1/6 of
@@ -263,7 +268,7 @@ def test_refuses_mismatched_dimensions(pair):
 
 
 def test_refuses_bad_options(pair):
-    _raises(r"alpha must be in \[0, 1\]", register, *pair, alpha=1.5)
+    _raises(r"alpha must be a number in \[0, 1\]", register, *pair, alpha=1.5)
     _raises(r"unknown option\(s\) \['binz'\]", register, *pair, binz=3)
     _raises(r"levels=5 shrinks", register, *pair, levels=5)
     _raises(r"device must be 'cpu' or 'cuda'", register, *pair, device="tpu")

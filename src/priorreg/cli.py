@@ -17,7 +17,7 @@ import sys
 
 from . import workflow as wf
 from .errors import PriorRegError
-from .workflow import OUTPUT_NAMES, PROG, Console  # noqa: F401  (part of the command's interface)
+from .workflow import LINEAR_NAME, OUTPUT_NAMES, PROG, Console  # noqa: F401  (part of the command's interface)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -68,6 +68,8 @@ def _choices() -> dict:
         "alpha_schedule": ("constant", "mi-finest"),
         "prior_intensity_fit": ("none", "affine"),
         "regularization_scaling": ("none", "alpha"),
+        "linear": ("none", "rigid", "affine"),
+        "bending_scale": ("none", "spacing"),
     }
 
 
@@ -107,10 +109,22 @@ def option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _flag_spec(f, docs: dict, choices: dict) -> dict:
+def _default_text(name: str) -> str:
+    """What no flag gives: the "default" preset's value (per dimension where they differ)."""
+    from .options import PRESETS
+
+    v2, v3 = (getattr(PRESETS["default"][nd], name) for nd in (2, 3))
+    return f"default: {v2!r}" if v2 == v3 else f"default: {v2!r} in 2D, {v3!r} in 3D"
+
+
+def _flag_spec(f, docs: dict, choices: dict, internal: bool = False) -> dict:
     """argparse keywords of the flag of one RegistrationOptions field (default None: not given)."""
+    import argparse
+
     kind = _SPECIAL.get(f.name) or _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
-    help_ = docs.get(f.name, "").replace("%", "%%") + f" (default: {f.default})"
+    help_ = docs.get(f.name, "").replace("%", "%%") + f" ({_default_text(f.name)})"
+    if internal:
+        help_ = argparse.SUPPRESS
     kw = dict(type=kind, default=None, dest=f.name, help=help_, metavar=f.name.upper())
     if choices.get(f.name):
         kw["choices"] = choices[f.name]
@@ -125,12 +139,16 @@ def add_engine_options(parser, names=None, preset: bool = True) -> None:
 
     from .options import RegistrationOptions
 
+    from .options import USER_OPTIONS
+
     docs, choices = _option_docs(), _choices()
-    title = "defaults: the --preset's, else priorreg.RegistrationOptions'" if preset else "defaults from priorreg.RegistrationOptions"
-    group = parser.add_argument_group(f"engine options ({title})")
+    title = "defaults: the --preset's, else the default preset's" if preset else "defaults from the default preset"
+    group = parser.add_argument_group(
+        f"engine options ({title}; solver internals (step sizes, tolerances, sampling) are accepted too "
+        "and listed in docs/options.md)")
     for f in dataclasses.fields(RegistrationOptions):
         if names is None or f.name in names:
-            group.add_argument(option_flag(f.name), **_flag_spec(f, docs, choices))
+            group.add_argument(option_flag(f.name), **_flag_spec(f, docs, choices, f.name not in USER_OPTIONS))
 
 
 def add_preset_option(parser) -> None:

@@ -220,7 +220,7 @@ def outputs_complete(folder: str) -> bool:
 
 def _only_ours(folder: str) -> bool:
     """Whether ``folder`` holds nothing but priorreg outputs (and temporary files of an interrupted write)."""
-    return all(n in wf.OUTPUT_NAMES or n.startswith(wf.TEMP_PREFIX) for n in os.listdir(folder))
+    return all(n in wf.OUTPUT_NAMES or n == wf.LINEAR_NAME or n.startswith(wf.TEMP_PREFIX) for n in os.listdir(folder))
 
 
 def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:

@@ -16,7 +16,8 @@ from .checks import Inputs
 from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
 from .mind import MindEnergy
 from .normalise import Pyramids
-from .options import RegistrationOptions
+from .options import RegistrationOptions, is_auto
+from . import prior_weight
 from .regularizer import Tikhonov
 from .solver import gradient_flow
 
@@ -34,13 +35,18 @@ class Level:
     points: torch.Tensor | None  # histogram samples (None = every voxel)
 
 
-def level_alpha(opts: RegistrationOptions, level: int) -> float:
-    """alpha at ``level``: "mi-finest" uses MI alone at the finest level (0)."""
-    return 1.0 if (opts.alpha_schedule == "mi-finest" and level == 0) else opts.alpha
+def level_alpha(opts: RegistrationOptions, level: int) -> float | None:
+    """alpha at ``level``: "mi-finest" uses MI alone at the finest level (0); None = chosen at the
+    level from the evidence (alpha="auto", :func:`auto_level`)."""
+    if opts.alpha_schedule == "mi-finest" and level == 0:
+        return 1.0
+    return None if is_auto(opts.alpha) else opts.alpha
 
 
 def uses_prior(inp: Inputs) -> bool:
-    return inp.prior is not None and any(level_alpha(inp.options, lv) < 1 for lv in range(inp.options.levels))
+    return inp.prior is not None and any(
+        a is None or a < 1 for a in (level_alpha(inp.options, lv) for lv in range(inp.options.levels))
+    )
 
 
 def _prior_table(inp: Inputs, level: int) -> torch.Tensor:
@@ -67,6 +73,43 @@ def fit_intensities(inp: Inputs, pyr: Pyramids, level: int, alpha: float, u: tor
     (af, bf), (am, bm), kl0, kl1 = fit_intensity_maps(f_lv, warped, _prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
     record = dict(level=level, fixed=(af, bf), moving=(am, bm), kl_before=kl0, kl_after=kl1)
     return af * f_lv + bf, am * m_lv + bm, record
+
+
+def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tuple, points, history: list):
+    """alpha="auto" at one level: (alpha, fixed, moving, intensity-fit record, evidence record).
+
+    The intensity fit is tried first (as for any alpha < 1), the evidence is read on the pair as the
+    prior would see it (:func:`priorreg.prior_weight.level_evidence`) and the rule
+    (:func:`priorreg.prior_weight.choose_alpha`) sets alpha; at alpha = 1 the level runs exactly as
+    with alpha=1 (no fitted maps).
+    """
+    if inp.prior is None:
+        return 1.0, pyr.fixed[level], pyr.moving[level], None, prior_weight.no_prior_record(level)
+    f_lv, m_lv, fit = fit_intensities(inp, pyr, level, prior_weight.PROBE_ALPHA, u, sp)
+    warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
+    ev = prior_weight.pair_statistics(f_lv, warped, _prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
+    ev["cosine"] = _force_cosine(inp, pyr, level, f_lv, m_lv, u, sp, points)
+    earlier = [h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None]
+    alpha, record = prior_weight.choose_alpha(inp.prior, level, ev, fit, earlier, inp.options)
+    if alpha >= 1:
+        return 1.0, pyr.fixed[level], pyr.moving[level], None, record
+    return alpha, f_lv, m_lv, fit, record
+
+
+def _force_cosine(inp: Inputs, pyr: Pyramids, level: int, f_lv, m_lv, u, sp, points) -> float:
+    """Cosine between the similarity's force (MI and the local terms) and the prior term's force at u."""
+    sim = Level(level, f_lv, m_lv, pyr.mask[level], sp, 1.0, points)
+    data, _ = build_energy(sim, inp, pyr)
+    opts, prior = inp.options, inp.prior
+    Q = torch.as_tensor(prior.floored(level, opts.prior_floor), dtype=torch.float64, device=inp.device)
+    regions = prior.regions if prior.n_regions > 1 else None
+    prior_term = JointHistogramEnergy(f_lv, m_lv, sp, pyr.spec, [(1.0, PRIOR_TERMS[opts.prior_term](Q))], pyr.mask[level],
+                                      opts.force, regions, points)
+    f_sim = None
+    for term in data:
+        f = term.evaluate(u, True)[2]
+        f_sim = f if f_sim is None else f_sim + f
+    return prior_weight.force_cosine(f_sim, prior_term.evaluate(u, True)[2])
 
 
 def _sample_points(inp: Inputs, pyr: Pyramids, level: int):
@@ -115,14 +158,23 @@ def _mind_term(lv: Level, inp: Inputs) -> list:
                        opts.mind_dilation, opts.mind_channels, opts.force)]
 
 
-def _regulariser(lv: Level, opts: RegistrationOptions) -> Tikhonov:
+def bending_weight(opts: RegistrationOptions, spacing) -> float:
+    """``bending`` in mm^2, or per voxel of the full-resolution grid (``bending_scale="spacing"``)."""
+    if opts.bending_scale != "spacing":
+        return opts.bending
+    h = sum(float(s) for s in spacing) / len(spacing)
+    return opts.bending * h * h
+
+
+def _regulariser(lv: Level, inp: Inputs) -> Tikhonov:
+    opts = inp.options
     k = lv.alpha if (opts.regularization_scaling == "alpha" and 0 < lv.alpha < 1) else 1.0
-    return Tikhonov(k * opts.regularization, lv.spacing, k * opts.bending)
+    return Tikhonov(k * opts.regularization, lv.spacing, k * bending_weight(opts, inp.fixed.spacing))
 
 
 def build_energy(lv: Level, inp: Inputs, pyr: Pyramids) -> tuple[list, Tikhonov]:
     """(data terms, regulariser) of one level, assembled from the options."""
-    return _histogram_terms(lv, inp, pyr) + _mind_term(lv, inp), _regulariser(lv, inp.options)
+    return _histogram_terms(lv, inp, pyr) + _mind_term(lv, inp), _regulariser(lv, inp)
 
 
 def _initial_coarse_field(inp: Inputs):
@@ -140,12 +192,23 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
     def solve_level(index, u):
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
         alpha = level_alpha(inp.options, index)
-        f_lv, m_lv, fit = fit_intensities(inp, pyr, index, alpha, u, sp)
+        points = _sample_points(inp, pyr, index)
+        record = None
+        if alpha is None:  # alpha="auto"
+            alpha, f_lv, m_lv, fit, record = auto_level(inp, pyr, index, u, sp, points, history)
+        else:
+            f_lv, m_lv, fit = fit_intensities(inp, pyr, index, alpha, u, sp)
         if fit is not None:
             intensity_maps.append(fit)
-        lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
+        lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, points)
         data, reg = build_energy(lv, inp, pyr)
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
+        if record is not None:
+            if inp.prior is not None:  # how far the level moved the pair towards (or away from) the prior
+                warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
+                record["kl_end"] = prior_weight.pair_statistics(f_lv, warped, _prior_table(inp, index), pyr.spec,
+                                                                pyr.mask[index], seed=index)["kl"]
+            h.prior_weight = record  # the level's alpha and its evidence (RegistrationResult.prior_weights)
         history.append(h)
         return u
 

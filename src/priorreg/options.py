@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from .errors import PriorRegError
@@ -9,6 +10,18 @@ from .intensity import NORMALIZATIONS
 
 PRIOR_TERM_CHOICES = ("kl", "ce", "ckl")  # energy.PRIOR_TERMS
 
+
+AUTO = "auto"  # alpha="auto": priorreg.prior_weight chooses alpha per level
+
+
+def is_auto(alpha) -> bool:
+    """True for alpha="auto" (any case)."""
+    return isinstance(alpha, str) and alpha.strip().lower() == AUTO
+
+
+# What users tune (shown by --help); the other fields are solver internals (docs/options.md).
+USER_OPTIONS = ("alpha", "alpha_schedule", "prior_term", "regularization", "bending", "bins", "parzen_sigma", "levels",
+                "max_iterations", "local_weight", "mind_weight", "linear", "initial_transform", "normalization", "device")
 
 LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
@@ -150,6 +163,19 @@ class RegistrationOptions:
         Working precision of per-voxel tensors (histograms are always float64).
     device : str
         "cpu" or "cuda" (or "cuda:N").
+    linear : {"none", "rigid", "affine"}
+        The linear stage before the deformable one (:mod:`priorreg.linear`): centres, then
+        rigid, then affine, coarse to fine, by MI (and the prior's term when alpha < 1). Its
+        result is never worse than the world alignment it starts from. "none": start from
+        the images' world alignment (or ``initial_transform``) as they are.
+    initial_transform : str
+        An ITK transform file (.tfm, .txt, .mat as ANTs, elastix and 3D Slicer write them)
+        mapping fixed to moving world points: the linear stage starts from it (with
+        ``linear="none"`` it is used as it is). "" = none.
+    bending_scale : {"none", "spacing"}
+        "spacing": the bending weight is ``bending`` x (mean voxel size / 1 mm)^2, i.e. it
+        counts per voxel rather than per mm: noise and partial volume live at the scale of a
+        voxel, so coarse or anisotropic grids get a stiffer field. "none": ``bending`` mm^2 as given.
     """
 
     alpha: float = 1.0
@@ -183,11 +209,16 @@ class RegistrationOptions:
     eps: float = 1e-10
     dtype: str = "float32"
     device: str = "cpu"
+    linear: str = "none"
+    initial_transform: str = ""
+    bending_scale: str = "none"
 
     def __post_init__(self):
         f = "register()"
-        if not (0.0 <= float(self.alpha) <= 1.0):
-            raise PriorRegError(f"{f}: alpha must be in [0, 1], got {self.alpha}")
+        if is_auto(self.alpha):
+            object.__setattr__(self, "alpha", AUTO)
+        elif not (isinstance(self.alpha, numbers.Real) and 0.0 <= float(self.alpha) <= 1.0):
+            raise PriorRegError(f"{f}: alpha must be a number in [0, 1] or 'auto', got {self.alpha!r}")
         if not self.regularization >= 0:
             raise PriorRegError(f"{f}: regularization must be >= 0, got {self.regularization}")
         if not self.bending >= 0:
@@ -239,6 +270,12 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: max_samples must be an integer >= 0 (0 = every voxel), got {self.max_samples}")
         if not (0.0 <= float(self.min_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: min_sample_fraction must be in [0, 1], got {self.min_sample_fraction}")
+        if self.linear not in ("none", "rigid", "affine"):
+            raise PriorRegError(f"{f}: linear must be 'none', 'rigid' or 'affine', got {self.linear!r}")
+        if not isinstance(self.initial_transform, str):
+            raise PriorRegError(f"{f}: initial_transform must be a file path (str) or '', got {self.initial_transform!r}")
+        if self.bending_scale not in ("none", "spacing"):
+            raise PriorRegError(f"{f}: bending_scale must be 'none' or 'spacing', got {self.bending_scale!r}")
         if not (self.prior_floor > 0 and self.eps > 0):
             raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
 
@@ -262,24 +299,38 @@ class RegistrationOptions:
 # override a preset (resolve_options). docs/options.md says when to use which.
 
 _MR_2D = dict(bins=64, parzen_sigma=2.0, tolerance=1e-3, local_weight=1.0, mind_weight=10.0,
-              prior_intensity_fit="affine", regularization_scaling="alpha")
+              prior_intensity_fit="affine", regularization_scaling="alpha", bending_scale="spacing")
 _MR_3D = dict(bins=32, parzen_sigma=1.0, tolerance=2e-3, tolerance_window=5, local_weight=1.0,
               max_samples=300000, min_sample_fraction=0.3, mind_weight=10.0, mind_channels=3,
-              mind_sample_fraction=1 / 3, prior_intensity_fit="affine", regularization_scaling="alpha")
+              mind_sample_fraction=1 / 3, prior_intensity_fit="affine", regularization_scaling="alpha",
+              bending_scale="spacing")
+_LINEAR = dict(linear="affine")
 _NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
 _PAPER = dict(bending=0.0, regularization_scaling="none", prior_intensity_fit="none", prior_term="kl",
               local_weight=0.0, mind_weight=0.0)
 
+
+_MR = {2: _MR_2D, 3: _MR_3D}
+
+
+def _per_dimension(*changes) -> dict:
+    """{2: options, 3: options}: each change is a dict of fields, or {2: dict, 3: dict}."""
+    def fields_for(nd, c):
+        return c[nd] if set(c) == {2, 3} else c
+
+    return {nd: RegistrationOptions(**{k: v for c in changes for k, v in fields_for(nd, c).items()}) for nd in (2, 3)}
+
 PRESETS = {
-    # what priorreg does with no flags
-    "default": {2: RegistrationOptions(), 3: RegistrationOptions()},
-    # the 2005 energy exactly: global MI and KL to the prior, membrane regulariser only
-    "paper": {2: RegistrationOptions(**_PAPER), 3: RegistrationOptions(**_PAPER)},
-    # MR to MR (T1, T2, PD, FLAIR): regional MI and MIND-SSC beside the histogram terms
-    "mr": {2: RegistrationOptions(**_MR_2D), 3: RegistrationOptions(**_MR_3D)},
+    # what priorreg does with no flags: a linear stage, then the MR settings (they beat the
+    # peers on the benchmark's MR cases; benchmarks/README.md)
+    "default": _per_dimension(_MR, _LINEAR),
+    # MR to MR (T1, T2, PD, FLAIR): regional MI and MIND-SSC beside the histogram terms;
+    # the same as "default" (named so that a script can say what it relies on)
+    "mr": _per_dimension(_MR, _LINEAR),
     # PET or SPECT against CT: the local terms do not survive the functional image's blur and noise
-    "functional": {2: RegistrationOptions(**{**_MR_2D, **_NO_LOCAL_TERMS}),
-                   3: RegistrationOptions(**{**_MR_3D, **_NO_LOCAL_TERMS})},
+    "functional": _per_dimension(_MR, _LINEAR, _NO_LOCAL_TERMS),
+    # the 2005 energy exactly: global MI and KL to the prior, membrane regulariser, no linear stage
+    "paper": _per_dimension(_PAPER),
 }
 
 

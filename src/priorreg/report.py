@@ -437,7 +437,9 @@ def _histograms(d) -> list:
     if maps:  # the fitted gain/offset per modality
         (af, bf), (am, bm) = maps[0]["fixed"], maps[0]["moving"]
         fn, bn, an = af * fn + bf, am * bn + bm, am * an + bm
-    out = [(_joint_histogram(fn, m, r.ranges, o.bins, o.parzen_sigma, d.mask), t)
+    inside = None if d.fov is None or d.fov.all() else d.fov.astype(float)  # no zeros from outside the moving image
+    sample = inside if d.mask is None else (d.mask if inside is None else (np.asarray(d.mask) > 0) * inside)
+    out = [(_joint_histogram(fn, m, r.ranges, o.bins, o.parzen_sigma, sample), t)
            for m, t in ((bn, "observed, before"), (an, "observed, after"))]
     if d.prior is not None:
         out.append((d.prior.global_table(0), f"learned prior p_L ({d.prior.n_pairs} pair(s))"))

@@ -26,6 +26,7 @@ from .errors import PriorRegError
 
 PROG = "priorreg"
 OUTPUT_NAMES = ("warped.nii.gz", "field.nii.gz", "jacobian.nii.gz", "report.json", "report.html")
+LINEAR_NAME = "linear.tfm"  # the linear stage alone (ITK transform), written when it ran
 TEMP_PREFIX = ".priorreg-"  # temporary files and folders of a write in progress
 PRIOR_FIXED = ("bins", "parzen_sigma")  # options a prior fixes unless given explicitly
 _NEEDS_PRIOR = "--alpha {} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone"
@@ -350,6 +351,10 @@ def write_images(folder, result) -> None:
     pio.write_image(warped, os.path.join(folder, "warped.nii.gz"), "warped")
     pio.write_field(result.field_world(), fix, os.path.join(folder, "field.nii.gz"))
     pio.write_image(fix.with_array(result.jacobian.astype(np.float32)), os.path.join(folder, "jacobian.nii.gz"), "jacobian")
+    if result.linear is not None:  # also inside field.nii.gz; on its own for tools that want the linear part
+        from .linear import write_itk_transform
+
+        write_itk_transform(os.path.join(folder, LINEAR_NAME), result.linear, fix.ndim)
 
 
 def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="") -> dict:
@@ -358,7 +363,8 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
 
     make_out_dir(os.path.dirname(os.path.abspath(out)))
     record = rep.report_dict(result, inputs, extra)
-    record["outputs"] = {n: os.path.join(os.fspath(out), n) for n in OUTPUT_NAMES}
+    names = OUTPUT_NAMES + ((LINEAR_NAME,) if result.linear is not None else ())
+    record["outputs"] = {n: os.path.join(os.fspath(out), n) for n in names}
     with run_folder(out) as tmp:
         write_images(tmp, result)
         rep.write_json(os.path.join(tmp, "report.json"), record)
@@ -381,6 +387,14 @@ def summary(result) -> str:
     js = result.jacobian_stats
     its = "+".join(str(h.iterations) for h in result.history)
     return (
-        f"done in {result.seconds:.1f} s ({its} iterations), final energy {result.final_energy:.6g}, "
-        f"folding {js['percent_nonpositive']:.3f}% (Jacobian min {js['min']:.3f})"
+        f"done in {result.seconds:.1f} s ({its} iterations){_linear_summary(result.linear)}, final energy "
+        f"{result.final_energy:.6g}, folding {js['percent_nonpositive']:.3f}% (Jacobian min {js['min']:.3f})"
     )
+
+
+def _linear_summary(lin) -> str:
+    if lin is None:
+        return ""
+    rot = max(abs(a) for a in lin.rotation_degrees) if len(lin.rotation_degrees) else 0.0
+    shift = sum(t * t for t in lin.translation_mm) ** 0.5
+    return f", linear {lin.kind}: rotation {rot:.1f} deg, translation {shift:.1f} mm"
