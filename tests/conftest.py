@@ -1,11 +1,17 @@
 import os
 import sys
 
-import pytest
-import torch
+# Before torch loads its OpenMP runtime: threads sleep at barriers instead of spinning, so the
+# suite keeps its share of a busy machine (priorreg/runtime.py has the measurements).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from priorreg.runtime import available_cpus  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(min(2, available_cpus()))
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
