@@ -116,3 +116,13 @@ def test_a_bad_transform_file_is_one_line(pair, capsys):
     assert cli.main(["register", p["fixed"], p["moving"], "--out", str(d / "bad"), "--initial-transform", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("priorreg: error:") and not os.path.exists(d / "bad")
+
+
+def test_the_report_shows_the_linear_stage(pair):
+    d, p, _ = pair
+    out = d / "run"  # written by the first test of this module
+    if not (out / "report.html").exists():
+        _run(["register", p["fixed"], p["moving"], "--out", str(out), "--max-iterations", "0", "--quiet"])
+    page = (out / "report.html").read_text()
+    assert "Linear stage: before / after" in page and "linear stage (affine): rotation" in page
+    assert " deg" in page and "translation (world LPS)" in page

@@ -42,11 +42,13 @@ def volume():
 def test_every_panel_is_a_png_in_order(case, request):
     result = request.getfixturevalue(case)
     data = report._Data(result)
-    for panel, title in zip(report.PANELS, TITLES):
+    assert result.linear is not None  # the default preset runs the linear stage: its panel comes first
+    titles = ["Linear stage: before / after"] + TITLES
+    for panel, title in zip(report.PANELS, titles):
         t, caption, b64 = panel(data)
         h, w = png_shape(b64)
         assert t == title and caption and h > 100 and w > 100, (panel.__name__, t, h, w)
-    assert [t for t, _, _ in report.figures(result)] == TITLES
+    assert [t for t, _, _ in report.figures(result)] == titles
 
 
 def test_views_are_mid_slices_with_the_pixel_aspect():

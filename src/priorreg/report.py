@@ -263,6 +263,16 @@ class _Data:
         norm = self.result.normalization
         return normalize(self.fixed, norm), normalize(self.before, norm), normalize(self.after, norm)
 
+    @cached_property
+    def linear_only(self):
+        """The moving image through the linear stage alone, scaled like ``scaled``'s moving images."""
+        from .linear import linear_to_field
+        from .resample import warp
+
+        r = self.result
+        a = np.asarray(warp(r.moving, linear_to_field(r.linear, r.fixed), reference=r.fixed).array, float)
+        return _scaled(a, _display_range(np.concatenate([self.before.ravel(), self.after.ravel()])))
+
     @property
     def fov_outline(self):
         """The field of view to outline, or None when it covers the whole fixed grid."""
@@ -493,7 +503,23 @@ def panel_energy(d):
             "iteration, per pyramid level.", _png(fig))
 
 
-PANELS = (panel_checkerboard, panel_edges, panel_differences, panel_deformation, panel_histograms, panel_energy)
+def panel_linear(d):
+    """The linear stage on its own (only when it ran)."""
+    if getattr(d.result, "linear", None) is None:
+        return None
+    fs, bs, _ = d.scaled
+    lin = d.result.linear
+    return (
+        "Linear stage: before / after",
+        f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
+        "stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.",
+        _grid(d, [_show(_checkerboard(fs, bs)), _show(_checkerboard(fs, d.linear_only))],
+              ["world alignment", f"after the {lin.kind} stage"]),
+    )
+
+
+PANELS = (panel_linear, panel_checkerboard, panel_edges, panel_differences, panel_deformation, panel_histograms,
+          panel_energy)
 
 
 def figures(result, prior=None, mask=None, fov=None) -> list:
@@ -501,7 +527,7 @@ def figures(result, prior=None, mask=None, fov=None) -> list:
 
     ``fov``: the moving field of view on the fixed grid, if already known (:func:`field_of_view`)."""
     d = _Data(result, prior, mask, fov)
-    return [panel(d) for panel in PANELS]
+    return [f for f in (panel(d) for panel in PANELS) if f is not None]
 
 
 # --------------------------------------------------------------------------- HTML
@@ -544,7 +570,7 @@ def _head(result, report: dict) -> list:
         "<h1>priorreg registration report</h1>",
         f"<p>{html.escape(report.get('created', ''))} &middot; device {html.escape(result.device)} &middot; "
         f"{result.seconds:.1f} s &middot; final energy {result.final_energy:.6g} &middot; {_status(result)}</p>",
-        f"<p>alpha = {o.alpha:g} "
+        f"<p>alpha = {o.alpha if isinstance(o.alpha, str) else format(o.alpha, 'g')} "
         + ("(mutual information alone)" if o.alpha == 1 else "(mutual information blended with the learned prior)")
         + f", regularization &lambda; = {o.regularization:g}"
         + (" (times alpha at levels with 0 &lt; alpha &lt; 1)" if o.regularization_scaling == "alpha" else "")
@@ -563,8 +589,24 @@ def _summary(result, fov) -> list:
         ("Jacobian min / max", f"{js['min']:.3f} / {js['max']:.3f}"),
         ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
         ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
+        *_linear_rows(getattr(result, "linear", None)),
     ]
     return ["<h2>Summary</h2>", _table(rows)]
+
+
+def _linear_rows(lin) -> list:
+    """The linear stage's transform, as a reader checks it: degrees, mm, scales, shears."""
+    if lin is None:
+        return []
+
+    def nums(xs, unit=""):
+        return ", ".join(f"{x:.2f}{unit}" for x in xs)
+
+    return [
+        (f"linear stage ({lin.kind}): rotation", nums(lin.rotation_degrees, " deg")),
+        ("linear stage: translation (world LPS)", nums(lin.translation_mm, " mm")),
+        ("linear stage: scales / shears", f"{nums(lin.scales)} / {nums(lin.shears)}"),
+    ]
 
 
 def _inputs(report: dict) -> list:
