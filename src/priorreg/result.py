@@ -45,6 +45,9 @@ class RegistrationResult:
     linear : LinearResult or None
         The linear stage's transform (fixed world x -> moving world A x + t), already
         included in ``field``.
+    prior_weights : list of dict
+        With alpha="auto": per pyramid level (coarsest first) the alpha chosen and the evidence
+        behind it (priorreg.prior_weight.choose_alpha); empty otherwise.
     """
 
     field: np.ndarray
@@ -65,6 +68,7 @@ class RegistrationResult:
     preset: str | None = None
     fov: np.ndarray = field(repr=False, default=None)
     linear: object = None
+    prior_weights: list = field(default_factory=list)  # alpha="auto": per level, coarsest first, alpha and its evidence
 
     def field_world(self) -> np.ndarray:
         """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""
@@ -93,6 +97,7 @@ class RegistrationResult:
             "fov_percent": None if self.fov is None else float(100.0 * np.mean(self.fov)),
             "levels": [h.as_dict() for h in self.history],
             "warnings": list(self.warnings),
+            "prior_weights": list(self.prior_weights),
         }
 
 
@@ -126,4 +131,5 @@ def make_result(inp, pyr, field_np, history, intensity_maps, warnings, seconds, 
         preset=inp.preset,
         fov=field_of_view(mov, fix, field_np),
         linear=linear,
+        prior_weights=[h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None],
     )
