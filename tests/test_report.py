@@ -43,10 +43,11 @@ def test_every_panel_is_a_png_in_order(case, request):
     result = request.getfixturevalue(case)
     data = report._Data(result)
     titles = (["Linear stage: before / after"] if result.linear is not None else []) + TITLES  # (tested in test_linear_stage)
-    for panel, title in zip(report.PANELS, titles):
-        t, caption, b64 = panel(data)
+    drawn = [f for f in (panel(data) for panel in report.PANELS) if f is not None]
+    assert len(drawn) == len(titles)
+    for (t, caption, b64), title in zip(drawn, titles):
         h, w = png_shape(b64)
-        assert t == title and caption and h > 100 and w > 100, (panel.__name__, t, h, w)
+        assert t == title and caption and h > 100 and w > 100, (t, h, w)
     assert [t for t, _, _ in report.figures(result)] == titles
 
 
