@@ -196,8 +196,8 @@ def test_demo_runs_and_reports(capsys, tmp_path):
     assert sorted(os.listdir(out / "alpha1")) == sorted(cli.OUTPUT_NAMES + (cli.LINEAR_NAME,))
     summary = json.loads((out / "demo.json").read_text())
     epe = {e["alpha"]: e["endpoint_error_mm_mean"] for e in summary["endpoint_error"]}
-    assert epe[0.4] < summary["known_field"]["mean_mm_in_head"]
-    assert epe[0.4] < epe[1.0]
+    # the prior comes from the other half of the slice (no oracle): both runs must beat doing nothing
+    assert max(epe.values()) < 0.5 * summary["known_field"]["mean_mm_in_head"]
     assert run(capsys, "demo", "--out", out)[0] == 0  # a previous demo directory is reused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
