@@ -18,7 +18,7 @@ import numpy as np
 from .errors import PriorRegError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SliceGeometry:
     """The 3D grid of a single-slice 3D file (e.g. a 181x217x1 NIfTI) read as a 2D image.
 
