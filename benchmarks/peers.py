@@ -36,6 +36,7 @@ def available():
 
         itk.ElastixRegistrationMethod  # noqa: B018
         out["elastix-bspline"] = (elastix_bspline, "ok")
+        out["elastix-affine-bspline"] = (elastix_affine_bspline, "ok")
     except Exception as e:  # noqa: BLE001
         out["elastix-bspline"] = (None, f"itk-elastix not importable: {e}")
     try:
@@ -132,14 +133,16 @@ def _itk(arr, spacing):
     return im
 
 
-def elastix_bspline(fixed, moving, spacing, verify=True):
-    """itk-elastix default 'bspline' parameter map; dense field via transformix_deformation_field."""
+def elastix_bspline(fixed, moving, spacing, verify=True, maps=("bspline",)):
+    """itk-elastix default 'bspline' parameter map (or the default ``maps`` in sequence); dense field via
+    transformix_deformation_field."""
     import itk
 
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(THREADS)
     F, M = _itk(fixed, spacing), _itk(moving, spacing)
     po = itk.ParameterObject.New()
-    po.AddParameterMap(po.GetDefaultParameterMap("bspline"))
+    for name in maps:
+        po.AddParameterMap(po.GetDefaultParameterMap(name))
     _, res = itk.elastix_registration_method(F, M, parameter_object=po, log_to_console=False)
     dfield = itk.transformix_deformation_field(M, res)
     disp = np.asarray(itk.GetArrayFromImage(dfield), dtype=np.float64)
@@ -153,6 +156,12 @@ def elastix_bspline(fixed, moving, spacing, verify=True):
         wc = [np.asarray(itk.transformix_filter(_itk(c, spacing), res)) for c in _coords(fixed.shape)]
         _report("elastix", np.stack(wc).astype(np.float64), field, spacing)
     return field
+
+
+def elastix_affine_bspline(fixed, moving, spacing, verify=True):
+    """elastix's standard linear + deformable pipeline (issue 19): the default 'rigid', 'affine' and
+    'bspline' parameter maps run in sequence (each starts from the previous), one composed field."""
+    return elastix_bspline(fixed, moving, spacing, verify=verify, maps=("rigid", "affine", "bspline"))
 
 
 # --------------------------------------------------------------------------- ANTs
