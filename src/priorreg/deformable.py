@@ -75,7 +75,7 @@ def fit_intensities(inp: Inputs, pyr: Pyramids, level: int, alpha: float, u: tor
     return af * f_lv + bf, am * m_lv + bm, record
 
 
-def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tuple, points, history: list):
+def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tuple):
     """alpha="auto" at one level: (alpha, fixed, moving, intensity-fit record, evidence record).
 
     The intensity fit is tried first (as for any alpha < 1), the evidence is read on the pair as the
@@ -88,28 +88,10 @@ def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tupl
     f_lv, m_lv, fit = fit_intensities(inp, pyr, level, prior_weight.PROBE_ALPHA, u, sp)
     warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
     ev = prior_weight.pair_statistics(f_lv, warped, _prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
-    ev["cosine"] = _force_cosine(inp, pyr, level, f_lv, m_lv, u, sp, points)
-    earlier = [h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None]
-    alpha, record = prior_weight.choose_alpha(inp.prior, level, ev, fit, earlier, inp.options)
+    alpha, record = prior_weight.choose_alpha(inp.prior, level, ev, fit)
     if alpha >= 1:
         return 1.0, pyr.fixed[level], pyr.moving[level], None, record
     return alpha, f_lv, m_lv, fit, record
-
-
-def _force_cosine(inp: Inputs, pyr: Pyramids, level: int, f_lv, m_lv, u, sp, points) -> float:
-    """Cosine between the similarity's force (MI and the local terms) and the prior term's force at u."""
-    sim = Level(level, f_lv, m_lv, pyr.mask[level], sp, 1.0, points)
-    data, _ = build_energy(sim, inp, pyr)
-    opts, prior = inp.options, inp.prior
-    Q = torch.as_tensor(prior.floored(level, opts.prior_floor), dtype=torch.float64, device=inp.device)
-    regions = prior.regions if prior.n_regions > 1 else None
-    prior_term = JointHistogramEnergy(f_lv, m_lv, sp, pyr.spec, [(1.0, PRIOR_TERMS[opts.prior_term](Q))], pyr.mask[level],
-                                      opts.force, regions, points)
-    f_sim = None
-    for term in data:
-        f = term.evaluate(u, True)[2]
-        f_sim = f if f_sim is None else f_sim + f
-    return prior_weight.force_cosine(f_sim, prior_term.evaluate(u, True)[2])
 
 
 def _sample_points(inp: Inputs, pyr: Pyramids, level: int):
@@ -192,22 +174,17 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
     def solve_level(index, u):
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
         alpha = level_alpha(inp.options, index)
-        points = _sample_points(inp, pyr, index)
         record = None
         if alpha is None:  # alpha="auto"
-            alpha, f_lv, m_lv, fit, record = auto_level(inp, pyr, index, u, sp, points, history)
+            alpha, f_lv, m_lv, fit, record = auto_level(inp, pyr, index, u, sp)
         else:
             f_lv, m_lv, fit = fit_intensities(inp, pyr, index, alpha, u, sp)
         if fit is not None:
             intensity_maps.append(fit)
-        lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, points)
+        lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
         data, reg = build_energy(lv, inp, pyr)
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
         if record is not None:
-            if inp.prior is not None:  # how far the level moved the pair towards (or away from) the prior
-                warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
-                record["kl_end"] = prior_weight.pair_statistics(f_lv, warped, _prior_table(inp, index), pyr.spec,
-                                                                pyr.mask[index], seed=index)["kl"]
             h.prior_weight = record  # the level's alpha and its evidence (RegistrationResult.prior_weights)
         history.append(h)
         return u

@@ -48,10 +48,13 @@ class RegistrationOptions:
 
     Attributes
     ----------
-    alpha : float
+    alpha : float in [0, 1] or "auto"
         Blend J = alpha*(-MI) + (1-alpha)*KL(p_u || p_L) + regularization*R. 1 = classic MI
         (no prior needed); alpha < 1 needs a learned prior. See ``regularization_scaling`` for
-        keeping the similarity-to-smoothness balance of alpha = 1 in a blend.
+        keeping the similarity-to-smoothness balance of alpha = 1 in a blend. "auto": chosen per
+        pyramid level between 0.4 and 1 from how well the prior describes the pair and how much
+        its own training pairs agree (priorreg.prior_weight; 1 without a prior; recorded in
+        ``RegistrationResult.prior_weights``).
     alpha_schedule : {"constant", "mi-finest"}
         "constant": alpha at every pyramid level. "mi-finest": alpha at the coarser levels and
         1 (MI alone) at the finest, i.e. the prior guides the coarse alignment only (the paper's

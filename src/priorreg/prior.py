@@ -16,6 +16,7 @@ from .errors import PriorRegError
 from .image import as_image, as_mask
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .options import RegistrationOptions
+from .prior_weight import leave_one_out_kl
 
 FORMAT = "priorreg-prior"
 FORMAT_VERSION = 2  # 2: per-region tables (levels, R, B, B); version 1 files (global tables) still load
@@ -46,6 +47,10 @@ class Prior:
     n_pairs: int
     regions: tuple = ()
     region_mass: np.ndarray | None = None  # (levels, R)
+    # (levels, n_pairs): each training pair's KL to the mean of the others (leave-one-out, nats),
+    # the prior's spread beyond its mean (alpha="auto", priorreg.prior_weight). None: a file
+    # written before it was stored; NaN: a prior from one pair.
+    pair_kl: np.ndarray | None = None
     version: int = FORMAT_VERSION
     notes: dict = field(default_factory=dict)
 
@@ -90,7 +95,10 @@ class Prior:
         """Write one .npz file at exactly ``path``, atomically."""
         path = os.fspath(path)
         buf = _io.BytesIO()
-        np.savez_compressed(buf, tables=self.tables, region_mass=self.region_mass, meta=np.array(json.dumps(self.metadata())))
+        arrays = dict(tables=self.tables, region_mass=self.region_mass, meta=np.array(json.dumps(self.metadata())))
+        if self.pair_kl is not None:
+            arrays["pair_kl"] = np.asarray(self.pair_kl, dtype=np.float64)
+        np.savez_compressed(buf, **arrays)
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".priorreg-", suffix=".tmp")
         try:
@@ -111,6 +119,7 @@ class Prior:
             with np.load(path, allow_pickle=False) as z:
                 tables = np.asarray(z["tables"], dtype=np.float64)
                 mass = np.asarray(z["region_mass"], dtype=np.float64) if "region_mass" in z.files else None
+                pair_kl = np.asarray(z["pair_kl"], dtype=np.float64) if "pair_kl" in z.files else None
                 meta = json.loads(str(z["meta"]))
         except Exception:
             raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file (.npz written by fit_prior)") from None
@@ -126,6 +135,8 @@ class Prior:
         R = int(np.prod(regions))
         if tables.ndim == 3:
             tables = tables[:, None]
+        if pair_kl is not None and pair_kl.shape != (L, int(meta["n_pairs"])):
+            pair_kl = None  # unreadable spread: alpha="auto" falls back as for a file without it
         if tables.shape != (L, R, B, B) or (mass is not None and mass.shape != (L, R)) or len(regions) != dim:
             raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape}, regions {list(regions)})")
         return cls(
@@ -139,6 +150,7 @@ class Prior:
             n_pairs=int(meta["n_pairs"]),
             regions=regions,
             region_mass=mass,
+            pair_kl=pair_kl,
             notes=meta.get("notes", {}),
         )
 
@@ -234,7 +246,8 @@ def fit_prior(
     seen = np.zeros((levels, R))
     mass = np.zeros((levels, R))
     glob = np.zeros((levels, bins, bins))
-    for fi, fn, mn, mk in pairs:
+    per_pair = np.zeros((levels, len(pairs), bins, bins))
+    for j, (fi, fn, mn, mk) in enumerate(pairs):
         ft = torch.as_tensor(fn, dtype=torch.float64)
         mt = torch.as_tensor(mn, dtype=torch.float64)
         kt = None if mk is None else torch.as_tensor(mk, dtype=torch.float64)
@@ -249,9 +262,11 @@ def fit_prior(
             seen[lv] += has
             mass[lv] += energy.pi.cpu().numpy() / len(pairs)
             glob[lv] += P.cpu().numpy() / len(pairs)
+            per_pair[lv, j] = P.cpu().numpy()
     # A region no training pair covers (masks) falls back to the level's global table.
     tables = np.where(seen[..., None, None] > 0, sums / np.maximum(seen, 1)[..., None, None], glob[:, None])
-    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass)
+    pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
+    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl)
 
 
 def check_regions(regions, dim, shapes, levels, func, name="regions") -> tuple:

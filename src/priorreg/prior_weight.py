@@ -1,0 +1,149 @@
+"""How much weight the learned prior gets, level by level (``alpha="auto"``).
+
+The evidence is what a registration can see without the test pair's ground truth:
+how far the pair's joint histogram lies from the prior (KL after the intensity fit),
+measured against how far the prior's own training pairs lie from one another
+(their leave-one-out KL, stored in the prior at train time), and how the pair's
+mutual information and the prior's force relate. :func:`choose_alpha` turns it into
+one alpha per level. The rule and the measurements behind it: benchmarks/README.md
+("Automatic prior weight").
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import histogram as hist
+from . import spatial
+
+EVIDENCE_SAMPLES = 60000  # voxels read by the KL evidence (a fixed random subset on larger grids)
+
+
+# --------------------------------------------------------------------------- train time
+
+
+def leave_one_out_kl(tables, eta: float) -> np.ndarray:
+    """KL(P_j || mean of the other pairs' tables) in nats, per training pair j.
+
+    ``tables``: (n, B, B) joint tables of the training pairs at one level (each sums to 1);
+    the mean of the others is floored with ``eta`` like a prior. NaN for every pair when
+    n < 2 (no other pair to compare with).
+    """
+    P = torch.as_tensor(np.asarray(tables), dtype=torch.float64)
+    n = P.shape[0]
+    if n < 2:
+        return np.full(n, np.nan)
+    total = P.sum(0)
+    out = np.empty(n)
+    for j in range(n):
+        Q = hist.floor_prior((total - P[j]) / (n - 1), eta)
+        out[j] = float(hist.kl_divergence(P[j], torch.log(Q), 1e-10))
+    return out
+
+
+# --------------------------------------------------------------------------- registration time
+
+
+def _samples(fixed, moving, weights, limit: int, seed: int):
+    f = fixed.reshape(-1).double()
+    m = moving.reshape(-1).double()
+    if weights is not None:
+        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
+        if inside.numel() > 0:
+            f, m = f[inside], m[inside]
+    if f.numel() > limit:
+        pick = spatial.random_subset(f.numel(), limit, seed).to(f.device)
+        f, m = f[pick], m[pick]
+    return f, m
+
+
+def pair_statistics(fixed, warped, Q, spec, weights=None, seed: int = 0) -> dict:
+    """KL(P || Q), MI(P) and the entropies of the pair's smoothed joint table P (nats).
+
+    ``fixed``, ``warped``: the level's normalised images (warped = moving at x + u), one grid;
+    ``Q``: the prior's floored global table; ``weights``: optional 0/1 mask.
+    """
+    f, m = _samples(fixed, warped, weights, EVIDENCE_SAMPLES, seed)
+    S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
+    P = hist.parzen_joint_histogram(f, m, spec.ranges, S)
+    logQ = torch.log(Q.double())
+    Pt = P + spec.eps
+    return dict(kl=float(hist.kl_divergence(P, logQ, spec.eps)), mi=float(hist.mutual_information(P, spec.eps)),
+                entropy=float(-(Pt * torch.log(Pt)).sum()), prior_mi=float(hist.mutual_information(Q.double())))
+
+
+
+
+# --------------------------------------------------------------------------- the rule
+
+PROBE_ALPHA = 0.5  # any alpha < 1: the intensity fit is tried as for a blend and kept only if alpha < 1
+ALPHA_MIN = 0.4  # the most weight the prior gets (the paper's alpha)
+ALPHA_ONE_PAIR = 0.7  # the least alpha without a measured spread (one training pair, or an older prior file)
+SPREAD_RANGE = (0.05, 0.25)  # spread / MI(prior): full trust below, none above (linear between)
+FIT_RANGE = (0.15, 0.45)  # KL(pair || prior) / MI(prior): the same
+
+
+def training_spread(prior, level: int):
+    """Median leave-one-out KL of the prior's training pairs at ``level`` (nats), or None."""
+    pk = getattr(prior, "pair_kl", None)
+    if pk is None or prior.n_pairs < 2:
+        return None
+    v = np.asarray(pk[level], dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    """1 at x <= lo, 0 at x >= hi, linear between."""
+    return float(min(1.0, max(0.0, (hi - x) / (hi - lo))))
+
+
+def no_prior_record(level: int) -> dict:
+    return dict(level=level, alpha=1.0, reason="no prior: mutual information alone")
+
+
+def choose_alpha(prior, level: int, ev: dict, fit=None):
+    """(alpha, record) at ``level`` from the evidence ``ev`` (:func:`pair_statistics` of the pair as the
+    prior sees it, after the intensity fit ``fit``, if any).
+
+    The prior's weight 1 - alpha = (1 - ALPHA_MIN) x trust, trust = ramp(spread / MI(Q)) x ramp(KL / MI(Q)):
+    both the training pairs' spread and the pair's own KL to the prior are measured in units of the
+    prior's mutual information, the information it holds about the intensity relation. A prior whose
+    training pairs disagree (the relation depends on anatomy or field of view) or that does not
+    describe this pair (another modality pair, swapped, another anatomy, another scanner) gets
+    no weight. Without a measured spread (one pair, or a prior file written before it was stored)
+    the spread term is 1/2: alpha stays >= ALPHA_ONE_PAIR.
+    """
+    info = max(float(ev["prior_mi"]), 1e-6)
+    spread = training_spread(prior, level)
+    fit_ratio = float(ev["kl"]) / info
+    trust_fit = _ramp(fit_ratio, *FIT_RANGE)
+    if spread is None:
+        trust_spread = (1.0 - ALPHA_ONE_PAIR) / (1.0 - ALPHA_MIN)
+        if prior.n_pairs < 2:
+            note = "a prior from one training pair has no spread to judge it by: conservative weight"
+        else:
+            note = "the prior file holds no spread of its training pairs (written before it was stored; train it again): conservative weight"
+    else:
+        trust_spread = _ramp(spread / info, *SPREAD_RANGE)
+        note = None
+    alpha = 1.0 - (1.0 - ALPHA_MIN) * trust_spread * trust_fit
+    alpha = round(alpha, 3)
+    rec = dict(level=level, alpha=alpha, n_pairs=int(prior.n_pairs), kl=float(ev["kl"]),
+               kl_before_fit=float(ev["kl"]) if fit is None else float(fit["kl_before"]),
+               prior_mi=float(ev["prior_mi"]), pair_mi=float(ev["mi"]), spread=spread,
+               fit_ratio=fit_ratio, spread_ratio=None if spread is None else spread / info,
+               trust=trust_spread * trust_fit)
+    if fit_ratio >= FIT_RANGE[1]:
+        reason = f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
+    elif spread is not None and spread / info >= SPREAD_RANGE[1]:
+        reason = f"the prior's training pairs disagree (spread {spread / info:.2f} x its MI): mutual information alone"
+    else:
+        reason = f"prior weight {1 - alpha:.2f} (KL {fit_ratio:.2f}, spread " + (
+            "unknown" if spread is None else f"{spread / info:.2f}") + " x the prior's MI)"
+    if note:
+        rec["note"] = note
+    rec["reason"] = reason
+    return alpha, rec
