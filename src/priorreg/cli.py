@@ -415,6 +415,10 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         con = Console(quiet=getattr(args, "quiet", False))
+        if args.command != "cohort":  # the cohort sets threads per worker
+            from .runtime import configure_threads
+
+            configure_threads()
         return COMMANDS[args.command](args, con)
     except (PriorRegError, _Error) as e:
         _fail(con, " ".join(str(e).split()))

@@ -402,10 +402,9 @@ def _register_and_write(spec: dict, prior, preset, overrides: dict, notes: list)
 
 def _set_torch_threads(n: int | None) -> None:
     if n:
-        import torch
+        from .runtime import configure_threads
 
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+        configure_threads(n)
 
 
 def register_pair(spec: dict, prior=None, preset: str | None = None, overrides: dict | None = None,
@@ -580,10 +579,9 @@ class Plan:
 
 
 def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    from .runtime import available_cpus
+
+    return available_cpus()
 
 
 def _connect(args):
@@ -605,6 +603,9 @@ def _start_client(args, n_run: int):
     workers = max(1, min(args.workers or max(1, _cores() // tpw), n_run))
     torch_threads = args.torch_threads or max(1, _cores() // (workers * tpw))
     kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=None)
+    from .runtime import set_wait_policy
+
+    set_wait_policy()  # inherited by the worker processes: OpenMP threads sleep instead of spinning
     try:
         cluster = dd.LocalCluster(**kw)
     except (OSError, TimeoutError, RuntimeError) as e:

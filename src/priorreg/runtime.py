@@ -21,7 +21,9 @@ So the time goes to spin-waiting (CPU time 25-30x the work); with passive waitin
 run takes its share of the CPU, and two threads still use a second core when there is one.
 
 libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so :func:`set_wait_policy`
-must run before ``import torch``; ``priorreg/__init__`` and the entry points call it first.
+must run before ``import torch``; the command line calls it first when the machine is already
+busy (on a quiet machine spinning is faster: waking sleeping threads costs every small kernel
+a system call), and the cohort always does (its workers share the machine).
 If torch was loaded before (a user who imported torch first), :func:`configure_threads`
 cannot change the policy and, on a machine already busy, uses one thread instead.
 """
@@ -104,8 +106,8 @@ def configure_threads(threads: int | None = None) -> dict:
 
     Returns what was decided: ``{"threads", "cpus", "passive_wait", "reason"}``.
     """
-    passive = set_wait_policy()
     cpus = available_cpus()
+    passive = set_wait_policy() if _busy(cpus) else os.environ.get(WAIT_POLICY_ENV, "").strip().upper() == "PASSIVE"
     reason = "argument"
     if threads is None:
         env = os.environ.get(THREADS_ENV, "").strip()
@@ -120,8 +122,13 @@ def configure_threads(threads: int | None = None) -> dict:
             if not passive and threads > 1 and _busy(cpus):
                 threads, reason = 1, "busy machine and spinning OpenMP threads (torch imported before priorreg)"
     threads = max(1, int(threads))
-    import torch
+    if "torch" in sys.modules:
+        import torch
 
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" in os.environ and reason != "argument":  # the user's own setting wins
+        threads, reason = max(1, int(os.environ["OMP_NUM_THREADS"] or 1)), "OMP_NUM_THREADS"
+    else:  # torch reads it when it loads (after the argument checks: a refused command never loads it)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     return {"threads": threads, "cpus": cpus, "passive_wait": passive, "reason": reason}
