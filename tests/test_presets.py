@@ -92,3 +92,12 @@ def test_warped_is_background_outside_the_moving_field_of_view():
     assert 45 < 100 * r.fov.mean() < 55
     assert np.all(r.warped.array[~r.fov] == 0)
     assert np.allclose(r.warped.array[:, :19], m[:, :19])
+
+
+def test_a_prior_sets_the_binning_a_preset_left_open():
+    f, m = _pair((24, 24, 24))
+    prior = priorreg.fit_prior([f], [m], levels=2)  # bins 64, sigma 2: not the 3D presets' 32 / 1
+    r = priorreg.register(f, m, prior=prior, alpha=0.5, max_iterations=2, linear="none")
+    assert (r.options.bins, r.options.parzen_sigma, r.options.levels) == (64, 2.0, 2)
+    with pytest.raises(PriorRegError, match="bins"):  # given explicitly: refused, not silently changed
+        priorreg.register(f, m, prior=prior, alpha=0.5, bins=32, max_iterations=2)

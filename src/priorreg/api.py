@@ -3,7 +3,7 @@
 A registration is a short pipeline of named stages, each in its own module:
 
 1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options;
-2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, affine), if asked;
+2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, then affine);
 3. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
 4. :func:`priorreg.deformable.deformable` - per level, the energy from
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
@@ -73,12 +73,12 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,
                    initial_field=initial_field, overrides=overrides)
     lin = prealign(inp)
-    work = after_prealign(inp, lin)
+    work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     notes = prior_order_warnings(work, pyr)
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=2)
     u, history, intensity_maps = deformable(work, pyr, callback)
-    field = one_field(lin, u.double().cpu().numpy(), inp)
+    field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     return make_result(inp, pyr, field, history, intensity_maps, notes, time.perf_counter() - t0, lin)

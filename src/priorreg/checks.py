@@ -88,11 +88,23 @@ def _initial_field(initial_field, fix: Image, func: str):
     return init
 
 
+def _prior_binning(opts: RegistrationOptions, prior, given: dict) -> RegistrationOptions:
+    """A preset's binning and pyramid give way to the prior's where the caller did not set them."""
+    if not isinstance(prior, Prior):
+        return opts
+    changes = {k: getattr(prior, k) for k in ("bins", "parzen_sigma") if k not in given and getattr(prior, k) != getattr(opts, k)}
+    if "levels" not in given and prior.levels < opts.levels:
+        changes["levels"] = prior.levels
+    return opts.replace(**changes) if changes else opts
+
+
 def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None, options=None, initial_field=None,
              overrides=None, func: str = "register()") -> Inputs:
     """Check a registration problem and resolve its options (preset or options, then overrides)."""
     fix, mov = _check_pair(fixed, moving, spacing, func)
     opts = resolve_options(fix.ndim, preset, options, **(overrides or {}))
+    if options is None:  # options= is taken as given
+        opts = _prior_binning(opts, prior, overrides or {})
     _check_prior(prior, opts, fix.ndim, func)
     pyramid.check_levels(fix.shape, opts.levels, func)
     return Inputs(
