@@ -3,13 +3,15 @@
 The transform is estimated by :func:`priorreg.linear.estimate_linear` (or read from a
 file and refined). How the deformable stage then starts from it depends on its size:
 
-* a small transform (no fixed voxel moves more than ``SMALL_VOXELS``; a pair that was
-  already aligned) is the deformable stage's initial field, so the original moving image
-  is interpolated once, as without the stage (resampling it first cost 0.01-0.03 voxel on
-  every 3D benchmark draw: benchmarks/README.md, "Defaults and the linear stage");
-* a larger one (a pair that was not aligned) resamples the moving image through it first,
-  so that the regulariser, which acts on the deformable field only, does not pull the
-  rotation back; the two are composed into one displacement field at the end.
+* a transform whose linear part is close to the identity (|A - I| <= ``NEAR_IDENTITY``: any
+  translation, rotations of a few degrees; a pair that was already aligned) is the deformable
+  stage's initial field, so the original moving image is interpolated once, as without the
+  stage (resampling it first cost 0.01-0.03 voxel on every 3D benchmark draw:
+  benchmarks/README.md, "Defaults and the linear stage"). The regulariser sees only its
+  gradient A - I, which is then small (and the bending term ignores an affine field);
+* a larger rotation, scaling or shear resamples the moving image through the transform first,
+  so that the regulariser, which acts on the deformable field only, does not pull it back;
+  the two are composed into one displacement field at the end.
 
 An affine whose scales or shears leave plausible bounds (a global MI optimum that shrinks
 a blurred image, or a small slab) is replaced by the rigid estimate.
@@ -24,7 +26,7 @@ from .checks import Inputs
 from .linear import LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
 from .resample import warp
 
-SMALL_VOXELS = 2.0  # largest displacement (fixed voxels) still passed as an initial field
+NEAR_IDENTITY = 0.1  # largest singular value of A - I still passed as an initial field (about 6 degrees)
 SCALE_BOUNDS = (0.8, 1.25)  # an affine outside these per-axis scales ...
 MAX_SHEAR = 0.15  # ... or with a larger shear falls back to rigid
 
@@ -63,16 +65,12 @@ def prealign(inp: Inputs) -> LinearResult | None:
     return lin
 
 
-def _largest_voxels(field: np.ndarray, spacing) -> float:
-    return float(np.sqrt(((field / np.reshape(spacing, (-1,) + (1,) * len(spacing))) ** 2).sum(0)).max())
-
-
 def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]:
     """(the problem the deformable stage solves, whether the moving image was resampled through ``lin``)."""
     if lin is None:
         return inp, False
     field = linear_to_field(lin, inp.fixed)
-    if inp.initial_field is None and _largest_voxels(field, inp.fixed.spacing) <= SMALL_VOXELS:
+    if inp.initial_field is None and np.linalg.norm(lin.matrix - np.eye(lin.ndim), 2) <= NEAR_IDENTITY:
         return dataclasses.replace(inp, initial_field=field), False
     moved = warp(inp.moving, field, reference=inp.fixed, fill=None)
     return dataclasses.replace(inp, moving=moved), True
