@@ -1,7 +1,8 @@
 """alpha="auto" (issue 20): measure the evidence, compare alpha = 1, 0.4 and auto on cross-subject cases.
 
     python3 benchmarks/auto_alpha.py run --out /tmp/aa/val.jsonl --seeds 400-409 [--generators ...] [--alphas 1 0.4 auto]
-    python3 benchmarks/auto_alpha.py table /tmp/aa/val.jsonl [--alphas 1 0.4 auto]
+    python3 benchmarks/auto_alpha.py table FILE.jsonl [...] [--alphas 1.0 0.4 auto]
+    python3 benchmarks/auto_alpha.py probe --out /tmp/aa/probe.jsonl --seeds 400-403 --generators ...
 
 One process, one registration at a time, torch limited to 1 thread (the machine is shared; OpenMP
 workers spinning under contention made a 1 s run take 30 s). Each line of the JSONL file is one
@@ -137,6 +138,7 @@ GENERATORS = {
     # 3D at 2 mm (the spinal cord at 1 mm, 42 x 60 x 35)
     "brats3d-2mm-5from6": lambda s: _3d("brats_3d", 2, seed=s),
     "spine3d": lambda s: _3d("spine_3d", seed=s),
+    "mni3d-2mm-t2": lambda s: _c().brain_3d("t2", seed=s),
     # the wrong prior: another modality pair, the modalities swapped, another anatomy
     "wrong-mni-t2-pdprior": lambda s: with_prior_of(S.make_case("mni-axial-t2", s), S.make_case("mni-axial-pd", s),
                                                     name="mni-axial-t2 with a T1/PD prior"),
@@ -155,6 +157,7 @@ def setting(gen, case):
     s = R._setting(case)
     if gen in FUNCTIONAL:
         s.update(R.KIND_SETTINGS["sim-functional"])
+    s["linear"] = "none"  # the cases have no linear offset; register_case runs the deformable stage alone
     return s
 
 
@@ -205,6 +208,61 @@ def run(out, gens, seeds, alphas):
                       flush=True)
 
 
+# --------------------------------------------------------------------------- evidence tried and not adopted
+
+
+def probe(out, gens, seeds, alpha=0.4):
+    """At the coarsest level, from u = 0: run MI alone (alpha = 1) and the blend (``alpha``) and record the
+    similarity (the alpha = 1 data terms, unfitted images) and KL to the prior at the start and at both ends.
+    Tested: "the prior may move the solution only where the data are indifferent" (cost = similarity lost by
+    the blend / similarity gained by MI alone) and "MI alone moves the pair towards the prior" (KL along the
+    MI pass). Neither separated the cases where the prior helps (benchmarks/README.md)."""
+    import torch
+
+    from priorreg import checks, normalise, pyramid, spatial
+    from priorreg import deformable as D
+    from priorreg import prior_weight as PW
+    from priorreg.solver import gradient_flow
+
+    torch.set_num_threads(1)
+    for gen in gens:
+        for seed in seeds:
+            case = GENERATORS[gen](seed)
+            s = setting(gen, case)
+            prior = R.case_prior(case, s)
+            inp = checks.validate(case["fixed"], case["moving"], prior=prior, spacing=case["spacing"],
+                                  overrides={**s, "alpha": alpha})
+            pyr = normalise.normalise(inp)
+            lv = s["levels"] - 1
+            sp = pyramid.level_spacing(inp.fixed.spacing, lv)
+            u = torch.zeros((inp.fixed.ndim, *pyr.fixed[lv].shape), dtype=inp.dtype)
+            pts = D._sample_points(inp, pyr, lv)
+            ff, mf, _ = D.fit_intensities(inp, pyr, lv, alpha, u, sp)
+            d1, r1 = D.build_energy(D.Level(lv, pyr.fixed[lv], pyr.moving[lv], pyr.mask[lv], sp, 1.0, pts), inp, pyr)
+            dp, rp = D.build_energy(D.Level(lv, ff, mf, pyr.mask[lv], sp, alpha, pts), inp, pyr)
+            o, g = inp.options, inp.options.local_weight
+            Q = D._prior_table(inp, lv)
+
+            def sim(uu):
+                v = {}
+                for t in d1:
+                    v.update(t.evaluate(uu, False)[0])
+                return (1 - g) * v.get("-MI", 0.0) + g * v.get("-rMI", 0.0) + o.mind_weight * v.get("MIND", 0.0)
+
+            def kl(uu):
+                w = spatial.sample(mf, spatial.displaced_coords(uu, sp))
+                return PW.pair_statistics(ff, w, Q, pyr.spec, pyr.mask[lv], seed=lv)["kl"]
+
+            u1, _ = gradient_flow(d1, r1, u, o, lv, sp)
+            up, _ = gradient_flow(dp, rp, u, o, lv, sp)
+            row = dict(gen=gen, seed=seed, s0=sim(u), s1=sim(u1), sp=sim(up), k0=kl(u), k1=kl(u1), kp=kl(up))
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            cost = (row["sp"] - row["s1"]) / max(row["s0"] - row["s1"], 1e-12)
+            print(f"{gen} {seed}: cost/gain {cost:.3f}, KL {row['k0']:.3f} -> MI alone {row['k1']:.3f}, blend {row['kp']:.3f}",
+                  flush=True)
+
+
 # --------------------------------------------------------------------------- summaries
 
 
@@ -217,26 +275,33 @@ def load(path):
     return rows
 
 
-def table(path, alphas=("1.0", "0.4", "auto")):
-    rows = load(path)
+def _paired(a, b):
+    """(mean of a - b, its standard error over the draws)."""
+    d = np.asarray(a) - np.asarray(b)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def table(paths, alphas=("1.0", "0.4", "auto")):
+    """The README table: mean EPE per generator and alpha, auto - alpha 1 and 0.4 - alpha 1 with their standard
+    errors over the draws (the noise), and the alphas auto chose (median over the draws, coarsest level first)."""
+    rows = {}
+    for path in paths:
+        rows.update(load(path))
     gens = list(dict.fromkeys(k[0] for k in rows))
-    print("| generator | draws | " + " | ".join(f"alpha {a}" for a in alphas) + " | auto - alpha 1 (sd of the difference) | alphas auto chose (coarse/../fine, median) |")
-    print("|---" * (len(alphas) + 4) + "|")
+    print("| generator | draws | " + " | ".join(f"alpha {a}" for a in alphas)
+          + " | 0.4 - 1 (se) | auto - 1 (se) | alpha auto chose (coarse .. fine) |")
+    print("|---" * (len(alphas) + 5) + "|")
     for g in gens:
         seeds = sorted({k[1] for k in rows if k[0] == g and all((g, k[1], a) in rows for a in alphas)})
         if not seeds:
             continue
         e = {a: np.array([rows[(g, s, a)]["epe"] for s in seeds]) for a in alphas}
-        cells = [f"{e[a].mean():.3f} ± {e[a].std():.3f}" for a in alphas]
-        diff = ""
-        if "auto" in e and "1.0" in e:
-            d = e["auto"] - e["1.0"]
-            diff = f"{d.mean():+.3f} ({d.std(ddof=1) if len(d) > 1 else 0:.3f})"
-        chosen = ""
-        if "auto" in alphas:
-            ch = np.array([[r["alpha"] for r in rows[(g, s, "auto")]["records"]] for s in seeds])
-            chosen = "/".join(f"{v:.2f}" for v in np.median(ch, 0))
-        print(f"| {g} | {len(seeds)} | " + " | ".join(cells) + f" | {diff} | {chosen} |")
+        cells = [f"{e[a].mean():.3f}" for a in alphas]
+        d4, s4 = _paired(e["0.4"], e["1.0"])
+        da, sa = _paired(e["auto"], e["1.0"])
+        ch = np.array([[r["alpha"] for r in rows[(g, s, "auto")]["records"]] for s in seeds])
+        chosen = " / ".join(f"{v:.2f}" for v in np.median(ch, 0))
+        print(f"| {g} | {len(seeds)} | " + " | ".join(cells) + f" | {d4:+.3f} ({s4:.3f}) | {da:+.3f} ({sa:.3f}) | {chosen} |")
 
 
 def main(argv=None):
@@ -247,15 +312,21 @@ def main(argv=None):
     r.add_argument("--seeds", default="400-409")
     r.add_argument("--generators", nargs="*", default=None)
     r.add_argument("--alphas", nargs="*", default=["1.0", "0.4", "auto"])
+    pr = sub.add_parser("probe")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--seeds", default="400-403")
+    pr.add_argument("--generators", nargs="*", default=None)
     t = sub.add_parser("table")
-    t.add_argument("path")
+    t.add_argument("paths", nargs="+")
     t.add_argument("--alphas", nargs="*", default=["1.0", "0.4", "auto"])
     a = p.parse_args(argv)
     if a.cmd == "run":
         alphas = [x if x == "auto" else float(x) for x in a.alphas]
         run(a.out, a.generators or list(GENERATORS), S.parse_seeds(a.seeds), alphas)
+    elif a.cmd == "probe":
+        probe(a.out, a.generators or list(GENERATORS), S.parse_seeds(a.seeds))
     else:
-        table(a.path, a.alphas)
+        table(a.paths, a.alphas)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def pair_statistics(fixed, warped, Q, spec, weights=None, seed: int = 0) -> dict
 PROBE_ALPHA = 0.5  # any alpha < 1: the intensity fit is tried as for a blend and kept only if alpha < 1
 ALPHA_MIN = 0.4  # the most weight the prior gets (the paper's alpha)
 ALPHA_ONE_PAIR = 0.7  # the least alpha without a measured spread (one training pair, or an older prior file)
-SPREAD_RANGE = (0.05, 0.25)  # spread / MI(prior): full trust below, none above (linear between)
-FIT_RANGE = (0.15, 0.45)  # KL(pair || prior) / MI(prior): the same
+SPREAD_RANGE = (0.05, 0.2)  # spread / MI(prior): full trust below, none above (linear between)
+FIT_RANGE = (0.15, 0.4)  # KL(pair || prior) / MI(prior): the same
 
 
 def training_spread(prior, level: int):
