@@ -13,7 +13,7 @@ import torch
 from . import pyramid
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
-from .options import RegistrationOptions, auto_local_regions, resolve_options
+from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, resolve_options
 from .prior import Prior, check_regions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -62,7 +62,7 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
 
 
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
-    if opts.alpha < 1 and prior is None:
+    if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(
             f"{func}: alpha={opts.alpha} < 1 needs a learned prior (prior=fit_prior(...)); alpha=1 is mutual information alone"
         )
@@ -102,9 +102,14 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
              overrides=None, func: str = "register()") -> Inputs:
     """Check a registration problem and resolve its options (preset or options, then overrides)."""
     fix, mov = _check_pair(fixed, moving, spacing, func)
-    opts = resolve_options(fix.ndim, preset, options, **(overrides or {}))
+    given = dict(overrides or {})
+    if prior is not None and options is None and "alpha" not in given:
+        given["alpha"] = AUTO  # with a prior, priorreg decides how much to trust it (docs/method.md)
+    opts = resolve_options(fix.ndim, preset, options, **given)
     if options is None:  # options= is taken as given
-        opts = _prior_binning(opts, prior, overrides or {})
+        opts = _prior_binning(opts, prior, given)
+    if is_auto(opts.alpha) and prior is None:
+        opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
     _check_prior(prior, opts, fix.ndim, func)
     pyramid.check_levels(fix.shape, opts.levels, func)
     return Inputs(

@@ -172,11 +172,11 @@ def check_device(device: str) -> None:
 
 def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
     """Refuse bad option values, an unknown preset and alpha < 1 without a prior, before any work."""
-    from .options import preset_options
+    from .options import is_auto, preset_options
 
     for ndim in (2, 3):
         opts = preset_options(preset or "default", ndim).replace(**overrides)
-        if opts.alpha < 1 and not has_prior:
+        if not is_auto(opts.alpha) and opts.alpha < 1 and not has_prior:
             raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
 
 
@@ -184,12 +184,12 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     """``(overrides, options)`` of one registration: the preset's options for ``ndim``, the flags given,
     and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note).
     """
-    from .options import preset_options
+    from .options import is_auto, preset_options
 
     base = preset_options(preset or "default", ndim)
     overrides = {**_from_prior(base, overrides, prior, notes), **overrides}
     opts = base.replace(**overrides)
-    if opts.alpha < 1 and prior is None:
+    if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
     if prior is not None:
         prior.check_compatible(ndim, opts, f"prior {prior_path}")
