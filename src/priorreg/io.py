@@ -14,7 +14,7 @@ Everything goes through SimpleITK, which keeps the physical geometry:
 * ``write_image`` / ``write_field`` write atomically: a temporary file in the
   target directory, renamed into place with ``os.replace``, with the mode an
   ordinary write would give (0666 less the umask, or the replaced file's mode).
-* The displacement field file is an ITK vector image (``sitkVectorFloat64``) on
+* The displacement field file is an ITK vector image (``sitkVectorFloat32``) on
   the fixed grid whose vectors are world LPS (x, y, z) millimetres, pull-back: the
   fixed point x maps to x + field(x) in the moving image. That is what
   ``sitk.DisplacementFieldTransform`` and ANTs' ``apply_transforms`` expect.
@@ -549,14 +549,15 @@ def write_image(image: Image, path, name: str = "output") -> None:
 
 
 def field_to_sitk(field_world: np.ndarray, grid: Image):
-    """A ``sitkVectorFloat64`` image of world (LPS x, y, z) displacement vectors on ``grid``.
+    """A ``sitkVectorFloat32`` image of world (LPS x, y, z) displacement vectors on ``grid``
+    (float32 like ITK's and ANTs' own fields: half the bytes to compress and write).
 
     On a grid read from a single-slice 3D file (``grid.volume``) the 2D world vectors become
     3D ones (zero through-plane component) on that X x Y x 1 grid with its 3D geometry,
     which is what ITK's DisplacementFieldTransform and ANTs need to apply it to the 3D files.
     """
     sitk = _sitk()
-    v = np.asarray(field_world, dtype=np.float64)
+    v = np.asarray(field_world, dtype=np.float32)
     if v.shape != (*grid.shape, grid.ndim):
         raise PriorRegError(f"write_field(): field must have shape {(*grid.shape, grid.ndim)}, got {v.shape}")
     vol = _slice_volume(grid)
