@@ -191,7 +191,7 @@ def test_demo_runs_and_reports(capsys, tmp_path):
     out = tmp_path / "demo"
     rc, so, err = run(capsys, "demo", "--out", out)
     assert rc == 0, err
-    report = out / "alpha0.4" / "report.html"
+    report = out / "alphaauto" / "report.html"
     assert str(report.resolve()) in so
     assert sorted(os.listdir(out / "alpha1")) == sorted(cli.OUTPUT_NAMES + (cli.LINEAR_NAME,))
     summary = json.loads((out / "demo.json").read_text())

@@ -270,7 +270,7 @@ def _add_demo(sub) -> None:
         "demo",
         help="run a registration on bundled BrainWeb data and write a report",
         description="Learn a prior on the bundled BrainWeb T1/PD slice pair, deform the PD slice by a known smooth "
-        "field, register it back onto T1 with alpha=0.4 (prior) and alpha=1 (MI), and report the endpoint errors.",
+        "field, register it back onto T1 with alpha=auto (prior weighed per level) and alpha=1 (MI), and report the endpoint errors.",
     )
     d.add_argument("--out", default="priorreg-demo", metavar="DIR", help="output directory (default: ./priorreg-demo)")
     d.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="device (default: cpu)")

@@ -3,8 +3,9 @@
 The BrainWeb T1 and proton-density slices bundled under ``priorreg/data/brainweb`` are
 pixel-aligned. The demo learns a prior from the front half of that pair (other anatomy than the
 test region: never the test pair itself), deforms the PD slice's back half by a known smooth field
-(fixed seed), registers it back onto T1 with alpha = 0.4 (MI + learned prior) and with alpha = 1
-(MI alone), and reports the endpoint error of each recovered field against the known one.
+(fixed seed), registers it back onto T1 with alpha = "auto" (priorreg decides per level how much
+to trust the prior) and with alpha = 1 (MI alone), and reports the endpoint error of each
+recovered field against the known one.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ MOVING = DATA / "BrainProtonDensitySlice.png"
 MARKER = "demo.json"
 SEED = 7
 MAX_DISPLACEMENT_MM = 5.0
-ALPHAS = (0.4, 1.0)
+ALPHAS = ("auto", 1.0)
 
 
 def known_field(shape, max_disp=MAX_DISPLACEMENT_MM, seed=SEED) -> np.ndarray:
@@ -117,8 +118,8 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
 
     for alpha in ALPHAS:
         opts = RegistrationOptions(**(options or {}))
-        cb = None if console is None else console.progress(opts.max_iterations, opts.levels, label=f"alpha={alpha:g} ")
-        res = register(fixed, deformed, prior=prior if alpha < 1 else None, alpha=alpha, device=device,
+        cb = None if console is None else console.progress(opts.max_iterations, opts.levels, label=f"alpha={_label(alpha)} ")
+        res = register(fixed, deformed, prior=prior if _uses_prior(alpha) else None, alpha=alpha, device=device,
                        callback=cb, **(options or {}))
         if console is not None:
             console.end_bar()
@@ -132,7 +133,7 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
             "percent_folding": res.jacobian_stats["percent_nonpositive"],
         })
         if console is not None:
-            console.note(f"alpha={alpha:g}: {wf.summary(res)}; endpoint error {err[mask].mean():.3f} mm")
+            console.note(f"alpha={_label(alpha)}: {wf.summary(res)}; endpoint error {err[mask].mean():.3f} mm")
 
 
 def _finish(out, results, fixed, true_mm, mask, prior):
@@ -142,12 +143,12 @@ def _finish(out, results, fixed, true_mm, mask, prior):
                 "prior from the front half",
         "known_field": {"seed": SEED, "max_mm": MAX_DISPLACEMENT_MM, "mean_mm_in_head": float(true_norm[mask].mean())},
         "endpoint_error": [r[1] for r in results.values()],
-        "reports": {f"alpha={a:g}": os.path.join(_dirname(a), "report.html") for a in ALPHAS},
+        "reports": {f"alpha={_label(a)}": os.path.join(_dirname(a), "report.html") for a in ALPHAS},
     }
     extra_html = _summary_html(results, float(true_norm[mask].mean()))
     inputs = {"fixed": {"path": str(FIXED)}, "moving": {"path": str(MOVING), "deformed_by": "known_field (demo)"}}
     for alpha, (res, stats) in results.items():
-        wf.write_outputs(os.path.join(out, _dirname(alpha)), res, prior=prior if alpha < 1 else None, mask=None,
+        wf.write_outputs(os.path.join(out, _dirname(alpha)), res, prior=prior if _uses_prior(alpha) else None, mask=None,
                          inputs=inputs, extra={"demo": {**summary, "this_run": stats}}, extra_html=extra_html)
     pio.write_bytes(os.path.join(out, MARKER), (json.dumps(summary, indent=2) + "\n").encode())
 
@@ -155,7 +156,7 @@ def _finish(out, results, fixed, true_mm, mask, prior):
 def _summary_html(results, mean_mm: float) -> str:
     """The demo's section of each report.html: the endpoint errors of both runs."""
     rows = "".join(
-        f"<tr><td>{a:g}</td><td>{'MI + learned prior' if a < 1 else 'MI only'}</td>"
+        f"<tr><td>{_label(a)}</td><td>{'MI + learned prior' if _uses_prior(a) else 'MI only'}</td>"
         f"<td>{s['endpoint_error_mm_mean']:.3f}</td><td>{s['endpoint_error_mm_p95']:.3f}</td>"
         f"<td>{s['percent_folding']:.3f}</td><td><a href='../{_dirname(a)}/report.html'>{_dirname(a)}/report.html</a></td></tr>"
         for a, (_, s) in results.items()
@@ -174,4 +175,12 @@ def _summary_html(results, mean_mm: float) -> str:
 
 
 def _dirname(alpha: float) -> str:
-    return f"alpha{alpha:g}"
+    return f"alpha{_label(alpha)}"
+
+
+def _label(alpha) -> str:
+    return alpha if isinstance(alpha, str) else f"{alpha:g}"
+
+
+def _uses_prior(alpha) -> bool:
+    return isinstance(alpha, str) or alpha < 1
