@@ -101,3 +101,22 @@ def test_a_prior_sets_the_binning_a_preset_left_open():
     assert (r.options.bins, r.options.parzen_sigma, r.options.levels) == (64, 2.0, 2)
     with pytest.raises(PriorRegError, match="bins"):  # given explicitly: refused, not silently changed
         priorreg.register(f, m, prior=prior, alpha=0.5, bins=32, max_iterations=2)
+
+
+def test_auto_alpha_is_the_default_with_a_prior_and_is_reported(tmp_path, capsys):
+    from priorreg import cli
+
+    f, m = _pair((48, 48))
+    prior = priorreg.fit_prior([f, np.roll(f, 2, 0)], [m, np.roll(m, 2, 0)], levels=2)
+    prior.save(tmp_path / "p.npz")
+    for name, a in (("f.nii.gz", f), ("m.nii.gz", m)):
+        priorreg.write_image(priorreg.Image(a.astype(np.float32)), tmp_path / name)
+    args = ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--prior", str(tmp_path / "p.npz"),
+            "--out", str(tmp_path / "o"), "--max-iterations", "3", "--linear", "none"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    r = priorreg.register(f, m, prior=prior, max_iterations=3, linear="none")
+    assert r.options.alpha == "auto" and len(r.prior_weights) == r.options.levels
+    assert "alpha per level (auto) " in out
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "alpha at level 0 (auto)" in page

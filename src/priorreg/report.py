@@ -590,8 +590,15 @@ def _summary(result, fov) -> list:
         ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
         ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
         *_linear_rows(getattr(result, "linear", None)),
+        *_alpha_rows(getattr(result, "prior_weights", None) or []),
     ]
     return ["<h2>Summary</h2>", _table(rows)]
+
+
+def _alpha_rows(weights) -> list:
+    """alpha="auto": per level, the alpha chosen and why."""
+    return [(f"alpha at level {w['level']} (auto)", f"{w['alpha']:.2f}: {w.get('reason') or w.get('note') or ''}")
+            for w in weights]
 
 
 def _linear_rows(lin) -> list:

@@ -387,9 +387,16 @@ def summary(result) -> str:
     js = result.jacobian_stats
     its = "+".join(str(h.iterations) for h in result.history)
     return (
-        f"done in {result.seconds:.1f} s ({its} iterations){_linear_summary(result.linear)}, final energy "
+        f"done in {result.seconds:.1f} s ({its} iterations){_linear_summary(result.linear)}"
+        f"{_alpha_summary(result)}, final energy "
         f"{result.final_energy:.6g}, folding {js['percent_nonpositive']:.3f}% (Jacobian min {js['min']:.3f})"
     )
+
+
+def _alpha_summary(result) -> str:
+    """alpha="auto": the alpha chosen per level, coarsest first."""
+    weights = getattr(result, "prior_weights", None) or []
+    return "" if not weights else ", alpha per level (auto) " + "/".join(f"{w['alpha']:.2f}" for w in weights)
 
 
 def _linear_summary(lin) -> str:
