@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import synthetic as syn
 
-from priorreg import Prior, fit_prior, prior_weight
+from priorreg import Prior, fit_prior, prior_weight, register
 from priorreg.errors import PriorRegError
 from priorreg.options import RegistrationOptions
 
@@ -39,15 +39,7 @@ def test_pair():
 
 
 def _register_auto(f, m, prior, **kw):
-    """register(..., alpha="auto") through its stages: checks.validate is given a number for alpha
-    (it does not take "auto" yet), the options are then set to "auto"."""
-    from priorreg import checks, deformable, normalise, result
-
-    inp = checks.validate(f, m, prior=prior, overrides={**FAST, **kw, "alpha": 0.5})
-    inp.options = inp.options.replace(alpha="auto")
-    pyr = normalise.normalise(inp)
-    u, history, maps = deformable.deformable(inp, pyr)
-    return result.make_result(inp, pyr, u.double().cpu().numpy(), history, maps, [], 0.0)
+    return register(f, m, prior=prior, alpha="auto", **{**FAST, **kw})
 
 
 def _alphas(res):
@@ -132,15 +124,11 @@ def test_one_pair_prior_is_conservative(test_pair):
 
 def test_auto_at_alpha_one_is_mutual_information_alone(test_pair):
     """A level where auto chooses 1 runs exactly as alpha=1 (no fitted intensity maps, same field)."""
-    from priorreg import checks, deformable, normalise
-
     prior = _prior(T2, T1)  # swapped: auto chooses 1 everywhere
-    kw = {**FAST, "prior_intensity_fit": "affine"}
     res = _register_auto(*test_pair, prior, prior_intensity_fit="affine")
     assert _alphas(res) == [1.0, 1.0]
-    inp = checks.validate(*test_pair, prior=prior, overrides={**kw, "alpha": 1.0})
-    u, _, _ = deformable.deformable(inp, normalise.normalise(inp))
-    np.testing.assert_allclose(res.field, u.double().numpy(), atol=1e-6)
+    one = register(*test_pair, prior=prior, alpha=1.0, **{**FAST, "prior_intensity_fit": "affine"})
+    np.testing.assert_allclose(res.field, one.field, atol=1e-6)
 
 
 def test_choose_alpha_rule():
@@ -160,28 +148,13 @@ def test_choose_alpha_rule():
 # --------------------------------------------------------------------------- register() and the CLI
 
 
-def _validate_takes_auto() -> bool:
-    from priorreg import checks
-
-    f = np.random.default_rng(0).random((16, 16))
-    try:
-        checks.validate(f, f, prior=None, overrides=dict(alpha="auto", levels=1))
-    except TypeError:
-        return False
-    return True
-
-
-needs_auto_in_validate = pytest.mark.skipif(not _validate_takes_auto(), reason="checks.validate does not take alpha='auto' yet")
-
-
-@needs_auto_in_validate
-def test_register_auto(test_pair):
-    from priorreg import register
-
-    res = register(*test_pair, prior=_prior(), alpha="auto", **FAST)
-    assert min(_alphas(res)) < 0.9
-    res = register(*test_pair, prior=_prior(T2, T1), alpha="auto", **FAST)
-    assert min(_alphas(res)) >= 0.95
+def test_auto_is_the_default_with_a_prior(test_pair):
+    res = register(*test_pair, prior=_prior(), **FAST)
+    assert res.options.alpha == "auto" and len(res.prior_weights) == FAST["levels"]
+    res = register(*test_pair, alpha="auto", **FAST)  # no prior: mutual information alone
+    assert res.options.alpha == 1.0 and res.prior_weights == []
+    res = register(*test_pair, prior=_prior(), alpha=0.4, **FAST)  # an explicit alpha is kept
+    assert res.options.alpha == 0.4 and res.prior_weights == []
 
 
 def _cli(*args, cwd):
@@ -205,12 +178,10 @@ def test_cli_auto(tmp_path, test_pair, right):
     first, second = ([n[0] for n in names], [n[1] for n in names]) if right else ([n[1] for n in names], [n[0] for n in names])
     tr = _cli("train", "--fixed", *first, "--moving", *second, "--out", "p.npz", "--bins", 32, "--parzen-sigma", 1,
               "--levels", 2, cwd=tmp_path)
-    if tr.returncode != 0:
-        pytest.skip(f"priorreg train as called here failed: {tr.stderr.strip()[-300:]}")
-    r = _cli("register", "f.nii.gz", "m.nii.gz", "--prior", "p.npz", "--alpha", "auto", "--out", "out", "--levels", 2,
+    assert tr.returncode == 0, tr.stderr
+    alpha = ["--alpha", "auto"] if right else []  # with a prior and no --alpha, auto is the default
+    r = _cli("register", "f.nii.gz", "m.nii.gz", "--prior", "p.npz", *alpha, "--out", "out", "--levels", 2,
              "--max-iterations", 15, "--local-weight", 0, "--mind-weight", 0, "--linear", "none", cwd=tmp_path)
-    if r.returncode != 0 and ("auto" in r.stderr or "alpha" in r.stderr or "TypeError" in r.stderr):
-        pytest.skip(f"the CLI does not take --alpha auto yet: {r.stderr.strip()[-300:]}")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     weights = rep.get("prior_weights") or rep.get("result", {}).get("prior_weights")
