@@ -16,7 +16,7 @@ import time
 import warnings
 
 from .checks import validate
-from .deformable import deformable, prior_order_warnings
+from .deformable import deformable, prior_order_warnings, unused_prior_warnings
 from .errors import PriorRegWarning
 from .normalise import normalise
 from .prealign import after_prealign, one_field, prealign
@@ -80,5 +80,10 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=2)
     u, history, intensity_maps = deformable(work, pyr, callback)
+    late = unused_prior_warnings(inp, history)
+    if warn:
+        for msg in late:
+            warnings.warn(msg, PriorRegWarning, stacklevel=2)
+    notes = notes + late
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     return make_result(inp, pyr, field, history, intensity_maps, notes, time.perf_counter() - t0, lin)

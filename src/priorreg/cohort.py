@@ -602,7 +602,8 @@ def _start_client(args, n_run: int):
     tpw = args.threads_per_worker or 1
     workers = max(1, min(args.workers or max(1, _cores() // tpw), n_run))
     torch_threads = args.torch_threads or max(1, _cores() // (workers * tpw))
-    kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=None)
+    # the dashboard on any free port: another cluster (or a second cohort) may hold Dask's 8787
+    kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=":0")
     from .runtime import set_wait_policy
 
     set_wait_policy()  # inherited by the worker processes: OpenMP threads sleep instead of spinning

@@ -64,6 +64,17 @@ def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
     return [] if msg is None else [msg]
 
 
+def unused_prior_warnings(inp: Inputs, history: list) -> list:
+    """alpha="auto" gave the prior no weight at any level: say so, it is likely the wrong prior."""
+    recs = [h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None]
+    if inp.prior is None or not is_auto(inp.options.alpha) or not recs or any(r["alpha"] < 1 for r in recs):
+        return []
+    kl = recs[-1].get("kl")
+    far = "" if kl is None else f" (KL to it {kl:.2f} nats at full resolution)"
+    return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
+            f"{far}; was it learned on another modality pair or other anatomy? The result is mutual information alone"]
+
+
 def fit_intensities(inp: Inputs, pyr: Pyramids, level: int, alpha: float, u: torch.Tensor, sp: tuple):
     """(fixed, moving, record): the level's images, mapped onto the prior's intensities when the fit is on."""
     f_lv, m_lv = pyr.fixed[level], pyr.moving[level]
