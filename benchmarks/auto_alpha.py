@@ -166,16 +166,13 @@ def setting(gen, case):
 
 def register_case(case, s, prior, alpha):
     """priorreg's pipeline on one case; (field, per-level auto records or None, seconds)."""
-    from priorreg import checks, deformable, normalise
+    import priorreg
 
     t = time.perf_counter()
-    # the stages of priorreg.register (checks.validate does not take alpha="auto" yet)
-    inp = checks.validate(case["fixed"], case["moving"], prior=prior, spacing=case["spacing"],
-                          overrides={**s, "alpha": 0.5 if alpha == "auto" else alpha})
-    inp.options = inp.options.replace(alpha=alpha)
-    u, history, _ = deformable.deformable(inp, normalise.normalise(inp))
-    records = [getattr(h, "prior_weight", None) for h in history]
-    return u.double().cpu().numpy(), (records if alpha == "auto" else None), time.perf_counter() - t
+    r = priorreg.register(case["fixed"], case["moving"], prior=prior, spacing=case["spacing"], warn=False,
+                          **{**s, "alpha": alpha})
+    records = r.prior_weights if alpha == "auto" else None
+    return r.field, records, time.perf_counter() - t
 
 
 def run(out, gens, seeds, alphas):
