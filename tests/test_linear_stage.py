@@ -126,3 +126,18 @@ def test_the_report_shows_the_linear_stage(pair):
     page = (out / "report.html").read_text()
     assert "Linear stage: before / after" in page and "linear stage (affine): rotation" in page
     assert " deg" in page and "translation (world LPS)" in page
+
+
+def test_ants_reads_linear_tfm_and_field(pair):
+    ants = pytest.importorskip("ants")  # in the test extra: runs in CI
+    d, p, _ = pair
+    out = d / "run"
+    if not (out / "linear.tfm").exists():
+        _run(["register", p["fixed"], p["moving"], "--out", str(out), "--max-iterations", "0", "--quiet"])
+    fixed, moving = ants.image_read(p["fixed"]), ants.image_read(p["moving"])
+    warped = ants.image_read(str(out / "warped.nii.gz")).numpy()
+    brain = _brain(p["fixed"]).T  # ANTsPy arrays are (x, y)
+    scale = float(np.abs(warped[brain]).mean())
+    for transform in ("linear.tfm", "field.nii.gz"):
+        via = ants.apply_transforms(fixed, moving, [str(out / transform)]).numpy()
+        assert np.abs(via - warped)[brain].mean() < 0.01 * scale, transform

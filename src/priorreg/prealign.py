@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from .checks import Inputs
+from .options import is_auto
 from .linear import LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
 from .resample import warp
 
@@ -39,7 +40,7 @@ def initial_transform(inp: Inputs) -> LinearResult | None:
 
 def _estimate(inp: Inputs, kind: str, start: LinearResult | None) -> LinearResult:
     opts = inp.options
-    alpha = opts.alpha if isinstance(opts.alpha, float) else 1.0  # an automatic prior weight starts at MI alone
+    alpha = 1.0 if is_auto(opts.alpha) else float(opts.alpha)  # an automatic prior weight starts at MI alone
     return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
                            bins=opts.bins, parzen_sigma=opts.parzen_sigma, device=str(inp.device), initial=start,
                            prior_term=opts.prior_term, prior_floor=opts.prior_floor, normalization=opts.normalization)
