@@ -88,14 +88,14 @@ def _initial_field(initial_field, fix: Image, func: str):
     return init
 
 
-def _prior_binning(opts: RegistrationOptions, prior, given: dict) -> RegistrationOptions:
-    """A preset's binning and pyramid give way to the prior's where the caller did not set them."""
+def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
+    """The options a prior sets where the caller did not: its bins and Parzen sigma, and fewer levels."""
     if not isinstance(prior, Prior):
-        return opts
+        return {}
     changes = {k: getattr(prior, k) for k in ("bins", "parzen_sigma") if k not in given and getattr(prior, k) != getattr(opts, k)}
     if "levels" not in given and prior.levels < opts.levels:
         changes["levels"] = prior.levels
-    return opts.replace(**changes) if changes else opts
+    return changes
 
 
 def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None, options=None, initial_field=None,
@@ -107,7 +107,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         given["alpha"] = AUTO  # with a prior, priorreg decides how much to trust it (docs/method.md)
     opts = resolve_options(fix.ndim, preset, options, **given)
     if options is None:  # options= is taken as given
-        opts = _prior_binning(opts, prior, given)
+        opts = opts.replace(**prior_settings(opts, prior, given))
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
     _check_prior(prior, opts, fix.ndim, func)

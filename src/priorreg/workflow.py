@@ -28,7 +28,6 @@ PROG = "priorreg"
 OUTPUT_NAMES = ("warped.nii.gz", "field.nii.gz", "jacobian.nii.gz", "report.json", "report.html")
 LINEAR_NAME = "linear.tfm"  # the linear stage alone (ITK transform), written when it ran
 TEMP_PREFIX = ".priorreg-"  # temporary files and folders of a write in progress
-PRIOR_FIXED = ("bins", "parzen_sigma")  # options a prior fixes unless given explicitly
 _NEEDS_PRIOR = "--alpha {} < 1 needs a learned prior (--prior PRIOR from 'priorreg train'); alpha=1 is mutual information alone"
 
 
@@ -197,16 +196,12 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
 
 
 def _from_prior(base, given: dict, prior, notes: list) -> dict:
-    if prior is None:
-        return {}
-    out = {}
-    for name in PRIOR_FIXED:
-        if name not in given and getattr(prior, name) != getattr(base, name):
-            out[name] = getattr(prior, name)
-            notes.append(f"using --{name.replace('_', '-')} {out[name]} from the prior")
-    if "levels" not in given and prior.levels < base.levels:
-        out["levels"] = prior.levels
-        notes.append(f"using --levels {prior.levels} (the prior has tables for {prior.levels} level(s))")
+    from .checks import prior_settings
+
+    out = prior_settings(base, prior, given)
+    for name, value in out.items():
+        why = f" (the prior has tables for {value} level(s))" if name == "levels" else " from the prior"
+        notes.append(f"using --{name.replace('_', '-')} {value}{why}")
     return out
 
 
