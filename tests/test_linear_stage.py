@@ -141,3 +141,14 @@ def test_ants_reads_linear_tfm_and_field(pair):
     for transform in ("linear.tfm", "field.nii.gz"):
         via = ants.apply_transforms(fixed, moving, [str(out / transform)]).numpy()
         assert np.abs(via - warped)[brain].mean() < 0.01 * scale, transform
+
+
+def test_small_images_and_conflicting_starts():
+    import priorreg
+
+    g = np.zeros((28, 28))
+    g[8:20, 6:18] = 1.0
+    r = priorreg.register(g, 1 - g, levels=1, max_iterations=2)  # the linear stage follows levels
+    assert r.linear is not None and r.field.shape == (2, 28, 28)
+    with pytest.raises(priorreg.PriorRegError, match="initial_field or initial_transform, not both"):
+        priorreg.register(g, 1 - g, initial_field=np.zeros((2, 28, 28)), initial_transform="t.tfm")

@@ -50,7 +50,7 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     mask : array of the fixed shape, optional
         Fixed-space sample mask for the histogram.
     initial_field : array of shape (d, *fixed.shape), optional
-        Starting displacement (mm, same convention as the result).
+        Starting displacement (mm, same convention as the result); it replaces the linear stage.
     callback : callable(level, iteration, energy), optional
         Called after each accepted step (progress display).
     warn : bool

@@ -79,9 +79,11 @@ def _local_regions(opts: RegistrationOptions, fix: Image, func: str):
     return check_regions(lr, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
 
 
-def _initial_field(initial_field, fix: Image, func: str):
+def _initial_field(initial_field, fix: Image, func: str, opts: RegistrationOptions):
     if initial_field is None:
         return None
+    if opts.initial_transform:
+        raise PriorRegError(f"{func}: give initial_field or initial_transform, not both (a field already holds the transform)")
     init = np.asarray(initial_field, dtype=np.float64)
     if init.shape != (fix.ndim, *fix.shape) or not np.all(np.isfinite(init)):
         raise PriorRegError(f"{func}: initial_field must be a finite array of shape {(fix.ndim, *fix.shape)}, got {init.shape}")
@@ -122,5 +124,5 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         device=check_device(opts.device, func),
         dtype=DTYPES[opts.dtype],
         local_regions=_local_regions(opts, fix, func),
-        initial_field=_initial_field(initial_field, fix, func),
+        initial_field=_initial_field(initial_field, fix, func, opts),
     )

@@ -4,7 +4,8 @@ The transform is estimated by :func:`priorreg.linear.estimate_linear` (or read f
 file and refined). How the deformable stage then starts from it depends on its size:
 
 * a transform whose linear part is close to the identity (|A - I| <= ``NEAR_IDENTITY``: any
-  translation, rotations of a few degrees; a pair that was already aligned) is the deformable
+  translation, rotations of a few degrees; a pair that was already aligned), on a pair that
+  shares one grid, is the deformable
   stage's initial field, so the original moving image is interpolated once, as without the
   stage (resampling it first cost 0.01-0.03 voxel on every 3D benchmark draw:
   benchmarks/README.md, "Defaults and the linear stage"). The regulariser sees only its
@@ -42,7 +43,8 @@ def _estimate(inp: Inputs, kind: str, start: LinearResult | None) -> LinearResul
     opts = inp.options
     alpha = 1.0 if is_auto(opts.alpha) else float(opts.alpha)  # an automatic prior weight starts at MI alone
     return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
-                           bins=opts.bins, parzen_sigma=opts.parzen_sigma, device=str(inp.device), initial=start,
+                           bins=opts.bins, parzen_sigma=opts.parzen_sigma, levels=min(3, opts.levels),
+                           device=str(inp.device), initial=start,
                            prior_term=opts.prior_term, prior_floor=opts.prior_floor, normalization=opts.normalization)
 
 
@@ -71,7 +73,9 @@ def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]
     if lin is None:
         return inp, False
     field = linear_to_field(lin, inp.fixed)
-    if inp.initial_field is None and np.linalg.norm(lin.matrix - np.eye(lin.ndim), 2) <= NEAR_IDENTITY:
+    near_identity = np.linalg.norm(lin.matrix - np.eye(lin.ndim), 2) <= NEAR_IDENTITY
+    # (on two grids the deformable stage sees the moving image resampled onto the fixed box only)
+    if inp.initial_field is None and near_identity and inp.fixed.same_grid(inp.moving):
         return dataclasses.replace(inp, initial_field=field), False
     moved = warp(inp.moving, field, reference=inp.fixed, fill=None)
     return dataclasses.replace(inp, moving=moved), True

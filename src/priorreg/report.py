@@ -571,7 +571,8 @@ def _head(result, report: dict) -> list:
         f"<p>{html.escape(report.get('created', ''))} &middot; device {html.escape(result.device)} &middot; "
         f"{result.seconds:.1f} s &middot; final energy {result.final_energy:.6g} &middot; {_status(result)}</p>",
         f"<p>alpha = {o.alpha if isinstance(o.alpha, str) else format(o.alpha, 'g')} "
-        + ("(mutual information alone)" if o.alpha == 1 else "(mutual information blended with the learned prior)")
+        + ("(mutual information alone)" if o.alpha == 1 else "(chosen per level, see the summary)" if isinstance(o.alpha, str)
+           else "(mutual information blended with the learned prior)")
         + f", regularization &lambda; = {o.regularization:g}"
         + (" (times alpha at levels with 0 &lt; alpha &lt; 1)" if o.regularization_scaling == "alpha" else "")
         + f", {len(result.history)} pyramid level(s), "
