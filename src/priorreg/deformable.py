@@ -90,7 +90,7 @@ def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tupl
     """alpha="auto" at one level: (alpha, fixed, moving, intensity-fit record, evidence record).
 
     The intensity fit is tried first (as for any alpha < 1), the evidence is read on the pair as the
-    prior would see it (:func:`priorreg.prior_weight.level_evidence`) and the rule
+    prior would see it (:func:`priorreg.prior_weight.pair_statistics`) and the rule
     (:func:`priorreg.prior_weight.choose_alpha`) sets alpha; at alpha = 1 the level runs exactly as
     with alpha=1 (no fitted maps).
     """
