@@ -51,6 +51,19 @@ def available():
         out["convexadam"] = (convexadam, "ok")
     except Exception as e:  # noqa: BLE001
         out["convexadam"] = (None, f"convexAdam not importable: {e}")
+    try:
+        _niftyreg_bin("reg_f3d")
+        out["niftyreg-f3d"] = (niftyreg_f3d, "ok")
+        out["niftyreg-aladin-f3d"] = (niftyreg_aladin_f3d, "ok")
+    except Exception as e:  # noqa: BLE001
+        out["niftyreg-f3d"] = out["niftyreg-aladin-f3d"] = (None, f"niftyreg not usable: {e}")
+    try:
+        import picsl_greedy  # noqa: F401
+
+        out["greedy-nmi"] = (greedy_nmi, "ok")
+        out["greedy-affine-nmi"] = (greedy_affine_nmi, "ok")
+    except Exception as e:  # noqa: BLE001
+        out["greedy-nmi"] = out["greedy-affine-nmi"] = (None, f"picsl-greedy not importable: {e}")
     return out
 
 
@@ -220,3 +233,127 @@ def convexadam(fixed, moving, spacing, verify=True):
                              padding_mode="border")[0, 0].numpy() for c in _coords(f.shape)]
         _report("ConvexAdam (grid_sample as the package uses it)", np.stack(wc).astype(np.float64), field, spacing)
     return field
+
+
+# --------------------------------------------------------------------------- NiftyReg
+
+
+def _niftyreg_bin(name):
+    import niftyreg
+
+    path = os.path.join(niftyreg.bin_path, name)
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(path)
+    return path
+
+
+def _nr(tool, *args):
+    import subprocess
+
+    subprocess.run([_niftyreg_bin(tool), *map(str, args)], check=True, capture_output=True)
+
+
+def _nii(path, arr, spacing):
+    """NIfTI with the array axes as i, j, k and affine diag(spacing): world (RAS) mm = mm along the array axes."""
+    import nibabel as nib
+
+    aff = np.diag([*map(float, spacing), *[1.0] * (4 - len(spacing))])
+    im = nib.Nifti1Image(np.asarray(arr, np.float32), aff)
+    im.set_qform(aff, code=1)
+    im.set_sform(aff, code=1)
+    nib.save(im, path)
+    return path
+
+
+def _niftyreg(fixed, moving, spacing, affine, verify):
+    """reg_f3d defaults (NMI 64 bins, 5-voxel grid, 3 levels), optionally initialised by reg_aladin's default
+    rigid-then-affine (``-aff``: the control-point grid then holds the whole transform). Dense field by
+    ``reg_transform -ref fixed -disp cpp``: world RAS mm, which on these headers are mm along the array axes."""
+    import tempfile
+
+    import nibabel as nib
+
+    tmp = tempfile.mkdtemp(prefix="niftyreg_")
+    j = lambda n: os.path.join(tmp, n)  # noqa: E731
+    F, M = _nii(j("fix.nii"), fixed, spacing), _nii(j("mov.nii"), moving, spacing)
+    omp = ("-omp", THREADS)
+    init = ()
+    if affine:
+        _nr("reg_aladin", "-ref", F, "-flo", M, "-aff", j("aff.txt"), "-res", j("aff_res.nii"), *omp)
+        init = ("-aff", j("aff.txt"))
+    _nr("reg_f3d", "-ref", F, "-flo", M, "-cpp", j("cpp.nii"), "-res", j("res.nii"), *init, *omp)
+    _nr("reg_transform", "-ref", F, "-disp", j("cpp.nii"), j("disp.nii"), *omp)
+    disp = np.asarray(nib.load(j("disp.nii")).dataobj, np.float64)  # (n0, n1[, n2], 1, d)
+    d = fixed.ndim
+    field = np.stack([disp[..., k].reshape(fixed.shape) for k in range(d)])
+    if verify:
+        wc = []
+        for k, c in enumerate(_coords(fixed.shape)):
+            _nr("reg_resample", "-ref", F, "-flo", _nii(j(f"c{k}.nii"), c, spacing), "-trans", j("cpp.nii"),
+                "-res", j(f"w{k}.nii"), "-inter", 1, "-pad", -1000000, *omp)
+            wc.append(np.asarray(nib.load(j(f"w{k}.nii")).dataobj, np.float64).reshape(fixed.shape))
+        _report("NiftyReg", np.stack(wc), field, spacing)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return field
+
+
+def niftyreg_f3d(fixed, moving, spacing, verify=True):
+    """NiftyReg reg_f3d with its defaults, 2 OpenMP threads."""
+    return _niftyreg(fixed, moving, spacing, False, verify)
+
+
+def niftyreg_aladin_f3d(fixed, moving, spacing, verify=True):
+    """NiftyReg reg_aladin (its default rigid then affine) then reg_f3d initialised with the affine."""
+    return _niftyreg(fixed, moving, spacing, True, verify)
+
+
+# --------------------------------------------------------------------------- greedy (PICSL)
+
+GREEDY_DEFORMABLE = "-m NMI -n 100x50x10 -s 2.0vox 0.5vox"
+GREEDY_AFFINE = "-a -dof 12 -m NMI -n 100x50x10 -ia-image-centers"
+
+
+def _greedy(fixed, moving, spacing, affine, verify):
+    """greedy through its Python API (SimpleITK images in memory, so no file orientation is involved).
+    The warp is physical LPS mm on the fixed grid = mm along the reversed array axes (origin 0, identity
+    direction); ``-rc`` composes warp and affine into one field. ``-wp 0``: the warp kept at full precision
+    (greedy's default quantises a SAVED warp to 0.1 voxel; an output setting, not a registration one)."""
+    import io
+
+    import picsl_greedy
+
+    g = getattr(picsl_greedy, f"Greedy{fixed.ndim}D")()
+    q = dict(out=io.StringIO(), err=io.StringIO())
+    common = f"-i fix mov -threads {THREADS} -V 0"
+    imgs = dict(fix=_sitk(fixed, spacing), mov=_sitk(moving, spacing))
+    chain = "warp"
+    if affine:
+        g.execute(f"{common} {GREEDY_AFFINE} -o aff", aff=None, **imgs, **q)
+        imgs, chain = {}, "warp aff"
+    g.execute(f"{common} {GREEDY_DEFORMABLE} -wp 0 {'-it aff ' if affine else ''}-o warp", warp=None, **imgs, **q)
+    g.execute(f"-rf fix -rc comp -r {chain}", comp=None, **q)
+    import SimpleITK as sitk
+
+    disp = sitk.GetArrayFromImage(g["comp"])  # (*shape, d), components x,y[,z] (LPS = reversed array axes)
+    d = fixed.ndim
+    field = np.stack([disp[..., d - 1 - k] for k in range(d)]).astype(np.float64)
+    if verify:
+        wc = []
+        for k, c in enumerate(_coords(fixed.shape)):
+            g.execute(f"-rf fix -ri LINEAR -rb -1000000 -rm c{k} w{k} -r {chain}", **{f"c{k}": _sitk(c, spacing), f"w{k}": None}, **q)
+            wc.append(sitk.GetArrayFromImage(g[f"w{k}"]))
+        _report("greedy", np.stack(wc).astype(np.float64), field, spacing)
+    return field
+
+
+def greedy_nmi(fixed, moving, spacing, verify=True):
+    """greedy deformable only: ``-m NMI -n 100x50x10 -s 2.0vox 0.5vox``, 2 threads."""
+    return _greedy(fixed, moving, spacing, False, verify)
+
+
+def greedy_affine_nmi(fixed, moving, spacing, verify=True):
+    """greedy ``-a -dof 12 -m NMI -ia-image-centers`` (affine), then the deformable stage with ``-it`` the affine;
+    one composed field."""
+    return _greedy(fixed, moving, spacing, True, verify)

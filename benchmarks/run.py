@@ -467,6 +467,7 @@ def main(argv=None):
     p.add_argument("--cases", nargs="*", help="case names: " + ", ".join(C.CASES))
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--peers", nargs="*", help="only these peers")
+    p.add_argument("--no-priorreg", action="store_true", help="skip the priorreg rows (peers and no registration only)")
     p.add_argument("--set", nargs="*", default=[], metavar="DIM.KEY=VALUE",
                    help="change a priorreg setting for this run, e.g. 3d.force=warped 3d.tolerance=1e-3")
     a = p.parse_args(argv)
@@ -510,7 +511,9 @@ def main(argv=None):
         rows.append(dict(case=name, method="no registration", setting="", **baseline(case), seconds=0.0, peak_mb=0.0, delta_mb=0.0))
         fields = {}
         runs = []
-        if case["kind"] == "phantom":
+        if a.no_priorreg:
+            pass
+        elif case["kind"] == "phantom":
             runs.append(("priorreg", "MI (alpha=1)", None, 1.0, {}))
             for key in ("small", "big"):
                 runs.append(("priorreg", f"alpha=0, {key}-disc prior", key, 0.0, {}))
