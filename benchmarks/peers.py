@@ -283,6 +283,10 @@ def _niftyreg(fixed, moving, spacing, affine, verify):
         init = ("-aff", j("aff.txt"))
     _nr("reg_f3d", "-ref", F, "-flo", M, "-cpp", j("cpp.nii"), "-res", j("res.nii"), *init, *omp)
     _nr("reg_transform", "-ref", F, "-disp", j("cpp.nii"), j("disp.nii"), *omp)
+    import resource  # the tools run as child processes: their peak RSS is not in this process's VmHWM
+
+    print(f"    [niftyreg] largest tool process so far: peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB",
+          flush=True)
     disp = np.asarray(nib.load(j("disp.nii")).dataobj, np.float64)  # (n0, n1[, n2], 1, d)
     d = fixed.ndim
     field = np.stack([disp[..., k].reshape(fixed.shape) for k in range(d)])

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import center_of_mass, gaussian_filter, map_coordinates
+from scipy.optimize import minimize
 
 from . import histogram as hist
 from .energy import PRIOR_TERMS, NegMutualInformation, Tables
@@ -291,20 +292,23 @@ def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor):
 
 
 def _optimise(lv: _Level, pb: _Problem, p: torch.Tensor, free: torch.Tensor, iters: int) -> torch.Tensor:
-    """L-BFGS (strong Wolfe line search) on the free entries of p; returns the new p."""
-    idx = free.nonzero().reshape(-1)
-    x = p[idx].clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iters, history_size=10, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-7, tolerance_change=1e-5)
+    """L-BFGS-B (scipy) on the free entries of p; returns the new p.
 
-    def closure():
-        opt.zero_grad()
+    (scipy rather than torch.optim: constructing a torch optimizer imports torch._dynamo,
+    about 2 s of start-up for a problem of at most 12 parameters.)
+    """
+    idx = free.nonzero().reshape(-1)
+
+    def energy_and_gradient(xn):
+        x = torch.as_tensor(xn, dtype=p.dtype, device=p.device).requires_grad_(True)
         e = _evaluate(lv, pb, p.index_put((idx,), x))[0]
         e.backward()
-        return e
+        return float(e.detach()), x.grad.detach().cpu().numpy().astype(np.float64)
 
-    opt.step(closure)
-    out = p.index_put((idx,), x.detach())
+    x0 = p[idx].detach().cpu().numpy().astype(np.float64)
+    res = minimize(energy_and_gradient, x0, jac=True, method="L-BFGS-B",
+                   options=dict(maxiter=iters, maxfun=int(1.25 * iters) + 1, maxcor=10, gtol=1e-7, ftol=1e-5))
+    out = p.index_put((idx,), torch.as_tensor(res.x, dtype=p.dtype, device=p.device))
     return out if torch.all(torch.isfinite(out)) else p
 
 
