@@ -247,10 +247,20 @@ def _niftyreg_bin(name):
     return path
 
 
+NR_PEAK_MB = [0.0]  # peak RSS of the NiftyReg tools (child processes, so not in the VmHWM run.py reads), by /usr/bin/time
+
+
 def _nr(tool, *args):
     import subprocess
+    import tempfile
 
-    subprocess.run([_niftyreg_bin(tool), *map(str, args)], check=True, capture_output=True)
+    cmd = [_niftyreg_bin(tool), *map(str, args)]
+    if not os.access("/usr/bin/time", os.X_OK):
+        subprocess.run(cmd, check=True, capture_output=True)
+        return
+    with tempfile.NamedTemporaryFile("r") as fh:
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", fh.name, *cmd], check=True, capture_output=True)
+        NR_PEAK_MB[0] = max(NR_PEAK_MB[0], int(fh.read().split()[-1]) / 1024)
 
 
 def _nii(path, arr, spacing):
@@ -283,10 +293,7 @@ def _niftyreg(fixed, moving, spacing, affine, verify):
         init = ("-aff", j("aff.txt"))
     _nr("reg_f3d", "-ref", F, "-flo", M, "-cpp", j("cpp.nii"), "-res", j("res.nii"), *init, *omp)
     _nr("reg_transform", "-ref", F, "-disp", j("cpp.nii"), j("disp.nii"), *omp)
-    import resource  # the tools run as child processes: their peak RSS is not in this process's VmHWM
-
-    print(f"    [niftyreg] largest tool process so far: peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB",
-          flush=True)
+    print(f"    [niftyreg] peak RSS of the largest tool process: {NR_PEAK_MB[0]:.0f} MB", flush=True)
     disp = np.asarray(nib.load(j("disp.nii")).dataobj, np.float64)  # (n0, n1[, n2], 1, d)
     d = fixed.ndim
     field = np.stack([disp[..., k].reshape(fixed.shape) for k in range(d)])

@@ -41,7 +41,7 @@ from .intensity import intensity_range, normalize, otsu_threshold
 
 KINDS = ("rigid", "affine")
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
-_DT = torch.float64
+_DT = torch.float32  # float64 gave the same transforms (0.39 vs 0.39 mm mean error, 3D test pair) at 2.6x the time
 
 
 # --------------------------------------------------------------------------- result
