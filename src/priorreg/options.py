@@ -313,7 +313,7 @@ _NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
 # the prior acts), no MIND-SSC (it pulls each structure to the nearest edge), the paper's weighting, and
 # room for structures to travel across the image (the circle phantom's disc needs more than 300 iterations
 # a level). benchmarks/phantom_layouts.py measures it on layouts of the paper's Fig. 1.
-_PRIOR_DECIDES = dict(linear="none", mind_weight=0.0, prior_intensity_fit="none", regularization_scaling="none",
+_PRIOR_DECIDES = dict(alpha=0.4, linear="none", mind_weight=0.0, prior_intensity_fit="none", regularization_scaling="none",
                       max_iterations=1500)
 _PRIOR_TOLERANCE = {2: dict(tolerance=3e-4), 3: dict()}
 _PAPER = dict(bending=0.0, regularization_scaling="none", prior_intensity_fit="none", prior_term="kl",
