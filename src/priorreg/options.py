@@ -309,13 +309,6 @@ _MR_3D = dict(bins=32, parzen_sigma=1.0, tolerance=2e-3, tolerance_window=5, loc
               bending_scale="spacing")
 _LINEAR = dict(linear="affine")
 _NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
-# "the prior decides where things go": no MI-driven linear stage (it moves structures by MI alone before
-# the prior acts), no MIND-SSC (it pulls each structure to the nearest edge), the paper's weighting, and
-# room for structures to travel across the image (the circle phantom's disc needs more than 300 iterations
-# a level). benchmarks/phantom_layouts.py measures it on layouts of the paper's Fig. 1.
-_PRIOR_DECIDES = dict(alpha=0.4, linear="none", mind_weight=0.0, prior_intensity_fit="none", regularization_scaling="none",
-                      max_iterations=1500)
-_PRIOR_TOLERANCE = {2: dict(tolerance=3e-4), 3: dict()}
 _PAPER = dict(bending=0.0, regularization_scaling="none", prior_intensity_fit="none", prior_term="kl",
               local_weight=0.0, mind_weight=0.0)
 
@@ -340,9 +333,6 @@ PRESETS = {
     # PET or SPECT against CT: the local terms do not survive the functional image's blur and noise
     # (a rigid linear stage: the affine one shrank the blurred PET on 7 of 9 benchmark draws)
     "functional": _per_dimension(_MR, _LINEAR, _NO_LOCAL_TERMS, dict(linear="rigid")),
-    # a prior learned where the test pair lives (a regional prior, fit_prior(regions=k), in one frame):
-    # the prior, not the similarity, decides where structures go (docs/options.md)
-    "prior": _per_dimension(_MR, _PRIOR_DECIDES, _PRIOR_TOLERANCE),
     # the 2005 energy exactly: global MI and KL to the prior, membrane regulariser, no linear stage
     "paper": _per_dimension(_PAPER),
 }
