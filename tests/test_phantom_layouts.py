@@ -3,7 +3,7 @@ prior, trained as a user would on (f1, disc on the target), sends the moving dis
 learned on, with the library's defaults. benchmarks/phantom_layouts.py runs the designed layouts at
 256 px; the two here (benchmarks/phantom_layouts.py TEST_LAYOUTS) are small and held out.
 
-Open (issue 20.5): the target is not met yet, so the test is a strict xfail; it turns into a failure
+Open (issue 20.5): the target is not met yet, so the test is a strict xfail for the small-circle prior (the big-circle one passes: MI goes there anyway); it turns into a failure
 (XPASS) the day it is met, and the marker must then go. What fails today, measured with
 benchmarks/phantom_layouts.py: alpha "auto" gives a one-pair regional prior no weight at a misaligned
 start (and with alpha 1 at a level the regional energy crashed with an IndexError in energy.py), and
@@ -28,10 +28,12 @@ def layouts():
     return phantom_layouts
 
 
+OPEN = pytest.mark.xfail(strict=True, reason="issue 20.5: a small-circle regional prior does not yet decide other layouts")
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 20.5: the regional prior does not yet decide other phantom layouts")
 @pytest.mark.parametrize("name", ["test-vertical112", "test-diag96x128"])
-@pytest.mark.parametrize("target", ["small", "big"])
+@pytest.mark.parametrize("target", [pytest.param("small", marks=OPEN), "big"])  # the big circle is where MI goes anyway
 def test_the_regional_prior_decides_where_the_disc_goes(layouts, name, target):
     case = layouts.make_layout(name)
     prior = priorreg.fit_prior(*case["train"][target], regions=8)
