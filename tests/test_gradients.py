@@ -215,6 +215,16 @@ def test_regional_prior_gradient(shape, spacing, regions, term):
     _check(data, reg, u)
 
 
+def test_regional_prior_with_zero_weight_leaves_a_global_energy():
+    # alpha = 1 at a level (alpha="auto" can choose it): the regional prior's weight is 0 and
+    # only global MI remains on an energy laid out in blocks; its force reads the one table.
+    data, reg, u = _setup((24, 20), (1.0, 1.3), 1.0, 1.0, True, bins=12, regions=(2, 3))
+    assert data.region is not None and [t.name for _, t in data.terms] == ["-MI"]
+    glob, _, _ = _setup((24, 20), (1.0, 1.3), 1.0, 1.0, True, bins=12)
+    assert torch.allclose(data.evaluate(u, True)[2], glob.evaluate(u, True)[2])
+    _check(data, reg, u)
+
+
 def test_regional_prior_with_one_region_is_the_global_prior():
     a, _, u = _setup((24, 20), (1.0, 1.3), 0.4, 1.0, True)
     b, _, _ = _setup((24, 20), (1.0, 1.3), 0.4, 1.0, True, regions=(1, 1))

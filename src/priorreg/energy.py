@@ -293,7 +293,8 @@ class JointHistogramEnergy:
             C = hist.smooth(sum(glob), self.S)[None]
         if reg:
             C = C + hist.smooth(sum(reg), self.S)
-        s = hist.d2_bilinear(C, self.a, b, self.region).to(dtype)
+        # no regional term left (a regional prior weighted 0 at this level): one table for every sample
+        s = hist.d2_bilinear(C, self.a, b, self.region if reg else None).to(dtype)
         g = beta * s * inside.to(dtype)
         if self.weights is not None:
             g = g * self.weights
