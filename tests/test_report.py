@@ -1,24 +1,47 @@
-"""The HTML report: one PNG per panel, the panels in order, the moving field of view."""
+"""The HTML report: its panels in order, each picture a PNG composed without a plotting library
+(no matplotlib in the process), the moving field of view outlined, colour scales and plots."""
 import base64
+import io
+import re
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 from scipy.stats import rankdata
 
 import priorreg
 import synthetic
+from priorreg import pictures as pic
 from priorreg import report
 from priorreg.image import Image
 
 TITLES = ["Checkerboard: fixed / moving", "Fixed-image edges over the moving image", "Difference images",
           "Deformation", "Joint intensity histograms", "Energy"]
+COLUMNS = {"Linear stage: before / after": 2, "Checkerboard: fixed / moving": 2,
+           "Fixed-image edges over the moving image": 2, "Difference images": 3, "Deformation": 2}
 
 
-def png_shape(b64):
-    raw = base64.b64decode(b64)
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    return int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")  # (height, width) from IHDR
+def pictures(body) -> list:
+    """[(alt text, RGB array)] of the PNGs in an HTML fragment, in order."""
+    out = []
+    for alt, b64 in re.findall(r"<img alt='([^']*)'[^>]*src='data:image/png;base64,([^']+)'", body):
+        raw = base64.b64decode(b64)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        out.append((alt, np.asarray(PILImage.open(io.BytesIO(raw)).convert("RGB"))))
+    return out
+
+
+def images(body) -> list:
+    """The pictures of ``body`` without its colour bars."""
+    return [a for alt, a in pictures(body) if alt != "colour scale"]
+
+
+def has(rgb, colour) -> bool:
+    return bool((rgb == np.asarray(colour, np.uint8)).all(-1).any())
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +62,32 @@ def volume():
 
 
 @pytest.mark.parametrize("case", ["half", "volume"])
-def test_every_panel_is_a_png_in_order(case, request):
+def test_every_panel_in_order_with_its_pictures(case, request):
     result = request.getfixturevalue(case)
     data = report._Data(result)
-    titles = (["Linear stage: before / after"] if result.linear is not None else []) + TITLES  # (tested in test_linear_stage)
+    titles = (["Linear stage: before / after"] if result.linear is not None else []) + TITLES
     drawn = [f for f in (panel(data) for panel in report.PANELS) if f is not None]
-    assert len(drawn) == len(titles)
-    for (t, caption, b64), title in zip(drawn, titles):
-        h, w = png_shape(b64)
-        assert t == title and caption and h > 100 and w > 100, (t, h, w)
+    assert [t for t, _, _ in drawn] == titles and all(caption for _, caption, _ in drawn)
+    for t, _, body in drawn:
+        if t in COLUMNS:  # one picture per view and column, each at least 256 pixels on its longer side
+            shown = images(body)
+            assert len(shown) == COLUMNS[t] * len(data.views), t
+            assert all(max(a.shape[:2]) >= 256 and a.shape[2] == 3 for a in shown), t
+    hist = images(drawn[titles.index("Joint intensity histograms")][2])
+    assert len(hist) == 2 and all(a.shape == (256, 256, 3) for a in hist)  # 64 bins, enlarged 4 times
+    energy = drawn[titles.index("Energy")][2]
+    assert energy.count("<svg") == 2 and "<polyline" in energy and "level 0" in energy
     assert [t for t, _, _ in report.figures(result)] == titles
+
+
+def test_the_linear_panel_when_the_linear_stage_ran():
+    lab = synthetic.anatomy((40, 40), seed=2)
+    fixed = Image(synthetic.contrast(lab, synthetic.T1), (1.0, 1.0))
+    moving = Image(synthetic.contrast(lab, synthetic.T2_MONO, seed=5), (1.0, 1.0))
+    result = priorreg.register(fixed, moving, levels=1, max_iterations=2, linear="rigid", warn=False)
+    title, caption, body = report.panel_linear(report._Data(result))
+    assert title == "Linear stage: before / after" and "rigid stage" in caption
+    assert len(images(body)) == 2 and "after the rigid stage" in body
 
 
 def test_views_are_mid_slices_with_the_pixel_aspect():
@@ -60,11 +99,35 @@ def test_views_are_mid_slices_with_the_pixel_aspect():
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
 
 
-def test_no_figure_left_open(half):
-    plt = report._plt()
-    before = len(plt.get_fignums())
-    report.figures(half)
-    assert len(plt.get_fignums()) == before
+def test_pictures_keep_the_physical_proportions(volume):
+    # spacing (2, 1, 1.5) mm: the view of array axes (0, 2) is 14*2 = 28 mm by 12*1.5 = 18 mm
+    data = report._Data(volume)
+    shown = images(report.panel_checkerboard(data)[2])
+    for v, rgb in zip(data.views, shown[::2]):
+        h, w = data.fixed[v.sl].shape
+        mm = (h * volume.fixed.spacing[v.axes[0]], w * volume.fixed.spacing[v.axes[1]])
+        assert rgb.shape[0] / rgb.shape[1] == pytest.approx(mm[0] / mm[1], rel=0.03)
+
+
+def test_report_renders_without_matplotlib(tmp_path):
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import priorreg, synthetic\n"
+        "from priorreg import report\n"
+        "from priorreg.image import Image\n"
+        "lab = synthetic.anatomy((32, 32), seed=0)\n"
+        "f = Image(synthetic.contrast(lab, synthetic.T1), (1.0, 1.0))\n"
+        "m = Image(synthetic.contrast(lab, synthetic.T2_MONO, seed=1), (1.0, 1.0))\n"
+        "r = priorreg.register(f, m, levels=1, max_iterations=2, linear='rigid', warn=False)\n"
+        f"report.write_html({str(tmp_path / 'report.html')!r}, r, report.report_dict(r))\n"
+        "print('matplotlib' in sys.modules, 'PIL' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["False", "True"], r.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 13 and page.count("<svg") == 2
 
 
 def test_fov_percentage_when_the_moving_image_covers_half(half):
@@ -73,6 +136,13 @@ def test_fov_percentage_when_the_moving_image_covers_half(half):
     html = report.render_html(half, report.report_dict(half))
     assert "<td>fixed grid outside the moving field of view</td><td>50.0%</td>" in html
     assert "50.0% of the fixed grid lies outside it" in html  # the checkerboard's caption, beside its outline
+    data = report._Data(half)
+    for panel in (report.panel_checkerboard, report.panel_edges):
+        before, after = images(panel(data)[2])
+        assert has(after, report.FOV_RGB) and not has(before, report.FOV_RGB), panel.__name__
+        # the outline runs down the middle of the 'after' picture (the moving image's right border)
+        cols = np.flatnonzero((after == report.FOV_RGB).all(-1).any(0))
+        assert abs(cols.mean() - after.shape[1] / 2) <= 2
 
 
 def test_fov_without_result_fov_warps_ones_through_the_field():
@@ -92,6 +162,60 @@ def test_full_fov_draws_no_outline(volume):
     data = report._Data(volume)
     assert report.percent_outside(data.fov) == 0.0 and data.fov_outline is None
     assert "lies outside it" not in report.panel_checkerboard(data)[1]
+    assert not any(has(a, report.FOV_RGB) for a in images(report.panel_checkerboard(data)[2]))
+
+
+def test_edges_are_red_and_the_grid_lines_yellow(half):
+    data = report._Data(half)
+    for shown in images(report.panel_edges(data)[2]):  # the edges, blended at 0.9 over the grey image
+        assert ((shown[..., 0] > 200) & (shown[..., 1] < 80) & (shown[..., 2] < 80)).mean() > 0.01
+    grid, _ = images(report.panel_deformation(data)[2])
+    assert (grid == report.GRID_RGB).all(-1).mean() > 0.02
+
+
+def test_jacobian_colours_white_at_one_black_where_folding():
+    # det = -1 (folding), 0.5 (shrinking), 1 (kept), 3 (growing). Top of the scale: max(2, 99.5th percentile),
+    # the percentile at position 0.995 * 3 = 2.985 of the sorted values: 1 + 0.985 * (3 - 1) = 2.97.
+    jac = np.array([[-1.0, 0.5, 1.0, 3.0]])
+    data = types.SimpleNamespace(result=types.SimpleNamespace(jacobian=jac))
+    draw, bar = report._draw_jacobian(data)
+    (v,) = report._views(2, jac.shape, (1.0, 1.0))
+    rgb = draw(v, jac.shape)[0]
+    assert tuple(rgb[0]) == (0, 0, 0) and np.abs(rgb[2].astype(int) - 247).max() <= 2  # the map's white, 247
+    assert rgb[1, 2] > rgb[1, 0] and rgb[3, 0] > rgb[3, 2]  # blue below 1, red above
+    assert "<span>1</span>" in bar and "2.97</span>" in bar
+
+
+def test_alpha_rows_in_the_summary():
+    rows = report._alpha_rows([{"level": 1, "alpha": 0.5, "reason": "prior fits"}, {"level": 0, "alpha": 1.0}])
+    assert rows == [("alpha at level 1 (auto)", "0.50: prior fits"), ("alpha at level 0 (auto)", "1.00: ")]
+
+
+def test_enlarge_outline_and_display_shape():
+    a = np.arange(6).reshape(2, 3)
+    assert (pic.enlarge(a, (4, 6)) == np.kron(a, np.ones((2, 2), int))).all()  # whole factors repeat pixels
+    assert pic.display_shape((10, 20), 2.0) == (260, 260)  # 20 columns * 13 >= 256; rows twice as tall
+    assert pic.display_shape((300, 100), 1.0) == (300, 100)  # large enough already
+    m = np.zeros((4, 6), bool)
+    m[:, :3] = True
+    assert (pic.outline(m) == np.isin(np.arange(6), (2, 3))[None].repeat(4, 0)).all()
+
+
+def test_draw_lines_leaves_no_gaps_and_cuts_at_nan():
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    diagonal = np.array([[[0.0, 0.0], [19.0, 19.0]]])
+    out = pic.draw_lines(rgb, diagonal, (255, 0, 0))
+    assert (out[..., 0] > 0).any(1).all() and (out[..., 0] > 0).any(0).all()
+    cut = np.array([[[0.0, 0.0], [np.nan, np.nan], [19.0, 19.0]]])
+    assert not pic.draw_lines(rgb, cut, (255, 0, 0)).any()
+
+
+def test_colour_maps_and_ticks():
+    assert np.abs(pic.DIVERGING[127:129].astype(int) - 247).max() <= 2 and tuple(pic.SEQUENTIAL[0]) == (0, 0, 4)
+    assert pic.colour(np.array([-5.0, 0.0, 1.0, 7.0, np.nan]), 0.0, 1.0, pic.GREY)[:, 0].tolist() == [0, 0, 255, 255, 0]
+    assert pic.nice_ticks(-0.47, 0.12) == pytest.approx([-0.4, -0.2, 0.0])
+    svg = pic.svg_plot([(np.arange(4), np.array([1.0, np.nan, 2.0, 3.0]), "#000000", "a")], title="t", xlabel="x")
+    assert svg.count("<polyline") == 2 and ">a</text>" in svg
 
 
 def test_rank_difference_is_scipy_rankdata():

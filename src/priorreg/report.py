@@ -1,11 +1,11 @@
 """The registration report: ``report.json`` (machine-readable) and ``report.html`` (visual QC).
 
-The HTML page is self-contained: every figure is a PNG rendered with matplotlib's Agg
-backend and embedded as base64. 3D images are shown as three orthogonal mid slices.
-:data:`PANELS` lists the figures, one small function each; they read what they share from
-one :class:`_Data`, computed once. Laid out with fixed margins rather than tight_layout
-(which measures every text and cost more than drawing), the figures cost a fraction of
-a registration (issue 17).
+The HTML page is self-contained. :data:`PANELS` lists its sections, one small function each;
+they read what they share from one :class:`_Data`, computed once. Pictures are composed as RGB
+arrays and embedded as PNGs (:mod:`priorreg.pictures`: no plotting library, whose import and
+drawing cost more than a 2D registration, issue 17.4); titles, colour-scale ranges and view
+names are HTML text; the energy curves are inline SVG. 3D images are shown as three
+orthogonal mid slices, each resampled to its physical proportions.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from . import io as pio
+from . import pictures as pic
 from .intensity import normalize
 
 
@@ -32,7 +33,7 @@ def package_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("priorreg", "torch", "numpy", "scipy", "SimpleITK", "matplotlib"):
+    for pkg in ("priorreg", "torch", "numpy", "scipy", "SimpleITK", "Pillow"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -105,7 +106,9 @@ def write_json(path, data: dict) -> None:
 # --------------------------------------------------------------------------- figures
 
 
-FOV_COLOR = "#00e5ff"  # outline of the moving image's field of view
+FOV_RGB = (0, 229, 255)  # cyan: outline of the moving image's field of view
+EDGE_RGB = (255, 38, 26)  # red: the fixed image's edges
+GRID_RGB = (255, 204, 0)  # yellow: the deformed grid lines
 
 
 @dataclass(frozen=True)
@@ -217,26 +220,6 @@ def _joint_histogram(f, m, ranges, bins, sigma, mask=None):
     return P.numpy()
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-DPI = 80
-
-
-def _png(fig) -> str:
-    """The figure (laid out by :func:`_margins`) as a base64 PNG; closes it."""
-    buf = _bytesio.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})  # fast; about 15% larger
-    _plt().close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 class _Data:
     """What the panels read, computed once per report, each item on first use."""
 
@@ -252,9 +235,14 @@ class _Data:
         self.fov = field_of_view(result) if fov is None else fov
 
     @cached_property
+    def moving_range(self):
+        """The display range shared by the moving images (before, after, after the linear stage)."""
+        return _display_range(np.concatenate([self.before.ravel(), self.after.ravel()]))
+
+    @cached_property
     def scaled(self):
         """(fixed, before, after) scaled to [0, 1] for display; moving ones share one range."""
-        r_m = _display_range(np.concatenate([self.before.ravel(), self.after.ravel()]))
+        r_m = self.moving_range
         return _scaled(self.fixed, _display_range(self.fixed)), _scaled(self.before, r_m), _scaled(self.after, r_m)
 
     @cached_property
@@ -271,7 +259,7 @@ class _Data:
 
         r = self.result
         a = np.asarray(warp(r.moving, linear_to_field(r.linear, r.fixed), reference=r.fixed).array, float)
-        return _scaled(a, _display_range(np.concatenate([self.before.ravel(), self.after.ravel()])))
+        return _scaled(a, self.moving_range)
 
     @property
     def fov_outline(self):
@@ -295,58 +283,37 @@ def _at(a, v):
     return a(v) if callable(a) else a[v.sl]
 
 
-def _grid(d, columns, titles, size=(3.4, 3.4)) -> str:
-    """One row per view, one column per ``columns`` entry (draw(ax, view)); base64 PNG."""
-    nrows, ncols = len(d.views), len(columns)
-    fig, axs = _plt().subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-    for r, v in enumerate(d.views):
-        for c, draw in enumerate(columns):
-            axs[r, c].set_axis_off()
-            draw(axs[r, c], v)
-            axs[r, c].set_title(titles[c] + (f"\n{v.title}" if v.title else ""), fontsize=9)
-    title_lines = 2 if d.views[0].title else 1
-    colorbars = len(fig.axes) > nrows * ncols  # room for their tick labels right of every image
-    _margins(fig, ncols, nrows, left=0.05, bottom=0.05, right=0.5 if colorbars else 0.05, top=0.1 + 0.16 * title_lines)
-    return _png(fig)
+def _grid(d, columns) -> str:
+    """HTML: a header per column, then one row of pictures per view (named above it in 3D), then the colour bars.
+
+    ``columns``: [(label, draw(view, display shape) -> RGB, colour bar HTML or "")]."""
+    cells = [f"<div class='head'>{html.escape(label)}</div>" for label, _, _ in columns]
+    for v in d.views:
+        if v.title:
+            cells.append(f"<div class='row'>{html.escape(v.title)}</div>")
+        size = pic.display_shape(d.fixed[v.sl].shape, v.aspect)
+        cells += [f"<div>{pic.img_tag(draw(v, size), f'{label} {v.title}'.strip())}</div>"
+                  for label, draw, _ in columns]
+    if any(bar for _, _, bar in columns):
+        cells += [f"<div>{bar}</div>" for _, _, bar in columns]
+    return _cells(len(columns), cells)
 
 
-def _margins(fig, ncols, nrows, left, bottom, right, top):
-    """Space in inches around every axes of a ``nrows`` x ``ncols`` grid: ``left`` for y labels, ``bottom`` for
-    x labels, ``right`` for a colorbar, ``top`` for the title (instead of tight_layout, which measures every
-    text and costs more than drawing the figure)."""
-    w, h = fig.get_size_inches()
-    aw, ah = w / ncols - left - right, h / nrows - bottom - top
-    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
-                        wspace=(left + right) / aw, hspace=(top + bottom) / ah)
+def _cells(ncols: int, cells) -> str:
+    return f"<div class='grid' style='grid-template-columns:repeat({ncols},minmax(0,1fr))'>{''.join(cells)}</div>"
 
 
-def _layer(ax, m, rgba, v):
-    """Paint the True pixels of the 2D mask ``m`` in colour ``rgba``."""
-    if m.any():
-        img = np.zeros(m.shape + (4,))
-        img[m] = rgba
-        ax.imshow(img, aspect=v.aspect, interpolation="nearest")
-
-
-def _outline(ax, m):
-    """Draw the border of the 2D mask ``m`` (the moving field of view) without changing the axes' limits."""
-    if m.any() and not m.all():
-        lims = ax.get_xlim(), ax.get_ylim()
-        ax.contour(m.astype(float), levels=[0.5], colors=FOV_COLOR, linewidths=1.0)
-        ax.set_xlim(lims[0])
-        ax.set_ylim(lims[1])
-
-
-def _show(a, cmap="gray", vmin=0.0, vmax=1.0, overlay=None, cbar=False, outline=None):
-    """draw(ax, view) of ``a``, optionally with a red mask overlay, a colorbar and a field-of-view outline."""
-    def draw(ax, v):
-        im = ax.imshow(_at(a, v), cmap=cmap, vmin=vmin, vmax=vmax, aspect=v.aspect, interpolation="nearest")
+def _show(a, table=pic.GREY, lo=0.0, hi=1.0, overlay=None, outline=None):
+    """draw(view, size): ``a`` (``lo`` .. ``hi`` over ``table``), optionally with a red mask overlay and a
+    field-of-view outline."""
+    def draw(v, size):
+        rgb = pic.colour(_at(a, v), lo, hi, table)
         if overlay is not None:
-            _layer(ax, overlay[v.sl], (1.0, 0.15, 0.1, 0.9), v)
-        if outline is not None:
-            _outline(ax, outline[v.sl])
-        if cbar:
-            _plt().colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            rgb = pic.paint(rgb, overlay[v.sl], EDGE_RGB, 0.9)
+        rgb = pic.enlarge(rgb, size)
+        if outline is not None:  # drawn at display size: a thin line
+            rgb = pic.paint(rgb, pic.outline(pic.enlarge(outline[v.sl], size)), FOV_RGB)
+        return rgb
 
     return draw
 
@@ -364,8 +331,8 @@ def panel_checkerboard(d):
         "Checkerboard: fixed / moving",
         "Alternating tiles of the fixed image and the moving image, before and after registration. "
         "After registration, structures should continue smoothly across tile borders." + _fov_caption(d),
-        _grid(d, [_show(_checkerboard(fs, bs)), _show(_checkerboard(fs, as_), outline=d.fov_outline)],
-              ["before", "after"]),
+        _grid(d, [("before", _show(_checkerboard(fs, bs)), ""),
+                  ("after", _show(_checkerboard(fs, as_), outline=d.fov_outline), "")]),
     )
 
 
@@ -376,66 +343,79 @@ def panel_edges(d):
         "Fixed-image edges over the moving image",
         "Red: strong edges of the fixed image drawn over the moving image, before and after registration. "
         "After registration the red contours should follow the moving image's own boundaries." + _fov_caption(d),
-        _grid(d, [_show(bs, overlay=edges), _show(as_, overlay=edges, outline=d.fov_outline)], ["before", "after"]),
+        _grid(d, [("before", _show(bs, overlay=edges), ""),
+                  ("after", _show(as_, overlay=edges, outline=d.fov_outline), "")]),
     )
 
 
 def panel_differences(d):
     _, bn, an = d.normalized
-    ranked, rf = dict(cmap="magma", vmin=0, vmax=0.5, cbar=True), _ranker(d.fixed)
+    rf = _ranker(d.fixed)
+    ranked = dict(table=pic.SEQUENTIAL, lo=0.0, hi=0.5)
+    bar = pic.colour_bar(pic.SEQUENTIAL, ["0", "0.25", "\u2265 0.5"])
     return (
         "Difference images",
-        "Left: warped moving minus moving (normalised intensities): where the registration moved intensity. "
+        "Left: warped moving minus moving (normalised intensities): where the registration moved intensity "
+        "(red: brighter after, blue: darker after). "
         "Right: |fixed - warped| after a rank (histogram) matching of the moving image to the fixed one, before "
         "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches.",
-        _grid(d, [_show(an - bn, cmap="RdBu_r", vmin=-0.5, vmax=0.5, cbar=True),
-                  _show(_rank_diff(d.fixed, d.before, rf), **ranked),
-                  _show(_rank_diff(d.fixed, d.after, rf), **ranked)],
-              ["after - before", "|fixed - moving| (ranked), before", "|fixed - moving| (ranked), after"]),
+        _grid(d, [("after - before", _show(an - bn, pic.DIVERGING, -0.5, 0.5),
+                   pic.colour_bar(pic.DIVERGING, ["\u2264 -0.5", "0", "\u2265 0.5"])),
+                  ("|fixed - moving| (ranked), before", _show(_rank_diff(d.fixed, d.before, rf), **ranked), bar),
+                  ("|fixed - moving| (ranked), after", _show(_rank_diff(d.fixed, d.after, rf), **ranked), bar)]),
     )
 
 
-def _draw_grid_lines(d):
-    """draw(ax, view): the fixed grid's lines displaced by the field (in voxels), over the warped image."""
-    as_ = d.scaled[2]
+def _warped_lines(u_rows, u_cols, size) -> np.ndarray:
+    """Every few rows and columns of a view's grid, displaced by (u_rows, u_cols) voxels, in display pixels:
+    [row lines, column lines], arrays of shape (lines, points, 2) for :func:`pictures.draw_lines`."""
+    h, w = u_rows.shape
+    R, C = np.indices((h, w), dtype=float)
+    Y = (R + u_rows + 0.5) * (size[0] / h) - 0.5  # voxel centres to display pixel centres
+    X = (C + u_cols + 0.5) * (size[1] / w) - 0.5
+    step = max(2, max(h, w) // 24)
+    rows, cols = np.stack([Y[::step], X[::step]], -1), np.stack([Y[:, ::step].T, X[:, ::step].T], -1)
+    return [rows, cols]
 
-    def draw(ax, v):
-        ax.imshow(as_[v.sl], cmap="gray", vmin=0, vmax=1, aspect=v.aspect, alpha=0.6, interpolation="nearest")
+
+def _draw_grid_lines(d):
+    """draw(view, size): the fixed grid's lines displaced by the field (in voxels), over the dimmed warped image."""
+    as_ = d.scaled[2]
+    field = np.asarray(d.result.field)
+
+    def draw(v, size):
+        rgb = pic.enlarge(pic.colour(as_[v.sl], 0.0, 1.0 / 0.7, pic.GREY), size)  # dimmed: the lines stand out
         r, c = v.axes
-        ur, uc = d.result.field[r][v.sl] / d.spacing[r], d.result.field[c][v.sl] / d.spacing[c]
-        R, C = np.indices(ur.shape)
-        Y, X = R + ur, C + uc
-        step = max(2, max(ur.shape) // 24)
-        ax.plot(X[::step, :].T, Y[::step, :].T, color="#ffcc00", lw=0.6)
-        ax.plot(X[:, ::step], Y[:, ::step], color="#ffcc00", lw=0.6)
-        ax.set_xlim(-0.5, ur.shape[1] - 0.5)
-        ax.set_ylim(ur.shape[0] - 0.5, -0.5)
+        for lines in _warped_lines(field[r][v.sl] / d.spacing[r], field[c][v.sl] / d.spacing[c], size):
+            rgb = pic.draw_lines(rgb, lines, GRID_RGB)
+        return rgb
 
     return draw
 
 
 def _draw_jacobian(d):
-    """draw(ax, view): det(I + grad u), folding (<= 0) in black."""
-    jac = d.result.jacobian
+    """(draw(view, size), colour bar): det(I + grad u) on a blue-white-red scale, white at 1, folding (<= 0)
+    in black."""
+    jac = np.asarray(d.result.jacobian, float)
     jmax = max(2.0, float(np.percentile(jac, 99.5)))
 
-    def draw(ax, v):
-        im = ax.imshow(jac[v.sl], cmap="RdBu_r", vmin=0, vmax=jmax, aspect=v.aspect, interpolation="nearest")
-        _layer(ax, jac[v.sl] <= 0, (0, 0, 0, 1), v)
-        _plt().colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    def draw(v, size):
+        j = jac[v.sl]
+        t = np.where(j <= 1, 0.5 * j, 0.5 + 0.5 * (j - 1) / (jmax - 1))  # two slopes: 0 .. 1 .. jmax
+        return pic.enlarge(pic.paint(pic.colour(t, 0.0, 1.0, pic.DIVERGING), j <= 0, (0, 0, 0)), size)
 
-    return draw
+    return draw, pic.colour_bar(pic.DIVERGING, ["0", "1", f"\u2265 {jmax:.3g}"])
 
 
 def panel_deformation(d):
     js = d.result.jacobian_stats
     return (
         "Deformation",
-        "Left: the fixed grid's lines mapped through the pull-back field (where each fixed point samples the moving "
-        "image), over the warped image. Right: Jacobian determinant det(I + grad u) (1 = volume kept, black = folding). "
+        "Left: the fixed grid's lines (yellow) mapped through the pull-back field (where each fixed point samples the "
+        "moving image), over the warped image. Right: Jacobian determinant det(I + grad u): white = 1 (volume kept), "
+        "blue < 1 (shrinking), red > 1 (growing), black = folding (<= 0). "
         f"min {js['min']:.3f}, max {js['max']:.3f}, {js['percent_nonpositive']:.3f}% of voxels <= 0.",
-        _grid(d, [_draw_grid_lines(d), _draw_jacobian(d)], ["deformation grid", "Jacobian determinant"],
-              size=(3.6, 3.4)),
+        _grid(d, [("deformation grid", _draw_grid_lines(d), ""), ("Jacobian determinant", *_draw_jacobian(d))]),
     )
 
 
@@ -458,49 +438,48 @@ def _histograms(d) -> list:
 
 def panel_histograms(d):
     hists, (rf, rm) = _histograms(d), d.result.ranges
-    fig, axs = _plt().subplots(1, len(hists), figsize=(3.5 * len(hists), 3.4), squeeze=False)
-    for ax, (H, title) in zip(axs[0], hists):
-        ax.imshow(np.log10(H.T + 1e-7), origin="lower", cmap="magma", vmin=-7, aspect="auto",
-                  extent=[rf[0], rf[1], rm[0], rm[1]])
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("fixed intensity (normalised)", fontsize=8)
-        ax.set_ylabel("moving intensity (normalised)", fontsize=8)
-    _margins(fig, len(hists), 1, left=0.8, bottom=0.45, right=0.15, top=0.3)
+    logs = [np.log10(np.asarray(H, float).T[::-1] + 1e-7) for H, _ in hists]  # moving intensity upwards
+    top = max(-6.0, max(float(L.max()) for L in logs))
+    axes = (f"<div class='ax'>&rarr; fixed intensity (normalised) {rf[0]:.3g} .. {rf[1]:.3g}<br>"
+            f"&uarr; moving intensity (normalised) {rm[0]:.3g} .. {rm[1]:.3g}</div>")
+    cells = [f"<div class='head'>{html.escape(t)}</div>" for _, t in hists]
+    shown = [pic.enlarge(pic.colour(L, -7.0, top, pic.SEQUENTIAL), pic.display_shape(L.shape, 1.0)) for L in logs]
+    cells += [f"<div>{pic.img_tag(rgb, t)}{axes}</div>" for rgb, (_, t) in zip(shown, hists)]
+    cells += [f"<div>{pic.colour_bar(pic.SEQUENTIAL, ['-7', f'{(top - 7) / 2:.2g}', f'{top:.2g}'])}</div>"]
     return (
         "Joint intensity histograms",
         "log10 of the Parzen joint histogram of fixed and moving intensities before and after registration"
         + (", next to the learned prior p_L (finest level)." if d.prior is not None
            else " (no learned prior: alpha = 1, mutual information alone).")
-        + " Sharper, more compact clusters mean better alignment.",
-        _png(fig),
+        + " One colour scale for all. Sharper, more compact clusters mean better alignment.",
+        _cells(len(hists), cells),
     )
 
 
-def _plot_energy(axs, history):
-    """Total energy (left) and each term (right) per accepted iteration, levels one after another."""
-    start, keys = 0, []
-    for h in history:
-        e = np.asarray(h.energy, float)
-        axs[0].plot(np.arange(start, start + len(e)), e, label=f"level {h.level} ({'x'.join(str(s) for s in h.shape)})")
+def _energy_series(history):
+    """([total energy per level], [each term], level starts): (x, y, colour, label) per line, levels one
+    after another."""
+    start, keys, total, terms, starts, labelled = 0, [], [], [], [], set()
+    for i, h in enumerate(history):
+        e, x = np.asarray(h.energy, float), start + np.arange(len(h.energy))
+        total.append((x, e, pic.PALETTE[i % 10], f"level {h.level} ({'x'.join(str(s) for s in h.shape)})"))
         keys += [k for k in dict.fromkeys(k for t in h.terms for k in t) if k not in keys]
         for j, k in enumerate(keys):
-            vals = [t.get(k, np.nan) for t in h.terms]
-            axs[1].plot(np.arange(start, start + len(vals)), vals, color=f"C{j}", label=k if start == 0 else None)
+            vals = np.array([t.get(k, np.nan) for t in h.terms], float)
+            terms.append((start + np.arange(len(vals)), vals, pic.PALETTE[j % 10], k if k not in labelled else None))
+            labelled.add(k)
+        starts.append(start)
         start += len(e)
+    return total, terms, starts[1:]
 
 
 def panel_energy(d):
-    fig, axs = _plt().subplots(1, 2, figsize=(10, 3.3))
-    _plot_energy(axs, d.result.history)
-    for ax, t in zip(axs, ("energy J, coarse to fine", "energy terms")):
-        ax.set_title(t, fontsize=9)
-        ax.set_xlabel("accepted iteration (all levels)", fontsize=8)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    _margins(fig, 2, 1, left=0.6, bottom=0.45, right=0.1, top=0.3)
+    total, terms, starts = _energy_series(d.result.history)
+    xlabel = "accepted iteration (all levels; dashed: next level)"
+    plots = [pic.svg_plot(total, title="energy J, coarse to fine", xlabel=xlabel, vlines=starts),
+             pic.svg_plot(terms, title="energy terms", xlabel=xlabel, vlines=starts)]
     return ("Energy", "J = alpha*similarity + (1-alpha)*prior term (KL, CE or cKL to p_L) + lambda*R per accepted "
-            "iteration, per pyramid level.", _png(fig))
+            "iteration, per pyramid level.", _cells(2, [f"<div>{p}</div>" for p in plots]))
 
 
 def panel_linear(d):
@@ -513,8 +492,8 @@ def panel_linear(d):
         "Linear stage: before / after",
         f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
         "stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.",
-        _grid(d, [_show(_checkerboard(fs, bs)), _show(_checkerboard(fs, d.linear_only))],
-              ["world alignment", f"after the {lin.kind} stage"]),
+        _grid(d, [("world alignment", _show(_checkerboard(fs, bs)), ""),
+                  (f"after the {lin.kind} stage", _show(_checkerboard(fs, d.linear_only)), "")]),
     )
 
 
@@ -523,7 +502,7 @@ PANELS = (panel_linear, panel_checkerboard, panel_edges, panel_differences, pane
 
 
 def figures(result, prior=None, mask=None, fov=None) -> list:
-    """[(section title, caption, base64 PNG)] for the HTML report, one per entry of :data:`PANELS`.
+    """[(section title, caption, HTML body)] for the HTML report, one per entry of :data:`PANELS` that applies.
 
     ``fov``: the moving field of view on the fixed grid, if already known (:func:`field_of_view`)."""
     d = _Data(result, prior, mask, fov)
@@ -539,6 +518,10 @@ h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;bord
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f4f4f4} .cap{color:#555;font-size:.9em;max-width:900px} img{max-width:100%;height:auto}
 .ok{color:#1a7f37;font-weight:600} .warn{color:#b35900;font-weight:600}
+.grid{display:grid;gap:.3em .8em;align-items:start;margin:.5em 0} .grid img{display:block}
+.head{font-weight:600;font-size:.9em} .row{grid-column:1/-1;font-size:.85em;color:#555;margin-top:.4em}
+.bar{max-width:260px} .bar img{width:100%;height:10px} .ticks{display:flex;justify-content:space-between;font-size:.8em}
+.ax{font-size:.8em;color:#555}
 """
 
 
@@ -631,9 +614,8 @@ def _inputs(report: dict) -> list:
     ]
 
 
-def _figure(title, caption, b64) -> str:
-    return (f"<h2>{html.escape(title)}</h2>\n<p class='cap'>{html.escape(caption)}</p>\n"
-            f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+def _figure(title, caption, body) -> str:
+    return f"<h2>{html.escape(title)}</h2>\n<p class='cap'>{html.escape(caption)}</p>\n{body}"
 
 
 def _tail(result, report: dict) -> list:
@@ -658,7 +640,7 @@ def _tail(result, report: dict) -> list:
 
 
 def render_html(result, report: dict, prior=None, mask=None, extra_html: str = "") -> str:
-    """The self-contained HTML page (figures embedded as base64 PNG)."""
+    """The self-contained HTML page (pictures embedded as base64 PNG, plots as inline SVG)."""
     fov = field_of_view(result)
     figs = [_figure(*f) for f in figures(result, prior, mask, fov)]
     parts = [*_head(result, report), extra_html, *_summary(result, fov), *_inputs(report), *figs,
