@@ -126,7 +126,7 @@ def test_report_renders_without_matplotlib(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-2:] == ["False", "True"], r.stdout
-    page = (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_bytes().decode("ascii")  # readable whatever encoding is assumed
     assert page.count("data:image/png;base64,") >= 13 and page.count("<svg") == 2
 
 

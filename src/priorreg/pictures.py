@@ -124,14 +124,20 @@ def png_base64(rgb) -> str:
 
 def img_tag(rgb, alt: str) -> str:
     """An <img> of ``rgb`` embedded as a data URI, at its pixel size (CSS may shrink it, never enlarge it)."""
-    return (f"<img alt='{html.escape(alt)}' width='{rgb.shape[1]}' height='{rgb.shape[0]}' "
+    return (f"<img alt='{text(alt)}' width='{rgb.shape[1]}' height='{rgb.shape[0]}' "
             f"src='data:image/png;base64,{png_base64(rgb)}'>")
+
+
+def text(s: str) -> str:
+    """``s`` escaped for HTML and SVG, in ASCII (other characters as references: the page reads the same
+    whatever encoding a reader assumes)."""
+    return html.escape(s).encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def colour_bar(table, labels) -> str:
     """A horizontal colour bar (HTML): ``table``'s gradient, with ``labels`` spread evenly beneath it."""
     strip = np.repeat(table[None], 10, axis=0)
-    ticks = "".join(f"<span>{html.escape(t)}</span>" for t in labels)
+    ticks = "".join(f"<span>{text(t)}</span>" for t in labels)
     return f"<div class='bar'>{img_tag(strip, 'colour scale')}<div class='ticks'>{ticks}</div></div>"
 
 
@@ -185,7 +191,7 @@ def svg_plot(series, *, title: str, xlabel: str, vlines=(), width: int = 540, he
 
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
            "font-family='sans-serif' font-size='11'>",
-           f"<text x='{left + pw / 2:.1f}' y='15' text-anchor='middle' font-size='12'>{html.escape(title)}</text>",
+           f"<text x='{left + pw / 2:.1f}' y='15' text-anchor='middle' font-size='12'>{text(title)}</text>",
            f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#888'/>"]
     for t in nice_ticks(y0, y1):
         out.append(f"<line x1='{left}' x2='{left + pw}' y1='{py(t):.1f}' y2='{py(t):.1f}' stroke='#eee'/>"
@@ -201,7 +207,7 @@ def svg_plot(series, *, title: str, xlabel: str, vlines=(), width: int = 540, he
     for k, (col, lab) in enumerate(labelled):
         x, y = left + pw + 10, top + 10 + 15 * k
         out.append(f"<line x1='{x}' x2='{x + 18}' y1='{y - 4}' y2='{y - 4}' stroke='{col}' stroke-width='2'/>"
-                   f"<text x='{x + 22}' y='{y}'>{html.escape(lab)}</text>")
-    out += [f"<text x='{left + pw / 2:.1f}' y='{height - 6}' text-anchor='middle'>{html.escape(xlabel)}</text>",
+                   f"<text x='{x + 22}' y='{y}'>{text(lab)}</text>")
+    out += [f"<text x='{left + pw / 2:.1f}' y='{height - 6}' text-anchor='middle'>{text(xlabel)}</text>",
             "</svg>"]
     return "".join(out)
