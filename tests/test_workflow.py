@@ -235,7 +235,7 @@ def lazy_package():
         pytest.xfail("priorreg/__init__.py imports torch on 'import priorreg' (owned elsewhere: lazy attributes needed)")
 
 
-HEAVY = ("torch", "SimpleITK", "scipy", "matplotlib", "dask")
+HEAVY = ("torch", "SimpleITK", "scipy", "PIL", "dask")
 
 
 def test_argument_errors_and_help_load_no_heavy_library(lazy_package):

@@ -10,7 +10,7 @@
   as a whole (a temporary folder renamed into place), so a failure leaves no partial folder.
 
 Nothing here parses arguments; errors are :class:`PriorRegError`. numpy, torch, SimpleITK
-and matplotlib are imported inside the functions that need them (``priorreg --help`` and
+and Pillow are imported inside the functions that need them (``priorreg --help`` and
 argument errors stay fast).
 """
 from __future__ import annotations
