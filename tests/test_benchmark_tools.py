@@ -90,3 +90,19 @@ def _forget_bench_modules():
     yield
     for name in ("run", "seeds", "cases", "cases_more", "peers"):
         sys.modules.pop(name, None)
+
+
+def test_headline_rows_use_only_cross_subject_priors(bench):
+    _, seeds = bench
+    peers = ["elastix-bspline", "simpleitk-bspline", "convexadam", "niftyreg-f3d"]
+    # a generator whose only prior is the test anatomy itself gets no prior row
+    assert seeds.methods_for("brainweb-t1-pd", True, False, peers) == ["priorreg", "elastix-bspline",
+                                                                      "simpleitk-bspline", "niftyreg-f3d"]
+    assert seeds.methods_for("mni3d-2mm-t2", True, False, peers) == ["priorreg", "elastix-bspline", "convexadam",
+                                                                    "niftyreg-f3d"]
+    # another patient's prior: the default with it (alpha "auto") is a row
+    assert seeds.methods_for("brats3d-2mm-flair-t1c", True, False, peers)[:2] == ["priorreg", "priorreg default + prior"]
+    assert seeds.PRIORREG_ROWS["priorreg default + prior"][0] == "auto"
+    # without --headline: the alpha = 0.4 rows, as before
+    assert seeds.methods_for("mni-axial-t2", False, False, [])[1:] == ["priorreg alpha=0.4", "priorreg alpha=0.4 cKL"]
+    assert seeds.CROSS_SUBJECT_PRIOR <= set(seeds.ALL_GENERATORS)
