@@ -1,4 +1,5 @@
 """Scratch: run.py's 'priorreg alpha=1' row (the default preset, no prior) with linear on/off, per case.
+CASE is a run.py case name or GENERATOR@SEED (a held-out draw: seeds.py generators, brain_3d, brats_3d).
 Same settings (run._setting), same register call, same metrics (run.metrics); one process, 2 threads."""
 import json, os, sys, time
 sys.path.insert(0, "/work/main/benchmarks")
@@ -14,7 +15,13 @@ modes = sys.argv[2].split(",")       # e.g. affine,none
 names = sys.argv[3:]
 for name in names:
     try:
-        case = C.CASES[name]()
+        g, _, sd = name.partition("@")
+        if g == "brain_3d":
+            case = C.brain_3d("t2", seed=int(sd))
+        elif g == "brats_3d":
+            case = __import__("cases_more").brats_3d(2, seed=int(sd))
+        else:
+            case = C.CASES[name]() if not sd else __import__("seeds").make_case(g, int(sd))
     except Exception as e:
         print(f"[skip] {name}: {e}", flush=True); continue
     base = R.baseline(case)
