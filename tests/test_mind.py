@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 import synthetic as syn
-from conftest import cuda
+from conftest import assert_same_solution, cuda
 from priorreg import PriorRegError, RegistrationOptions, fit_prior, register as register_with_presets, spatial
 from priorreg.mind import MindEnergy, mind_ssc, principal_channels, ssc_pairs
 
@@ -193,5 +193,4 @@ def test_mind_term_cpu_and_cuda_agree():
     kw = dict(levels=2, bins=32, parzen_sigma=1.0, max_iterations=20, dtype="float64", mind_weight=10.0, local_weight=1.0)
     rc = register(f, m, device="cpu", **kw)
     rg = register(f, m, device="cuda", **kw)
-    assert [h.iterations for h in rc.history] == [h.iterations for h in rg.history]
-    assert np.abs(rc.field - rg.field).max() < 1e-6
+    assert_same_solution(rc, rg, v, syn.deform((lab > 0).astype(float), v) > 0.5)  # not bit for bit: see there

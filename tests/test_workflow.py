@@ -1,6 +1,7 @@
 """The workflow under the command line, through the CLI: outputs checked before any work,
 runs written as a whole, progress lines, presets, messages and start-up (issue 18)."""
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -101,11 +102,12 @@ def test_an_unwritable_out_is_refused_before_any_work(capsys, data, unwritable, 
     one_line_error(capsys, ["train", "--fixed", f, "--moving", m, "--out", unwritable / "p.npz"], "cannot write in")
     one_line_error(capsys, ["apply", m, "--field", f, "--reference", f, "--out", unwritable / "a.nii.gz"],
                    "cannot write in")
-    one_line_error(capsys, ["cohort", data["manifest"], "--out", out, *FAST], "cannot write in")
-    # A pair's own output folder (out column) that cannot be written is a bad row.
-    (tmp_path / "m.csv").write_text(f"fixed,moving,out\n{f},{m},{out}\n")
-    one_line_error(capsys, ["cohort", tmp_path / "m.csv", "--out", tmp_path / "c"], "1 bad row(s)",
-                   f"line 2: output folder {out}: cannot write in")
+    if importlib.util.find_spec("distributed") is not None:  # without dask the cohort command says so first
+        one_line_error(capsys, ["cohort", data["manifest"], "--out", out, *FAST], "cannot write in")
+        # A pair's own output folder (out column) that cannot be written is a bad row.
+        (tmp_path / "m.csv").write_text(f"fixed,moving,out\n{f},{m},{out}\n")
+        one_line_error(capsys, ["cohort", tmp_path / "m.csv", "--out", tmp_path / "c"], "1 bad row(s)",
+                       f"line 2: output folder {out}: cannot write in")
     assert not out.exists() and not (tmp_path / "c").exists()
     assert digest([data["fixed"], data["moving"], data["prior"], data["manifest"]]) == before
 

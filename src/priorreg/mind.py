@@ -67,13 +67,17 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 1) -> torch.T
     return torch.exp(-D / V)
 
 
+PCA_MAX_VOXELS = 2**20  # per image: the covariance of 12 channels is settled long before a million voxels
+
+
 def principal_channels(a: torch.Tensor, b: torch.Tensor, k: int):
     """Project two descriptor images (C, *S) onto the k principal directions of their joint
-    channel covariance (both images' voxels pooled). The projection is orthonormal, so squared
-    descriptor differences are kept up to the variance of the discarded directions (all of
-    them for k = C)."""
+    channel covariance (both images' voxels pooled; on images of more than ``PCA_MAX_VOXELS``
+    voxels, every n-th voxel). The projection is orthonormal, so squared descriptor
+    differences are kept up to the variance of the discarded directions (all of them for k = C)."""
     C = a.shape[0]
-    X = torch.cat([a.reshape(C, -1), b.reshape(C, -1)], 1).double()
+    step = -(-a[0].numel() // PCA_MAX_VOXELS)  # ceil: 1 up to PCA_MAX_VOXELS voxels
+    X = torch.cat([a.reshape(C, -1)[:, ::step], b.reshape(C, -1)[:, ::step]], 1).double()
     X = X - X.mean(1, keepdim=True)
     cov = X @ X.T / X.shape[1]
     evecs = torch.linalg.eigh(cov).eigenvectors
