@@ -579,10 +579,16 @@ def linear_to_field(result: LinearResult, fixed: Image) -> np.ndarray:
     if result.ndim != d:
         raise PriorRegError(f"linear_to_field(): the transform is {result.ndim}D but the fixed image is {d}D")
     M, o = fixed.index_to_world()
-    idx = np.indices(fixed.shape, dtype=float).reshape(d, -1)
-    world = M @ idx + o[:, None]
-    disp = (result.matrix - np.eye(d)) @ world + result.translation[:, None]
-    return np.linalg.solve(fixed.direction, disp).reshape(d, *fixed.shape)
+    # An affine function of the voxel index i: field = B i + c, summed axis by axis (no index grid).
+    Dinv_AmI = np.linalg.solve(fixed.direction, result.matrix - np.eye(d))
+    B = Dinv_AmI @ M
+    c = Dinv_AmI @ o + np.linalg.solve(fixed.direction, result.translation)
+    out = np.empty((d, *fixed.shape))
+    for j in range(d):
+        out[j] = c[j]
+        for k, n in enumerate(fixed.shape):
+            out[j] += (B[j, k] * np.arange(n)).reshape([n if a == k else 1 for a in range(d)])
+    return out
 
 
 def compose_field(result: LinearResult, field: np.ndarray, fixed: Image) -> np.ndarray:
