@@ -87,3 +87,38 @@ def test_busy_machine_with_spinning_threads_gets_one_thread(restore_threads):
     assert "OMP_WAIT_POLICY" not in os.environ
     mp.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     assert runtime.configure_threads()["threads"] == 2
+
+
+def test_small_images_get_fewer_threads_and_none_get_more_than_eight():
+    assert runtime.threads_for(20_000, cpus=16) == 1  # a 2D slice
+    assert runtime.threads_for(300_000, cpus=16) == 3
+    assert runtime.threads_for(900_000, cpus=16) == 7  # MNI at 2 mm
+    assert runtime.threads_for(7_000_000, cpus=16) == runtime.MAX_THREADS == 8  # 1 mm
+    assert runtime.threads_for(7_000_000, cpus=2) == 2
+
+
+def test_registration_threads_lower_for_the_run_and_restore(restore_threads, monkeypatch):
+    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 16)
+    torch.set_num_threads(4)
+    with runtime.registration_threads(20_000) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 4
+    with runtime.registration_threads(10_000_000) as n:  # never raised above what the process had
+        assert n == 4 and torch.get_num_threads() == 4
+    monkeypatch.setenv(runtime.THREADS_ENV, "4")  # the user's count wins
+    with runtime.registration_threads(20_000) as n:
+        assert n == 4 and torch.get_num_threads() == 4
+
+
+def test_a_registration_records_the_threads_it_ran_on(restore_threads, monkeypatch):
+    import numpy as np
+
+    import priorreg
+
+    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    torch.set_num_threads(2)
+    f = np.zeros((32, 32))
+    f[8:24, 8:24] = 1
+    r = priorreg.register(f, 1 - f, levels=1, max_iterations=3, linear="none")
+    assert r.threads == 1 and torch.get_num_threads() == 2

@@ -12,6 +12,7 @@ A registration is a short pipeline of named stages, each in its own module:
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -22,6 +23,7 @@ from .normalise import normalise
 from .prealign import after_prealign, one_field, prealign
 from .resample import warp
 from .result import RegistrationResult, make_result
+from .runtime import registration_threads
 
 __all__ = ["register", "warp", "RegistrationResult"]
 
@@ -72,18 +74,26 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     t0 = time.perf_counter()
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,
                    initial_field=initial_field, overrides=overrides)
+    with registration_threads(math.prod(inp.fixed.shape)) as threads:
+        result = _run(inp, callback, warn, t0)
+    result.threads = threads
+    return result
+
+
+def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
+    """Stages 2-5 on validated inputs."""
     lin = prealign(inp)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     notes = prior_order_warnings(work, pyr)
     if warn:
         for msg in notes:
-            warnings.warn(msg, PriorRegWarning, stacklevel=2)
+            warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history)
     if warn:
         for msg in late:
-            warnings.warn(msg, PriorRegWarning, stacklevel=2)
+            warnings.warn(msg, PriorRegWarning, stacklevel=3)
     notes = notes + late
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     return make_result(inp, pyr, field, history, intensity_maps, notes, time.perf_counter() - t0, lin)

@@ -41,10 +41,10 @@ def package_versions() -> dict:
     return out
 
 
-def _device_info(device: str) -> dict:
+def _device_info(device: str, threads: int | None = None) -> dict:
     import torch
 
-    info = {"device": device, "torch_threads": torch.get_num_threads()}
+    info = {"device": device, "torch_threads": threads or torch.get_num_threads()}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["cuda_name"] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -69,7 +69,7 @@ def report_dict(result, inputs: dict | None = None, extra: dict | None = None) -
             "fixed point x maps to x + field(x) in the moving image"
         ),
         "versions": package_versions(),
-        **_device_info(result.device),
+        **_device_info(result.device, getattr(result, "threads", None)),
         **result.as_dict(),
     }
     d["summary"] = {

@@ -69,6 +69,7 @@ class RegistrationResult:
     fov: np.ndarray = field(repr=False, default=None)
     linear: object = None
     prior_weights: list = field(default_factory=list)  # alpha="auto": per level, coarsest first, alpha and its evidence
+    threads: int | None = None  # torch's CPU threads during the run
 
     def field_world(self) -> np.ndarray:
         """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""

@@ -32,10 +32,18 @@ from __future__ import annotations
 import math
 import os
 import sys
+from contextlib import contextmanager
 
 #: A user's own settings win: these are only filled in where unset.
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 THREADS_ENV = "PRIORREG_THREADS"
+
+#: More threads than this make a registration slower, not faster, and small images want fewer:
+#: one per VOXELS_PER_THREAD voxels. Measured on a 16-core machine (benchmarks/README.md, "CPU
+#: threads"): a 2D slice of 20 000 voxels took 0.93 s on 1 thread, 1.25 s on 2, 4.0 s on 16;
+#: the MNI volume at 2 mm (900 000 voxels) 10.4 s on 1, 6.1 on 2, 5.4 on 8 and 9.8 on 16.
+MAX_THREADS = 8
+VOXELS_PER_THREAD = 131_072
 
 
 def set_wait_policy() -> bool:
@@ -132,3 +140,31 @@ def configure_threads(threads: int | None = None) -> dict:
     else:  # torch reads it when it loads (after the argument checks: a refused command never loads it)
         os.environ["OMP_NUM_THREADS"] = str(threads)
     return {"threads": threads, "cpus": cpus, "passive_wait": passive, "reason": reason}
+
+
+def threads_for(n_voxels: int, cpus: int | None = None) -> int:
+    """Threads worth using for a registration of ``n_voxels`` voxels on ``cpus`` CPUs."""
+    cpus = available_cpus() if cpus is None else cpus
+    return max(1, min(cpus, MAX_THREADS, math.ceil(n_voxels / VOXELS_PER_THREAD)))
+
+
+@contextmanager
+def registration_threads(n_voxels: int):
+    """torch's CPU threads lowered to :func:`threads_for` ``(n_voxels)`` for the duration (never
+    raised), unless the user chose a count with ``$PRIORREG_THREADS``. Only in the main thread:
+    torch's thread count is process-wide, and a cohort's workers (threads of one process) set
+    their own share."""
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    chosen = os.environ.get(THREADS_ENV, "").strip() or threading.current_thread() is not threading.main_thread()
+    want = before if chosen else min(before, threads_for(n_voxels))
+    if want != before:
+        torch.set_num_threads(want)
+    try:
+        yield want
+    finally:
+        if want != before:
+            torch.set_num_threads(before)
