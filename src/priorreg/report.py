@@ -167,9 +167,19 @@ def _checkerboard(a, b, n=8):
     return np.where(parity % 2 == 0, a, b)
 
 
+FIGURE_MAX_VOXELS = 2**20  # statistics drawn in the report (ranks, joint histograms) read at most this many voxels
+
+
+def _every_nth(a):
+    """``a`` flattened, every n-th value: at most FIGURE_MAX_VOXELS of them."""
+    flat = np.asarray(a).ravel()
+    return flat[:: -(-flat.size // FIGURE_MAX_VOXELS)]
+
+
 def _ranker(a):
-    """Function of values of ``a``: their average rank in ``a``, scaled to [0, 1] (scipy's rankdata, 'average')."""
-    srt = np.sort(np.asarray(a).ravel())
+    """Function of values of ``a``: their average rank in ``a`` (in every n-th voxel of a large image),
+    scaled to [0, 1] (scipy's rankdata, 'average')."""
+    srt = np.sort(_every_nth(a))
     scale = max(srt.size - 1, 1)
 
     def ranks(v):
@@ -208,14 +218,15 @@ def percent_outside(fov) -> float | None:
 
 
 def _joint_histogram(f, m, ranges, bins, sigma, mask=None):
-    # The engine's Parzen table (float64, CPU): the histogram the registration optimised.
+    # The engine's Parzen table (float64, CPU): the histogram the registration optimised
+    # (of every n-th voxel on large images).
     import torch
 
     from . import histogram as hist
 
-    x = torch.as_tensor(np.asarray(f, dtype=np.float64).reshape(-1))
-    y = torch.as_tensor(np.asarray(m, dtype=np.float64).reshape(-1))
-    w = None if mask is None else torch.as_tensor((np.asarray(mask) > 0).reshape(-1).astype(np.float64))
+    x = torch.as_tensor(_every_nth(f).astype(np.float64))
+    y = torch.as_tensor(_every_nth(m).astype(np.float64))
+    w = None if mask is None else torch.as_tensor((_every_nth(mask) > 0).astype(np.float64))
     P = hist.parzen_joint_histogram(x, y, ranges, hist.smoothing_matrix(bins, sigma), w)
     return P.numpy()
 
@@ -253,13 +264,23 @@ class _Data:
 
     @cached_property
     def linear_only(self):
-        """The moving image through the linear stage alone, scaled like ``scaled``'s moving images."""
-        from .linear import linear_to_field
-        from .resample import warp
+        """The moving image through the linear stage alone, scaled like ``scaled``'s moving images:
+        a function of a view, computed on that view's voxels only (0 outside the moving image)."""
+        from scipy.ndimage import map_coordinates
 
         r = self.result
-        a = np.asarray(warp(r.moving, linear_to_field(r.linear, r.fixed), reference=r.fixed).array, float)
-        return _scaled(a, self.moving_range)
+        (Mf, of), (Mm, om) = r.fixed.index_to_world(), r.moving.index_to_world()
+        B = np.linalg.solve(Mm, r.linear.matrix @ Mf)  # fixed voxel index -> moving voxel index
+        c = np.linalg.solve(Mm, r.linear.matrix @ of + r.linear.translation - om)
+        moving = np.asarray(r.moving.array, float)
+
+        def at(v):
+            axes = [np.arange(n)[k] for n, k in zip(r.fixed.shape, v.sl)]  # an index or a whole axis
+            grid = np.stack(np.meshgrid(*axes, indexing="ij"))
+            vals = map_coordinates(moving, B @ grid.reshape(len(axes), -1) + c[:, None], order=1, mode="constant")
+            return _scaled(vals.reshape([n for n, a in zip(grid.shape[1:], axes) if np.ndim(a)]), self.moving_range)
+
+        return at
 
     @property
     def fov_outline(self):
@@ -493,7 +514,7 @@ def panel_linear(d):
         f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
         "stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.",
         _grid(d, [("world alignment", _show(_checkerboard(fs, bs)), ""),
-                  (f"after the {lin.kind} stage", _show(_checkerboard(fs, d.linear_only)), "")]),
+                  (f"after the {lin.kind} stage", _show(lambda v: _checkerboard(fs[v.sl], d.linear_only(v))), "")]),
     )
 
 
