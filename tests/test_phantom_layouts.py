@@ -14,6 +14,7 @@ import sys
 import pytest
 
 import priorreg
+from priorreg.intensity import normalize
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -26,6 +27,18 @@ def layouts():
     finally:
         sys.path.remove(BENCH)
     return phantom_layouts
+
+
+@pytest.mark.parametrize("name", ["test-vertical112", "test-diag96x128", "close192"])
+def test_a_small_phantom_lands_on_the_bins_its_prior_was_learned_on(layouts, name):
+    # The moving disc and the training pair's disc (0.2 on 1, blurred) must get the same normalised
+    # intensity: the blur's tails once set the unit of a flat foreground, and the disc fell on bins
+    # 1e2 to 1e5 apart in the test and the training image (issue 20.5).
+    spec = layouts.LAYOUTS.get(name) or layouts.TEST_LAYOUTS[name]
+    case = layouts.make_layout(name, layouts.scaled(spec, 0.5) if name in layouts.LAYOUTS else spec)
+    for image in (case["moving"], *(m for _, m in case["train"].values())):
+        n = normalize(image)
+        assert n.min() == pytest.approx(0.0, abs=1e-3) and n.max() == pytest.approx(1.0, abs=1e-3)
 
 
 OPEN = pytest.mark.xfail(strict=True, reason="issue 20.5: a small-circle regional prior does not yet decide other layouts")
