@@ -1,5 +1,6 @@
 """Presets: resolution per dimension, override order, the record in the result, and the
 benchmark's use of them. Plus the API's options handling and the field-of-view fill."""
+import json
 import os
 import sys
 
@@ -25,7 +26,7 @@ def _pair(shape=(40, 40)):
 def test_each_preset_resolves_per_dimension_and_is_recorded(name):
     f, m = _pair()
     r = priorreg.register(f, m, preset=name, levels=1, max_iterations=3)
-    expect = preset_options(name, 2).replace(levels=1, max_iterations=3)
+    expect = preset_options(name, 2).replace(levels=1, max_iterations=3, alpha=1.0)  # no prior: nothing to weigh
     assert r.options == expect
     assert r.preset == name and r.as_dict()["preset"] == name
     assert r.as_dict()["options"]["mind_weight"] == expect.mind_weight
@@ -92,6 +93,28 @@ def test_warped_is_background_outside_the_moving_field_of_view():
     assert 45 < 100 * r.fov.mean() < 55
     assert np.all(r.warped.array[~r.fov] == 0)
     assert np.allclose(r.warped.array[:, :19], m[:, :19])
+
+
+def test_a_preset_that_fixes_the_prior_weight_keeps_it_and_explicit_alpha_wins(tmp_path, capsys):
+    from priorreg import cli
+
+    f, m = _pair()
+    prior = priorreg.fit_prior([f], [m], levels=1)
+    fixed = preset_options("atlas", 2).alpha
+    assert fixed < 1 and preset_options("default", 2).alpha == 1.0  # the default leaves alpha to "auto"
+    run = dict(prior=prior, levels=1, max_iterations=2)
+    r = priorreg.register(f, m, preset="atlas", **run)
+    assert r.options.alpha == fixed and r.prior_weights == []  # not replaced by "auto"
+    assert priorreg.register(f, m, preset="atlas", alpha=0.5, **run).options.alpha == 0.5
+    assert priorreg.register(f, m, preset="atlas", alpha="auto", **run).options.alpha == "auto"
+    assert priorreg.register(f, m, preset="default", **run).options.alpha == "auto"
+    prior.save(tmp_path / "p.npz")
+    for name, a in (("f.nii.gz", f), ("m.nii.gz", m)):
+        priorreg.write_image(priorreg.Image(a.astype(np.float32)), tmp_path / name)
+    args = ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--preset", "atlas", "--levels", "1",
+            "--max-iterations", "2", "--out", str(tmp_path / "o")]
+    assert cli.main([*args, "--prior", str(tmp_path / "p.npz")]) == 0
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["alpha"] == fixed
 
 
 def test_a_prior_sets_the_binning_a_preset_left_open():

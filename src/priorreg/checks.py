@@ -13,7 +13,7 @@ import torch
 from . import pyramid
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
-from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, resolve_options
+from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -100,13 +100,22 @@ def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
     return changes
 
 
+def default_alpha(preset: str | None, ndim: int, prior):
+    """alpha where the caller set none: without a prior 1 (nothing to weigh); with one the preset's own
+    (a preset for priors that decide) or "auto": priorreg decides how much to trust it (docs/method.md)."""
+    if prior is None:
+        return 1.0
+    named = preset_alpha(preset or "default", ndim)
+    return AUTO if named is None else named
+
+
 def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None, options=None, initial_field=None,
              overrides=None, func: str = "register()") -> Inputs:
     """Check a registration problem and resolve its options (preset or options, then overrides)."""
     fix, mov = _check_pair(fixed, moving, spacing, func)
     given = dict(overrides or {})
-    if prior is not None and options is None and "alpha" not in given:
-        given["alpha"] = AUTO  # with a prior, priorreg decides how much to trust it (docs/method.md)
+    if options is None and "alpha" not in given:
+        given["alpha"] = default_alpha(preset, fix.ndim, prior)
     opts = resolve_options(fix.ndim, preset, options, **given)
     if options is None:  # options= is taken as given
         opts = opts.replace(**prior_settings(opts, prior, given))

@@ -309,6 +309,11 @@ _MR_3D = dict(bins=32, parzen_sigma=1.0, tolerance=2e-3, tolerance_window=5, loc
               bending_scale="spacing")
 _LINEAR = dict(linear="affine")
 _NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
+# the prior decides: a fixed weight for it (auto judges a prior by the pair's start, which is far from it
+# exactly where a structure must travel), no linear stage (it would move structures by MI first), the
+# regulariser not weakened by alpha (it keeps large moves fold-free), more iterations (benchmarks/README.md,
+# "The circle phantom on other layouts")
+_PRIOR_DECIDES = dict(alpha=0.2, linear="none", regularization_scaling="none", max_iterations=1000)
 _PAPER = dict(bending=0.0, regularization_scaling="none", prior_intensity_fit="none", prior_term="kl",
               local_weight=0.0, mind_weight=0.0)
 
@@ -333,6 +338,9 @@ PRESETS = {
     # PET or SPECT against CT: the local terms do not survive the functional image's blur and noise
     # (a rigid linear stage: the affine one shrank the blurred PET on 7 of 9 benchmark draws)
     "functional": _per_dimension(_MR, _LINEAR, _NO_LOCAL_TERMS, dict(linear="rigid")),
+    # a regional prior learned in the test images' frame (atlas space, one scanner's field of view, a
+    # phantom) decides where structures go; the MR terms stay, with the weight alpha = 0.2
+    "atlas": _per_dimension(_MR, _PRIOR_DECIDES),
     # the 2005 energy exactly: global MI and KL to the prior, membrane regulariser, no linear stage
     "paper": _per_dimension(_PAPER),
 }
@@ -345,6 +353,13 @@ def preset_options(name: str, ndim: int = 2) -> RegistrationOptions:
     if ndim not in (2, 3):
         raise PriorRegError(f"presets exist for 2D and 3D images, not {ndim}D")
     return PRESETS[name][ndim]
+
+
+def preset_alpha(name: str, ndim: int):
+    """The prior weight preset ``name`` fixes, or None where it leaves alpha to the library (1 without a
+    prior, "auto" with one)."""
+    alpha = preset_options(name, ndim).alpha
+    return None if alpha == RegistrationOptions.alpha else alpha
 
 
 def preset_overrides(name: str, ndim: int) -> dict:
