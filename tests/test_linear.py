@@ -23,6 +23,7 @@ from priorreg.linear import (
 
 BRAINWEB = files("priorreg") / "data" / "brainweb"
 BRATS = "/work/shared/data/brats2013_deepmedic/brats_2013_pat0006_1"
+SPINE = "/work/shared/data/sct_spine_errsm30"
 
 
 @pytest.fixture(autouse=True)
@@ -220,6 +221,41 @@ def test_initial_transform_from_file_is_refined(brainweb, tmp_path):
 
 
 # --------------------------------------------------------------------------- refusals
+
+
+def test_mind_cross_check_keeps_the_fallback_when_mind_disagrees(brainweb):
+    from priorreg.intensity import normalize
+    from priorreg.linear import _cross_check, identity
+
+    fixed, moving = brainweb
+    f_n, m_n = normalize(fixed.array), normalize(moving.array)
+    wrong = LinearResult(_rot2(8.0), np.array([7.0, -5.0]), kind="rigid", center=np.zeros(2))
+    kept = _cross_check(fixed, f_n, moving, m_n, wrong, identity(2), "world alignment")  # the pair is aligned
+    assert np.allclose(kept.matrix, np.eye(2)) and "MIND descriptor similarity" in kept.notes[-1]
+    known = _affine(2, _rot2(12.0), (8.0, -6.0), _centre(moving))
+    moved = _moved_2d(moving, known)
+    A, c = np.array(known.GetMatrix()).reshape(2, 2), np.array(known.GetCenter())
+    t = np.array(known.GetTranslation()) + c - A @ c  # moved(y) = moving(A y + t): fixed x lies at y = A^-1 (x - t)
+    right = LinearResult(np.linalg.inv(A), -np.linalg.solve(A, t), kind="rigid", center=np.zeros(2))
+    assert _cross_check(fixed, f_n, moved, normalize(moved.array), right, identity(2), "world alignment") is right
+
+
+@pytest.mark.skipif(not os.path.isdir(SPINE), reason="needs ../shared/data (spinal cord T1w/T2w); not present")
+@pytest.mark.parametrize("seed", [802, 805])
+def test_small_slab_where_mi_misleads_keeps_world_alignment(seed):
+    """A 42 x 60 x 35 mm cord slab (T1w <- T2w, aligned up to a 4 mm smooth warp): global MI preferred a
+    transform off the moving image (802: 0 % overlap, refused before) or 7 mm and 8 degrees off (805: MI
+    0.029 -> 0.059). The linear stage keeps world alignment and says why."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import cases_more
+
+    c = cases_more.spine_3d(seed=seed)
+    sp = tuple(c["spacing"])
+    r = estimate_linear(Image(c["fixed"], sp), Image(c["moving"], sp), kind="affine")
+    assert np.allclose(r.matrix, np.eye(3)) and np.allclose(r.translation, 0.0)
+    assert r.notes and ("small overlap" in r.notes[0] or "MIND" in r.notes[0])
 
 
 def test_overlap_too_small_refused(brainweb):
