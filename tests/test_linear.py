@@ -231,7 +231,7 @@ def test_mind_cross_check_keeps_the_fallback_when_mind_disagrees(brainweb):
     f_n, m_n = normalize(fixed.array), normalize(moving.array)
     wrong = LinearResult(_rot2(8.0), np.array([7.0, -5.0]), kind="rigid", center=np.zeros(2))
     kept = _cross_check(fixed, f_n, moving, m_n, wrong, identity(2), "world alignment")  # the pair is aligned
-    assert np.allclose(kept.matrix, np.eye(2)) and "MIND descriptor similarity" in kept.notes[-1]
+    assert np.allclose(kept.matrix, np.eye(2)) and "MIND descriptor distance" in kept.notes[-1]
     known = _affine(2, _rot2(12.0), (8.0, -6.0), _centre(moving))
     moved = _moved_2d(moving, known)
     A, c = np.array(known.GetMatrix()).reshape(2, 2), np.array(known.GetCenter())
