@@ -4,11 +4,11 @@ The benchmark's phantom (benchmarks/cases.py ``phantom``) has one layout per siz
 on a horizontal line through the centre of a square image. This module draws the same experiment on other
 layouts (circles swapped, vertical, diagonal, other radii, another size, a non-square image), trains the
 prior exactly as a user would (``priorreg.fit_prior(f1, disc on the target)``, global and ``regions=8``)
-and registers with the library's defaults, ``preset="paper"`` and any other configuration, printing the
-Dice of the warped disc with the small and the big disc and the percentage of folded pixels
+and registers with the library's defaults, ``preset="paper"``, ``preset="atlas"`` and any other
+configuration, printing the Dice of the warped disc with the small and the big disc and the percentage of folded pixels
 (det(I + grad u) <= 0).
 
-    nice -n 5 python3 benchmarks/phantom_layouts.py --layouts close256 swapped256 --configs default paper
+    nice -n 5 python3 benchmarks/phantom_layouts.py --layouts close256 swapped256 --configs default paper atlas
     python3 benchmarks/phantom_layouts.py --list
 
 Each layout is a dict: image shape, centre and radius of the small and the big disc (pixels). The moving
@@ -145,10 +145,11 @@ def evaluate(case: dict, field) -> dict:
 
 # --------------------------------------------------------------------------- configurations
 
-# name -> keyword arguments of priorreg.register (besides prior=); a user's three ways in.
+# name -> keyword arguments of priorreg.register (besides prior=); a user's ways in.
 CONFIGS = {
     "default": {},  # no options at all: the "default" preset, alpha "auto" with a prior
     "paper": dict(preset="paper"),  # the 2005 energy (alpha is still "auto" when a prior is given)
+    "atlas": dict(preset="atlas"),  # the preset for a prior that decides (alpha 0.2, no linear stage)
     # the benchmark's phantom settings (benchmarks/run.py KIND_SETTINGS["phantom"], 1500 iterations);
     # alpha is added with --set '{"alpha": 0.4}' (without it, "auto")
     "bench": dict(mind_weight=0.0, tolerance=3e-4, prior_intensity_fit="none", regularization_scaling="none",
