@@ -115,6 +115,11 @@ def test_a_preset_that_fixes_the_prior_weight_keeps_it_and_explicit_alpha_wins(t
             "--max-iterations", "2", "--out", str(tmp_path / "o")]
     assert cli.main([*args, "--prior", str(tmp_path / "p.npz")]) == 0
     assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["alpha"] == fixed
+    capsys.readouterr()
+    assert cli.main([*args, "--overwrite"]) == 0  # no prior: alpha 1, as register() does, and a note says so
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["alpha"] == 1.0
+    assert "without --prior it runs alpha 1" in capsys.readouterr().err
+    assert cli.main([*args, "--overwrite", "--alpha", "0.3"]) == 2  # an explicit alpha < 1 still needs a prior
 
 
 def test_a_prior_sets_the_binning_a_preset_left_open():

@@ -175,7 +175,7 @@ def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
 
     for ndim in (2, 3):
         opts = preset_options(preset or "default", ndim).replace(**overrides)
-        if not is_auto(opts.alpha) and opts.alpha < 1 and not has_prior:
+        if "alpha" in overrides and not is_auto(opts.alpha) and opts.alpha < 1 and not has_prior:
             raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
 
 
@@ -187,6 +187,9 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
 
     base = preset_options(preset or "default", ndim)
     overrides = {**_from_prior(base, overrides, prior, notes), **overrides}
+    if prior is None and "alpha" not in overrides and not is_auto(base.alpha) and base.alpha < 1:
+        overrides["alpha"] = 1.0  # as register() does: a preset's prior weight needs a prior
+        notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
     opts = base.replace(**overrides)
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
