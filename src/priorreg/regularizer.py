@@ -144,11 +144,20 @@ class DCTBasis:
                 x = torch.movedim(torch.movedim(x, ax + 1, -1) @ M.T, -1, ax + 1)
         return x
 
+    def _per_component(self, x, mats, fallback):
+        # One component at a time: on a 1 mm brain a whole field is 44 MB, above the 32 MB past which
+        # glibc maps every allocation fresh from the kernel (page faults: 2.3 of 7.5 CPU s per 10
+        # solves); a component's 15 MB blocks are reused from the heap (1.0 s, the same values).
+        out = torch.empty_like(x)
+        for c in range(x.shape[0]):
+            out[c] = self._apply(x[c:c + 1], mats, fallback)[0]
+        return out
+
     def forward(self, x):
-        return self._apply(x, self.fwd, dct_axis)
+        return self._per_component(x, self.fwd, dct_axis)
 
     def inverse(self, X):
-        return self._apply(X, self.inv, idct_axis).contiguous()
+        return self._per_component(X, self.inv, idct_axis)
 
     def solve(self, rhs, tau, spectrum):
         """(I + tau*A)^{-1} rhs with A's eigenvalues ``spectrum``; returns (u, U = forward(u))."""
