@@ -508,8 +508,9 @@ def _mind_distance(fix: Image, f_n, mov: Image, m_n, transforms) -> list:
 
 def _cross_check(fix, f_n, mov, m_n, res: LinearResult, fallback: LinearResult, what: str) -> LinearResult:
     """``res`` if the MIND descriptors (a local similarity, independent of the histogram) do not
-    find it worse than ``fallback`` (within MIND_TOLERANCE), else ``fallback`` with a note. On a small field of view global MI
-    can prefer a wrong transform (a spinal-cord slab: MI doubled 7 mm and 8 degrees off)."""
+    find it worse than ``fallback`` (within MIND_TOLERANCE), else ``fallback`` with a note. On a
+    small field of view global MI can prefer a wrong transform (a spinal-cord slab: MI doubled
+    7 mm and 8 degrees off)."""
     d_res, d_fall = _mind_distance(fix, f_n, mov, m_n, [(res.matrix, res.translation),
                                                          (fallback.matrix, fallback.translation)])
     if d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
