@@ -261,7 +261,7 @@ def test_small_slab_where_mi_misleads_keeps_world_alignment(seed):
     sp = tuple(c["spacing"])
     r = estimate_linear(Image(c["fixed"], sp), Image(c["moving"], sp), kind="affine")
     assert np.allclose(r.matrix, np.eye(3)) and np.allclose(r.translation, 0.0)
-    assert r.notes and ("small overlap" in r.notes[0] or "MIND" in r.notes[0])
+    assert r.rejected and r.notes and ("small overlap" in r.notes[0] or "MIND" in r.notes[0])
 
 
 def test_overlap_too_small_refused(brainweb):

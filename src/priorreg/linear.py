@@ -77,6 +77,9 @@ class LinearResult:
         Fraction of the fixed samples (inside the mask) that land inside the moving image.
     seconds : float
     notes : list of str
+    rejected : bool
+        The optimum raised MI but failed the overlap or the MIND check, so world alignment (or
+        the initial transform) was kept: MI rose, but not trustworthily.
     """
 
     matrix: np.ndarray
@@ -94,6 +97,7 @@ class LinearResult:
     overlap: float = float("nan")
     seconds: float = 0.0
     notes: list = field(default_factory=list)
+    rejected: bool = False
 
     def __post_init__(self):
         self.matrix = np.asarray(self.matrix, dtype=float)
@@ -471,12 +475,14 @@ def _finish(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> Lin
         )
     e1, mi1, ov, name, p = min(valid, key=lambda s: s[0])
     notes = [] if name == "optimum" else [f"the linear stage did not improve on the {name}; it is kept"]
-    if scores[0] not in valid:
+    rejected = scores[0] not in valid
+    if rejected:
         notes = [f"the linear stage's optimum kept only {100 * scores[0][2]:.0f}% of the fixed samples inside the "
                  f"moving image (mutual information on a small overlap); the {name} is kept"]
     A, t = _to_world(p, pb)
     return LinearResult(A, t, kind=kind, center=pb.center.cpu().numpy(), metric_before=scores[1][0],
-                        metric_after=e1, mi_before=scores[1][1], mi_after=mi1, overlap=ov, notes=notes)
+                        metric_after=e1, mi_before=scores[1][1], mi_after=mi1, overlap=ov, notes=notes,
+                        rejected=rejected)
 
 
 MIND_CHECK_VOXELS = 2**18  # the MIND cross-check runs on the finest grid 2^l x the finest spacing with at most this many voxels
@@ -517,6 +523,7 @@ def _cross_check(fix, f_n, mov, m_n, res: LinearResult, fallback: LinearResult, 
         return res
     fallback.notes.append(f"the linear stage's optimum raised mutual information but worsened the MIND descriptor "
                           f"distance ({d_res:.4f} vs {d_fall:.4f}); the {what} is kept")
+    fallback.rejected = True
     return fallback
 
 

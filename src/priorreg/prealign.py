@@ -65,16 +65,10 @@ def prealign(inp: Inputs) -> LinearResult | None:
         rigid.notes.append(f"the affine estimate had scales {np.round(lin.scales, 3).tolist()} and shears "
                            f"{np.round(lin.shears, 3).tolist()}: the rigid one is used")
         lin = rigid
-    elif lin.kind == "affine" and _rejected(lin):  # fewer parameters may still find a transform
+    elif lin.kind == "affine" and lin.rejected:  # fewer parameters may still find a transform
         rigid = _estimate(inp, "rigid", start)
-        lin = rigid if not _rejected(rigid) else lin
+        lin = rigid if not rigid.rejected else lin
     return lin
-
-
-def _rejected(lin: LinearResult) -> bool:
-    """The stage kept world alignment (or the initial transform) because its optimum failed the overlap
-    or the MIND check (linear._finish, linear._cross_check): MI rose, but not trustworthily."""
-    return any("small overlap" in n or "MIND descriptor" in n for n in lin.notes)
 
 
 def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]:
