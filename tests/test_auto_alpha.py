@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import synthetic as syn
+from conftest import assert_same_solution, cuda
 
 from priorreg import Prior, fit_prior, prior_weight, register
 from priorreg.errors import PriorRegError
@@ -188,3 +189,17 @@ def test_cli_auto(tmp_path, test_pair, right):
     weights = rep.get("prior_weights") or rep.get("result", {}).get("prior_weights")
     alphas = [w["alpha"] for w in weights]
     assert (min(alphas) < 0.9) if right else (min(alphas) >= 0.95), weights
+
+
+@cuda
+def test_auto_on_cuda_chooses_and_lands_like_cpu():
+    """alpha="auto" with every MR term on (regional MI, MIND-SSC, the intensity fit, the conditional KL):
+    CUDA chooses the CPU's alphas and reaches the CPU's solution (not bit for bit: conftest)."""
+    f, m, v, lab = syn.case(SHAPE, T2, max_disp=2.0, seed=0)
+    kw = dict(prior=_prior(), alpha="auto", prior_term="ckl", levels=2, max_iterations=20, bins=32, parzen_sigma=1.0,
+              linear="none", dtype="float64", warn=False)
+    rc, rg = register(f, m, device="cpu", **kw), register(f, m, device="cuda", **kw)
+    assert rc.options.mind_weight > 0 and rc.options.local_weight > 0 and rc.options.prior_intensity_fit == "affine"
+    assert min(_alphas(rc)) < 1
+    assert _alphas(rg) == pytest.approx(_alphas(rc), abs=0.02)
+    assert_same_solution(rc, rg, v, lab > 0)

@@ -109,6 +109,28 @@ def test_cohort_writes_every_pair_like_register(capsys, data, tmp_path):
     one_line_error(capsys, ["cohort", manifest, "--out", out, *FAST, *LOCAL], "not empty", "--resume")
 
 
+def test_cohort_with_a_prior_chooses_alpha_per_pair_like_register(capsys, data, tmp_path):
+    """A prior and no --alpha: every pair gets alpha "auto", chosen per level as register() chooses it."""
+    manifest = pairs_manifest(data, "manifest_auto.csv")
+    out = tmp_path / "auto"
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--prior", data / "prior.npz", *FAST, *LOCAL)
+    assert rc == 0, err
+    rows, summary = read_summary(out)
+    assert summary["options"]["2D"]["alpha"] == "auto"
+    prior = priorreg.Prior.load(data / "prior.npz")
+    for i in range(3):
+        fixed = pio.read_image(data / "data" / f"t1_{i}.nii.gz")
+        moving = pio.read_image(data / "data" / f"t2_{i}.nii.gz")
+        mask = pio.read_image(data / "data" / "mask_1.nii.gz").array > 0 if i == 1 else None
+        direct = priorreg.register(fixed, moving, prior=prior, mask=mask, warn=False, **KW)
+        rep = json.loads((out / f"s{i}" / "report.json").read_text())
+        chosen = [w["alpha"] for w in rep["prior_weights"]]
+        assert len(chosen) == KW["levels"]
+        assert chosen == pytest.approx([w["alpha"] for w in direct.prior_weights], abs=1e-6)
+        field, _ = pio.read_field(out / f"s{i}" / "field.nii.gz")
+        np.testing.assert_allclose(field, direct.field, atol=1e-4)
+
+
 def test_bad_rows_are_refused_before_anything_runs(capsys, data, tmp_path, monkeypatch):
     def no_cluster(*a, **k):
         raise AssertionError("a cluster was started for a bad manifest")

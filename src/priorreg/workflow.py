@@ -183,6 +183,7 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     """``(overrides, options)`` of one registration: the preset's options for ``ndim``, the flags given,
     and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note).
     """
+    from .checks import default_alpha
     from .options import is_auto, preset_options
 
     base = preset_options(preset or "default", ndim)
@@ -190,7 +191,8 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     if prior is None and "alpha" not in overrides and not is_auto(base.alpha) and base.alpha < 1:
         overrides["alpha"] = 1.0  # as register() does: a preset's prior weight needs a prior
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
-    opts = base.replace(**overrides)
+    chosen = {} if "alpha" in overrides else {"alpha": default_alpha(preset, ndim, prior)}  # as register() chooses
+    opts = base.replace(**overrides, **chosen)
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
     if prior is not None:
