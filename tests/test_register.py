@@ -455,3 +455,23 @@ def test_image_accepts_a_reversed_direction_view():
     d = np.array([[0.0, 1.0], [1.0, 0.0]])[:, ::-1]
     img = Image(np.arange(48.0).reshape(6, 8), direction=d)
     assert np.allclose(warp(img, np.zeros((2, 6, 8))).array, img.array)
+
+
+def test_a_small_field_is_noted_and_a_large_one_is_not():
+    """A field of the order of the default's error floor says the pair may have been aligned already
+    (priorreg.result.small_field_notes); a real warp's field does not."""
+    from priorreg.result import SMALL_FIELD_VOXELS, small_field_notes
+
+    f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=4.0)
+    assert small_field_notes(v, (1.0, 1.0), lab > 0) == []
+    note = small_field_notes(0.1 * v, (1.0, 1.0), lab > 0)
+    assert len(note) == 1 and note[0].startswith("register(): the field is small (mean")
+    assert small_field_notes(0.1 * v, (1.0, 1.0), None)  # no mask: every voxel
+    mm = np.stack([np.full((8, 8), 1.6 * SMALL_FIELD_VOXELS), np.zeros((8, 8))])  # a field in mm, read in voxels
+    assert small_field_notes(mm, (2.0, 1.0), None) and not small_field_notes(mm, (1.0, 2.0), None)
+    anatomy = syn.anatomy((64, 72), seed=3)
+    with pytest.warns(PriorRegWarning, match=r"the field is small"):
+        aligned = register(syn.contrast(anatomy, syn.T1, seed=1), syn.contrast(anatomy, syn.T2_MONO, seed=2), levels=2)
+    assert any("the field is small" in w for w in aligned.warnings)
+    moved = register(f, m, levels=2, warn=False)
+    assert not any("the field is small" in w for w in moved.warnings)

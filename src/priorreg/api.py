@@ -22,7 +22,7 @@ from .errors import PriorRegWarning
 from .normalise import normalise
 from .prealign import after_prealign, one_field, prealign
 from .resample import warp
-from .result import RegistrationResult, make_result
+from .result import RegistrationResult, make_result, small_field_notes
 from .runtime import registration_threads
 
 __all__ = ["register", "warp", "RegistrationResult"]
@@ -91,9 +91,10 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history)
+    field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
+    late = late + small_field_notes(field, inp.fixed.spacing, inp.mask)
     if warn:
         for msg in late:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     notes = notes + late
-    field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     return make_result(inp, pyr, field, history, intensity_maps, notes, time.perf_counter() - t0, lin)

@@ -102,6 +102,25 @@ class RegistrationResult:
         }
 
 
+SMALL_FIELD_VOXELS = 0.5  # below this mean displacement the field is of the order of the default's error floor
+
+
+def small_field_notes(field: np.ndarray, spacing, region) -> list:
+    """A note when the field moves the fixed voxels in ``region`` (a mask, or None: all) by less than
+    SMALL_FIELD_VOXELS on average: the default ends 0.2-0.4 voxel from the truth whatever the warp, so on
+    a pair misaligned by less than about a voxel it can be worse than no registration (benchmarks/README.md,
+    "Small warps: the default's error floor")."""
+    h = np.reshape(np.asarray(spacing, dtype=float), (-1,) + (1,) * (field.ndim - 1))
+    size = np.sqrt(((field / h) ** 2).sum(0))
+    inside = None if region is None else np.asarray(region) > 0
+    mean = float(size[inside].mean()) if inside is not None and inside.any() else float(size.mean())
+    if mean >= SMALL_FIELD_VOXELS:
+        return []
+    return [f"register(): the field is small (mean {mean:.2f} voxel), within the 0.2-0.4 voxel that priorreg's "
+            "result is off on aligned benchmark pairs: the pair may have been aligned already; compare the warped "
+            "image with the unregistered one"]
+
+
 def jacobian_stats(jac: np.ndarray) -> dict:
     return {"min": float(jac.min()), "max": float(jac.max()), "percent_nonpositive": float(100.0 * np.mean(jac <= 0))}
 
