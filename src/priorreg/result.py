@@ -116,9 +116,9 @@ def small_field_notes(field: np.ndarray, spacing, region) -> list:
     mean = float(size[inside].mean()) if inside is not None and inside.any() else float(size.mean())
     if mean >= SMALL_FIELD_VOXELS:
         return []
-    return [f"register(): the field is small (mean {mean:.2f} voxel), within the 0.2-0.4 voxel that priorreg's "
-            "result is off on aligned benchmark pairs: the pair may have been aligned already; compare the warped "
-            "image with the unregistered one"]
+    return [f"register(): the field is small (mean {mean:.2f} voxel), of the order of priorreg's error on pairs that "
+            "were aligned already (0.2-0.4 voxel on the benchmark's): this pair may have been aligned already; compare "
+            "the warped image with the unregistered one"]
 
 
 def jacobian_stats(jac: np.ndarray) -> dict:
