@@ -12,4 +12,3 @@ u = r.field; m = case["mask"]
 print("mean per axis", u[0][m].mean(), u[1][m].mean(), "abs", np.abs(u[0][m]).mean(), np.abs(u[1][m]).mean())
 print("shape", u.shape, "mask frac", m.mean())
 for L in r.history: print(L.level, L.iterations, L.stop_reason, {k: round(v, 4) for k, v in L.terms[0].items()}, {k: round(v, 4) for k, v in L.terms[-1].items()})
-np.save("/tmp/me/bw_u.npy", u); np.save("/tmp/me/bw_f.npy", case["fixed"]); np.save("/tmp/me/bw_m.npy", case["moving"])
