@@ -475,3 +475,29 @@ def test_a_small_field_is_noted_and_a_large_one_is_not():
     assert any("the field is small" in w for w in aligned.warnings)
     moved = register(f, m, levels=2, warn=False)
     assert not any("the field is small" in w for w in moved.warnings)
+
+
+def test_a_nearly_aligned_pair_is_refined_with_a_stiffer_field():
+    """The default presets stiffen the finest level when the coarser levels moved the pair by less than
+    NEARLY_ALIGNED_VOXELS on average (priorreg.deformable.coarse_displacement); a real warp keeps the weight."""
+    from priorreg.deformable import NEARLY_ALIGNED_VOXELS
+
+    anatomy = syn.anatomy((96, 112), seed=3)
+    aligned = (syn.contrast(anatomy, syn.T1, seed=1), syn.contrast(anatomy, syn.T2_MONO, seed=2))
+    f, m, v, lab = syn.case((96, 112), syn.T2_MONO, max_disp=5.0)
+    kw = dict(levels=3, linear="none", warn=False)
+    near = register_with_presets(*aligned, **kw)
+    far = register_with_presets(f, m, **kw)
+    off = register_with_presets(*aligned, nearly_aligned_stiffness=1.0, **kw)
+    rec = [r.history[-1].coarse_displacement for r in (near, far, off)]
+    assert near.options.nearly_aligned_stiffness == 4.0
+    assert rec[0]["mean_voxels"] < NEARLY_ALIGNED_VOXELS and rec[0]["bending_factor"] == 4.0
+    assert rec[1]["mean_voxels"] > NEARLY_ALIGNED_VOXELS and rec[1]["bending_factor"] == 1.0
+    assert rec[2]["bending_factor"] == 1.0 and rec[2]["mean_voxels"] == pytest.approx(rec[0]["mean_voxels"])
+    assert near.as_dict()["levels"][-1]["coarse_displacement"] == rec[0]
+    # The stiffer field moves the aligned pair less than the weight the large warp needs.
+    size = lambda r: float(np.sqrt((r.field**2).sum(0))[anatomy > 0].mean())  # noqa: E731
+    assert size(near) < size(off)
+    assert "coarse_displacement" not in register_with_presets(*aligned, levels=1, **{"linear": "none", "warn": False}).as_dict()["levels"][-1]
+    with pytest.raises(PriorRegError, match="nearly_aligned_stiffness must be a finite number > 0"):
+        RegistrationOptions(nearly_aligned_stiffness=0)

@@ -16,6 +16,7 @@ from .checks import Inputs
 from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
 from .mind import MindEnergy
 from .normalise import Pyramids
+from .intensity import otsu_threshold
 from .options import RegistrationOptions, is_auto
 from . import prior_weight
 from .regularizer import Tikhonov
@@ -178,6 +179,32 @@ def _initial_coarse_field(inp: Inputs):
     return torch.as_tensor(sub, dtype=inp.dtype, device=inp.device).contiguous()
 
 
+NEARLY_ALIGNED_VOXELS = 0.75  # mean displacement found by the coarser levels (finest voxels) below which ...
+
+
+def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
+    """Mean length, in voxels of the finest grid, of what the coarser levels added to the start field
+    (the linear stage's, when it is passed as ``initial_field``), inside the mask, or where the fixed
+    image is above its Otsu threshold (the field in an empty background is not what was aligned).
+
+    Below NEARLY_ALIGNED_VOXELS the pair was nearly aligned and the finest level refines it with
+    ``nearly_aligned_stiffness`` x the bending weight: there the default's error is its own floor of
+    0.2-0.4 voxel (the data terms reward moving an aligned pair), which a stiffer field lowers, while
+    larger warps need the softer field (benchmarks/README.md, "Small warps: the default's error floor").
+    """
+    d = u.shape[0]
+    added = u if inp.initial_field is None else u - torch.as_tensor(inp.initial_field, dtype=u.dtype, device=u.device)
+    h = torch.as_tensor(inp.fixed.spacing, dtype=u.dtype, device=u.device).reshape(d, *([1] * d))
+    size = torch.sqrt(((added / h) ** 2).sum(0))
+    inside = pyr.mask[0] > 0 if pyr.mask[0] is not None else _foreground(pyr.fixed[0])
+    return float(size[inside].mean()) if bool(inside.any()) else float(size.mean())
+
+
+def _foreground(image: torch.Tensor) -> torch.Tensor:
+    values = image.detach().reshape(-1).double().cpu().numpy()
+    return image > float(otsu_threshold(values))
+
+
 def deformable(inp: Inputs, pyr: Pyramids, callback=None):
     """Run the pyramid: (field tensor on the fixed grid, histories, intensity maps)."""
     history, intensity_maps = [], []
@@ -194,7 +221,13 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             intensity_maps.append(fit)
         lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
         data, reg = build_energy(lv, inp, pyr)
+        moved = coarse_displacement(inp, pyr, u) if index == 0 and len(shapes) > 1 else None
+        stiffer = moved is not None and moved < NEARLY_ALIGNED_VOXELS and inp.options.nearly_aligned_stiffness != 1
+        if stiffer:
+            reg = Tikhonov(reg.weight, reg.spacing, reg.bending * inp.options.nearly_aligned_stiffness)
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
+        if moved is not None:
+            h.coarse_displacement = dict(mean_voxels=moved, bending_factor=inp.options.nearly_aligned_stiffness if stiffer else 1.0)
         if record is not None:
             h.prior_weight = record  # the level's alpha and its evidence (RegistrationResult.prior_weights)
         history.append(h)

@@ -179,6 +179,10 @@ class RegistrationOptions:
         "spacing": the bending weight is ``bending`` x (mean voxel size / 1 mm)^2, i.e. it
         counts per voxel rather than per mm: noise and partial volume live at the scale of a
         voxel, so coarse or anisotropic grids get a stiffer field. "none": ``bending`` mm^2 as given.
+    nearly_aligned_stiffness : float
+        Factor on the bending weight at the finest level when the coarser levels moved the pair by
+        less than 0.75 voxel on average (:func:`priorreg.deformable.coarse_displacement`): a nearly
+        aligned pair is refined with a stiffer field. 1 = off.
     """
 
     alpha: float = 1.0
@@ -215,6 +219,7 @@ class RegistrationOptions:
     linear: str = "none"
     initial_transform: str = ""
     bending_scale: str = "none"
+    nearly_aligned_stiffness: float = 1.0
 
     def __post_init__(self):
         f = "register()"
@@ -279,6 +284,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: initial_transform must be a file path (str) or '', got {self.initial_transform!r}")
         if self.bending_scale not in ("none", "spacing"):
             raise PriorRegError(f"{f}: bending_scale must be 'none' or 'spacing', got {self.bending_scale!r}")
+        if not (self.nearly_aligned_stiffness > 0 and math.isfinite(self.nearly_aligned_stiffness)):
+            raise PriorRegError(f"{f}: nearly_aligned_stiffness must be a finite number > 0, got {self.nearly_aligned_stiffness}")
         if not (self.prior_floor > 0 and self.eps > 0):
             raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
 
@@ -302,11 +309,12 @@ class RegistrationOptions:
 # override a preset (resolve_options). docs/options.md says when to use which.
 
 _MR_2D = dict(bins=64, parzen_sigma=2.0, tolerance=1e-3, local_weight=1.0, mind_weight=10.0,
-              prior_intensity_fit="affine", regularization_scaling="alpha", bending_scale="spacing")
+              prior_intensity_fit="affine", regularization_scaling="alpha", bending_scale="spacing",
+              nearly_aligned_stiffness=4.0)
 _MR_3D = dict(bins=32, parzen_sigma=1.0, tolerance=2e-3, tolerance_window=5, local_weight=1.0,
               max_samples=300000, min_sample_fraction=0.3, mind_weight=10.0, mind_channels=3,
               mind_sample_fraction=1 / 3, prior_intensity_fit="affine", regularization_scaling="alpha",
-              bending_scale="spacing")
+              bending_scale="spacing", nearly_aligned_stiffness=4.0)
 _LINEAR = dict(linear="affine")
 _NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
 # the prior decides: a fixed weight for it (auto judges a prior by the pair's start, which is far from it

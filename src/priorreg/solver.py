@@ -40,6 +40,7 @@ class LevelHistory:
             "seconds": self.seconds,
             "energy": self.energy,
             "terms": self.terms,
+            **({"coarse_displacement": self.coarse_displacement} if hasattr(self, "coarse_displacement") else {}),
         }
 
 

@@ -4,6 +4,7 @@ sys.path.insert(0, "/work/main/benchmarks")
 import numpy as np, torch
 torch.set_num_threads(1)
 import priorreg, cases as C, cases_more as CM, cases_linear as CL, run as R
+
 gens = {
  "brainweb": lambda s, a: C.real_2d("brainweb", seed=s, max_disp=a),
  "ixi": lambda s, a: C.real_2d("ixi", seed=s, max_disp=a),
