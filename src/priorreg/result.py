@@ -107,8 +107,8 @@ SMALL_FIELD_VOXELS = 0.5  # below this mean displacement the field is of the ord
 
 def small_field_notes(field: np.ndarray, spacing, region) -> list:
     """A note when the field moves the fixed voxels in ``region`` (a mask, or None: all) by less than
-    SMALL_FIELD_VOXELS on average: the default ends 0.2-0.4 voxel from the truth whatever the warp, so on
-    a pair misaligned by less than about a voxel it can be worse than no registration (benchmarks/README.md,
+    SMALL_FIELD_VOXELS on average: the default ends 0.1-0.4 voxel from the truth even on an aligned pair, so
+    on a pair misaligned by less than about half a voxel it can be worse than no registration (benchmarks/README.md,
     "Small warps: the default's error floor")."""
     h = np.reshape(np.asarray(spacing, dtype=float), (-1,) + (1,) * (field.ndim - 1))
     size = np.sqrt(((field / h) ** 2).sum(0))
@@ -117,7 +117,7 @@ def small_field_notes(field: np.ndarray, spacing, region) -> list:
     if mean >= SMALL_FIELD_VOXELS:
         return []
     return [f"register(): the field is small (mean {mean:.2f} voxel), of the order of priorreg's error on pairs that "
-            "were aligned already (0.2-0.4 voxel on the benchmark's): this pair may have been aligned already; compare "
+            "were aligned already (0.1-0.4 voxel on the benchmark's): this pair may have been aligned already; compare "
             "the warped image with the unregistered one"]
 
 
