@@ -489,12 +489,12 @@ def test_a_nearly_aligned_pair_is_refined_with_a_stiffer_field():
     near = register_with_presets(*aligned, **kw)
     far = register_with_presets(f, m, **kw)
     off = register_with_presets(*aligned, nearly_aligned_stiffness=1.0, **kw)
-    rec = [r.history[-1].coarse_displacement for r in (near, far, off)]
+    rec = [r.history[-1].coarse_displacement for r in (near, far)]
     assert near.options.nearly_aligned_stiffness == 4.0
     assert rec[0]["mean_voxels"] < NEARLY_ALIGNED_VOXELS and rec[0]["bending_factor"] == 4.0
     assert rec[1]["mean_voxels"] > NEARLY_ALIGNED_VOXELS and rec[1]["bending_factor"] == 1.0
-    assert rec[2]["bending_factor"] == 1.0 and rec[2]["mean_voxels"] == pytest.approx(rec[0]["mean_voxels"])
     assert near.as_dict()["levels"][-1]["coarse_displacement"] == rec[0]
+    assert "coarse_displacement" not in off.as_dict()["levels"][-1]  # switched off: not measured
     # The stiffer field moves the aligned pair less than the weight the large warp needs.
     size = lambda r: float(np.sqrt((r.field**2).sum(0))[anatomy > 0].mean())  # noqa: E731
     assert size(near) < size(off)

@@ -14,9 +14,9 @@ from . import histogram, pyramid, spatial
 from .calibration import fit_intensity_maps, modality_order_check, swapped_prior_message
 from .checks import Inputs
 from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
+from .intensity import otsu_threshold
 from .mind import MindEnergy
 from .normalise import Pyramids
-from .intensity import otsu_threshold
 from .options import RegistrationOptions, is_auto
 from . import prior_weight
 from .regularizer import Tikhonov
@@ -179,7 +179,7 @@ def _initial_coarse_field(inp: Inputs):
     return torch.as_tensor(sub, dtype=inp.dtype, device=inp.device).contiguous()
 
 
-NEARLY_ALIGNED_VOXELS = 0.75  # mean displacement found by the coarser levels (finest voxels) below which ...
+NEARLY_ALIGNED_VOXELS = 0.75  # below this mean displacement from the coarser levels (finest voxels), a pair is nearly aligned
 
 
 def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
@@ -205,6 +205,20 @@ def _foreground(image: torch.Tensor) -> torch.Tensor:
     return image > float(otsu_threshold(values))
 
 
+def nearly_aligned_regulariser(inp: Inputs, pyr: Pyramids, u: torch.Tensor, index: int, reg: Tikhonov):
+    """(regulariser, record or None) of a level: at the finest level of a pyramid, with
+    ``nearly_aligned_stiffness`` on, the bending weight times that factor when the coarser levels moved
+    the pair by less than NEARLY_ALIGNED_VOXELS (the record says how far, and the factor used)."""
+    factor = inp.options.nearly_aligned_stiffness
+    if index != 0 or inp.options.levels < 2 or factor == 1:
+        return reg, None
+    moved = coarse_displacement(inp, pyr, u)
+    factor = factor if moved < NEARLY_ALIGNED_VOXELS else 1.0
+    if factor != 1:
+        reg = Tikhonov(reg.weight, reg.spacing, reg.bending * factor)
+    return reg, dict(mean_voxels=moved, bending_factor=factor)
+
+
 def deformable(inp: Inputs, pyr: Pyramids, callback=None):
     """Run the pyramid: (field tensor on the fixed grid, histories, intensity maps)."""
     history, intensity_maps = [], []
@@ -221,13 +235,10 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             intensity_maps.append(fit)
         lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
         data, reg = build_energy(lv, inp, pyr)
-        moved = coarse_displacement(inp, pyr, u) if index == 0 and len(shapes) > 1 else None
-        stiffer = moved is not None and moved < NEARLY_ALIGNED_VOXELS and inp.options.nearly_aligned_stiffness != 1
-        if stiffer:
-            reg = Tikhonov(reg.weight, reg.spacing, reg.bending * inp.options.nearly_aligned_stiffness)
+        reg, nearly = nearly_aligned_regulariser(inp, pyr, u, index, reg)
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
-        if moved is not None:
-            h.coarse_displacement = dict(mean_voxels=moved, bending_factor=inp.options.nearly_aligned_stiffness if stiffer else 1.0)
+        if nearly is not None:
+            h.coarse_displacement = nearly  # how far the coarser levels moved the pair, and the bending factor used
         if record is not None:
             h.prior_weight = record  # the level's alpha and its evidence (RegistrationResult.prior_weights)
         history.append(h)
