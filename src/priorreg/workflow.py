@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import PriorRegError
 
@@ -365,10 +366,12 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
     record = rep.report_dict(result, inputs, extra)
     names = OUTPUT_NAMES + ((LINEAR_NAME,) if result.linear is not None else ())
     record["outputs"] = {n: os.path.join(os.fspath(out), n) for n in names}
-    with run_folder(out) as tmp:
-        write_images(tmp, result)
+    with run_folder(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        # The images (mostly gzip, which releases the GIL) are written while the report is drawn.
+        images = pool.submit(write_images, tmp, result)
         rep.write_json(os.path.join(tmp, "report.json"), record)
         rep.write_html(os.path.join(tmp, "report.html"), result, record, prior, mask, extra_html)
+        images.result()
     return record
 
 
