@@ -66,6 +66,8 @@ def test_bad_preset_requests_are_one_clear_error():
         priorreg.register(f, m, preset="fast")
     with pytest.raises(PriorRegError, match="either preset= or options="):
         priorreg.register(f, m, preset="mr", options=RegistrationOptions())
+    with pytest.raises(PriorRegError, match="options must be a RegistrationOptions, got dict"):
+        priorreg.register(f, m, options={"levels": 1})
 
 
 def test_the_benchmark_takes_its_settings_from_the_presets(monkeypatch):

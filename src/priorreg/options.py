@@ -385,5 +385,8 @@ def resolve_options(ndim: int, preset: str | None = None, options: RegistrationO
     """
     if preset is not None and options is not None:
         raise PriorRegError("register(): give either preset= or options=, not both")
+    if options is not None and not isinstance(options, RegistrationOptions):
+        raise PriorRegError(f"register(): options must be a RegistrationOptions, got {type(options).__name__}; "
+                            f"give single options as keywords instead (register(..., levels=2))")
     base = options if options is not None else preset_options(preset or "default", ndim)
     return base.replace(**overrides)
