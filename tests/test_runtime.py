@@ -122,3 +122,65 @@ def test_a_registration_records_the_threads_it_ran_on(restore_threads, monkeypat
     f[8:24, 8:24] = 1
     r = priorreg.register(f, 1 - f, levels=1, max_iterations=3, linear="none")
     assert r.threads == 1 and torch.get_num_threads() == 2
+
+
+MALLINFO = """
+import ctypes, threading
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mapped_by(nbytes):
+    before = libc.mallinfo2().hblkhd
+    p = libc.malloc(nbytes)
+    grew = libc.mallinfo2().hblkhd - before
+    libc.free(p)
+    return grew
+"""
+
+
+@pytest.mark.skipif(runtime._glibc() is None, reason="glibc's allocator only")
+def test_large_temporaries_come_from_the_heap_only_inside_a_large_registration():
+    body = """
+    big = 64 * 2**20
+    print(mapped_by(big) >= big)  # glibc maps it afresh
+    with rt.heap_temporaries(big) as acted:
+        print(acted, mapped_by(big) == 0)
+    print(mapped_by(big) >= big)  # defaults again
+    with rt.heap_temporaries(rt.MMAP_CEILING // 2) as acted:  # a field below the ceiling: nothing changes
+        print(acted, mapped_by(big) >= big)
+    def worker():
+        with rt.heap_temporaries(big) as acted:
+            print(acted)
+    t = threading.Thread(target=worker); t.start(); t.join()
+    """
+    out = _python(LOAD + MALLINFO + textwrap.dedent(body))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True", "True", "False", "True", "False"]
+
+
+def test_a_registration_asks_for_heap_temporaries_by_its_field_size_and_is_unchanged_by_them(monkeypatch):
+    import numpy as np
+
+    import priorreg
+    from priorreg import api
+
+    f = np.zeros((40, 40))
+    f[10:30, 8:28] = 1
+    m = np.roll(1 - f, 2, axis=0)
+    run = lambda: priorreg.register(f, m, levels=2, max_iterations=10, linear="none", warn=False).field
+    plain = run()
+    asked = []
+
+    def spy(field_bytes):
+        asked.append(field_bytes)
+        return runtime.heap_temporaries(field_bytes)
+
+    monkeypatch.setattr(api, "heap_temporaries", spy)
+    monkeypatch.setattr(runtime, "MMAP_CEILING", 0)  # every field counts as large
+    np.testing.assert_array_equal(run(), plain)
+    assert asked == [2 * 40 * 40 * 4]  # two float32 components

@@ -23,7 +23,7 @@ from .normalise import normalise
 from .prealign import after_prealign, one_field, prealign
 from .resample import warp
 from .result import RegistrationResult, make_result, small_field_notes
-from .runtime import registration_threads
+from .runtime import heap_temporaries, registration_threads
 
 __all__ = ["register", "warp", "RegistrationResult"]
 
@@ -74,7 +74,9 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     t0 = time.perf_counter()
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,
                    initial_field=initial_field, overrides=overrides)
-    with registration_threads(math.prod(inp.fixed.shape)) as threads:
+    n = math.prod(inp.fixed.shape)
+    field_bytes = inp.fixed.ndim * n * (8 if inp.options.dtype == "float64" else 4)
+    with registration_threads(n) as threads, heap_temporaries(field_bytes):
         result = _run(inp, callback, warn, t0)
     result.threads = threads
     return result
