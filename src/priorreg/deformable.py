@@ -6,6 +6,7 @@ the gradient flow (:mod:`priorreg.solver`) from the upsampled field of the level
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from .normalise import Pyramids
 from .options import RegistrationOptions, is_auto
 from . import prior_weight
 from .regularizer import Tikhonov
+from .runtime import registration_threads
 from .solver import gradient_flow
 
 
@@ -224,6 +226,10 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
     history, intensity_maps = [], []
 
     def solve_level(index, u):
+        with registration_threads(math.prod(pyr.fixed[index].shape)):  # a coarse level's kernels are short
+            return _solve_level(index, u)
+
+    def _solve_level(index, u):
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
         alpha = level_alpha(inp.options, index)
         record = None

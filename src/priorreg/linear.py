@@ -485,6 +485,7 @@ def _finish(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> Lin
                         rejected=rejected)
 
 
+MAX_SAMPLES = 20_000  # fixed samples per level (estimate_linear's max_samples)
 MIND_CHECK_VOXELS = 2**18  # the MIND cross-check runs on the finest grid 2^l x the finest spacing with at most this many voxels
 # The optimum may leave the MIND distance at most this much (relative) above the fallback's: wrong optima
 # seen on a spinal-cord slab raised it by 10-36 %, a helpful 5 degree rigid correction by 0.5 %.
@@ -544,7 +545,7 @@ def estimate_linear(
     prior_floor: float = 1e-6,
     normalization: str = "percentile",
     iterations: int = 40,
-    max_samples: int = 20_000,
+    max_samples: int = MAX_SAMPLES,
     min_overlap: float = 0.10,
     seed: int = 0,
 ) -> LinearResult:

@@ -25,8 +25,9 @@ import numpy as np
 
 from .checks import Inputs
 from .options import is_auto
-from .linear import LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
+from .linear import MAX_SAMPLES, LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
 from .resample import warp
+from .runtime import registration_threads
 
 NEAR_IDENTITY = 0.1  # largest singular value of A - I still passed as an initial field (about 6 degrees)
 SCALE_BOUNDS = (0.8, 1.25)  # an affine outside these per-axis scales ...
@@ -42,10 +43,13 @@ def initial_transform(inp: Inputs) -> LinearResult | None:
 def _estimate(inp: Inputs, kind: str, start: LinearResult | None) -> LinearResult:
     opts = inp.options
     alpha = 1.0 if is_auto(opts.alpha) else float(opts.alpha)  # an automatic prior weight starts at MI alone
-    return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
-                           bins=opts.bins, parzen_sigma=opts.parzen_sigma, levels=min(3, opts.levels),
-                           device=str(inp.device), initial=start,
-                           prior_term=opts.prior_term, prior_floor=opts.prior_floor, normalization=opts.normalization)
+    # The stage works on MAX_SAMPLES points: kernels too short to share between threads (the MNI 2 mm
+    # case's stage took 3.2 s on 2 threads, 1.3 s on one, with the same result; benchmarks/README.md).
+    with registration_threads(MAX_SAMPLES):
+        return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
+                               bins=opts.bins, parzen_sigma=opts.parzen_sigma, levels=min(3, opts.levels),
+                               device=str(inp.device), initial=start, prior_term=opts.prior_term,
+                               prior_floor=opts.prior_floor, normalization=opts.normalization)
 
 
 def implausible(lin: LinearResult) -> bool:
