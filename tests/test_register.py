@@ -477,6 +477,23 @@ def test_a_small_field_is_noted_and_a_large_one_is_not():
     assert not any("the field is small" in w for w in moved.warnings)
 
 
+def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkeypatch):
+    """Without a mask both read the fixed image's Otsu foreground (the field in an empty background is
+    not what was aligned); with a mask, the mask."""
+    from priorreg import api
+    from priorreg.intensity import foreground
+
+    seen = []
+    real = api.small_field_notes
+    monkeypatch.setattr(api, "small_field_notes", lambda field, spacing, region: seen.append(region) or real(field, spacing, region))
+    f, m, v, lab = syn.case((48, 56), syn.T2_MONO, max_disp=3.0)
+    register(f, m, levels=2, max_iterations=5, warn=False)
+    register(f, m, levels=2, max_iterations=5, warn=False, mask=lab > 0)
+    np.testing.assert_array_equal(seen[0], foreground(f))
+    assert seen[0].any() and not seen[0].all()
+    np.testing.assert_array_equal(seen[1] > 0, lab > 0)
+
+
 def test_a_nearly_aligned_pair_is_refined_with_a_stiffer_field():
     """The default presets stiffen the finest level when the coarser levels moved the pair by less than
     NEARLY_ALIGNED_VOXELS on average (priorreg.deformable.coarse_displacement); a real warp keeps the weight."""

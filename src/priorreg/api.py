@@ -22,6 +22,7 @@ from .errors import PriorRegWarning
 from .normalise import normalise
 from .prealign import after_prealign, one_field, prealign
 from .resample import warp
+from .intensity import foreground
 from .result import RegistrationResult, make_result, small_field_notes
 from .runtime import heap_temporaries, registration_threads
 
@@ -94,7 +95,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history)
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
-    late = late + small_field_notes(field, inp.fixed.spacing, inp.mask)
+    region = inp.mask if inp.mask is not None else foreground(inp.fixed.array)
+    late = late + small_field_notes(field, inp.fixed.spacing, region)
     if warn:
         for msg in late:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)

@@ -15,7 +15,7 @@ from . import histogram, pyramid, spatial
 from .calibration import fit_intensity_maps, modality_order_check, swapped_prior_message
 from .checks import Inputs
 from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
-from .intensity import otsu_threshold
+from .intensity import foreground
 from .mind import MindEnergy
 from .normalise import Pyramids
 from .options import RegistrationOptions, is_auto
@@ -198,13 +198,11 @@ def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
     added = u if inp.initial_field is None else u - torch.as_tensor(inp.initial_field, dtype=u.dtype, device=u.device)
     h = torch.as_tensor(inp.fixed.spacing, dtype=u.dtype, device=u.device).reshape(d, *([1] * d))
     size = torch.sqrt(((added / h) ** 2).sum(0))
-    inside = pyr.mask[0] > 0 if pyr.mask[0] is not None else _foreground(pyr.fixed[0])
+    if pyr.mask[0] is not None:
+        inside = pyr.mask[0] > 0
+    else:
+        inside = torch.as_tensor(foreground(pyr.fixed[0].detach().double().cpu().numpy()), device=u.device)
     return float(size[inside].mean()) if bool(inside.any()) else float(size.mean())
-
-
-def _foreground(image: torch.Tensor) -> torch.Tensor:
-    values = image.detach().reshape(-1).double().cpu().numpy()
-    return image > float(otsu_threshold(values))
 
 
 def nearly_aligned_regulariser(inp: Inputs, pyr: Pyramids, u: torch.Tensor, index: int, reg: Tikhonov):

@@ -44,6 +44,12 @@ def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
     return float(centers[int(np.argmax(between[:-1]))])
 
 
+def foreground(array) -> np.ndarray:
+    """Where ``array`` is above its Otsu threshold: the anatomy, as opposed to an empty background."""
+    a = np.asarray(array)
+    return a > otsu_threshold(a)
+
+
 def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
     """Apply a normalisation recipe to one image; returns float64."""
     a = np.asarray(array, dtype=np.float64)

@@ -106,7 +106,8 @@ SMALL_FIELD_VOXELS = 0.5  # below this mean displacement the field is of the ord
 
 
 def small_field_notes(field: np.ndarray, spacing, region) -> list:
-    """A note when the field moves the fixed voxels in ``region`` (a mask, or None: all) by less than
+    """A note when the field moves the fixed voxels in ``region`` (the mask, or the fixed image's Otsu
+    foreground as the nearly-aligned rule of :mod:`priorreg.deformable` measures it) by less than
     SMALL_FIELD_VOXELS on average: the default ends 0.1-0.4 voxel from the truth even on an aligned pair, so
     on a pair misaligned by less than about half a voxel it can be worse than no registration (benchmarks/README.md,
     "Small warps: the default's error floor")."""
