@@ -176,8 +176,8 @@ def registration_threads(n_voxels: int):
 #: 3 x 3.7 M voxels x 4 bytes = 44 MB) is allocated and freed many times per iteration, so every
 #: temporary is page-faulted and zeroed anew: a third of the CPU time of a 1 mm run was system time.
 MMAP_CEILING = 32 * 2**20
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
-_TRIM_DEFAULT, _MMAPS_DEFAULT = 128 * 1024, 65536
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
+_MMAPS_DEFAULT = 65536
 
 
 def _glibc():
@@ -200,9 +200,13 @@ def heap_temporaries(field_bytes: int):
     Only when a field is above :data:`MMAP_CEILING`, on glibc, in the main thread (the setting is
     process-wide; a cohort's worker threads leave it alone). Inside: no allocation is mmap-ed and
     the heap is not trimmed, so a freed 44 MB block is reused (a 1 mm brain's whole run 47 -> 32 s,
-    system time 17 -> 2 s, peak memory +3 %; benchmarks/README.md, "Whole-process speed"). After:
-    glibc's defaults again, and the freed heap handed back to the kernel (``malloc_trim``).
-    Yields whether it acted."""
+    system time 17 -> 2 s, peak memory +3 %; benchmarks/README.md, "Whole-process speed"). After: mmap
+    again, and the freed heap handed back to the kernel (``malloc_trim``).
+    Yields whether it acted.
+
+    Any mallopt call ends glibc's dynamic threshold, so afterwards the threshold is fixed where that rule
+    leaves a process that has freed large arrays (mmap above MMAP_CEILING, trim above twice that) rather
+    than at its start-up 128 KiB, which would map every later tensor above 128 KiB afresh."""
     import threading
 
     libc = _glibc() if field_bytes > MMAP_CEILING else None
@@ -215,5 +219,6 @@ def heap_temporaries(field_bytes: int):
         yield True
     finally:
         libc.mallopt(_M_MMAP_MAX, _MMAPS_DEFAULT)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_CEILING)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_CEILING)
         libc.malloc_trim(0)
