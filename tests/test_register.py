@@ -412,6 +412,27 @@ def test_non_finite_energy_stops_with_level_and_iteration():
         gradient_flow([Exploding()], Tikhonov(1.0, (1.0, 1.0)), u, RegistrationOptions(), 2, (1.0, 1.0))
 
 
+def test_a_non_finite_force_stops_instead_of_halving_the_step_forever():
+    """A NaN in the force made every trial step NaN, which no step-size test caught: the step loop ran
+    forever (seen with a starting transform that left no overlap)."""
+    from priorreg.regularizer import Tikhonov
+    from priorreg.solver import gradient_flow
+
+    class NanForce:
+        calls = 0
+
+        def evaluate(self, u, with_force):
+            self.calls += 1
+            force = torch.ones_like(u)
+            if self.calls > 1:
+                force[0, 3, 3] = float("nan")
+            return {"X": 1.0}, 1.0 - 1e-3 * self.calls, force if with_force else None
+
+    u = torch.zeros(2, 16, 16)
+    with pytest.raises(PriorRegError, match=r"force became non-finite at level 1, iteration 2"):
+        gradient_flow([NanForce()], Tikhonov(1.0, (1.0, 1.0)), u, RegistrationOptions(), 1, (1.0, 1.0))
+
+
 def test_masked_registration_recovers_the_warp_inside_the_mask():
     f, m, v, lab = syn.case((96, 112), syn.T2_MONO, max_disp=4.0)
     from scipy import ndimage

@@ -45,6 +45,7 @@ class LevelHistory:
 
 
 _NOISE = 1e-12
+MAX_TRIES = 200  # step sizes tried for one step before it counts as below min_step_voxels
 
 
 def _max_voxel_norm(F: torch.Tensor, spacing) -> float:
@@ -128,8 +129,11 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             reason = "zero force"
             break
         accepted = False
-        while True:
+        for _ in range(MAX_TRIES):  # each try shrinks tau by a quarter at least
             u_new, delta, U_new = update(tau)
+            if not math.isfinite(delta):
+                raise PriorRegError(f"register(): the force became non-finite at level {level}, iteration {it + 1}; "
+                                    "check that the images overlap and hold finite values")
             if delta > opts.max_step_voxels:
                 tau *= 0.5 * opts.max_step_voxels / delta + 0.25
                 continue
