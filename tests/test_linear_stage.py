@@ -152,3 +152,26 @@ def test_small_images_and_conflicting_starts():
     assert r.linear is not None and r.field.shape == (2, 28, 28)
     with pytest.raises(priorreg.PriorRegError, match="initial_field or initial_transform, not both"):
         priorreg.register(g, 1 - g, initial_field=np.zeros((2, 28, 28)), initial_transform="t.tfm")
+
+
+def test_images_that_do_not_overlap_are_aligned_by_their_centres_or_refused(pair, capsys):
+    """A moving image whose origin lies 300 mm away: the linear stage's centre start finds it (the MIND
+    check, which had no common voxel to compare with world alignment, no longer sends it back there; the
+    report's picture of the unregistered pair, an empty image, is drawn); without the linear stage there is
+    nothing to register: one clear error, not a traceback (it was an IndexError) or a blank result."""
+    import priorreg
+    from priorreg.io import read_image
+
+    d, paths, _ = pair
+    far = sitk.ReadImage(paths["aligned"])
+    far.SetOrigin((300.0, 0.0))
+    sitk.WriteImage(far, str(d / "pd_far.nii.gz"))
+    _run(["register", paths["fixed"], str(d / "pd_far.nii.gz"), "--out", str(d / "far"), "--quiet"])
+    rep = json.loads((d / "far" / "report.json").read_text())
+    assert abs(rep["linear"]["translation_mm"][0] - 300.0) < 1.0 and abs(rep["linear"]["translation_mm"][1]) < 1.0
+    assert cli.main(["register", paths["fixed"], str(d / "pd_far.nii.gz"), "--out", str(d / "none"), "--linear", "none"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the images do not overlap" in err[0]
+    with pytest.raises(priorreg.PriorRegError, match=r"only 0% of the fixed image's foreground falls inside the moving image "
+                                                      r"under their world alignment"):
+        priorreg.register(read_image(paths["fixed"]), read_image(str(d / "pd_far.nii.gz")), linear="none", warn=False)

@@ -20,7 +20,7 @@ from .checks import validate
 from .deformable import deformable, prior_order_warnings, unused_prior_warnings
 from .errors import PriorRegWarning
 from .normalise import normalise
-from .prealign import after_prealign, one_field, prealign
+from .prealign import after_prealign, check_overlap, one_field, prealign
 from .resample import warp
 from .intensity import foreground
 from .result import RegistrationResult, make_result, small_field_notes
@@ -86,6 +86,7 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
 def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     """Stages 2-5 on validated inputs."""
     lin = prealign(inp)
+    check_overlap(inp, lin)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     notes = prior_order_warnings(work, pyr)

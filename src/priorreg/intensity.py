@@ -68,6 +68,8 @@ def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
     # noise, and dividing by it would blow the image up (1e3 to 1e8 on the circle phantoms): use min/max.
     if p1 - p0 <= FLAT_FOREGROUND * contrast:
         p0, p1 = lo, hi
+    if p1 <= p0:  # a constant image (e.g. a moving image resampled where it has no data): all zeros
+        return a - p0
     return (a - p0) / (p1 - p0)
 
 

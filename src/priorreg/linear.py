@@ -520,7 +520,8 @@ def _cross_check(fix, f_n, mov, m_n, res: LinearResult, fallback: LinearResult, 
     7 mm and 8 degrees off)."""
     d_res, d_fall = _mind_distance(fix, f_n, mov, m_n, [(res.matrix, res.translation),
                                                          (fallback.matrix, fallback.translation)])
-    if d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
+    # Not finite: no fixed voxel lies inside the moving image under both; the check cannot judge.
+    if not np.isfinite(d_fall) or d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
         return res
     fallback.notes.append(f"the linear stage's optimum raised mutual information but worsened the MIND descriptor "
                           f"distance ({d_res:.4f} vs {d_fall:.4f}); the {what} is kept")

@@ -26,7 +26,9 @@ import numpy as np
 from .checks import Inputs
 from .options import is_auto
 from .linear import MAX_SAMPLES, LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
-from .resample import warp
+from .errors import PriorRegError
+from .intensity import foreground
+from .resample import field_of_view, warp
 from .runtime import registration_threads
 
 NEAR_IDENTITY = 0.1  # largest singular value of A - I still passed as an initial field (about 6 degrees)
@@ -73,6 +75,28 @@ def prealign(inp: Inputs) -> LinearResult | None:
         rigid = _estimate(inp, "rigid", start)
         lin = rigid if not rigid.rejected else lin
     return lin
+
+
+MIN_OVERLAP = 0.10  # of the fixed foreground inside the moving image at the start, as the linear stage asks
+
+
+def check_overlap(inp: Inputs, lin: LinearResult | None) -> None:
+    """Refuse a start at which less than MIN_OVERLAP of the fixed image's foreground (or mask) lies inside
+    the moving image: there is nothing to register, and the result would be a blank warped image."""
+    if inp.initial_field is not None:
+        field, start = np.asarray(inp.initial_field, dtype=float), "the initial field"
+    elif lin is not None:
+        field, start = linear_to_field(lin, inp.fixed), "the linear transform"
+    else:
+        field, start = np.zeros((inp.fixed.ndim, *inp.fixed.shape)), "their world alignment (no linear stage)"
+    region = inp.mask > 0 if inp.mask is not None else foreground(inp.fixed.array)
+    inside = field_of_view(inp.moving, inp.fixed, field)[region]
+    share = float(inside.mean()) if inside.size else 0.0
+    if share < MIN_OVERLAP:
+        raise PriorRegError(
+            f"register(): only {100 * share:.0f}% of the fixed image's {'mask' if inp.mask is not None else 'foreground'} "
+            f"falls inside the moving image under {start} (needs {100 * MIN_OVERLAP:.0f}%): the images do not overlap; "
+            "check their origins and directions, or give an initial transform")
 
 
 def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]:
