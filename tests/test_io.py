@@ -98,6 +98,17 @@ def test_png_and_tiff_write(tmp_path):
         pio.write_image(priorreg.Image(blob_image((5, 6, 7))), tmp_path / "b.png")
 
 
+@pytest.mark.parametrize("values", [lambda b: b * 50 - 214,  # negative: was written all black
+                                    lambda b: (b + 2) / 4,  # 0-1 floats: was written in two grey levels
+                                    lambda b: b * 1e5 + 2e5])  # beyond 16 bits: was clipped
+def test_png_refuses_data_that_rounding_to_integers_would_destroy(tmp_path, values):
+    img = priorreg.Image(values(blob_image((20, 30))).astype(np.float32))
+    with pytest.raises(PriorRegError, match=r"PNG holds integers 0-65535 and this image's values run from"):
+        pio.write_image(img, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+    pio.write_image(priorreg.Image(np.rint(blob_image((20, 30)) * 2 + 3)), tmp_path / "few.png")  # integers: kept as they are
+
+
 def test_dicom_series_directory(tmp_path):
     vol = (blob_image((5, 16, 12)) * 500 + 1000).astype(np.int16)
     d = tmp_path / "dicom"

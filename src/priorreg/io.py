@@ -532,18 +532,34 @@ def _write(sitk_img, path, name):
         raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({first.strip()[:200]})") from None
 
 
+PNG_MIN_LEVELS = 32  # non-integer data spanning fewer grey levels than this would be flattened by rounding
+
+
+def _png_levels(arr: np.ndarray, path, name: str) -> np.ndarray:
+    """``arr`` as uint8 or uint16 for a PNG file, or one clear error where rounding would lose it."""
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    integral = bool(np.all(np.isfinite(arr)) and np.all(arr == np.rint(arr)))
+    if not np.all(np.isfinite(arr)) or lo < 0 or hi > 65535 or (not integral and hi - lo < PNG_MIN_LEVELS):
+        raise PriorRegError(
+            f"{name}: cannot write {os.fspath(path)}: PNG holds integers 0-65535 and this image's values run from "
+            f"{lo:.4g} to {hi:.4g}; write .nii.gz, .mha or .nrrd to keep them")
+    top = 255 if hi <= 255 else 65535
+    return np.rint(arr).astype(np.uint8 if top == 255 else np.uint16)
+
+
 def write_image(image: Image, path, name: str = "output") -> None:
     """Write an :class:`Image` with its geometry, atomically.
 
-    PNG keeps 8/16-bit integer data only: other data are rounded and clipped to uint8 or uint16.
+    PNG keeps 8/16-bit integer data only: other data are rounded to uint8 or uint16 where that keeps
+    them (values in 0-65535, at least PNG_MIN_LEVELS grey levels apart from integers); otherwise it is
+    refused rather than written black or in a few grey levels.
     A 2D image read from a single-slice 3D file (``image.volume``) is written back as that
     X x Y x 1 grid with the file's 3D geometry, except as PNG/TIFF (2D formats).
     """
     ext = _check_write_ext(path, image.ndim, name)
     arr = np.asarray(image.array)
     if ext == ".png" and arr.dtype not in (np.uint8, np.uint16):
-        top = 255 if np.nanmax(arr) <= 255 else 65535
-        arr = np.clip(np.rint(arr), 0, top).astype(np.uint8 if top == 255 else np.uint16)
+        arr = _png_levels(arr, path, name)
         image = image.with_array(arr)
     _write(image_to_sitk(image, keep_volume=ext not in (".png", ".tif", ".tiff")), path, name)
 
