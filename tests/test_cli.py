@@ -159,6 +159,10 @@ def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path
                  "would overwrite the input")
     assert_error(capsys, ["apply", data["moving"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
                           "--out", data["moving"], "--overwrite"], "is an input")
+    # An empty --out is not the working directory (it wrote there, not empty, without --overwrite).
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", "", *FAST], "--out is empty")
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", out / "report.json" / "sub", *FAST],
+                 "report.json is a file")
 
 
 def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path):

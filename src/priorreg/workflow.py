@@ -238,6 +238,8 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
     """Refuse an output folder that overlaps the inputs, is taken (unless overwrite) or cannot be
     created and written. Creates nothing."""
     out = os.fspath(out)
+    if not out.strip():  # os.path.exists("") is False, and the outputs would land in the working directory
+        raise PriorRegError(f"{what} is empty; give the output directory's name")
     for path in inputs:
         if path is None:
             continue
@@ -254,7 +256,8 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
         return
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
-        raise PriorRegError(f"cannot create output directory {out}: its parent directory does not exist")
+        why = "is a file" if os.path.exists(parent) else "does not exist"
+        raise PriorRegError(f"cannot create output directory {out}: its parent {parent} {why}")
     check_writable(parent, out, what)
 
 
