@@ -150,3 +150,34 @@ def test_auto_alpha_is_the_default_with_a_prior_and_is_reported(tmp_path, capsys
     assert "alpha per level (auto) " in out
     page = (tmp_path / "o" / "report.html").read_text()
     assert "alpha at level 0 (auto)" in page
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(bins="32"), "bins must be an integer, got '32'"),
+    (dict(levels=True), "levels must be an integer, got True"),
+    (dict(levels=1.5), "levels must be an integer, got 1.5"),
+    (dict(regularization="0.3"), "regularization must be a finite number, got '0.3'"),
+    (dict(regularization=float("inf")), "regularization must be a finite number, got inf"),
+    (dict(tolerance=-1.0), "tolerance must be >= 0"),
+])
+def test_options_of_the_wrong_type_are_one_clear_error(kw, match):
+    """They were TypeErrors deep in the engine, an infinite energy at level 2, or accepted (tolerance -1)."""
+    f, m = _pair()
+    with pytest.raises(PriorRegError, match=match):
+        priorreg.register(f, m, **kw)
+
+
+def test_integral_numbers_and_binary_images_are_taken_as_they_mean():
+    f, m = _pair()
+    r = priorreg.register(f, m, bins=32.0, levels=np.int64(1), max_iterations=3, linear="none", warn=False)
+    assert r.options.bins == 32 and type(r.options.bins) is int and r.options.levels == 1
+    r = priorreg.register(f > 0.5, m > 0.5, levels=1, max_iterations=3, linear="none", warn=False)  # booleans as 0/1
+    assert np.isfinite(r.field).all()
+    with pytest.raises(PriorRegError, match="fixed must hold real numbers, got dtype complex128"):
+        priorreg.register(f + 1j * f, m)
+    with pytest.raises(PriorRegError, match=r"fixed is text .* priorreg.read_image"):
+        priorreg.register("fixed.nii.gz", m)
+    with pytest.raises(PriorRegError, match="field must hold finite real numbers"):
+        priorreg.warp(m, np.full((2, *m.shape), np.nan))
+    with pytest.raises(PriorRegError, match="fill must be a finite number or None, got '0'"):
+        priorreg.warp(m, np.zeros((2, *m.shape)), fill="0")

@@ -120,6 +120,8 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
             arr = np.asarray(x)
         except Exception as e:  # pragma: no cover - exotic inputs
             raise PriorRegError(f"{func}: {name} must be an array or priorreg.Image ({e})") from None
+        if arr.dtype.kind in "US":
+            raise PriorRegError(f"{func}: {name} is text ({str(arr)[:80]}); read a file with priorreg.read_image(path)")
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise PriorRegError(f"{func}: {name} must be a numeric array, got dtype {arr.dtype}")
         if arr.ndim not in (2, 3):
@@ -128,8 +130,10 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
             )
         img = Image(arr, spacing)
     a = img.array
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise PriorRegError(f"{func}: {name} must be numeric, got dtype {a.dtype}")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
+        raise PriorRegError(f"{func}: {name} must hold real numbers, got dtype {a.dtype}")
+    if a.dtype == bool:  # a binary image: its intensities 0 and 1 (numpy cannot subtract booleans)
+        img, a = img.with_array(a.astype(np.float32)), a.astype(np.float32)
     if min(a.shape) < 4:
         raise PriorRegError(f"{func}: {name} has shape {a.shape}; every axis needs at least 4 voxels")
     if not np.all(np.isfinite(a)):

@@ -221,8 +221,22 @@ class RegistrationOptions:
     bending_scale: str = "none"
     nearly_aligned_stiffness: float = 1.0
 
+    def _check_types(self, f: str) -> None:
+        """Integer options as int (32.0 becomes 32), number options as finite reals; strings, bools and
+        other types are refused by name (a string "32" gave TypeErrors deep inside the engine)."""
+        for fld in fields(self):
+            v = getattr(self, fld.name)
+            if fld.type == "int":
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or int(v) != v:
+                    raise PriorRegError(f"{f}: {fld.name} must be an integer, got {v!r}")
+                object.__setattr__(self, fld.name, int(v))
+            elif fld.type == "float" and fld.name != "alpha":
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                    raise PriorRegError(f"{f}: {fld.name} must be a finite number, got {v!r}")
+
     def __post_init__(self):
         f = "register()"
+        self._check_types(f)
         if is_auto(self.alpha):
             object.__setattr__(self, "alpha", AUTO)
         elif not (isinstance(self.alpha, numbers.Real) and 0.0 <= float(self.alpha) <= 1.0):
@@ -237,6 +251,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: parzen_sigma must be >= 0 (bins), got {self.parzen_sigma}")
         if int(self.levels) != self.levels or self.levels < 1:
             raise PriorRegError(f"{f}: levels must be an integer >= 1, got {self.levels}")
+        if not self.tolerance >= 0:
+            raise PriorRegError(f"{f}: tolerance must be >= 0, got {self.tolerance}")
         if self.max_iterations < 0:
             raise PriorRegError(f"{f}: max_iterations must be >= 0, got {self.max_iterations}")
         if not (self.step_voxels > 0 and self.max_step_voxels >= self.step_voxels):

@@ -60,6 +60,8 @@ def _checked_field(field, ref: Image, mov: Image, func: str) -> np.ndarray:
         )
     if mov.ndim != ref.ndim:
         raise PriorRegError(f"{func}: moving is {mov.ndim}D but the reference grid is {ref.ndim}D")
+    if not np.issubdtype(fld.dtype, np.number) or np.iscomplexobj(fld) or not np.all(np.isfinite(fld)):
+        raise PriorRegError(f"{func}: field must hold finite real numbers (mm)")
     return fld
 
 
@@ -85,6 +87,8 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     func = "warp()"
     if interpolation not in ("linear", "nearest"):
         raise PriorRegError(f"{func}: interpolation must be 'linear' or 'nearest', got {interpolation!r}")
+    if fill is not None and (isinstance(fill, (bool, str)) or not np.isfinite(fill)):
+        raise PriorRegError(f"{func}: fill must be a finite number or None, got {fill!r}")
     mov = _as_moving(moving, spacing, func)
     ref = mov if reference is None else reference
     fld = _checked_field(field, ref, mov, func)
