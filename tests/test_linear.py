@@ -377,3 +377,8 @@ def test_read_itk_transform_refusals(tmp_path):
         read_itk_transform(tmp_path / "elastix.txt", 2)
     with pytest.raises(PriorRegError, match="no such file"):
         read_itk_transform(tmp_path / "missing.tfm", 2)
+    flat = sitk.AffineTransform(2)
+    flat.SetMatrix((0.0, 0.0, 0.0, 0.0))  # was called a reflection (det < 0), or hit an IndexError with --linear none
+    sitk.WriteTransform(flat, str(tmp_path / "flat.tfm"))
+    with pytest.raises(PriorRegError, match=r"singular transform \(determinant 0\)"):
+        read_itk_transform(tmp_path / "flat.tfm", 2)

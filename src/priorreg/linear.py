@@ -738,6 +738,9 @@ def read_itk_transform(path, ndim: int) -> LinearResult:
     if not tx.IsLinear():
         raise PriorRegError(f"{func}: {p} holds a {tx.GetName()}, not a linear transform (affine, Euler, versor)")
     A, t = _linear_part(tx, ndim)
+    if not np.all(np.isfinite(A)) or abs(np.linalg.det(A)) < 1e-6:
+        raise PriorRegError(f"{func}: {p} holds a singular transform (determinant {np.linalg.det(A):.3g}): it maps "
+                            "the image onto a plane, a line or a point")
     center = np.array(tx.GetFixedParameters()[:ndim]) if len(tx.GetFixedParameters()) >= ndim else None
     rigid = np.allclose(A.T @ A, np.eye(ndim), atol=1e-6)
     return LinearResult(A, t, kind="rigid" if rigid else "affine", center=center)
