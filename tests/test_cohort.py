@@ -218,6 +218,11 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     assert {k: read_summary(out)[0][k]["seconds"] for k in first} == first
     assert {k: os.stat(out / k / "field.nii.gz").st_mtime_ns for k in done} == done
     assert all(cohort.outputs_complete(out / k) for k in rows)
+    (out / "good0" / "linear.tfm").unlink()  # a file the report lists is missing: the pair is not complete
+    assert not cohort.outputs_complete(out / "good0") and cohort.outputs_complete(out / "good2")
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)
+    assert rc == 0 and "1 registered, 0 failed, 3 skipped" in so, err
+    assert (out / "good0" / "linear.tfm").is_file()
 
 
 def test_missing_dask_is_one_line_with_the_pip_command(capsys, data, tmp_path, monkeypatch):

@@ -228,7 +228,7 @@ def _add_register(sub) -> None:
         help="register MOVING onto FIXED",
         description="Register MOVING onto FIXED (starting from their world alignment). Writes DIR/warped.nii.gz, "
         "field.nii.gz (ITK/ANTs displacement field: world LPS mm, pull-back), jacobian.nii.gz, report.json, "
-        "report.html. Progress: a bar on a terminal, else one line per pyramid level on stderr.",
+        "report.html, and linear.tfm when the linear stage ran. Progress: a bar on a terminal, else one line per pyramid level on stderr.",
     )
     r.add_argument("fixed", metavar="FIXED", help="reference image (file or DICOM series directory)")
     r.add_argument("moving", metavar="MOVING", help="image to deform")

@@ -212,8 +212,18 @@ def _abs(path: str, base: str) -> str:
 
 
 def outputs_complete(folder: str) -> bool:
-    """Whether ``folder`` holds every file ``priorreg register`` writes (they land there together)."""
-    return all(os.path.isfile(os.path.join(folder, n)) for n in wf.OUTPUT_NAMES)
+    """Whether ``folder`` holds every file ``priorreg register`` wrote there: the five always written, and
+    those its report.json lists (linear.tfm when the linear stage ran)."""
+    import json
+
+    if not all(os.path.isfile(os.path.join(folder, n)) for n in wf.OUTPUT_NAMES):
+        return False
+    try:
+        with open(os.path.join(folder, "report.json")) as fh:
+            written = json.load(fh).get("outputs", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return all(os.path.isfile(os.path.join(folder, os.path.basename(n))) for n in written)
 
 
 def _only_ours(folder: str) -> bool:
