@@ -351,3 +351,15 @@ def test_register_warns_in_one_line_about_a_prior_with_the_modalities_swapped(ca
     assert "far better with fixed and moving swapped" in (tmp_path / "run" / "report.html").read_text()
     rc, so, err = run(capsys, "register", *args, "--out", tmp_path / "ok", "--prior", tmp_path / "right.npz")
     assert rc == 0 and "warning" not in err.lower(), err
+
+
+def test_a_folder_without_dicom_is_one_line_without_itks_own_warning(tmp_path):
+    """ITK printed "WARNING: ... GDCMSeriesFileNames: No Series were found" and a blank line to the process's
+    stderr before priorreg's own error (a subprocess, so ITK's C-level stderr is what is read)."""
+    (tmp_path / "empty").mkdir()
+    png = os.path.join(os.path.dirname(priorreg.__file__), "data", "brainweb", "BrainT1Slice.png")
+    r = subprocess.run([sys.executable, "-m", "priorreg", "register", str(tmp_path / "empty"), png, "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"priorreg: error: fixed: {tmp_path / 'empty'} is a directory without a "
+                                             "DICOM series (give an image file or a DICOM series folder)"]

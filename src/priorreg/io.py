@@ -44,6 +44,9 @@ _2D_ONLY = (".png",)
 def _sitk():
     import SimpleITK as sitk
 
+    # ITK's own warnings go straight to stderr (e.g. "GDCMSeriesFileNames: No Series were found" before
+    # priorreg's one-line error on a folder without DICOM): priorreg says what went wrong itself.
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     return sitk
 
 

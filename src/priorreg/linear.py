@@ -723,10 +723,9 @@ def read_itk_transform(path, ndim: int) -> LinearResult:
         raise PriorRegError(f"{func}: no such file: {p}")
     try:
         tx = sitk.ReadTransform(p)
-    except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unknown error"
-        raise PriorRegError(f"{func}: {p} is not an ITK transform file ({msg}); elastix parameter files need "
-                            "transformix or an ITK export first") from None
+    except RuntimeError:
+        raise PriorRegError(f"{func}: {p} is not an ITK transform file that SimpleITK can read (.tfm, .txt, .mat "
+                            "or .h5); elastix parameter files need transformix or an ITK export first") from None
     if tx.GetName() == "CompositeTransform":
         comp = sitk.CompositeTransform(tx)
         if comp.GetNumberOfTransforms() != 1:
