@@ -203,3 +203,17 @@ def test_auto_on_cuda_chooses_and_lands_like_cpu():
     assert min(_alphas(rc)) < 1
     assert _alphas(rg) == pytest.approx(_alphas(rc), abs=0.02)
     assert_same_solution(rc, rg, v, lab > 0)
+
+
+def test_cli_says_once_that_a_one_pair_prior_gets_a_conservative_weight(tmp_path, test_pair):
+    """The README promises a note; it was only in report.json (once per level)."""
+    import SimpleITK as sitk
+
+    fit_prior(*_pair(T1, T2, 1), bins=32, parzen_sigma=1.0, levels=2).save(tmp_path / "one.npz")
+    for name, img in zip(("f.nii.gz", "m.nii.gz"), test_pair):
+        sitk.WriteImage(sitk.GetImageFromArray(img.astype(np.float32)), str(tmp_path / name))
+    r = _cli("register", "f.nii.gz", "m.nii.gz", "--prior", "one.npz", "--out", "out", "--levels", 2,
+             "--max-iterations", 5, "--linear", "none", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "one training pair" in line]
+    assert notes == ["priorreg: alpha auto: a prior from one training pair has no spread to judge it by: conservative weight"]

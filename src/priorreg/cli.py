@@ -346,6 +346,8 @@ def cmd_register(args, con: Console) -> int:
     con.end_bar()
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
+    for n in dict.fromkeys(w["note"] for w in result.prior_weights if w.get("note")):  # once, not per level
+        con.note(f"alpha auto: {n}")
     wf.write_outputs(args.out, result, prior=prior, mask=mask,
                      inputs=wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior))
     if not con.quiet:
