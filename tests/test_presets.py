@@ -181,3 +181,12 @@ def test_integral_numbers_and_binary_images_are_taken_as_they_mean():
         priorreg.warp(m, np.full((2, *m.shape), np.nan))
     with pytest.raises(PriorRegError, match="fill must be a finite number or None, got '0'"):
         priorreg.warp(m, np.zeros((2, *m.shape)), fill="0")
+
+
+def test_fit_prior_checks_its_binning_like_register_and_names_itself():
+    f, m = _pair()
+    assert priorreg.fit_prior([f], [m], bins=32.0, levels=1).bins == 32
+    with pytest.raises(PriorRegError, match=r"^fit_prior\(\): parzen_sigma must be a finite number, got '1'"):
+        priorreg.fit_prior([f], [m], parzen_sigma="1")
+    with pytest.raises(PriorRegError, match=r"^fit_prior\(\): bins must be an integer >= 4, got 0"):
+        priorreg.fit_prior([f], [m], bins=0)

@@ -222,7 +222,11 @@ def fit_prior(
             raise PriorRegError(f"{func}: got {len(masks)} masks for {len(fixed)} pairs")
     if normalization not in NORMALIZATIONS:
         raise PriorRegError(f"{func}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels)  # validates them
+    try:  # validates them (and takes 32.0 as 32)
+        checked = RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels)
+    except PriorRegError as e:
+        raise PriorRegError(str(e).replace("register()", func, 1)) from None
+    bins, parzen_sigma, levels = checked.bins, checked.parzen_sigma, checked.levels
     pairs = []
     for j, (f, m) in enumerate(zip(fixed, moving)):
         fi = as_image(f, f"fixed[{j}]", func, spacing)
