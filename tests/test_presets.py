@@ -190,3 +190,22 @@ def test_fit_prior_checks_its_binning_like_register_and_names_itself():
         priorreg.fit_prior([f], [m], parzen_sigma="1")
     with pytest.raises(PriorRegError, match=r"^fit_prior\(\): bins must be an integer >= 4, got 0"):
         priorreg.fit_prior([f], [m], bins=0)
+
+
+def test_api_arguments_of_the_wrong_kind_name_themselves(tmp_path):
+    """Each was a raw TypeError, ValueError, LinAlgError or FileNotFoundError naming a temporary file."""
+    from priorreg import Image, io as pio
+
+    f, m = _pair()
+    cases = [
+        (lambda: Image(f, direction=np.zeros((2, 2))), r"direction must be an invertible 2 x 2 matrix"),
+        (lambda: Image(f, origin="0"), r"origin must be numbers, got the text '0'"),
+        (lambda: priorreg.register(f, m, spacing="1,1"), r"spacing must be numbers, got the text '1,1'"),
+        (lambda: priorreg.register(f, m, callback=5), r"callback must be a function"),
+        (lambda: pio.read_image(5), r"must be a file path, got int"),
+        (lambda: pio.write_image(f, tmp_path / "x.nii.gz"), r"write_image\(\) takes a priorreg.Image"),
+        (lambda: priorreg.fit_prior([f], [m], levels=1).save(tmp_path / "no" / "p.npz"), r"the folder .*no does not exist"),
+    ]
+    for call, match in cases:
+        with pytest.raises(PriorRegError, match=match):
+            call()

@@ -18,7 +18,7 @@ import warnings
 
 from .checks import validate
 from .deformable import deformable, prior_order_warnings, unused_prior_warnings
-from .errors import PriorRegWarning
+from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise
 from .prealign import after_prealign, check_overlap, one_field, prealign
 from .resample import warp
@@ -73,6 +73,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     (2, 32, 32)
     """
     t0 = time.perf_counter()
+    if callback is not None and not callable(callback):
+        raise PriorRegError(f"register(): callback must be a function (level, iteration, energy), got {callback!r}")
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,
                    initial_field=initial_field, overrides=overrides)
     n = math.prod(inp.fixed.shape)

@@ -64,7 +64,13 @@ class Image:
         if self.direction is None:
             self.direction = np.eye(d)
         # A contiguous copy: torch refuses negative-stride views (e.g. a reversed SimpleITK matrix).
-        self.direction = np.ascontiguousarray(np.array(self.direction, dtype=float).reshape(d, d))
+        try:
+            self.direction = np.ascontiguousarray(np.array(self.direction, dtype=float).reshape(d, d))
+        except (TypeError, ValueError):
+            raise PriorRegError(f"Image(): direction must be a {d} x {d} matrix of numbers, got {self.direction!r}") from None
+        if not np.all(np.isfinite(self.direction)) or abs(np.linalg.det(self.direction)) < 1e-6:
+            raise PriorRegError(f"Image(): direction must be an invertible {d} x {d} matrix (axis directions), "
+                                f"got {self.direction.tolist()}")
         if self.volume is not None and d != 2:
             raise PriorRegError(f"Image(): volume (single-slice 3D geometry) is for 2D images, got a {d}D array")
 
@@ -98,7 +104,12 @@ class Image:
 def _as_vector(v, d, default, name):
     if v is None:
         return tuple([float(default)] * d)
-    arr = np.atleast_1d(np.asarray(v, dtype=float))
+    if isinstance(v, (str, bytes)):
+        raise PriorRegError(f"Image(): {name} must be numbers, got the text {v!r}")
+    try:
+        arr = np.atleast_1d(np.asarray(v, dtype=float))
+    except (TypeError, ValueError):
+        raise PriorRegError(f"Image(): {name} must be numbers, got {v!r}") from None
     if arr.size == 1:
         arr = np.repeat(arr, d)
     if arr.size != d:

@@ -346,6 +346,8 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     are appended to ``notes`` if given.
     """
     sitk = _sitk()
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise PriorRegError(f"read_image(): {name} must be a file path, got {type(path).__name__}")
     path = os.fspath(path)
     scan = None
     if not os.path.exists(path):
@@ -559,6 +561,9 @@ def write_image(image: Image, path, name: str = "output") -> None:
     A 2D image read from a single-slice 3D file (``image.volume``) is written back as that
     X x Y x 1 grid with the file's 3D geometry, except as PNG/TIFF (2D formats).
     """
+    if not isinstance(image, Image):
+        raise PriorRegError(f"{name}: write_image() takes a priorreg.Image (Image(array, spacing, origin, direction) "
+                            f"or one from read_image), got {type(image).__name__}")
     ext = _check_write_ext(path, image.ndim, name)
     arr = np.asarray(image.array)
     if ext == ".png" and arr.dtype not in (np.uint8, np.uint16):

@@ -100,6 +100,8 @@ class Prior:
             arrays["pair_kl"] = np.asarray(self.pair_kl, dtype=np.float64)
         np.savez_compressed(buf, **arrays)
         directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise PriorRegError(f"Prior.save(): cannot write {path}: the folder {directory} does not exist")
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".priorreg-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
