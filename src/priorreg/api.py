@@ -23,7 +23,7 @@ from .normalise import normalise
 from .prealign import after_prealign, check_overlap, one_field, prealign
 from .resample import warp
 from .intensity import foreground
-from .result import RegistrationResult, make_result, small_field_notes
+from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
 from .runtime import heap_temporaries, registration_threads
 
 __all__ = ["register", "warp", "RegistrationResult"]
@@ -100,8 +100,10 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     region = inp.mask if inp.mask is not None else foreground(inp.fixed.array)
     late = late + small_field_notes(field, inp.fixed.spacing, region)
+    result = make_result(inp, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
+    outcome = outcome_notes(result, region)
+    result.warnings.extend(outcome)
     if warn:
-        for msg in late:
+        for msg in late + outcome:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
-    notes = notes + late
-    return make_result(inp, pyr, field, history, intensity_maps, notes, time.perf_counter() - t0, lin)
+    return result

@@ -122,6 +122,26 @@ def small_field_notes(field: np.ndarray, spacing, region) -> list:
             "the warped image with the unregistered one"]
 
 
+FOLDING_PERCENT = 0.1  # a field that folds more of the voxels than this is reported
+MIN_COVERAGE = 0.5  # ... and one that leaves more than half the fixed anatomy without moving-image data
+
+
+def outcome_notes(result: "RegistrationResult", region) -> list:
+    """Notes on what a finished registration produced: folding (Jacobian <= 0), and a moving image that
+    covers less than MIN_COVERAGE of the fixed image's ``region`` (mask or foreground) after registration."""
+    notes = []
+    js = result.jacobian_stats
+    if js["percent_nonpositive"] > FOLDING_PERCENT:
+        notes.append(f"register(): the field folds {js['percent_nonpositive']:.2f}% of the voxels (Jacobian min "
+                     f"{js['min']:.3f}): check the warped image; a stiffer field (bending, regularization) avoids it")
+    if result.fov is not None and np.asarray(region).any():
+        share = float(np.asarray(result.fov, dtype=bool)[np.asarray(region) > 0].mean())
+        if share < MIN_COVERAGE:
+            notes.append(f"register(): the moving image covers only {100 * share:.0f}% of the fixed image's anatomy "
+                         "after registration; the warped image is background elsewhere")
+    return notes
+
+
 def jacobian_stats(jac: np.ndarray) -> dict:
     return {"min": float(jac.min()), "max": float(jac.max()), "percent_nonpositive": float(100.0 * np.mean(jac <= 0))}
 
