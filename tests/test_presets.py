@@ -209,3 +209,14 @@ def test_api_arguments_of_the_wrong_kind_name_themselves(tmp_path):
     for call, match in cases:
         with pytest.raises(PriorRegError, match=match):
             call()
+
+
+def test_a_bad_initial_field_says_what_is_wrong_with_it():
+    """A NaN field said 'must be a finite array of shape (2, 40, 40), got (2, 40, 40)'."""
+    f, m = _pair()
+    with pytest.raises(PriorRegError, match=r"initial_field holds 1 NaN/Inf value\(s\)"):
+        bad = np.zeros((2, 40, 40))
+        bad[0, 3, 3] = np.nan
+        priorreg.register(f, m, initial_field=bad)
+    with pytest.raises(PriorRegError, match=r"initial_field must have shape \(2, 40, 40\), got \(2, 40\)"):
+        priorreg.register(f, m, initial_field=np.zeros((2, 40)))

@@ -84,9 +84,14 @@ def _initial_field(initial_field, fix: Image, func: str, opts: RegistrationOptio
         return None
     if opts.initial_transform:
         raise PriorRegError(f"{func}: give initial_field or initial_transform, not both (a field already holds the transform)")
-    init = np.asarray(initial_field, dtype=np.float64)
-    if init.shape != (fix.ndim, *fix.shape) or not np.all(np.isfinite(init)):
-        raise PriorRegError(f"{func}: initial_field must be a finite array of shape {(fix.ndim, *fix.shape)}, got {init.shape}")
+    try:
+        init = np.asarray(initial_field, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PriorRegError(f"{func}: initial_field must be an array of numbers (mm)") from None
+    if init.shape != (fix.ndim, *fix.shape):
+        raise PriorRegError(f"{func}: initial_field must have shape {(fix.ndim, *fix.shape)}, got {init.shape}")
+    if not np.all(np.isfinite(init)):
+        raise PriorRegError(f"{func}: initial_field holds {int(init.size - np.isfinite(init).sum())} NaN/Inf value(s)")
     return init
 
 
