@@ -163,6 +163,30 @@ def test_single_slice_nifti_outputs_stay_3d_and_interop_holds(tmp_path, capsys, 
     )
 
 
+@pytest.mark.parametrize("plane", ["axial", "sagittal"])
+def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, plane):
+    """linear.tfm of a single-slice 3D pair was a 2D transform, which ITK cannot apply to the 3D files."""
+    from priorreg.linear import linear_to_field
+    from priorreg.workflow import write_outputs
+
+    fixed, moving, _, _ = synthetic.case((48, 40), synthetic.T2_MONO, max_disp=0.5)
+    moving = np.roll(moving, (2, -1), axis=(0, 1))  # an in-plane shift for the linear stage
+    shape, geo = ((1, 48, 40), dict(spacing=(0.9, 1.2, 3.0), origin=(5.0, -2.0, 7.5), direction=rot_z(0.3))) \
+        if plane == "axial" else ((48, 40, 1), dict(spacing=(2.5, 1.1, 0.9), origin=(-4.0, 3.0, 1.0),
+                                                   direction=np.eye(3)[:, [0, 2, 1]] * [1, 1, -1]))
+    f = write_sitk(fixed.reshape(shape), tmp_path / "f.nii.gz", **geo)
+    m = write_sitk(moving.reshape(shape), tmp_path / "m.nii.gz", **geo)
+    fi, mi = pio.read_image(f), pio.read_image(m)
+    r = priorreg.register(fi, mi, levels=1, max_iterations=3, linear="rigid", warn=False)
+    assert max(abs(t) for t in r.linear.translation_mm) > 1.0
+    write_outputs(tmp_path / "out", r)
+    tx = sitk.ReadTransform(str(tmp_path / "out" / "linear.tfm"))
+    assert tx.GetDimension() == 3
+    by_sitk = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(m)), sitk.ReadImage(str(f)), tx, sitk.sitkLinear, 0.0))
+    ours = priorreg.warp(mi, linear_to_field(r.linear, fi), reference=fi).array
+    np.testing.assert_allclose(by_sitk.reshape(ours.shape)[4:-4, 4:-4], ours[4:-4, 4:-4], atol=1e-4)
+
+
 def test_single_slice_field_convention_with_a_large_field(tmp_path):
     """write_field on a single-slice grid (a large known field, moving on another in-plane grid)."""
     lab = synthetic.anatomy((40, 44), seed=3)

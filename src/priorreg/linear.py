@@ -678,6 +678,18 @@ def _ext(path) -> str:
     return next((e for e in TRANSFORM_EXTENSIONS if p.endswith(e)), os.path.splitext(p)[1])
 
 
+def embed_in_volume(result: LinearResult, drop: int, plane: float) -> LinearResult:
+    """The 2D transform of a single-slice 3D image as a 3D one: the same map in the slice's plane (the world
+    axes other than ``drop``), the identity along ``drop`` (the plane at ``world[drop] = plane``), so that
+    tools applying it to the 3D files (ITK, ANTs, Slicer) get a transform of their dimension."""
+    keep = [k for k in range(3) if k != drop]
+    A, t, c = np.eye(3), np.zeros(3), np.zeros(3)
+    A[np.ix_(keep, keep)] = result.matrix
+    t[keep] = result.translation
+    c[keep], c[drop] = result.center, plane
+    return LinearResult(A, t, kind=result.kind, center=c)
+
+
 def write_itk_transform(path, result: LinearResult, ndim: int) -> None:
     """Write ``result`` as an ITK AffineTransform (.tfm/.txt text, .mat MATLAB binary, .h5).
 

@@ -356,9 +356,12 @@ def write_images(folder, result) -> None:
     pio.write_field(result.field_world(), fix, os.path.join(folder, "field.nii.gz"))
     pio.write_image(fix.with_array(result.jacobian.astype(np.float32)), os.path.join(folder, "jacobian.nii.gz"), "jacobian")
     if result.linear is not None:  # also inside field.nii.gz; on its own for tools that want the linear part
-        from .linear import write_itk_transform
+        from .linear import embed_in_volume, write_itk_transform
 
-        write_itk_transform(os.path.join(folder, LINEAR_NAME), result.linear, fix.ndim)
+        lin = result.linear
+        if fix.volume is not None:  # read from a single-slice 3D file: a 3D transform, as the field is
+            lin = embed_in_volume(lin, fix.volume.drop, fix.volume.origin[fix.volume.drop])
+        write_itk_transform(os.path.join(folder, LINEAR_NAME), lin, lin.ndim)
 
 
 def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="") -> dict:
