@@ -154,8 +154,9 @@ def test_single_slice_nifti_outputs_stay_3d_and_interop_holds(tmp_path, capsys, 
     check_interop(out, f, m, tmp_path)
 
     # priorreg apply reads the 3-component single-slice field back and reproduces warped.nii.gz.
-    rc, _, err = run(capsys, "apply", m, "--field", out / "field.nii.gz", "--reference", f, "--out", tmp_path / "again.nii.gz")
+    rc, so, err = run(capsys, "apply", m, "--field", out / "field.nii.gz", "--reference", f, "--out", tmp_path / "again.nii.gz")
     assert rc == 0, err
+    assert "a single-slice 3D grid" in so  # what it writes (it said "2D 48x40")
     again = sitk.ReadImage(str(tmp_path / "again.nii.gz"))
     assert again.GetSize() == sitk.ReadImage(str(f)).GetSize()
     np.testing.assert_allclose(

@@ -100,8 +100,9 @@ class Console:
 
 
 def describe(img) -> str:
-    """'2D 48x40'."""
-    return f"{img.ndim}D {'x'.join(str(n) for n in img.shape)}"
+    """'2D 48x40' (or '2D 48x40, a single-slice 3D grid' for an image read from, and written as, one)."""
+    slab = ", a single-slice 3D grid" if getattr(img, "volume", None) is not None else ""
+    return f"{img.ndim}D {'x'.join(str(n) for n in img.shape)}{slab}"
 
 
 def load_input(path, role: str, notes: list) -> "Image":  # noqa: F821
