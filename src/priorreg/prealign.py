@@ -20,6 +20,7 @@ a blurred image, or a small slab) is replaced by the rigid estimate.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .checks import Inputs
 from .options import is_auto
 from .linear import MAX_SAMPLES, LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
 from .errors import PriorRegError
+from .image import Image
 from .intensity import foreground
 from .resample import field_of_view, warp
 from .runtime import registration_threads
@@ -78,6 +80,7 @@ def prealign(inp: Inputs) -> LinearResult | None:
 
 
 MIN_OVERLAP = 0.10  # of the fixed foreground inside the moving image at the start, as the linear stage asks
+OVERLAP_VOXELS = 2**18  # the share is measured on at most about this many voxels
 
 
 def check_overlap(inp: Inputs, lin: LinearResult | None) -> None:
@@ -90,7 +93,10 @@ def check_overlap(inp: Inputs, lin: LinearResult | None) -> None:
     else:
         field, start = np.zeros((inp.fixed.ndim, *inp.fixed.shape)), "their world alignment (no linear stage)"
     region = inp.mask > 0 if inp.mask is not None else foreground(inp.fixed.array)
-    inside = field_of_view(inp.moving, inp.fixed, field)[region]
+    fix, k = inp.fixed, max(1, math.ceil((region.size / OVERLAP_VOXELS) ** (1 / inp.fixed.ndim)))
+    every = (slice(None, None, k),) * fix.ndim  # every k-th voxel along each axis: a share needs no more
+    grid = Image(fix.array[every], np.asarray(fix.spacing) * k, fix.origin, fix.direction)
+    inside = field_of_view(inp.moving, grid, field[(slice(None),) + every])[region[every]]
     share = float(inside.mean()) if inside.size else 0.0
     if share < MIN_OVERLAP:
         raise PriorRegError(
