@@ -312,6 +312,14 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a prior")
     _raises(r"is not a priorreg prior file", priorreg.Prior.load, tmp_path / "junk.npz")
     _raises(r"no such file", priorreg.Prior.load, tmp_path / "missing.npz")
+    _raises(r"is a folder; give the prior's .npz file", priorreg.Prior.load, tmp_path)
+    for bad in (np.nan, -0.1):  # a damaged table ran with a nan KL, or failed later as a non-finite energy
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["tables"] = arrays["tables"].copy()
+        arrays["tables"][0, 0, 3, 3] = bad
+        np.savez(tmp_path / "damaged.npz", **arrays)
+        _raises(r"is corrupt \(its tables hold NaN, Inf or negative values\)", priorreg.Prior.load, tmp_path / "damaged.npz")
     _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
     _raises(r"need n >= 1 pairs", fit_prior, [], [])
 

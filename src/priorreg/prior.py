@@ -115,6 +115,8 @@ class Prior:
     @classmethod
     def load(cls, path) -> "Prior":
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise PriorRegError(f"Prior.load(): {path} is a folder; give the prior's .npz file")
         if not os.path.isfile(path):
             raise PriorRegError(f"Prior.load(): no such file: {path}")
         try:
@@ -141,6 +143,8 @@ class Prior:
             pair_kl = None  # unreadable spread: alpha="auto" falls back as for a file without it
         if tables.shape != (L, R, B, B) or (mass is not None and mass.shape != (L, R)) or len(regions) != dim:
             raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape}, regions {list(regions)})")
+        if not np.all(np.isfinite(tables)) or tables.min() < 0 or (mass is not None and not np.all(np.isfinite(mass))):
+            raise PriorRegError(f"Prior.load(): {path} is corrupt (its tables hold NaN, Inf or negative values)")
         return cls(
             tables=tables,
             bins=B,
