@@ -363,3 +363,19 @@ def test_a_folder_without_dicom_is_one_line_without_itks_own_warning(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"priorreg: error: fixed: {tmp_path / 'empty'} is a directory without a "
                                              "DICOM series (give an image file or a DICOM series folder)"]
+
+
+def test_train_takes_the_binning_its_help_gives_per_dimension(capsys, tmp_path):
+    """A 3D prior was trained with the 2D binning (64 bins, sigma 2), then overrode the 3D preset's 32 / 1.0."""
+    from priorreg.options import preset_options
+
+    rng = np.random.default_rng(0)
+    vol = np.zeros((24, 24, 24), np.float32)
+    vol[6:18, 6:18, 6:18] = 1.0
+    for name, a in (("f.nii.gz", vol + 0.05 * rng.normal(size=vol.shape)), ("m.nii.gz", 1 - vol + 0.05 * rng.normal(size=vol.shape))):
+        sitk.WriteImage(sitk.GetImageFromArray(a.astype(np.float32)), str(tmp_path / name))
+    rc, _, err = run(capsys, "train", "--fixed", tmp_path / "f.nii.gz", "--moving", tmp_path / "m.nii.gz", "--out",
+                     tmp_path / "p.npz", "--levels", "2")
+    assert rc == 0, err
+    p, three = priorreg.Prior.load(tmp_path / "p.npz"), preset_options("default", 3)
+    assert (p.bins, p.parzen_sigma) == (three.bins, three.parzen_sigma) == (32, 1.0)

@@ -307,11 +307,16 @@ def cmd_train(args, con: Console) -> int:
         raise PriorRegError(f"train: got {len(args.fixed)} --fixed and {len(args.moving)} --moving images; give one moving per fixed")
     if args.mask is not None and len(args.mask) != len(args.fixed):
         raise PriorRegError(f"train: got {len(args.mask)} --mask for {len(args.fixed)} pairs; give one mask per pair")
-    kw = {k: getattr(RegistrationOptions, k) for k in TRAIN_OPTIONS}
-    kw.update(engine_overrides(args, TRAIN_OPTIONS), regions=parse_regions(args.regions))
+    given = engine_overrides(args, TRAIN_OPTIONS)
+    RegistrationOptions(**given)  # bad values before reading images
     wf.check_out_file(args.out, list(args.fixed) + list(args.moving) + list(args.mask or []), args.overwrite)
     notes = []
     fixed, moving, masks = _train_inputs(args, notes)
+    from .options import preset_options
+
+    preset = preset_options("default", fixed[0].ndim)  # what --help says: the binning register will use
+    kw = {k: getattr(preset, k) for k in TRAIN_OPTIONS}
+    kw.update(given, regions=parse_regions(args.regions))
     for n in notes:
         con.note(n)
     from .prior import fit_prior  # torch: only once the arguments and the output are known to be good
