@@ -59,8 +59,9 @@ def data(tmp_path_factory):
     pio.write_image(priorreg.Image((lab > 0).astype(np.uint8), **geo), paths["mask"])
     # Aligned training pair of the same two contrasts (another phantom).
     lab2 = synthetic.anatomy((48, 40), seed=5)
-    pio.write_image(priorreg.Image(synthetic.contrast(lab2, synthetic.T1, seed=3).astype(np.float32)), paths["train_f"])
-    pio.write_image(priorreg.Image(synthetic.contrast(lab2, synthetic.T2_MONO, seed=4).astype(np.float32)), paths["train_m"])
+    pio.write_image(priorreg.Image(synthetic.contrast(lab2, synthetic.T1, seed=3).astype(np.float32), **geo), paths["train_f"])
+    pio.write_image(priorreg.Image(synthetic.contrast(lab2, synthetic.T2_MONO, seed=4).astype(np.float32), **geo),
+                    paths["train_m"])  # on the mask's grid: a mask is refused on another grid
     paths["prior"] = d / "prior.npz"
     assert cli.main(["train", "--fixed", str(paths["train_f"]), "--moving", str(paths["train_m"]),
                      "--out", str(paths["prior"]), "--bins", "32", "--levels", "2", "--quiet"]) == 0
@@ -187,8 +188,10 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     assert rc == 0
     lab = pio.read_image(tmp_path / "labels.nii.gz").array
     assert lab.dtype == np.int16 and set(np.unique(lab)) <= set(np.unique(pio.read_image(data["labels"]).array))
+    other = tmp_path / "other_grid.nii.gz"  # the fixed image's shape on the default grid
+    pio.write_image(priorreg.Image(pio.read_image(data["fixed"]).array), other)
     assert_error(capsys, ["apply", data["moving"], "--field", out / "field.nii.gz", "--reference",
-                          data["train_f"], "--out", tmp_path / "x.nii.gz"], "different grid")
+                          other, "--out", tmp_path / "x.nii.gz"], "different grid")
 
 
 def test_demo_runs_and_reports(capsys, tmp_path):
@@ -263,6 +266,10 @@ def test_errors_are_one_line(capsys, data, tmp_path):
     empty = tmp_path / "empty_mask.nii.gz"
     pio.write_image(a.with_array(np.zeros(a.shape, np.uint8)), empty)
     assert_error(capsys, ["register", f, m, "--out", out, "--mask", empty], "empty")
+    shifted = tmp_path / "shifted_mask.nii.gz"  # the right shape 40 mm away: it was used voxel by voxel
+    fi = pio.read_image(f)
+    pio.write_image(priorreg.Image(np.ones(fi.shape, np.uint8), fi.spacing, np.add(fi.origin, 40.0), fi.direction), shifted)
+    assert_error(capsys, ["register", f, m, "--out", out, "--mask", shifted], "lies on another grid than the fixed image")
     assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "0.5"], "needs a learned prior")
     assert_error(capsys, ["register", f, m, "--out", out, "--prior", data["prior"], "--alpha", "0.5", "--bins", "64"],
                  "bins=32")

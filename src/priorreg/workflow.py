@@ -124,6 +124,10 @@ def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str =
         )
 
 
+def _rounded(values) -> list:
+    return [round(float(v), 3) for v in values]
+
+
 def load_mask(path, fixed, notes: list):
     """The fixed-space mask at ``path`` as 0/1 float64 (None for no path)."""
     import numpy as np
@@ -133,6 +137,10 @@ def load_mask(path, fixed, notes: list):
     m = load_input(path, "mask", notes)
     if m.shape != fixed.shape:
         raise PriorRegError(f"mask: {path} has shape {m.shape} but the fixed image has shape {fixed.shape}")
+    if not m.same_grid(fixed, tol=1e-3):  # it is used voxel by voxel: the same shape elsewhere in space is another region
+        raise PriorRegError(f"mask: {path} lies on another grid than the fixed image (origin {_rounded(m.origin)} vs "
+                            f"{_rounded(fixed.origin)}, spacing {_rounded(m.spacing)} vs {_rounded(fixed.spacing)}, or "
+                            "its direction); resample it onto the fixed image first")
     if not np.any(m.array > 0):
         raise PriorRegError(f"mask: {path} is empty (no voxel > 0); give a mask that covers the region to align")
     return (m.array > 0).astype(np.float64)
