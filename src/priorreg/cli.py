@@ -373,8 +373,9 @@ def cmd_apply(args, con: Console) -> int:
     wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
     if not grid.same_grid(ref, tol=1e-3):
         raise PriorRegError(
-            f"field {args.field} is on a different grid ({wf.describe(grid)}, spacing {grid.spacing}) than the "
-            f"reference {args.reference} ({wf.describe(ref)}, spacing {ref.spacing}); use the fixed image of the registration"
+            f"field {args.field} is on a different grid ({wf.describe(grid)}, spacing {wf.rounded(grid.spacing)}, origin "
+            f"{wf.rounded(grid.origin)}) than the reference {args.reference} ({wf.describe(ref)}, spacing "
+            f"{wf.rounded(ref.spacing)}, origin {wf.rounded(ref.origin)}); use the fixed image of the registration"
         )
     for n in notes:
         con.note(n)

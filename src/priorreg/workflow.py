@@ -124,7 +124,7 @@ def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str =
         )
 
 
-def _rounded(values) -> list:
+def rounded(values) -> list:
     return [round(float(v), 3) for v in values]
 
 
@@ -138,8 +138,8 @@ def load_mask(path, fixed, notes: list):
     if m.shape != fixed.shape:
         raise PriorRegError(f"mask: {path} has shape {m.shape} but the fixed image has shape {fixed.shape}")
     if not m.same_grid(fixed, tol=1e-3):  # it is used voxel by voxel: the same shape elsewhere in space is another region
-        raise PriorRegError(f"mask: {path} lies on another grid than the fixed image (origin {_rounded(m.origin)} vs "
-                            f"{_rounded(fixed.origin)}, spacing {_rounded(m.spacing)} vs {_rounded(fixed.spacing)}, or "
+        raise PriorRegError(f"mask: {path} lies on another grid than the fixed image (origin {rounded(m.origin)} vs "
+                            f"{rounded(fixed.origin)}, spacing {rounded(m.spacing)} vs {rounded(fixed.spacing)}, or "
                             "its direction); resample it onto the fixed image first")
     if not np.any(m.array > 0):
         raise PriorRegError(f"mask: {path} is empty (no voxel > 0); give a mask that covers the region to align")
