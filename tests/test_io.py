@@ -132,6 +132,10 @@ def test_dicom_series_directory(tmp_path):
     np.testing.assert_array_equal(img.array, vol)
     assert img.spacing[0] == pytest.approx(2.5)
     assert img.spacing[1:] == pytest.approx((0.8, 0.8))
+    # A missing slice: ITK spread the other four over one mean spacing (3.1 mm), every slice misplaced.
+    (d / "slice002.dcm").unlink()
+    with pytest.raises(PriorRegError, match=r"missing or unevenly spaced slices \(gaps from 2.5 to 5 mm\)"):
+        pio.read_image(d)
 
 
 def test_read_errors(tmp_path):

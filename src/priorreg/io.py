@@ -182,7 +182,33 @@ def _read_dicom_dir(path: str, name: str, notes):
     if len(ids) > 1 and notes is not None:
         notes.append(f"{name}: {path} holds {len(ids)} DICOM series; using {sid} ({len(files[sid])} files)")
     reader.SetFileNames(files[sid])
-    return reader.Execute()
+    try:
+        img = reader.Execute()
+    except RuntimeError:
+        raise PriorRegError(f"{name}: cannot read the DICOM series in {path}: its {len(files[sid])} files do not form one "
+                            "volume (slices of different sizes, or several series under one id); give a folder with "
+                            "one series") from None
+    _check_slice_spacing(files[sid], img, path, name)
+    return img
+
+
+def _check_slice_spacing(file_names, img, path: str, name: str) -> None:
+    """Refuse a series whose slices are not evenly spaced (missing slices): ITK would spread them over
+    one mean spacing, and every slice would sit in the wrong place."""
+    if len(file_names) < 3 or img.GetDimension() != 3:
+        return
+    sitk = _sitk()
+    normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    head = sitk.ImageFileReader()
+    positions = []
+    for f in file_names:
+        head.SetFileName(f)
+        head.ReadImageInformation()
+        positions.append(float(np.dot(head.GetOrigin(), normal)))
+    gaps = np.abs(np.diff(np.sort(positions)))
+    if gaps.min() <= 0 or gaps.max() > 1.01 * gaps.min():
+        raise PriorRegError(f"{name}: the DICOM series in {path} has missing or unevenly spaced slices (gaps from "
+                            f"{gaps.min():.3g} to {gaps.max():.3g} mm); priorreg needs evenly spaced slices")
 
 
 def _to_scalar(img, path: str, name: str, notes):
