@@ -217,3 +217,19 @@ def test_cli_says_once_that_a_one_pair_prior_gets_a_conservative_weight(tmp_path
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "one training pair" in line]
     assert notes == ["priorreg: alpha auto: a prior from one training pair has no spread to judge it by: conservative weight"]
+
+
+def test_the_unused_prior_warning_gives_the_reason_auto_recorded():
+    """A prior whose training pairs disagree was blamed on the pair ("far from it; another modality?")."""
+    from types import SimpleNamespace
+
+    from priorreg.deformable import unused_prior_warnings
+    from priorreg.options import AUTO
+
+    inp = SimpleNamespace(prior=object(), options=SimpleNamespace(alpha=AUTO))
+    spread = dict(alpha=1.0, kl=0.11, reason="the prior's training pairs disagree (spread 3.87 x its MI): mutual information alone")
+    far = dict(alpha=1.0, kl=0.9, reason="the prior does not describe this pair (KL 2.10 x its MI): mutual information alone")
+    (w,) = unused_prior_warnings(inp, [SimpleNamespace(prior_weight=spread)])
+    assert "training pairs disagree (spread 3.87 x its MI)" in w and "far from it" not in w
+    (w,) = unused_prior_warnings(inp, [SimpleNamespace(prior_weight=far)])
+    assert "far from it (KL to it 0.90 nats" in w

@@ -72,7 +72,12 @@ def unused_prior_warnings(inp: Inputs, history: list) -> list:
     recs = [h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None]
     if inp.prior is None or not is_auto(inp.options.alpha) or not recs or any(r["alpha"] < 1 for r in recs):
         return []
-    kl = recs[-1].get("kl")
+    last = recs[-1]
+    if "training pairs disagree" in last.get("reason", ""):  # the prior's own spread, not this pair, decided
+        return [f"register(): the prior was given no weight at any level: {last['reason'].split(':')[0]} at full "
+                "resolution, so it says little about any pair; train it on more, or more alike, pairs. The result is "
+                "mutual information alone"]
+    kl = last.get("kl")
     far = "" if kl is None else f" (KL to it {kl:.2f} nats at full resolution)"
     return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
             f"{far}; was it learned on another modality pair or other anatomy? The result is mutual information alone"]
