@@ -287,8 +287,20 @@ def test_errors_are_one_line(capsys, data, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_no_cuda_device(capsys, data, tmp_path):
-    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--device", "cuda"],
-                 "no CUDA device")
+    line = assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--device", "cuda"],
+                        "no CUDA device")
+    assert line.endswith("use --device cpu")  # the command line's words, not Python's device='cpu'
+
+
+def test_a_mask_too_small_for_the_linear_stage_says_so(capsys, data, tmp_path):
+    """It said 'levels=1 leaves 1 fixed samples at level 0; use fewer levels' (there are no fewer)."""
+    fi = pio.read_image(data["fixed"])
+    tiny = np.zeros(fi.shape, np.uint8)
+    tiny[20, 20] = 1
+    pio.write_image(fi.with_array(tiny), tmp_path / "tiny.nii.gz")
+    line = assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--mask",
+                                 tmp_path / "tiny.nii.gz", "--levels", "1"], "1 fixed samples (needs 64) at level 0")
+    assert "give a larger mask, or skip the stage (linear='none', --linear none)" in line and "fewer levels" not in line
 
 
 def test_progress_bar_on_a_tty_never_counts_past_the_cap():

@@ -44,7 +44,8 @@ def check_device(name: str, func: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PriorRegError(f"{func}: device={name!r} was asked but no CUDA device is available; use device='cpu'")
+        cpu = "--device cpu" if func.startswith("--") else "device='cpu'"
+        raise PriorRegError(f"{func}: device={name!r} was asked but no CUDA device is available; use {cpu}")
     return dev
 
 

@@ -374,7 +374,9 @@ def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
         h = 2.0**lv * min(fix.spacing)
         pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
         if len(fv) < 64:
-            raise PriorRegError(f"{func}: levels={opts['levels']} leaves {len(fv)} fixed samples at level {lv}; use fewer levels")
+            fix_it = "use fewer levels" if lv > 0 else "the image or mask is too small for it: give a larger mask, or skip the stage (linear='none', --linear none)"
+            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs 64) at level {lv} "
+                                f"(levels={opts['levels']}, inside the mask if one is given); {fix_it}")
         marr, _, mgrid = _smoothed_grid(mov, m_n, h)
         M, o = mgrid.index_to_world()
         out.append(_Level(
