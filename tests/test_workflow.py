@@ -265,3 +265,16 @@ def test_ctrl_c_while_the_heavy_libraries_load_is_one_line(lazy_package, data, t
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert r.stderr.strip() == "priorreg: error: interrupted" and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_summary_gives_the_whole_rotation_not_the_largest_euler_angle():
+    """Euler angles (-3.65, -0.32, -5.18) degrees were summarised as 'rotation 5.2 deg'; the rotation is 6.35."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    from priorreg.workflow import rotation_angle
+
+    R = Rotation.from_euler("xyz", [-3.65, -0.32, -5.18], degrees=True).as_matrix()
+    assert rotation_angle(R) == pytest.approx(6.352, abs=1e-3)
+    assert rotation_angle(np.diag([1.1, 0.9, 1.0]) @ R) == pytest.approx(6.352, abs=1e-3)  # scaling aside
+    assert rotation_angle([[0.0, -1.0], [1.0, 0.0]]) == pytest.approx(90.0)
