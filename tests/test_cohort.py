@@ -223,6 +223,9 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)
     assert rc == 0 and "1 registered, 0 failed, 3 skipped" in so, err
     assert (out / "good0" / "linear.tfm").is_file()
+    # Resuming with other options would record them for pairs that ran without them.
+    one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--levels", "3", *LOCAL],
+                   "--resume with other options than the run in", "levels, max_iterations differ")
 
 
 def test_missing_dask_is_one_line_with_the_pip_command(capsys, data, tmp_path, monkeypatch):

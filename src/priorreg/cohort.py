@@ -499,6 +499,24 @@ class Progress:
 FIGURES = ("seconds", "final_energy", "percent_folding")
 
 
+def _check_same_options(out_dir: str, options: dict) -> None:
+    """--resume goes on with the options of the run it resumes: with others, the pairs it skips would be
+    recorded under options they did not run with."""
+    import json
+
+    try:
+        with open(os.path.join(out_dir, "cohort.json"), encoding="utf-8") as fh:
+            before = json.load(fh).get("options")
+    except (OSError, ValueError, AttributeError):
+        return  # no record of the earlier run: nothing to compare
+    now = json.loads(json.dumps(options))  # as cohort.json stores it (tuples as lists)
+    if before and before != now:
+        names = sorted({k for dim in set(before) | set(now) for k in set(before.get(dim) or {}) | set(now.get(dim) or {})
+                        if (before.get(dim) or {}).get(k) != (now.get(dim) or {}).get(k)}) or ["the dimensions"]
+        raise PriorRegError(f"--resume with other options than the run in {out_dir} ({', '.join(names)} differ); "
+                            "give the same options, or a new --out")
+
+
 def previous_records(out_dir: str) -> dict:
     """{(id, output folder): row} of the pairs DIR/cohort.json recorded as registered (or skipped) before."""
     import json
@@ -655,6 +673,8 @@ def _plan(args, con, overrides: dict) -> Plan:
     pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
     for n in notes:
         con.note(n)
+    if args.resume:
+        _check_same_options(out_dir, options)
     previous = previous_records(out_dir) if args.resume else {}
     records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:
