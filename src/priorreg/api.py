@@ -87,8 +87,9 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
 
 def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     """Stages 2-5 on validated inputs."""
+    region = inp.mask if inp.mask is not None else foreground(inp.fixed.array)  # where the anatomy is
     lin = prealign(inp)
-    check_overlap(inp, lin)
+    check_overlap(inp, lin, region)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     notes = prior_order_warnings(work, pyr)
@@ -98,7 +99,6 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history)
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
-    region = inp.mask if inp.mask is not None else foreground(inp.fixed.array)
     late = late + small_field_notes(field, inp.fixed.spacing, region)
     result = make_result(inp, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
     outcome = outcome_notes(result, region)

@@ -29,7 +29,6 @@ from .options import is_auto
 from .linear import MAX_SAMPLES, LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
 from .errors import PriorRegError
 from .image import Image
-from .intensity import foreground
 from .resample import field_of_view, warp
 from .runtime import registration_threads
 
@@ -83,16 +82,16 @@ MIN_OVERLAP = 0.10  # of the fixed foreground inside the moving image at the sta
 OVERLAP_VOXELS = 2**18  # the share is measured on at most about this many voxels
 
 
-def check_overlap(inp: Inputs, lin: LinearResult | None) -> None:
-    """Refuse a start at which less than MIN_OVERLAP of the fixed image's foreground (or mask) lies inside
-    the moving image: there is nothing to register, and the result would be a blank warped image."""
+def check_overlap(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> None:
+    """Refuse a start at which less than MIN_OVERLAP of the fixed ``region`` (the mask, or the fixed image's
+    foreground) lies inside the moving image: there is nothing to register, and the warped image would be blank."""
     if inp.initial_field is not None:
         field, start = np.asarray(inp.initial_field, dtype=float), "the initial field"
     elif lin is not None:
         field, start = linear_to_field(lin, inp.fixed), "the linear transform"
     else:
         field, start = np.zeros((inp.fixed.ndim, *inp.fixed.shape)), "their world alignment (no linear stage)"
-    region = inp.mask > 0 if inp.mask is not None else foreground(inp.fixed.array)
+    region = np.asarray(region) > 0
     fix, k = inp.fixed, max(1, math.ceil((region.size / OVERLAP_VOXELS) ** (1 / inp.fixed.ndim)))
     every = (slice(None, None, k),) * fix.ndim  # every k-th voxel along each axis: a share needs no more
     grid = Image(fix.array[every], np.asarray(fix.spacing) * k, fix.origin, fix.direction)
