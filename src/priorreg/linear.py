@@ -152,6 +152,16 @@ def decompose(A: np.ndarray):
     return np.array([math.atan2(Q[2, 1], Q[2, 2]), beta, math.atan2(Q[1, 0], Q[0, 0])]), scales, shears
 
 
+def rotation_angle(A) -> float:
+    """The angle (degrees) of the rotation in a linear map: that of its polar decomposition's rotation, about
+    one axis (the largest of the Euler angles understated a 6.2 degree rotation as 5.2)."""
+    U, _, Vt = np.linalg.svd(np.asarray(A, dtype=float))
+    R = U @ Vt
+    if R.shape[0] == 2:
+        return float(abs(np.degrees(np.arctan2(R[1, 0], R[0, 0]))))
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
+
+
 # --------------------------------------------------------------------------- parameters
 
 

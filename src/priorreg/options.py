@@ -245,11 +245,11 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: regularization must be >= 0, got {self.regularization}")
         if not self.bending >= 0:
             raise PriorRegError(f"{f}: bending must be >= 0, got {self.bending}")
-        if int(self.bins) != self.bins or self.bins < 4:
+        if self.bins < 4:
             raise PriorRegError(f"{f}: bins must be an integer >= 4, got {self.bins}")
         if not self.parzen_sigma >= 0:
             raise PriorRegError(f"{f}: parzen_sigma must be >= 0 (bins), got {self.parzen_sigma}")
-        if int(self.levels) != self.levels or self.levels < 1:
+        if self.levels < 1:
             raise PriorRegError(f"{f}: levels must be an integer >= 1, got {self.levels}")
         if not self.tolerance >= 0:
             raise PriorRegError(f"{f}: tolerance must be >= 0, got {self.tolerance}")
@@ -282,15 +282,15 @@ class RegistrationOptions:
             not lr or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in lr)
         ):
             raise PriorRegError(f"{f}: local_regions must be 'auto', an integer >= 1 or one per axis, got {self.local_regions!r}")
-        if not (self.mind_weight >= 0 and math.isfinite(self.mind_weight)):
+        if not self.mind_weight >= 0:
             raise PriorRegError(f"{f}: mind_weight must be a finite number >= 0, got {self.mind_weight}")
         for k, low in (("mind_radius", 0), ("mind_dilation", 1), ("mind_channels", 0)):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < low:
+            if v < low:  # (an integer already: _check_types)
                 raise PriorRegError(f"{f}: {k} must be an integer >= {low}, got {v!r}")
         if not (0.0 < float(self.mind_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: mind_sample_fraction must be in (0, 1], got {self.mind_sample_fraction}")
-        if int(self.max_samples) != self.max_samples or self.max_samples < 0:
+        if self.max_samples < 0:
             raise PriorRegError(f"{f}: max_samples must be an integer >= 0 (0 = every voxel), got {self.max_samples}")
         if not (0.0 <= float(self.min_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: min_sample_fraction must be in [0, 1], got {self.min_sample_fraction}")
@@ -300,7 +300,7 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: initial_transform must be a file path (str) or '', got {self.initial_transform!r}")
         if self.bending_scale not in ("none", "spacing"):
             raise PriorRegError(f"{f}: bending_scale must be 'none' or 'spacing', got {self.bending_scale!r}")
-        if not (self.nearly_aligned_stiffness > 0 and math.isfinite(self.nearly_aligned_stiffness)):
+        if not self.nearly_aligned_stiffness > 0:
             raise PriorRegError(f"{f}: nearly_aligned_stiffness must be a finite number > 0, got {self.nearly_aligned_stiffness}")
         if not (self.prior_floor > 0 and self.eps > 0):
             raise PriorRegError(f"{f}: prior_floor and eps must be > 0")

@@ -417,21 +417,11 @@ def _alpha_summary(result) -> str:
     return "" if not weights else ", alpha per level (auto) " + "/".join(f"{w['alpha']:.2f}" for w in weights)
 
 
-def rotation_angle(A) -> float:
-    """The angle (degrees) of the rotation in a linear map: that of its polar decomposition's rotation, about
-    one axis (the largest of the Euler angles understated a 6.2 degree rotation as 5.2)."""
-    import numpy as np
-
-    U, _, Vt = np.linalg.svd(np.asarray(A, dtype=float))
-    R = U @ Vt
-    if R.shape[0] == 2:
-        return float(abs(np.degrees(np.arctan2(R[1, 0], R[0, 0]))))
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
-
-
 def _linear_summary(lin) -> str:
     if lin is None:
         return ""
+    from .linear import rotation_angle
+
     rot = rotation_angle(lin.matrix)
     shift = sum(t * t for t in lin.translation_mm) ** 0.5
     return f", linear {lin.kind}: rotation {rot:.1f} deg, translation {shift:.1f} mm"
