@@ -149,7 +149,8 @@ def test_auto_alpha_is_the_default_with_a_prior_and_is_reported(tmp_path, capsys
     assert r.options.alpha == "auto" and len(r.prior_weights) == r.options.levels
     assert "alpha per level (auto) " in out
     page = (tmp_path / "o" / "report.html").read_text()
-    assert "alpha at level 0 (auto)" in page
+    n = r.options.levels
+    assert f"alpha at level {n}/{n} (auto)" in page and "alpha at level 0" not in page
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -76,7 +76,7 @@ def test_every_panel_in_order_with_its_pictures(case, request):
     hist = images(drawn[titles.index("Joint intensity histograms")][2])
     assert len(hist) == 2 and all(a.shape == (256, 256, 3) for a in hist)  # 64 bins, enlarged 4 times
     energy = drawn[titles.index("Energy")][2]
-    assert energy.count("<svg") == 2 and "<polyline" in energy and "level 0" in energy
+    assert energy.count("<svg") == 2 and "<polyline" in energy and "level 1/" in energy
     assert [t for t, _, _ in report.figures(result)] == titles
 
 
@@ -187,8 +187,8 @@ def test_jacobian_colours_white_at_one_black_where_folding():
 
 
 def test_alpha_rows_in_the_summary():
-    rows = report._alpha_rows([{"level": 1, "alpha": 0.5, "reason": "prior fits"}, {"level": 0, "alpha": 1.0}])
-    assert rows == [("alpha at level 1 (auto)", "0.50: prior fits"), ("alpha at level 0 (auto)", "1.00: ")]
+    rows = report._alpha_rows([{"level": 1, "alpha": 0.5, "reason": "prior fits"}, {"level": 0, "alpha": 1.0}], 2)
+    assert rows == [("alpha at level 1/2 (auto)", "0.50: prior fits"), ("alpha at level 2/2 (auto)", "1.00: ")]
 
 
 def test_enlarge_outline_and_display_shape():

@@ -39,6 +39,7 @@ from .errors import PriorRegError
 from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize, otsu_threshold
 from .mind import mind_ssc
+from .pyramid import level_label
 
 KINDS = ("rigid", "affine")
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
@@ -385,8 +386,8 @@ def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
         pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
         if len(fv) < 64:
             fix_it = "use fewer levels" if lv > 0 else "the image or mask is too small for it: give a larger mask, or skip the stage (linear='none', --linear none)"
-            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs 64) at level {lv} "
-                                f"(levels={opts['levels']}, inside the mask if one is given); {fix_it}")
+            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs 64) at {level_label(lv, opts['levels'])} "
+                                f"(inside the mask if one is given); {fix_it}")
         marr, _, mgrid = _smoothed_grid(mov, m_n, h)
         M, o = mgrid.index_to_world()
         out.append(_Level(

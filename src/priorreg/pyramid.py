@@ -60,6 +60,13 @@ def level_factor(level: int) -> int:
     return 2**level
 
 
+def level_label(level: int, levels: int) -> str:
+    """How users see a level: 'level 1/3' is the coarsest of three, 'level 3/3' the finest. The API's
+    index (``LevelHistory.level``, 0 = finest) is the pyramid's; text shown to a user counts coarse
+    first, as the progress lines do, so one run's lines, errors and report agree."""
+    return f"level {levels - level}/{levels}"
+
+
 def check_levels(shape, levels: int, func: str = "register()"):
     for lv in range(levels):
         f = level_factor(lv)
@@ -67,7 +74,7 @@ def check_levels(shape, levels: int, func: str = "register()"):
         if min(coarse) < MIN_COARSE_VOXELS:
             ok = max(1, lv)
             raise PriorRegError(
-                f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {coarse} at level {lv}; "
+                f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {coarse} at {level_label(lv, levels)}; "
                 f"use levels <= {ok}"
             )
 
@@ -86,7 +93,7 @@ def mask_pyramid(mask: torch.Tensor | None, levels: int) -> list:
         f = level_factor(lv)
         m = mask[tuple(slice(0, None, f) for _ in range(mask.dim()))].contiguous()
         if m.sum() == 0:
-            raise PriorRegError(f"register(): the mask is empty at pyramid level {lv}; use fewer levels or a larger mask")
+            raise PriorRegError(f"register(): the mask is empty at pyramid {level_label(lv, levels)}; use fewer levels or a larger mask")
         out.append(m)
     return out
 

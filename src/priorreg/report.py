@@ -24,6 +24,7 @@ import numpy as np
 from . import io as pio
 from . import pictures as pic
 from .intensity import normalize
+from .pyramid import level_label
 
 
 # --------------------------------------------------------------------------- JSON
@@ -484,7 +485,7 @@ def _energy_series(history):
     start, keys, total, terms, starts, labelled = 0, [], [], [], [], set()
     for i, h in enumerate(history):
         e, x = np.asarray(h.energy, float), start + np.arange(len(h.energy))
-        total.append((x, e, pic.PALETTE[i % 10], f"level {h.level} ({'x'.join(str(s) for s in h.shape)})"))
+        total.append((x, e, pic.PALETTE[i % 10], f"{level_label(h.level, len(history))} ({'x'.join(str(s) for s in h.shape)})"))
         keys += [k for k in dict.fromkeys(k for t in h.terms for k in t) if k not in keys]
         for j, k in enumerate(keys):
             vals = np.array([t.get(k, np.nan) for t in h.terms], float)
@@ -596,14 +597,14 @@ def _summary(result, fov) -> list:
         ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
         ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
         *_linear_rows(getattr(result, "linear", None)),
-        *_alpha_rows(getattr(result, "prior_weights", None) or []),
+        *_alpha_rows(getattr(result, "prior_weights", None) or [], len(result.history)),
     ]
     return ["<h2>Summary</h2>", _table(rows)]
 
 
-def _alpha_rows(weights) -> list:
+def _alpha_rows(weights, levels: int) -> list:
     """alpha="auto": per level, the alpha chosen and why."""
-    return [(f"alpha at level {w['level']} (auto)", f"{w['alpha']:.2f}: {w.get('reason') or w.get('note') or ''}")
+    return [(f"alpha at {level_label(w['level'], levels)} (auto)", f"{w['alpha']:.2f}: {w.get('reason') or w.get('note') or ''}")
             for w in weights]
 
 
@@ -643,13 +644,13 @@ def _figure(title, caption, body) -> str:
 def _tail(result, report: dict) -> list:
     """Pyramid levels, options, software versions and the field convention."""
     lvl_rows = [
-        (h.level, "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
+        (level_label(h.level, len(result.history))[6:], "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
          f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
         for h in result.history
     ]
     return [
         "<h2>Pyramid levels</h2>",
-        _table(lvl_rows, ["level", "shape", "iterations", "stop reason", "seconds", "J start", "J end"]),
+        _table(lvl_rows, ["level (coarse first)", "shape", "iterations", "stop reason", "seconds", "J start", "J end"]),
         "<h2>Options</h2>",
         _table([(k, _fmt(v)) for k, v in result.options.as_dict().items()], ["option", "value"]),
         "<h2>Software</h2>",

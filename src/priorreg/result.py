@@ -28,7 +28,9 @@ class RegistrationResult:
     fixed : Image
         The fixed image (its geometry defines the field's grid).
     history : list of LevelHistory
-        Energy per accepted iteration, per term, per level (coarsest first).
+        Energy per accepted iteration, per term, per level (coarsest first). ``history[i].level`` is
+        the pyramid index (0 = finest); text shown to users counts coarse first (level 1/3 is the
+        coarsest of three, :func:`priorreg.pyramid.level_label`).
     jacobian : ndarray
         det(I + grad u) on the fixed grid.
     jacobian_stats : dict

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import regularizer
+from .pyramid import level_label
 from .errors import PriorRegError
 
 
@@ -99,7 +100,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
     values, J, F, scale = _total(data_terms, reg, u, True)
     scales = [scale]
     if not math.isfinite(J):
-        raise PriorRegError(f"register(): the energy is not finite at level {level}, iteration 0 (J={J})")
+        raise PriorRegError(f"register(): the energy is not finite at {level_label(level, opts.levels)}, iteration 0 (J={J})")
     hist.energy.append(J)
     hist.terms.append(values)
     fmax = _max_voxel_norm(F, spacing)
@@ -132,7 +133,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
         for _ in range(MAX_TRIES):  # each try shrinks tau by a quarter at least
             u_new, delta, U_new = update(tau)
             if not math.isfinite(delta):
-                raise PriorRegError(f"register(): the force became non-finite at level {level}, iteration {it + 1}; "
+                raise PriorRegError(f"register(): the force became non-finite at {level_label(level, opts.levels)}, iteration {it + 1}; "
                                     "check that the images overlap and hold finite values")
             if delta > opts.max_step_voxels:
                 tau *= 0.5 * opts.max_step_voxels / delta + 0.25
@@ -143,7 +144,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             v_new, J_new, _, scale_new = _total(data_terms, reg, u_new, False, reg.values_from_dct(U_new, basis))
             if not math.isfinite(J_new):
                 raise PriorRegError(
-                    f"register(): the energy became non-finite at level {level}, iteration {it + 1} (J={J_new})"
+                    f"register(): the energy became non-finite at {level_label(level, opts.levels)}, iteration {it + 1} (J={J_new})"
                 )
             # Accept only a decrease larger than rounding noise: a step whose change of J is
             # at the level of summation-order noise would otherwise be accepted on one
