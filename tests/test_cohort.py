@@ -310,3 +310,31 @@ def test_cohort_preset_and_a_failed_write_leaves_no_partial_folder(capsys, data,
     assert summary["options"]["2D"] == preset_options("paper", 2).replace(levels=2, max_iterations=6, bins=32).as_dict()
     rep = json.loads((out / "s0" / "report.json").read_text())
     assert rep["preset"] == "paper" and rep["options"] == summary["options"]["2D"]
+
+
+def test_ctrl_c_stops_running_pairs_and_leaves_no_dask_files(capsys, data, tmp_path, monkeypatch):
+    """Ctrl-C with pairs on worker threads (--no-processes): the summary said 'not run' while a running pair
+    went on and wrote its outputs afterwards, and dask's lock files stayed in /tmp/dask-scratch-space."""
+    import tempfile
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mkdtemp puts the cluster's folder
+    real = cohort.Progress.update
+
+    def ctrl_c_after_the_first(self, ok, force=False):
+        real(self, ok, force)
+        raise KeyboardInterrupt  # as the first pair is recorded: the second is running on the worker thread
+
+    monkeypatch.setattr(cohort.Progress, "update", ctrl_c_after_the_first)
+    manifest = pairs_manifest(data)
+    out = tmp_path / "out"
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, *FAST, "--max-iterations", "200", *LOCAL)
+    assert rc != 0 and err.strip().splitlines()[-1] == "priorreg: error: interrupted", err
+    assert "distributed" not in err and "WARNING" not in err  # dask's own log lines stay off the terminal
+    rows, summary = read_summary(out)
+    assert summary["interrupted"] and [rows[k]["status"] for k in ("s0", "s1", "s2")] == ["ok", "not run", "not run"]
+    time.sleep(2.0)  # a pair still running would write now
+    assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json", "s0"]
+    assert os.listdir(scratch) == []

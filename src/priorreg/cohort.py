@@ -26,9 +26,13 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io as _io
+import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -393,13 +397,46 @@ def _one_line(e: BaseException) -> str:
     return msg[:400]
 
 
+# Set on Ctrl-C. Pairs on worker processes are stopped by closing the cluster (their processes end);
+# pairs on threads of this process (--no-processes) cannot be killed, so they look here at every
+# iteration and before writing, and stop: nothing is written after the summary says "not run".
+_STOP = threading.Event()
+_RUNNING = threading.Condition()  # guards _running: the pairs running on threads of this process
+_running = 0
+
+
+def _stop_point(*_):
+    if _STOP.is_set():
+        raise PriorRegError("interrupted (Ctrl-C) before the pair finished; nothing was written")
+
+
+def _wait_for_threads(timeout: float = 60.0) -> None:
+    """After Ctrl-C: let pairs on this process's threads reach a stop point or finish writing."""
+    with _RUNNING:
+        _RUNNING.wait_for(lambda: _running == 0, timeout)
+
+
 def _register_and_write(spec: dict, prior, preset, overrides: dict, notes: list):
+    global _running
+    with _RUNNING:
+        _running += 1
+    try:
+        return _register_and_write_once(spec, prior, preset, overrides, notes)
+    finally:
+        with _RUNNING:
+            _running -= 1
+            _RUNNING.notify_all()
+
+
+def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: list):
     from .api import register
 
     fixed, moving, mask = wf.load_pair(spec["fixed"], spec["moving"], spec["mask"], notes)
     wf.check_prior_dim(prior, spec["prior"], fixed, spec["fixed"])
     # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
-    result = register(fixed, moving, prior=prior, preset=preset, mask=mask, warn=False, **overrides)
+    result = register(fixed, moving, prior=prior, preset=preset, mask=mask, warn=False, callback=_stop_point,
+                      **overrides)
+    _stop_point()
     notes.extend(f"warning: {w}" for w in result.warnings)
     inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
@@ -628,15 +665,23 @@ def _start_client(args, n_run: int):
     tpw = args.threads_per_worker or 1
     workers = max(1, min(args.workers or max(1, _cores() // tpw), n_run))
     torch_threads = args.torch_threads or max(1, _cores() // (workers * tpw))
-    # the dashboard on any free port: another cluster (or a second cohort) may hold Dask's 8787
-    kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=":0")
+    # the dashboard on any free port: another cluster (or a second cohort) may hold Dask's 8787; dask's
+    # own warnings (a cancelled task, a worker killed on Ctrl-C) stay off the terminal; its lock files go
+    # to a folder of ours, removed with the cluster (dask leaves them in /tmp/dask-scratch-space)
+    kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=":0",
+              silence_logs=logging.ERROR, local_directory=tempfile.mkdtemp(prefix="priorreg-dask-"))
     from .runtime import set_wait_policy
 
     set_wait_policy()  # inherited by the worker processes: OpenMP threads sleep instead of spinning
     try:
-        cluster = dd.LocalCluster(**kw)
+        import dask
+
+        with dask.config.set({"temporary-directory": kw["local_directory"]}):  # the scheduler's own lock files
+            cluster = dd.LocalCluster(**kw)
     except (OSError, TimeoutError, RuntimeError) as e:
+        shutil.rmtree(kw["local_directory"], ignore_errors=True)
         raise PriorRegError(f"cannot start a local Dask cluster ({workers} worker(s)): {_one_line(e)}") from None
+    cluster.priorreg_scratch = kw["local_directory"]
     desc = {"scheduler": "local", "workers": workers, "threads_per_worker": tpw, "processes": not args.no_processes}
     return dd.Client(cluster), cluster, desc, torch_threads
 
@@ -742,6 +787,8 @@ def _execute(args, con, plan: Plan) -> None:
         for closing in (client, cluster):
             if closing is not None:
                 closing.close()
+        if cluster is not None:
+            shutil.rmtree(cluster.priorreg_scratch, ignore_errors=True)
         _set_torch_threads(prev_threads)
 
 
@@ -760,6 +807,7 @@ def _future_record(f, pr: Pair) -> dict:
 def _run(client, plan: Plan, torch_threads, progress) -> None:
     from dask.distributed import as_completed
 
+    _STOP.clear()
     prior_f = client.scatter(plan.prior, broadcast=True, hash=False) if plan.prior is not None else None
     token = uuid.uuid4().hex[:8]
     futures = {}
@@ -778,5 +826,10 @@ def _run(client, plan: Plan, torch_threads, progress) -> None:
                 progress.error(f"pair {pr.id} (line {pr.line}) failed: {rec['error']}")
             progress.update(rec["status"] == "ok", force=not futures)
     except KeyboardInterrupt:
+        _STOP.set()
         client.cancel(list(futures))
+        _wait_for_threads()
+        for pr in futures.values():  # past its last stop point when Ctrl-C came: it finished writing
+            if outputs_complete(pr.out):
+                plan.records[pr.id] = {**_skipped_record(pr, {}), "status": "ok"}
         raise
