@@ -536,16 +536,24 @@ class Progress:
 FIGURES = ("seconds", "final_energy", "percent_folding")
 
 
-def _check_same_options(out_dir: str, options: dict) -> None:
-    """--resume goes on with the options of the run it resumes: with others, the pairs it skips would be
-    recorded under options they did not run with."""
+def read_previous_run(out_dir: str) -> dict:
+    """DIR/cohort.json of the run --resume goes on from; {} when there is none or it cannot be read."""
     import json
 
     try:
         with open(os.path.join(out_dir, "cohort.json"), encoding="utf-8") as fh:
-            before = json.load(fh).get("options")
-    except (OSError, ValueError, AttributeError):
-        return  # no record of the earlier run: nothing to compare
+            before = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return before if isinstance(before, dict) else {}
+
+
+def _check_same_options(out_dir: str, previous_run: dict, options: dict) -> None:
+    """--resume goes on with the options of the run it resumes: with others, the pairs it skips would be
+    recorded under options they did not run with."""
+    import json
+
+    before = previous_run.get("options")  # none recorded: nothing to compare
     now = json.loads(json.dumps(options))  # as cohort.json stores it (tuples as lists)
     if before and before != now:
         names = sorted({k for dim in set(before) | set(now) for k in set(before.get(dim) or {}) | set(now.get(dim) or {})
@@ -554,15 +562,13 @@ def _check_same_options(out_dir: str, options: dict) -> None:
                             "give the same options, or a new --out")
 
 
-def previous_records(out_dir: str) -> dict:
-    """{(id, output folder): row} of the pairs DIR/cohort.json recorded as registered (or skipped) before."""
-    import json
-
+def previous_records(previous_run: dict) -> dict:
+    """{(id, output folder): row} of the pairs the earlier run (its cohort.json) recorded as registered
+    (or skipped)."""
     try:
-        with open(os.path.join(out_dir, "cohort.json"), encoding="utf-8") as fh:
-            rows = json.load(fh).get("pairs", [])
+        rows = previous_run.get("pairs", [])
         return {(r["id"], r["out"]): r for r in rows if r.get("status") in ("ok", "skipped")}
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (AttributeError, KeyError, TypeError):
         return {}
 
 
@@ -718,9 +724,9 @@ def _plan(args, con, overrides: dict) -> Plan:
     pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
     for n in notes:
         con.note(n)
-    if args.resume:
-        _check_same_options(out_dir, options)
-    previous = previous_records(out_dir) if args.resume else {}
+    previous_run = read_previous_run(out_dir) if args.resume else {}
+    _check_same_options(out_dir, previous_run, options)
+    previous = previous_records(previous_run)
     records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:
         con.note(f"--resume: {len(records)} of {len(pairs)} pair(s) complete already; skipping them")
