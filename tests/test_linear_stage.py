@@ -175,3 +175,45 @@ def test_images_that_do_not_overlap_are_aligned_by_their_centres_or_refused(pair
     with pytest.raises(priorreg.PriorRegError, match=r"only 0% of the fixed image's foreground falls inside the moving image "
                                                       r"under their world alignment"):
         priorreg.register(read_image(paths["fixed"]), read_image(str(d / "pd_far.nii.gz")), linear="none", warn=False)
+
+
+@pytest.mark.parametrize("turn_deg", [180, 90])
+def test_a_header_that_turns_the_moving_image_is_found_and_named(turn_deg):
+    """A moving header whose direction says the image is turned (voxels stored like the fixed image's) put
+    the anatomy 90 or 180 degrees round in world space; the search tried 20 degrees and returned a wrong
+    alignment without a word. Now the voxel axes are tried as aligned too, and the warning names the header.
+    The same world image stored turned (voxels and header together) is registered as before, with no warning."""
+    import warnings
+
+    import priorreg
+    from priorreg import io as pio
+    from priorreg.linear import rotation_angle
+
+    f, m = (pio.read_image(BRAINWEB / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    a = np.radians(turn_deg)
+    R = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    kw = dict(levels=2, max_iterations=5)
+    plain = priorreg.register(f, m, warn=False, **kw)
+    wrong_header = priorreg.Image(m.array, m.spacing, m.origin, R @ np.asarray(m.direction))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = priorreg.register(f, wrong_header, **kw)
+    assert abs(rotation_angle(r.linear.matrix) - turn_deg) < 3
+    err = np.abs(r.warped.array - plain.warped.array).mean() / np.abs(plain.warped.array).mean()
+    assert err < 0.02, err  # without the voxel-axes start: 0.17-0.18
+    said = [str(w.message) for w in caught if "header" in str(w.message)]
+    assert len(said) == 1 and f"differ by {turn_deg} degrees" in said[0] and "likely wrong" in said[0]
+    # stored turned, header and voxels together: the same world image
+    k = turn_deg // 90
+    D = np.asarray(m.direction) * np.asarray(m.spacing)[None, :]
+    arr, origin, sp = m.array, np.asarray(m.origin, float), np.asarray(m.spacing, float)
+    for _ in range(k):  # one quarter turn of the array: new axis 0 = old axis 1 reversed, new axis 1 = old axis 0
+        origin = origin + D[:, 1] * (arr.shape[1] - 1)
+        arr, D, sp = np.rot90(arr), np.stack([-D[:, 1], D[:, 0]], 1), sp[::-1]
+    same = priorreg.Image(np.ascontiguousarray(arr), tuple(sp), tuple(origin), D / sp[None, :])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = priorreg.register(f, same, **kw)
+    assert rotation_angle(s.linear.matrix) < 3 and not [w for w in caught if "header" in str(w.message)]
+    err = np.abs(s.warped.array - plain.warped.array).mean() / np.abs(plain.warped.array).mean()
+    assert err < 0.02, err

@@ -20,7 +20,7 @@ from .checks import validate
 from .deformable import deformable, prior_order_warnings, unused_prior_warnings
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise
-from .prealign import after_prealign, check_overlap, one_field, prealign
+from .prealign import after_prealign, check_overlap, header_notes, one_field, prealign
 from .resample import warp
 from .intensity import foreground
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
@@ -92,7 +92,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     check_overlap(inp, lin, region)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
-    notes = prior_order_warnings(work, pyr)
+    notes = header_notes(inp, lin) + prior_order_warnings(work, pyr)
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)

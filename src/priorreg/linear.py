@@ -399,9 +399,27 @@ def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
     return out
 
 
+HEADER_TURN_DEGREES = 45.0  # directions that disagree by more: also try the voxel axes as aligned
+
+
+def header_turn(fix: Image, mov: Image):
+    """The rotation that lines the moving image's voxel axes up with the fixed image's, A = D_m D_f^-1,
+    when the two direction matrices disagree by more than HEADER_TURN_DEGREES (else None; also None for
+    a reflection, which no rigid or affine map here represents). A header that says the moving
+    image is turned (a flipped direction, an axis order lost in conversion) while its voxels are stored
+    like the fixed image's puts the anatomy that far round in world space, beyond the search's 20 degrees."""
+    A = np.asarray(mov.direction, float) @ np.linalg.inv(np.asarray(fix.direction, float))
+    U, _, Vt = np.linalg.svd(A)
+    R = U @ Vt
+    if np.linalg.det(R) < 0 or rotation_angle(R) <= HEADER_TURN_DEGREES:
+        return None
+    return R
+
+
 def _starts(fix, f_n, mov, m_n, mask, center, initial) -> list:
     """Physical parameter vectors to start from: world alignment, centroid and moment
-    alignments, each with a few rotations (rotations up to 20 degrees)."""
+    alignments, each with a few rotations (rotations up to 20 degrees); and, where the images'
+    directions disagree (:func:`header_turn`), each alignment turned so the voxel axes agree."""
     d = fix.ndim
     if initial is not None:
         return [_params_of(initial.matrix, initial.translation, center)]
@@ -414,6 +432,9 @@ def _starts(fix, f_n, mov, m_n, mask, center, initial) -> list:
             a = np.zeros(rot.stop)
             a[k] = np.radians(deg)
             angles.append(a)
+    turn = header_turn(fix, mov)
+    if turn is not None:
+        angles.append(decompose(turn)[0])
     out = []
     for s in shifts:
         for a in angles:

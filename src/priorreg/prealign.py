@@ -26,7 +26,8 @@ import numpy as np
 
 from .checks import Inputs
 from .options import is_auto
-from .linear import MAX_SAMPLES, LinearResult, compose_field, estimate_linear, linear_to_field, read_itk_transform
+from .linear import (HEADER_TURN_DEGREES, MAX_SAMPLES, LinearResult, compose_field, estimate_linear, header_turn,
+                     linear_to_field, read_itk_transform, rotation_angle)
 from .errors import PriorRegError
 from .image import Image
 from .resample import field_of_view, warp
@@ -76,6 +77,17 @@ def prealign(inp: Inputs) -> LinearResult | None:
         rigid = _estimate(inp, "rigid", start)
         lin = rigid if not rigid.rejected else lin
     return lin
+
+
+def header_notes(inp: Inputs, lin: LinearResult | None) -> list:
+    """A warning when the linear stage turned the moving image as far as its header disagrees with the
+    fixed image's (:func:`priorreg.linear.header_turn`): the anatomy says the moving header is wrong."""
+    turn = header_turn(inp.fixed, inp.moving)
+    if lin is None or turn is None or rotation_angle(lin.matrix) <= HEADER_TURN_DEGREES:
+        return []
+    return [f"register(): the images' direction matrices differ by {rotation_angle(turn):.0f} degrees, and the linear "
+            f"stage found the moving anatomy turned by {rotation_angle(lin.matrix):.0f} degrees in world space: the "
+            "moving image's header (its direction) is likely wrong; the result follows the anatomy"]
 
 
 MIN_OVERLAP = 0.10  # of the fixed foreground inside the moving image at the start, as the linear stage asks
