@@ -30,6 +30,20 @@ def test_ssc_pairs_join_neighbours_on_different_axes():
             assert sum(map(abs, a)) == sum(map(abs, b)) == 2
 
 
+@pytest.mark.parametrize("shape, radius, dilation", [((40, 44), 1, 1), ((20, 22, 18), 1, 2), ((16, 12, 14), 2, 1)])
+def test_descriptor_is_its_formula(shape, radius, dilation):
+    """mind_ssc (channels computed one at a time, then in place) against its docstring's formula in numpy."""
+    img = np.random.default_rng(4).random(shape)
+    pad = np.pad(img, dilation, mode="edge")
+    moved = lambda o: pad[tuple(slice(dilation + k, dilation + k + n) for k, n in zip(o, shape))]
+    D = np.stack([ndimage.uniform_filter((moved(a) - moved(b)) ** 2, 2 * radius + 1, mode="nearest")
+                  for a, b in ssc_pairs(len(shape), dilation)])
+    D -= D.min(0)
+    V = D.mean(0)
+    V = np.clip(V, V.mean() * 1e-3, V.mean() * 1e3)
+    np.testing.assert_allclose(mind_ssc(_t(img), radius, dilation).numpy(), np.exp(-D / V), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(40, 44), (20, 22, 18)])
 def test_descriptor_ignores_gain_offset_and_inversion(shape):
     lab = syn.anatomy(shape)

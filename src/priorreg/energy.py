@@ -313,7 +313,7 @@ class JointHistogramEnergy:
         if g is None:
             return torch.zeros_like(u)
         dw = spatial.sample(self.moving_grad, coords)
-        return self.samples.to_grid(g.reshape(dw.shape[1:])[None] * dw).detach()
+        return self.samples.to_grid(dw.mul_(g.reshape(dw.shape[1:])[None])).detach()
 
     def _evaluate_exact(self, u):
         uu = u.detach().requires_grad_(True)

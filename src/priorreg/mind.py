@@ -59,12 +59,16 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 1) -> torch.T
     r = dilation
     padded = F.pad(image[None, None], [r] * (2 * image.dim()), mode="replicate")[0, 0]  # once, edges replicated
     shifted = {o: padded[tuple(slice(r + k, r + k + n) for k, n in zip(o, image.shape))] for o in {o for p in pairs for o in p}}
-    D = _box(torch.stack([(shifted[a] - shifted[b]) ** 2 for a, b in pairs]), radius)  # one pooling call for all pairs
-    D = D - D.min(0, keepdim=True).values
+    # One channel at a time into one (C, *S) tensor, then in place: a 1 mm brain's 12 channels are 180 MB,
+    # and stacking, padding and pooling them whole held four such copies at once (the same values).
+    D = torch.empty((len(pairs), *image.shape), dtype=image.dtype, device=image.device)
+    for c, (a, b) in enumerate(pairs):
+        D[c] = _box((shifted[a] - shifted[b]).square_()[None], radius)[0]
+    D.sub_(D.min(0, keepdim=True).values)
     V = D.mean(0, keepdim=True)
     m = float(V.mean())
     V = V.clamp(min=max(m * 1e-3, 1e-12), max=max(m * 1e3, 1e-12))
-    return torch.exp(-D / V)
+    return D.neg_().div_(V).exp_()
 
 
 PCA_MAX_VOXELS = 2**20  # per image: the covariance of 12 channels is settled long before a million voxels
@@ -77,8 +81,10 @@ def principal_channels(a: torch.Tensor, b: torch.Tensor, k: int):
     differences are kept up to the variance of the discarded directions (all of them for k = C)."""
     C = a.shape[0]
     step = -(-a[0].numel() // PCA_MAX_VOXELS)  # ceil: 1 up to PCA_MAX_VOXELS voxels
-    X = torch.cat([a.reshape(C, -1)[:, ::step], b.reshape(C, -1)[:, ::step]], 1).double()
-    X = X - X.mean(1, keepdim=True)
+    xa, xb = a.reshape(C, -1)[:, ::step], b.reshape(C, -1)[:, ::step]
+    X = torch.empty((C, xa.shape[1] + xb.shape[1]), dtype=torch.float64, device=a.device)  # one copy, not three
+    X[:, :xa.shape[1]], X[:, xa.shape[1]:] = xa, xb
+    X.sub_(X.mean(1, keepdim=True))
     cov = X @ X.T / X.shape[1]
     evecs = torch.linalg.eigh(cov).eigenvectors
     W = evecs[:, -k:].T.to(a.dtype)  # (k, C), largest last
@@ -146,7 +152,7 @@ class MindEnergy:
     def _residual(self, u):
         coords = self.samples.coords(u)
         w = spatial.sample(self.moving_desc, coords).reshape(self.C, -1)
-        return coords, w - self.fixed_desc
+        return coords, w.sub_(self.fixed_desc)  # in place: a 1 mm brain's samples are 44 MB a channel set
 
     def value(self, u):
         coords, r = self._residual(u)
@@ -169,7 +175,7 @@ class MindEnergy:
             self.value(u)
         _, coords, r = self._state
         g = spatial.sample(self.moving_grad, coords).reshape(self.C, d, -1)
-        f = (r[:, None] * g).sum(0)  # (d, n)
+        f = g.mul_(r[:, None]).sum(0)  # (d, n); in place: C x d sampled channels are the level's largest temporary
         if self.weights is not None:
             f = f * self.weights
         f = f * (self.weight * self.n_ratio / self.C)
