@@ -572,3 +572,22 @@ def test_folding_and_a_moving_image_that_covers_little_of_the_anatomy_are_noted(
     with pytest.warns(PriorRegWarning, match="covers only"):
         r = register(Image(f), Image(slab[:, :22]), levels=2, max_iterations=5, linear="none")
     assert any("covers only" in w for w in r.warnings)
+
+
+def test_a_plain_array_beside_an_image_is_on_its_grid_and_spacing_is_for_arrays(pair):
+    """Third new-user pass: register(image, array) put the array at the origin with spacing 1 (a wrong result,
+    no word), spacing= silently replaced the Images' own spacing, and result.apply(array) of a moving image
+    away from the origin returned zeros."""
+    f, m = pair
+    fixed = Image(f, spacing=(1.5, 1.0), origin=(4.0, -3.0))
+    moving = Image(m, spacing=(1.5, 1.0), origin=(4.0, -3.0))
+    kw = dict(levels=2, max_iterations=4, linear="none")
+    both = register(fixed, moving, **kw)
+    np.testing.assert_array_equal(register(fixed, m, **kw).field, both.field)
+    np.testing.assert_array_equal(register(f, moving, **kw).field, both.field)
+    _raises(r"moving is a plain array of shape \(30, 36\) beside a priorreg.Image of shape \(32, 36\)",
+            register, fixed, m[:30], **kw)
+    _raises(r"spacing= is for plain arrays", register, fixed, moving, spacing=(2.0, 2.0), **kw)
+    np.testing.assert_array_equal(both.apply(m).array, both.apply(moving).array)
+    assert np.abs(both.apply(m).array).mean() > 0.5 * np.abs(m).mean()
+    _raises(r"apply\(\): image is a plain array of shape \(30, 36\)", both.apply, m[:30])

@@ -168,3 +168,16 @@ def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
     if m.sum() == 0:
         raise PriorRegError(f"{func}: {name} is empty (no voxel > 0); give a mask that covers the region to align")
     return m
+
+
+def on_grid_of(x, image: Image, name: str, func: str):
+    """``x`` as is if it is an Image; a plain array of ``image``'s shape as an Image on ``image``'s grid
+    (a plain array has no geometry: beside an Image it can only mean that grid); another shape refused."""
+    if isinstance(x, Image) or not isinstance(x, np.ndarray) or x.ndim not in (2, 3):
+        return x  # an Image, or something as_image explains (text, a list, another dimension)
+    shape = x.shape
+    if tuple(shape) != tuple(image.shape):
+        raise PriorRegError(
+            f"{func}: {name} is a plain array of shape {tuple(shape)} beside a priorreg.Image of shape {image.shape}; a "
+            f"plain array is taken on the Image's grid, so it needs that shape; give {name} as an Image with its geometry")
+    return image.with_array(x)

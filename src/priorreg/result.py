@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .jacobian import jacobian_determinant
-from .image import Image
+from .image import Image, on_grid_of
 from .options import RegistrationOptions
 from .resample import field_of_view, warp
 
@@ -78,7 +78,9 @@ class RegistrationResult:
         return np.einsum("ij,j...->...i", self.fixed.direction, self.field)
 
     def apply(self, image, interpolation: str = "linear") -> Image:
-        """Warp another image of the moving space (e.g. a label map) through the field."""
+        """Warp another image of the moving space (e.g. a label map) through the field. A plain array is
+        taken on the moving image's grid (it needs the moving image's shape); an Image keeps its own."""
+        image = on_grid_of(image, self.moving, "image", "RegistrationResult.apply()")
         return warp(image, self.field, reference=self.fixed, interpolation=interpolation)
 
     @property
