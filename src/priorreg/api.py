@@ -19,7 +19,7 @@ import warnings
 from .checks import validate
 from .deformable import deformable, prior_order_warnings, unused_prior_warnings
 from .errors import PriorRegError, PriorRegWarning
-from .normalise import normalise
+from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, prealign
 from .resample import warp
 from .intensity import foreground
@@ -92,7 +92,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     check_overlap(inp, lin, region)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
-    notes = header_notes(inp, lin) + prior_order_warnings(work, pyr)
+    notes = header_notes(inp, lin) + range_notes(pyr) + prior_order_warnings(work, pyr)
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)

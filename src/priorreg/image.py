@@ -117,6 +117,9 @@ def _as_vector(v, d, default, name):
     return tuple(float(x) for x in arr)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def as_image(x, name: str, func: str, spacing=None) -> Image:
     """Validate and convert a user input (array or Image) into an :class:`Image`.
 
@@ -150,6 +153,10 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise PriorRegError(f"{func}: {name} contains {bad} NaN/Inf voxel(s); clean the image first")
+    big = float(np.abs(a).max())
+    if big > FLOAT32_MAX:  # the warped image and the engine are single precision: these would become Inf
+        raise PriorRegError(f"{func}: {name} has values up to {big:.3g} in magnitude, beyond single precision "
+                            f"({FLOAT32_MAX:.3g}), which registration and its outputs use; clip or rescale the image")
     if np.ptp(a) == 0:
         raise PriorRegError(f"{func}: {name} is constant (every voxel = {a.flat[0]}); nothing to register")
     return img
