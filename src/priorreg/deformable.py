@@ -126,8 +126,13 @@ def _misses_mask(mask, pts) -> bool:
 
 
 def _histogram_terms(lv: Level, inp: Inputs, pyr: Pyramids) -> list:
-    """Global MI, the prior term and regional MI, on one joint histogram (two if their block layouts differ)."""
-    opts, prior, gamma = inp.options, inp.prior, inp.options.local_weight
+    """Global MI, the prior term and regional MI, on one joint histogram (two if their block layouts differ).
+
+    A level where the prior has no weight (alpha = 1) runs as without it: the pair's own histogram ranges,
+    no prior term (with the prior's ranges, a prior given no weight still changed the result)."""
+    opts, gamma = inp.options, inp.options.local_weight
+    prior = inp.prior if lv.alpha < 1 else None
+    spec = pyr.spec if prior is not None else pyr.own_spec
     terms = [(lv.alpha * (1.0 - gamma), NegMutualInformation())]
     if prior is not None:
         Q = torch.as_tensor(prior.floored(lv.index, opts.prior_floor), dtype=torch.float64, device=inp.device)
@@ -135,7 +140,7 @@ def _histogram_terms(lv: Level, inp: Inputs, pyr: Pyramids) -> list:
     regions = prior.regions if prior is not None and prior.n_regions > 1 else None
 
     def joint(ts, blocks):
-        return JointHistogramEnergy(lv.fixed, lv.moving, lv.spacing, pyr.spec, ts, lv.mask, opts.force, blocks, lv.points)
+        return JointHistogramEnergy(lv.fixed, lv.moving, lv.spacing, spec, ts, lv.mask, opts.force, blocks, lv.points)
 
     if not (gamma > 0 and lv.alpha > 0):
         return [joint(terms, regions)]

@@ -601,6 +601,7 @@ def estimate_linear(
         With alpha < 1 the energy is alpha*(-MI) + (1-alpha)*E_prior(p || prior) on the
         prior's floored global table of each level (a regional prior's tables mixed);
         the prior's bins, Parzen sigma, ranges and normalisation replace the arguments.
+        At alpha = 1 only its normalisation is used (the ranges are the pair's own).
     alpha : float in [0, 1]
     bins, parzen_sigma : int, float
         Joint histogram bins and Parzen window (bins) without a prior.
@@ -636,7 +637,7 @@ def estimate_linear(
         raise PriorRegError(f"{func}: prior_term must be one of {tuple(PRIOR_TERMS)}, got {prior_term!r}")
     recipe = normalization if prior is None else prior.normalization
     f_n, m_n = normalize(fix.array, recipe), normalize(mov.array, recipe)
-    if prior is not None:
+    if prior is not None and alpha < 1:  # at alpha = 1 the pair's own ranges, as without a prior
         bins, parzen_sigma, ranges = prior.bins, prior.parzen_sigma, prior.ranges
     else:
         ranges = (intensity_range([f_n if mask is None else f_n[mask > 0]]), intensity_range([m_n]))

@@ -21,9 +21,10 @@ class Pyramids:
     fixed: list  # tensors
     moving: list  # tensors: the moving image resampled onto the fixed grid at world alignment
     mask: list  # tensors or None per level
-    spec: HistogramSpec
-    ranges: tuple  # ((lo_fixed, hi_fixed), (lo_moving, hi_moving)), normalised units
+    spec: HistogramSpec  # the prior's ranges when a prior is given (its table's bins), else the pair's
+    ranges: tuple  # ((lo_fixed, hi_fixed), (lo_moving, hi_moving)), normalised units: those of ``spec``
     recipe: str  # the intensity normalisation used
+    own_spec: HistogramSpec  # the pair's own ranges: levels where the prior has no weight (alpha = 1) use them
 
 
 # Below this share of the histogram's range, an image's core (1st-99th percentile) is squeezed into a few
@@ -55,10 +56,8 @@ def normalise(inp: Inputs) -> Pyramids:
     m_n = normalize(mov.array, recipe)
     if not fix.same_grid(mov):  # the edge voxels repeat outside the moving field of view
         m_n = warp(mov.with_array(m_n), np.zeros((fix.ndim, *fix.shape)), reference=fix, fill=None).array
-    if inp.prior is not None:
-        ranges = inp.prior.ranges
-    else:
-        ranges = (intensity_range([f_n]), intensity_range([m_n]))
+    own = (intensity_range([f_n]), intensity_range([m_n]))
+    ranges = inp.prior.ranges if inp.prior is not None else own
     spec = HistogramSpec(opts.bins, opts.parzen_sigma, ranges, opts.eps)
 
     def tensor(a):
@@ -71,4 +70,5 @@ def normalise(inp: Inputs) -> Pyramids:
         spec=spec,
         ranges=ranges,
         recipe=recipe,
+        own_spec=spec if inp.prior is None else HistogramSpec(opts.bins, opts.parzen_sigma, own, opts.eps),
     )
