@@ -183,9 +183,12 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
                     "--out", tmp_path / "applied.nii.gz")
     assert rc == 0 and "wrote" in so
     np.testing.assert_allclose(pio.read_image(tmp_path / "applied.nii.gz").array, warped, atol=1e-5)
-    rc, _, _ = run(capsys, "apply", data["labels"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
-                   "--out", tmp_path / "labels.nii.gz", "--interpolation", "nearest")
-    assert rc == 0
+    rc, _, err = run(capsys, "apply", data["labels"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                     "--out", tmp_path / "labels.nii.gz", "--interpolation", "nearest")
+    assert rc == 0 and "label map" not in err
+    rc, _, err = run(capsys, "apply", data["labels"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                     "--out", tmp_path / "labels_linear.nii.gz")  # the default: linear, which blends labels
+    assert rc == 0 and "like a label map" in err and "--interpolation nearest" in err
     lab = pio.read_image(tmp_path / "labels.nii.gz").array
     assert lab.dtype == np.int16 and set(np.unique(lab)) <= set(np.unique(pio.read_image(data["labels"]).array))
     other = tmp_path / "other_grid.nii.gz"  # the fixed image's shape on the default grid
@@ -245,6 +248,20 @@ def test_help_on_every_command(capsys, command):
         cli.main([command, "--help"])
     assert e.value.code == 0
     assert "usage: priorreg " + command in capsys.readouterr().out
+
+
+def test_help_says_what_the_flags_do_here(capsys):
+    """Third new-user pass: reST markup on the terminal, alpha's default without the prior's 'auto', cuda:N
+    missing from the usage line, and train's help promising solver flags it refuses."""
+    texts = {}
+    for command in ("register", "train"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    reg, train = texts["register"], texts["train"]
+    assert "``" not in reg and ":mod:" not in reg and ":func:" not in reg
+    assert "(default: 1.0 without --prior, 'auto' with one)" in reg and "--device {cpu,cuda,cuda:N}" in reg
+    assert "solver internals" in reg and "solver internals" not in train and "a prior brings its own" not in train
 
 
 def test_errors_are_one_line(capsys, data, tmp_path):

@@ -66,6 +66,7 @@ def test_register_recovers_a_rigid_offset_and_writes_one_field(pair):
     lin = rec["linear"]
     assert lin["kind"] == "affine"
     assert abs(abs(lin["rotation_degrees"][0]) - ANGLE_DEG) < 0.5
+    assert abs(lin["rotation_angle_degrees"] - ANGLE_DEG) < 0.5  # the whole rotation, as the summary line gives it
     fixed = sitk.ReadImage(p["fixed"])
     moving = sitk.ReadImage(p["moving"])
     warped = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "warped.nii.gz")))

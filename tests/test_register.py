@@ -647,3 +647,4 @@ def test_a_prior_with_no_weight_changes_nothing():
     assert given.ranges != alone.ranges  # the report keeps the prior's ranges; the energy does not use them
     np.testing.assert_array_equal(given.field, alone.field)
     assert not any("KL" in t for h in given.history for t in h.terms)
+    assert repr(prior).startswith("Prior(2D, 1 pair(s), bins=64") and len(repr(prior)) < 200  # not every table

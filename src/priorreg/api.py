@@ -43,8 +43,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     prior : Prior, optional
         Learned joint density (:func:`fit_prior`); needed for alpha < 1.
     preset : str, optional
-        Named options (:data:`priorreg.options.PRESETS`): "default", "paper", "mr",
-        "functional". Default: "default".
+        Named options (:data:`priorreg.options.PRESETS`): "default", "mr", "functional",
+        "atlas", "paper". Default: "default".
     options : RegistrationOptions, optional
         All options at once, instead of a preset.
     **overrides

@@ -53,7 +53,8 @@ def _option_docs() -> dict:
             name, buf = m.group(1), []
         elif name and line.startswith("        "):
             buf.append(line.strip())
-    return out
+    # reference-doc markup reads as noise on a terminal: ``x`` and :mod:`x` are shown as x
+    return {k: re.sub(r"(:\w+:)?`+([^`]+)`+", r"\2", v) for k, v in out.items()}
 
 
 def _choices() -> dict:
@@ -114,7 +115,12 @@ def _default_text(name: str) -> str:
     from .options import PRESETS
 
     v2, v3 = (getattr(PRESETS["default"][nd], name) for nd in (2, 3))
-    return f"default: {v2!r}" if v2 == v3 else f"default: {v2!r} in 2D, {v3!r} in 3D"
+    text = f"default: {v2!r}" if v2 == v3 else f"default: {v2!r} in 2D, {v3!r} in 3D"
+    if name == "alpha":
+        text += " without --prior, 'auto' with one"
+    if name == "bending" and PRESETS["default"][2].bending_scale == "spacing":
+        text += " mm^2 at 1 mm voxels, times (mean voxel size / 1 mm)^2 (bending_scale, docs/options.md)"
+    return text
 
 
 def _flag_spec(f, docs: dict, choices: dict, internal: bool = False) -> dict:
@@ -129,7 +135,7 @@ def _flag_spec(f, docs: dict, choices: dict, internal: bool = False) -> dict:
     if choices.get(f.name):
         kw["choices"] = choices[f.name]
         kw["metavar"] = "{" + ",".join(choices[f.name]) + "}"
-    kw["metavar"] = {"device": "{cpu,cuda}", "local_regions": "{auto,K,KxK,KxKxK}"}.get(f.name, kw["metavar"])
+    kw["metavar"] = {"device": "{cpu,cuda,cuda:N}", "local_regions": "{auto,K,KxK,KxKxK}"}.get(f.name, kw["metavar"])
     return kw
 
 
@@ -143,9 +149,8 @@ def add_engine_options(parser, names=None, preset: bool = True) -> None:
 
     docs, choices = _option_docs(), _choices()
     title = "defaults: the --preset's, else the default preset's" if preset else "defaults from the default preset"
-    group = parser.add_argument_group(
-        f"engine options ({title}; solver internals (step sizes, tolerances, sampling) are accepted too "
-        "and listed in docs/options.md)")
+    internals = "; solver internals (step sizes, tolerances, sampling) are accepted too and listed in docs/options.md"
+    group = parser.add_argument_group(f"engine options ({title}{internals if names is None else ''})")
     for f in dataclasses.fields(RegistrationOptions):
         if names is None or f.name in names:
             group.add_argument(option_flag(f.name), **_flag_spec(f, docs, choices, f.name not in USER_OPTIONS))
@@ -351,7 +356,8 @@ def cmd_register(args, con: Console) -> int:
     con.end_bar()
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
-    for n in dict.fromkeys(w["note"] for w in result.prior_weights if w.get("note")):  # once, not per level
+    weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # the note explains a weight: none given, none to explain
+    for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
         con.note(f"alpha auto: {n}")
     wf.write_outputs(args.out, result, prior=prior, mask=mask,
                      inputs=wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior))
@@ -377,6 +383,8 @@ def cmd_apply(args, con: Console) -> int:
             f"{wf.rounded(grid.origin)}) than the reference {args.reference} ({wf.describe(ref)}, spacing "
             f"{wf.rounded(ref.spacing)}, origin {wf.rounded(ref.origin)}); use the fixed image of the registration"
         )
+    if args.interpolation == "linear":
+        notes += wf.label_map_notes(moving, args.moving)
     for n in notes:
         con.note(n)
     from .resample import warp  # torch

@@ -123,6 +123,9 @@ class LinearResult:
         keys = ("kind", "rotation_degrees", "translation_mm", "scales", "shears", "metric_before",
                 "metric_after", "mi_before", "mi_after", "overlap", "seconds", "notes")
         out = {k: getattr(self, k) for k in keys}
+        # the whole rotation (as the command line's summary gives it); rotation_degrees are the angles of the
+        # rotation factor of A = R diag(scales) (I + H), which differ from it where there is shear or scaling
+        out["rotation_angle_degrees"] = rotation_angle(self.matrix)
         out.update(matrix=self.matrix.tolist(), translation=self.translation.tolist(), center=self.center.tolist())
         return out
 
@@ -343,7 +346,8 @@ def _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func):
     if alpha < 1 and prior is None:
         raise PriorRegError(f"{func}: alpha={alpha} < 1 needs a learned prior (prior=fit_prior(...))")
     if prior is not None and prior.dim != fix.ndim:
-        raise PriorRegError(f"{func}: the prior was learned on {prior.dim}D images but the images are {fix.ndim}D")
+        raise PriorRegError(f"{func}: the prior was learned on {prior.dim}D images but the images are {fix.ndim}D; "
+                            f"learn one from {fix.ndim}D pairs (fit_prior) or estimate without it")
     if not isinstance(levels, int) or levels < 1:
         raise PriorRegError(f"{func}: levels must be an integer >= 1, got {levels!r}")
     try:

@@ -101,7 +101,8 @@ class RegistrationOptions:
         one-sided on grid nodes, so at u = 0 it depends on rounding of the sample
         coordinates, and CPU and CUDA runs can part ways from the first step.
     normalization : {"percentile", "none"}
-        Intensity normalisation when no prior is given (a prior brings its own).
+        Intensity normalisation of the images. A prior records the one it was learned with, and
+        registering with that prior uses it.
     prior_term : {"kl", "ce", "ckl"}
         How the prior enters: "kl" = KL(p_u || p_L) (the paper), "ce" = cross-entropy
         -sum p_u ln p_L (the likelihood of the joint samples under the prior; no

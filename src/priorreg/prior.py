@@ -63,6 +63,11 @@ class Prior:
         if self.region_mass is None:
             self.region_mass = np.full(self.tables.shape[:2], 1.0 / self.tables.shape[1])
 
+    def __repr__(self) -> str:  # the dataclass's own printed every table
+        regions = "" if self.n_regions == 1 else f", regions={'x'.join(map(str, self.regions))}"
+        return (f"Prior({self.dim}D, {self.n_pairs} pair(s), bins={self.bins}, parzen_sigma={self.parzen_sigma:g}, "
+                f"levels={self.levels}{regions}, normalization={self.normalization!r})")
+
     @property
     def n_regions(self) -> int:
         return int(np.prod(self.regions))
@@ -163,7 +168,8 @@ class Prior:
     def check_compatible(self, dim: int, opts: RegistrationOptions, func: str = "register()") -> None:
         """Refuse a prior learned for another dimension, binning or pyramid."""
         if dim != self.dim:
-            raise PriorRegError(f"{func}: the prior was learned on {self.dim}D images but the images are {dim}D")
+            raise PriorRegError(f"{func}: the prior was learned on {self.dim}D images but the images are {dim}D; learn one "
+                                f"from {dim}D pairs (fit_prior) or register without it")
         if opts.bins != self.bins:
             raise PriorRegError(
                 f"{func}: the prior was learned with bins={self.bins} but registration asks bins={opts.bins}; "

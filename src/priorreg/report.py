@@ -24,6 +24,7 @@ import numpy as np
 from . import io as pio
 from . import pictures as pic
 from .intensity import normalize
+from .linear import rotation_angle
 from .pyramid import level_label
 
 
@@ -617,7 +618,8 @@ def _linear_rows(lin) -> list:
         return ", ".join(f"{x:.2f}{unit}" for x in xs)
 
     return [
-        (f"linear stage ({lin.kind}): rotation", nums(lin.rotation_degrees, " deg")),
+        (f"linear stage ({lin.kind}): rotation", f"{rotation_angle(lin.matrix):.2f} deg in all (the angles of R in "
+                                                 f"A = R S (I + H): {nums(lin.rotation_degrees, ' deg')})"),
         ("linear stage: translation (world LPS)", nums(lin.translation_mm, " mm")),
         ("linear stage: scales / shears", f"{nums(lin.scales)} / {nums(lin.shears)}"),
     ]

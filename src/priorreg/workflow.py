@@ -163,9 +163,29 @@ def load_prior(path):
     return Prior.load(path)
 
 
+LABEL_MAX_VALUES = 64  # an integer image with at most this many distinct values reads as a label map
+
+
+def label_map_notes(image, path) -> list:
+    """A note when ``image`` looks like a label map (integers, a few distinct values, read on at most
+    2^18 voxels): linear interpolation would blend its labels into fractions."""
+    import numpy as np
+
+    a = np.asarray(image.array)
+    if a.dtype.kind not in "iub":
+        return []
+    step = max(1, a.size // 2**18)
+    values = np.unique(a.reshape(-1)[::step])
+    if not 1 < values.size <= LABEL_MAX_VALUES:
+        return []
+    return [f"{path} holds {values.size} distinct integer values, like a label map: linear interpolation blends "
+            "neighbouring labels into fractions; for labels use --interpolation nearest"]
+
+
 def check_prior_dim(prior, prior_path, fixed, fixed_path) -> None:
     if prior is not None and prior.dim != fixed.ndim:
-        raise PriorRegError(f"prior {prior_path} was learned on {prior.dim}D images but {fixed_path} is {describe(fixed)}")
+        raise PriorRegError(f"prior {prior_path} was learned on {prior.dim}D images but {fixed_path} is {describe(fixed)}; "
+                             f"learn one from {fixed.ndim}D pairs (priorreg train) or register without --prior")
 
 
 def check_device(device: str) -> None:
