@@ -648,3 +648,19 @@ def test_a_prior_with_no_weight_changes_nothing():
     np.testing.assert_array_equal(given.field, alone.field)
     assert not any("KL" in t for h in given.history for t in h.terms)
     assert repr(prior).startswith("Prior(2D, 1 pair(s), bins=64") and len(repr(prior)) < 200  # not every table
+
+
+def test_a_fixed_alpha_with_a_prior_far_from_the_registered_pair_is_named():
+    """Third new-user pass: --alpha 0.4 with a prior of another modality pair gave no warning (where alpha
+    'auto' would have given it no weight), and a worse result. The prior of the right pair is not named."""
+    f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=3.0)
+    lab_t = syn.anatomy((64, 72), seed=5)
+    right = fit_prior([syn.contrast(lab_t, syn.T1, seed=40)], [syn.contrast(lab_t, syn.T2_MONO, seed=41)], levels=2)
+    wrong = fit_prior([syn.contrast(lab_t, syn.T1, seed=40)], [syn.contrast(lab_t, syn.PD_NONMONO, seed=41)], levels=2)
+    said = {}
+    for name, prior in (("right", right), ("wrong", wrong)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            register(f, m, prior=prior, alpha=0.4, levels=2, max_iterations=20)
+        said[name] = [str(w.message) for w in caught if "alpha='auto' would give it none" in str(w.message)]
+    assert not said["right"] and len(said["wrong"]) == 1 and "alpha=0.4 gave the prior weight 0.6" in said["wrong"][0]

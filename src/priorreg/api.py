@@ -17,7 +17,7 @@ import time
 import warnings
 
 from .checks import validate
-from .deformable import deformable, prior_order_warnings, unused_prior_warnings
+from .deformable import deformable, prior_order_warnings, trusted_prior_warnings, unused_prior_warnings
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, prealign
@@ -97,7 +97,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
-    late = unused_prior_warnings(inp, history)
+    late = unused_prior_warnings(inp, history) + trusted_prior_warnings(work, pyr, u)
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     late = late + small_field_notes(field, inp.fixed.spacing, region)
     result = make_result(inp, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)

@@ -67,6 +67,21 @@ def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
     return [] if msg is None else [msg]
 
 
+def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
+    """A fixed alpha < 1 with a prior that the registered pair (field ``u``) is still far from, where
+    alpha="auto" would give it no weight (judged at full resolution, as auto judges a level): say so.
+    (At the start a pair is far from any prior until it is aligned: a PET/CT pair's own prior was.)"""
+    alpha = inp.options.alpha
+    if inp.prior is None or is_auto(alpha) or alpha >= 1:
+        return []
+    _, _, _, _, rec = auto_level(inp, pyr, 0, u, inp.fixed.spacing)
+    if rec.get("fit_ratio", 0.0) < prior_weight.FIT_RANGE[1]:
+        return []
+    return [f"register(): alpha={alpha:g} gave the prior weight {1 - alpha:g}, but the registered pair's joint "
+            f"histogram is far from it (KL {rec['kl']:.2f} nats, {rec['fit_ratio']:.2f} x the prior's MI): alpha='auto' "
+            "would give it none. Was it learned on another modality pair or other anatomy?"]
+
+
 def unused_prior_warnings(inp: Inputs, history: list) -> list:
     """alpha="auto" gave the prior no weight at any level: say so, it is likely the wrong prior."""
     recs = [h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None]
