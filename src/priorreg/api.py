@@ -92,12 +92,13 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     check_overlap(inp, lin, region)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
-    notes = header_notes(inp, lin) + range_notes(pyr) + prior_order_warnings(work, pyr)
+    swapped = prior_order_warnings(work, pyr)
+    notes = header_notes(inp, lin) + range_notes(pyr) + swapped
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
-    late = unused_prior_warnings(inp, history) + trusted_prior_warnings(work, pyr, u)
+    late = unused_prior_warnings(inp, history) + ([] if swapped else trusted_prior_warnings(work, pyr, u))
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     late = late + small_field_notes(field, inp.fixed.spacing, region)
     result = make_result(inp, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
