@@ -8,6 +8,9 @@ Conventions
 * ``direction[:, k]`` is the unit world vector of array axis ``k``; world
   coordinates are ITK's LPS (x, y, z) millimetres. ``origin`` is the world
   position of voxel index 0.  So ``world(i) = origin + direction @ (spacing * i)``.
+* Without a direction, an Image has SimpleITK's ``GetImageFromArray`` one: array axis k along
+  world axis d-1-k (ITK's identity), so ``Image(read_image(f).array, spacing)`` lies where the file
+  does up to its origin, and a written array opens in viewers as SimpleITK's would.
 """
 from __future__ import annotations
 
@@ -61,8 +64,8 @@ class Image:
         if np.any(np.asarray(self.spacing) <= 0) or not np.all(np.isfinite(self.spacing)):
             raise PriorRegError(f"Image(): spacing must be positive and finite, got {self.spacing}")
         self.origin = _as_vector(self.origin, d, 0.0, "origin")
-        if self.direction is None:
-            self.direction = np.eye(d)
+        if self.direction is None:  # SimpleITK's GetImageFromArray: array axis k along world axis d-1-k
+            self.direction = np.eye(d)[::-1]
         # A contiguous copy: torch refuses negative-stride views (e.g. a reversed SimpleITK matrix).
         try:
             self.direction = np.ascontiguousarray(np.array(self.direction, dtype=float).reshape(d, d))
