@@ -72,9 +72,9 @@ def _describe(offset):
 
 
 def _c():
-    import cases
+    import case_tools
 
-    return cases
+    return case_tools
 
 
 def _cm():

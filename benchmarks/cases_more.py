@@ -62,10 +62,10 @@ def view_slice(a, view=None):
 
 
 def _c():
-    """cases.py, imported lazily (it imports this module at its end)."""
-    import cases
+    """case_tools.py: the helpers (noise, warps, the MNI volume) every case module shares."""
+    import case_tools
 
-    return cases
+    return case_tools
 
 
 # --------------------------------------------------------------------------- helpers
@@ -680,11 +680,6 @@ MORE_CASES = {
     "brats3d-1mm-flair-t1c": lambda: brats_3d(1, seed=51),
     "spine3d-t1w-t2w": spine_3d,
 }
-
-# Known linear offset + smooth warp (issue 19) and the ProstateX ADC/high-b pair (issue 17.3): cases_linear.py
-from cases_linear import LINEAR_CASES  # noqa: E402
-
-MORE_CASES.update(LINEAR_CASES)
 
 
 if __name__ == "__main__":

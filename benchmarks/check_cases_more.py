@@ -164,7 +164,7 @@ def main():
     p.add_argument("--register", action="store_true")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    for name in a.names or list(CM.MORE_CASES):
+    for name in a.names or list(C.MORE_CASES):  # cases_more.py and cases_linear.py
         try:
             check(name, a.out, a.register)
         except CM.DataNotFound as e:
