@@ -382,3 +382,26 @@ def test_read_itk_transform_refusals(tmp_path):
     sitk.WriteTransform(flat, str(tmp_path / "flat.tfm"))
     with pytest.raises(PriorRegError, match=r"singular transform \(determinant 0\)"):
         read_itk_transform(tmp_path / "flat.tfm", 2)
+
+
+def test_decompose_rebuilds_every_axis_aligned_rotation():
+    """The review found that a quarter turn about y (gimbal lock) decomposed into angles that rebuilt another
+    rotation: the header-turn start then began 45 degrees off (8 of the 24 axis-aligned turns)."""
+    import itertools
+
+    import torch
+
+    from priorreg.linear import _rotation, decompose
+
+    n = 0
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((-1.0, 1.0), repeat=3):
+            Q = np.zeros((3, 3))
+            Q[list(range(3)), list(perm)] = signs
+            if np.linalg.det(Q) < 0:
+                continue
+            angles = decompose(Q)[0]
+            R = _rotation(torch.as_tensor(angles, dtype=torch.float64), 3).numpy()
+            np.testing.assert_allclose(R, Q, atol=1e-9)
+            n += 1
+    assert n == 24

@@ -587,6 +587,7 @@ def test_a_plain_array_beside_an_image_is_on_its_grid_and_spacing_is_for_arrays(
     both = register(fixed, moving, **kw)
     np.testing.assert_array_equal(register(fixed, m, **kw).field, both.field)
     np.testing.assert_array_equal(register(f, moving, **kw).field, both.field)
+    np.testing.assert_array_equal(register(fixed, torch.as_tensor(m), **kw).field, both.field)  # a tensor too
     _raises(r"moving is a plain array of shape \(30, 36\) beside a priorreg.Image of shape \(32, 36\)",
             register, fixed, m[:30], **kw)
     _raises(r"spacing= is for plain arrays", register, fixed, moving, spacing=(2.0, 2.0), **kw)

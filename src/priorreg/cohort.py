@@ -403,6 +403,7 @@ def _one_line(e: BaseException) -> str:
 _STOP = threading.Event()
 _RUNNING = threading.Condition()  # guards _running: the pairs running on threads of this process
 _running = 0
+_WRITTEN = set()  # output folders this run finished writing (not a folder an earlier run left complete)
 
 
 def _stop_point(*_):
@@ -412,6 +413,8 @@ def _stop_point(*_):
 
 def _wait_for_threads(timeout: float = 60.0) -> None:
     """After Ctrl-C: let pairs on this process's threads reach a stop point or finish writing."""
+    if _running:
+        print(f"{wf.PROG}: waiting for {_running} running pair(s) to stop", file=sys.stderr, flush=True)
     with _RUNNING:
         _RUNNING.wait_for(lambda: _running == 0, timeout)
 
@@ -442,6 +445,7 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
                      extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
+    _WRITTEN.add(spec["out"])
     return result
 
 
@@ -814,6 +818,7 @@ def _run(client, plan: Plan, torch_threads, progress) -> None:
     from dask.distributed import as_completed
 
     _STOP.clear()
+    _WRITTEN.clear()
     prior_f = client.scatter(plan.prior, broadcast=True, hash=False) if plan.prior is not None else None
     token = uuid.uuid4().hex[:8]
     futures = {}
@@ -836,6 +841,6 @@ def _run(client, plan: Plan, torch_threads, progress) -> None:
         client.cancel(list(futures))
         _wait_for_threads()
         for pr in futures.values():  # past its last stop point when Ctrl-C came: it finished writing
-            if outputs_complete(pr.out):
+            if pr.out in _WRITTEN:
                 plan.records[pr.id] = {**_skipped_record(pr, {}), "status": "ok"}
         raise

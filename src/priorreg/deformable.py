@@ -149,7 +149,8 @@ def _histogram_terms(lv: Level, inp: Inputs, pyr: Pyramids) -> list:
     """Global MI, the prior term and regional MI, on one joint histogram (two if their block layouts differ).
 
     A level where the prior has no weight (alpha = 1) runs as without it: the pair's own histogram ranges,
-    no prior term (with the prior's ranges, a prior given no weight still changed the result)."""
+    no prior term (with the prior's ranges, a prior given no weight still changed the result); the prior's
+    binning and normalisation recipe stay (the options take them from it)."""
     opts, gamma = inp.options, inp.options.local_weight
     prior = inp.prior if lv.alpha < 1 else None
     spec = pyr.spec if prior is not None else pyr.own_spec

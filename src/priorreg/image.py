@@ -156,7 +156,7 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise PriorRegError(f"{func}: {name} contains {bad} NaN/Inf voxel(s); clean the image first")
-    big = float(np.abs(a).max())
+    big = max(float(a.max()), -float(a.min()))
     if big > FLOAT32_MAX:  # the warped image and the engine are single precision: these would become Inf
         raise PriorRegError(f"{func}: {name} has values up to {big:.3g} in magnitude, beyond single precision "
                             f"({FLOAT32_MAX:.3g}), which registration and its outputs use; clip or rescale the image")
@@ -183,8 +183,14 @@ def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
 def on_grid_of(x, image: Image, name: str, func: str):
     """``x`` as is if it is an Image; a plain array of ``image``'s shape as an Image on ``image``'s grid
     (a plain array has no geometry: beside an Image it can only mean that grid); another shape refused."""
-    if isinstance(x, Image) or not isinstance(x, np.ndarray) or x.ndim not in (2, 3):
-        return x  # an Image, or something as_image explains (text, a list, another dimension)
+    if isinstance(x, Image) or image is None:
+        return x
+    try:
+        x = np.asarray(x)  # a tensor or a nested list is a plain array too
+    except Exception:  # noqa: BLE001  (as_image explains what it cannot read)
+        return x
+    if x.ndim not in (2, 3) or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        return x  # something as_image explains (text, another dimension)
     shape = x.shape
     if tuple(shape) != tuple(image.shape):
         raise PriorRegError(

@@ -153,6 +153,8 @@ def decompose(A: np.ndarray):
     if d == 2:
         return np.array([math.atan2(Q[1, 0], Q[0, 0])]), scales, shears
     beta = -math.asin(float(np.clip(Q[2, 0], -1, 1)))
+    if abs(Q[2, 0]) > 1 - 1e-9:  # gimbal lock (a quarter turn about y): x and z turn about one axis; put it in z
+        return np.array([0.0, beta, math.atan2(-Q[0, 1], Q[1, 1])]), scales, shears
     return np.array([math.atan2(Q[2, 1], Q[2, 2]), beta, math.atan2(Q[1, 0], Q[0, 0])]), scales, shears
 
 

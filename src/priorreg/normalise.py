@@ -37,7 +37,8 @@ MIN_CORE_SHARE = 0.2
 def range_notes(pyr: Pyramids) -> list:
     """A warning for each image whose core takes less than MIN_CORE_SHARE of its histogram range."""
     notes = []
-    for name, img, (lo, hi) in (("fixed", pyr.fixed[0], pyr.ranges[0]), ("moving", pyr.moving[0], pyr.ranges[1])):
+    own = pyr.own_spec.ranges  # the image's own range (a prior's may be wider for other reasons)
+    for name, img, (lo, hi) in (("fixed", pyr.fixed[0], own[0]), ("moving", pyr.moving[0], own[1])):
         a = img.detach().cpu().numpy().reshape(-1)
         p1, p99 = np.percentile(a[::max(1, a.size // 2**20)], CORE_PERCENTILES)  # a million voxels tell
         share = (p99 - p1) / (hi - lo)
