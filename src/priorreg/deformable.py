@@ -77,7 +77,7 @@ def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
     synthetic prior of other anatomy that helps (tests): 0.65. (At the start a pair is far from any prior
     until it is aligned: the PET/CT pair's own prior was 1.11 there, hence the check at the end.)"""
     alpha = inp.options.alpha
-    if inp.prior is None or is_auto(alpha) or alpha >= 1 or not uses_prior(inp):
+    if inp.prior is None or is_auto(alpha) or alpha >= 1 or inp.options.alpha_schedule != "constant":
         return []
     _, _, _, _, rec = auto_level(inp, pyr, 0, u, inp.fixed.spacing)
     if rec.get("fit_ratio", 0.0) < FAR_FROM_PRIOR:

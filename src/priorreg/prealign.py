@@ -85,8 +85,9 @@ def header_notes(inp: Inputs, lin: LinearResult | None) -> list:
     turn = header_turn(inp.fixed, inp.moving)
     if lin is None or turn is None or rotation_angle(lin.matrix) <= HEADER_TURN_DEGREES:
         return []
-    return [f"register(): the images' direction matrices differ by {rotation_angle(turn):.0f} degrees, and the linear "
-            f"stage found the moving anatomy turned by {rotation_angle(lin.matrix):.0f} degrees in world space: the "
+    found = "the linear stage found" if inp.options.linear != "none" else "the initial transform has"
+    return [f"register(): the images' direction matrices differ by {rotation_angle(turn):.0f} degrees, and {found} "
+            f"the moving anatomy turned by {rotation_angle(lin.matrix):.0f} degrees in world space: the "
             "moving image's header (its direction) is likely wrong; the result follows the anatomy"]
 
 

@@ -11,7 +11,7 @@ import torch
 
 from . import spatial
 from .errors import PriorRegError
-from .image import Image
+from .image import Image, on_grid_of
 from .checks import check_device
 
 
@@ -89,6 +89,8 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         raise PriorRegError(f"{func}: interpolation must be 'linear' or 'nearest', got {interpolation!r}")
     if fill is not None and (isinstance(fill, (bool, str)) or not np.isfinite(fill)):
         raise PriorRegError(f"{func}: fill must be a finite number or None, got {fill!r}")
+    if isinstance(reference, Image) and spacing is None:  # a plain array shares the reference grid, as documented
+        moving = on_grid_of(moving, reference, "moving", func)
     mov = _as_moving(moving, spacing, func)
     ref = mov if reference is None else reference
     fld = _checked_field(field, ref, mov, func)
