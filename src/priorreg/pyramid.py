@@ -64,7 +64,12 @@ def level_label(level: int, levels: int) -> str:
     """How users see a level: 'level 1/3' is the coarsest of three, 'level 3/3' the finest. The API's
     index (``LevelHistory.level``, 0 = finest) is the pyramid's; text shown to a user counts coarse
     first, as the progress lines do, so one run's lines, errors and report agree."""
-    return f"level {levels - level}/{levels}"
+    return f"level {level_number(level, levels)}"
+
+
+def level_number(level: int, levels: int) -> str:
+    """'k/N' of :func:`level_label` (a table's column already says 'level')."""
+    return f"{levels - level}/{levels}"
 
 
 def check_levels(shape, levels: int, func: str = "register()"):

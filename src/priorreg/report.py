@@ -25,7 +25,7 @@ from . import io as pio
 from . import pictures as pic
 from .intensity import normalize
 from .linear import rotation_angle
-from .pyramid import level_label
+from .pyramid import level_label, level_number
 
 
 # --------------------------------------------------------------------------- JSON
@@ -646,7 +646,7 @@ def _figure(title, caption, body) -> str:
 def _tail(result, report: dict) -> list:
     """Pyramid levels, options, software versions and the field convention."""
     lvl_rows = [
-        (level_label(h.level, len(result.history))[6:], "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
+        (level_number(h.level, len(result.history)), "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
          f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
         for h in result.history
     ]
