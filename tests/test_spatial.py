@@ -75,6 +75,22 @@ def test_upsampled_constant_field_keeps_its_physical_value():
     assert up.shape == (2, 10, 12) and torch.allclose(up, torch.full_like(up, 3.0))
 
 
+@pytest.mark.parametrize("shape", [(37, 30), (19, 22, 17), (9, 8, 5)])
+@pytest.mark.parametrize("factor", [2, 4])
+def test_downsample_computes_only_the_kept_voxels_of_the_blur(shape, factor):
+    """The strided blur equals blurring every voxel (edges replicated) and keeping every factor-th."""
+    img = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    full = pyramid.gaussian_blur(img, [0.5 * factor] * len(shape))
+    kept = full[tuple(slice(0, None, factor) for _ in shape)]
+    out = pyramid.downsample(img, factor)
+    assert out.shape == kept.shape and torch.allclose(out, kept, rtol=0, atol=1e-13)
+    g = np.exp(-0.5 * (np.arange(-3, 4) / 1.0) ** 2)  # factor 2 along axis 0 only, written out in numpy
+    ref = sum(w * np.take(img.numpy(), np.clip(np.arange(shape[0]) + k - 3, 0, shape[0] - 1), axis=0)
+              for k, w in enumerate(g / g.sum()))
+    np.testing.assert_allclose(pyramid.gaussian_blur(img, [1.0] + [0.0] * (len(shape) - 1), stride=2).numpy(),
+                               ref[::2], atol=1e-13)
+
+
 @pytest.mark.parametrize("shape,spacing", [((9, 12), (1.0, 2.5)), ((6, 7, 5), (0.8, 1.0, 3.0)), ((400, 3), (1.0, 1.0))])
 def test_dct_basis_matches_fft_dct_and_gives_regulariser_values_by_parseval(shape, spacing, monkeypatch):
     g = torch.Generator().manual_seed(3)

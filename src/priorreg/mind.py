@@ -24,13 +24,19 @@ from . import spatial
 
 
 def _box(images: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean of each channel of ``images`` (C, *S) over a (2 radius + 1)^d box, edges replicated."""
+    """Mean of each channel of ``images`` (C, *S) over a (2 radius + 1)^d box, edges replicated:
+    one axis at a time, as sums of shifted views (a third of the additions of a 3 x 3 x 3 pool)."""
     if radius <= 0:
         return images
-    d = images.dim() - 1
-    pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[d]
-    x = F.pad(images[None], [radius] * (2 * d), mode="replicate")
-    return pool(x, 2 * radius + 1, stride=1)[0]
+    d, k = images.dim() - 1, 2 * radius + 1
+    x = F.pad(images[None], [radius] * (2 * d), mode="replicate")[0]
+    for ax in range(1, d + 1):
+        n = x.shape[ax] - 2 * radius
+        total = x.narrow(ax, 0, n).clone()
+        for j in range(1, k):
+            total += x.narrow(ax, j, n)
+        x = total
+    return x.div_(k**d)
 
 
 def ssc_pairs(ndim: int, dilation: int = 1) -> list:

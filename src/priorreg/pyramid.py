@@ -15,8 +15,10 @@ MIN_COARSE_VOXELS = 4
 
 
 # ----------------------------------------------------------------------------- resampling
-def gaussian_blur(image: torch.Tensor, sigmas) -> torch.Tensor:
-    """Separable Gaussian blur (std in voxels per axis, 0 = none), edge-replicating."""
+def gaussian_blur(image: torch.Tensor, sigmas, stride: int = 1) -> torch.Tensor:
+    """Separable Gaussian blur (std in voxels per axis, 0 = none), edge-replicating; with ``stride``
+    > 1 only every stride-th voxel from index 0 along each blurred axis is computed and kept
+    (the same values as blurring everything and subsampling, at a fraction of the work)."""
     d = image.dim()
     x = image[None, None]
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
@@ -27,12 +29,12 @@ def gaussian_blur(image: torch.Tensor, sigmas) -> torch.Tensor:
         t = torch.arange(-r, r + 1, dtype=image.dtype, device=image.device)
         g = torch.exp(-0.5 * (t / s) ** 2)
         g = g / g.sum()
-        kshape = [1] * d
-        kshape[ax] = 2 * r + 1
+        kshape, step = [1] * d, [1] * d
+        kshape[ax], step[ax] = 2 * r + 1, stride
         pad = [0, 0] * d
         pad[2 * (d - 1 - ax)] = r
         pad[2 * (d - 1 - ax) + 1] = r
-        x = conv(F.pad(x, pad, mode="replicate"), g.reshape(1, 1, *kshape))
+        x = conv(F.pad(x, pad, mode="replicate"), g.reshape(1, 1, *kshape), stride=step)
     return x[0, 0]
 
 
@@ -40,9 +42,7 @@ def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
     """Blur with std 0.5*factor voxels, then keep every factor-th voxel from index 0."""
     if factor == 1:
         return image
-    img = gaussian_blur(image, [0.5 * factor] * image.dim())
-    sl = tuple(slice(0, None, factor) for _ in range(image.dim()))
-    return img[sl].contiguous()
+    return gaussian_blur(image, [0.5 * factor] * image.dim(), stride=factor).contiguous()
 
 
 def upsample_field(u: torch.Tensor, shape, ratio: float) -> torch.Tensor:

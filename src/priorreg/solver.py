@@ -52,7 +52,7 @@ MAX_TRIES = 200  # step sizes tried for one step before it counts as below min_s
 def _max_voxel_norm(F: torch.Tensor, spacing) -> float:
     d = F.shape[0]
     h = torch.as_tensor(spacing, dtype=F.dtype, device=F.device).reshape(d, *([1] * d))
-    return float(torch.sqrt(((F / h) ** 2).sum(0)).max())
+    return float((F / h).square_().sum(0).max().sqrt())  # the root of the max (the same value): one root, not one per voxel
 
 
 def _total(data_terms, reg, u, with_force, reg_values=None):
