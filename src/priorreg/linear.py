@@ -299,8 +299,10 @@ def _validity(idx: torch.Tensor, shape: tuple) -> torch.Tensor:
 def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor):
     """(energy, MI, overlap fraction) of the transform with optimiser parameters p."""
     A, tc = _matrix(p * pb.unit, lv.xc.shape[1])
-    M = lv.to_index @ A  # d x d: elementwise below, no BLAS call on the n samples
-    idx = (lv.xc[:, None, :] * M).sum(-1) + lv.to_index @ (pb.center + tc - lv.origin)
+    M = lv.to_index @ A  # d x d: one column at a time below (no BLAS call, no (n, d, d) temporary, on the n samples)
+    idx = lv.to_index @ (pb.center + tc - lv.origin) + lv.xc[:, :1] * M[:, 0]
+    for k in range(1, M.shape[1]):
+        idx = idx + lv.xc[:, k:k + 1] * M[:, k]
     w = _validity(idx, lv.shape)
     if float(w.detach().sum()) < 1.0:  # no overlap at all: worse than any real alignment
         return (p * 0).sum() + 1e3, 0.0, 0.0
