@@ -104,6 +104,13 @@ def test_dct_basis_matches_fft_dct_and_gives_regulariser_values_by_parseval(shap
     direct, spectral = reg.values(u), reg.values_from_dct(U, basis)
     for k in ("R", "B"):
         assert abs(direct[k] - spectral[k]) < 1e-10 * abs(direct[k]), (k, direct[k], spectral[k])
+    # the Parseval weights are kept per basis: another grid (the next pyramid level) gets its own
+    small = tuple(n - 1 for n in shape)
+    v = u[(slice(None),) + tuple(slice(0, n) for n in small)]
+    direct, spectral = reg.values(v), reg.values_from_dct(regularizer.DCTBasis(small, torch.float64).forward(v),
+                                                          regularizer.DCTBasis(small, torch.float64))
+    for k in ("R", "B"):
+        assert abs(direct[k] - spectral[k]) < 1e-10 * abs(direct[k]), (k, direct[k], spectral[k])
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])

@@ -170,10 +170,6 @@ class DCTBasis:
         U = self.forward(rhs) / (1.0 + tau * spectrum)
         return self.inverse(U), U
 
-    def quadratic(self, U, spectrum):
-        """sum over components and voxels of u A u, from U = forward(u)."""
-        return (U * U * (spectrum * self.weights)).sum()
-
 
 def solve_implicit(rhs: torch.Tensor, tau_lambda: float, mu: torch.Tensor) -> torch.Tensor:
     """Solve (I + tau_lambda*A) u = rhs per component by DCT (docs/method.md §5.2), where
@@ -201,6 +197,7 @@ class Tikhonov:
     spacing: tuple
     bending: float = 0.0
     name: str = field(default="R", init=False)
+    _cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def value(self, u):
         """R(u), the membrane term (unweighted)."""
@@ -215,13 +212,23 @@ class Tikhonov:
         return out
 
     def values_from_dct(self, U, basis) -> dict:
-        """Same as ``values`` from the field's DCT coefficients U (Parseval; no stencils)."""
-        mu = laplacian_eigenvalues(basis.shape, self.spacing, U.dtype, U.device)
-        n = U[0].numel()
-        out = {"R": float(0.5 * basis.quadratic(U, mu) / n)}
+        """Same as ``values`` from the field's DCT coefficients U (Parseval; no stencils):
+        sum over components and voxels of u A u = sum_k weights_k mu_k^p sum_c U_ck^2 (p = 1 for R, 2 for B)."""
+        w_R, w_B = self._parseval(basis, U)
+        sq = U.square().sum(0)
+        n = sq.numel()
+        out = {"R": float(0.5 * (sq * w_R).sum() / n)}
         if self.bending:
-            out["B"] = float(0.5 * basis.quadratic(U, mu * mu) / n)
+            out["B"] = float(0.5 * (sq * w_B).sum() / n)
         return out
+
+    def _parseval(self, basis, U) -> tuple:
+        """(weights mu, weights mu^2) of ``basis``, computed once per basis (the line search asks every try)."""
+        if self._cache is None or self._cache[0] is not basis:
+            mu = laplacian_eigenvalues(basis.shape, self.spacing, U.dtype, U.device)
+            w_R = mu * basis.weights
+            self._cache = (basis, w_R, w_R * mu if self.bending else None)
+        return self._cache[1:]
 
     def total(self, values: dict) -> float:
         return self.weight * values["R"] + self.bending * values.get("B", 0.0)
