@@ -201,8 +201,6 @@ class JointHistogramEnergy:
         self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
         B = spec.bins
         (lo1, hi1), (lo2, hi2) = spec.ranges
-        a, _, _ = hist.bin_coordinates(self.samples.at(fixed.reshape(-1)).double(), lo1, hi1, B)
-        self.a = hist.corners(a, B)  # fixed samples: bin corners computed once per level
         self.lo2, self.hi2 = lo2, hi2
         self.S = hist.smoothing_matrix(B, spec.parzen_sigma, torch.float64, fixed.device)
         n_grid = fixed.numel()
@@ -224,6 +222,8 @@ class JointHistogramEnergy:
         self.n_samples = counts.sum()
         self.pi = counts / self.n_samples
         self.region_norm = counts.clamp(min=1e-300)  # empty regions: zero tables, pi = 0
+        a, _, _ = hist.bin_coordinates(self.samples.at(fixed.reshape(-1)).double(), lo1, hi1, B)
+        self.a = hist.first_axis(a, B, self.weights64, self.region)  # the fixed samples' binning: once per level
         for _, t in self.all_terms:
             if getattr(t, "regional", False) and t.n_regions is not None and t.n_regions != self.n_regions:
                 raise ValueError(f"term {t.name} has {t.n_regions} region table(s) but the energy has {self.n_regions} region(s)")
@@ -236,7 +236,7 @@ class JointHistogramEnergy:
         """
         B = self.spec.bins
         b, inside, beta = hist.bin_coordinates(w.reshape(-1), self.lo2, self.hi2, B)
-        H = hist.joint_counts(self.a, b.double(), B, self.weights64, self.region, self.n_regions)
+        H = hist.joint_counts(self.a, b.double(), B, n_regions=self.n_regions)
         Hs = hist.smooth(H, self.S)
         P = Hs.sum(0) / self.n_samples
         Pr = P[None] if self.n_regions == 1 else Hs / self.region_norm[:, None, None]
@@ -293,8 +293,8 @@ class JointHistogramEnergy:
             C = hist.smooth(sum(glob), self.S)[None]
         if reg:
             C = C + hist.smooth(sum(reg), self.S)
-        # no regional term left (a regional prior weighted 0 at this level): one table for every sample
-        s = hist.d2_bilinear(C, self.a, b, self.region if reg else None).to(dtype)
+        # no regional term left (a regional prior weighted 0 at this level): one table (1, B, B) for every sample
+        s = hist.d2_bilinear(C, self.a, b).to(dtype)
         g = beta * s * inside.to(dtype)
         if self.weights is not None:
             g = g * self.weights

@@ -6,6 +6,8 @@ built: samples are scattered into a B x B table, which is then smoothed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -53,16 +55,31 @@ def _corners(t: torch.Tensor, bins: int):
     return k0, t - k0.to(t.dtype)
 
 
-def corners(t: torch.Tensor, bins: int):
-    """(lower bin index, fractional part) of bin coordinates; reusable for a fixed image."""
-    return _corners(t, bins)
+@dataclass
+class FirstAxis:
+    """The first image's share of the linear binning of its samples: what stays the same while the
+    second image moves (the registration's fixed image, over a whole pyramid level)."""
+
+    rows: torch.Tensor  # flat index of each sample's lower bin row in one B x B table: k0 * B
+    index: torch.Tensor  # the same in its region's table: rows + region * B^2 (rows itself without regions)
+    frac: torch.Tensor  # fractional bin coordinate a - k0
+    lower: torch.Tensor  # sample weight * (1 - frac): the share of row k0
+    upper: torch.Tensor  # sample weight * frac: the share of row k0 + 1
+
+
+def first_axis(a: torch.Tensor, bins: int, weights: torch.Tensor | None = None, region=None) -> FirstAxis:
+    """:class:`FirstAxis` of flat bin coordinates ``a`` (optional per-sample ``weights``, region ids)."""
+    k0, fa = _corners(a, bins)
+    rows = k0 * bins
+    rest = 1 - fa
+    return FirstAxis(rows, rows if region is None else rows + region * (bins * bins), fa,
+                     rest if weights is None else weights * rest, fa if weights is None else weights * fa)
 
 
 def joint_histogram(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None = None):
     """Linear (partial-volume) joint histogram H (B x B), normalised to sum 1.
 
-    ``a``, ``b`` are flat bin coordinates in [0, B-1] (``a`` may be given as its
-    precomputed ``corners``); ``weights`` optional per-sample mask weights.
+    ``a``, ``b`` are flat bin coordinates in [0, B-1]; ``weights`` optional per-sample mask weights.
     H_kl = (1/N) sum_x m_x e_k(a_x) e_l(b_x), N = sum m.
     """
     H = joint_counts(a, b, bins, weights)[0]
@@ -73,21 +90,20 @@ def joint_histogram(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None 
 def joint_counts(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None = None, region=None, n_regions: int = 1):
     """Unnormalised linear joint histograms, one B x B table per region: (R, B, B).
 
-    ``region`` (flat long tensor, one region id per sample) scatters each sample into
-    its region's table; ``None`` puts every sample in one table (R = 1). One
-    ``index_add_`` per bilinear corner, whatever R.
+    ``a``: the first axis's bin coordinates, or their :class:`FirstAxis` (which then holds the
+    weights and regions: ``weights`` and ``region`` are not used). ``region`` (flat long tensor,
+    one region id per sample) scatters each sample into its region's table; ``None`` puts every
+    sample in one table (R = 1). One ``index_add_`` per bilinear corner, whatever R.
     """
-    k0, fa = a if isinstance(a, tuple) else _corners(a, bins)
+    f = a if isinstance(a, FirstAxis) else first_axis(a, bins, weights, region)
     l0, fb = _corners(b, bins)
-    w = torch.ones_like(fa) if weights is None else weights
-    idx = k0 * bins + l0
-    if region is not None:
-        idx = idx + region * (bins * bins)
-    H = torch.zeros(n_regions * bins * bins, dtype=fa.dtype, device=fa.device)
-    H.index_add_(0, idx, w * (1 - fa) * (1 - fb))
-    H.index_add_(0, idx + 1, w * (1 - fa) * fb)
-    H.index_add_(0, idx + bins, w * fa * (1 - fb))
-    H.index_add_(0, idx + bins + 1, w * fa * fb)
+    idx = f.index + l0
+    gb = 1 - fb
+    H = torch.zeros(n_regions * bins * bins, dtype=fb.dtype, device=fb.device)
+    H.index_add_(0, idx, f.lower * gb)
+    H.index_add_(0, idx + 1, f.lower * fb)
+    H.index_add_(0, idx + bins, f.upper * gb)
+    H.index_add_(0, idx + bins + 1, f.upper * fb)
     return H.reshape(n_regions, bins, bins)
 
 
@@ -101,16 +117,16 @@ def d2_bilinear(C: torch.Tensor, a, b: torch.Tensor, region=None) -> torch.Tenso
 
     This is the exact derivative of the linear-binning histogram energy with
     respect to the second bin coordinate (docs/method.md §4.1). ``C`` is one B x B
-    table, or (R, B, B) tables read at each sample's ``region``.
+    table, read by every sample, or (R > 1, B, B) tables, read at each sample's region:
+    ``region``, or the regions ``a`` holds when it is a :class:`FirstAxis` (else the
+    first axis's bin coordinates).
     """
     bins = C.shape[-1]
-    k0, fa = a if isinstance(a, tuple) else _corners(a, bins)
+    f = a if isinstance(a, FirstAxis) else first_axis(a, bins, region=region)
     l0, _ = _corners(b, bins)
     Cf = C.reshape(-1)
-    i = k0 * bins + l0
-    if region is not None:
-        i = i + region * (bins * bins)
-    return (1 - fa) * (Cf[i + 1] - Cf[i]) + fa * (Cf[i + bins + 1] - Cf[i + bins])
+    i = (f.index if Cf.numel() > bins * bins else f.rows) + l0
+    return (1 - f.frac) * (Cf[i + 1] - Cf[i]) + f.frac * (Cf[i + bins + 1] - Cf[i + bins])
 
 
 def region_index(shape, regions, device=None) -> torch.Tensor:
