@@ -6,6 +6,7 @@ built: samples are scattered into a B x B table, which is then smoothed.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -67,8 +68,13 @@ class FirstAxis:
     upper: torch.Tensor  # sample weight * frac: the share of row k0 + 1
 
 
-def first_axis(a: torch.Tensor, bins: int, weights: torch.Tensor | None = None, region=None) -> FirstAxis:
-    """:class:`FirstAxis` of flat bin coordinates ``a`` (optional per-sample ``weights``, region ids)."""
+def first_axis(a, bins: int, weights: torch.Tensor | None = None, region=None) -> FirstAxis:
+    """:class:`FirstAxis` of flat bin coordinates ``a`` (optional per-sample ``weights``, region ids).
+
+    ``a`` may itself be a FirstAxis (its regions kept): ``weights`` then multiply its own (the linear
+    stage bins its fixed samples once and weights them by their overlap at every evaluation)."""
+    if isinstance(a, FirstAxis):
+        return a if weights is None else dataclasses.replace(a, lower=weights * a.lower, upper=weights * a.upper)
     k0, fa = _corners(a, bins)
     rows = k0 * bins
     rest = 1 - fa
@@ -91,11 +97,11 @@ def joint_counts(a, b: torch.Tensor, bins: int, weights: torch.Tensor | None = N
     """Unnormalised linear joint histograms, one B x B table per region: (R, B, B).
 
     ``a``: the first axis's bin coordinates, or their :class:`FirstAxis` (which then holds the
-    weights and regions: ``weights`` and ``region`` are not used). ``region`` (flat long tensor,
-    one region id per sample) scatters each sample into its region's table; ``None`` puts every
-    sample in one table (R = 1). One ``index_add_`` per bilinear corner, whatever R.
+    regions; ``weights``, if given, multiply its own). ``region`` (flat long tensor, one region
+    id per sample) scatters each sample into its region's table; ``None`` puts every sample in
+    one table (R = 1). One ``index_add_`` per bilinear corner, whatever R.
     """
-    f = a if isinstance(a, FirstAxis) else first_axis(a, bins, weights, region)
+    f = first_axis(a, bins, weights, region)
     l0, fb = _corners(b, bins)
     idx = f.index + l0
     gb = 1 - fb
@@ -153,12 +159,13 @@ def parzen_joint_histogram(x, y: torch.Tensor, ranges, S: torch.Tensor, weights:
     """The Parzen joint table P = S H S^T of flat samples ``x`` (first axis) and ``y`` (second):
     bin coordinates on ``ranges`` ((lo1, hi1), (lo2, hi2)), linear binning (optional per-sample
     ``weights``), smoothing by ``S = smoothing_matrix(bins, parzen_sigma)``; sums to 1
-    (docs/method.md §2.2-2.4). The registration's energy builds the same table from the same
-    functions (with its fixed image's bin corners kept per level, and per-region tables).
+    (docs/method.md §2.2-2.4). ``x`` may be given binned, as its :class:`FirstAxis` (without
+    weights). The registration's energy builds the same table from the same functions (with its
+    fixed image's binning kept per level, and per-region tables).
     """
     bins = S.shape[0]
     (lo1, hi1), (lo2, hi2) = ranges
-    a, _, _ = bin_coordinates(x, lo1, hi1, bins)
+    a = x if isinstance(x, FirstAxis) else bin_coordinates(x, lo1, hi1, bins)[0]
     b, _, _ = bin_coordinates(y, lo2, hi2, bins)
     return smooth(joint_histogram(a, b, bins, weights), S)
 

@@ -234,6 +234,7 @@ class _Level:
     origin: torch.Tensor  # (d,): moving origin
     shape: tuple
     prior: object | None  # the prior term on this level's floored table, or None
+    fixed_bins: object = None  # histogram.FirstAxis of fv on the problem's ranges (set by estimate_linear)
 
 
 def _smoothed_grid(img: Image, arr: np.ndarray, h: float):
@@ -296,8 +297,9 @@ def _validity(idx: torch.Tensor, shape: tuple) -> torch.Tensor:
     return (2.0 * margin).clamp(0, 1).prod(dim=1)
 
 
-def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor):
-    """(energy, MI, overlap fraction) of the transform with optimiser parameters p."""
+def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor, stats: bool = True):
+    """(energy, MI, overlap fraction) of the transform with optimiser parameters p (``stats`` False:
+    (energy, None, None), as the optimiser needs at every step)."""
     A, tc = _matrix(p * pb.unit, lv.xc.shape[1])
     M = lv.to_index @ A  # d x d: one column at a time below (no BLAS call, no (n, d, d) temporary, on the n samples)
     idx = lv.to_index @ (pb.center + tc - lv.origin) + lv.xc[:, :1] * M[:, 0]
@@ -306,11 +308,13 @@ def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor):
     w = _validity(idx, lv.shape)
     if float(w.detach().sum()) < 1.0:  # no overlap at all: worse than any real alignment
         return (p * 0).sum() + 1e3, 0.0, 0.0
-    P = hist.parzen_joint_histogram(lv.fv, _sample(lv.moving, idx, lv.shape), pb.ranges, pb.S, w)
+    P = hist.parzen_joint_histogram(lv.fixed_bins, _sample(lv.moving, idx, lv.shape), pb.ranges, pb.S, w)
     Pt, P1, P2 = hist.entropy_terms(P, pb.eps)
     T = Tables(Pt, P1, P2, Pt[None], torch.ones(1, dtype=_DT, device=P.device))
     neg_mi = NegMutualInformation().value(T)
     energy = neg_mi if lv.prior is None else pb.alpha * neg_mi + (1 - pb.alpha) * lv.prior.value(T)
+    if not stats:
+        return energy, None, None
     return energy, -float(neg_mi.detach()), float((w.detach() > 0.5).double().mean())
 
 
@@ -324,7 +328,7 @@ def _optimise(lv: _Level, pb: _Problem, p: torch.Tensor, free: torch.Tensor, ite
 
     def energy_and_gradient(xn):
         x = torch.as_tensor(xn, dtype=p.dtype, device=p.device).requires_grad_(True)
-        e = _evaluate(lv, pb, p.index_put((idx,), x))[0]
+        e = _evaluate(lv, pb, p.index_put((idx,), x), stats=False)[0]
         e.backward()
         return float(e.detach()), x.grad.detach().cpu().numpy().astype(np.float64)
 
@@ -658,6 +662,7 @@ def estimate_linear(
                   torch.as_tensor(fc, dtype=_DT, device=dev), _unit(fix.ndim, max(radius, 1.0), dev))
     for lv in lvls:
         lv.xc = lv.xc - pb.center
+        lv.fixed_bins = hist.first_axis(hist.bin_coordinates(lv.fv, *ranges[0], bins)[0], bins)  # once per level
     starts = _starts(fix, f_n, mov, m_n, mask, fc, initial)
     stages = [_free(fix.ndim, "rigid", dev)] + ([_free(fix.ndim, "affine", dev)] if kind == "affine" else [])
     p = _search(lvls[-1], pb, starts, stages[0], iterations, 3, min_overlap, func)
