@@ -52,6 +52,27 @@ def test_masked_histogram_uses_only_weighted_samples():
     assert np.allclose(H.numpy(), expected)
 
 
+def test_binned_first_axis_gives_the_same_tables_and_derivatives():
+    """A FirstAxis binned once (weighted later, or with its regions inside) gives the tables and the
+    d2_bilinear read-outs of binning the coordinates at every call, bit for bit."""
+    rng = np.random.default_rng(5)
+    B, n, R = 12, 4000, 4
+    a, b = (torch.as_tensor(rng.uniform(0, B - 1, n)) for _ in range(2))
+    w = torch.as_tensor(rng.random(n))
+    region = torch.as_tensor(rng.integers(0, R, n))
+    assert torch.equal(hist.joint_counts(hist.first_axis(a, B), b, B, w), hist.joint_counts(a, b, B, w))
+    fa = hist.first_axis(a, B, w, region)
+    assert torch.equal(hist.joint_counts(fa, b, B, n_regions=R), hist.joint_counts(a, b, B, w, region, R))
+    x = torch.as_tensor(rng.uniform(0.0, 1.0, n))
+    S = hist.smoothing_matrix(B, 1.0)
+    binned = hist.first_axis(hist.bin_coordinates(x, 0.0, 1.0, B)[0], B)
+    ranges = ((0.0, 1.0), (0.0, B - 1.0))
+    assert torch.equal(hist.parzen_joint_histogram(binned, b, ranges, S, w), hist.parzen_joint_histogram(x, b, ranges, S, w))
+    C = torch.as_tensor(rng.random((R, B, B)))  # regional tables read at each sample's region; one table by all
+    assert torch.equal(hist.d2_bilinear(C, fa, b), hist.d2_bilinear(C, a, b, region))
+    assert torch.equal(hist.d2_bilinear(C[:1], fa, b), hist.d2_bilinear(C[0], a, b))
+
+
 def test_kl_of_a_table_with_itself_is_zero_and_mi_of_independent_table_is_zero():
     rng = np.random.default_rng(2)
     P = torch.as_tensor(rng.random((10, 10)))
