@@ -415,3 +415,22 @@ def test_train_takes_the_binning_its_help_gives_per_dimension(capsys, tmp_path):
     assert rc == 0, err
     p, three = priorreg.Prior.load(tmp_path / "p.npz"), preset_options("default", 3)
     assert (p.bins, p.parzen_sigma) == (three.bins, three.parzen_sigma) == (32, 1.0)
+
+
+def test_the_command_ends_without_teardown_after_writing_and_flushing_everything(tmp_path):
+    """``python -m priorreg`` exits through os._exit once the command is done (cli.run): what it printed
+    into a pipe arrives, every output is in place, and the status is the command's, on success and on error."""
+    data = os.path.join(os.path.dirname(priorreg.__file__), "data", "brainweb")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "priorreg", "register", os.path.join(data, "BrainT1Slice.png"),
+                        os.path.join(data, "BrainProtonDensitySlice.png"), "--out", str(out), "--levels", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("priorreg: done in") and str(out) in r.stdout  # printed into a pipe just before the exit
+    names = {"warped.nii.gz", "field.nii.gz", "jacobian.nii.gz", "report.json", "report.html"}
+    assert names <= set(os.listdir(out))
+    assert json.loads((out / "report.json").read_text())["outputs"]
+    r = subprocess.run([sys.executable, "-m", "priorreg", "register", str(tmp_path / "missing.png"),
+                        os.path.join(data, "BrainT1Slice.png"), "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("priorreg: error:"), r.stderr

@@ -1,6 +1,4 @@
 """``python3 -m priorreg ...``: the same as the ``priorreg`` command."""
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -448,5 +448,27 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run() -> None:
+    """The ``priorreg`` command (console script, ``python3 -m priorreg``): :func:`main`, then exit.
+
+    Every output is written, renamed into place and closed when :func:`main` returns, so the
+    process ends there without tearing the interpreter down: unloading torch and its thread
+    pools took 0.25-0.3 s of a 6 s 3D registration on the project's 2-core machine. The
+    cohort command exits normally (its cluster has exit handlers of its own).
+    """
+    code = main()
+    if sys.argv[1:2] == ["cohort"]:
+        sys.exit(code)
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
