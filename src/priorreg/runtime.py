@@ -41,9 +41,11 @@ THREADS_ENV = "PRIORREG_THREADS"
 #: More threads than this make a registration slower, not faster, and small images want fewer:
 #: one per VOXELS_PER_THREAD voxels. Measured on a 16-core machine (benchmarks/README.md, "CPU
 #: threads"): a 2D slice of 20 000 voxels took 0.93 s on 1 thread, 1.25 s on 2, 4.0 s on 16;
-#: the MNI volume at 2 mm (900 000 voxels) 10.4 s on 1, 6.1 on 2, 5.4 on 8 and 9.8 on 16.
+#: the MNI volume at 2 mm (900 000 voxels) 10.4 s on 1, 6.1 on 2, 5.4 on 8 and 9.8 on 16. On the 2-core
+#: machine two threads already won at 56 000 voxels (a 2D slice's finest level 0.26 -> 0.17 s; the MNI
+#: case's middle level, 116 000 voxels, 0.58 -> 0.45 s), tied at 39 000 and lost at 22 000.
 MAX_THREADS = 8
-VOXELS_PER_THREAD = 131_072
+VOXELS_PER_THREAD = 50_000
 
 
 def set_wait_policy() -> bool:
