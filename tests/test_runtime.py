@@ -91,10 +91,13 @@ def test_busy_machine_with_spinning_threads_gets_one_thread(restore_threads):
 
 def test_small_images_get_fewer_threads_and_none_get_more_than_eight():
     assert runtime.threads_for(20_000, cpus=16) == 1  # a 2D slice
-    assert runtime.threads_for(40_000, cpus=16) == 1  # the demo slice
-    assert runtime.threads_for(116_000, cpus=16) == 3  # the MNI case's middle level
-    assert runtime.threads_for(300_000, cpus=16) == 6
-    assert runtime.threads_for(900_000, cpus=16) == 8  # MNI at 2 mm
+    assert runtime.threads_for(40_000, cpus=16, passive=False) == 1  # the demo slice
+    assert runtime.threads_for(116_000, cpus=16, passive=False) == 3  # the MNI case's middle level
+    assert runtime.threads_for(116_000, cpus=16, passive=True) == 1  # a sleeping thread costs each kernel a wake-up
+    assert runtime.threads_for(300_000, cpus=16, passive=False) == 6
+    assert runtime.threads_for(300_000, cpus=16, passive=True) == 3
+    assert runtime.threads_for(900_000, cpus=16, passive=False) == 8  # MNI at 2 mm
+    assert runtime.threads_for(900_000, cpus=16, passive=True) == 7
     assert runtime.threads_for(7_000_000, cpus=16) == runtime.MAX_THREADS == 8  # 1 mm
     assert runtime.threads_for(7_000_000, cpus=2) == 2
 

@@ -42,10 +42,13 @@ THREADS_ENV = "PRIORREG_THREADS"
 #: one per VOXELS_PER_THREAD voxels. Measured on a 16-core machine (benchmarks/README.md, "CPU
 #: threads"): a 2D slice of 20 000 voxels took 0.93 s on 1 thread, 1.25 s on 2, 4.0 s on 16;
 #: the MNI volume at 2 mm (900 000 voxels) 10.4 s on 1, 6.1 on 2, 5.4 on 8 and 9.8 on 16. On the 2-core
-#: machine two threads already won at 56 000 voxels (a 2D slice's finest level 0.26 -> 0.17 s; the MNI
-#: case's middle level, 116 000 voxels, 0.58 -> 0.45 s), tied at 39 000 and lost at 22 000.
+#: machine, with OpenMP threads spinning at barriers (the default), two threads already won at 56 000
+#: voxels (a 2D slice's finest level 0.26 -> 0.17 s; the MNI case's middle level, 116 000 voxels, 0.58 ->
+#: 0.45 s), tied at 39 000 and lost at 22 000; with passive waiting (each kernel wakes the other thread by
+#: a system call) they lost at 56 000 (0.24 -> 0.59 s), 100 000 and 116 000 (0.56 -> 0.83 s).
 MAX_THREADS = 8
-VOXELS_PER_THREAD = 50_000
+VOXELS_PER_THREAD = 50_000  # OpenMP threads spinning
+VOXELS_PER_THREAD_PASSIVE = 131_072  # OMP_WAIT_POLICY=PASSIVE
 
 
 def set_wait_policy() -> bool:
@@ -144,10 +147,14 @@ def configure_threads(threads: int | None = None) -> dict:
     return {"threads": threads, "cpus": cpus, "passive_wait": passive, "reason": reason}
 
 
-def threads_for(n_voxels: int, cpus: int | None = None) -> int:
-    """Threads worth using for a registration of ``n_voxels`` voxels on ``cpus`` CPUs."""
+def threads_for(n_voxels: int, cpus: int | None = None, passive: bool | None = None) -> int:
+    """Threads worth using for a registration of ``n_voxels`` voxels on ``cpus`` CPUs, with OpenMP
+    threads that sleep at barriers (``passive``; default: as ``$OMP_WAIT_POLICY`` says) or spin."""
     cpus = available_cpus() if cpus is None else cpus
-    return max(1, min(cpus, MAX_THREADS, math.ceil(n_voxels / VOXELS_PER_THREAD)))
+    if passive is None:
+        passive = os.environ.get(WAIT_POLICY_ENV, "").strip().upper() == "PASSIVE"
+    per_thread = VOXELS_PER_THREAD_PASSIVE if passive else VOXELS_PER_THREAD
+    return max(1, min(cpus, MAX_THREADS, math.ceil(n_voxels / per_thread)))
 
 
 @contextmanager
