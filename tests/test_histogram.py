@@ -257,3 +257,10 @@ def test_energy_terms_values_match_loops():
         pm, qm = Pt[:, mcol].sum(), Q[:, mcol].sum()
         ckl += pm * sum(Pt[k, mcol] / pm * np.log((Pt[k, mcol] / pm) / (Q[k, mcol] / qm)) for k in range(3))
     assert float(PriorConditionalKL(Qt).value(T)) == pytest.approx(ckl, abs=1e-14)
+
+
+def test_regions_given_beside_a_binned_first_axis_are_refused():
+    """A FirstAxis holds its regions: region= beside it would be ignored (every sample in table 0)."""
+    a = torch.rand(50, dtype=torch.float64) * 7
+    with pytest.raises(ValueError, match="holds its regions"):
+        hist.joint_counts(hist.first_axis(a, 8), a, 8, region=torch.zeros(50, dtype=torch.long), n_regions=2)

@@ -457,7 +457,7 @@ def run() -> None:
     cohort command exits normally (its cluster has exit handlers of its own).
     """
     code = main()
-    if sys.argv[1:2] == ["cohort"]:
+    if sys.argv[1:2] == ["cohort"] or sys.getprofile() or sys.gettrace():  # a profiler or coverage writes at exit
         sys.exit(code)
     import logging
 

@@ -74,6 +74,8 @@ def first_axis(a, bins: int, weights: torch.Tensor | None = None, region=None) -
     ``a`` may itself be a FirstAxis (its regions kept): ``weights`` then multiply its own (the linear
     stage bins its fixed samples once and weights them by their overlap at every evaluation)."""
     if isinstance(a, FirstAxis):
+        if region is not None:
+            raise ValueError("first_axis(): a FirstAxis holds its regions; bin the coordinates with region= instead")
         return a if weights is None else dataclasses.replace(a, lower=weights * a.lower, upper=weights * a.upper)
     k0, fa = _corners(a, bins)
     rows = k0 * bins
@@ -128,7 +130,7 @@ def d2_bilinear(C: torch.Tensor, a, b: torch.Tensor, region=None) -> torch.Tenso
     first axis's bin coordinates).
     """
     bins = C.shape[-1]
-    f = a if isinstance(a, FirstAxis) else first_axis(a, bins, region=region)
+    f = first_axis(a, bins, region=region)
     l0, _ = _corners(b, bins)
     Cf = C.reshape(-1)
     i = (f.index if Cf.numel() > bins * bins else f.rows) + l0
