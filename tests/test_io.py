@@ -173,7 +173,8 @@ def test_read_errors(tmp_path):
         pio.write_image(priorreg.Image(blob_image((6, 7))), tmp_path / "x.jpg")
 
 
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("compress", [True, False])
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch, compress):
     img = priorreg.Image(blob_image((8, 9)))
     target = tmp_path / "out.nii.gz"
     pio.write_image(img, target)
@@ -184,9 +185,31 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sitk, "WriteImage", boom)
     with pytest.raises(PriorRegError, match="cannot write"):
-        pio.write_image(priorreg.Image(blob_image((8, 9)) + 1), target)
+        pio.write_image(priorreg.Image(blob_image((8, 9)) + 1), target, compress=compress)
     assert target.read_bytes() == before  # old file intact
     assert sorted(os.listdir(tmp_path)) == ["out.nii.gz"]  # no temporary left behind
+
+
+def test_uncompressed_nii_gz_is_a_gzip_file_that_readers_read(tmp_path):
+    import gzip
+    import importlib.util
+
+    img = priorreg.Image(np.zeros((20, 30, 40), np.float32), (1.5, 0.7, 2.0), (10.0, -5.0, 3.0), rotation())
+    img = img.with_array(np.pad(blob_image((10, 30, 40)), ((5, 5), (0, 0), (0, 0))))  # zeros compress
+    pio.write_image(img, tmp_path / "packed.nii.gz")
+    pio.write_image(img, tmp_path / "stored.nii.gz", compress=False)
+    packed, stored = (tmp_path / "packed.nii.gz").read_bytes(), (tmp_path / "stored.nii.gz").read_bytes()
+    assert stored[:2] == packed[:2] == b"\x1f\x8b"  # both gzip streams
+    assert len(stored) > img.array.nbytes > len(packed)  # the voxels as they are, not compressed
+    assert gzip.decompress(stored) == gzip.decompress(packed)  # the same NIfTI file inside
+    for path in (tmp_path / "stored.nii.gz", tmp_path / "packed.nii.gz"):
+        np.testing.assert_array_equal(pio.read_image(path).array, img.array)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), img.array)
+        if importlib.util.find_spec("nibabel"):  # not a dependency; where it is installed it reads both too
+            import nibabel
+
+            np.testing.assert_array_equal(np.asarray(nibabel.load(path).dataobj).transpose(2, 1, 0), img.array)
+    assert sorted(os.listdir(tmp_path)) == ["packed.nii.gz", "stored.nii.gz"]  # no temporary left behind
 
 
 def test_field_file_round_trip(tmp_path):

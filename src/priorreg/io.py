@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import stat
 import struct
 import tempfile
@@ -550,17 +551,33 @@ def _check_write_ext(path, ndim: int, name: str) -> str:
     return ext
 
 
-def _write(sitk_img, path, name):
+def _write(sitk_img, path, name, compress: bool = True):
     sitk = _sitk()
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
         raise PriorRegError(f"{name}: output directory does not exist: {directory}")
     try:
         with atomic_path(path) as tmp:
-            sitk.WriteImage(sitk_img, tmp, True)
+            if compress or extension(path) != ".nii.gz":
+                sitk.WriteImage(sitk_img, tmp, compress)
+            else:
+                _write_stored_gzip(sitk_img, tmp)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
         raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({first.strip()[:200]})") from None
+
+
+def _write_stored_gzip(sitk_img, path) -> None:
+    """``path`` (.nii.gz) as a gzip stream of stored, uncompressed blocks: a .nii.gz that every reader
+    reads, written in the time of a copy (ITK's NIfTI writer has one compression level)."""
+    raw = path[: -len(".gz")]
+    try:
+        _sitk().WriteImage(sitk_img, raw, False)
+        with open(raw, "rb") as src, gzip.open(path, "wb", compresslevel=0) as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+    finally:
+        if os.path.exists(raw):
+            os.unlink(raw)
 
 
 PNG_MIN_LEVELS = 32  # non-integer data spanning fewer grey levels than this would be flattened by rounding
@@ -578,8 +595,11 @@ def _png_levels(arr: np.ndarray, path, name: str) -> np.ndarray:
     return np.rint(arr).astype(np.uint8 if top == 255 else np.uint16)
 
 
-def write_image(image: Image, path, name: str = "output") -> None:
+def write_image(image: Image, path, name: str = "output", compress: bool = True) -> None:
     """Write an :class:`Image` with its geometry, atomically.
+
+    ``compress=False`` writes the voxels as they are (a .nii.gz is then a gzip stream of stored
+    blocks, which every reader reads): for float images, which gzip shrinks by 8-20 % only.
 
     PNG keeps 8/16-bit integer data only: other data are rounded to uint8 or uint16 where that keeps
     them (values in 0-65535, at least PNG_MIN_LEVELS grey levels apart from integers); otherwise it is
@@ -595,7 +615,7 @@ def write_image(image: Image, path, name: str = "output") -> None:
     if ext == ".png" and arr.dtype not in (np.uint8, np.uint16):
         arr = _png_levels(arr, path, name)
         image = image.with_array(arr)
-    _write(image_to_sitk(image, keep_volume=ext not in (".png", ".tif", ".tiff")), path, name)
+    _write(image_to_sitk(image, keep_volume=ext not in (".png", ".tif", ".tiff")), path, name, compress)
 
 
 def field_to_sitk(field_world: np.ndarray, grid: Image):
@@ -618,7 +638,7 @@ def field_to_sitk(field_world: np.ndarray, grid: Image):
     return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(v), isVector=True), grid)
 
 
-def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field") -> None:
+def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field", compress: bool = True) -> None:
     """Write world-vector displacements (``RegistrationResult.field_world()``) as an ITK vector image.
 
     On a grid read from a single-slice 3D file the field is written as that single-slice 3D
@@ -637,4 +657,4 @@ def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field")
         # refuses. The same grid with its index axes cycled (1 x X x Y: the same voxels at the
         # same world points) reads back as 3D.
         img = _sitk().PermuteAxes(img, [2, 0, 1])
-    _write(img, path, name)
+    _write(img, path, name, compress)

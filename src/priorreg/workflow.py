@@ -380,10 +380,13 @@ def write_images(folder, result) -> None:
     from . import io as pio
 
     fix = result.fixed
+    # Not compressed: gzip shrank these float32 images by 8-20 % and took 0.45 s of CPU on a 2 mm brain (its
+    # field alone 0.26 s): time no reader needs. They stay .nii.gz (stored blocks), which every tool reads.
     warped = result.warped.with_array(np.asarray(result.warped.array, dtype=np.float32))
-    pio.write_image(warped, os.path.join(folder, "warped.nii.gz"), "warped")
-    pio.write_field(result.field_world(), fix, os.path.join(folder, "field.nii.gz"))
-    pio.write_image(fix.with_array(result.jacobian.astype(np.float32)), os.path.join(folder, "jacobian.nii.gz"), "jacobian")
+    pio.write_image(warped, os.path.join(folder, "warped.nii.gz"), "warped", compress=False)
+    pio.write_field(result.field_world(), fix, os.path.join(folder, "field.nii.gz"), compress=False)
+    jacobian = fix.with_array(result.jacobian.astype(np.float32))
+    pio.write_image(jacobian, os.path.join(folder, "jacobian.nii.gz"), "jacobian", compress=False)
     if result.linear is not None:  # also inside field.nii.gz; on its own for tools that want the linear part
         from .linear import embed_in_volume, write_itk_transform
 
