@@ -293,7 +293,9 @@ def test_errors_are_one_line(capsys, data, tmp_path):
     p3 = tmp_path / "p3.npz"
     priorreg.fit_prior([np.random.default_rng(1).random((16, 16, 16))], [np.random.default_rng(2).random((16, 16, 16))],
                        bins=32, levels=1).save(p3)
-    assert_error(capsys, ["register", f, m, "--out", out, "--prior", p3, "--alpha", "0.5"], "3D")
+    line = assert_error(capsys, ["register", f, m, "--out", out, "--prior", p3, "--alpha", "0.5"], "3D")
+    assert f"prior {p3}: the prior was learned on 3D images but {f} (2D " in line
+    assert line.endswith("is 2D; learn one from 2D pairs (priorreg train) or register without --prior")
     assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "2"], "alpha must be")
     assert_error(capsys, ["register", f, m], "--out")  # argparse usage error, one line
     assert_error(capsys, ["register", f, m, "--out", out, "--levels", "x"], "invalid int value")

@@ -136,6 +136,14 @@ def test_2d_with_prior(brainweb):
     assert r.metric_after != pytest.approx(mi_only.metric_after)  # the prior term is in the energy
 
 
+def test_a_prior_of_another_dimension_is_refused(brainweb):
+    fixed, moving = brainweb
+    rng = np.random.default_rng(0)
+    prior = fit_prior([rng.random((16, 16, 16))], [rng.random((16, 16, 16))], bins=16, levels=1)
+    with pytest.raises(PriorRegError, match=r"learned on 3D images but the images are 2D; .* or estimate without it"):
+        estimate_linear(fixed, moving, kind="rigid", prior=prior, alpha=0.5)
+
+
 # --------------------------------------------------------------------------- 3D recovery
 
 

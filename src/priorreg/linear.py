@@ -353,9 +353,8 @@ def _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func):
         raise PriorRegError(f"{func}: alpha must be in [0, 1], got {alpha}")
     if alpha < 1 and prior is None:
         raise PriorRegError(f"{func}: alpha={alpha} < 1 needs a learned prior (prior=fit_prior(...))")
-    if prior is not None and prior.dim != fix.ndim:
-        raise PriorRegError(f"{func}: the prior was learned on {prior.dim}D images but the images are {fix.ndim}D; "
-                            f"learn one from {fix.ndim}D pairs (fit_prior) or estimate without it")
+    if prior is not None:
+        prior.check_dim(fix.ndim, func, without="estimate without it")
     if not isinstance(levels, int) or levels < 1:
         raise PriorRegError(f"{func}: levels must be an integer >= 1, got {levels!r}")
     try:

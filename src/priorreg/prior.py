@@ -165,11 +165,17 @@ class Prior:
             notes=meta.get("notes", {}),
         )
 
+    def check_dim(self, dim: int, func: str = "register()", images: str = "", learn: str = "fit_prior",
+                  without: str = "register without it") -> None:
+        """Refuse a prior learned on images of another dimension (the one wording of the API and the command line;
+        ``images`` names the images, ``learn`` and ``without`` the remedies)."""
+        if dim != self.dim:
+            raise PriorRegError(f"{func}: the prior was learned on {self.dim}D images but {images or 'the images'} "
+                                f"{'is' if images else 'are'} {dim}D; learn one from {dim}D pairs ({learn}) or {without}")
+
     def check_compatible(self, dim: int, opts: RegistrationOptions, func: str = "register()") -> None:
         """Refuse a prior learned for another dimension, binning or pyramid."""
-        if dim != self.dim:
-            raise PriorRegError(f"{func}: the prior was learned on {self.dim}D images but the images are {dim}D; learn one "
-                                f"from {dim}D pairs (fit_prior) or register without it")
+        self.check_dim(dim, func)
         if opts.bins != self.bins:
             raise PriorRegError(
                 f"{func}: the prior was learned with bins={self.bins} but registration asks bins={opts.bins}; "

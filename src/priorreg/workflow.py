@@ -183,9 +183,9 @@ def label_map_notes(image, path) -> list:
 
 
 def check_prior_dim(prior, prior_path, fixed, fixed_path) -> None:
-    if prior is not None and prior.dim != fixed.ndim:
-        raise PriorRegError(f"prior {prior_path} was learned on {prior.dim}D images but {fixed_path} is {describe(fixed)}; "
-                             f"learn one from {fixed.ndim}D pairs (priorreg train) or register without --prior")
+    if prior is not None:
+        prior.check_dim(fixed.ndim, f"prior {prior_path}", f"{fixed_path} ({describe(fixed)})", "priorreg train",
+                        "register without --prior")
 
 
 def check_device(device: str) -> None:
