@@ -123,3 +123,27 @@ def test_jacobian_in_slabs_is_the_whole_fields(monkeypatch, shape, rows):
     whole = jacobian._determinant(u, sp)
     monkeypatch.setattr(jacobian, "SLAB_VOXELS", rows * int(np.prod(shape[2:])))  # slabs of `rows` rows
     assert torch.equal(jacobian.jacobian_determinant(u, sp), whole)
+
+
+@pytest.mark.parametrize("n_points, channels", [(40_001, 1), (50_000, 3), (1000, 2)])
+def test_points_split_over_threads_sample_what_one_batch_samples(n_points, channels):
+    """3D sampling on a CPU splits the points into one batch item per thread (an odd count is padded):
+    the same values and the same gradient with respect to the coordinates as one grid_sample call."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand((channels, 17, 19, 23), generator=g, dtype=torch.float64)
+    coords = (torch.rand((3, n_points, 1, 1), generator=g, dtype=torch.float64) * 24 - 2).requires_grad_(True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        split = spatial.sample(image, coords)
+        (g_split,) = torch.autograd.grad(split.square().sum(), coords)
+    finally:
+        torch.set_num_threads(before)
+    shape = image.shape[1:]
+    norm = [2.0 * coords[k] / (shape[k] - 1) - 1.0 for k in range(3)]
+    grid = torch.stack(norm[::-1], dim=-1)[None]
+    whole = torch.nn.functional.grid_sample(image[None], grid, padding_mode="border", align_corners=True)[0]
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), coords)
+    assert split.shape == whole.shape == (channels, n_points, 1, 1)
+    assert torch.equal(split, whole)
+    torch.testing.assert_close(g_split, g_whole, rtol=1e-12, atol=1e-12)

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import center_of_mass, gaussian_filter, map_coordinates
 from scipy.optimize import minimize
 
 from . import histogram as hist
+from . import spatial
 from .energy import PRIOR_TERMS, NegMutualInformation, Tables
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask
@@ -287,7 +287,7 @@ def _sample(vol: torch.Tensor, idx: torch.Tensor, shape: tuple) -> torch.Tensor:
     size = torch.tensor([max(n - 1, 1) for n in shape], dtype=_DT, device=idx.device)
     g = (2.0 * idx / size - 1.0).flip(-1)
     grid = g.reshape(1, -1, *([1] * (d - 1)), d)
-    return F.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
+    return spatial.grid_sample(vol, grid).reshape(-1)
 
 
 def _validity(idx: torch.Tensor, shape: tuple) -> torch.Tensor:
