@@ -436,3 +436,19 @@ def test_the_command_ends_without_teardown_after_writing_and_flushing_everything
                         os.path.join(data, "BrainT1Slice.png"), "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("priorreg: error:"), r.stderr
+
+
+def test_a_prior_sets_the_normalisation_and_the_record_says_so(capsys, data, tmp_path):
+    """The images are normalised as the prior's tables were; a --normalization that differs gets a note,
+    and report.json's resolved options hold the normalisation used."""
+    rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--prior", data["prior"],
+                     "--alpha", "0.5", "--normalization", "none", *FAST)
+    assert rc == 0, err
+    assert "--normalization none is not used: the prior was learned with percentile" in err
+    rec = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rec["options"]["normalization"] == "percentile"
+
+
+def test_a_tolerance_window_under_one_is_refused(capsys, data, tmp_path):
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--tolerance-window", "0"],
+                 "tolerance_window must be an integer >= 1")

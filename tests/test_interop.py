@@ -187,6 +187,18 @@ def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, pl
     ours = priorreg.warp(mi, linear_to_field(r.linear, fi), reference=fi).array
     np.testing.assert_allclose(by_sitk.reshape(ours.shape)[4:-4, 4:-4], ours[4:-4, 4:-4], atol=1e-4)
 
+    # ... and priorreg reads its own 3D linear.tfm back as the 2D transform it wrote (it refused it).
+    again = priorreg.register(fi, mi, levels=1, max_iterations=0, linear="none", warn=False,
+                              initial_transform=str(tmp_path / "out" / "linear.tfm"))
+    np.testing.assert_allclose(again.linear.matrix, r.linear.matrix, atol=1e-9)
+    np.testing.assert_allclose(again.linear.translation, r.linear.translation, atol=1e-6)
+    tilted = sitk.AffineTransform(3)
+    tilted.SetMatrix([1, 0, 0, 0, 0.9, -0.3, 0, 0.3, 0.9] if plane == "axial" else [0.9, -0.3, 0, 0.3, 0.9, 0, 0, 0, 1])
+    sitk.WriteTransform(tilted, str(tmp_path / "tilted.tfm"))  # takes points out of the plane
+    with pytest.raises(priorreg.PriorRegError, match="moves points out of the images' plane"):
+        priorreg.register(fi, mi, levels=1, max_iterations=0, linear="none", warn=False,
+                          initial_transform=str(tmp_path / "tilted.tfm"))
+
 
 def test_single_slice_field_convention_with_a_large_field(tmp_path):
     """write_field on a single-slice grid (a large known field, moving on another in-plane grid)."""

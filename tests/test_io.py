@@ -103,6 +103,14 @@ def test_rgb_png_becomes_grey_with_a_note(tmp_path):
     np.testing.assert_allclose(img.array, sitk.GetArrayFromImage(rgb)[..., 0], atol=1)  # grey stored as RGB
 
 
+def test_a_grey_alpha_png_is_refused_with_what_to_do(tmp_path):
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.zeros((8, 9, 2), np.uint8), "LA").save(tmp_path / "la.png")
+    with pytest.raises(PriorRegError, match=r"grey \+ alpha PNG is not supported; save it as grey or RGB"):
+        pio.read_image(tmp_path / "la.png", "fixed")
+
+
 def test_png_and_tiff_write(tmp_path):
     img = priorreg.Image((blob_image((20, 30)) * 50 + 100).astype(np.float32))
     pio.write_image(img, tmp_path / "a.png")
@@ -409,6 +417,11 @@ def test_outputs_get_the_umask_mode(tmp_path, umask022):
     os.umask(0o077)
     pio.write_image(img, tmp_path / "b.nii.gz")
     assert stat.S_IMODE(os.stat(tmp_path / "b.nii.gz").st_mode) == 0o600
+    prior = priorreg.fit_prior([blob_image((16, 16))], [blob_image((16, 16), 1)], bins=16, levels=1)
+    os.umask(0o022)
+    prior.save(tmp_path / "p.npz")  # a prior on a shared file system is read by other users' workers
+    assert stat.S_IMODE(os.stat(tmp_path / "p.npz").st_mode) == 0o644
+    os.umask(0o077)
     # Replacing a file keeps that file's mode, as an ordinary write would.
     os.chmod(tmp_path / "a.nii.gz", 0o640)
     pio.write_image(img, tmp_path / "a.nii.gz")

@@ -160,6 +160,32 @@ def test_run_folder_keeps_other_files_of_an_overwritten_folder(tmp_path):
     assert (os.stat(tmp_path / "fresh").st_mode & 0o777) == pio.default_mode(directory=True)
 
 
+def test_an_existing_empty_out_folder_is_written_into_not_replaced(tmp_path):
+    """The user's folder stays (same inode: its owner, group and mode, a shell inside it), also through a link."""
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chmod(out, 0o2770)
+    inode = os.stat(out).st_ino
+    with wf.run_folder(out) as tmp:
+        assert os.path.dirname(tmp) == str(out)
+        Path(tmp, "a").write_text("x")
+    assert os.stat(out).st_ino == inode and (os.stat(out).st_mode & 0o7777) == 0o2770
+    assert os.listdir(out) == ["a"]
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    wf.check_out_dir(tmp_path / "link", [], overwrite=False)
+    with wf.run_folder(tmp_path / "link") as tmp:
+        Path(tmp, "b").write_text("y")
+    assert os.listdir(target) == ["b"] and (tmp_path / "link").is_symlink()
+
+
+def test_a_broken_link_as_out_is_refused_before_any_work(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(priorreg.PriorRegError, match=r"is a link to .*nowhere, which does not exist"):
+        wf.check_out_dir(tmp_path / "dangling", [], overwrite=False)
+
+
 # --------------------------------------------------------------------------- item 11: progress without a TTY
 
 

@@ -103,12 +103,15 @@ def _initial_field(initial_field, fix: Image, func: str, opts: RegistrationOptio
 
 
 def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
-    """The options a prior sets where the caller did not: its bins and Parzen sigma, and fewer levels."""
+    """The options a prior sets where the caller did not: its bins and Parzen sigma, and fewer levels;
+    and always its normalisation (the images are normalised as its tables were, whatever was asked)."""
     if not isinstance(prior, Prior):
         return {}
     changes = {k: getattr(prior, k) for k in ("bins", "parzen_sigma") if k not in given and getattr(prior, k) != getattr(opts, k)}
     if "levels" not in given and prior.levels < opts.levels:
         changes["levels"] = prior.levels
+    if prior.normalization != opts.normalization:
+        changes["normalization"] = prior.normalization
     return changes
 
 
@@ -129,8 +132,10 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     if options is None and "alpha" not in given:
         given["alpha"] = default_alpha(preset, fix.ndim, prior)
     opts = resolve_options(fix.ndim, preset, options, **given)
-    if options is None:  # options= is taken as given
-        opts = opts.replace(**prior_settings(opts, prior, given))
+    settings = prior_settings(opts, prior, given)
+    if options is not None:  # options= is taken as given, except the normalisation the prior's tables need
+        settings = {k: v for k, v in settings.items() if k == "normalization"}
+    opts = opts.replace(**settings)
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
     _check_prior(prior, opts, fix.ndim, func)

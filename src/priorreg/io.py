@@ -394,6 +394,9 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
             img = sitk.ReadImage(path)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+            if ext == ".png" and "PixelType" in first:  # ITK reads grey, RGB and RGBA PNGs, not grey + alpha
+                raise PriorRegError(f"{name}: cannot read {path}: a grey + alpha PNG is not supported; save it as "
+                                    "grey or RGB (e.g. PIL: Image.open(path).convert('L').save(new_path))") from None
             raise PriorRegError(f"{name}: cannot read {path} as an image ({first.strip()[:200]})") from None
         if ext in (".nii", ".nii.gz"):
             scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)

@@ -737,6 +737,21 @@ def embed_in_volume(result: LinearResult, drop: int, plane: float) -> LinearResu
     return LinearResult(A, t, kind=result.kind, center=c)
 
 
+def in_plane(result: LinearResult, drop: int, plane: float, what: str) -> LinearResult:
+    """The inverse of :func:`embed_in_volume`: a 3D transform that maps the plane ``world[drop] = plane``
+    onto itself, as the 2D map within it (what priorreg writes for a single-slice 3D image)."""
+    keep = [k for k in range(3) if k != drop]
+    A, t = result.matrix, result.translation
+    x0 = np.zeros(3)
+    x0[drop] = plane
+    y0 = A @ x0 + t  # where the plane's origin goes
+    if np.abs(A[drop, keep]).max() > 1e-6 or abs(y0[drop] - plane) > 1e-3:
+        raise PriorRegError(f"{what} holds a 3D transform that moves points out of the images' plane (world axis "
+                            f"{'xyz'[drop]} = {plane:g} mm); a single-slice image needs one within it")
+    center = None if result.center is None else np.asarray(result.center)[keep]
+    return LinearResult(A[np.ix_(keep, keep)], y0[keep], kind=result.kind, center=center)
+
+
 def write_itk_transform(path, result: LinearResult, ndim: int) -> None:
     """Write ``result`` as an ITK AffineTransform (.tfm/.txt text, .mat MATLAB binary, .h5).
 
@@ -769,10 +784,12 @@ def _linear_part(tx, ndim: int):
     return A, t
 
 
-def read_itk_transform(path, ndim: int) -> LinearResult:
+def read_itk_transform(path, ndim: int, volume=None) -> LinearResult:
     """Read a linear ITK transform file (.tfm/.txt/.mat/.h5, as ANTs, elastix's ITK export and
     Slicer write): Affine, Euler, Versor, Similarity, ScaleSkewVersor, Translation, or a
     CompositeTransform holding one of them. Anything else is refused with a PriorRegError.
+    For 2D images read from a single-slice 3D file (their ``volume``) a 3D transform within
+    their plane is taken too (:func:`in_plane`), as priorreg writes it for them.
     """
     import SimpleITK as sitk
 
@@ -791,6 +808,8 @@ def read_itk_transform(path, ndim: int) -> LinearResult:
             raise PriorRegError(f"{func}: {p} holds a composite of {comp.GetNumberOfTransforms()} transforms; "
                                 "give a file with one linear transform")
         tx = comp.GetNthTransform(0)
+    if volume is not None and ndim == 2 and tx.GetDimension() == 3:
+        return in_plane(read_itk_transform(p, 3), volume.drop, float(volume.origin[volume.drop]), f"{func}: {p}")
     if tx.GetDimension() != ndim:
         raise PriorRegError(f"{func}: {p} holds a {tx.GetDimension()}D transform but the images are {ndim}D")
     if not tx.IsLinear():

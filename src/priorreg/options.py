@@ -254,6 +254,8 @@ class RegistrationOptions:
             raise PriorRegError(f"{f}: levels must be an integer >= 1, got {self.levels}")
         if not self.tolerance >= 0:
             raise PriorRegError(f"{f}: tolerance must be >= 0, got {self.tolerance}")
+        if self.tolerance_window < 1:
+            raise PriorRegError(f"{f}: tolerance_window must be an integer >= 1 (iterations), got {self.tolerance_window}")
         if self.max_iterations < 0:
             raise PriorRegError(f"{f}: max_iterations must be >= 0, got {self.max_iterations}")
         if not (self.step_voxels > 0 and self.max_step_voxels >= self.step_voxels):

@@ -41,7 +41,7 @@ MAX_SHEAR = 0.15  # ... or with a larger shear falls back to rigid
 def initial_transform(inp: Inputs) -> LinearResult | None:
     """The transform file of ``options.initial_transform``, if any."""
     path = inp.options.initial_transform
-    return None if not path else read_itk_transform(path, inp.fixed.ndim)
+    return None if not path else read_itk_transform(path, inp.fixed.ndim, getattr(inp.fixed, "volume", None))
 
 
 def _estimate(inp: Inputs, kind: str, start: LinearResult | None) -> LinearResult:

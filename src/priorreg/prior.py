@@ -4,7 +4,6 @@ from __future__ import annotations
 import io as _io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +14,7 @@ from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
 from .image import as_image, as_mask
 from .intensity import NORMALIZATIONS, intensity_range, normalize
+from .io import atomic_path
 from .options import RegistrationOptions
 from .prior_weight import leave_one_out_kl
 
@@ -107,15 +107,8 @@ class Prior:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise PriorRegError(f"Prior.save(): cannot write {path}: the folder {directory} does not exist")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".priorreg-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # the mode of any file the user writes (umask)
+            fh.write(buf.getvalue())
 
     @classmethod
     def load(cls, path) -> "Prior":

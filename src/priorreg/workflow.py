@@ -217,7 +217,8 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     from .options import is_auto, preset_options
 
     base = preset_options(preset or "default", ndim)
-    overrides = {**_from_prior(base, overrides, prior, notes), **overrides}
+    from_prior = _from_prior(base.replace(**overrides), overrides, prior, notes)
+    overrides = {**from_prior, **overrides, **{k: v for k, v in from_prior.items() if k == "normalization"}}
     if prior is None and "alpha" not in overrides and not is_auto(base.alpha) and base.alpha < 1:
         overrides["alpha"] = 1.0  # as register() does: a preset's prior weight needs a prior
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
@@ -235,6 +236,11 @@ def _from_prior(base, given: dict, prior, notes: list) -> dict:
 
     out = prior_settings(base, prior, given)
     for name, value in out.items():
+        if name == "normalization":
+            if name in given:  # the one setting a prior takes over from a flag
+                notes.append(f"--normalization {given[name]} is not used: the prior was learned with {value}, "
+                             "and the images are normalised as its tables were")
+            continue
         why = f" (the prior has tables for {value} level(s))" if name == "levels" else " from the prior"
         notes.append(f"using --{name.replace('_', '-')} {value}{why}")
     return out
@@ -276,6 +282,9 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
             raise PriorRegError(f"{what} {out} is an input; choose another output directory")
         if any(same_path(os.path.join(out, name), path) for name in OUTPUT_NAMES):
             raise PriorRegError(f"{what} {out} would overwrite the input {path}; choose another output directory")
+    if os.path.islink(out) and not os.path.exists(out):
+        raise PriorRegError(f"{what} {out} is a link to {os.readlink(out)}, which does not exist; create that "
+                            f"directory or choose another {what}")
     if os.path.exists(out):
         if not os.path.isdir(out):
             raise PriorRegError(f"{what} {out} exists and is not a directory")
@@ -333,16 +342,17 @@ def make_out_dir(out) -> None:
 def run_folder(out):
     """Yield a temporary folder for a run's files; on success they land in ``out`` as a whole.
 
-    A new or empty ``out``: the folder is a sibling, renamed into place. An ``out`` with
-    other files (--overwrite): a folder inside it whose files are renamed in, each replacing
-    the earlier run's. On failure the temporary folder goes and ``out`` is as it was.
+    A new ``out``: the folder is a sibling, renamed into place. An existing ``out`` (empty, or with
+    other files and --overwrite; a link to a folder): a folder inside it whose files are renamed in,
+    each replacing the earlier run's, so the user's folder stays (its owner, group, mode, a shell
+    inside it). On failure the temporary folder goes and ``out`` is as it was.
     """
     out = os.path.abspath(os.fspath(out))
-    fresh = not os.path.isdir(out) or not os.listdir(out)
-    tmp = _temp_folder(os.path.dirname(out) if fresh else out, out)
+    fresh = not os.path.isdir(out)
+    tmp = _temp_folder(os.path.dirname(out) if fresh else out)
     try:
         yield tmp
-        if fresh and os.path.dirname(tmp) != out:
+        if fresh:
             _rename_folder(tmp, out)
         else:
             for name in os.listdir(tmp):
@@ -353,23 +363,14 @@ def run_folder(out):
         raise
 
 
-def _temp_folder(where, out) -> str:
-    try:
-        return tempfile.mkdtemp(dir=where, prefix=TEMP_PREFIX + "run-")
-    except OSError:
-        if where != out and os.path.isdir(out):  # parent not writable: work inside the (empty) out
-            return tempfile.mkdtemp(dir=out, prefix=TEMP_PREFIX + "run-")
-        raise
+def _temp_folder(where) -> str:
+    return tempfile.mkdtemp(dir=where, prefix=TEMP_PREFIX + "run-")
 
 
 def _rename_folder(tmp, out) -> None:
     from . import io as pio
 
-    mode = pio.default_mode(directory=True)
-    if os.path.isdir(out):  # empty (checked by run_folder): keep its mode
-        mode = os.stat(out).st_mode & 0o7777
-        os.rmdir(out)
-    os.chmod(tmp, mode)
+    os.chmod(tmp, pio.default_mode(directory=True))
     os.rename(tmp, out)
 
 
