@@ -144,6 +144,9 @@ def test_choose_alpha_rule():
     P.pair_kl = np.array([[0.3, 0.3, 0.3]])  # training pairs disagree
     a, rec = prior_weight.choose_alpha(P, 0, dict(kl=0.01, mi=0.5, prior_mi=0.5))
     assert a == 1.0 and "disagree" in rec["reason"]
+    # Both too far: the spread is named, so the pair (maybe one of the prior's own training pairs) is not blamed.
+    a, rec = prior_weight.choose_alpha(P, 0, dict(kl=0.5, mi=0.5, prior_mi=0.5))
+    assert a == 1.0 and "disagree" in rec["reason"]
     json.dumps(rec)  # goes into report.json as it is
 
 

@@ -153,10 +153,11 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
                trust=trust_spread * trust_fit)
     if regional:
         rec["fit"] = "fixed image against the prior's fixed side (regional prior)"
-    if fit_ratio >= FIT_RANGE[1]:
-        reason = f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
-    elif spread is not None and spread / info >= SPREAD_RANGE[1]:
+    if spread is not None and spread / info >= SPREAD_RANGE[1]:  # first: then it says little about any pair, even
+        # one of its own training pairs (which is close to it and still got no weight: the pair was not the cause)
         reason = f"the prior's training pairs disagree (spread {spread / info:.2f} x its MI): mutual information alone"
+    elif fit_ratio >= FIT_RANGE[1]:
+        reason = f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
     else:
         reason = f"prior weight {1 - alpha:.2f} (KL {fit_ratio:.2f}, spread " + (
             "unknown" if spread is None else f"{spread / info:.2f}") + " x the prior's MI)"
