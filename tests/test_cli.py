@@ -232,7 +232,7 @@ def test_option_flags_mirror_registration_options():
                 parsed = parser.parse_args(["register", "f", "m", "--out", "d", flag, text])
                 assert cli.options_from_args(parsed).local_regions == value
             continue
-        value = {"str": None, "int": 5, "float": 0.5}[f.type]
+        value = {"str": None, "int": 5000 if f.name == "max_samples" else 5, "float": 0.5}[f.type]
         if f.type == "str":
             continue
         parsed = parser.parse_args(["register", "f", "m", "--out", "d", flag, str(value)])

@@ -25,6 +25,7 @@ USER_OPTIONS = ("alpha", "alpha_schedule", "prior_term", "regularization", "bend
 
 LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
+MIN_SAMPLES = 1000  # max_samples floor: a 32 x 32 joint histogram from fewer voxels is mostly its Parzen window
 
 
 def auto_local_regions(shape, levels: int, bins: int = 0) -> tuple:
@@ -151,8 +152,8 @@ class RegistrationOptions:
         dense and smooth after the regulariser's solve, so in 3D a third of the samples was as
         accurate as all of them and faster (benchmarks/README.md); in 2D it was less accurate.
     max_samples : int
-        Histogram samples per level: 0 = every voxel; else, at levels with more voxels,
-        this many voxels drawn at random once per level (elastix and
+        Histogram samples per level: 0 = every voxel; else (at least 1000), at levels with more
+        voxels, this many voxels drawn at random once per level (elastix and
         ANTs sample too). Cuts the cost per iteration (sampling, binning, force) by the
         sampling ratio; the field stays dense (the regulariser's solve spreads the force).
     min_sample_fraction : float in [0, 1]
@@ -293,8 +294,9 @@ class RegistrationOptions:
                 raise PriorRegError(f"{f}: {k} must be an integer >= {low}, got {v!r}")
         if not (0.0 < float(self.mind_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: mind_sample_fraction must be in (0, 1], got {self.mind_sample_fraction}")
-        if self.max_samples < 0:
-            raise PriorRegError(f"{f}: max_samples must be an integer >= 0 (0 = every voxel), got {self.max_samples}")
+        if self.max_samples < 0 or 0 < self.max_samples < MIN_SAMPLES:
+            raise PriorRegError(f"{f}: max_samples must be 0 (every voxel) or at least {MIN_SAMPLES} (fewer cannot "
+                                f"estimate a joint histogram), got {self.max_samples}")
         if not (0.0 <= float(self.min_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: min_sample_fraction must be in [0, 1], got {self.min_sample_fraction}")
         if self.linear not in ("none", "rigid", "affine"):
