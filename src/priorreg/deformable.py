@@ -196,7 +196,17 @@ def bending_weight(opts: RegistrationOptions, spacing) -> float:
 def _regulariser(lv: Level, inp: Inputs) -> Tikhonov:
     opts = inp.options
     k = lv.alpha if (opts.regularization_scaling == "alpha" and 0 < lv.alpha < 1) else 1.0
+    k /= mask_share(lv.mask)
     return Tikhonov(k * opts.regularization, lv.spacing, k * bending_weight(opts, inp.fixed.spacing))
+
+
+def mask_share(mask) -> float:
+    """Share of the level's grid inside the mask (1 without one). The data terms are means over the
+    mask's samples and the regulariser a mean over the grid, so a mask on a fifth of the grid pulled five
+    times harder per voxel against the regulariser than the same voxels do without a mask (as if the
+    regularisation were five times weaker): the regulariser is divided by this share, so that a mask
+    chooses where the data terms look, not how stiff the field is (docs/method.md §2.1)."""
+    return 1.0 if mask is None else max(float(mask.mean()), 1e-6)
 
 
 def build_energy(lv: Level, inp: Inputs, pyr: Pyramids) -> tuple[list, Tikhonov]:
