@@ -452,3 +452,18 @@ def test_a_prior_sets_the_normalisation_and_the_record_says_so(capsys, data, tmp
 def test_a_tolerance_window_under_one_is_refused(capsys, data, tmp_path):
     assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--tolerance-window", "0"],
                  "tolerance_window must be an integer >= 1")
+
+
+def test_a_thin_stack_runs_with_no_flags_and_says_how_many_levels(capsys, tmp_path):
+    # 9 thick slices allow 2 pyramid levels; the default's 3 refused the spinal-cord T2* stack
+    rng = np.random.default_rng(1)
+    from scipy import ndimage
+
+    f = ndimage.gaussian_filter(rng.random((9, 40, 36)), 2.0).astype(np.float32)
+    for name, arr in (("f", f), ("m", np.roll(f, 1, axis=2) ** 2)):
+        pio.write_image(priorreg.Image(arr, spacing=(7.5, 0.5, 0.5)), tmp_path / f"{name}.nii.gz")
+    rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--out", tmp_path / "o",
+                       "--max-iterations", "5")
+    assert rc == 0, err
+    assert "using --levels 2: an image of shape (9, 40, 36) is too small for 3" in err
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["levels"] == 2

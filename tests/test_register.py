@@ -684,3 +684,18 @@ def test_a_fixed_alpha_with_a_prior_far_from_the_registered_pair_is_named():
             register(f, m, prior=prior, alpha=0.4, levels=2, max_iterations=20)
         said[name] = [str(w.message) for w in caught if "alpha='auto' would give it none" in str(w.message)]
     assert not said["right"] and len(said["wrong"]) == 1 and "alpha=0.4 gave the prior weight 0.6" in said["wrong"][0]
+
+
+def test_a_thin_stack_gets_the_levels_it_allows_unless_levels_are_given():
+    # 9 thick slices (as the spinal-cord T2* stack): the default's 3 levels would leave 3 slices at the
+    # coarsest; without levels= the run takes the 2 it allows, with levels=3 asked for it is refused.
+    from priorreg import pyramid
+
+    assert [pyramid.max_levels(s) for s in ((9, 54, 49), (3, 40), (16, 16), (17, 100), (32, 100))] == [2, 1, 3, 3, 4]
+    rng = np.random.default_rng(0)
+    f = ndimage.gaussian_filter(rng.random((9, 40, 36)), 2.0)
+    m = np.roll(f, 1, axis=2) ** 2
+    r = priorreg.register(f, m, max_iterations=5, warn=False)  # the default preset
+    assert r.options.levels == 2 and len(r.history) == 2
+    _raises(r"levels=3 shrinks an image of shape \(9, 40, 36\)", priorreg.register, f, m, levels=3)
+    _raises(r"levels=3 shrinks", priorreg.register, f, m, options=RegistrationOptions(levels=3))  # taken as given

@@ -115,6 +115,13 @@ def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
     return changes
 
 
+def size_settings(opts: RegistrationOptions, shape, given: dict) -> dict:
+    """Fewer pyramid levels where the image is too small for the preset's and none were asked for (a
+    thick-slice stack of 9 slices allows 2 of the default 3): the rule of image size, as the defaults'."""
+    most = pyramid.max_levels(shape)
+    return {"levels": most} if "levels" not in given and opts.levels > most else {}
+
+
 def default_alpha(preset: str | None, ndim: int, prior):
     """alpha where the caller set none: without a prior 1 (nothing to weigh); with one the preset's own
     (a preset for priors that decide) or "auto": priorreg decides how much to trust it (docs/method.md)."""
@@ -136,6 +143,8 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     if options is not None:  # options= is taken as given, except the normalisation the prior's tables need
         settings = {k: v for k, v in settings.items() if k == "normalization"}
     opts = opts.replace(**settings)
+    if options is None:
+        opts = opts.replace(**size_settings(opts, fix.shape, given))
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
     _check_prior(prior, opts, fix.ndim, func)

@@ -346,7 +346,8 @@ def cmd_register(args, con: Console) -> int:
     fixed, moving, mask = wf.load_pair(args.fixed, args.moving, args.mask, notes)
     prior = wf.load_prior(args.prior)
     wf.check_prior_dim(prior, args.prior, fixed, args.fixed)
-    overrides, opts = wf.resolve_options(fixed.ndim, args.preset, overrides, prior, args.prior, notes)
+    overrides, opts = wf.resolve_options(fixed.ndim, args.preset, overrides, prior, args.prior, notes,
+                                         shape=fixed.shape)
     for n in notes:
         con.note(n)
     cb = con.progress(opts.max_iterations, opts.levels)

@@ -79,7 +79,8 @@ class RegistrationOptions:
     parzen_sigma : float
         Parzen window std, in bins.
     levels : int
-        Pyramid levels (factor 2 each); 1 = full resolution only.
+        Pyramid levels (factor 2 each); 1 = full resolution only. With a preset and no levels given,
+        fewer where the image is too small for them (4 voxels along every axis at the coarsest).
     max_iterations : int
         Iteration cap per level.
     step_voxels : float

@@ -72,6 +72,15 @@ def level_number(level: int, levels: int) -> str:
     return f"{levels - level}/{levels}"
 
 
+def max_levels(shape) -> int:
+    """The most pyramid levels an image of ``shape`` allows (MIN_COARSE_VOXELS along every axis at the
+    coarsest), at least 1."""
+    levels = 1
+    while min((n + level_factor(levels) - 1) // level_factor(levels) for n in shape) >= MIN_COARSE_VOXELS:
+        levels += 1
+    return levels
+
+
 def check_levels(shape, levels: int, func: str = "register()"):
     for lv in range(levels):
         f = level_factor(lv)

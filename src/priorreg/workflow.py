@@ -209,11 +209,12 @@ def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
             raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
 
 
-def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior_path, notes: list) -> tuple:
+def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior_path, notes: list, shape=None) -> tuple:
     """``(overrides, options)`` of one registration: the preset's options for ``ndim``, the flags given,
-    and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note).
+    and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note);
+    with the fixed image's ``shape``, fewer levels where the image is too small for the preset's.
     """
-    from .checks import default_alpha
+    from .checks import default_alpha, size_settings
     from .options import is_auto, preset_options
 
     base = preset_options(preset or "default", ndim)
@@ -224,6 +225,10 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
     chosen = {} if "alpha" in overrides else {"alpha": default_alpha(preset, ndim, prior)}  # as register() chooses
     opts = base.replace(**overrides, **chosen)
+    size = {} if shape is None else size_settings(opts, shape, overrides)
+    if size:
+        notes.append(f"using --levels {size['levels']}: an image of shape {tuple(shape)} is too small for {opts.levels}")
+        overrides, opts = {**overrides, **size}, opts.replace(**size)
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
     if prior is not None:
