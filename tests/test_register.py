@@ -529,7 +529,7 @@ def test_a_small_field_is_noted_and_a_large_one_is_not():
 
 def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkeypatch):
     """Without a mask both read the fixed image's Otsu foreground (the field in an empty background is
-    not what was aligned); with a mask, the mask."""
+    not what was aligned); with a mask, the mask with the margin its samples get (checks.with_margin)."""
     from priorreg import api
     from priorreg.intensity import foreground
 
@@ -541,7 +541,10 @@ def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkey
     register(f, m, levels=2, max_iterations=5, warn=False, mask=lab > 0)
     np.testing.assert_array_equal(seen[0], foreground(f))
     assert seen[0].any() and not seen[0].all()
-    np.testing.assert_array_equal(seen[1] > 0, lab > 0)
+    from priorreg.checks import with_margin
+
+    np.testing.assert_array_equal(seen[1] > 0, with_margin((lab > 0).astype(float), (1.0, 1.0)) > 0)
+    assert (seen[1] > 0).sum() > (lab > 0).sum()
 
 
 def test_a_nearly_aligned_pair_is_refined_with_a_stiffer_field():
@@ -699,3 +702,14 @@ def test_a_thin_stack_gets_the_levels_it_allows_unless_levels_are_given():
     assert r.options.levels == 2 and len(r.history) == 2
     _raises(r"levels=3 shrinks an image of shape \(9, 40, 36\)", priorreg.register, f, m, levels=3)
     _raises(r"levels=3 shrinks", priorreg.register, f, m, options=RegistrationOptions(levels=3))  # taken as given
+
+
+def test_a_mask_gets_a_2mm_margin_in_whole_voxels():
+    from priorreg.checks import with_margin
+
+    m = np.zeros((9, 21, 21))
+    m[4, 10, 10] = 1
+    thick = with_margin(m, (7.5, 0.5, 0.5))  # no margin across 7.5 mm slices, 4 voxels in-plane
+    assert thick.sum(axis=(1, 2)).tolist() == [0, 0, 0, 0, 49, 0, 0, 0, 0] and thick[4, 10, 14] and not thick[4, 10, 15]
+    assert with_margin(m, (1.0, 1.0, 1.0)).sum() == 33  # the ball of radius 2 voxels
+    assert np.array_equal(with_margin(m, (5.0, 5.0, 5.0)), m) and with_margin(None, (1.0,) * 3) is None

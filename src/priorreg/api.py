@@ -51,7 +51,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
         Single options on top of the preset or ``options`` (e.g. ``alpha=0.4, levels=2,
         device="cuda"``); an option not given keeps the preset's or ``options``' value.
     mask : array of the fixed shape, optional
-        Fixed-space sample mask for the histogram.
+        Fixed-space mask: where the linear stage and the similarity terms sample, grown by a 2 mm
+        margin (``checks.with_margin``) so that the region's outline counts.
     initial_field : array of shape (d, *fixed.shape), optional
         Starting displacement (mm, same convention as the result); it replaces the linear stage.
     callback : callable(level, iteration, energy), optional

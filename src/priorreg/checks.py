@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from . import pyramid
 from .errors import PriorRegError
@@ -25,7 +26,7 @@ class Inputs:
 
     fixed: Image
     moving: Image
-    mask: np.ndarray | None  # fixed-space sample mask, 0/1
+    mask: np.ndarray | None  # fixed-space sample mask, 0/1, with its margin (with_margin)
     prior: Prior | None
     options: RegistrationOptions
     preset: str | None
@@ -115,6 +116,24 @@ def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
     return changes
 
 
+MASK_MARGIN_MM = 2.0  # a mask's samples reach this far beyond it (benchmarks/README.md, "A mask on part of the grid")
+
+
+def with_margin(mask: np.ndarray | None, spacing) -> np.ndarray | None:
+    """The mask grown by MASK_MARGIN_MM (an ellipsoid of whole voxels; none along an axis whose voxels
+    are over twice the margin). A mask drawn on an outline (a skull-stripped brain's) kept the outline's
+    edge, the strongest one, out of the samples: BraTS, a known rigid map, 1 mm: 0.54 mm with the mask as
+    drawn, 0.49 with the margin, 0.63 without a mask."""
+    if mask is None:
+        return None
+    radii = [int(round(MASK_MARGIN_MM / float(h))) for h in spacing]
+    if not any(radii):
+        return mask
+    axes = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    ball = sum((a / max(r, 0.5)) ** 2 for a, r in zip(axes, radii)) <= 1.0
+    return ndimage.binary_dilation(mask > 0, structure=ball).astype(np.float64)
+
+
 def size_settings(opts: RegistrationOptions, shape, given: dict) -> dict:
     """Fewer pyramid levels where the image is too small for the preset's and none were asked for (a
     thick-slice stack of 9 slices allows 2 of the default 3): the rule of image size, as the defaults'."""
@@ -152,7 +171,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     return Inputs(
         fixed=fix,
         moving=mov,
-        mask=as_mask(mask, fix.shape, "mask", func),
+        mask=with_margin(as_mask(mask, fix.shape, "mask", func), fix.spacing),
         prior=prior,
         options=opts,
         preset=(preset or "default") if options is None else None,
