@@ -607,7 +607,8 @@ def estimate_linear(
         Their world geometry (spacing, origin, direction) is used; grids may differ.
     kind : {"affine", "rigid"}
     fixed_mask : array of the fixed shape, optional
-        Only fixed voxels inside it are samples.
+        Only fixed voxels inside it are samples, as given (``register()`` first grows its mask by 2 mm,
+        ``checks.with_margin``).
     prior : Prior, optional
         With alpha < 1 the energy is alpha*(-MI) + (1-alpha)*E_prior(p || prior) on the
         prior's floored global table of each level (a regional prior's tables mixed);
