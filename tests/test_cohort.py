@@ -223,6 +223,19 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)
     assert rc == 0 and "1 registered, 0 failed, 3 skipped" in so, err
     assert (out / "good0" / "linear.tfm").is_file()
+    # A row corrected after the run (another moving image) is registered again, not skipped with the old outputs.
+    rewritten = write_manifest(tmp_path / "m2.csv", [
+        ("good0", d / "t1_0.nii.gz", d / "t2_2.nii.gz", ""),
+        ("bad", d / "t1_1.nii.gz", broken, ""),
+        ("crash", d / "t1_1.nii.gz", d / "t2_1.nii.gz", ""),
+        ("good2", d / "t1_2.nii.gz", d / "t2_2.nii.gz", ""),
+    ])
+    rc, so, err = run(capsys, "cohort", rewritten, "--out", out, "--resume", *FAST, *LOCAL)
+    assert rc == 0 and "1 registered, 0 failed, 3 skipped" in so, err
+    rows, _ = read_summary(out)
+    assert rows["good0"]["status"] == "ok"
+    report = json.loads((out / "good0" / "report.json").read_text())
+    assert report["inputs"]["moving"]["path"] == str(d / "t2_2.nii.gz")
     # Resuming with other options would record them for pairs that ran without them.
     one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--levels", "3", *LOCAL],
                    "--resume with other options than the run in", "levels, max_iterations differ")

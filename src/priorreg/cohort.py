@@ -90,7 +90,7 @@ def add_parser(sub):
     c.add_argument("--torch-threads", type=int, metavar="K",
                    help="torch threads per pair (default: local cluster CPU cores / (workers x threads per worker); "
                    "with --scheduler: the worker's default)")
-    c.add_argument("--resume", action="store_true", help="skip pairs whose output folder holds all outputs already (their recorded figures are kept)")
+    c.add_argument("--resume", action="store_true", help="skip pairs whose output folder holds all outputs of the same inputs already (their recorded figures are kept)")
     c.add_argument("--overwrite", action="store_true", help="write into existing non-empty output folders")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return c
@@ -230,6 +230,21 @@ def outputs_complete(folder: str) -> bool:
     return all(os.path.isfile(os.path.join(folder, os.path.basename(n))) for n in written)
 
 
+def same_inputs(pr: Pair) -> bool:
+    """Whether the pair's report.json names the fixed, moving and mask files its manifest row names now
+    (a row corrected after a run is registered again by --resume, not skipped with the old pair's outputs)."""
+    import json
+
+    try:
+        with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
+            rec = json.load(fh).get("inputs", {})
+        paths = [(rec.get(k) or {}).get("path") for k in ("fixed", "moving", "mask")]
+    except (OSError, ValueError, AttributeError):
+        return False
+    return [p and os.path.abspath(p) for p in paths] == [os.path.abspath(pr.fixed), os.path.abspath(pr.moving),
+                                                         pr.mask and os.path.abspath(pr.mask)]
+
+
 def _only_ours(folder: str) -> bool:
     """Whether ``folder`` holds nothing but priorreg outputs (and temporary files of an interrupted write)."""
     return all(n in wf.OUTPUT_NAMES or n == wf.LINEAR_NAME or n.startswith(wf.TEMP_PREFIX) for n in os.listdir(folder))
@@ -299,7 +314,7 @@ def _existing_problem(pr: Pair, overwrite: bool, resume: bool) -> str | None:
         return f"output folder {pr.out} exists and is not a directory"
     if not os.listdir(pr.out):
         return None
-    if resume and outputs_complete(pr.out):
+    if resume and outputs_complete(pr.out) and same_inputs(pr):
         pr.skip = True
     elif not (overwrite or (resume and _only_ours(pr.out))):
         return f"output folder {pr.out} exists and is not empty; use --overwrite, --resume or another id/out"
