@@ -83,6 +83,14 @@ def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
     assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", out], "exists")
     assert_error(capsys, ["train", "--fixed", data["train_f"], data["fixed"], "--moving", data["train_m"],
                           "--out", tmp_path / "x.npz"], "one moving per fixed")
+    # The same shape on another grid (flipped axes: same world content) would pair voxels that do not correspond.
+    m = pio.read_image(data["train_m"])
+    A, b = m.index_to_world()
+    flipped = priorreg.Image(m.array[::-1].copy(), m.spacing, A @ [m.shape[0] - 1, 0] + b, m.direction @ np.diag([-1.0, 1.0]))
+    pio.write_image(flipped, tmp_path / "flipped.nii.gz")
+    line = assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", tmp_path / "flipped.nii.gz",
+                                 "--out", tmp_path / "y.npz"], "train: pair 0 is not on one grid")
+    assert "origin" in line and not (tmp_path / "y.npz").exists()
 
 
 def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):

@@ -324,6 +324,8 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
         np.savez(tmp_path / "damaged.npz", **arrays)
         _raises(r"is corrupt \(its tables hold NaN, Inf or negative values\)", priorreg.Prior.load, tmp_path / "damaged.npz")
     _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
+    _raises(r"pair 0 is not on one grid: fixed and moving differ in origin \[0.0, 0.0\] vs \[5.0, 0.0\]", fit_prior,
+            [priorreg.Image(f)], [priorreg.Image(m, origin=(5.0, 0.0))])
     _raises(r"need n >= 1 pairs", fit_prior, [], [])
 
 

@@ -293,10 +293,11 @@ def _train_inputs(args, notes: list) -> tuple:
     moving = [wf.load_input(p, f"moving[{j}]", notes) for j, p in enumerate(args.moving)]
     for j, (f, m) in enumerate(zip(fixed, moving)):
         wf.check_pair(f, m, args.fixed[j], args.moving[j], f"fixed[{j}]", f"moving[{j}]")
-        if f.shape != m.shape:
+        differs = f.grid_difference(m)  # voxel j of one is paired with voxel j of the other
+        if differs:
             raise PriorRegError(
-                f"train: pair {j} is not on one grid ({args.fixed[j]} is {wf.describe(f)}, {args.moving[j]} is "
-                f"{wf.describe(m)}); training pairs must be pre-registered and resampled to one grid"
+                f"train: pair {j} is not on one grid ({args.fixed[j]} and {args.moving[j]}: {differs}); training "
+                "pairs must be pre-registered and resampled to one grid"
             )
         if j and f.ndim != fixed[0].ndim:
             raise PriorRegError(f"train: pair {j} is {f.ndim}D but pair 0 is {fixed[0].ndim}D")

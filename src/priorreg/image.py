@@ -94,6 +94,15 @@ class Image:
             and np.allclose(self.direction, other.direction, atol=tol)
         )
 
+    def grid_difference(self, other: "Image", tol: float = 1e-3) -> str | None:
+        """What differs between the two grids ('origin [0, 0] vs [5, 0]'), or None on one grid."""
+        r = lambda v: [round(float(x), 3) for x in np.ravel(v)]
+        for name in ("shape", "spacing", "origin", "direction"):
+            a, b = getattr(self, name), getattr(other, name)
+            if (a != b) if name == "shape" else not np.allclose(a, b, atol=tol):
+                return f"{name} {list(a) if name == 'shape' else r(a)} vs {list(b) if name == 'shape' else r(b)}"
+        return None
+
     def with_array(self, array: np.ndarray) -> "Image":
         """A new image on the same grid holding ``array`` (keeping ``volume`` when the shape is the same)."""
         keep = self.volume if np.shape(array) == self.shape else None

@@ -242,9 +242,10 @@ def fit_prior(
     for j, (f, m) in enumerate(zip(fixed, moving)):
         fi = as_image(f, f"fixed[{j}]", func, spacing)
         mi = as_image(m, f"moving[{j}]", func, spacing)
-        if fi.shape != mi.shape:
+        differs = fi.grid_difference(mi)  # voxel j of one is paired with voxel j of the other
+        if differs:
             raise PriorRegError(
-                f"{func}: pair {j} is not on one grid: fixed has shape {fi.shape}, moving {mi.shape} "
+                f"{func}: pair {j} is not on one grid: fixed and moving differ in {differs} "
                 "(training pairs must be pre-registered and resampled to one grid)"
             )
         if j > 0 and fi.ndim != pairs[0][0].ndim:

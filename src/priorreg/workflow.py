@@ -137,10 +137,10 @@ def load_mask(path, fixed, notes: list):
     m = load_input(path, "mask", notes)
     if m.shape != fixed.shape:
         raise PriorRegError(f"mask: {path} has shape {m.shape} but the fixed image has shape {fixed.shape}")
-    if not m.same_grid(fixed, tol=1e-3):  # it is used voxel by voxel: the same shape elsewhere in space is another region
-        raise PriorRegError(f"mask: {path} lies on another grid than the fixed image (origin {rounded(m.origin)} vs "
-                            f"{rounded(fixed.origin)}, spacing {rounded(m.spacing)} vs {rounded(fixed.spacing)}, or "
-                            "its direction); resample it onto the fixed image first")
+    differs = m.grid_difference(fixed)  # used voxel by voxel: the same shape elsewhere in space is another region
+    if differs:
+        raise PriorRegError(f"mask: {path} lies on another grid than the fixed image ({differs}); resample it onto "
+                            "the fixed image first")
     if not np.any(m.array > 0):
         raise PriorRegError(f"mask: {path} is empty (no voxel > 0); give a mask that covers the region to align")
     return (m.array > 0).astype(np.float64)
