@@ -164,6 +164,33 @@ def test_single_slice_nifti_outputs_stay_3d_and_interop_holds(tmp_path, capsys, 
     )
 
 
+def test_single_slices_in_parallel_planes_get_a_field_itk_applies_and_other_planes_are_refused(tmp_path, capsys):
+    """A moving slice 6 mm from the fixed slice's plane: field.nii.gz pointed into the fixed plane, where
+    the moving file has no data (SimpleITK's resample was all zero); a sagittal against an axial slice was
+    registered as if their 2D world axes were the same."""
+    fixed, moving, _, _ = synthetic.case((48, 40), synthetic.T2_MONO, max_disp=2.5)
+    geo = dict(spacing=(0.9, 1.2, 3.0), origin=(5.0, -2.0, 7.5), direction=rot_z(0.3))
+    f = write_sitk(fixed.reshape(1, 48, 40), tmp_path / "f.nii.gz", **geo)
+    m = write_sitk(moving.reshape(1, 48, 40), tmp_path / "m.nii.gz", **dict(geo, origin=(5.0, -2.0, 13.5)))
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "register", f, m, "--out", out, *FAST)
+    assert rc == 0, err
+    vec = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "field.nii.gz"), sitk.sitkVectorFloat64)).reshape(-1, 3)
+    np.testing.assert_allclose(vec[:, 2], 6.0, atol=1e-5)  # to the moving slice's plane
+    check_interop(out, f, m, tmp_path)  # SimpleITK's resample through the field reproduces warped.nii.gz
+    tx = sitk.ReadTransform(str(out / "linear.tfm"))
+    assert tx.TransformPoint((5.0, -2.0, 7.5))[2] == pytest.approx(13.5)
+    again = priorreg.register(pio.read_image(f), pio.read_image(m), levels=1, max_iterations=0, linear="none",
+                              warn=False, initial_transform=str(out / "linear.tfm"))  # read back in-plane
+    assert again.linear is not None
+
+    sagittal = write_sitk(moving.reshape(48, 40, 1), tmp_path / "s.nii.gz", spacing=(2.5, 1.1, 0.9),
+                          origin=(-4.0, 3.0, 1.0), direction=np.eye(3)[:, [0, 2, 1]] * [1, 1, -1])
+    rc, _, err = run(capsys, "register", f, sagittal, "--out", tmp_path / "no", *FAST)
+    assert rc == 2 and "fixed is a single slice across world z (axial), moving one across world x (sagittal)" in err
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.parametrize("plane", ["axial", "sagittal"])
 def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, plane):
     """linear.tfm of a single-slice 3D pair was a 2D transform, which ITK cannot apply to the 3D files."""

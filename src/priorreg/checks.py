@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from . import pyramid
 from .errors import PriorRegError
-from .image import Image, as_image, as_mask, on_grid_of
+from .image import Image, as_image, as_mask, on_grid_of, plane_offset
 from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 
@@ -61,6 +61,7 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
     mov = as_image(moving, "moving", func, spacing)
     if fix.ndim != mov.ndim:
         raise PriorRegError(f"{func}: fixed is {fix.ndim}D but moving is {mov.ndim}D; both must be 2D or both 3D")
+    plane_offset(fix, mov, func)  # single slices in different planes are refused
     if not isinstance(moving, Image) and not isinstance(fixed, Image) and fix.shape != mov.shape:
         raise PriorRegError(
             f"{func}: fixed has shape {fix.shape} but moving has {mov.shape}; arrays must share one grid "

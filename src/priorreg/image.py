@@ -21,6 +21,9 @@ import numpy as np
 from .errors import PriorRegError
 
 
+PLANES = ("across world x (sagittal)", "across world y (coronal)", "across world z (axial)")  # by SliceGeometry.drop
+
+
 @dataclass(frozen=True, eq=False)
 class SliceGeometry:
     """The 3D grid of a single-slice 3D file (e.g. a 181x217x1 NIfTI) read as a 2D image.
@@ -101,6 +104,9 @@ class Image:
             a, b = getattr(self, name), getattr(other, name)
             if (a != b) if name == "shape" else not np.allclose(a, b, atol=tol):
                 return f"{name} {list(a) if name == 'shape' else r(a)} vs {list(b) if name == 'shape' else r(b)}"
+        va, vb = self.volume, other.volume  # single slices: the same 2D grid in another plane is another grid
+        if va is not None and vb is not None and (va.drop != vb.drop or abs(va.origin[va.drop] - vb.origin[vb.drop]) > tol):
+            return f"slice plane {PLANES[va.drop]} at {va.origin[va.drop]:g} mm vs {PLANES[vb.drop]} at {vb.origin[vb.drop]:g} mm"
         return None
 
     def with_array(self, array: np.ndarray) -> "Image":
@@ -187,6 +193,19 @@ def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
     if m.sum() == 0:
         raise PriorRegError(f"{func}: {name} is empty (no voxel > 0); give a mask that covers the region to align")
     return m
+
+
+def plane_offset(fixed: Image, moving: Image, func: str) -> float:
+    """How far (mm, along the planes' normal) the moving image's plane lies from the fixed one's, for
+    single-slice 3D images (0 for other images). Images in different planes are refused: their 2D world
+    coordinates are different world axes (a sagittal slice's y, z against an axial one's x, y)."""
+    fv, mv = getattr(fixed, "volume", None), getattr(moving, "volume", None)
+    if fv is None or mv is None:
+        return 0.0
+    if fv.drop != mv.drop:
+        raise PriorRegError(f"{func}: fixed is a single slice {PLANES[fv.drop]}, moving one {PLANES[mv.drop]}; "
+                            "both single-slice images must lie in parallel planes")
+    return float(mv.origin[mv.drop]) - float(fv.origin[fv.drop])
 
 
 def on_grid_of(x, image: Image, name: str, func: str):

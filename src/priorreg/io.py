@@ -621,13 +621,14 @@ def write_image(image: Image, path, name: str = "output", compress: bool = True)
     _write(image_to_sitk(image, keep_volume=ext not in (".png", ".tif", ".tiff")), path, name, compress)
 
 
-def field_to_sitk(field_world: np.ndarray, grid: Image):
+def field_to_sitk(field_world: np.ndarray, grid: Image, through_plane: float = 0.0):
     """A ``sitkVectorFloat32`` image of world (LPS x, y, z) displacement vectors on ``grid``
     (float32 like ITK's and ANTs' own fields: half the bytes to compress and write).
 
     On a grid read from a single-slice 3D file (``grid.volume``) the 2D world vectors become
-    3D ones (zero through-plane component) on that X x Y x 1 grid with its 3D geometry,
-    which is what ITK's DisplacementFieldTransform and ANTs need to apply it to the 3D files.
+    3D ones on that X x Y x 1 grid with its 3D geometry, which is what ITK's
+    DisplacementFieldTransform and ANTs need to apply it to the 3D files; their through-plane
+    component is ``through_plane``, the distance to the moving slice's plane (``image.plane_offset``).
     """
     sitk = _sitk()
     v = np.asarray(field_world, dtype=np.float32)
@@ -635,13 +636,14 @@ def field_to_sitk(field_world: np.ndarray, grid: Image):
         raise PriorRegError(f"write_field(): field must have shape {(*grid.shape, grid.ndim)}, got {v.shape}")
     vol = _slice_volume(grid)
     if vol is not None:
-        v = np.insert(v, vol.drop, 0.0, axis=-1)  # 2D world (x, y, z without drop) -> 3D world
+        v = np.insert(v, vol.drop, np.float32(through_plane), axis=-1)  # 2D world (x, y, z without drop) -> 3D world
         v = np.expand_dims(v, vol.axis)
         return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(v), isVector=True), vol)
     return _set_geometry(sitk.GetImageFromArray(np.ascontiguousarray(v), isVector=True), grid)
 
 
-def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field", compress: bool = True) -> None:
+def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field", compress: bool = True,
+                through_plane: float = 0.0) -> None:
     """Write world-vector displacements (``RegistrationResult.field_world()``) as an ITK vector image.
 
     On a grid read from a single-slice 3D file the field is written as that single-slice 3D
@@ -652,7 +654,7 @@ def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field",
     ext = _check_write_ext(path, grid.ndim, name)
     if ext in (".png", ".tif", ".tiff"):
         raise PriorRegError(f"{name}: a displacement field needs .nii.gz, .nii, .mha or .nrrd, not {ext}")
-    img = field_to_sitk(field_world, grid)
+    img = field_to_sitk(field_world, grid, through_plane)
     vol = _slice_volume(grid)
     if vol is not None and vol.axis == 0 and ext in (".nii", ".nii.gz"):
         # ITK's NIfTI reader drops trailing size-1 axes of a vector image, so an X x Y x 1 field

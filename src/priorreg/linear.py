@@ -726,27 +726,29 @@ def _ext(path) -> str:
     return next((e for e in TRANSFORM_EXTENSIONS if p.endswith(e)), os.path.splitext(p)[1])
 
 
-def embed_in_volume(result: LinearResult, drop: int, plane: float) -> LinearResult:
+def embed_in_volume(result: LinearResult, drop: int, plane: float, offset: float = 0.0) -> LinearResult:
     """The 2D transform of a single-slice 3D image as a 3D one: the same map in the slice's plane (the world
-    axes other than ``drop``), the identity along ``drop`` (the plane at ``world[drop] = plane``), so that
-    tools applying it to the 3D files (ITK, ANTs, Slicer) get a transform of their dimension."""
+    axes other than ``drop``), a shift by ``offset`` along ``drop`` (from the fixed plane at
+    ``world[drop] = plane`` to the moving slice's, ``image.plane_offset``), so that tools applying it to the
+    3D files (ITK, ANTs, Slicer) get a transform of their dimension."""
     keep = [k for k in range(3) if k != drop]
     A, t, c = np.eye(3), np.zeros(3), np.zeros(3)
     A[np.ix_(keep, keep)] = result.matrix
-    t[keep] = result.translation
+    t[keep], t[drop] = result.translation, offset
     c[keep], c[drop] = result.center, plane
     return LinearResult(A, t, kind=result.kind, center=c)
 
 
 def in_plane(result: LinearResult, drop: int, plane: float, what: str) -> LinearResult:
     """The inverse of :func:`embed_in_volume`: a 3D transform that maps the plane ``world[drop] = plane``
-    onto itself, as the 2D map within it (what priorreg writes for a single-slice 3D image)."""
+    onto a parallel one (the moving slice's), as the 2D map within it (what priorreg writes for a
+    single-slice 3D image); the shift between the planes is left out, as the 2D registration leaves it."""
     keep = [k for k in range(3) if k != drop]
     A, t = result.matrix, result.translation
     x0 = np.zeros(3)
     x0[drop] = plane
     y0 = A @ x0 + t  # where the plane's origin goes
-    if np.abs(A[drop, keep]).max() > 1e-6 or abs(y0[drop] - plane) > 1e-3:
+    if np.abs(A[drop, keep]).max() > 1e-6:
         raise PriorRegError(f"{what} holds a 3D transform that moves points out of the images' plane (world axis "
                             f"{'xyz'[drop]} = {plane:g} mm); a single-slice image needs one within it")
     center = None if result.center is None else np.asarray(result.center)[keep]
