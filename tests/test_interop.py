@@ -183,6 +183,8 @@ def test_single_slices_in_parallel_planes_get_a_field_itk_applies_and_other_plan
     again = priorreg.register(pio.read_image(f), pio.read_image(m), levels=1, max_iterations=0, linear="none",
                               warn=False, initial_transform=str(out / "linear.tfm"))  # read back in-plane
     assert again.linear is not None
+    rc, _, err = run(capsys, "train", "--fixed", f, "--moving", m, "--out", tmp_path / "p.npz", "--levels", "1")
+    assert rc == 2 and "not on one grid" in err and "slice plane across world z (axial) at 7.5 mm vs" in err
 
     sagittal = write_sitk(moving.reshape(48, 40, 1), tmp_path / "s.nii.gz", spacing=(2.5, 1.1, 0.9),
                           origin=(-4.0, 3.0, 1.0), direction=np.eye(3)[:, [0, 2, 1]] * [1, 1, -1])
