@@ -183,6 +183,18 @@ def test_single_slices_in_parallel_planes_get_a_field_itk_applies_and_other_plan
     again = priorreg.register(pio.read_image(f), pio.read_image(m), levels=1, max_iterations=0, linear="none",
                               warn=False, initial_transform=str(out / "linear.tfm"))  # read back in-plane
     assert again.linear is not None
+    rc, _, err = run(capsys, "apply", m, "--field", out / "field.nii.gz", "--reference", f, "--out", tmp_path / "b.nii.gz")
+    assert rc == 0, err  # the plane-to-plane shift is left out in 2D, as the registration left it
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b.nii.gz"))),
+                               sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz"))), atol=1e-5)
+    bent = sitk.ReadImage(str(out / "field.nii.gz"), sitk.sitkVectorFloat64)
+    arr = sitk.GetArrayFromImage(bent)
+    arr.reshape(-1, 3)[:100, 2] += 1.0  # through-plane displacements that vary: not a single-slice field
+    again_img = sitk.GetImageFromArray(arr, isVector=True)
+    again_img.CopyInformation(bent)
+    sitk.WriteImage(again_img, str(tmp_path / "bent.nii.gz"))
+    rc, _, err = run(capsys, "apply", m, "--field", tmp_path / "bent.nii.gz", "--reference", f, "--out", tmp_path / "c.nii.gz")
+    assert rc == 2 and "whose through-plane displacements vary (6 to 7 mm)" in err
     rc, _, err = run(capsys, "train", "--fixed", f, "--moving", m, "--out", tmp_path / "p.npz", "--levels", "1")
     assert rc == 2 and "not on one grid" in err and "slice plane across world z (axial) at 7.5 mm vs" in err
 
@@ -191,6 +203,8 @@ def test_single_slices_in_parallel_planes_get_a_field_itk_applies_and_other_plan
     rc, _, err = run(capsys, "register", f, sagittal, "--out", tmp_path / "no", *FAST)
     assert rc == 2 and "fixed is a single slice across world z (axial), moving one across world x (sagittal)" in err
     assert not (tmp_path / "no").exists()
+    rc, _, err = run(capsys, "apply", sagittal, "--field", out / "field.nii.gz", "--reference", f, "--out", tmp_path / "a.nii.gz")
+    assert rc == 2 and "reference is a single slice across world z (axial), moving one across world x" in err
 
 
 @pytest.mark.parametrize("plane", ["axial", "sagittal"])

@@ -195,7 +195,7 @@ def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
     return m
 
 
-def plane_offset(fixed: Image, moving: Image, func: str) -> float:
+def plane_offset(fixed: Image, moving: Image, func: str, roles=("fixed", "moving")) -> float:
     """How far (mm, along the planes' normal) the moving image's plane lies from the fixed one's, for
     single-slice 3D images (0 for other images). Images in different planes are refused: their 2D world
     coordinates are different world axes (a sagittal slice's y, z against an axial one's x, y)."""
@@ -203,7 +203,7 @@ def plane_offset(fixed: Image, moving: Image, func: str) -> float:
     if fv is None or mv is None:
         return 0.0
     if fv.drop != mv.drop:
-        raise PriorRegError(f"{func}: fixed is a single slice {PLANES[fv.drop]}, moving one {PLANES[mv.drop]}; "
+        raise PriorRegError(f"{func}: {roles[0]} is a single slice {PLANES[fv.drop]}, {roles[1]} one {PLANES[mv.drop]}; "
                             "both single-slice images must lie in parallel planes")
     return float(mv.origin[mv.drop]) - float(fv.origin[fv.drop])
 

@@ -463,11 +463,11 @@ def read_field(path, name: str = "field") -> tuple[np.ndarray, Image]:
     vol = grid.volume
     if vol is not None:  # a single-slice 3D field (as write_field writes for single-slice inputs): 2D
         vec = np.take(vec, 0, axis=vol.axis)
-        through = vec[..., vol.drop]
-        if np.all(np.isfinite(through)) and np.abs(through).max(initial=0.0) > 1e-6:
+        through = vec[..., vol.drop]  # one value: the shift to a parallel plane (the moving slice's), left out in 2D
+        if np.all(np.isfinite(through)) and np.ptp(through) > 1e-3:
             raise PriorRegError(
-                f"{name}: {path} is a single-slice field with through-plane displacements (up to "
-                f"{np.abs(through).max():.3g} mm); priorreg applies single-slice fields in 2D only"
+                f"{name}: {path} is a single-slice field whose through-plane displacements vary ({through.min():.3g} "
+                f"to {through.max():.3g} mm); priorreg applies single-slice fields in 2D only"
             )
         vec = np.delete(vec, vol.drop, axis=-1)
     D = np.asarray(grid.direction, float)

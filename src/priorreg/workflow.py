@@ -122,6 +122,9 @@ def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str =
         raise PriorRegError(
             f"{role_f} {fpath} is {describe(fixed)} but {role_m} {mpath} is {describe(moving)}; both must be 2D or both 3D"
         )
+    from .image import plane_offset
+
+    plane_offset(fixed, moving, f"{role_f} {fpath}, {role_m} {mpath}", (role_f, role_m))
 
 
 def rounded(values) -> list:
