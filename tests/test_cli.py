@@ -476,3 +476,18 @@ def test_a_thin_stack_runs_with_no_flags_and_says_how_many_levels(capsys, tmp_pa
     assert rc == 0, err
     assert "using --levels 2: an image of shape (9, 40, 36) is too small for 3" in err
     assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["levels"] == 2
+
+
+def test_a_priors_levels_are_capped_on_a_thin_stack_like_the_presets(capsys, tmp_path):
+    rng = np.random.default_rng(2)
+    from scipy import ndimage
+
+    vol = ndimage.gaussian_filter(rng.random((20, 40, 36)), 2.0)
+    priorreg.fit_prior([vol], [vol ** 2], bins=32, parzen_sigma=1.0, levels=2).save(tmp_path / "p.npz")
+    f = vol[:5].astype(np.float32)  # 5 slices: one level only
+    for name, arr in (("f", f), ("m", f ** 2)):
+        pio.write_image(priorreg.Image(arr), tmp_path / f"{name}.nii.gz")
+    rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--prior", tmp_path / "p.npz",
+                       "--out", tmp_path / "o", "--max-iterations", "3")
+    assert rc == 0, err
+    assert "using --levels 1: an image of shape (5, 40, 36) is too small for 2" in err

@@ -236,6 +236,15 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     assert rows["good0"]["status"] == "ok"
     report = json.loads((out / "good0" / "report.json").read_text())
     assert report["inputs"]["moving"]["path"] == str(d / "t2_2.nii.gz")
+    # The same files through another path (a symlinked folder) are the same inputs: skipped, not run again.
+    (tmp_path / "via").symlink_to(d)
+    via = write_manifest(tmp_path / "m3.csv", [(k, str(a).replace(str(d), str(tmp_path / "via")), str(b).replace(str(d), str(tmp_path / "via")), "")
+                                               for k, a, b in (("good0", d / "t1_0.nii.gz", d / "t2_2.nii.gz"),
+                                                               ("bad", d / "t1_1.nii.gz", broken),
+                                                               ("crash", d / "t1_1.nii.gz", d / "t2_1.nii.gz"),
+                                                               ("good2", d / "t1_2.nii.gz", d / "t2_2.nii.gz"))])
+    rc, so, err = run(capsys, "cohort", via, "--out", out, "--resume", *FAST, *LOCAL)
+    assert rc == 0 and "0 registered, 0 failed, 4 skipped" in so, err
     # Resuming with other options would record them for pairs that ran without them.
     one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--levels", "3", *LOCAL],
                    "--resume with other options than the run in", "levels, max_iterations differ")

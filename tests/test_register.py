@@ -324,6 +324,8 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
         np.savez(tmp_path / "damaged.npz", **arrays)
         _raises(r"is corrupt \(its tables hold NaN, Inf or negative values\)", priorreg.Prior.load, tmp_path / "damaged.npz")
     _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
+    on_grid = fit_prior([priorreg.Image(f, spacing=(0.9, 0.9), origin=(-20.0, 12.0))], [m])  # an array takes the Image's grid
+    assert on_grid.n_pairs == 1
     _raises(r"pair 0 is not on one grid: fixed and moving differ in origin \[0.0, 0.0\] vs \[5.0, 0.0\]", fit_prior,
             [priorreg.Image(f)], [priorreg.Image(m, origin=(5.0, 0.0))])
     _raises(r"need n >= 1 pairs", fit_prior, [], [])
@@ -531,7 +533,7 @@ def test_a_small_field_is_noted_and_a_large_one_is_not():
 
 def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkeypatch):
     """Without a mask both read the fixed image's Otsu foreground (the field in an empty background is
-    not what was aligned); with a mask, the mask with the margin its samples get (checks.with_margin)."""
+    not what was aligned); with a mask, the mask with the margin its samples get (image.with_margin)."""
     from priorreg import api
     from priorreg.intensity import foreground
 
@@ -543,7 +545,7 @@ def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkey
     register(f, m, levels=2, max_iterations=5, warn=False, mask=lab > 0)
     np.testing.assert_array_equal(seen[0], foreground(f))
     assert seen[0].any() and not seen[0].all()
-    from priorreg.checks import with_margin
+    from priorreg.image import with_margin
 
     np.testing.assert_array_equal(seen[1] > 0, with_margin((lab > 0).astype(float), (1.0, 1.0)) > 0)
     assert (seen[1] > 0).sum() > (lab > 0).sum()
@@ -702,12 +704,13 @@ def test_a_thin_stack_gets_the_levels_it_allows_unless_levels_are_given():
     m = np.roll(f, 1, axis=2) ** 2
     r = priorreg.register(f, m, max_iterations=5, warn=False)  # the default preset
     assert r.options.levels == 2 and len(r.history) == 2
+    assert any("2 pyramid level(s): an image of shape (9, 40, 36) is too small for 3" in w for w in r.warnings)
     _raises(r"levels=3 shrinks an image of shape \(9, 40, 36\)", priorreg.register, f, m, levels=3)
     _raises(r"levels=3 shrinks", priorreg.register, f, m, options=RegistrationOptions(levels=3))  # taken as given
 
 
 def test_a_mask_gets_a_2mm_margin_in_whole_voxels():
-    from priorreg.checks import with_margin
+    from priorreg.image import with_margin
 
     m = np.zeros((9, 21, 21))
     m[4, 10, 10] = 1

@@ -52,7 +52,7 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
         device="cuda"``); an option not given keeps the preset's or ``options``' value.
     mask : array of the fixed shape, optional
         Fixed-space mask: where the linear stage and the similarity terms sample, grown by a 2 mm
-        margin (``checks.with_margin``) so that the region's outline counts.
+        margin (``image.with_margin``) so that the region's outline counts.
     initial_field : array of shape (d, *fixed.shape), optional
         Starting displacement (mm, same convention as the result); it replaces the linear stage.
     callback : callable(level, iteration, energy), optional
@@ -94,7 +94,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     swapped = prior_order_warnings(work, pyr)
-    notes = header_notes(inp, lin) + range_notes(pyr) + swapped
+    notes = inp.notes + header_notes(inp, lin) + range_notes(pyr) + swapped
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)

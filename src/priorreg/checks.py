@@ -5,15 +5,14 @@ clear :class:`PriorRegError` message.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from . import pyramid
 from .errors import PriorRegError
-from .image import Image, as_image, as_mask, on_grid_of, plane_offset
+from .image import Image, as_image, as_mask, on_grid_of, plane_offset, with_margin
 from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 
@@ -34,6 +33,7 @@ class Inputs:
     dtype: torch.dtype
     local_regions: tuple | None  # blocks per axis of the regional MI (None: off)
     initial_field: np.ndarray | None
+    notes: list = field(default_factory=list)  # what validate chose for the caller (fewer levels on a small image)
 
 
 def check_device(name: str, func: str) -> torch.device:
@@ -117,24 +117,6 @@ def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
     return changes
 
 
-MASK_MARGIN_MM = 2.0  # a mask's samples reach this far beyond it (benchmarks/README.md, "A mask on part of the grid")
-
-
-def with_margin(mask: np.ndarray | None, spacing) -> np.ndarray | None:
-    """The mask grown by MASK_MARGIN_MM (an ellipsoid of whole voxels; none along an axis whose voxels
-    are over twice the margin). A mask drawn on an outline (a skull-stripped brain's) kept the outline's
-    edge, the strongest one, out of the samples: BraTS, a known rigid map, 1 mm: 0.54 mm with the mask as
-    drawn, 0.49 with the margin, 0.63 without a mask."""
-    if mask is None:
-        return None
-    radii = [int(round(MASK_MARGIN_MM / float(h))) for h in spacing]
-    if not any(radii):
-        return mask
-    axes = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-    ball = sum((a / max(r, 0.5)) ** 2 for a, r in zip(axes, radii)) <= 1.0
-    return ndimage.binary_dilation(mask > 0, structure=ball).astype(np.float64)
-
-
 def size_settings(opts: RegistrationOptions, shape, given: dict) -> dict:
     """Fewer pyramid levels where the image is too small for the preset's and none were asked for (a
     thick-slice stack of 9 slices allows 2 of the default 3): the rule of image size, as the defaults'."""
@@ -163,8 +145,12 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     if options is not None:  # options= is taken as given, except the normalisation the prior's tables need
         settings = {k: v for k, v in settings.items() if k == "normalization"}
     opts = opts.replace(**settings)
+    notes = []
     if options is None:
-        opts = opts.replace(**size_settings(opts, fix.shape, given))
+        size = size_settings(opts, fix.shape, given)
+        if size:
+            notes.append(f"{func}: {size['levels']} pyramid level(s): an image of shape {fix.shape} is too small for {opts.levels}")
+            opts = opts.replace(**size)
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
     _check_prior(prior, opts, fix.ndim, func)
@@ -180,4 +166,5 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         dtype=DTYPES[opts.dtype],
         local_regions=_local_regions(opts, fix, func),
         initial_field=_initial_field(initial_field, fix, func, opts),
+        notes=notes,
     )

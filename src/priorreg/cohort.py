@@ -241,8 +241,9 @@ def same_inputs(pr: Pair) -> bool:
         paths = [(rec.get(k) or {}).get("path") for k in ("fixed", "moving", "mask")]
     except (OSError, ValueError, AttributeError):
         return False
-    return [p and os.path.abspath(p) for p in paths] == [os.path.abspath(pr.fixed), os.path.abspath(pr.moving),
-                                                         pr.mask and os.path.abspath(pr.mask)]
+    now = (pr.fixed, pr.moving, pr.mask)
+    return all((a is None and b is None) or (a is not None and b is not None and wf.same_path(a, b))
+               for a, b in zip(paths, now))
 
 
 def _only_ours(folder: str) -> bool:

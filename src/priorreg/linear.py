@@ -608,7 +608,7 @@ def estimate_linear(
     kind : {"affine", "rigid"}
     fixed_mask : array of the fixed shape, optional
         Only fixed voxels inside it are samples, as given (``register()`` first grows its mask by 2 mm,
-        ``checks.with_margin``).
+        ``image.with_margin``).
     prior : Prior, optional
         With alpha < 1 the energy is alpha*(-MI) + (1-alpha)*E_prior(p || prior) on the
         prior's floored global table of each level (a regional prior's tables mixed);

@@ -12,7 +12,7 @@ import torch
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
-from .image import as_image, as_mask
+from .image import Image, as_image, as_mask, on_grid_of, with_margin
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions
@@ -205,7 +205,8 @@ def fit_prior(
     fixed, moving : sequence of arrays or :class:`Image`, or a single one each
         Aligned training pairs; ``fixed[j]`` and ``moving[j]`` share one grid.
         "fixed" is the modality of the reference image at registration time.
-    masks : optional sequence of masks (one per pair) limiting the samples.
+    masks : optional sequence of masks (one per pair) limiting the samples, grown by the 2 mm margin
+        ``register()`` gives its mask (``image.with_margin``), so that both sample the same kind of region.
     bins, parzen_sigma, levels, normalization : as in :class:`RegistrationOptions`.
     regions : int or sequence of int
         1 (default): one global table per level, the paper's prior. ``k`` or
@@ -240,6 +241,8 @@ def fit_prior(
     bins, parzen_sigma, levels = checked.bins, checked.parzen_sigma, checked.levels
     pairs = []
     for j, (f, m) in enumerate(zip(fixed, moving)):
+        if isinstance(f, Image) != isinstance(m, Image):  # a plain array beside an Image: on its grid, as in register()
+            f, m = (on_grid_of(x, f if isinstance(f, Image) else m, name, func) for x, name in ((f, "fixed"), (m, "moving")))
         fi = as_image(f, f"fixed[{j}]", func, spacing)
         mi = as_image(m, f"moving[{j}]", func, spacing)
         differs = fi.grid_difference(mi)  # voxel j of one is paired with voxel j of the other
@@ -251,7 +254,7 @@ def fit_prior(
         if j > 0 and fi.ndim != pairs[0][0].ndim:
             raise PriorRegError(f"{func}: pair {j} is {fi.ndim}D but pair 0 is {pairs[0][0].ndim}D")
         pyramid.check_levels(fi.shape, levels, func)
-        mk = None if masks is None else as_mask(masks[j], fi.shape, f"masks[{j}]", func)
+        mk = None if masks is None else with_margin(as_mask(masks[j], fi.shape, f"masks[{j}]", func), fi.spacing)  # as register()
         pairs.append((fi, normalize(fi.array, normalization), normalize(mi.array, normalization), mk))
     dim = pairs[0][0].ndim
     regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)

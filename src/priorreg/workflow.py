@@ -221,6 +221,7 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     from .options import is_auto, preset_options
 
     base = preset_options(preset or "default", ndim)
+    flags = dict(overrides)  # what the user asked for (a prior's levels are capped like the preset's, as register() does)
     from_prior = _from_prior(base.replace(**overrides), overrides, prior, notes)
     overrides = {**from_prior, **overrides, **{k: v for k, v in from_prior.items() if k == "normalization"}}
     if prior is None and "alpha" not in overrides and not is_auto(base.alpha) and base.alpha < 1:
@@ -228,7 +229,7 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
     chosen = {} if "alpha" in overrides else {"alpha": default_alpha(preset, ndim, prior)}  # as register() chooses
     opts = base.replace(**overrides, **chosen)
-    size = {} if shape is None else size_settings(opts, shape, overrides)
+    size = {} if shape is None else size_settings(opts, shape, flags)
     if size:
         notes.append(f"using --levels {size['levels']}: an image of shape {tuple(shape)} is too small for {opts.levels}")
         overrides, opts = {**overrides, **size}, opts.replace(**size)
