@@ -718,3 +718,16 @@ def test_a_mask_gets_a_2mm_margin_in_whole_voxels():
     assert thick.sum(axis=(1, 2)).tolist() == [0, 0, 0, 0, 49, 0, 0, 0, 0] and thick[4, 10, 14] and not thick[4, 10, 15]
     assert with_margin(m, (1.0, 1.0, 1.0)).sum() == 33  # the ball of radius 2 voxels
     assert np.array_equal(with_margin(m, (5.0, 5.0, 5.0)), m) and with_margin(None, (1.0,) * 3) is None
+
+
+def test_fit_prior_gives_its_masks_the_margin_register_gives(monkeypatch):
+    from priorreg import prior as prior_module
+    from priorreg.image import with_margin
+
+    f, m, v, lab = syn.case((48, 40), syn.T2_MONO, max_disp=1.0)
+    mask = (lab > 0).astype(float)
+    a = fit_prior([f], [m], masks=[mask], levels=1, bins=32)
+    monkeypatch.setattr(prior_module, "with_margin", lambda mk, spacing: mk)
+    b = fit_prior([f], [m], masks=[with_margin(mask, (1.0, 1.0))], levels=1, bins=32)
+    tight = fit_prior([f], [m], masks=[mask], levels=1, bins=32)
+    assert np.allclose(a.tables, b.tables) and not np.allclose(a.tables, tight.tables)
