@@ -215,9 +215,9 @@ MASK_MARGIN_VOXELS = 4  # and at most this many voxels (the dilation's cost grow
 
 def with_margin(mask: np.ndarray | None, spacing) -> np.ndarray | None:
     """The mask grown by MASK_MARGIN_MM (an ellipsoid of whole voxels, at most MASK_MARGIN_VOXELS; none
-    along an axis whose voxels are 4 mm or more). A mask drawn on an outline (a skull-stripped brain's) kept the outline's
-    edge, the strongest one, out of the samples: BraTS, a known rigid map, 1 mm: 0.54 mm with the mask as
-    drawn, 0.49 with the margin, 0.63 without a mask."""
+    along an axis whose voxels are 4 mm or more). A mask drawn on an outline (a skull-stripped brain's)
+    kept the outline's edge, the strongest one, out of the samples: BraTS, a known rigid map, 1 mm:
+    0.54 mm with the mask as drawn, 0.49 with the margin, 0.63 without a mask."""
     if mask is None:
         return None
     radii = [min(MASK_MARGIN_VOXELS, int(round(MASK_MARGIN_MM / float(h)))) for h in spacing]
