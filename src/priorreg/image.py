@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from .errors import PriorRegError
 
@@ -90,22 +89,18 @@ class Image:
         return self.array.shape
 
     def same_grid(self, other: "Image", tol: float = 1e-4) -> bool:
-        """True if both images sample the same world points."""
-        return (
-            self.shape == other.shape
-            and np.allclose(self.spacing, other.spacing, atol=tol)
-            and np.allclose(self.origin, other.origin, atol=tol)
-            and np.allclose(self.direction, other.direction, atol=tol)
-        )
+        """True if both images sample the same points of their (2D or 3D) world frame."""
+        return self.grid_difference(other, tol, planes=False) is None
 
-    def grid_difference(self, other: "Image", tol: float = 1e-3) -> str | None:
-        """What differs between the two grids ('origin [0, 0] vs [5, 0]'), or None on one grid."""
+    def grid_difference(self, other: "Image", tol: float = 1e-3, planes: bool = True) -> str | None:
+        """What differs between the two grids ('origin [0, 0] vs [5, 0]'), or None on one grid; with
+        ``planes``, single slices in different planes of the 3D world differ too."""
         r = lambda v: [round(float(x), 3) for x in np.ravel(v)]
         for name in ("shape", "spacing", "origin", "direction"):
             a, b = getattr(self, name), getattr(other, name)
             if (a != b) if name == "shape" else not np.allclose(a, b, atol=tol):
                 return f"{name} {list(a) if name == 'shape' else r(a)} vs {list(b) if name == 'shape' else r(b)}"
-        va, vb = self.volume, other.volume  # single slices: the same 2D grid in another plane is another grid
+        va, vb = (self.volume, other.volume) if planes else (None, None)
         if va is not None and vb is not None and (va.drop != vb.drop or abs(va.origin[va.drop] - vb.origin[vb.drop]) > tol):
             return f"slice plane {PLANES[va.drop]} at {va.origin[va.drop]:g} mm vs {PLANES[vb.drop]} at {vb.origin[vb.drop]:g} mm"
         return None
@@ -223,6 +218,8 @@ def with_margin(mask: np.ndarray | None, spacing) -> np.ndarray | None:
     radii = [min(MASK_MARGIN_VOXELS, int(round(MASK_MARGIN_MM / float(h)))) for h in spacing]
     if not any(radii):
         return mask
+    from scipy import ndimage
+
     axes = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
     ball = sum((a / max(r, 0.5)) ** 2 for a, r in zip(axes, radii)) <= 1.0
     return ndimage.binary_dilation(mask > 0, structure=ball).astype(np.float64)
