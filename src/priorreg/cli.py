@@ -380,12 +380,10 @@ def cmd_apply(args, con: Console) -> int:
     ref = pio.read_image(args.reference, "reference", notes)
     field, grid = pio.read_field(args.field)
     wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
-    if not grid.same_grid(ref, tol=1e-3):
-        raise PriorRegError(
-            f"field {args.field} is on a different grid ({wf.describe(grid)}, spacing {wf.rounded(grid.spacing)}, origin "
-            f"{wf.rounded(grid.origin)}) than the reference {args.reference} ({wf.describe(ref)}, spacing "
-            f"{wf.rounded(ref.spacing)}, origin {wf.rounded(ref.origin)}); use the fixed image of the registration"
-        )
+    differs = grid.grid_difference(ref)
+    if differs:
+        raise PriorRegError(f"field {args.field} is on a different grid than the reference {args.reference} ({differs}); "
+                            "use the fixed image of the registration")
     if args.interpolation == "linear":
         notes += wf.label_map_notes(moving, args.moving)
     for n in notes:

@@ -127,10 +127,6 @@ def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str =
     plane_offset(fixed, moving, f"{role_f} {fpath}, {role_m} {mpath}", (role_f, role_m))
 
 
-def rounded(values) -> list:
-    return [round(float(v), 3) for v in values]
-
-
 def load_mask(path, fixed, notes: list):
     """The fixed-space mask at ``path`` as 0/1 float64 (None for no path)."""
     import numpy as np
