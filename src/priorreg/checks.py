@@ -12,7 +12,7 @@ import torch
 
 from . import pyramid
 from .errors import PriorRegError
-from .image import Image, as_image, as_mask, on_grid_of, plane_offset, with_margin
+from .image import Image, as_image, as_mask, on_one_grid, plane_offset, with_margin
 from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 
@@ -55,8 +55,7 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
     if images and spacing is not None:
         raise PriorRegError(f"{func}: spacing= is for plain arrays; a priorreg.Image carries its own spacing "
                             "(Image(array, spacing, origin, direction))")
-    if len(images) == 1:  # a plain array beside an Image: on that Image's grid, or refused
-        fixed, moving = (on_grid_of(x, images[0], name, func) for x, name in ((fixed, "fixed"), (moving, "moving")))
+    fixed, moving = on_one_grid(fixed, moving, func)  # a plain array beside an Image: on that Image's grid, or refused
     fix = as_image(fixed, "fixed", func, spacing)
     mov = as_image(moving, "moving", func, spacing)
     if fix.ndim != mov.ndim:

@@ -225,6 +225,15 @@ def with_margin(mask: np.ndarray | None, spacing) -> np.ndarray | None:
     return ndimage.binary_dilation(mask > 0, structure=ball).astype(np.float64)
 
 
+def on_one_grid(fixed, moving, func: str, names=("fixed", "moving")) -> tuple:
+    """``(fixed, moving)``: a plain array beside an Image on that Image's grid (:func:`on_grid_of`); two
+    Images or two arrays as given."""
+    images = [x for x in (fixed, moving) if isinstance(x, Image)]
+    if len(images) != 1:
+        return fixed, moving
+    return tuple(on_grid_of(x, images[0], name, func) for x, name in zip((fixed, moving), names))
+
+
 def on_grid_of(x, image: Image, name: str, func: str):
     """``x`` as is if it is an Image; a plain array of ``image``'s shape as an Image on ``image``'s grid
     (a plain array has no geometry: beside an Image it can only mean that grid); another shape refused."""

@@ -12,7 +12,7 @@ import torch
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
-from .image import Image, as_image, as_mask, on_grid_of, with_margin
+from .image import as_image, as_mask, on_one_grid, with_margin
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions
@@ -241,8 +241,7 @@ def fit_prior(
     bins, parzen_sigma, levels = checked.bins, checked.parzen_sigma, checked.levels
     pairs = []
     for j, (f, m) in enumerate(zip(fixed, moving)):
-        if isinstance(f, Image) != isinstance(m, Image):  # a plain array beside an Image: on its grid, as in register()
-            f, m = (on_grid_of(x, f if isinstance(f, Image) else m, name, func) for x, name in ((f, "fixed"), (m, "moving")))
+        f, m = on_one_grid(f, m, func)  # a plain array beside an Image: on its grid, as in register()
         fi = as_image(f, f"fixed[{j}]", func, spacing)
         mi = as_image(m, f"moving[{j}]", func, spacing)
         differs = fi.grid_difference(mi)  # voxel j of one is paired with voxel j of the other

@@ -72,25 +72,32 @@ def level_number(level: int, levels: int) -> str:
     return f"{levels - level}/{levels}"
 
 
+def _coarse_shape(shape, level: int) -> tuple:
+    f = level_factor(level)
+    return tuple((n + f - 1) // f for n in shape)
+
+
+def _first_too_small(shape) -> int:
+    """The first pyramid level (0 = full resolution) with fewer than MIN_COARSE_VOXELS along an axis."""
+    level = 0
+    while min(_coarse_shape(shape, level)) >= MIN_COARSE_VOXELS:
+        level += 1
+    return level
+
+
 def max_levels(shape) -> int:
     """The most pyramid levels an image of ``shape`` allows (MIN_COARSE_VOXELS along every axis at the
     coarsest), at least 1."""
-    levels = 1
-    while min((n + level_factor(levels) - 1) // level_factor(levels) for n in shape) >= MIN_COARSE_VOXELS:
-        levels += 1
-    return levels
+    return max(1, _first_too_small(shape))
 
 
 def check_levels(shape, levels: int, func: str = "register()"):
-    for lv in range(levels):
-        f = level_factor(lv)
-        coarse = tuple((n + f - 1) // f for n in shape)
-        if min(coarse) < MIN_COARSE_VOXELS:
-            ok = max(1, lv)
-            raise PriorRegError(
-                f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {coarse} at {level_label(lv, levels)}; "
-                f"use levels <= {ok}"
-            )
+    lv = _first_too_small(shape)
+    if lv < levels:
+        raise PriorRegError(
+            f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {_coarse_shape(shape, lv)} at "
+            f"{level_label(lv, levels)}; use levels <= {max_levels(shape)}"
+        )
 
 
 def image_pyramid(image: torch.Tensor, levels: int) -> list:
