@@ -195,6 +195,10 @@ def test_single_slices_in_parallel_planes_get_a_field_itk_applies_and_other_plan
     sitk.WriteImage(again_img, str(tmp_path / "bent.nii.gz"))
     rc, _, err = run(capsys, "apply", m, "--field", tmp_path / "bent.nii.gz", "--reference", f, "--out", tmp_path / "c.nii.gz")
     assert rc == 2 and "whose through-plane displacements vary (6 to 7 mm)" in err
+    elsewhere = write_sitk(moving.reshape(1, 48, 40), tmp_path / "m2.nii.gz", **dict(geo, origin=(5.0, -2.0, 9.5)))
+    rc, _, err = run(capsys, "apply", elsewhere, "--field", out / "field.nii.gz", "--reference", f, "--out", tmp_path / "d.nii.gz")
+    assert rc == 2 and "made for a moving slice 6 mm from the reference's plane" in err and "lies 2 mm from it" in err
+    assert not (tmp_path / "d.nii.gz").exists()
     rc, _, err = run(capsys, "train", "--fixed", f, "--moving", m, "--out", tmp_path / "p.npz", "--levels", "1")
     assert rc == 2 and "not on one grid" in err and "slice plane across world z (axial) at 7.5 mm vs" in err
 
@@ -257,7 +261,7 @@ def test_single_slice_field_convention_with_a_large_field(tmp_path):
     out.mkdir()
     pio.write_image(warped.with_array(warped.array.astype(np.float32)), out / "warped.nii.gz")
     pio.write_field(np.einsum("ij,j...->...i", fixed.direction, v), fixed, out / "field.nii.gz")
-    back, grid = pio.read_field(out / "field.nii.gz")
+    back, grid, _ = pio.read_field(out / "field.nii.gz")
     np.testing.assert_allclose(back, v, atol=1e-6)
     assert grid.same_grid(fixed)
     check_interop(out, f, m, tmp_path, min_inside=0.5, min_outside=0.01)

@@ -228,7 +228,7 @@ def test_field_file_round_trip(tmp_path):
     s = sitk.ReadImage(str(tmp_path / "f.nii.gz"))
     assert s.GetPixelID() == sitk.sitkVectorFloat32 and s.GetNumberOfComponentsPerPixel() == 3  # as ITK/ANTs write
     np.testing.assert_allclose(sitk.GetArrayFromImage(s), world, rtol=1e-6, atol=1e-6)
-    back, g = pio.read_field(tmp_path / "f.nii.gz")
+    back, g, _ = pio.read_field(tmp_path / "f.nii.gz")
     np.testing.assert_allclose(back, field, atol=1e-5)  # NIfTI stores the direction in float32
     assert g.same_grid(grid)
 

@@ -378,12 +378,15 @@ def cmd_apply(args, con: Console) -> int:
     moving = wf.load_input(args.moving, "moving", notes)
     wf.check_image_format(args.out, moving.ndim)
     ref = pio.read_image(args.reference, "reference", notes)
-    field, grid = pio.read_field(args.field)
-    wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
+    field, grid, through_plane = pio.read_field(args.field)
+    offset = wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
     differs = grid.grid_difference(ref)
     if differs:
         raise PriorRegError(f"field {args.field} is on a different grid than the reference {args.reference} ({differs}); "
                             "use the fixed image of the registration")
+    if abs(through_plane - offset) > 1e-3:
+        raise PriorRegError(f"field {args.field} was made for a moving slice {through_plane:.4g} mm from the reference's "
+                            f"plane, but {args.moving} lies {offset:.4g} mm from it; use the moving image of the registration")
     if args.interpolation == "linear":
         notes += wf.label_map_notes(moving, args.moving)
     for n in notes:

@@ -30,6 +30,7 @@ import struct
 import tempfile
 import threading
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -431,12 +432,17 @@ def _restore_nonfinite(arr: np.ndarray, scan: _NiftiScan) -> np.ndarray:
     return arr
 
 
-def read_field(path, name: str = "field") -> tuple[np.ndarray, Image]:
-    """Read a displacement field file written by :func:`write_field` (or by ITK/ANTs).
+class FieldFile(NamedTuple):
+    """A displacement field read back: ``field`` of shape (d, *grid.shape) in mm along the grid's array
+    axes (the convention of :func:`priorreg.warp`), its ``grid``, and for a single-slice field the
+    ``through_plane`` shift (mm) to the moving slice's plane (0 otherwise; :func:`write_field`)."""
+    field: np.ndarray
+    grid: Image
+    through_plane: float
 
-    Returns ``(field, grid)``: ``field`` of shape (d, *grid.shape) in mm along the
-    grid's array axes (the convention of :func:`priorreg.warp`) and the grid.
-    """
+
+def read_field(path, name: str = "field") -> FieldFile:
+    """Read a displacement field file written by :func:`write_field` (or by ITK/ANTs)."""
     sitk = _sitk()
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -458,23 +464,24 @@ def read_field(path, name: str = "field") -> tuple[np.ndarray, Image]:
             f"got {img.GetNumberOfComponentsPerPixel()})"
         )
     vec = sitk.GetArrayFromImage(img).astype(np.float64)  # (*shape, d) world vectors
+    if not np.all(np.isfinite(vec)):
+        raise PriorRegError(f"{name}: {path} contains NaN/Inf displacements")
     comp0 = sitk.VectorIndexSelectionCast(img, 0)
     grid = sitk_to_image(comp0, name=name)
-    vol = grid.volume
+    vol, offset = grid.volume, 0.0
     if vol is not None:  # a single-slice 3D field (as write_field writes for single-slice inputs): 2D
         vec = np.take(vec, 0, axis=vol.axis)
         through = vec[..., vol.drop]  # one value: the shift to a parallel plane (the moving slice's), left out in 2D
-        if np.all(np.isfinite(through)) and np.ptp(through) > 1e-3:
+        if np.ptp(through) > 1e-3:
             raise PriorRegError(
                 f"{name}: {path} is a single-slice field whose through-plane displacements vary ({through.min():.3g} "
                 f"to {through.max():.3g} mm); priorreg applies single-slice fields in 2D only"
             )
+        offset = float(np.mean(through))
         vec = np.delete(vec, vol.drop, axis=-1)
     D = np.asarray(grid.direction, float)
     field = np.moveaxis(np.einsum("ij,...j->...i", np.linalg.inv(D), vec), -1, 0)
-    if not np.all(np.isfinite(field)):
-        raise PriorRegError(f"{name}: {path} contains NaN/Inf displacements")
-    return np.ascontiguousarray(field), grid.with_array(np.zeros(grid.shape, np.float32))
+    return FieldFile(np.ascontiguousarray(field), grid.with_array(np.zeros(grid.shape, np.float32)), offset)
 
 
 # --------------------------------------------------------------------------- writing

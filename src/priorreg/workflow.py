@@ -117,14 +117,16 @@ def load_input(path, role: str, notes: list) -> "Image":  # noqa: F821
     return img
 
 
-def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str = "moving") -> None:
+def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str = "moving") -> float:
+    """Refuse a 2D image against a 3D one, and single slices in different planes; return how far (mm) a
+    single moving slice lies from the fixed slice's plane (``image.plane_offset``)."""
     if fixed.ndim != moving.ndim:
         raise PriorRegError(
             f"{role_f} {fpath} is {describe(fixed)} but {role_m} {mpath} is {describe(moving)}; both must be 2D or both 3D"
         )
     from .image import plane_offset
 
-    plane_offset(fixed, moving, f"{role_f} {fpath}, {role_m} {mpath}", (role_f, role_m))
+    return plane_offset(fixed, moving, f"{role_f} {fpath}, {role_m} {mpath}", (role_f, role_m))
 
 
 def load_mask(path, fixed, notes: list):
