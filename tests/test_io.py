@@ -228,9 +228,13 @@ def test_field_file_round_trip(tmp_path):
     s = sitk.ReadImage(str(tmp_path / "f.nii.gz"))
     assert s.GetPixelID() == sitk.sitkVectorFloat32 and s.GetNumberOfComponentsPerPixel() == 3  # as ITK/ANTs write
     np.testing.assert_allclose(sitk.GetArrayFromImage(s), world, rtol=1e-6, atol=1e-6)
-    back, g, _ = pio.read_field(tmp_path / "f.nii.gz")
+    back, g, through = pio.read_field(tmp_path / "f.nii.gz")
     np.testing.assert_allclose(back, field, atol=1e-5)  # NIfTI stores the direction in float32
-    assert g.same_grid(grid)
+    assert g.same_grid(grid) and through == 0.0
+    world[2, 3, 4, 1] = np.nan
+    pio.write_field(world, grid, tmp_path / "nan.nii.gz")
+    with pytest.raises(PriorRegError, match="contains NaN/Inf displacements"):
+        pio.read_field(tmp_path / "nan.nii.gz")
 
 
 def _case_3d():
