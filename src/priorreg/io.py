@@ -464,7 +464,8 @@ def read_field(path, name: str = "field") -> FieldFile:
             f"got {img.GetNumberOfComponentsPerPixel()})"
         )
     vec = sitk.GetArrayFromImage(img).astype(np.float64)  # (*shape, d) world vectors
-    if not np.all(np.isfinite(vec)):
+    scan = _scan_nifti(path, name) if ext in (".nii", ".nii.gz") else None  # ITK reads a NIfTI NaN as 0
+    if not np.all(np.isfinite(vec)) or (scan is not None and (scan.n_nan or scan.n_inf)):
         raise PriorRegError(f"{name}: {path} contains NaN/Inf displacements")
     comp0 = sitk.VectorIndexSelectionCast(img, 0)
     grid = sitk_to_image(comp0, name=name)
