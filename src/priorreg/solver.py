@@ -9,6 +9,7 @@ terms are opaque: anything with ``evaluate(u, with_force)`` works.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -84,94 +85,115 @@ def _force(data_terms, u):
     return force
 
 
+class _Update:
+    """One semi-implicit step: u - tau*F smoothed by the regulariser's DCT solve, with how far (voxels,
+    the largest over the grid) it moves u."""
+
+    def __init__(self, reg, u: torch.Tensor, spacing):
+        shape = tuple(u.shape[1:])
+        self.spectrum = reg.spectrum(shape, u.dtype, u.device)
+        self.basis = regularizer.DCTBasis(shape, u.dtype, u.device)
+        self.spacing = spacing
+
+    def __call__(self, u, F, tau):
+        u_new, U = self.basis.solve(u - tau * F, tau, self.spectrum)
+        return u_new, _max_voxel_norm(u_new - u, self.spacing), U
+
+
+def _first_tau(update: _Update, u, F, fmax: float, opts) -> float:
+    """The first step size: one whose update moves about ``step_voxels``. Steps are measured on the update
+    itself, not on tau*F: a stiff regulariser (bending) shrinks tau*F a lot, and a cap on tau*F alone
+    would crawl."""
+    tau = opts.step_voxels / fmax
+    for _ in range(30):
+        if update(u, F, tau)[1] >= 0.5 * opts.step_voxels:
+            break
+        tau *= 2.0
+    return tau
+
+
+def _not_finite(what: str, level: int, opts, iteration: int, detail: str = "") -> PriorRegError:
+    return PriorRegError(f"register(): the {what} at {level_label(level, opts.levels)}, iteration {iteration}{detail}")
+
+
+def _line_search(update: _Update, data_terms, reg, u, F, J: float, tau: float, opts, hist, where):
+    """Backtrack from ``tau`` to the first step that lowers J by more than rounding noise.
+
+    Returns (step, tau): step = (u_new, J_new, term values, scale) or None when the steps fell below
+    ``min_step_voxels``. Trial steps need the energy only; the force is computed once a step is accepted.
+    """
+    level, iteration = where
+    for _ in range(MAX_TRIES):  # each try shrinks tau by a quarter at least
+        u_new, delta, U_new = update(u, F, tau)
+        if not math.isfinite(delta):
+            raise _not_finite("force became non-finite", level, opts, iteration,
+                              "; check that the images overlap and hold finite values")
+        if delta > opts.max_step_voxels:
+            tau *= 0.5 * opts.max_step_voxels / delta + 0.25
+            continue
+        if delta < opts.min_step_voxels:
+            return None, tau
+        values, J_new, _, scale = _total(data_terms, reg, u_new, False, reg.values_from_dct(U_new, update.basis))
+        if not math.isfinite(J_new):
+            raise _not_finite("energy became non-finite", level, opts, iteration, f" (J={J_new})")
+        # A change of J at the level of summation-order noise would be accepted on one device and
+        # rejected on another, and the two runs would part ways.
+        if J_new <= J - _NOISE * max(abs(J), 1.0):
+            return (u_new, J_new, values, scale), tau
+        hist.rejected += 1
+        tau *= 0.5
+    return None, tau
+
+
+def _settled(hist: LevelHistory, scales: list, opts) -> bool:
+    """J fell by no more than ``tolerance`` (relative to the terms' size) over the last ``tolerance_window`` steps."""
+    m = opts.tolerance_window
+    return len(hist.energy) > m and hist.energy[-1 - m] - hist.energy[-1] <= opts.tolerance * scales[-1 - m]
+
+
 def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, callback=None):
     """Minimise J = sum(data terms) + reg on one level, starting from ``u``.
 
     Returns (u, LevelHistory). ``callback(level, iteration, J)`` is called after
     every accepted step (progress bars).
     """
-    import time
-
     t0 = time.perf_counter()
-    shape = tuple(u.shape[1:])
-    hist = LevelHistory(level, shape, tuple(spacing))
-    spectrum = reg.spectrum(shape, u.dtype, u.device)
-    basis = regularizer.DCTBasis(shape, u.dtype, u.device)
+    hist = LevelHistory(level, tuple(u.shape[1:]), tuple(spacing))
+    update = _Update(reg, u, spacing)
     values, J, F, scale = _total(data_terms, reg, u, True)
-    scales = [scale]
     if not math.isfinite(J):
-        raise PriorRegError(f"register(): the energy is not finite at {level_label(level, opts.levels)}, iteration 0 (J={J})")
+        raise _not_finite("energy is not finite", level, opts, 0, f" (J={J})")
     hist.energy.append(J)
     hist.terms.append(values)
     fmax = _max_voxel_norm(F, spacing)
     if fmax == 0:
-        hist.iterations, hist.stop_reason = 0, "zero force"
-        hist.seconds = time.perf_counter() - t0
-        return u, hist
-
-    def update(tau):
-        u_new, U = basis.solve(u - tau * F, tau, spectrum)
-        return u_new, _max_voxel_norm(u_new - u, spacing), U
-
-    # Steps are measured on the update itself, not on tau*F: a stiff regulariser (bending)
-    # shrinks tau*F a lot, and a cap on tau*F alone would crawl. Start where the first
-    # update moves about step_voxels.
-    tau = opts.step_voxels / fmax
-    for _ in range(30):
-        if update(tau)[1] >= 0.5 * opts.step_voxels:
-            break
-        tau *= 2.0
-    it = 0
-    reason = "max_iterations"
+        return u, _closed(hist, 0, "zero force", t0)
+    scales, it, reason = [scale], 0, "max_iterations"
+    tau = _first_tau(update, u, F, fmax, opts)
     while it < opts.max_iterations:
         if F is None:
             F = _force(data_terms, u)
         if _max_voxel_norm(F, spacing) == 0:
             reason = "zero force"
             break
-        accepted = False
-        for _ in range(MAX_TRIES):  # each try shrinks tau by a quarter at least
-            u_new, delta, U_new = update(tau)
-            if not math.isfinite(delta):
-                raise PriorRegError(f"register(): the force became non-finite at {level_label(level, opts.levels)}, iteration {it + 1}; "
-                                    "check that the images overlap and hold finite values")
-            if delta > opts.max_step_voxels:
-                tau *= 0.5 * opts.max_step_voxels / delta + 0.25
-                continue
-            if delta < opts.min_step_voxels:
-                break
-            # Trial steps need the energy only; the force is computed once a step is accepted.
-            v_new, J_new, _, scale_new = _total(data_terms, reg, u_new, False, reg.values_from_dct(U_new, basis))
-            if not math.isfinite(J_new):
-                raise PriorRegError(
-                    f"register(): the energy became non-finite at {level_label(level, opts.levels)}, iteration {it + 1} (J={J_new})"
-                )
-            # Accept only a decrease larger than rounding noise: a step whose change of J is
-            # at the level of summation-order noise would otherwise be accepted on one
-            # device and rejected on another, and the two runs would part ways.
-            if J_new <= J - _NOISE * max(abs(J), 1.0):
-                accepted = True
-                break
-            hist.rejected += 1
-            tau *= 0.5
-        if not accepted:
+        step, tau = _line_search(update, data_terms, reg, u, F, J, tau, opts, hist, (level, it + 1))
+        if step is None:
             reason = "step below min_step_voxels"
             break
         it += 1
-        u, J, F, values = u_new, J_new, None, v_new
-        scales.append(scale_new)
+        (u, J, values, scale), F = step, None
+        scales.append(scale)
         hist.energy.append(J)
         hist.terms.append(values)
         tau *= 1.25
         if callback is not None:
             callback(level, it, J)
-        m = opts.tolerance_window
-        if len(hist.energy) > m:
-            J_old = hist.energy[-1 - m]
-            if J_old - J <= opts.tolerance * scales[-1 - m]:
-                reason = "energy change below tolerance"
-                break
-    hist.iterations = it
-    hist.stop_reason = reason
-    hist.seconds = time.perf_counter() - t0
-    return u, hist
+        if _settled(hist, scales, opts):
+            reason = "energy change below tolerance"
+            break
+    return u, _closed(hist, it, reason, t0)
+
+
+def _closed(hist: LevelHistory, iterations: int, reason: str, t0: float) -> LevelHistory:
+    hist.iterations, hist.stop_reason, hist.seconds = iterations, reason, time.perf_counter() - t0
+    return hist
