@@ -159,7 +159,17 @@ def test_auto_alpha_is_the_default_with_a_prior_and_is_reported(tmp_path, capsys
     (dict(levels=1.5), "levels must be an integer, got 1.5"),
     (dict(regularization="0.3"), "regularization must be a finite number, got '0.3'"),
     (dict(regularization=float("inf")), "regularization must be a finite number, got inf"),
-    (dict(tolerance=-1.0), "tolerance must be >= 0"),
+    (dict(tolerance=-1.0), "tolerance must be a number >= 0"),
+    (dict(regularization=float("nan")), "regularization must be a finite number, got nan"),
+    (dict(mind_dilation=0), "mind_dilation must be an integer >= 1, got 0"),
+    (dict(parzen_sigma=-0.5), "parzen_sigma must be a number >= 0, got -0.5"),
+    (dict(force="fast"), "force must be 'exact' or 'practical', got 'fast'"),
+    (dict(linear="similarity"), "linear must be 'none', 'rigid' or 'affine', got 'similarity'"),
+    (dict(dtype="float16"), "dtype must be 'float32' or 'float64', got 'float16'"),
+    (dict(bending_scale="mm"), "bending_scale must be 'none' or 'spacing', got 'mm'"),
+    (dict(prior_floor=0.0), "prior_floor must be a number > 0, got 0.0"),
+    (dict(max_samples=-5), "max_samples must be 0 .every voxel. or at least 1000"),
+    (dict(step_voxels=2.0, max_step_voxels=1.0), "need 0 < step_voxels <= max_step_voxels, got 2.0 and 1.0"),
 ])
 def test_options_of_the_wrong_type_are_one_clear_error(kw, match):
     """They were TypeErrors deep in the engine, an infinite energy at level 2, or accepted (tolerance -1)."""

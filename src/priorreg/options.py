@@ -27,6 +27,22 @@ LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
 MIN_SAMPLES = 1000  # max_samples floor: a 32 x 32 joint histogram from fewer voxels is mostly its Parzen window
 
+# What RegistrationOptions accepts (checked in __post_init__, after the types): lower bounds ...
+_AT_LEAST = {"regularization": 0, "bending": 0, "bins": 4, "parzen_sigma": 0, "levels": 1, "tolerance": 0,
+             "tolerance_window": 1, "max_iterations": 0, "mind_weight": 0, "mind_radius": 0, "mind_dilation": 1,
+             "mind_channels": 0}
+# ... and the options that name one of a few choices.
+_CHOICES = {"force": ("exact", "practical"), "normalization": NORMALIZATIONS, "dtype": ("float32", "float64"),
+            "alpha_schedule": ("constant", "mi-finest"), "regularization_scaling": ("none", "alpha"),
+            "prior_intensity_fit": ("none", "affine"), "prior_term": PRIOR_TERM_CHOICES,
+            "linear": ("none", "rigid", "affine"), "bending_scale": ("none", "spacing")}
+
+
+def _either(allowed) -> str:
+    """'a' or 'b'; 'a', 'b' or 'c'."""
+    names = [repr(a) for a in allowed]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
 
 def auto_local_regions(shape, levels: int, bins: int = 0) -> tuple:
     """Blocks per axis for local_regions="auto": about LOCAL_BLOCK_VOXELS voxels per block
@@ -244,42 +260,22 @@ class RegistrationOptions:
             object.__setattr__(self, "alpha", AUTO)
         elif not (isinstance(self.alpha, numbers.Real) and 0.0 <= float(self.alpha) <= 1.0):
             raise PriorRegError(f"{f}: alpha must be a number in [0, 1] or 'auto', got {self.alpha!r}")
-        if not self.regularization >= 0:
-            raise PriorRegError(f"{f}: regularization must be >= 0, got {self.regularization}")
-        if not self.bending >= 0:
-            raise PriorRegError(f"{f}: bending must be >= 0, got {self.bending}")
-        if self.bins < 4:
-            raise PriorRegError(f"{f}: bins must be an integer >= 4, got {self.bins}")
-        if not self.parzen_sigma >= 0:
-            raise PriorRegError(f"{f}: parzen_sigma must be >= 0 (bins), got {self.parzen_sigma}")
-        if self.levels < 1:
-            raise PriorRegError(f"{f}: levels must be an integer >= 1, got {self.levels}")
-        if not self.tolerance >= 0:
-            raise PriorRegError(f"{f}: tolerance must be >= 0, got {self.tolerance}")
-        if self.tolerance_window < 1:
-            raise PriorRegError(f"{f}: tolerance_window must be an integer >= 1 (iterations), got {self.tolerance_window}")
-        if self.max_iterations < 0:
-            raise PriorRegError(f"{f}: max_iterations must be >= 0, got {self.max_iterations}")
-        if not (self.step_voxels > 0 and self.max_step_voxels >= self.step_voxels):
+        types = {fld.name: fld.type for fld in fields(self)}
+        for name, low in _AT_LEAST.items():
+            if not getattr(self, name) >= low:
+                kind = "an integer" if types[name] == "int" else "a number"
+                raise PriorRegError(f"{f}: {name} must be {kind} >= {low}, got {getattr(self, name)!r}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise PriorRegError(f"{f}: {name} must be {_either(allowed)}, got {getattr(self, name)!r}")
+        self._check_ranges(f)
+
+    def _check_ranges(self, f: str) -> None:
+        """The options whose valid values are not a lower bound or a list of names."""
+        if self.max_step_voxels < self.step_voxels or not self.step_voxels > 0:
             raise PriorRegError(
                 f"{f}: need 0 < step_voxels <= max_step_voxels, got {self.step_voxels} and {self.max_step_voxels}"
             )
-        if self.force not in ("exact", "practical"):
-            raise PriorRegError(f"{f}: force must be 'exact' or 'practical', got {self.force!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise PriorRegError(f"{f}: normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise PriorRegError(f"{f}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.alpha_schedule not in ("constant", "mi-finest"):
-            raise PriorRegError(f"{f}: alpha_schedule must be 'constant' or 'mi-finest', got {self.alpha_schedule!r}")
-        if self.regularization_scaling not in ("none", "alpha"):
-            raise PriorRegError(
-                f"{f}: regularization_scaling must be 'none' or 'alpha', got {self.regularization_scaling!r}"
-            )
-        if self.prior_intensity_fit not in ("none", "affine"):
-            raise PriorRegError(f"{f}: prior_intensity_fit must be 'none' or 'affine', got {self.prior_intensity_fit!r}")
-        if self.prior_term not in PRIOR_TERM_CHOICES:
-            raise PriorRegError(f"{f}: prior_term must be one of {', '.join(map(repr, PRIOR_TERM_CHOICES))}, got {self.prior_term!r}")
         if not (0.0 <= float(self.local_weight) <= 1.0):
             raise PriorRegError(f"{f}: local_weight must be in [0, 1], got {self.local_weight}")
         lr = self.local_regions if isinstance(self.local_regions, (tuple, list)) else (self.local_regions,)
@@ -287,12 +283,6 @@ class RegistrationOptions:
             not lr or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in lr)
         ):
             raise PriorRegError(f"{f}: local_regions must be 'auto', an integer >= 1 or one per axis, got {self.local_regions!r}")
-        if not self.mind_weight >= 0:
-            raise PriorRegError(f"{f}: mind_weight must be a finite number >= 0, got {self.mind_weight}")
-        for k, low in (("mind_radius", 0), ("mind_dilation", 1), ("mind_channels", 0)):
-            v = getattr(self, k)
-            if v < low:  # (an integer already: _check_types)
-                raise PriorRegError(f"{f}: {k} must be an integer >= {low}, got {v!r}")
         if not (0.0 < float(self.mind_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: mind_sample_fraction must be in (0, 1], got {self.mind_sample_fraction}")
         if self.max_samples < 0 or 0 < self.max_samples < MIN_SAMPLES:
@@ -300,16 +290,11 @@ class RegistrationOptions:
                                 f"estimate a joint histogram), got {self.max_samples}")
         if not (0.0 <= float(self.min_sample_fraction) <= 1.0):
             raise PriorRegError(f"{f}: min_sample_fraction must be in [0, 1], got {self.min_sample_fraction}")
-        if self.linear not in ("none", "rigid", "affine"):
-            raise PriorRegError(f"{f}: linear must be 'none', 'rigid' or 'affine', got {self.linear!r}")
         if not isinstance(self.initial_transform, str):
             raise PriorRegError(f"{f}: initial_transform must be a file path (str) or '', got {self.initial_transform!r}")
-        if self.bending_scale not in ("none", "spacing"):
-            raise PriorRegError(f"{f}: bending_scale must be 'none' or 'spacing', got {self.bending_scale!r}")
-        if not self.nearly_aligned_stiffness > 0:
-            raise PriorRegError(f"{f}: nearly_aligned_stiffness must be a finite number > 0, got {self.nearly_aligned_stiffness}")
-        if not (self.prior_floor > 0 and self.eps > 0):
-            raise PriorRegError(f"{f}: prior_floor and eps must be > 0")
+        for name in ("nearly_aligned_stiffness", "prior_floor", "eps"):
+            if not getattr(self, name) > 0:
+                raise PriorRegError(f"{f}: {name} must be a number > 0, got {getattr(self, name)!r}")
 
     def replace(self, **changes) -> "RegistrationOptions":
         unknown = set(changes) - {f.name for f in fields(self)}
