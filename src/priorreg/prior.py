@@ -224,23 +224,36 @@ def fit_prior(
     images downsampled by the registration pyramid's operator.
     """
     func = "fit_prior()"
-    fixed = list(fixed) if isinstance(fixed, (list, tuple)) else [fixed]
-    moving = list(moving) if isinstance(moving, (list, tuple)) else [moving]
-    if len(fixed) == 0 or len(fixed) != len(moving):
-        raise PriorRegError(f"{func}: need n >= 1 pairs with as many fixed as moving images, got {len(fixed)} and {len(moving)}")
-    if masks is not None:
-        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
-        if len(masks) != len(fixed):
-            raise PriorRegError(f"{func}: got {len(masks)} masks for {len(fixed)} pairs")
-    if normalization not in NORMALIZATIONS:
-        raise PriorRegError(f"{func}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     try:  # validates them (and takes 32.0 as 32)
         checked = RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels)
     except PriorRegError as e:
         raise PriorRegError(str(e).replace("register()", func, 1)) from None
+    if normalization not in NORMALIZATIONS:
+        raise PriorRegError(f"{func}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     bins, parzen_sigma, levels = checked.bins, checked.parzen_sigma, checked.levels
+    pairs = _training_pairs(fixed, moving, masks, spacing, normalization, levels, func)
+    dim = pairs[0][0].ndim
+    regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
+    ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
+    tables, mass, per_pair = _pooled_tables(pairs, HistogramSpec(bins, parzen_sigma, ranges), regs, levels)
+    pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
+    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl)
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: int, func: str) -> list:
+    """The checked pairs: [(fixed Image, normalised fixed array, normalised moving array, mask or None)]."""
+    fixed, moving = _as_list(fixed), _as_list(moving)
+    if len(fixed) == 0 or len(fixed) != len(moving):
+        raise PriorRegError(f"{func}: need n >= 1 pairs with as many fixed as moving images, got {len(fixed)} and {len(moving)}")
+    masks = [None] * len(fixed) if masks is None else _as_list(masks)
+    if len(masks) != len(fixed):
+        raise PriorRegError(f"{func}: got {len(masks)} masks for {len(fixed)} pairs")
     pairs = []
-    for j, (f, m) in enumerate(zip(fixed, moving)):
+    for j, (f, m, k) in enumerate(zip(fixed, moving, masks)):
         f, m = on_one_grid(f, m, func)  # a plain array beside an Image: on its grid, as in register()
         fi = as_image(f, f"fixed[{j}]", func, spacing)
         mi = as_image(m, f"moving[{j}]", func, spacing)
@@ -253,38 +266,34 @@ def fit_prior(
         if j > 0 and fi.ndim != pairs[0][0].ndim:
             raise PriorRegError(f"{func}: pair {j} is {fi.ndim}D but pair 0 is {pairs[0][0].ndim}D")
         pyramid.check_levels(fi.shape, levels, func)
-        mk = None if masks is None else with_margin(as_mask(masks[j], fi.shape, f"masks[{j}]", func), fi.spacing)  # as register()
+        mk = None if k is None else with_margin(as_mask(k, fi.shape, f"masks[{j}]", func), fi.spacing)  # as register()
         pairs.append((fi, normalize(fi.array, normalization), normalize(mi.array, normalization), mk))
-    dim = pairs[0][0].ndim
-    regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
-    R = int(np.prod(regs))
-    ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
-    spec = HistogramSpec(bins, parzen_sigma, ranges)
-    sums = np.zeros((levels, R, bins, bins))
-    seen = np.zeros((levels, R))
-    mass = np.zeros((levels, R))
-    glob = np.zeros((levels, bins, bins))
-    per_pair = np.zeros((levels, len(pairs), bins, bins))
+    return pairs
+
+
+def _pooled_tables(pairs: list, spec: HistogramSpec, regs: tuple, levels: int) -> tuple:
+    """(tables (levels, R, B, B): each region's table averaged over the pairs that cover it, region mass
+    (levels, R), each pair's global table (levels, n, B, B)). A region no pair covers (masks) takes the
+    level's global table."""
+    R, B, n = int(np.prod(regs)), spec.bins, len(pairs)
+    sums, seen, mass = np.zeros((levels, R, B, B)), np.zeros((levels, R)), np.zeros((levels, R))
+    per_pair = np.zeros((levels, n, B, B))
     for j, (fi, fn, mn, mk) in enumerate(pairs):
         ft = torch.as_tensor(fn, dtype=torch.float64)
         mt = torch.as_tensor(mn, dtype=torch.float64)
         kt = None if mk is None else torch.as_tensor(mk, dtype=torch.float64)
         fl, ml, kl = pyramid.image_pyramid(ft, levels), pyramid.image_pyramid(mt, levels), pyramid.mask_pyramid(kt, levels)
         for lv in range(levels):
-            energy = JointHistogramEnergy(
-                fl[lv], ml[lv], pyramid.level_spacing(fi.spacing, lv), spec, [], kl[lv], regions=regs
-            )
+            energy = JointHistogramEnergy(fl[lv], ml[lv], pyramid.level_spacing(fi.spacing, lv), spec, [], kl[lv], regions=regs)
             P, Pr, *_ = energy.table(ml[lv])
             has = (energy.pi > 0).cpu().numpy()
             sums[lv] += Pr.cpu().numpy() * has[:, None, None]
             seen[lv] += has
-            mass[lv] += energy.pi.cpu().numpy() / len(pairs)
-            glob[lv] += P.cpu().numpy() / len(pairs)
+            mass[lv] += energy.pi.cpu().numpy() / n
             per_pair[lv, j] = P.cpu().numpy()
-    # A region no training pair covers (masks) falls back to the level's global table.
+    glob = per_pair.sum(1) / n
     tables = np.where(seen[..., None, None] > 0, sums / np.maximum(seen, 1)[..., None, None], glob[:, None])
-    pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
-    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl)
+    return tables, mass, per_pair
 
 
 def check_regions(regions, dim, shapes, levels, func, name="regions") -> tuple:
