@@ -203,6 +203,12 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     pio.write_image(priorreg.Image(pio.read_image(data["fixed"]).array), other)
     assert_error(capsys, ["apply", data["moving"], "--field", out / "field.nii.gz", "--reference",
                           other, "--out", tmp_path / "x.nii.gz"], "different grid")
+    far = pio.read_image(data["moving"])  # the moving image 5 m away: apply wrote an all-zero image, exit 0
+    pio.write_image(priorreg.Image(far.array, far.spacing, tuple(o + 5000.0 for o in far.origin), far.direction),
+                    tmp_path / "far.nii.gz")
+    assert_error(capsys, ["apply", tmp_path / "far.nii.gz", "--field", out / "field.nii.gz", "--reference",
+                          data["fixed"], "--out", tmp_path / "far_out.nii.gz"], "no point of the reference grid lands inside")
+    assert not (tmp_path / "far_out.nii.gz").exists()
 
 
 def test_demo_runs_and_reports(capsys, tmp_path):

@@ -97,9 +97,14 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     dev = check_device(device, func)
     coords = world_coords(mov, ref, torch.as_tensor(fld, dtype=torch.float64, device=dev))
     src = torch.as_tensor(np.asarray(mov.array, dtype=np.float64), device=dev)
+    ins = inside(coords, mov.shape)
+    if not bool(ins.any()):
+        raise PriorRegError(f"{func}: no point of the reference grid lands inside the moving image through the field, "
+                            "so the result would hold no moving voxel; check the images' origins and directions, "
+                            "and that the field was made for this moving image and reference")
     out = spatial.sample(src, coords, mode="bilinear" if interpolation == "linear" else "nearest")
     if fill is not None:
-        out = torch.where(inside(coords, mov.shape), out, torch.as_tensor(float(fill), dtype=out.dtype, device=dev))
+        out = torch.where(ins, out, torch.as_tensor(float(fill), dtype=out.dtype, device=dev))
     out = out.cpu().numpy()
     if interpolation == "nearest":
         out = out.astype(mov.array.dtype)
