@@ -209,6 +209,10 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     assert_error(capsys, ["apply", tmp_path / "far.nii.gz", "--field", out / "field.nii.gz", "--reference",
                           data["fixed"], "--out", tmp_path / "far_out.nii.gz"], "no point of the reference grid lands inside")
     assert not (tmp_path / "far_out.nii.gz").exists()
+    fixed, far = pio.read_image(data["fixed"]), pio.read_image(tmp_path / "far.nii.gz")
+    with pytest.raises(priorreg.PriorRegError, match="no point of the reference grid lands inside"):
+        priorreg.warp(far, np.zeros((2, *fixed.shape)), reference=fixed)
+    assert not priorreg.warp(far, np.zeros((2, *fixed.shape)), reference=fixed, allow_empty=True).array.any()
 
 
 def test_demo_runs_and_reports(capsys, tmp_path):

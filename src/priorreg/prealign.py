@@ -126,7 +126,7 @@ def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]
     # (on two grids the deformable stage sees the moving image resampled onto the fixed box only)
     if inp.initial_field is None and near_identity and inp.fixed.same_grid(inp.moving):
         return dataclasses.replace(inp, initial_field=field), False
-    moved = warp(inp.moving, field, reference=inp.fixed, fill=None)
+    moved = warp(inp.moving, field, reference=inp.fixed, fill=None, allow_empty=True)
     return dataclasses.replace(inp, moving=moved), True
 
 

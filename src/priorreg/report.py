@@ -212,7 +212,7 @@ def field_of_view(result):
     from .api import warp
 
     ones = mov.with_array(np.ones(mov.shape))
-    return np.asarray(warp(ones, result.field, reference=result.fixed).array) > 0.5
+    return np.asarray(warp(ones, result.field, reference=result.fixed, allow_empty=True).array) > 0.5
 
 
 def percent_outside(fov) -> float | None:
@@ -298,7 +298,7 @@ def _before_image(result):
         from .api import warp
 
         fix = result.fixed
-        img = warp(result.moving, np.zeros((fix.ndim, *fix.shape)), reference=fix)
+        img = warp(result.moving, np.zeros((fix.ndim, *fix.shape)), reference=fix, allow_empty=True)
     return img
 
 

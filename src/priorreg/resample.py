@@ -66,7 +66,7 @@ def _checked_field(field, ref: Image, mov: Image, func: str) -> np.ndarray:
 
 
 def warp(moving, field, *, reference=None, interpolation: str = "linear", spacing=None, device: str = "cpu",
-         fill: float | None = 0.0) -> Image:
+         fill: float | None = 0.0, allow_empty: bool = False) -> Image:
     """Apply a displacement field to an image (intensities or labels).
 
     Parameters
@@ -83,6 +83,9 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     fill : float or None
         Value where the field points outside the moving image's field of view (0, as ITK and
         ANTs resample); None repeats the edge voxels instead (what the similarity terms see).
+    allow_empty : bool
+        Return a result through which no reference point lands inside the moving image (all ``fill``)
+        instead of refusing it (the view of a pair before its linear stage found their overlap).
     """
     func = "warp()"
     if interpolation not in ("linear", "nearest"):
@@ -98,7 +101,7 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     coords = world_coords(mov, ref, torch.as_tensor(fld, dtype=torch.float64, device=dev))
     src = torch.as_tensor(np.asarray(mov.array, dtype=np.float64), device=dev)
     ins = inside(coords, mov.shape)
-    if not bool(ins.any()):
+    if not allow_empty and not bool(ins.any()):
         raise PriorRegError(f"{func}: no point of the reference grid lands inside the moving image through the field, "
                             "so the result would hold no moving voxel; check the images' origins and directions, "
                             "and that the field was made for this moving image and reference")
