@@ -162,7 +162,11 @@ def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path
     # --overwrite refusal, then acceptance.
     assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", out, *FAST], "not empty")
     rc, _, _ = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--overwrite", "--quiet", *FAST)
-    assert rc == 0
+    assert rc == 0 and (out / "linear.tfm").is_file()
+    (out / "notes.txt").write_text("mine")  # the earlier run's linear.tfm stayed beside a run without one
+    rc, _, _ = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--overwrite", "--quiet",
+                   "--linear", "none", *FAST)
+    assert rc == 0 and not (out / "linear.tfm").exists() and (out / "notes.txt").read_text() == "mine"
     # Inputs are never outputs.
     assert_error(capsys, ["register", out / "warped.nii.gz", data["moving"], "--out", out, "--overwrite", *FAST],
                  "would overwrite the input")

@@ -352,7 +352,8 @@ def run_folder(out):
     A new ``out``: the folder is a sibling, renamed into place. An existing ``out`` (empty, or with
     other files and --overwrite; a link to a folder): a folder inside it whose files are renamed in,
     each replacing the earlier run's, so the user's folder stays (its owner, group, mode, a shell
-    inside it). On failure the temporary folder goes and ``out`` is as it was.
+    inside it); an earlier run's outputs that this run did not write are removed. On failure the temporary
+    folder goes and ``out`` is as it was.
     """
     out = os.path.abspath(os.fspath(out))
     fresh = not os.path.isdir(out)
@@ -362,12 +363,23 @@ def run_folder(out):
         if fresh:
             _rename_folder(tmp, out)
         else:
-            for name in os.listdir(tmp):
+            written = os.listdir(tmp)
+            for name in written:
                 os.replace(os.path.join(tmp, name), os.path.join(out, name))
             os.rmdir(tmp)
+            _remove_stale_outputs(out, written)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_stale_outputs(out, written) -> None:
+    """An earlier run's outputs that this run did not write (its linear.tfm, when this one had no linear
+    stage) would sit beside the new ones as if they were part of them. Other files stay."""
+    for name in set(OUTPUT_NAMES + (LINEAR_NAME,)) - set(written):
+        path = os.path.join(out, name)
+        if os.path.isfile(path) or os.path.islink(path):
+            os.unlink(path)
 
 
 def _temp_folder(where) -> str:
