@@ -11,7 +11,7 @@ import pytest
 import synthetic as syn
 from conftest import assert_same_solution, cuda
 
-from priorreg import Prior, fit_prior, prior_weight, register
+from priorreg import Prior, PriorRegError, fit_prior, prior_weight, register
 from priorreg.errors import PriorRegError
 from priorreg.options import RegistrationOptions
 
@@ -68,6 +68,9 @@ def test_prior_stores_the_spread_of_its_training_pairs(tmp_path):
     np.testing.assert_allclose(q.pair_kl, p.pair_kl)
     one = fit_prior(*_pair(T1, T2, 1), bins=32, parzen_sigma=1.0, levels=2)
     assert one.pair_kl.shape == (2, 1) and np.all(np.isnan(one.pair_kl))
+    f, m = _pair(T1, T2, 1)  # the same pair twice looked like two pairs that agree perfectly (spread ~0)
+    with pytest.raises(PriorRegError, match="pair 1 repeats pair 0"):
+        fit_prior([f, f], [m, m], bins=32, parzen_sigma=1.0, levels=2)
 
 
 def test_old_prior_file_loads_and_auto_falls_back(tmp_path, test_pair):

@@ -266,9 +266,22 @@ def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: i
         if j > 0 and fi.ndim != pairs[0][0].ndim:
             raise PriorRegError(f"{func}: pair {j} is {fi.ndim}D but pair 0 is {pairs[0][0].ndim}D")
         pyramid.check_levels(fi.shape, levels, func)
+        pair = (fi, normalize(fi.array, normalization), normalize(mi.array, normalization))
+        _refuse_repeat(pair, pairs, func)
         mk = None if k is None else with_margin(as_mask(k, fi.shape, f"masks[{j}]", func), fi.spacing)  # as register()
-        pairs.append((fi, normalize(fi.array, normalization), normalize(mi.array, normalization), mk))
+        pairs.append((*pair, mk))
     return pairs
+
+
+def _refuse_repeat(pair: tuple, pairs: list, func: str) -> None:
+    """A pair given twice (the same images, up to the intensity normalisation) looks like two pairs that
+    agree perfectly: alpha "auto" would trust the prior most (its spread near 0) where one pair gets a
+    conservative weight."""
+    fi, fn, mn = pair
+    for i, (other, on, om, _) in enumerate(pairs):
+        if other.same_grid(fi) and np.array_equal(on, fn) and np.array_equal(om, mn):
+            raise PriorRegError(f"{func}: pair {len(pairs)} repeats pair {i} (the same fixed and moving images); give "
+                                "each training pair once: a repeated pair would count as agreement between pairs")
 
 
 def _pooled_tables(pairs: list, spec: HistogramSpec, regs: tuple, levels: int) -> tuple:
