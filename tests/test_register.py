@@ -261,6 +261,10 @@ def test_refuses_constant_images(pair):
 def test_refuses_empty_mask(pair):
     _raises(r"mask is empty", register, *pair, mask=np.zeros_like(pair[0]))
     _raises(r"mask has shape \(3, 3\)", register, *pair, mask=np.ones((3, 3)))
+    f, m = (priorreg.Image(a, (1.5, 1.0), (40.0, -20.0)) for a in pair)
+    ones = np.ones_like(pair[0])  # a mask Image elsewhere was taken voxel for voxel, as if on the fixed grid
+    _raises(r"mask lies on another grid than the fixed image \(origin", register, f, m, mask=priorreg.Image(ones, (1.5, 1.0)))
+    assert register(f, m, mask=priorreg.Image(ones, (1.5, 1.0), (40.0, -20.0)), levels=1, max_iterations=2, warn=False)
 
 
 def test_refuses_mismatched_dimensions(pair):

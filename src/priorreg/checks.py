@@ -157,7 +157,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     return Inputs(
         fixed=fix,
         moving=mov,
-        mask=with_margin(as_mask(mask, fix.shape, "mask", func), fix.spacing),
+        mask=with_margin(as_mask(mask, fix, "mask", func), fix.spacing),
         prior=prior,
         options=opts,
         preset=(preset or "default") if options is None else None,

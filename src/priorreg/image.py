@@ -176,13 +176,17 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
     return img
 
 
-def as_mask(mask, shape: tuple, name: str, func: str) -> np.ndarray | None:
-    """Validate a fixed-space mask: same shape as the fixed image, not empty."""
+def as_mask(mask, fixed: Image, name: str, func: str) -> np.ndarray | None:
+    """Validate a fixed-space mask: the fixed image's shape (and grid, for a mask given as an Image), not empty."""
     if mask is None:
         return None
     m = mask.array if isinstance(mask, Image) else np.asarray(mask)
-    if m.shape != tuple(shape):
-        raise PriorRegError(f"{func}: {name} has shape {m.shape} but the fixed image has shape {tuple(shape)}")
+    if m.shape != tuple(fixed.shape):
+        raise PriorRegError(f"{func}: {name} has shape {m.shape} but the fixed image has shape {tuple(fixed.shape)}")
+    differs = mask.grid_difference(fixed) if isinstance(mask, Image) else None
+    if differs:  # its voxels would be taken as the fixed image's voxels of the same index
+        raise PriorRegError(f"{func}: {name} lies on another grid than the fixed image ({differs}); resample it "
+                            "onto the fixed image's grid")
     if not np.all(np.isfinite(m)):
         raise PriorRegError(f"{func}: {name} contains NaN/Inf")
     m = (m > 0).astype(np.float64)

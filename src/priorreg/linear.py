@@ -363,7 +363,7 @@ def _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func):
         raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PriorRegError(f"{func}: device={device!r} was asked but no CUDA device is available; use device='cpu'")
-    return fix, mov, as_mask(fixed_mask, fix.shape, "fixed_mask", func), dev
+    return fix, mov, as_mask(fixed_mask, fix, "fixed_mask", func), dev
 
 
 def _centroids(img: Image, arr: np.ndarray, mask=None) -> list:

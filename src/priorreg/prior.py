@@ -268,7 +268,7 @@ def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: i
         pyramid.check_levels(fi.shape, levels, func)
         pair = (fi, normalize(fi.array, normalization), normalize(mi.array, normalization))
         _refuse_repeat(pair, pairs, func)
-        mk = None if k is None else with_margin(as_mask(k, fi.shape, f"masks[{j}]", func), fi.spacing)  # as register()
+        mk = None if k is None else with_margin(as_mask(k, fi, f"masks[{j}]", func), fi.spacing)  # as register()
         pairs.append((*pair, mk))
     return pairs
 
