@@ -162,6 +162,7 @@ def test_auto_alpha_is_the_default_with_a_prior_and_is_reported(tmp_path, capsys
     (dict(tolerance=-1.0), "tolerance must be a number >= 0"),
     (dict(regularization=float("nan")), "regularization must be a finite number, got nan"),
     (dict(mind_dilation=0), "mind_dilation must be an integer >= 1, got 0"),
+    (dict(bins=100000), "bins must be at most 1024"),  # was torch's allocator asking for 80 GB
     (dict(parzen_sigma=-0.5), "parzen_sigma must be a number >= 0, got -0.5"),
     (dict(force="fast"), "force must be 'exact' or 'practical', got 'fast'"),
     (dict(linear="similarity"), "linear must be 'none', 'rigid' or 'affine', got 'similarity'"),
@@ -211,6 +212,11 @@ def test_api_arguments_of_the_wrong_kind_name_themselves(tmp_path):
     cases = [
         (lambda: Image(f, direction=np.zeros((2, 2))), r"direction must be an invertible 2 x 2 matrix"),
         (lambda: Image(f, origin="0"), r"origin must be numbers, got the text '0'"),
+        # a NIfTI affine's matrix as direction: registered with 3 x 2 mm steps, written to NIfTI with 1 x 1
+        (lambda: Image(f, (3.0, 2.0), direction=np.diag([3.0, 2.0])), r"columns must be unit vectors .* \[3.0, 2.0\]"),
+        # axes not perpendicular: NIfTI wrote another grid, silently (MHA and NRRD keep it)
+        (lambda: pio.write_image(Image(f, direction=[[1, 0.6], [0, 0.8]]), tmp_path / "s.nii.gz"),
+         r"NIfTI cannot keep a direction whose axes are not perpendicular"),
         (lambda: priorreg.register(f, m, spacing="1,1"), r"spacing must be numbers, got the text '1,1'"),
         (lambda: priorreg.register(f, m, callback=5), r"callback must be a function"),
         (lambda: pio.read_image(5), r"must be a file path, got int"),
@@ -220,6 +226,9 @@ def test_api_arguments_of_the_wrong_kind_name_themselves(tmp_path):
     for call, match in cases:
         with pytest.raises(PriorRegError, match=match):
             call()
+    sheared = Image(f, direction=[[1, 0.6], [0, 0.8]])
+    pio.write_image(sheared, tmp_path / "s.mha")
+    assert pio.read_image(tmp_path / "s.mha").same_grid(sheared) and not (tmp_path / "s.nii.gz").exists()
 
 
 def test_a_bad_initial_field_says_what_is_wrong_with_it():

@@ -77,6 +77,11 @@ class Image:
         if not np.all(np.isfinite(self.direction)) or abs(np.linalg.det(self.direction)) < 1e-6:
             raise PriorRegError(f"Image(): direction must be an invertible {d} x {d} matrix (axis directions), "
                                 f"got {self.direction.tolist()}")
+        lengths = np.linalg.norm(self.direction, axis=0)
+        if np.any(np.abs(lengths - 1.0) > 1e-3):
+            raise PriorRegError(f"Image(): direction's columns must be unit vectors (the axes' directions), got lengths "
+                                f"{np.round(lengths, 4).tolist()}; the voxel size goes in spacing (a NIfTI affine's "
+                                "matrix is direction times spacing: divide each column by its length)")
         if self.volume is not None and d != 2:
             raise PriorRegError(f"Image(): volume (single-slice 3D geometry) is for 2D images, got a {d}D array")
 

@@ -458,6 +458,10 @@ def read_field(path, name: str = "field") -> FieldFile:
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     d = img.GetDimension()
+    if d == 4 and img.GetNumberOfComponentsPerPixel() == 1 and img.GetSize()[3] in (2, 3):
+        raise PriorRegError(f"{name}: {path} is a 4D image of {img.GetSize()[3]} scalar volumes, not a displacement "
+                            "field: a field is a 3D image with 3 vector components per voxel (NIfTI: intent "
+                            "'vector', dimensions x, y, z, 1, 3), as ITK, ANTs and priorreg write it")
     if img.GetNumberOfComponentsPerPixel() != d or d not in (2, 3):
         raise PriorRegError(
             f"{name}: {path} is not a displacement field (need a {d}D image with {d} vector components, "
@@ -564,6 +568,10 @@ def _check_write_ext(path, ndim: int, name: str) -> str:
 
 def _write(sitk_img, path, name, compress: bool = True):
     sitk = _sitk()
+    D = np.asarray(sitk_img.GetDirection(), float).reshape(sitk_img.GetDimension(), -1)
+    if extension(path) in (".nii", ".nii.gz") and np.abs(D.T @ D - np.eye(len(D))).max() > 1e-4:
+        raise PriorRegError(f"{name}: NIfTI cannot keep a direction whose axes are not perpendicular (a sheared grid): "
+                            f"{os.fspath(path)} would read back on another grid; write .mha or .nrrd")
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
         raise PriorRegError(f"{name}: output directory does not exist: {directory}")

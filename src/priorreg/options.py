@@ -25,6 +25,7 @@ USER_OPTIONS = ("alpha", "alpha_schedule", "prior_term", "regularization", "bend
 
 LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
+MAX_BINS = 1024  # a 100 000-bin histogram asked torch for 80 GB
 MIN_SAMPLES = 1000  # max_samples floor: a 32 x 32 joint histogram from fewer voxels is mostly its Parzen window
 
 # What RegistrationOptions accepts (checked in __post_init__, after the types): lower bounds ...
@@ -272,6 +273,9 @@ class RegistrationOptions:
 
     def _check_ranges(self, f: str) -> None:
         """The options whose valid values are not a lower bound or a list of names."""
+        if self.bins > MAX_BINS:
+            raise PriorRegError(f"{f}: bins must be at most {MAX_BINS} (each level holds bins x bins joint tables), "
+                                f"got {self.bins}")
         if self.max_step_voxels < self.step_voxels or not self.step_voxels > 0:
             raise PriorRegError(
                 f"{f}: need 0 < step_voxels <= max_step_voxels, got {self.step_voxels} and {self.max_step_voxels}"
