@@ -133,29 +133,44 @@ def test_png_refuses_data_that_rounding_to_integers_would_destroy(tmp_path, valu
     pio.write_image(priorreg.Image(np.rint(blob_image((20, 30)) * 2 + 3)), tmp_path / "few.png")  # integers: kept as they are
 
 
-def test_dicom_series_directory(tmp_path):
-    vol = (blob_image((5, 16, 12)) * 500 + 1000).astype(np.int16)
-    d = tmp_path / "dicom"
-    d.mkdir()
+def _write_series(d, vol, uid: str, prefix: str = "slice") -> None:
     for k in range(vol.shape[0]):
         s = sitk.GetImageFromArray(vol[k : k + 1])
         s.SetSpacing((0.8, 0.8, 2.5))
         s.SetOrigin((0.0, 0.0, 2.5 * k))
         s.SetMetaData("0020|0032", f"0\\0\\{2.5 * k}")  # image position (patient)
         s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")  # orientation
-        s.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.42")  # series instance UID
+        s.SetMetaData("0020|000e", uid)  # series instance UID
         s.SetMetaData("0020|0013", str(k + 1))
         s.SetMetaData("0008|0060", "MR")
         s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.41")  # study instance UID
         w = sitk.ImageFileWriter()
         w.KeepOriginalImageUIDOn()
-        w.SetFileName(str(d / f"slice{k:03d}.dcm"))
+        w.SetFileName(str(d / f"{prefix}{k:03d}.dcm"))
         w.Execute(s)
+
+
+def test_dicom_series_directory(tmp_path):
+    vol = (blob_image((5, 16, 12)) * 500 + 1000).astype(np.int16)
+    d = tmp_path / "dicom"
+    d.mkdir()
+    _write_series(d, vol, "1.2.826.0.1.3680043.2.1125.1.42")
     img = pio.read_image(d)
     assert img.shape == vol.shape
     np.testing.assert_array_equal(img.array, vol)
     assert img.spacing[0] == pytest.approx(2.5)
     assert img.spacing[1:] == pytest.approx((0.8, 0.8))
+    # A second, shorter series: the longer one is read, and the note names it.
+    _write_series(d, vol[:3], "1.2.826.0.1.3680043.2.1125.1.43", "other")
+    notes = []
+    assert pio.read_image(d, "fixed", notes).shape == vol.shape
+    assert notes == [f"fixed: {d} holds 2 DICOM series; using 1.2.826.0.1.3680043.2.1125.1.42 (5 files)"]
+    # Two series of one length: one was picked at random.
+    _write_series(d, vol[:5], "1.2.826.0.1.3680043.2.1125.1.43", "other")
+    with pytest.raises(PriorRegError, match=r"holds 2 DICOM series of 5 files each .*; give a folder with the one"):
+        pio.read_image(d)
+    for f in d.glob("other*"):
+        f.unlink()
     # A missing slice: ITK spread the other four over one mean spacing (3.1 mm), every slice misplaced.
     (d / "slice002.dcm").unlink()
     with pytest.raises(PriorRegError, match=r"missing or unevenly spaced slices \(gaps from 2.5 to 5 mm\)"):

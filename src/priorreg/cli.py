@@ -363,7 +363,7 @@ def cmd_register(args, con: Console) -> int:
     for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
         con.note(f"alpha auto: {n}")
     wf.write_outputs(args.out, result, prior=prior, mask=mask,
-                     inputs=wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior))
+                     inputs=wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior, notes))
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")
     return 0

@@ -451,13 +451,14 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
     from .api import register
 
     fixed, moving, mask = wf.load_pair(spec["fixed"], spec["moving"], spec["mask"], notes)
+    read_notes = list(notes)  # what reading the files noted, for report.json
     wf.check_prior_dim(prior, spec["prior"], fixed, spec["fixed"])
     # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
     result = register(fixed, moving, prior=prior, preset=preset, mask=mask, warn=False, callback=_stop_point,
                       **overrides)
     _stop_point()
     notes.extend(f"warning: {w}" for w in result.warnings)
-    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])
+    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"], read_notes)
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
                      extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})

@@ -181,6 +181,10 @@ def _read_dicom_dir(path: str, name: str, notes):
         raise PriorRegError(f"{name}: {path} is a directory without a DICOM series (give an image file or a DICOM series folder)")
     files = {sid: reader.GetGDCMSeriesFileNames(path, sid) for sid in ids}
     sid = max(ids, key=lambda s: len(files[s]))
+    tied = [s for s in ids if len(files[s]) == len(files[sid])]
+    if len(tied) > 1:  # which one was meant is not in the files
+        raise PriorRegError(f"{name}: {path} holds {len(tied)} DICOM series of {len(files[sid])} files each "
+                            f"({', '.join(tied)}); give a folder with the one series to use")
     if len(ids) > 1 and notes is not None:
         notes.append(f"{name}: {path} holds {len(ids)} DICOM series; using {sid} ({len(files[sid])} files)")
     reader.SetFileNames(files[sid])

@@ -626,7 +626,9 @@ def _linear_rows(lin) -> list:
 
 
 def _inputs(report: dict) -> list:
-    in_rows = [(role, info.get("path", "")) for role, info in report.get("inputs", {}).items()]
+    inputs = report.get("inputs", {})
+    in_rows = [(role, info.get("path", "")) for role, info in inputs.items() if isinstance(info, dict)]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in inputs.get("notes", ()))
     geo_rows = [
         (role, "x".join(str(n) for n in g["shape"]), ", ".join(f"{s:.4g}" for s in g["spacing_mm"]),
          ", ".join(f"{o:.4g}" for o in g["origin_mm"]))
@@ -635,6 +637,7 @@ def _inputs(report: dict) -> list:
     return [
         "<h2>Inputs</h2>",
         _table(in_rows, ["role", "path"]) if in_rows else "",
+        f"<ul>{notes}</ul>" if notes else "",
         _table(geo_rows, ["image", "shape (array order)", "spacing mm", "origin mm (LPS)"]),
     ]
 
