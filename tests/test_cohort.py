@@ -360,3 +360,31 @@ def test_ctrl_c_stops_running_pairs_and_leaves_no_dask_files(capsys, data, tmp_p
     time.sleep(2.0)  # a pair still running would write now
     assert sorted(os.listdir(out)) == ["cohort.csv", "cohort.json", "s0"]
     assert os.listdir(scratch) == []
+
+
+def test_ctrl_c_records_a_pair_that_finished_before_it_was_heard(capsys, data, tmp_path, monkeypatch):
+    """A pair whose worker process wrote its outputs after Ctrl-C came (the workers run on until the cluster
+    closes), or before its result was heard, was recorded "not run" beside its complete folder. The summary
+    now reads the folders once the cluster is closed; an earlier run's complete folder is not taken for this
+    run's. (Worker processes are too slow to start for a test; a worker thread finishes the same way.)"""
+    import time
+
+    real = cohort.Progress.update
+    out = tmp_path / "out"
+
+    def ctrl_c_once_the_second_has_written(self, ok, force=False):
+        real(self, ok, force)
+        for _ in range(600):  # the second pair runs on the worker thread; wait until its folder is complete
+            if cohort.outputs_complete(str(out / "s1")):
+                break
+            time.sleep(0.1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cohort.Progress, "update", ctrl_c_once_the_second_has_written)
+    rc, _, err = run(capsys, "cohort", pairs_manifest(data), "--out", out, *FAST, "--max-iterations", "200", *LOCAL)
+    assert rc != 0, err
+    rows, _ = read_summary(out)
+    assert [rows[k]["status"] for k in ("s0", "s1", "s2")] == ["ok", "ok", "not run"]
+    s1 = next(p for p in cohort.validate(pairs_manifest(data), str(out), overwrite=True) if p.id == "s1")
+    assert cohort.written_since(s1, time.time() - 600)
+    assert not cohort.written_since(s1, time.time())  # written before this "run" began: an earlier run's

@@ -246,6 +246,16 @@ def same_inputs(pr: Pair) -> bool:
                for a, b in zip(paths, now))
 
 
+def written_since(pr: Pair, started: float) -> bool:
+    """Whether this run wrote the pair's outputs: complete, for the row's files, every one written after
+    ``started`` (a wall-clock time; not a folder an earlier run left complete)."""
+    try:
+        oldest = min(os.path.getmtime(os.path.join(pr.out, n)) for n in wf.OUTPUT_NAMES)
+    except OSError:
+        return False
+    return oldest >= started and outputs_complete(pr.out) and same_inputs(pr)
+
+
 def _only_ours(folder: str) -> bool:
     """Whether ``folder`` holds nothing but priorreg outputs (and temporary files of an interrupted write)."""
     return all(n in wf.OUTPUT_NAMES or n == wf.LINEAR_NAME or n.startswith(wf.TEMP_PREFIX) for n in os.listdir(folder))
@@ -419,7 +429,6 @@ def _one_line(e: BaseException) -> str:
 _STOP = threading.Event()
 _RUNNING = threading.Condition()  # guards _running: the pairs running on threads of this process
 _running = 0
-_WRITTEN = set()  # output folders this run finished writing (not a folder an earlier run left complete)
 
 
 def _stop_point(*_):
@@ -462,7 +471,6 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
                      extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
-    _WRITTEN.add(spec["out"])
     return result
 
 
@@ -762,10 +770,15 @@ def run(args, con, overrides: dict) -> int:
     import_distributed()
     _check_cluster_args(args)
     plan = _plan(args, con, overrides)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     try:
         _execute(args, con, plan)
     except KeyboardInterrupt:
+        # The cluster is closed now: a pair whose worker wrote its folder after Ctrl-C came (or before its
+        # result was heard) is complete, and nothing more will be written.
+        for pr in plan.todo:
+            if pr.id not in plan.records and written_since(pr, started):
+                plan.records[pr.id] = {**_skipped_record(pr, {}), "status": "ok"}
         plan.meta.update(seconds=time.perf_counter() - t0, interrupted=True)
         if os.path.isdir(plan.out_dir):  # what finished is kept: --resume goes on from there
             write_summary(plan.out_dir, plan.pairs, plan.records, plan.meta)
@@ -835,7 +848,6 @@ def _run(client, plan: Plan, torch_threads, progress) -> None:
     from dask.distributed import as_completed
 
     _STOP.clear()
-    _WRITTEN.clear()
     prior_f = client.scatter(plan.prior, broadcast=True, hash=False) if plan.prior is not None else None
     token = uuid.uuid4().hex[:8]
     futures = {}
@@ -857,7 +869,4 @@ def _run(client, plan: Plan, torch_threads, progress) -> None:
         _STOP.set()
         client.cancel(list(futures))
         _wait_for_threads()
-        for pr in futures.values():  # past its last stop point when Ctrl-C came: it finished writing
-            if pr.out in _WRITTEN:
-                plan.records[pr.id] = {**_skipped_record(pr, {}), "status": "ok"}
         raise
