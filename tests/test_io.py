@@ -450,3 +450,23 @@ def test_outputs_get_the_umask_mode(tmp_path, umask022):
     os.chmod(tmp_path / "a.nii.gz", 0o640)
     pio.write_image(img, tmp_path / "a.nii.gz")
     assert stat.S_IMODE(os.stat(tmp_path / "a.nii.gz").st_mode) == 0o640
+
+
+def test_metaimage_with_a_missing_or_short_data_file_is_one_clear_error(tmp_path, capfd):
+    """MetaIO printed its own lines, and ITK's reason was "No such file or directory" for a short .raw."""
+    img = sitk.GetImageFromArray(blob_image((6, 7, 8)).astype(np.float32))
+    sitk.WriteImage(img, str(tmp_path / "a.mhd"))  # a.mhd + a.raw
+    sitk.WriteImage(img, str(tmp_path / "b.mha"))
+    assert pio.read_image(tmp_path / "a.mhd").shape == (6, 7, 8) and pio.read_image(tmp_path / "b.mha").shape == (6, 7, 8)
+    raw = (tmp_path / "a.raw").read_bytes()
+    (tmp_path / "a.raw").write_bytes(raw[:1000])
+    with pytest.raises(PriorRegError, match=r"damaged or truncated \(its data holds 1000 of the 1344 bytes"):
+        pio.read_image(tmp_path / "a.mhd")
+    (tmp_path / "a.raw").unlink()
+    with pytest.raises(PriorRegError, match=r"its data file .*a.raw does not exist"):
+        pio.read_image(tmp_path / "a.mhd")
+    mha = (tmp_path / "b.mha").read_bytes()
+    (tmp_path / "b.mha").write_bytes(mha[:-10])
+    with pytest.raises(PriorRegError, match=r"damaged or truncated \(its data holds 1334 of the 1344 bytes"):
+        pio.read_image(tmp_path / "b.mha")
+    assert "MetaImage" not in capfd.readouterr().err

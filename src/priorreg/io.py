@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import os
 import shutil
 import stat
@@ -347,6 +348,46 @@ def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiSca
     return scan
 
 
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_metaimage(path: str, name: str) -> None:
+    """A MetaImage (.mha, or .mhd beside its data file) whose data file is missing or shorter than its header
+    announces: MetaIO printed its own lines and ITK gave a wrong reason ("No such file or directory")."""
+    head, offset = {}, 0
+    try:
+        with open(path, "rb") as fh:
+            for raw in iter(fh.readline, b""):
+                key, _, value = raw.decode("latin-1").partition("=")
+                head[key.strip().lower()] = value.strip()
+                if key.strip().lower() == "elementdatafile":
+                    offset = fh.tell()
+                    break
+                if len(head) > 100:
+                    return  # not a header this check understands: left to SimpleITK
+    except OSError:
+        return
+    data, kind = head.get("elementdatafile", ""), _MET_BYTES.get(head.get("elementtype", "").upper())
+    if not data or data.upper() == "LIST" or "%" in data or " " in data:
+        return  # a list or a pattern of files: left to SimpleITK
+    local = data.upper() == "LOCAL"
+    data_path = path if local else os.path.join(os.path.dirname(path), data)
+    if not os.path.isfile(data_path):
+        raise PriorRegError(f"{name}: cannot read {path}: its data file {data_path} does not exist")
+    if kind is None or head.get("compresseddata", "false").lower() == "true" or head.get("headersize", "0") not in ("0", ""):
+        return
+    try:
+        dims = [int(v) for v in head.get("dimsize", "").split()]
+        n = math.prod(dims) * int(head.get("elementnumberofchannels", "1") or 1) * kind
+    except ValueError:
+        return
+    have = os.path.getsize(data_path) - (offset if local else 0)
+    if have < n:
+        raise PriorRegError(f"{name}: cannot read {path}: the file is damaged or truncated (its data holds {have} of "
+                            f"the {n} bytes its header announces)")
+
+
 def _refuse_nonfinite(arr: np.ndarray, path: str, name: str, n_nan: int | None = None, n_inf: int | None = None):
     if n_nan is None:
         if not np.issubdtype(arr.dtype, np.inexact):
@@ -395,6 +436,8 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
             )
         if not os.access(path, os.R_OK):
             raise PriorRegError(f"{name}: cannot read {path} (permission denied)")
+        if ext in (".mha", ".mhd"):
+            _check_metaimage(path, name)
         try:
             img = sitk.ReadImage(path)
         except RuntimeError as e:
