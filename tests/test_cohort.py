@@ -169,6 +169,11 @@ def test_bad_rows_are_refused_before_anything_runs(capsys, data, tmp_path, monke
     one_line_error(capsys, ["cohort", tmp_path / "none.csv", "--out", tmp_path / "new"], "manifest: no such file")
     one_line_error(capsys, ["cohort", manifest, "--out", tmp_path / "new", "--alpha", "0.5"], "needs a learned prior")
     assert not (tmp_path / "new").exists()
+    # An id cell left empty takes the row number, as rows do without an id column (it was "empty id" and
+    # "output folder ... is the cohort --out folder itself").
+    manifest = write_manifest(tmp_path / "ids.csv", [("", d / "t1_0.nii.gz", d / "t2_0.nii.gz", ""),
+                                                     ("b", d / "t1_1.nii.gz", d / "t2_1.nii.gz", "")])
+    assert [p.id for p in cohort.validate(manifest, tmp_path / "new")] == ["0001", "b"]
 
 
 def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tmp_path, monkeypatch):

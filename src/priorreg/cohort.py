@@ -184,8 +184,6 @@ _BAD_ID = re.compile(r"[/\\\x00-\x1f]")
 
 
 def _id_problem(pid: str) -> str | None:
-    if not pid:
-        return "empty id"
     if _BAD_ID.search(pid) or pid.startswith(".") or pid in SUMMARY_NAMES:
         return f"id {pid!r} cannot be a folder name (no slashes, control characters or leading '.', not cohort.csv or cohort.json)"
     return None
@@ -266,7 +264,7 @@ def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
     bad = []
     if None in row:
         bad.append(f"{row[None][0]} fields but the header has {row[None][1]}")
-    pid = _cell(row, "id") if "id" in row else f"{k:0{width}d}"
+    pid = (_cell(row, "id") if "id" in row else "") or f"{k:0{width}d}"  # an empty id: the row number, as without the column
     bad += [p for p in [_id_problem(pid)] if p]
     paths = {}
     for role in ("fixed", "moving", "mask"):
