@@ -171,6 +171,10 @@ def test_dicom_series_directory(tmp_path):
         pio.read_image(d)
     for f in d.glob("other*"):
         f.unlink()
+    notes = []  # one file of the series: read as one slice, and said so
+    assert pio.read_image(d / "slice001.dcm", "fixed", notes).shape == (16, 12)
+    assert notes[0] == (f"fixed: {d / 'slice001.dcm'} is one file of a DICOM series of 5 files in its folder; it is read "
+                        "as one slice (give the folder to read the series as a volume)")
     # A missing slice: ITK spread the other four over one mean spacing (3.1 mm), every slice misplaced.
     (d / "slice002.dcm").unlink()
     with pytest.raises(PriorRegError, match=r"missing or unevenly spaced slices \(gaps from 2.5 to 5 mm\)"):

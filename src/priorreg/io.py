@@ -199,6 +199,19 @@ def _read_dicom_dir(path: str, name: str, notes):
     return img
 
 
+def _one_file_of_a_series(img, path: str, name: str) -> list:
+    """A note when a .dcm file is one slice of a series in its folder: the volume was likely meant."""
+    uid = img.GetMetaData("0020|000e").strip() if img.HasMetaDataKey("0020|000e") else ""
+    try:
+        files = _sitk().ImageSeriesReader.GetGDCMSeriesFileNames(os.path.dirname(os.path.abspath(path)), uid) if uid else ()
+    except RuntimeError:
+        files = ()
+    if len(files) < 2:
+        return []
+    return [f"{name}: {path} is one file of a DICOM series of {len(files)} files in its folder; it is read as one "
+            "slice (give the folder to read the series as a volume)"]
+
+
 def _check_slice_spacing(file_names, img, path: str, name: str) -> None:
     """Refuse a series whose slices are not evenly spaced (missing slices): ITK would spread them over
     one mean spacing, and every slice would sit in the wrong place."""
@@ -448,6 +461,8 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
             raise PriorRegError(f"{name}: cannot read {path} as an image ({first.strip()[:200]})") from None
         if ext in (".nii", ".nii.gz"):
             scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
+        if ext == ".dcm" and notes is not None:
+            notes += _one_file_of_a_series(img, path, name)
     img = _to_scalar(img, path, name, notes)
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
