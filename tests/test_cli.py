@@ -455,7 +455,7 @@ def test_the_command_ends_without_teardown_after_writing_and_flushing_everything
     names = {"warped.nii.gz", "field.nii.gz", "jacobian.nii.gz", "report.json", "report.html"}
     assert names <= set(os.listdir(out))
     rep = json.loads((out / "report.json").read_text())
-    assert rep["outputs"] and any("colour" in n for n in rep["inputs"]["notes"])  # what reading noted, kept
+    assert rep["outputs"] and any("colour" in n for n in rep["input_notes"])  # what reading noted, kept
     assert "converted to grey</li>" in (out / "report.html").read_text()
     r = subprocess.run([sys.executable, "-m", "priorreg", "register", str(tmp_path / "missing.png"),
                         os.path.join(data, "BrainT1Slice.png"), "--out", str(tmp_path / "x")],

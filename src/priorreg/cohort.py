@@ -465,10 +465,11 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
                       **overrides)
     _stop_point()
     notes.extend(f"warning: {w}" for w in result.warnings)
-    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"], read_notes)
+    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
-                     extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
+                     extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]},
+                            **({"input_notes": read_notes} if read_notes else {})})
     return result
 
 

@@ -626,9 +626,8 @@ def _linear_rows(lin) -> list:
 
 
 def _inputs(report: dict) -> list:
-    inputs = report.get("inputs", {})
-    in_rows = [(role, info.get("path", "")) for role, info in inputs.items() if isinstance(info, dict)]
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in inputs.get("notes", ()))
+    in_rows = [(role, info.get("path", "")) for role, info in report.get("inputs", {}).items()]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("input_notes", ()))
     geo_rows = [
         (role, "x".join(str(n) for n in g["shape"]), ", ".join(f"{s:.4g}" for s in g["spacing_mm"]),
          ", ".join(f"{o:.4g}" for o in g["origin_mm"]))

@@ -436,12 +436,9 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
     return record
 
 
-def input_record(fixed, moving, mask=None, prior=None, prior_path=None, notes=()) -> dict:
-    """The ``inputs`` of a run record: absolute paths, the prior's metadata and what reading them noted
-    (which DICOM series of a folder, colour made grey, ...)."""
+def input_record(fixed, moving, mask=None, prior=None, prior_path=None) -> dict:
+    """The ``inputs`` of a run record: absolute paths, and the prior's metadata."""
     rec = {"fixed": {"path": os.path.abspath(fixed)}, "moving": {"path": os.path.abspath(moving)}}
-    if notes:
-        rec["notes"] = list(notes)
     if mask:
         rec["mask"] = {"path": os.path.abspath(mask)}
     if prior is not None:
