@@ -474,3 +474,26 @@ def test_metaimage_with_a_missing_or_short_data_file_is_one_clear_error(tmp_path
     with pytest.raises(PriorRegError, match=r"damaged or truncated \(its data holds 1334 of the 1344 bytes"):
         pio.read_image(tmp_path / "b.mha")
     assert "MetaImage" not in capfd.readouterr().err
+
+
+def test_a_rounded_direction_is_read_as_itk_takes_it_and_a_sheared_fixed_image_is_refused_first(tmp_path, capsys):
+    """An .mha header's rounded matrix ("0.87 0.5": columns 1.0034 long) was refused by Image(); its
+    unit axes and spacing now give ITK's world steps. A sheared fixed image was refused only when writing
+    warped.nii.gz, after the whole registration."""
+    from priorreg import cli
+
+    img = sitk.GetImageFromArray(blob_image((6, 7, 8)).astype(np.float32))
+    img.SetSpacing((1.5, 2.0, 3.0))
+    img.SetDirection((0.87, -0.5, 0, 0.5, 0.87, 0, 0, 0, 1))
+    sitk.WriteImage(img, str(tmp_path / "r.mha"))
+    im = pio.read_image(tmp_path / "r.mha")
+    itk_steps = np.asarray(img.GetDirection()).reshape(3, 3)[:, ::-1] @ np.diag(np.asarray(img.GetSpacing())[::-1])
+    np.testing.assert_allclose(im.index_to_world()[0], itk_steps, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(im.direction, axis=0), 1.0)
+    pio.write_image(im, tmp_path / "r.nii.gz")
+    assert pio.read_image(tmp_path / "r.nii.gz").same_grid(im)
+    img.SetDirection((1, 0.6, 0, 0, 0.8, 0, 0, 0, 1))  # unit axes, not perpendicular
+    sitk.WriteImage(img, str(tmp_path / "s.mha"))
+    rc = cli.main(["register", str(tmp_path / "s.mha"), str(tmp_path / "r.mha"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "has axes that are not perpendicular" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -24,6 +24,20 @@ from .errors import PriorRegError
 PLANES = ("across world x (sagittal)", "across world y (coronal)", "across world z (axial)")  # by SliceGeometry.drop
 
 
+# How far a direction's column may be from unit length. A file's rounded matrix stays within it (an .mha
+# header's "0.87 0.5": 1.0034); a NIfTI affine's matrix given as direction does not, unless its spacing is
+# within 1 % of 1 mm, where the mistake costs under 1 % of the geometry.
+UNIT_TOLERANCE = 0.01
+
+
+def perpendicular(direction) -> bool:
+    """Whether the axes (columns) are perpendicular, whatever their lengths (NIfTI keeps no other grid: a
+    difference above 1e-3 would read back on another grid, ``Image.grid_difference``)."""
+    D = np.asarray(direction, float)
+    unit = D / np.linalg.norm(D, axis=0)
+    return float(np.abs(unit.T @ unit - np.eye(len(D))).max()) <= 1e-3
+
+
 @dataclass(frozen=True, eq=False)
 class SliceGeometry:
     """The 3D grid of a single-slice 3D file (e.g. a 181x217x1 NIfTI) read as a 2D image.
@@ -78,7 +92,7 @@ class Image:
             raise PriorRegError(f"Image(): direction must be an invertible {d} x {d} matrix (axis directions), "
                                 f"got {self.direction.tolist()}")
         lengths = np.linalg.norm(self.direction, axis=0)
-        if np.any(np.abs(lengths - 1.0) > 1e-3):
+        if np.any(np.abs(lengths - 1.0) > UNIT_TOLERANCE):
             raise PriorRegError(f"Image(): direction's columns must be unit vectors (the axes' directions), got lengths "
                                 f"{np.round(lengths, 4).tolist()}; the voxel size goes in spacing (a NIfTI affine's "
                                 "matrix is direction times spacing: divide each column by its length)")

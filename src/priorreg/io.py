@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import PriorRegError
-from .image import Image, SliceGeometry
+from .image import Image, SliceGeometry, perpendicular
 
 READ_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".dcm")
 # Single-file formats only (a .mhd/.hdr pair cannot be renamed into place atomically).
@@ -75,6 +75,9 @@ def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name:
     origin = np.asarray(img.GetOrigin(), float)
     D_itk = np.asarray(img.GetDirection(), float).reshape(d, d)
     direction = D_itk[:, ::-1]  # array axis k is ITK index axis d-1-k
+    lengths = np.linalg.norm(direction, axis=0)
+    if np.any(np.abs(lengths - 1.0) > 1e-9):  # a header's rounded matrix ("0.87 0.5": 1.0034), taken as ITK
+        direction, spacing = direction / lengths, spacing * lengths  # takes it: the same world steps, unit axes
     if d == 3 and squeeze and 1 in arr.shape and sum(n > 1 for n in arr.shape) == 2:
         k = arr.shape.index(1)
         keep = [j for j in range(3) if j != k]
@@ -631,7 +634,7 @@ def _check_write_ext(path, ndim: int, name: str) -> str:
 def _write(sitk_img, path, name, compress: bool = True):
     sitk = _sitk()
     D = np.asarray(sitk_img.GetDirection(), float).reshape(sitk_img.GetDimension(), -1)
-    if extension(path) in (".nii", ".nii.gz") and np.abs(D.T @ D - np.eye(len(D))).max() > 1e-4:
+    if extension(path) in (".nii", ".nii.gz") and not perpendicular(D):
         raise PriorRegError(f"{name}: NIfTI cannot keep a direction whose axes are not perpendicular (a sheared grid): "
                             f"{os.fspath(path)} would read back on another grid; write .mha or .nrrd")
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))

@@ -150,6 +150,11 @@ def load_mask(path, fixed, notes: list):
 def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
     """``(fixed, moving, mask)`` of one registration, checked."""
     fixed = load_input(fixed_path, "fixed", notes)
+    from .image import perpendicular
+
+    if not perpendicular(fixed.direction):  # refused now, not once the registration has run
+        raise PriorRegError(f"fixed {fixed_path} has axes that are not perpendicular (a sheared grid); the outputs "
+                            "are NIfTI, which cannot keep such a grid: resample the fixed image onto one first")
     moving = load_input(moving_path, "moving", notes)
     check_pair(fixed, moving, fixed_path, moving_path)
     return fixed, moving, load_mask(mask_path, fixed, notes)
