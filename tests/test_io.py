@@ -474,6 +474,9 @@ def test_metaimage_with_a_missing_or_short_data_file_is_one_clear_error(tmp_path
     with pytest.raises(PriorRegError, match=r"damaged or truncated \(its data holds 1334 of the 1344 bytes"):
         pio.read_image(tmp_path / "b.mha")
     assert "MetaImage" not in capfd.readouterr().err
+    text = "ObjectType = Image\nNDims = 2\nDimSize = 3 2\nElementType = MET_FLOAT\nBinaryData = False\n"
+    (tmp_path / "t.mha").write_text(text + "ElementDataFile = LOCAL\n1 2 3\n4 5 6\n")  # text data: 12 bytes for 24
+    np.testing.assert_array_equal(pio.read_image(tmp_path / "t.mha").array, [[1, 2, 3], [4, 5, 6]])
 
 
 def test_a_rounded_direction_is_read_as_itk_takes_it_and_a_sheared_fixed_image_is_refused_first(tmp_path, capsys):

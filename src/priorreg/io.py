@@ -391,7 +391,9 @@ def _check_metaimage(path: str, name: str) -> None:
     data_path = path if local else os.path.join(os.path.dirname(path), data)
     if not os.path.isfile(data_path):
         raise PriorRegError(f"{name}: cannot read {path}: its data file {data_path} does not exist")
-    if kind is None or head.get("compresseddata", "false").lower() == "true" or head.get("headersize", "0") not in ("0", ""):
+    binary = head.get("binarydata", "true").lower() == "true"  # text data: its size says nothing
+    if kind is None or not binary or head.get("compresseddata", "false").lower() == "true" or \
+            head.get("headersize", "0") not in ("0", ""):
         return
     try:
         dims = [int(v) for v in head.get("dimsize", "").split()]
