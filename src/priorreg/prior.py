@@ -13,7 +13,7 @@ from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
 from .image import as_image, as_mask, on_one_grid, with_margin
-from .intensity import NORMALIZATIONS, intensity_range, normalize
+from .intensity import intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions
 from .prior_weight import leave_one_out_kl
@@ -224,12 +224,11 @@ def fit_prior(
     images downsampled by the registration pyramid's operator.
     """
     func = "fit_prior()"
+    fixed, moving, masks = _pair_lists(fixed, moving, masks, func)
     try:  # validates them (and takes 32.0 as 32)
-        checked = RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels)
+        checked = RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels, normalization=normalization)
     except PriorRegError as e:
         raise PriorRegError(str(e).replace("register()", func, 1)) from None
-    if normalization not in NORMALIZATIONS:
-        raise PriorRegError(f"{func}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     bins, parzen_sigma, levels = checked.bins, checked.parzen_sigma, checked.levels
     pairs = _training_pairs(fixed, moving, masks, spacing, normalization, levels, func)
     dim = pairs[0][0].ndim
@@ -244,14 +243,19 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: int, func: str) -> list:
-    """The checked pairs: [(fixed Image, normalised fixed array, normalised moving array, mask or None)]."""
+def _pair_lists(fixed, moving, masks, func: str) -> tuple:
+    """(fixed, moving, masks) as lists of one length (masks: None for each pair without)."""
     fixed, moving = _as_list(fixed), _as_list(moving)
     if len(fixed) == 0 or len(fixed) != len(moving):
         raise PriorRegError(f"{func}: need n >= 1 pairs with as many fixed as moving images, got {len(fixed)} and {len(moving)}")
     masks = [None] * len(fixed) if masks is None else _as_list(masks)
     if len(masks) != len(fixed):
         raise PriorRegError(f"{func}: got {len(masks)} masks for {len(fixed)} pairs")
+    return fixed, moving, masks
+
+
+def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: int, func: str) -> list:
+    """The checked pairs: [(fixed Image, normalised fixed array, normalised moving array, mask or None)]."""
     pairs = []
     for j, (f, m, k) in enumerate(zip(fixed, moving, masks)):
         f, m = on_one_grid(f, m, func)  # a plain array beside an Image: on its grid, as in register()
@@ -290,7 +294,7 @@ def _pooled_tables(pairs: list, spec: HistogramSpec, regs: tuple, levels: int) -
     level's global table."""
     R, B, n = int(np.prod(regs)), spec.bins, len(pairs)
     sums, seen, mass = np.zeros((levels, R, B, B)), np.zeros((levels, R)), np.zeros((levels, R))
-    per_pair = np.zeros((levels, n, B, B))
+    per_pair, glob = np.zeros((levels, n, B, B)), np.zeros((levels, B, B))
     for j, (fi, fn, mn, mk) in enumerate(pairs):
         ft = torch.as_tensor(fn, dtype=torch.float64)
         mt = torch.as_tensor(mn, dtype=torch.float64)
@@ -304,7 +308,7 @@ def _pooled_tables(pairs: list, spec: HistogramSpec, regs: tuple, levels: int) -
             seen[lv] += has
             mass[lv] += energy.pi.cpu().numpy() / n
             per_pair[lv, j] = P.cpu().numpy()
-    glob = per_pair.sum(1) / n
+            glob[lv] += per_pair[lv, j] / n
     tables = np.where(seen[..., None, None] > 0, sums / np.maximum(seen, 1)[..., None, None], glob[:, None])
     return tables, mass, per_pair
 
