@@ -196,8 +196,8 @@ def test_read_errors(tmp_path):
     with pytest.raises(PriorRegError, match="not a displacement field"):
         pio.write_image(priorreg.Image(blob_image((6, 7, 8))), tmp_path / "s.nii.gz")
         pio.read_field(tmp_path / "s.nii.gz")
-    import nibabel  # volumes stacked along a 4th axis (no vector intent): said "need 4 vector components, got 1"
-    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 9, 10, 3), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
+    # volumes stacked along a 4th axis (no vector intent, as nibabel writes one): said "need 4 vector components, got 1"
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((10, 9, 8), np.float32))] * 3), str(tmp_path / "v.nii.gz"))
     with pytest.raises(PriorRegError, match="is a 4D image of 3 scalar volumes, not a displacement field"):
         pio.read_field(tmp_path / "v.nii.gz")
     with pytest.raises(PriorRegError, match="unsupported output format"):
