@@ -500,3 +500,22 @@ def test_a_rounded_direction_is_read_as_itk_takes_it_and_a_sheared_fixed_image_i
     rc = cli.main(["register", str(tmp_path / "s.mha"), str(tmp_path / "r.mha"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "has axes that are not perpendicular" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_nifti_whose_sform_disagrees_with_the_qform_itk_reads_is_noted(tmp_path):
+    """ITK reads the qform unless the sform's code is 1; nibabel and FSL read the sform. A file whose two
+    disagree (FSL-processed data: sform code 2-4) was placed 20 mm from where nibabel puts it, silently."""
+    import struct
+
+    sitk.WriteImage(sitk.GetImageFromArray(blob_image((6, 7, 8)).astype(np.float32)), str(tmp_path / "a.nii"))
+    raw = bytearray((tmp_path / "a.nii").read_bytes())
+    notes = []
+    pio.read_image(tmp_path / "a.nii", "fixed", notes)
+    assert not any("sform" in n for n in notes)  # ITK writes the two alike (codes 1, 1)
+    raw[254:256] = struct.pack("<h", 2)  # sform code "aligned": ITK now reads the qform ...
+    raw[292:296] = struct.pack("<f", 20.0)  # ... and the sform puts the image 20 mm further along x
+    (tmp_path / "b.nii").write_bytes(bytes(raw))
+    notes = []
+    img = pio.read_image(tmp_path / "b.nii", "fixed", notes)
+    assert img.origin == pytest.approx((0.0, 0.0, 0.0))  # the qform's
+    assert any("sform and qform disagree (by up to 20 mm" in n and "priorreg reads the qform" in n for n in notes)

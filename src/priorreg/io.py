@@ -291,6 +291,33 @@ def _nifti_header(fh):
     return None  # a header pair (.hdr/.img), an ANALYZE file, or not NIfTI: left to SimpleITK
 
 
+def _sform_note(path: str, img, name: str) -> list:
+    """A note when a NIfTI-1 file's sform places the voxels elsewhere than the geometry ITK read (its qform:
+    ITK prefers the qform unless the sform's code is 1): nibabel and FSL would place the image by the sform."""
+    if img.GetDimension() != 3:
+        return []
+    try:
+        with open(path, "rb") as raw_fh:
+            gz = raw_fh.read(2) == b"\x1f\x8b"
+            raw_fh.seek(0)
+            raw = (gzip.GzipFile(fileobj=raw_fh) if gz else raw_fh).read(348)
+    except (OSError, EOFError, zlib.error):
+        return []
+    e = next((e for e in "<>" if len(raw) == 348 and struct.unpack(e + "i", raw[:4])[0] == 348), None)
+    if e is None or struct.unpack(e + "h", raw[254:256])[0] <= 0:
+        return []  # NIfTI-2, ANALYZE, or no sform
+    srow = np.array(struct.unpack(e + "12f", raw[280:328]), float).reshape(3, 4)
+    lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
+    itk = np.asarray(img.GetDirection(), float).reshape(3, 3) @ np.diag(img.GetSpacing())
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.GetSize()], indexing="ij")).reshape(3, -1)
+    gap = (itk - lps @ srow[:, :3]) @ corners + (np.asarray(img.GetOrigin()) - lps @ srow[:, 3])[:, None]
+    far = float(np.sqrt((gap**2).sum(0)).max())
+    if far <= 0.1 * min(img.GetSpacing()):
+        return []
+    return [f"{name}: {path}'s sform and qform disagree (by up to {far:.3g} mm at its corners); priorreg reads the "
+            "qform, as ITK, ANTs and 3D Slicer do (nibabel and FSL read the sform), and its outputs carry the qform's geometry"]
+
+
 def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiScan | None:
     """Read a single-file NIfTI's data block as stored and check it.
 
@@ -466,6 +493,8 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
             raise PriorRegError(f"{name}: cannot read {path} as an image ({first.strip()[:200]})") from None
         if ext in (".nii", ".nii.gz"):
             scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
+        if ext in (".nii", ".nii.gz") and notes is not None:
+            notes += _sform_note(path, img, name)
         if ext == ".dcm" and notes is not None:
             notes += _one_file_of_a_series(img, path, name)
     img = _to_scalar(img, path, name, notes)
