@@ -140,11 +140,19 @@ def configure_threads(threads: int | None = None) -> dict:
 
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    elif "OMP_NUM_THREADS" in os.environ and reason != "argument":  # the user's own setting wins
-        threads, reason = max(1, int(os.environ["OMP_NUM_THREADS"] or 1)), "OMP_NUM_THREADS"
+    elif _omp_threads() and reason != "argument":  # the user's own setting wins
+        threads, reason = _omp_threads(), "OMP_NUM_THREADS"
     else:  # torch reads it when it loads (after the argument checks: a refused command never loads it)
+        if os.environ.get("OMP_NUM_THREADS", "").strip():
+            reason += f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a thread count, replaced"
         os.environ["OMP_NUM_THREADS"] = str(threads)
     return {"threads": threads, "cpus": cpus, "passive_wait": passive, "reason": reason}
+
+
+def _omp_threads() -> int | None:
+    """The first level's thread count of ``$OMP_NUM_THREADS`` ("4,2": nested levels give 4), or None."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return max(1, int(first)) if first.isdigit() else None
 
 
 def threads_for(n_voxels: int, cpus: int | None = None, passive: bool | None = None) -> int:
