@@ -507,3 +507,16 @@ def test_a_priors_levels_are_capped_on_a_thin_stack_like_the_presets(capsys, tmp
                        "--out", tmp_path / "o", "--max-iterations", "3")
     assert rc == 0, err
     assert "using --levels 1: an image of shape (5, 40, 36) is too small for 2" in err
+
+
+def test_out_names_too_long_and_demo_outs_are_refused_before_any_work(capsys, data, tmp_path):
+    """A 260-byte --out name ran the whole registration, then failed at the last rename with a raw
+    OSError; demo --out in /proc, under a file or empty printed FileNotFoundError / NotADirectoryError."""
+    long = tmp_path / ("a" * 260)
+    assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", long], "is 260 bytes long")
+    assert_error(capsys, ["train", "--fixed", data["fixed"], "--moving", data["moving"], "--out", f"{long}.npz"],
+                 "is 264 bytes long")
+    (tmp_path / "afile").write_text("x")
+    assert_error(capsys, ["demo", "--out", tmp_path / "afile" / "sub"], "is a file")
+    assert_error(capsys, ["demo", "--out", "/proc/priorreg-demo"], "cannot write in /proc")
+    assert_error(capsys, ["demo", "--out", ""], "--out is empty")

@@ -184,6 +184,8 @@ _BAD_ID = re.compile(r"[/\\\x00-\x1f]")
 
 
 def _id_problem(pid: str) -> str | None:
+    if len(os.fsencode(pid)) > 255:
+        return f"id {pid[:40]}... is longer than a folder name may be (255 bytes)"
     if _BAD_ID.search(pid) or pid.startswith(".") or pid in SUMMARY_NAMES:
         return f"id {pid!r} cannot be a folder name (no slashes, control characters or leading '.', not cohort.csv or cohort.json)"
     return None

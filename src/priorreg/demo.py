@@ -55,6 +55,8 @@ def inverse_field(v: np.ndarray, iterations: int = 40) -> np.ndarray:
 
 
 def _prepare(out: str, overwrite: bool) -> None:
+    if not os.path.exists(out):  # the checks register's --out gets (empty, in /proc, under a file, too long)
+        wf.check_out_dir(out, [], overwrite, "demo: --out")
     if os.path.exists(out):
         if not os.path.isdir(out):
             raise PriorRegError(f"demo: --out {out} exists and is not a directory")

@@ -294,6 +294,7 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
             raise PriorRegError(f"{what} {out} is an input; choose another output directory")
         if any(same_path(os.path.join(out, name), path) for name in OUTPUT_NAMES):
             raise PriorRegError(f"{what} {out} would overwrite the input {path}; choose another output directory")
+    check_name_length(out, what)
     if os.path.islink(out) and not os.path.exists(out):
         raise PriorRegError(f"{what} {out} is a link to {os.readlink(out)}, which does not exist; create that "
                             f"directory or choose another {what}")
@@ -311,11 +312,29 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
     check_writable(parent, out, what)
 
 
+def check_name_length(out, what: str = "--out") -> None:
+    """Refuse a last name longer than the file system takes (255 bytes on most), before any work: it
+    failed at the final rename, after the whole run."""
+    path = os.path.abspath(os.fspath(out))
+    parent = os.path.dirname(path)
+    while parent and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    try:
+        longest = os.pathconf(parent or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for name in path.split(os.sep):
+        if len(os.fsencode(name)) > longest:
+            raise PriorRegError(f"{what}: the name {name[:40]}... is {len(os.fsencode(name))} bytes long; the file "
+                                f"system takes at most {longest}")
+
+
 def check_out_file(out, inputs, overwrite: bool, what: str = "--out") -> None:
     """Refuse an output file that is an input, a folder, taken (unless overwrite) or cannot be written."""
     for path in inputs:
         if path is not None and same_path(out, path):
             raise PriorRegError(f"{what} {out} is an input; inputs are never written")
+    check_name_length(out, what)
     if os.path.isdir(out):
         raise PriorRegError(f"{what} {out} is a directory; give a file name")
     if os.path.exists(out) and not overwrite:
