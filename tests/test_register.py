@@ -327,6 +327,16 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
         arrays["tables"][0, 0, 3, 3] = bad
         np.savez(tmp_path / "damaged.npz", **arrays)
         _raises(r"is corrupt \(its tables hold NaN, Inf or negative values\)", priorreg.Prior.load, tmp_path / "damaged.npz")
+    import json
+
+    for change, match in ((dict(ranges=[[1.0, 0.0], [0.0, 1.0]]), "needs a finite low < high"),
+                          (dict(n_pairs=0), "0 training pairs"), (dict(normalization="zscore"), "normalization 'zscore'"),
+                          (dict(bins=None), "lacks or garbles a field")):  # each was loaded (or a KeyError/TypeError)
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), **change}))
+        np.savez(tmp_path / "edited.npz", **arrays)
+        _raises(match, priorreg.Prior.load, tmp_path / "edited.npz")
     _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
     on_grid = fit_prior([priorreg.Image(f, spacing=(0.9, 0.9), origin=(-20.0, 12.0))], [m])  # an array takes the Image's grid
     assert on_grid.n_pairs == 1

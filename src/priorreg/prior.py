@@ -13,7 +13,7 @@ from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
 from .image import as_image, as_mask, on_one_grid, with_margin
-from .intensity import intensity_range, normalize
+from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions
 from .prior_weight import leave_one_out_kl
@@ -132,12 +132,20 @@ class Prior:
                 f"Prior.load(): {path} has prior format version {meta.get('version')}; "
                 f"this priorreg reads versions 1 to {FORMAT_VERSION}"
             )
-        B, L, dim = int(meta["bins"]), int(meta["levels"]), int(meta["dim"])
-        regions = tuple(int(r) for r in meta.get("regions", [1] * dim))
+        try:
+            B, L, dim, n_pairs = int(meta["bins"]), int(meta["levels"]), int(meta["dim"]), int(meta["n_pairs"])
+            regions = tuple(int(r) for r in meta.get("regions", [1] * dim))
+            ranges = tuple(tuple(float(v) for v in r) for r in meta["ranges"])
+            sigma, normalization = float(meta["parzen_sigma"]), meta["normalization"]
+        except (KeyError, TypeError, ValueError):
+            raise PriorRegError(f"Prior.load(): {path} is corrupt (its metadata lacks or garbles a field)") from None
+        bad = _bad_metadata(dim, n_pairs, ranges, sigma, normalization, regions)
+        if bad:
+            raise PriorRegError(f"Prior.load(): {path} is corrupt ({bad})")
         R = int(np.prod(regions))
         if tables.ndim == 3:
             tables = tables[:, None]
-        if pair_kl is not None and pair_kl.shape != (L, int(meta["n_pairs"])):
+        if pair_kl is not None and pair_kl.shape != (L, n_pairs):
             pair_kl = None  # unreadable spread: alpha="auto" falls back as for a file without it
         if tables.shape != (L, R, B, B) or (mass is not None and mass.shape != (L, R)) or len(regions) != dim:
             raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape}, regions {list(regions)})")
@@ -146,12 +154,12 @@ class Prior:
         return cls(
             tables=tables,
             bins=B,
-            parzen_sigma=float(meta["parzen_sigma"]),
-            ranges=tuple(tuple(float(v) for v in r) for r in meta["ranges"]),
-            normalization=meta["normalization"],
+            parzen_sigma=sigma,
+            ranges=ranges,
+            normalization=normalization,
             dim=dim,
             levels=L,
-            n_pairs=int(meta["n_pairs"]),
+            n_pairs=n_pairs,
             regions=regions,
             region_mass=mass,
             pair_kl=pair_kl,
@@ -237,6 +245,17 @@ def fit_prior(
     tables, mass, per_pair = _pooled_tables(pairs, HistogramSpec(bins, parzen_sigma, ranges), regs, levels)
     pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
     return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl)
+
+
+def _bad_metadata(dim, n_pairs, ranges, sigma, normalization, regions) -> str:
+    """What is impossible in a prior file's metadata ("" if nothing)."""
+    if dim not in (2, 3) or n_pairs < 1 or min(regions, default=0) < 1:
+        return f"dim {dim}, {n_pairs} training pairs, regions {list(regions)}"
+    if len(ranges) != 2 or any(len(r) != 2 or not (np.isfinite(r).all() and r[0] < r[1]) for r in ranges):
+        return f"intensity ranges {[list(r) for r in ranges]}: each needs a finite low < high"
+    if not (np.isfinite(sigma) and sigma >= 0) or normalization not in NORMALIZATIONS:
+        return f"parzen_sigma {sigma}, normalization {normalization!r}"
+    return ""
 
 
 def _as_list(x) -> list:
