@@ -239,3 +239,20 @@ def test_the_unused_prior_warning_gives_the_reason_auto_recorded():
     assert "training pairs disagree (spread 3.87 x its MI)" in w and "far from it" not in w
     (w,) = unused_prior_warnings(inp, [SimpleNamespace(prior_weight=far)])
     assert "far from it (KL to it 0.90 nats" in w
+
+
+def test_a_prior_learned_within_masks_used_without_one_says_so():
+    """A prior trained inside a brain mask, used on an unmasked pair, got no weight with the advice "was it
+    learned on another modality pair or other anatomy?"; the file did not record its masks."""
+    from priorreg import io as pio
+
+    data = os.path.join(os.path.dirname(__file__), "..", "src", "priorreg", "data", "brainweb")
+    t1, pd = (pio.read_image(os.path.join(data, n)) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    mask = t1.array > 0.3 * t1.array.max()
+    prior = fit_prior([t1], [pd], masks=[mask], levels=2)
+    assert prior.notes == {"masked": True} and fit_prior([t1], [pd], levels=2).notes == {}
+    moved = pd.with_array(np.roll(pd.array, 2, axis=1))
+    res = register(t1, moved, prior=prior, levels=2, warn=False)
+    assert _alphas(res) == [1.0, 1.0] and "it was learned within masks and this pair has none" in res.warnings[-1]
+    res = register(t1, moved, prior=prior, levels=2, mask=mask, warn=False)
+    assert all(a < 1 for a in _alphas(res)) and not res.warnings

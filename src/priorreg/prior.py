@@ -244,7 +244,9 @@ def fit_prior(
     ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
     tables, mass, per_pair = _pooled_tables(pairs, HistogramSpec(bins, parzen_sigma, ranges), regs, levels)
     pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
-    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl)
+    masked = {"masked": True} if any(p[3] is not None for p in pairs) else {}  # register() says so if used without
+    return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl,
+                 notes=masked)
 
 
 def _bad_metadata(dim, n_pairs, ranges, sigma, normalization, regions) -> str:
