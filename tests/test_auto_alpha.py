@@ -232,7 +232,7 @@ def test_the_unused_prior_warning_gives_the_reason_auto_recorded():
     from priorreg.deformable import unused_prior_warnings
     from priorreg.options import AUTO
 
-    inp = SimpleNamespace(prior=object(), options=SimpleNamespace(alpha=AUTO))
+    inp = SimpleNamespace(prior=SimpleNamespace(notes={}), options=SimpleNamespace(alpha=AUTO), mask=None)
     spread = dict(alpha=1.0, kl=0.11, reason="the prior's training pairs disagree (spread 3.87 x its MI): mutual information alone")
     far = dict(alpha=1.0, kl=0.9, reason="the prior does not describe this pair (KL 2.10 x its MI): mutual information alone")
     (w,) = unused_prior_warnings(inp, [SimpleNamespace(prior_weight=spread)])
