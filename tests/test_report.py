@@ -91,12 +91,28 @@ def test_the_linear_panel_when_the_linear_stage_ran():
 
 
 def test_views_are_mid_slices_with_the_pixel_aspect():
-    (v,) = report._views(2, (10, 20), (1.0, 0.5))
-    assert v.title == "" and v.axes == (0, 1) and v.aspect == 2.0
-    views = report._views(3, (14, 18, 12), (2.0, 1.0, 1.5))
+    (v,) = report._views(priorreg.Image(np.zeros((10, 20)), (1.0, 0.5)))
+    assert v.title == "" and v.axes == (0, 1) and v.aspect == 2.0 and v.flips == (False, False)
+    views = report._views(priorreg.Image(np.zeros((14, 18, 12)), (2.0, 1.0, 1.5)))
     assert [v.title for v in views] == ["slice 7 of array axis 0", "slice 9 of array axis 1", "slice 6 of array axis 2"]
     assert [v.aspect for v in views] == pytest.approx([1 / 1.5, 2 / 1.5, 2.0])
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
+
+
+@pytest.mark.parametrize("z_sign", [1.0, -1.0])
+def test_views_show_superior_up_and_the_patients_left_on_the_right_whatever_the_storage_order(z_sign):
+    """Pictures were drawn in array order: a coronal slice of an LPS-stored (RAS+ NIfTI) brain was upside down."""
+    direction = np.array([[0, 0, -1.0], [0, -1.0, 0], [z_sign, 0, 0]])  # array axes 0, 1, 2 along world z, -y, -x
+    # (a RAS+ NIfTI as ITK reads it, with z_sign 1)
+    img = priorreg.Image(np.zeros((6, 7, 8)), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)
+    world = np.einsum("ij,j...->i...", direction, np.indices(img.shape).astype(float))  # (x, y, z) of each voxel
+    axial, coronal, sagittal = report._views(img)
+    for v in (coronal, sagittal):
+        assert np.all(np.diff(world[2][v.sl], axis=0) < 0)  # rows run down from superior
+    assert np.all(np.diff(world[1][axial.sl], axis=0) > 0)  # axial: anterior up
+    for v in (axial, coronal):
+        assert np.all(np.diff(world[0][v.sl], axis=1) > 0)  # columns run to the patient's left (LPS +x)
+    assert np.all(np.diff(world[1][sagittal.sl], axis=1) > 0)  # sagittal: anterior on the left
 
 
 def test_pictures_keep_the_physical_proportions(volume):
@@ -179,7 +195,7 @@ def test_jacobian_colours_white_at_one_black_where_folding():
     jac = np.array([[-1.0, 0.5, 1.0, 3.0]])
     data = types.SimpleNamespace(result=types.SimpleNamespace(jacobian=jac))
     draw, bar = report._draw_jacobian(data)
-    (v,) = report._views(2, jac.shape, (1.0, 1.0))
+    (v,) = report._views(priorreg.Image(jac))
     rgb = draw(v, jac.shape)[0]
     assert tuple(rgb[0]) == (0, 0, 0) and np.abs(rgb[2].astype(int) - 247).max() <= 2  # the map's white, 247
     assert rgb[1, 2] > rgb[1, 0] and rgb[3, 0] > rgb[3, 2]  # blue below 1, red above
@@ -227,5 +243,5 @@ def test_rank_difference_is_scipy_rankdata():
     def ranks(a):
         return ((rankdata(a.ravel(), method="average") - 1) / (a.size - 1)).reshape(a.shape)
 
-    for v in report._views(3, f.shape, (1.0, 1.0, 1.0)):
+    for v in report._views(priorreg.Image(f)):
         assert np.abs(diff(v) - np.abs(ranks(f) - ranks(m))[v.sl]).max() < 1e-12

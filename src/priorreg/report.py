@@ -118,22 +118,40 @@ class _View:
     """One 2D view of the fixed grid: the whole 2D image, or a mid slice of a 3D one."""
 
     title: str
-    sl: tuple  # index into a fixed-grid array
+    sl: tuple  # index into a fixed-grid array (reversed along an axis the view shows flipped)
     axes: tuple  # (row axis, column axis) of the view in array order
     aspect: float  # pixel aspect: spacing of the row axis / spacing of the column axis
+    flips: tuple = (False, False)  # (rows, columns) shown in reverse array order
 
 
-def _views(ndim: int, shape, spacing) -> list:
-    """The image (2D), or three orthogonal mid slices (3D)."""
-    s = slice(None)
-    if ndim == 2:
-        picks = [("", (s, s), (0, 1))]
+def _views(fixed) -> list:
+    """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_flips)."""
+    s, shape, spacing = slice(None), fixed.shape, fixed.spacing
+    if fixed.ndim == 2:
+        picks = [("", [s, s], (0, 1))]
     else:
         z, y, x = (n // 2 for n in shape)
-        picks = [(f"slice {z} of array axis 0", (z, s, s), (1, 2)),
-                 (f"slice {y} of array axis 1", (s, y, s), (0, 2)),
-                 (f"slice {x} of array axis 2", (s, s, x), (0, 1))]
-    return [_View(t, sl, ax, float(spacing[ax[0]] / spacing[ax[1]])) for t, sl, ax in picks]
+        picks = [(f"slice {z} of array axis 0", [z, s, s], (1, 2)),
+                 (f"slice {y} of array axis 1", [s, y, s], (0, 2)),
+                 (f"slice {x} of array axis 2", [s, s, x], (0, 1))]
+    views = []
+    for title, sl, ax in picks:
+        flips = _flips(fixed, ax)
+        for axis, flip in zip(ax, flips):
+            sl[axis] = slice(None, None, -1) if flip else s
+        views.append(_View(title, tuple(sl), ax, float(spacing[ax[0]] / spacing[ax[1]]), flips))
+    return views
+
+
+def _flips(fixed, axes) -> tuple:
+    """(rows, columns) to reverse so that a view shows superior up (else anterior, else the patient's right) and
+    the patient's left, posterior or superior to the right, as viewers do, whatever the storage order: by the
+    world (LPS) axis each array axis runs closest to. A coronal slice of an LPS-stored brain was upside down."""
+    vol = getattr(fixed, "volume", None)
+    world = (0, 1, 2) if fixed.ndim == 3 else tuple(a for a in range(3) if a != vol.drop) if vol is not None else (0, 1)
+    D = np.asarray(fixed.direction, float)
+    (wr, sr), (wc, sc) = ((world[int(np.argmax(np.abs(D[:, k])))], D[int(np.argmax(np.abs(D[:, k]))), k]) for k in axes)
+    return (bool(sr > 0) if wr == 2 else bool(sr < 0)), bool(sc < 0)
 
 
 def _display_range(a):
@@ -241,7 +259,7 @@ class _Data:
         self.result, self.prior, self.mask = result, prior, mask
         fix = result.fixed
         self.spacing = fix.spacing
-        self.views = _views(fix.ndim, fix.shape, fix.spacing)
+        self.views = _views(fix)
         self.fixed = np.asarray(fix.array, float)
         self.after = np.asarray(result.warped.array, float)
         before = _before_image(result)
@@ -410,7 +428,8 @@ def _draw_grid_lines(d):
     def draw(v, size):
         rgb = pic.enlarge(pic.colour(as_[v.sl], 0.0, 1.0 / 0.7, pic.GREY), size)  # dimmed: the lines stand out
         r, c = v.axes
-        for lines in _warped_lines(field[r][v.sl] / d.spacing[r], field[c][v.sl] / d.spacing[c], size):
+        sign = [-1.0 if f else 1.0 for f in v.flips]  # a flipped axis shows its displacements reversed
+        for lines in _warped_lines(sign[0] * field[r][v.sl] / d.spacing[r], sign[1] * field[c][v.sl] / d.spacing[c], size):
             rgb = pic.draw_lines(rgb, lines, GRID_RGB)
         return rgb
 
