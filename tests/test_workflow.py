@@ -304,3 +304,13 @@ def test_the_summary_gives_the_whole_rotation_not_the_largest_euler_angle():
     assert rotation_angle(R) == pytest.approx(6.352, abs=1e-3)
     assert rotation_angle(np.diag([1.1, 0.9, 1.0]) @ R) == pytest.approx(6.352, abs=1e-3)  # scaling aside
     assert rotation_angle([[0.0, -1.0], [1.0, 0.0]]) == pytest.approx(90.0)
+
+
+def test_the_summary_line_keeps_a_small_translation():
+    """A 2.4-voxel shift of 0.01 mm voxels read "translation 0.0 mm"."""
+    import types
+
+    import numpy as np
+
+    lin = types.SimpleNamespace(kind="affine", matrix=np.eye(3), translation_mm=(0.024, 0.0, 0.0))
+    assert wf._linear_summary(lin).endswith("rotation 0.0 deg, translation 0.024 mm")
