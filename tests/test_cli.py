@@ -355,10 +355,11 @@ def test_progress_bar_on_a_tty_never_counts_past_the_cap():
     cb = con.progress(10, 2)
     for it in range(1, 11):  # the solver calls back after each accepted step: 1 .. max_iterations
         cb(1, it, -0.5 - it / 100)
-    cb(0, 1, -0.7)
+    cb(0, 1, -0.7)  # the last level converges after one step: its bar still ends full
     con.end_bar()
     text = s.getvalue()
-    assert text.count("\r") == 11 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
+    assert text.count("\r") == 13 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
+    assert text.splitlines()[-1].split("\r")[-1].startswith("level 2/2 [" + "#" * 30 + "] it    1/10")
     assert "it   10/10" in text and "11/10" not in text and "it    0/10" not in text
     assert cli.Console(quiet=True, stream=Tty()).progress(10, 2) is None
 

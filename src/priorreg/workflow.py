@@ -48,6 +48,7 @@ class Console:
         self.bar = not quiet and _isatty(self.stream)
         self._open = False  # a bar line is on the screen
         self._pending = None  # the last level's line, printed when the level ends (not a TTY)
+        self._last = None  # the bar's last drawing (TTY)
 
     def note(self, msg: str) -> None:
         if not self.quiet:
@@ -69,15 +70,16 @@ class Console:
             # iteration counts the accepted steps of this level (1 after the first), never above the cap
             shown = (levels - level, levels, min(iteration, max_iterations), energy, now - state["start"])
             if self.bar:
-                self._draw(label, max_iterations, *shown)
+                self._last = (label, max_iterations, *shown)
+                self._draw(*self._last)
             else:
                 self._pending = "{}level {}/{}: {} iteration(s), J={:.6g}, {:.1f} s".format(label, *shown)
 
         return cb
 
-    def _draw(self, label, max_iterations, step, levels, iteration, energy, seconds) -> None:
+    def _draw(self, label, max_iterations, step, levels, iteration, energy, seconds, done: bool = False) -> None:
         width = 30
-        fill = int(round(width * iteration / max(1, max_iterations)))
+        fill = width if done else int(round(width * iteration / max(1, max_iterations)))
         self.stream.write(
             f"\r{label}level {step}/{levels} [{'#' * fill}{'.' * (width - fill)}] "
             f"it {iteration:4d}/{max_iterations}  J={energy:.5g}  {seconds:5.1f}s "
@@ -88,6 +90,7 @@ class Console:
     def end_bar(self) -> None:
         """End the bar's line (TTY) or print the finished level's line (not a TTY)."""
         if self._open:
+            self._draw(*self._last, done=True)  # a level that converged early ends full, not at 20 of 300
             self.stream.write("\n")
             self.stream.flush()
             self._open = False
