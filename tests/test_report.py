@@ -99,20 +99,25 @@ def test_views_are_mid_slices_with_the_pixel_aspect():
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
 
 
-@pytest.mark.parametrize("z_sign", [1.0, -1.0])
-def test_views_show_superior_up_and_the_patients_left_on_the_right_whatever_the_storage_order(z_sign):
-    """Pictures were drawn in array order: a coronal slice of an LPS-stored (RAS+ NIfTI) brain was upside down."""
-    direction = np.array([[0, 0, -1.0], [0, -1.0, 0], [z_sign, 0, 0]])  # array axes 0, 1, 2 along world z, -y, -x
-    # (a RAS+ NIfTI as ITK reads it, with z_sign 1)
+@pytest.mark.parametrize("order, signs", [((2, 1, 0), (1, -1, -1)),  # a RAS+ NIfTI as ITK reads it
+                                          ((2, 1, 0), (-1, 1, 1)),  # LPS stored upside down
+                                          ((0, 2, 1), (1, -1, 1)),  # stored sagittal first (x, z, y)
+                                          ((1, 0, 2), (1, 1, -1))])  # coronal first (y, x, z)
+def test_views_show_anatomy_as_viewers_do_whatever_the_storage_order(order, signs):
+    """Pictures were drawn in array order: a coronal slice of an LPS-stored brain was upside down, and a
+    volume stored sagittal first lay on its side. Superior up (axial: anterior up), the patient's left
+    (LPS +x) to the right, and on a sagittal slice posterior to the right."""
+    direction = np.zeros((3, 3))
+    for k, (w, sgn) in enumerate(zip(order, signs)):
+        direction[w, k] = sgn  # array axis k runs along world axis w
     img = priorreg.Image(np.zeros((6, 7, 8)), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)
     world = np.einsum("ij,j...->i...", direction, np.indices(img.shape).astype(float))  # (x, y, z) of each voxel
-    axial, coronal, sagittal = report._views(img)
-    for v in (coronal, sagittal):
-        assert np.all(np.diff(world[2][v.sl], axis=0) < 0)  # rows run down from superior
-    assert np.all(np.diff(world[1][axial.sl], axis=0) > 0)  # axial: anterior up
-    for v in (axial, coronal):
-        assert np.all(np.diff(world[0][v.sl], axis=1) > 0)  # columns run to the patient's left (LPS +x)
-    assert np.all(np.diff(world[1][sagittal.sl], axis=1) > 0)  # sagittal: anterior on the left
+    for v in report._views(img):
+        normal = next(w for w in range(3) if np.ptp(v.take(world[w])) == 0)
+        up, right = {0: (2, 1), 1: (2, 0), 2: (1, 0)}[normal]  # sagittal: z up, y right; coronal: z, x; axial: y, x
+        rows, cols = np.diff(v.take(world[up]), axis=0), np.diff(v.take(world[right]), axis=1)
+        assert np.all(rows < 0) if up == 2 else np.all(rows > 0)  # down from superior; axial: down to posterior
+        assert np.all(cols > 0) and v.take(world[0]).shape == v.take(img.array).shape
 
 
 def test_pictures_keep_the_physical_proportions(volume):
@@ -120,7 +125,7 @@ def test_pictures_keep_the_physical_proportions(volume):
     data = report._Data(volume)
     shown = images(report.panel_checkerboard(data)[2])
     for v, rgb in zip(data.views, shown[::2]):
-        h, w = data.fixed[v.sl].shape
+        h, w = v.take(data.fixed).shape
         mm = (h * volume.fixed.spacing[v.axes[0]], w * volume.fixed.spacing[v.axes[1]])
         assert rgb.shape[0] / rgb.shape[1] == pytest.approx(mm[0] / mm[1], rel=0.03)
 
@@ -244,4 +249,4 @@ def test_rank_difference_is_scipy_rankdata():
         return ((rankdata(a.ravel(), method="average") - 1) / (a.size - 1)).reshape(a.shape)
 
     for v in report._views(priorreg.Image(f)):
-        assert np.abs(diff(v) - np.abs(ranks(f) - ranks(m))[v.sl]).max() < 1e-12
+        assert np.abs(diff(v) - v.take(np.abs(ranks(f) - ranks(m)))).max() < 1e-12

@@ -119,13 +119,19 @@ class _View:
 
     title: str
     sl: tuple  # index into a fixed-grid array (reversed along an axis the view shows flipped)
-    axes: tuple  # (row axis, column axis) of the view in array order
+    axes: tuple  # (row axis, column axis) of the view as shown, in array axes
     aspect: float  # pixel aspect: spacing of the row axis / spacing of the column axis
     flips: tuple = (False, False)  # (rows, columns) shown in reverse array order
+    transposed: bool = False  # rows are the later array axis (a volume stored sagittal first)
+
+    def take(self, a):
+        """The view of a fixed-grid array, as shown."""
+        x = a[self.sl]
+        return x.T if self.transposed else x
 
 
 def _views(fixed) -> list:
-    """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_flips)."""
+    """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_turn)."""
     s, shape, spacing = slice(None), fixed.shape, fixed.spacing
     if fixed.ndim == 2:
         picks = [("", [s, s], (0, 1))]
@@ -136,22 +142,28 @@ def _views(fixed) -> list:
                  (f"slice {x} of array axis 2", [s, s, x], (0, 1))]
     views = []
     for title, sl, ax in picks:
-        flips = _flips(fixed, ax)
-        for axis, flip in zip(ax, flips):
+        shown, flips = _turn(fixed, ax)
+        for axis, flip in zip(shown, flips):
             sl[axis] = slice(None, None, -1) if flip else s
-        views.append(_View(title, tuple(sl), ax, float(spacing[ax[0]] / spacing[ax[1]]), flips))
+        views.append(_View(title, tuple(sl), shown, float(spacing[shown[0]] / spacing[shown[1]]), flips, shown != ax))
     return views
 
 
-def _flips(fixed, axes) -> tuple:
-    """(rows, columns) to reverse so that a view shows superior up (else anterior, else the patient's right) and
-    the patient's left, posterior or superior to the right, as viewers do, whatever the storage order: by the
-    world (LPS) axis each array axis runs closest to. A coronal slice of an LPS-stored brain was upside down."""
+_UP_RANK = {2: 0, 1: 1, 0: 2}  # which world (LPS) axis runs up the screen: superior, else anterior, else right
+
+
+def _turn(fixed, axes) -> tuple:
+    """((row axis, column axis), (flip rows, flip columns)) that show superior up (else anterior, else the
+    patient's right) and the patient's left, posterior or superior to the right, as viewers do, whatever the
+    storage order: by the world axis each array axis runs closest to. A coronal slice of an LPS-stored brain
+    was upside down, and one of a volume stored sagittal first lay on its side. A PNG shows as the file does."""
     vol = getattr(fixed, "volume", None)
     world = (0, 1, 2) if fixed.ndim == 3 else tuple(a for a in range(3) if a != vol.drop) if vol is not None else (0, 1)
     D = np.asarray(fixed.direction, float)
-    (wr, sr), (wc, sc) = ((world[int(np.argmax(np.abs(D[:, k])))], D[int(np.argmax(np.abs(D[:, k]))), k]) for k in axes)
-    return (bool(sr > 0) if wr == 2 else bool(sr < 0)), bool(sc < 0)
+    near = {k: (world[int(np.argmax(np.abs(D[:, k])))], D[int(np.argmax(np.abs(D[:, k]))), k]) for k in axes}
+    rows, cols = sorted(axes, key=lambda k: (_UP_RANK[near[k][0]], axes.index(k)))
+    (wr, sr), (_, sc) = near[rows], near[cols]
+    return (rows, cols), ((bool(sr > 0) if wr == 2 else bool(sr < 0)), bool(sc < 0))
 
 
 def _display_range(a):
@@ -215,7 +227,7 @@ def _rank_diff(fixed, moving, rank_fixed=None):
 
     Ranks are over the whole images; only the views' voxels are looked up. ``rank_fixed``: ``_ranker(fixed)``."""
     rf, rm = rank_fixed or _ranker(fixed), _ranker(moving)
-    return lambda v: np.abs(rf(fixed[v.sl]) - rm(moving[v.sl]))
+    return lambda v: np.abs(rf(v.take(fixed)) - rm(v.take(moving)))
 
 
 def field_of_view(result):
@@ -299,7 +311,8 @@ class _Data:
             axes = [np.arange(n)[k] for n, k in zip(r.fixed.shape, v.sl)]  # an index or a whole axis
             grid = np.stack(np.meshgrid(*axes, indexing="ij"))
             vals = map_coordinates(moving, B @ grid.reshape(len(axes), -1) + c[:, None], order=1, mode="constant")
-            return _scaled(vals.reshape([n for n, a in zip(grid.shape[1:], axes) if np.ndim(a)]), self.moving_range)
+            view = _scaled(vals.reshape([n for n, a in zip(grid.shape[1:], axes) if np.ndim(a)]), self.moving_range)
+            return view.T if v.transposed else view
 
         return at
 
@@ -322,7 +335,7 @@ def _before_image(result):
 
 def _at(a, v):
     """The view ``v`` of ``a``: an array on the fixed grid, or a function of the view."""
-    return a(v) if callable(a) else a[v.sl]
+    return a(v) if callable(a) else v.take(a)
 
 
 def _grid(d, columns) -> str:
@@ -333,7 +346,7 @@ def _grid(d, columns) -> str:
     for v in d.views:
         if v.title:
             cells.append(f"<div class='row'>{html.escape(v.title)}</div>")
-        size = pic.display_shape(d.fixed[v.sl].shape, v.aspect)
+        size = pic.display_shape(v.take(d.fixed).shape, v.aspect)
         cells += [f"<div>{pic.img_tag(draw(v, size), f'{label} {v.title}'.strip())}</div>"
                   for label, draw, _ in columns]
     if any(bar for _, _, bar in columns):
@@ -351,10 +364,10 @@ def _show(a, table=pic.GREY, lo=0.0, hi=1.0, overlay=None, outline=None):
     def draw(v, size):
         rgb = pic.colour(_at(a, v), lo, hi, table)
         if overlay is not None:
-            rgb = pic.paint(rgb, overlay[v.sl], EDGE_RGB, 0.9)
+            rgb = pic.paint(rgb, v.take(overlay), EDGE_RGB, 0.9)
         rgb = pic.enlarge(rgb, size)
         if outline is not None:  # drawn at display size: a thin line
-            rgb = pic.paint(rgb, pic.outline(pic.enlarge(outline[v.sl], size)), FOV_RGB)
+            rgb = pic.paint(rgb, pic.outline(pic.enlarge(v.take(outline), size)), FOV_RGB)
         return rgb
 
     return draw
@@ -426,10 +439,10 @@ def _draw_grid_lines(d):
     field = np.asarray(d.result.field)
 
     def draw(v, size):
-        rgb = pic.enlarge(pic.colour(as_[v.sl], 0.0, 1.0 / 0.7, pic.GREY), size)  # dimmed: the lines stand out
+        rgb = pic.enlarge(pic.colour(v.take(as_), 0.0, 1.0 / 0.7, pic.GREY), size)  # dimmed: the lines stand out
         r, c = v.axes
         sign = [-1.0 if f else 1.0 for f in v.flips]  # a flipped axis shows its displacements reversed
-        for lines in _warped_lines(sign[0] * field[r][v.sl] / d.spacing[r], sign[1] * field[c][v.sl] / d.spacing[c], size):
+        for lines in _warped_lines(sign[0] * v.take(field[r]) / d.spacing[r], sign[1] * v.take(field[c]) / d.spacing[c], size):
             rgb = pic.draw_lines(rgb, lines, GRID_RGB)
         return rgb
 
@@ -443,7 +456,7 @@ def _draw_jacobian(d):
     jmax = max(2.0, float(np.percentile(jac, 99.5)))
 
     def draw(v, size):
-        j = jac[v.sl]
+        j = v.take(jac)
         t = np.where(j <= 1, 0.5 * j, 0.5 + 0.5 * (j - 1) / (jmax - 1))  # two slopes: 0 .. 1 .. jmax
         return pic.enlarge(pic.paint(pic.colour(t, 0.0, 1.0, pic.DIVERGING), j <= 0, (0, 0, 0)), size)
 
@@ -536,7 +549,7 @@ def panel_linear(d):
         f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
         "stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.",
         _grid(d, [("world alignment", _show(_checkerboard(fs, bs)), ""),
-                  (f"after the {lin.kind} stage", _show(lambda v: _checkerboard(fs[v.sl], d.linear_only(v))), "")]),
+                  (f"after the {lin.kind} stage", _show(lambda v: _checkerboard(v.take(fs), d.linear_only(v))), "")]),
     )
 
 
