@@ -191,7 +191,8 @@ def test_a_registration_asks_for_heap_temporaries_by_its_field_size_and_is_uncha
     assert asked == [2 * 40 * 40 * 4]  # two float32 components
 
 
-@pytest.mark.parametrize("value, threads, reason", [("4,2", 4, "OMP_NUM_THREADS"), ("abc", None, "'abc' is not a thread count")])
+@pytest.mark.parametrize("value, threads, reason", [("4,2", 4, "OMP_NUM_THREADS"), ("abc", None, "'abc' is not a thread count"),
+                                                    ("²", None, "'²' is not a thread count")])
 def test_an_omp_thread_setting_of_any_form_is_read_or_replaced(value, threads, reason):
     """"4,2" (nested levels, valid OpenMP) and "abc" were a ValueError traceback from every command."""
     code = "import sys; from priorreg import runtime; assert 'torch' not in sys.modules; print(runtime.configure_threads())"
@@ -200,3 +201,10 @@ def test_an_omp_thread_setting_of_any_form_is_read_or_replaced(value, threads, r
     assert r.returncode == 0, r.stderr
     info = eval(r.stdout)
     assert reason in info["reason"] and (threads is None or info["threads"] == threads)
+
+
+def test_a_thread_count_given_keeps_a_valid_omp_setting_unblamed():
+    code = "from priorreg import runtime; print(runtime.configure_threads(2))"
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "not a thread count" not in r.stdout, r.stdout + r.stderr

@@ -143,7 +143,7 @@ def configure_threads(threads: int | None = None) -> dict:
     elif _omp_threads() and reason != "argument":  # the user's own setting wins
         threads, reason = _omp_threads(), "OMP_NUM_THREADS"
     else:  # torch reads it when it loads (after the argument checks: a refused command never loads it)
-        if os.environ.get("OMP_NUM_THREADS", "").strip():
+        if os.environ.get("OMP_NUM_THREADS", "").strip() and _omp_threads() is None:
             reason += f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a thread count, replaced"
         os.environ["OMP_NUM_THREADS"] = str(threads)
     return {"threads": threads, "cpus": cpus, "passive_wait": passive, "reason": reason}
@@ -152,7 +152,7 @@ def configure_threads(threads: int | None = None) -> dict:
 def _omp_threads() -> int | None:
     """The first level's thread count of ``$OMP_NUM_THREADS`` ("4,2": nested levels give 4), or None."""
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    return max(1, int(first)) if first.isdigit() else None
+    return max(1, int(first)) if first.isascii() and first.isdecimal() else None  # ("²" is a digit, not a number)
 
 
 def threads_for(n_voxels: int, cpus: int | None = None, passive: bool | None = None) -> int:
