@@ -356,10 +356,15 @@ def test_progress_bar_on_a_tty_never_counts_past_the_cap():
     for it in range(1, 11):  # the solver calls back after each accepted step: 1 .. max_iterations
         cb(1, it, -0.5 - it / 100)
     cb(0, 1, -0.7)  # the last level converges after one step: its bar still ends full
-    con.end_bar()
+    con.end_bar(done=True)
     text = s.getvalue()
     assert text.count("\r") == 13 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
     assert text.splitlines()[-1].split("\r")[-1].startswith("level 2/2 [" + "#" * 30 + "] it    1/10")
+    s = Tty()
+    con = cli.Console(stream=s)
+    con.progress(300, 2)(1, 5, -0.5)
+    con.end_bar()  # an error or Ctrl-C at iteration 5: the bar is left as it was, not drawn full
+    assert s.getvalue().count("\r") == 1 and "[" + "#" * 30 not in s.getvalue()
     assert "it   10/10" in text and "11/10" not in text and "it    0/10" not in text
     assert cli.Console(quiet=True, stream=Tty()).progress(10, 2) is None
 

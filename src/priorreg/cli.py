@@ -357,7 +357,7 @@ def cmd_register(args, con: Console) -> int:
 
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)
-    con.end_bar()
+    con.end_bar(done=True)
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # the note explains a weight: none given, none to explain

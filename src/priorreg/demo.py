@@ -124,7 +124,7 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
         res = register(fixed, deformed, prior=prior if _uses_prior(alpha) else None, alpha=alpha, device=device,
                        callback=cb, **(options or {}))
         if console is not None:
-            console.end_bar()
+            console.end_bar(done=True)
         err = np.sqrt(((res.field - true_mm) ** 2).sum(0))
         results[alpha] = (res, {
             "alpha": alpha,

@@ -64,7 +64,7 @@ class Console:
         def cb(level, iteration, energy):
             now = time.perf_counter()
             if level != state["level"]:
-                self.end_bar()
+                self.end_bar(done=True)
                 state.update(level=level, start=state["last"] if state["level"] is not None else state["start"])
             state["last"] = now
             # iteration counts the accepted steps of this level (1 after the first), never above the cap
@@ -87,10 +87,12 @@ class Console:
         self.stream.flush()
         self._open = True
 
-    def end_bar(self) -> None:
-        """End the bar's line (TTY) or print the finished level's line (not a TTY)."""
+    def end_bar(self, done: bool = False) -> None:
+        """End the bar's line (TTY) or print the finished level's line (not a TTY); ``done``: the level ended
+        (converged early, most do: 20 of 300 iterations), so its bar ends full. An error or Ctrl-C leaves it as it was."""
         if self._open:
-            self._draw(*self._last, done=True)  # a level that converged early ends full, not at 20 of 300
+            if done:
+                self._draw(*self._last, done=True)
             self.stream.write("\n")
             self.stream.flush()
             self._open = False
