@@ -174,6 +174,11 @@ def test_bad_rows_are_refused_before_anything_runs(capsys, data, tmp_path, monke
     manifest = write_manifest(tmp_path / "ids.csv", [("", d / "t1_0.nii.gz", d / "t2_0.nii.gz", ""),
                                                      ("b", d / "t1_1.nii.gz", d / "t2_1.nii.gz", "")])
     assert [p.id for p in cohort.validate(manifest, tmp_path / "new")] == ["0001", "b"]
+    long = "b" * 260  # an out column the file system cannot take: the pair ran, then failed at its rename
+    manifest = write_manifest(tmp_path / "long.csv", [("a", d / "t1_0.nii.gz", d / "t2_0.nii.gz", "", long)],
+                              header=("id", "fixed", "moving", "mask", "out"))
+    one_line_error(capsys, ["cohort", manifest, "--out", tmp_path / "new", *LOCAL], "line 2: out: the name bbbb",
+                   "is 260 bytes long")
 
 
 def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tmp_path, monkeypatch):

@@ -184,8 +184,6 @@ _BAD_ID = re.compile(r"[/\\\x00-\x1f]")
 
 
 def _id_problem(pid: str) -> str | None:
-    if len(os.fsencode(pid)) > 255:
-        return f"id {pid[:40]}... is longer than a folder name may be (255 bytes)"
     if _BAD_ID.search(pid) or pid.startswith(".") or pid in SUMMARY_NAMES:
         return f"id {pid!r} cannot be a folder name (no slashes, control characters or leading '.', not cohort.csv or cohort.json)"
     return None
@@ -278,6 +276,10 @@ def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
             bad += [p for p in [_input_problem(paths[role], role)] if p]
     o = _cell(row, "out")
     folder = _abs(o, out_dir) if o else os.path.join(out_dir, pid)
+    try:
+        wf.check_name_length(folder, "out")
+    except PriorRegError as e:
+        bad.append(str(e))
     return Pair(0, pid, paths["fixed"], paths["moving"], paths["mask"], folder), bad
 
 
@@ -398,6 +400,7 @@ def validate(manifest, out_dir, *, prior_path=None, overwrite=False, resume=Fals
 
 def _check_out_dir(out_dir: str, overwrite: bool, resume: bool) -> None:
     """The cohort's own folder: not taken (unless --overwrite/--resume), and it can be created and written."""
+    wf.check_name_length(out_dir)
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise PriorRegError(f"--out {out_dir} exists and is not a directory")
