@@ -499,4 +499,5 @@ def _linear_summary(lin) -> str:
 
     rot = rotation_angle(lin.matrix)
     shift = sum(t * t for t in lin.translation_mm) ** 0.5
-    return f", linear {lin.kind}: rotation {rot:.1f} deg, translation {shift:.3g} mm"  # 0.024 mm is 2 voxels of 0.01
+    shown = f"{shift:.1f}" if shift >= 1 else f"{shift:.2g}"  # 0.024 mm is 2 voxels of 0.01 mm
+    return f", linear {lin.kind}: rotation {rot:.1f} deg, translation {shown} mm"
