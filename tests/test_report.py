@@ -250,3 +250,20 @@ def test_rank_difference_is_scipy_rankdata():
 
     for v in report._views(priorreg.Image(f)):
         assert np.abs(diff(v) - v.take(np.abs(ranks(f) - ranks(m)))).max() < 1e-12
+
+
+def test_deformed_grid_lines_move_the_way_a_flipped_view_shows_its_axis(monkeypatch):
+    """A view shown upside down shows a displacement along its rows reversed; the lines were drawn unflipped."""
+    img = priorreg.Image(np.zeros((6, 7, 8)))  # array axis 0 along world +z: coronal and sagittal rows flipped
+    field = np.zeros((3, 6, 7, 8))
+    field[0] = 2.0  # 2 voxels along array axis 0 (superior)
+    seen = []
+    monkeypatch.setattr(report, "_warped_lines", lambda ur, uc, size: seen.append((ur.mean(), uc.mean())) or [])
+    d = types.SimpleNamespace(scaled=[None, None, np.zeros((6, 7, 8))], result=types.SimpleNamespace(field=field),
+                              spacing=(1.0, 1.0, 1.0))
+    draw = report._draw_grid_lines(d)
+    axial, coronal, sagittal = report._views(img)
+    assert coronal.flips[0] and sagittal.flips[0]
+    for v in (coronal, sagittal):
+        draw(v, (12, 16))
+    assert seen == [(-2.0, 0.0), (-2.0, 0.0)]  # up the screen, as superior is shown
