@@ -196,8 +196,8 @@ def test_a_registration_asks_for_heap_temporaries_by_its_field_size_and_is_uncha
 def test_an_omp_thread_setting_of_any_form_is_read_or_replaced(value, threads, reason):
     """"4,2" (nested levels, valid OpenMP) and "abc" were a ValueError traceback from every command."""
     code = "import sys; from priorreg import runtime; assert 'torch' not in sys.modules; print(runtime.configure_threads())"
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": value},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": value, "PYTHONIOENCODING": "utf-8"},
+                       capture_output=True, encoding="utf-8", timeout=60)
     assert r.returncode == 0, r.stderr
     info = eval(r.stdout)
     assert reason in info["reason"] and (threads is None or info["threads"] == threads)
