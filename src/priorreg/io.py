@@ -266,8 +266,8 @@ class _NiftiScan:
 
 
 def _nifti_header(fh):
-    """(byte order, header length, dims, datatype, bitpix, vox_offset, scl_slope, scl_inter) of a
-    single-file NIfTI-1/2, "short" for a cut header, or None for anything else."""
+    """(byte order, header length, dims, datatype, bitpix, vox_offset, scl_slope, scl_inter, header bytes) of
+    a single-file NIfTI-1/2, "short" for a cut header, or None for anything else."""
     raw = fh.read(348)
     if len(raw) < 348:
         return "short"
@@ -278,7 +278,7 @@ def _nifti_header(fh):
             datatype, bitpix = struct.unpack(e + "hh", raw[70:74])
             (vox_offset,) = struct.unpack(e + "f", raw[108:112])
             slope, inter = struct.unpack(e + "ff", raw[112:120])
-            return e, 348, dims, datatype, bitpix, int(vox_offset), slope, inter
+            return e, 348, dims, datatype, bitpix, int(vox_offset), slope, inter, raw
         if size == 540 and raw[4:7] == b"n+2":
             raw += fh.read(540 - 348)
             if len(raw) < 540:
@@ -287,8 +287,17 @@ def _nifti_header(fh):
             dims = struct.unpack(e + "8q", raw[16:80])
             (vox_offset,) = struct.unpack(e + "q", raw[168:176])
             slope, inter = struct.unpack(e + "dd", raw[176:192])
-            return e, 540, dims, datatype, bitpix, int(vox_offset), slope, inter
+            return e, 540, dims, datatype, bitpix, int(vox_offset), slope, inter, raw
     return None  # a header pair (.hdr/.img), an ANALYZE file, or not NIfTI: left to SimpleITK
+
+
+@contextlib.contextmanager
+def _open_maybe_gzip(path: str):
+    """The file's bytes, gunzipped if it is a gzip stream (a .nii.gz, or a .nii that is one)."""
+    with open(path, "rb") as raw_fh:
+        gz = raw_fh.read(2) == b"\x1f\x8b"
+        raw_fh.seek(0)
+        yield gzip.GzipFile(fileobj=raw_fh, mode="rb") if gz else raw_fh
 
 
 def _sform_note(path: str, img, name: str) -> list:
@@ -297,15 +306,15 @@ def _sform_note(path: str, img, name: str) -> list:
     if img.GetDimension() != 3:
         return []
     try:
-        with open(path, "rb") as raw_fh:
-            gz = raw_fh.read(2) == b"\x1f\x8b"
-            raw_fh.seek(0)
-            raw = (gzip.GzipFile(fileobj=raw_fh) if gz else raw_fh).read(348)
+        with _open_maybe_gzip(path) as fh:
+            hdr = _nifti_header(fh)
     except (OSError, EOFError, zlib.error):
         return []
-    e = next((e for e in "<>" if len(raw) == 348 and struct.unpack(e + "i", raw[:4])[0] == 348), None)
-    if e is None or struct.unpack(e + "h", raw[254:256])[0] <= 0:
-        return []  # NIfTI-2, ANALYZE, or no sform
+    if hdr in (None, "short") or hdr[1] != 348:
+        return []  # NIfTI-2 or ANALYZE
+    e, raw = hdr[0], hdr[-1]
+    if struct.unpack(e + "h", raw[254:256])[0] <= 0:
+        return []  # no sform
     srow = np.array(struct.unpack(e + "12f", raw[280:328]), float).reshape(3, 4)
     lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
     itk = np.asarray(img.GetDirection(), float).reshape(3, 3) @ np.diag(img.GetSpacing())
@@ -329,16 +338,13 @@ def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiSca
     """
     damaged = f"{name}: cannot read {path}: the file is damaged or truncated"
     try:
-        with open(path, "rb") as raw_fh:
-            gz = raw_fh.read(2) == b"\x1f\x8b"
-            raw_fh.seek(0)
-            fh = gzip.GzipFile(fileobj=raw_fh, mode="rb") if gz else raw_fh
+        with _open_maybe_gzip(path) as fh:
             hdr = _nifti_header(fh)
             if hdr is None:
                 return None
             if hdr == "short":
                 raise PriorRegError(f"{damaged} (incomplete header)")
-            endian, hlen, dims, datatype, bitpix, vox_offset, slope, inter = hdr
+            endian, hlen, dims, datatype, bitpix, vox_offset, slope, inter, _ = hdr
             nd = dims[0]
             if not 1 <= nd <= 7 or bitpix <= 0 or bitpix % 8 or vox_offset < hlen:
                 return None  # a header SimpleITK accepted but this check does not understand
@@ -379,7 +385,7 @@ def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiSca
                 raise PriorRegError(
                     f"{damaged} (its data block holds {got} of the {nbytes} bytes its header announces)"
                 )
-            if gz:
+            if isinstance(fh, gzip.GzipFile):
                 while fh.read(_CHUNK):  # to the end of the stream: checks the gzip CRC and length
                     pass
     except PriorRegError:
