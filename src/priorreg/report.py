@@ -160,7 +160,8 @@ def _turn(fixed, axes) -> tuple:
     vol = getattr(fixed, "volume", None)
     world = (0, 1, 2) if fixed.ndim == 3 else tuple(a for a in range(3) if a != vol.drop) if vol is not None else (0, 1)
     D = np.asarray(fixed.direction, float)
-    near = {k: (world[int(np.argmax(np.abs(D[:, k])))], D[int(np.argmax(np.abs(D[:, k]))), k]) for k in axes}
+    nearest = {k: int(np.argmax(np.abs(D[:, k]))) for k in axes}  # the world axis array axis k runs closest to
+    near = {k: (world[j], D[j, k]) for k, j in nearest.items()}  # (that world axis, the sign of the run)
     rows, cols = sorted(axes, key=lambda k: (_UP_RANK[near[k][0]], axes.index(k)))
     (wr, sr), (_, sc) = near[rows], near[cols]
     return (rows, cols), ((bool(sr > 0) if wr == 2 else bool(sr < 0)), bool(sc < 0))

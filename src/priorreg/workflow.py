@@ -318,7 +318,7 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
 
 
 def check_name_length(out, what: str = "--out") -> None:
-    """Refuse a last name longer than the file system takes (255 bytes on most), before any work: it
+    """Refuse a name in the path longer than the file system takes (255 bytes on most), before any work: it
     failed at the final rename, after the whole run."""
     path = os.path.abspath(os.fspath(out))
     parent = os.path.dirname(path)
