@@ -469,6 +469,34 @@ def test_the_command_ends_without_teardown_after_writing_and_flushing_everything
     assert r.returncode == 2 and r.stderr.startswith("priorreg: error:"), r.stderr
 
 
+def test_a_profiled_run_exits_normally_so_the_profile_is_written(tmp_path):
+    """``python -m cProfile -o F -m priorreg register ...`` writes F: the command sees the profiler and exits
+    through sys.exit, not os._exit (on an H100 with Python 3.12, whose cProfile is a sys.monitoring tool,
+    no profile was written)."""
+    data = os.path.join(os.path.dirname(priorreg.__file__), "data", "brainweb")
+    prof = tmp_path / "run.prof"
+    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "priorreg", "register",
+                        os.path.join(data, "BrainT1Slice.png"), os.path.join(data, "BrainProtonDensitySlice.png"),
+                        "--out", str(tmp_path / "o"), "--quiet", *FAST], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert prof.stat().st_size > 0
+
+
+def test_a_sys_monitoring_tool_counts_as_a_profiler(monkeypatch):
+    class Monitoring:  # Python 3.12's sys.monitoring, with cProfile registered as tool 2 (PROFILER_ID)
+        tools = {2: "cProfile"}
+
+        def get_tool(self, i):
+            return self.tools.get(i)
+
+    monkeypatch.setattr(sys, "monitoring", Monitoring(), raising=False)
+    monkeypatch.setattr(sys, "getprofile", lambda: None)
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
+    assert cli._observed()
+    Monitoring.tools = {}
+    assert not cli._observed()
+
+
 def test_a_prior_sets_the_normalisation_and_the_record_says_so(capsys, data, tmp_path):
     """The images are normalised as the prior's tables were; a --normalization that differs gets a note,
     and report.json's resolved options hold the normalisation used."""

@@ -5,7 +5,8 @@
 # test suite (the CUDA tests included), then `priorreg register` with no engine flags, whole
 # process, on the GPU and on the CPU: the 2D demo pair, MNI 3D at 2 mm and the same pair
 # resampled to 1 mm. Each run's wall time and report.json figures are printed. TESTS="..." narrows
-# the test run (default: the whole suite).
+# the test run (default: the whole suite; its whole log is kept in OUTDIR/tests.log); RUNS=0 skips the
+# whole-process runs.
 set -u
 cases=$1; out=$2
 mkdir -p "$out"
@@ -14,7 +15,8 @@ nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'threads', torch.get_num_threads())"
 
 echo "== tests ${TESTS:-tests}"
-timeout 240 python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests} 2>&1 | tail -25
+timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider ${TESTS:-tests} > "$out/tests.log" 2>&1
+echo "exit $?"; grep -n -m 5 -A 12 "Fatal Python error" "$out/tests.log"; tail -25 "$out/tests.log"
 echo "== CPU / CUDA agreement"
 PYTHONPATH=$PYTHONPATH:$PWD/tests timeout 120 python3 benchmarks/speed/cuda_agree.py
 
@@ -34,8 +36,19 @@ for key in ("fixed", "moving"):
 EOF
 python3 -m priorreg demo --out "$out/demo" --device cpu > /dev/null
 echo "== where the time goes: MNI 1 mm on CUDA, whole process (cProfile, cumulative seconds)"
-python3 -m cProfile -o "$out/1mm.prof" -m priorreg register "$out/cases/mni3d-1mm-t2_fixed.nii.gz" \
-    "$out/cases/mni3d-1mm-t2_moving.nii.gz" --out "$out/prof" --device cuda --overwrite --quiet
+python3 - "$out" <<'EOF'  # the CLI ends with SystemExit, which would stop cProfile before it writes
+import cProfile, sys
+out = sys.argv[1]
+sys.argv = ["priorreg", "register", f"{out}/cases/mni3d-1mm-t2_fixed.nii.gz", f"{out}/cases/mni3d-1mm-t2_moving.nii.gz",
+            "--out", f"{out}/prof", "--device", "cuda", "--overwrite", "--quiet"]
+from priorreg import cli
+prof = cProfile.Profile()
+try:
+    prof.runcall(cli.run)
+except SystemExit:
+    pass
+prof.dump_stats(f"{out}/1mm.prof")
+EOF
 python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumtime').print_stats('priorreg/', 30)" \
     "$out/1mm.prof" | grep -v '^$' | tail -32
 
@@ -56,6 +69,7 @@ run() {  # $1 = label, $2 = device, rest = fixed moving
     python3 -c "print('   wall %.2f s' % ($t1 - $t0))" > "$o.time"
     echo "$label $dev: $(tail -1 "$o.log")"; cat "$o.time"; summary "$o"
 }
+[ "${RUNS:-1}" = 0 ] && exit 0
 echo "== whole process, no engine flags"
 d=$out/demo
 for dev in cuda cpu cuda; do

@@ -454,6 +454,14 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _observed() -> bool:
+    """A profiler, tracer or coverage tool is attached: through sys.setprofile/settrace, or (Python 3.12 on,
+    where cProfile and coverage's fast core use it) as a sys.monitoring tool."""
+    mon = getattr(sys, "monitoring", None)
+    tools = [mon.get_tool(i) for i in range(6)] if mon else []
+    return bool(sys.getprofile() or sys.gettrace() or any(tools))
+
+
 def run() -> None:
     """The ``priorreg`` command (console script, ``python3 -m priorreg``): :func:`main`, then exit.
 
@@ -463,7 +471,7 @@ def run() -> None:
     cohort command exits normally (its cluster has exit handlers of its own).
     """
     code = main()
-    if sys.argv[1:2] == ["cohort"] or sys.getprofile() or sys.gettrace():  # a profiler or coverage writes at exit
+    if sys.argv[1:2] == ["cohort"] or _observed():  # a profiler or coverage writes at exit
         sys.exit(code)
     import logging
 
