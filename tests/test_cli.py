@@ -2,10 +2,12 @@
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -384,6 +386,43 @@ def test_progress_lines_per_level_when_not_a_tty():
     assert lines[1].startswith("priorreg: alpha=0.4 level 2/3: 30 iteration(s), J=-1.3,")
     assert lines[2].startswith("priorreg: alpha=0.4 level 3/3: 3 iteration(s)")
     assert cli.Console(quiet=True, stream=io.StringIO()).progress(10, 2) is None
+
+
+def test_progress_names_what_runs_before_the_first_level_and_times_each_level_from_its_start(monkeypatch):
+    # created at 0 s, level 1 starts at 6.5 s (the solver's iteration 0), level 2 at 9 s
+    clock = itertools.chain([0.0, 0.0, 6.5, 7.0, 7.5, 9.0, 9.25], itertools.repeat(10.0))
+    monkeypatch.setattr(cli.wf, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    s = io.StringIO()
+    con = cli.Console(stream=s)
+    cb = con.progress(30, 2, before="linear stage (affine) and set-up")
+    for level, it in ((1, 0), (1, 1), (1, 2), (0, 0), (0, 1)):
+        cb(level, it, -1.0)
+    con.end_bar(done=True)
+    lines = s.getvalue().splitlines()
+    assert lines == ["priorreg: linear stage (affine) and set-up: 6.5 s", "priorreg: level 1/2: 2 iteration(s), J=-1, 1.0 s",
+                     "priorreg: level 2/2: 1 iteration(s), J=-1, 0.2 s"]
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    con = cli.Console(stream=s)
+    cb = con.progress(30, 1, before="set-up")
+    assert s.getvalue() == "\rset-up ..."  # shown while it runs
+    cb(0, 0, -1.0)
+    con.end_bar()  # an error in the first iteration: the bar stays as drawn, the set-up line is complete
+    first, bar = s.getvalue().split("\n")[:2]
+    assert first.startswith("\rset-up ...\rset-up: ") and bar.startswith("\rlevel 1/1 [" + "." * 30 + "] it    0/30")
+
+
+def test_register_calls_back_at_each_level_start_then_after_each_step():
+    f, m, _, _ = synthetic.case((40, 44), synthetic.PD_NONMONO, max_disp=2.0)
+    calls = []
+    r = priorreg.register(f, m, levels=2, max_iterations=6, callback=lambda *a: calls.append(a[:2]))
+    for h in r.history:
+        mine = [it for level, it in calls if level == h.level]
+        assert mine == list(range(h.iterations + 1))
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

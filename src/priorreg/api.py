@@ -56,7 +56,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     initial_field : array of shape (d, *fixed.shape), optional
         Starting displacement (mm, same convention as the result); it replaces the linear stage.
     callback : callable(level, iteration, energy), optional
-        Called after each accepted step (progress display).
+        Called at the start of each pyramid level (iteration 0) and after each accepted step
+        (progress display); ``level`` counts down to 0, the finest.
     warn : bool
         Issue each of ``result.warnings`` as a :class:`PriorRegWarning` too (True), or only
         record them (False: the CLI and cohort print or store them themselves; thread-safe).

@@ -233,7 +233,7 @@ def _add_register(sub) -> None:
         help="register MOVING onto FIXED",
         description="Register MOVING onto FIXED (starting from their world alignment). Writes DIR/warped.nii.gz, "
         "field.nii.gz (ITK/ANTs displacement field: world LPS mm, pull-back), jacobian.nii.gz, report.json, "
-        "report.html, and linear.tfm when the linear stage ran. Progress: a bar on a terminal, else one line per pyramid level on stderr.",
+        "report.html, and linear.tfm when the linear stage ran. Progress on stderr: the linear stage and set-up, then a bar per pyramid level on a terminal, else one line each.",
     )
     r.add_argument("fixed", metavar="FIXED", help="reference image (file or DICOM series directory)")
     r.add_argument("moving", metavar="MOVING", help="image to deform")
@@ -352,8 +352,9 @@ def cmd_register(args, con: Console) -> int:
                                          shape=fixed.shape)
     for n in notes:
         con.note(n)
-    cb = con.progress(opts.max_iterations, opts.levels)
     from .api import register  # torch: only once the arguments and the outputs are known to be good
+
+    cb = con.progress(opts.max_iterations, opts.levels, before=wf.ahead_of_levels(opts))
 
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)

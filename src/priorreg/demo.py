@@ -20,7 +20,7 @@ from scipy import ndimage
 from . import io as pio
 from . import workflow as wf
 from .errors import PriorRegError
-from .options import RegistrationOptions
+from .options import preset_options
 
 DATA = Path(__file__).resolve().parent / "data" / "brainweb"
 FIXED = DATA / "BrainT1Slice.png"
@@ -119,8 +119,9 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
     from .api import register
 
     for alpha in ALPHAS:
-        opts = RegistrationOptions(**(options or {}))
-        cb = None if console is None else console.progress(opts.max_iterations, opts.levels, label=f"alpha={_label(alpha)} ")
+        opts = preset_options("default", fixed.ndim).replace(**(options or {}))  # what register() runs
+        cb = None if console is None else console.progress(opts.max_iterations, opts.levels, label=f"alpha={_label(alpha)} ",
+                                                          before=wf.ahead_of_levels(opts))
         res = register(fixed, deformed, prior=prior if _uses_prior(alpha) else None, alpha=alpha, device=device,
                        callback=cb, **(options or {}))
         if console is not None:

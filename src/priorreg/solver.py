@@ -154,8 +154,8 @@ def _settled(hist: LevelHistory, scales: list, opts) -> bool:
 def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, callback=None):
     """Minimise J = sum(data terms) + reg on one level, starting from ``u``.
 
-    Returns (u, LevelHistory). ``callback(level, iteration, J)`` is called after
-    every accepted step (progress bars).
+    Returns (u, LevelHistory). ``callback(level, iteration, J)`` is called once at the start
+    (iteration 0, the starting energy) and after every accepted step (progress bars).
     """
     t0 = time.perf_counter()
     hist = LevelHistory(level, tuple(u.shape[1:]), tuple(spacing))
@@ -165,6 +165,8 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
         raise _not_finite("energy is not finite", level, opts, 0, f" (J={J})")
     hist.energy.append(J)
     hist.terms.append(values)
+    if callback is not None:
+        callback(level, 0, J)
     fmax = _max_voxel_norm(F, spacing)
     if fmax == 0:
         return u, _closed(hist, 0, "zero force", t0)

@@ -55,19 +55,33 @@ class Console:
             self.end_bar()
             print(f"{PROG}: {msg}", file=self.stream)
 
-    def progress(self, max_iterations: int, levels: int, label: str = ""):
-        """A ``callback(level, iteration, energy)`` for :func:`priorreg.register` (None when quiet)."""
+    def progress(self, max_iterations: int, levels: int, label: str = "", before: str | None = None):
+        """A ``callback(level, iteration, energy)`` for :func:`priorreg.register` (None when quiet).
+
+        ``before`` names what runs ahead of the first level ("linear stage and set-up"): shown while it
+        runs (TTY), then one line with its seconds when the first level starts (the solver's call with
+        iteration 0). Each level's seconds count from its own start, so they add up to the run's.
+        """
         if self.quiet:
             return None
         state = {"level": None, "start": time.perf_counter(), "last": time.perf_counter()}
+        self._last = None
+        if before and self.bar:
+            self.stream.write(f"\r{label}{before} ...")
+            self.stream.flush()
+            self._open = True
 
         def cb(level, iteration, energy):
             now = time.perf_counter()
             if level != state["level"]:
+                first = state["level"] is None
+                if first and before:
+                    self._ahead(f"{label}{before}: {now - state['start']:.1f} s")
                 self.end_bar(done=True)
-                state.update(level=level, start=state["last"] if state["level"] is not None else state["start"])
+                start = now if iteration == 0 else state["start"] if first else state["last"]
+                state.update(level=level, start=start)
             state["last"] = now
-            # iteration counts the accepted steps of this level (1 after the first), never above the cap
+            # iteration counts the accepted steps of this level (0 at its start), never above the cap
             shown = (levels - level, levels, min(iteration, max_iterations), energy, now - state["start"])
             if self.bar:
                 self._last = (label, max_iterations, *shown)
@@ -76,6 +90,15 @@ class Console:
                 self._pending = "{}level {}/{}: {} iteration(s), J={:.6g}, {:.1f} s".format(label, *shown)
 
         return cb
+
+    def _ahead(self, line: str) -> None:
+        """The line of what ran before the first level, replacing its '...' on a TTY."""
+        if self.bar:
+            self.stream.write(f"\r{line}    \n")
+            self.stream.flush()
+            self._open = False
+        else:
+            print(f"{PROG}: {line}", file=self.stream, flush=True)
 
     def _draw(self, label, max_iterations, step, levels, iteration, energy, seconds, done: bool = False) -> None:
         width = 30
@@ -91,7 +114,7 @@ class Console:
         """End the bar's line (TTY) or print the finished level's line (not a TTY); ``done``: the level ended
         (converged early, most do: 20 of 300 iterations), so its bar ends full. An error or Ctrl-C leaves it as it was."""
         if self._open:
-            if done:
+            if done and self._last is not None:
                 self._draw(*self._last, done=True)
             self.stream.write("\n")
             self.stream.flush()
@@ -99,6 +122,11 @@ class Console:
         if self._pending is not None:
             print(f"{PROG}: {self._pending}", file=self.stream, flush=True)
             self._pending = None
+
+
+def ahead_of_levels(opts) -> str:
+    """What a registration with these options runs before its first pyramid level, as the progress names it."""
+    return "set-up" if opts.linear == "none" else f"linear stage ({opts.linear}) and set-up"
 
 
 # --------------------------------------------------------------------------- inputs
