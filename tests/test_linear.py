@@ -231,6 +231,38 @@ def test_initial_transform_from_file_is_refined(brainweb, tmp_path):
 # --------------------------------------------------------------------------- refusals
 
 
+def test_an_affine_estimate_carries_the_rigid_estimate_it_started_from(brainweb):
+    """``estimate_linear(kind="affine").rigid`` is what ``kind="rigid"`` returns, bit for bit (the same
+    search and rigid stage), so a caller falling back to rigid needs no second estimate."""
+    fixed, moving = brainweb
+    known = _affine(2, _rot2(9.0) @ np.diag([1.03, 0.98]), (6.0, -4.0), _centre(moving))
+    moved = _moved_2d(moving, known)
+    affine, rigid = estimate_linear(fixed, moved, kind="affine"), estimate_linear(fixed, moved, kind="rigid")
+    r = affine.rigid
+    assert r.kind == "rigid" and rigid.rigid is None and "rigid" not in affine.as_dict()
+    assert np.array_equal(r.matrix, rigid.matrix) and np.array_equal(r.translation, rigid.translation)
+    assert (r.metric_after, r.mi_after, r.notes, r.rejected) == (rigid.metric_after, rigid.mi_after, rigid.notes, rigid.rejected)
+    assert not np.allclose(affine.matrix, r.matrix, atol=1e-3)  # the affine stage went on from it
+
+
+def test_the_pipeline_falls_back_to_the_affine_estimates_own_rigid_stage(brainweb, monkeypatch):
+    from priorreg import checks, linear, prealign
+
+    fixed, moving = brainweb
+    calls = []
+
+    def counted(*a, **kw):
+        calls.append(kw["kind"])
+        return linear.estimate_linear(*a, **kw)
+
+    monkeypatch.setattr(prealign, "estimate_linear", counted)
+    monkeypatch.setattr(prealign, "implausible", lambda lin: True)  # as if the affine had scaled the anatomy
+    inp = checks.validate(fixed, _moved_2d(moving, _affine(2, _rot2(9.0), (6.0, -4.0), _centre(moving))), prior=None,
+                          mask=None, spacing=None, preset=None, options=None, initial_field=None, overrides={})
+    lin = prealign.prealign(inp)
+    assert calls == ["affine"] and lin.kind == "rigid" and "the rigid one is used" in lin.notes[-1]
+
+
 def test_mind_cross_check_keeps_the_fallback_when_mind_disagrees(brainweb):
     from priorreg.intensity import normalize
     from priorreg.linear import _cross_check, identity
@@ -238,14 +270,14 @@ def test_mind_cross_check_keeps_the_fallback_when_mind_disagrees(brainweb):
     fixed, moving = brainweb
     f_n, m_n = normalize(fixed.array), normalize(moving.array)
     wrong = LinearResult(_rot2(8.0), np.array([7.0, -5.0]), kind="rigid", center=np.zeros(2))
-    kept = _cross_check(fixed, f_n, moving, m_n, wrong, identity(2), "world alignment")  # the pair is aligned
+    kept = _cross_check(fixed, f_n, moving, m_n, [(wrong, identity(2), "world alignment")])[0]  # the pair is aligned
     assert np.allclose(kept.matrix, np.eye(2)) and "MIND descriptor distance" in kept.notes[-1]
     known = _affine(2, _rot2(12.0), (8.0, -6.0), _centre(moving))
     moved = _moved_2d(moving, known)
     A, c = np.array(known.GetMatrix()).reshape(2, 2), np.array(known.GetCenter())
     t = np.array(known.GetTranslation()) + c - A @ c  # moved(y) = moving(A y + t): fixed x lies at y = A^-1 (x - t)
     right = LinearResult(np.linalg.inv(A), -np.linalg.solve(A, t), kind="rigid", center=np.zeros(2))
-    assert _cross_check(fixed, f_n, moved, normalize(moved.array), right, identity(2), "world alignment") is right
+    assert _cross_check(fixed, f_n, moved, normalize(moved.array), [(right, identity(2), "world alignment")])[0] is right
 
 
 @pytest.mark.skipif(not os.path.isdir(SPINE), reason="needs ../shared/data (spinal cord T1w/T2w); not present")

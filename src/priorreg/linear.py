@@ -81,6 +81,10 @@ class LinearResult:
     rejected : bool
         The optimum raised MI but failed the overlap or the MIND check, so world alignment (or
         the initial transform) was kept: MI rose, but not trustworthily.
+    rigid : LinearResult or None
+        Of an affine estimate: the rigid stage it started from, finished and checked as
+        ``estimate_linear(kind="rigid")`` would return it (the same computation), for a caller
+        that falls back to rigid. Not in :meth:`as_dict`.
     """
 
     matrix: np.ndarray
@@ -99,6 +103,7 @@ class LinearResult:
     seconds: float = 0.0
     notes: list = field(default_factory=list)
     rejected: bool = False
+    rigid: LinearResult | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.matrix = np.asarray(self.matrix, dtype=float)
@@ -537,10 +542,10 @@ MIND_CHECK_VOXELS = 2**18  # the MIND cross-check runs on the finest grid 2^l x 
 MIND_TOLERANCE = 0.02
 
 
-def _mind_distance(fix: Image, f_n, mov: Image, m_n, transforms) -> list:
-    """Mean squared MIND-SSC descriptor difference between the fixed image and the moving image
-    through each (A, t) of ``transforms``, over the fixed voxels inside the moving image for all
-    of them, on a grid of at most MIND_CHECK_VOXELS voxels."""
+def _mind_distance(fix: Image, f_n, mov: Image, m_n, pairs) -> list:
+    """For each pair of transforms ((A, t), (A', t')) in ``pairs``: the mean squared MIND-SSC descriptor
+    difference between the fixed image and the moving image through each of the two, over the fixed voxels
+    inside the moving image under both, on a grid of at most MIND_CHECK_VOXELS voxels."""
     h = min(fix.spacing)
     while np.prod(np.asarray(fix.shape) * np.asarray(fix.spacing) / h) > MIND_CHECK_VOXELS:
         h *= 2.0
@@ -548,30 +553,56 @@ def _mind_distance(fix: Image, f_n, mov: Image, m_n, transforms) -> list:
     m_s, _, mgrid = _smoothed_grid(mov, m_n, h)
     (Mf, of), (Mm, om) = fgrid.index_to_world(), mgrid.index_to_world()
     world = Mf @ np.indices(f_s.shape, dtype=float).reshape(fix.ndim, -1) + of[:, None]
-    warped, inside = [], np.ones(f_s.size, bool)
-    for A, t in transforms:
-        j = np.linalg.solve(Mm, A @ world + (t - om)[:, None])
-        inside &= np.all((j >= 0) & (j <= np.array(m_s.shape)[:, None] - 1), axis=0)
-        warped.append(map_coordinates(m_s, j, order=1, mode="nearest").reshape(f_s.shape))
     desc = mind_ssc(torch.as_tensor(f_s, dtype=_DT))
-    keep = torch.as_tensor(inside.reshape(f_s.shape))
-    return [float(((mind_ssc(torch.as_tensor(w, dtype=_DT)) - desc) ** 2).mean(0)[keep].mean()) for w in warped]
+    seen = {}  # each distinct transform is warped and described once
+
+    def through(A, t):
+        key = (np.asarray(A).tobytes(), np.asarray(t).tobytes())
+        if key not in seen:
+            j = np.linalg.solve(Mm, A @ world + (t - om)[:, None])
+            inside = np.all((j >= 0) & (j <= np.array(m_s.shape)[:, None] - 1), axis=0).reshape(f_s.shape)
+            warped = map_coordinates(m_s, j, order=1, mode="nearest").reshape(f_s.shape)
+            seen[key] = (((mind_ssc(torch.as_tensor(warped, dtype=_DT)) - desc) ** 2).mean(0), torch.as_tensor(inside))
+        return seen[key]
+
+    out = []
+    for a, b in pairs:
+        (da, ia), (db, ib) = through(*a), through(*b)
+        keep = ia & ib
+        out.append((float(da[keep].mean()), float(db[keep].mean())))
+    return out
 
 
-def _cross_check(fix, f_n, mov, m_n, res: LinearResult, fallback: LinearResult, what: str) -> LinearResult:
-    """``res`` if the MIND descriptors (a local similarity, independent of the histogram) do not
-    find it worse than ``fallback`` (within MIND_TOLERANCE), else ``fallback`` with a note. On a
-    small field of view global MI can prefer a wrong transform (a spinal-cord slab: MI doubled
-    7 mm and 8 degrees off)."""
-    d_res, d_fall = _mind_distance(fix, f_n, mov, m_n, [(res.matrix, res.translation),
-                                                         (fallback.matrix, fallback.translation)])
-    # Not finite: no fixed voxel lies inside the moving image under both; the check cannot judge.
-    if not np.isfinite(d_fall) or d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
-        return res
-    fallback.notes.append(f"the linear stage's optimum raised mutual information but worsened the MIND descriptor "
-                          f"distance ({d_res:.4f} vs {d_fall:.4f}); the {what} is kept")
-    fallback.rejected = True
-    return fallback
+def _cross_check(fix, f_n, mov, m_n, checks) -> list:
+    """For each ``(res, fallback, what)`` of ``checks``: ``res`` if the MIND descriptors (a local
+    similarity, independent of the histogram) do not find it worse than ``fallback`` (within
+    MIND_TOLERANCE), else ``fallback`` with a note. On a small field of view global MI can prefer a
+    wrong transform (a spinal-cord slab: MI doubled 7 mm and 8 degrees off)."""
+    dists = _mind_distance(fix, f_n, mov, m_n, [((r.matrix, r.translation), (f.matrix, f.translation))
+                                                for r, f, _ in checks])
+    out = []
+    for (res, fallback, what), (d_res, d_fall) in zip(checks, dists):
+        # Not finite: no fixed voxel lies inside the moving image under both; the check cannot judge.
+        if not np.isfinite(d_fall) or d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
+            out.append(res)
+            continue
+        fallback.notes.append(f"the linear stage's optimum raised mutual information but worsened the MIND descriptor "
+                              f"distance ({d_res:.4f} vs {d_fall:.4f}); the {what} is kept")
+        fallback.rejected = True
+        out.append(fallback)
+    return out
+
+
+def _finished(lv: _Level, pb: _Problem, found: list, p_init, min_overlap, func, fns) -> list:
+    """The (kind, parameters) of each stage as LinearResults (:func:`_finish`), each optimum that won on MI
+    then checked against world alignment (or the initial transform) by the MIND descriptors."""
+    res = [_finish(lv, pb, p, p_init, kind, min_overlap, func) for kind, p in found]
+    name, q = ("world alignment", torch.zeros_like(found[0][1])) if p_init is None else ("initial", p_init)
+    checks = [(i, (r, _finish(lv, pb, q, None, kind, 0.0, func), name))
+              for i, (r, (kind, _)) in enumerate(zip(res, found)) if not r.notes]
+    for (i, _), kept in zip(checks, _cross_check(*fns, [c for _, c in checks]) if checks else []):
+        res[i] = kept
+    return res
 
 
 def estimate_linear(
@@ -666,16 +697,17 @@ def estimate_linear(
     starts = _starts(fix, f_n, mov, m_n, mask, fc, initial)
     stages = [_free(fix.ndim, "rigid", dev)] + ([_free(fix.ndim, "affine", dev)] if kind == "affine" else [])
     p = _search(lvls[-1], pb, starts, stages[0], iterations, 3, min_overlap, func)
-    for free in stages:
+    found = []  # (kind, parameters) after each stage: rigid, then affine
+    for stage, free in zip(("rigid", "affine"), stages):
         for lv in reversed(lvls):
             p = _optimise(lv, pb, p, free, iterations)
+        found.append((stage, p))
     p_init = None if initial is None else torch.as_tensor(starts[0], dtype=_DT, device=dev) / pb.unit
-    res = _finish(lvls[0], pb, p, p_init, kind, min_overlap, func)
-    if not res.notes:  # the optimum won on MI: does MIND agree?
-        name, q = ("world alignment", torch.zeros_like(p)) if p_init is None else ("initial", p_init)
-        fallback = _finish(lvls[0], pb, q, None, kind, 0.0, func)
-        res = _cross_check(fix, f_n, mov, m_n, res, fallback, name)
-    res.seconds = time.perf_counter() - t0
+    results = _finished(lvls[0], pb, found, p_init, min_overlap, func, (fix, f_n, mov, m_n))
+    res = results[-1]
+    res.rigid = results[0] if kind == "affine" else None
+    for r in results:
+        r.seconds = time.perf_counter() - t0
     return res
 
 

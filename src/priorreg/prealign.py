@@ -68,14 +68,15 @@ def prealign(inp: Inputs) -> LinearResult | None:
     if inp.options.linear == "none" or inp.initial_field is not None:
         return start
     lin = _estimate(inp, inp.options.linear, start)
-    if lin.kind == "affine" and implausible(lin):
-        rigid = _estimate(inp, "rigid", start)
+    rigid = lin.rigid  # an affine estimate's rigid stage (None for a rigid estimate)
+    if rigid is not None and implausible(lin):
         rigid.notes.append(f"the affine estimate had scales {np.round(lin.scales, 3).tolist()} and shears "
                            f"{np.round(lin.shears, 3).tolist()}: the rigid one is used")
         lin = rigid
-    elif lin.kind == "affine" and lin.rejected:  # fewer parameters may still find a transform
-        rigid = _estimate(inp, "rigid", start)
-        lin = rigid if not rigid.rejected else lin
+    elif rigid is not None and lin.rejected and not rigid.rejected:  # fewer parameters may still find a transform
+        rigid.notes.append("the affine optimum failed its check (MIND descriptors or overlap); the rigid one, which "
+                           "passed, is used")
+        lin = rigid
     return lin
 
 
