@@ -197,8 +197,10 @@ class RegistrationOptions:
         ``linear="none"`` it is used as it is). "" = none.
     bending_scale : {"none", "spacing"}
         "spacing": the bending weight is ``bending`` x (mean voxel size / 1 mm)^2, i.e. it
-        counts per voxel rather than per mm: noise and partial volume live at the scale of a
-        voxel, so coarse or anisotropic grids get a stiffer field. "none": ``bending`` mm^2 as given.
+        counts per voxel rather than per mm, so coarse or anisotropic grids get a stiffer field.
+        "none": ``bending`` mm^2 as given. The presets use "spacing"; measured on one warp in mm
+        sampled on two grids, the best weight followed the anatomy's deformation, not the grid
+        (docs/options.md, ``bending_scale``).
     nearly_aligned_stiffness : float
         Factor on the bending weight at the finest level when the coarser levels moved the pair by
         less than 0.75 voxel on average (:func:`priorreg.deformable.coarse_displacement`): a nearly
