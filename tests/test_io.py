@@ -103,6 +103,20 @@ def test_rgb_png_becomes_grey_with_a_note(tmp_path):
     np.testing.assert_allclose(img.array, sitk.GetArrayFromImage(rgb)[..., 0], atol=1)  # grey stored as RGB
 
 
+def test_a_float_vector_image_is_refused_not_taken_for_colour(tmp_path):
+    """A written field (3 float components per voxel) given as an image was made grey as if it were RGB and
+    registered without a word; colour means integer RGB(A) components (PNG, DICOM, NIfTI RGB24)."""
+    field = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(6, 7, 8, 3)).astype(np.float32), isVector=True)
+    sitk.WriteImage(field, str(tmp_path / "field.nii.gz"))
+    with pytest.raises(PriorRegError, match=r"has 3 components per voxel \(vector of 32-bit float; a displacement "
+                                            r"field\?\); give a scalar"):
+        pio.read_image(tmp_path / "field.nii.gz", "fixed")
+    rgb = sitk.GetImageFromArray(np.full((6, 7, 3), 200, np.uint8), isVector=True)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.nrrd"))
+    notes = []
+    assert np.allclose(pio.read_image(tmp_path / "rgb.nrrd", "fixed", notes).array, 200, atol=0.01) and notes
+
+
 def test_a_grey_alpha_png_is_refused_with_what_to_do(tmp_path):
     from PIL import Image as PILImage
 

@@ -239,8 +239,11 @@ def _to_scalar(img, path: str, name: str, notes):
     n = img.GetNumberOfComponentsPerPixel()
     if n == 1:
         return img
-    if n not in (3, 4):
-        raise PriorRegError(f"{name}: {path} has {n} components per pixel; give a scalar (grey-value) image")
+    colour = img.GetPixelID() in (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)  # RGB(A) files: PNG, DICOM, NIfTI RGB24
+    if n not in (3, 4) or not colour:
+        field = "; a displacement field?" if n == img.GetDimension() and not colour else ""
+        raise PriorRegError(f"{name}: {path} has {n} components per voxel ({img.GetPixelIDTypeAsString()}{field}); "
+                            "give a scalar (grey-value) image")
     r, g, b = (sitk.Cast(sitk.VectorIndexSelectionCast(img, c), sitk.sitkFloat32) for c in range(3))
     grey = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R BT.601 luma
     if notes is not None:
