@@ -533,3 +533,15 @@ def test_a_nifti_whose_sform_disagrees_with_the_qform_itk_reads_is_noted(tmp_pat
     img = pio.read_image(tmp_path / "b.nii", "fixed", notes)
     assert img.origin == pytest.approx((0.0, 0.0, 0.0))  # the qform's
     assert any("sform and qform disagree (by up to 20 mm" in n and "priorreg reads the qform" in n for n in notes)
+
+
+def test_big_endian_images_are_written_and_a_prior_is_not_saved_over_a_folder(tmp_path):
+    """Raw TypeError / IsADirectoryError (with an internal temporary path) before."""
+    a = np.arange(64).reshape(8, 8).astype(">i2")
+    pio.write_image(priorreg.Image(a), tmp_path / "be.nii.gz")
+    back = pio.read_image(tmp_path / "be.nii.gz").array
+    assert back.dtype == np.int16 and np.array_equal(back, a)
+    prior = priorreg.fit_prior(np.random.default_rng(0).random((16, 16)), np.random.default_rng(1).random((16, 16)),
+                               bins=8, levels=1)
+    with pytest.raises(PriorRegError, match=r"Prior.save\(\): .* is a folder; give the file to write"):
+        prior.save(tmp_path)

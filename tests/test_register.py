@@ -745,3 +745,79 @@ def test_fit_prior_gives_its_masks_the_margin_register_gives(monkeypatch):
     b = fit_prior([f], [m], masks=[with_margin(mask, (1.0, 1.0))], levels=1, bins=32)
     tight = fit_prior([f], [m], masks=[mask], levels=1, bins=32)
     assert np.allclose(a.tables, b.tables) and not np.allclose(a.tables, tight.tables)
+
+
+# --------------------------------------------------------------------------- a new user's pass over the API
+
+
+def test_flipped_float64_views_register_and_warp_as_their_copies():
+    """``x[::-1]`` of a float64 array (nibabel's get_fdata, reoriented) is a negative-stride view, which torch
+    refuses: register ran to the end and then failed in the warp; warp and initial_field failed at once."""
+    f, m, _, _ = syn.case((32, 36), syn.T2_MONO, max_disp=1.0)
+    f, m = np.asarray(f, np.float64), np.asarray(m, np.float64)
+    kw = dict(levels=2, max_iterations=5, linear="none")
+    r = register(f[::-1], m[::-1], **kw)
+    assert np.array_equal(r.field, register(f[::-1].copy(), m[::-1].copy(), **kw).field)
+    zero = np.zeros((2, *f.shape))
+    assert np.allclose(warp(f[::-1], zero).array, f[::-1], atol=1e-9)  # identity, up to interpolation's rounding
+    assert np.allclose(warp(f, zero[:, ::-1]).array, f, atol=1e-9)
+    init = register(f, m, initial_field=zero[:, ::-1], max_iterations=0, levels=1, linear="none")
+    assert np.array_equal(init.field, zero)
+
+
+def test_warp_beside_a_reference_takes_its_grid_and_refuses_what_it_cannot_mean():
+    a = np.zeros((40, 50))
+    a[10:20, 15:30] = 1
+    ref = Image(np.zeros((40, 50)), spacing=(2.0, 1.0), origin=(30.0, -12.0))
+    zero = np.zeros((2, 40, 50))
+    assert np.array_equal(warp(a, zero, reference=ref).array, a)  # a plain array on the reference grid
+    _raises(r"give spacing only without a reference", warp, a, zero, reference=ref, spacing=(2.0, 1.0))  # was: the object vanished
+    _raises(r"reference must be a priorreg.Image .*got ndarray", warp, a, zero, reference=a)
+
+
+@pytest.mark.parametrize("fill", [-1, 300, 0.6])
+def test_a_nearest_fill_the_labels_dtype_cannot_hold_is_refused(fill):
+    lab = np.tile(np.arange(20, dtype=np.uint8), (8, 1))
+    f = np.zeros((2, 8, 20))
+    f[1] = 5.0
+    _raises(r"fill=.* cannot be stored in the labels' dtype uint8 \(whole numbers 0 to 255\)", warp, lab, f,
+            interpolation="nearest", fill=fill)
+    out = warp(lab, f, interpolation="nearest", fill=7).array  # one it can: kept, and the dtype too
+    assert out.dtype == np.uint8 and list(out[0, 15:]) == [7] * 5
+    assert warp(lab.astype(np.float32), f, interpolation="nearest", fill=-1).array[0, -1] == -1
+
+
+@pytest.mark.parametrize("n", [8, 16, 24])
+def test_a_small_slice_runs_with_no_flags(n):
+    """The linear stage takes as many levels as keep 64 samples: 16 x 16 and 24 x 24 slices were refused
+    ("needs 64 ... use fewer levels") by a user who had set no levels."""
+    f = ndimage.gaussian_filter(np.random.default_rng(0).random((n, n)), 1.5)
+    r = register_with_presets(f, np.roll(f, 1, 0) ** 2, warn=False)
+    assert r.linear is not None and r.field.shape == (2, n, n)
+
+
+def test_a_prior_that_alpha_one_leaves_unused_is_reported():
+    f, m, _, _ = syn.case((32, 36), syn.T2_MONO, max_disp=1.0)
+    prior = fit_prior(f, m, bins=32, parzen_sigma=1.0, levels=2)
+    opts = RegistrationOptions(levels=2, bins=32, parzen_sigma=1.0, max_iterations=3)
+    with pytest.warns(PriorRegWarning, match=r"a prior was given but options= has alpha 1, so the prior is not used"):
+        register_with_presets(f, m, prior=prior, options=opts)
+    short = dict(levels=2, max_iterations=3)
+    for kw in (dict(options=opts, alpha=1.0), dict(alpha=1.0, **short), short):  # alpha 1 by name: as asked; auto weighs it
+        r = register_with_presets(f, m, prior=prior, warn=False, **kw)
+        assert not any("prior is not used" in w for w in r.warnings), kw
+
+
+def test_bad_masks_and_origins_and_warn_are_one_clear_error(pair):
+    f, m = pair
+    _raises(r"mask is text \(brain_mask.nii.gz\); read a file", register, f, m, mask="brain_mask.nii.gz")
+    _raises(r"mask must be an array of real numbers .*got dtype object", register, f, m, mask=np.full(f.shape, None))
+    _raises(r"mask must be an array of real numbers .*complex", register, f, m, mask=np.ones(f.shape, complex))
+    _raises(r"origin must be finite", Image, f, origin=(np.nan, 0.0))
+    _raises(r"warn must be True or False", register, f, m, warn="no")
+
+
+def test_a_result_prints_in_one_line(pair):
+    r = register(*pair, levels=1, max_iterations=3)
+    text = repr(r)
+    assert text.startswith("RegistrationResult(2D 32x36, preset=") and "\n" not in text and len(text) < 200

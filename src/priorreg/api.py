@@ -75,6 +75,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     (2, 32, 32)
     """
     t0 = time.perf_counter()
+    if not isinstance(warn, bool):
+        raise PriorRegError(f"register(): warn must be True or False, got {warn!r}")
     if callback is not None and not callable(callback):
         raise PriorRegError(f"register(): callback must be a function (level, iteration, energy), got {callback!r}")
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,

@@ -12,7 +12,7 @@ import torch
 
 from . import pyramid
 from .errors import PriorRegError
-from .image import Image, as_image, as_mask, on_one_grid, plane_offset, with_margin
+from .image import Image, as_image, as_mask, on_one_grid, plane_offset, torch_ready, with_margin
 from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 
@@ -93,7 +93,7 @@ def _initial_field(initial_field, fix: Image, func: str, opts: RegistrationOptio
     if opts.initial_transform:
         raise PriorRegError(f"{func}: give initial_field or initial_transform, not both (a field already holds the transform)")
     try:
-        init = np.asarray(initial_field, dtype=np.float64)
+        init = torch_ready(np.asarray(initial_field, dtype=np.float64))
     except (TypeError, ValueError):
         raise PriorRegError(f"{func}: initial_field must be an array of numbers (mm)") from None
     if init.shape != (fix.ndim, *fix.shape):
@@ -152,6 +152,10 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
             opts = opts.replace(**size)
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
+    if prior is not None and options is not None and "alpha" not in given and not is_auto(opts.alpha) and opts.alpha >= 1:
+        # alpha=1 asked for by name runs without the prior, as asked; options= brings it unasked (RegistrationOptions' default)
+        notes.append(f"{func}: a prior was given but options= has alpha 1, so the prior is not used (mutual information "
+                     "alone); pass alpha='auto' to weigh it per level, or alpha < 1 to fix its weight")
     _check_prior(prior, opts, fix.ndim, func)
     pyramid.check_levels(fix.shape, opts.levels, func)
     return Inputs(

@@ -101,7 +101,7 @@ def unused_prior_warnings(inp: Inputs, history: list) -> list:
     far = "" if kl is None else f" (KL to it {kl:.2f} nats at full resolution)"
     why = ("it was learned within masks and this pair has none: give the pair a mask of the region it was learned on"
            if inp.prior.notes.get("masked") and inp.mask is None else
-           "was it learned on another modality pair or other anatomy?")
+           "it may have been learned on another modality pair or other anatomy")
     return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
             f"{far}; {why}. The result is mutual information alone"]
 

@@ -56,6 +56,12 @@ class SliceGeometry:
     drop: int
 
 
+def torch_ready(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if it is a view with a negative stride (``x[::-1]``, a flipped orientation), which
+    torch cannot take; other layouts are kept as they are (no copy)."""
+    return np.ascontiguousarray(a) if any(s < 0 for s in a.strides) else a
+
+
 @dataclass
 class Image:
     """An n-D image (n = 2 or 3) with spacing, origin and direction.
@@ -72,7 +78,7 @@ class Image:
     volume: SliceGeometry | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        a = np.asarray(self.array)
+        a = torch_ready(np.asarray(self.array))
         if a.ndim not in (2, 3):
             raise PriorRegError(f"Image(): array must be 2D or 3D, got shape {a.shape}")
         self.array = a
@@ -81,6 +87,8 @@ class Image:
         if np.any(np.asarray(self.spacing) <= 0) or not np.all(np.isfinite(self.spacing)):
             raise PriorRegError(f"Image(): spacing must be positive and finite, got {self.spacing}")
         self.origin = _as_vector(self.origin, d, 0.0, "origin")
+        if not np.all(np.isfinite(self.origin)):
+            raise PriorRegError(f"Image(): origin must be finite, got {self.origin}")
         if self.direction is None:  # SimpleITK's GetImageFromArray: array axis k along world axis d-1-k
             self.direction = np.eye(d)[::-1]
         # A contiguous copy: torch refuses negative-stride views (e.g. a reversed SimpleITK matrix).
@@ -200,6 +208,10 @@ def as_mask(mask, fixed: Image, name: str, func: str) -> np.ndarray | None:
     if mask is None:
         return None
     m = mask.array if isinstance(mask, Image) else np.asarray(mask)
+    if m.dtype.kind in "US":
+        raise PriorRegError(f"{func}: {name} is text ({str(m)[:80]}); read a file with priorreg.read_image(path)")
+    if not (np.issubdtype(m.dtype, np.number) or m.dtype == bool) or np.iscomplexobj(m):
+        raise PriorRegError(f"{func}: {name} must be an array of real numbers (> 0 inside), got dtype {m.dtype}")
     if m.shape != tuple(fixed.shape):
         raise PriorRegError(f"{func}: {name} has shape {m.shape} but the fixed image has shape {tuple(fixed.shape)}")
     differs = mask.grid_difference(fixed) if isinstance(mask, Image) else None

@@ -736,6 +736,9 @@ def write_image(image: Image, path, name: str = "output", compress: bool = True)
                             f"or one from read_image), got {type(image).__name__}")
     ext = _check_write_ext(path, image.ndim, name)
     arr = np.asarray(image.array)
+    if not arr.dtype.isnative:  # big-endian data (read by another tool, or warped labels keeping it): ITK takes native
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+        image = image.with_array(arr)
     if ext == ".png" and arr.dtype not in (np.uint8, np.uint16):
         arr = _png_levels(arr, path, name)
         image = image.with_array(arr)

@@ -394,15 +394,30 @@ def _prior_term(prior, level, floor, name, dev):
     return PRIOR_TERMS[name](torch.as_tensor(Q, dtype=_DT, device=dev))
 
 
+MIN_SAMPLES = 64  # fixed samples a level of the stage needs at least
+
+
+def usable_levels(fix: Image, mask, levels: int) -> int:
+    """The most pyramid levels, up to ``levels``, whose coarsest keeps MIN_SAMPLES fixed voxels (inside
+    ``mask``) on its grid (:func:`_smoothed_grid`'s strides): a small image or mask allows fewer."""
+    region = np.ones(fix.shape, bool) if mask is None else np.asarray(mask) > 0
+    for n in range(levels, 1, -1):
+        ratio = 2.0 ** (n - 1) * min(fix.spacing) / np.asarray(fix.spacing, dtype=float)
+        stride = np.maximum(1, np.floor(ratio + 1e-6)).astype(int)
+        if np.count_nonzero(region[tuple(slice(0, None, k) for k in stride)]) >= MIN_SAMPLES:
+            return n
+    return 1
+
+
 def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
     """[_Level] finest first: target spacing 2^l times the fixed image's finest spacing."""
     out = []
     for lv in range(opts["levels"]):
         h = 2.0**lv * min(fix.spacing)
         pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
-        if len(fv) < 64:
+        if len(fv) < MIN_SAMPLES:
             fix_it = "use fewer levels" if lv > 0 else "the image or mask is too small for it: give a larger mask, or skip the stage (linear='none', --linear none)"
-            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs 64) at {level_label(lv, opts['levels'])} "
+            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs {MIN_SAMPLES}) at {level_label(lv, opts['levels'])} "
                                 f"(inside the mask if one is given); {fix_it}")
         marr, _, mgrid = _smoothed_grid(mov, m_n, h)
         M, o = mgrid.index_to_world()
@@ -475,7 +490,7 @@ def _search(lv: _Level, pb: _Problem, starts, free, iters, keep, min_overlap, fu
     if best_overlap < min_overlap:
         raise PriorRegError(
             f"{func}: overlap too small to register: at best {100 * best_overlap:.1f}% of the fixed samples "
-            f"fall inside the moving image (needs {100 * min_overlap:.0f}%); check the images' geometry or give a fixed_mask"
+            f"fall inside the moving image (needs {100 * min_overlap:.0f}%); check the images' geometry or give a mask of the region to align (fixed_mask; register's mask, --mask)"
         )
     ok = sorted((s for s in scored if s[1] >= min_overlap), key=lambda s: s[0])[:keep]
     refined = []

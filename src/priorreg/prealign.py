@@ -27,7 +27,7 @@ import numpy as np
 from .checks import Inputs
 from .options import is_auto
 from .linear import (HEADER_TURN_DEGREES, MAX_SAMPLES, LinearResult, compose_field, estimate_linear, header_turn,
-                     linear_to_field, read_itk_transform, rotation_angle)
+                     linear_to_field, read_itk_transform, rotation_angle, usable_levels)
 from .errors import PriorRegError
 from .image import Image
 from .resample import field_of_view, warp
@@ -51,7 +51,8 @@ def _estimate(inp: Inputs, kind: str, start: LinearResult | None) -> LinearResul
     # case's stage took 3.2 s on 2 threads, 1.3 s on one, with the same result; benchmarks/README.md).
     with registration_threads(MAX_SAMPLES):
         return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
-                               bins=opts.bins, parzen_sigma=opts.parzen_sigma, levels=min(3, opts.levels),
+                               bins=opts.bins, parzen_sigma=opts.parzen_sigma,
+                               levels=usable_levels(inp.fixed, inp.mask, min(3, opts.levels)),
                                device=str(inp.device), initial=start, prior_term=opts.prior_term,
                                prior_floor=opts.prior_floor, normalization=opts.normalization)
 

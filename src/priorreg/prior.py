@@ -107,6 +107,8 @@ class Prior:
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise PriorRegError(f"Prior.save(): cannot write {path}: the folder {directory} does not exist")
+        if os.path.isdir(path):
+            raise PriorRegError(f"Prior.save(): {path} is a folder; give the file to write (e.g. {os.path.join(path, 'prior.npz')})")
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # the mode of any file the user writes (umask)
             fh.write(buf.getvalue())
 

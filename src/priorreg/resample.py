@@ -11,7 +11,7 @@ import torch
 
 from . import spatial
 from .errors import PriorRegError
-from .image import Image, on_grid_of
+from .image import Image, on_grid_of, torch_ready
 from .checks import check_device
 
 
@@ -53,7 +53,7 @@ def _as_moving(moving, spacing, func: str) -> Image:
 
 
 def _checked_field(field, ref: Image, mov: Image, func: str) -> np.ndarray:
-    fld = np.asarray(field)
+    fld = torch_ready(np.asarray(field))
     if fld.shape != (ref.ndim, *ref.shape):
         raise PriorRegError(
             f"{func}: field must have shape {(ref.ndim, *ref.shape)} (components first, on the reference grid), got {fld.shape}"
@@ -65,6 +65,16 @@ def _checked_field(field, ref: Image, mov: Image, func: str) -> np.ndarray:
     return fld
 
 
+def _check_label_fill(fill, dtype, func: str) -> None:
+    """Nearest-neighbour output keeps the labels' dtype: refuse a fill it cannot hold (-1 in uint8 became 255)."""
+    if np.issubdtype(dtype, np.floating):
+        return
+    lo, hi = (0, 1) if dtype == bool else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    if float(fill) != int(fill) or not lo <= fill <= hi:
+        raise PriorRegError(f"{func}: fill={fill!r} cannot be stored in the labels' dtype {np.dtype(dtype).name} (whole "
+                            f"numbers {lo} to {hi}); give such a fill, or convert the labels to a wider type first")
+
+
 def warp(moving, field, *, reference=None, interpolation: str = "linear", spacing=None, device: str = "cpu",
          fill: float | None = 0.0, allow_empty: bool = False) -> Image:
     """Apply a displacement field to an image (intensities or labels).
@@ -72,8 +82,8 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     Parameters
     ----------
     moving : array or Image
-        Image in the moving space. A plain array is taken to share the
-        reference grid (with ``spacing`` if given).
+        Image in the moving space. A plain array is taken to share the reference grid (without a
+        reference: its own grid, with ``spacing`` mm per array axis, default 1).
     field : array of shape (d, *reference.shape)
         Physical displacement (mm) along the reference's array axes, pull-back.
     reference : Image, optional
@@ -92,9 +102,17 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         raise PriorRegError(f"{func}: interpolation must be 'linear' or 'nearest', got {interpolation!r}")
     if fill is not None and (isinstance(fill, (bool, str)) or not np.isfinite(fill)):
         raise PriorRegError(f"{func}: fill must be a finite number or None, got {fill!r}")
-    if isinstance(reference, Image) and spacing is None:  # a plain array shares the reference grid, as documented
+    if reference is not None and not isinstance(reference, Image):
+        raise PriorRegError(f"{func}: reference must be a priorreg.Image (the fixed grid, with its geometry), got "
+                            f"{type(reference).__name__}")
+    if reference is not None and spacing is not None:
+        raise PriorRegError(f"{func}: give spacing only without a reference: a plain moving array is taken on the "
+                            "reference's grid; give moving as a priorreg.Image for another grid")
+    if reference is not None:  # a plain array shares the reference grid, as documented
         moving = on_grid_of(moving, reference, "moving", func)
     mov = _as_moving(moving, spacing, func)
+    if interpolation == "nearest" and fill is not None:
+        _check_label_fill(fill, mov.array.dtype, func)
     ref = mov if reference is None else reference
     fld = _checked_field(field, ref, mov, func)
     dev = check_device(device, func)
@@ -116,5 +134,5 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
 
 def field_of_view(moving: Image, reference: Image, field: np.ndarray) -> np.ndarray:
     """Boolean map on the reference grid: where the field lands inside the moving image."""
-    u = torch.as_tensor(np.asarray(field), dtype=torch.float64)
+    u = torch.as_tensor(torch_ready(np.asarray(field)), dtype=torch.float64)
     return inside(world_coords(moving, reference, u), moving.shape).numpy()

@@ -87,6 +87,12 @@ class RegistrationResult:
     def final_energy(self) -> float:
         return self.history[-1].energy[-1]
 
+    def __repr__(self) -> str:  # the dataclass's would print every array (some 12 000 characters for a slice)
+        shape = "x".join(str(n) for n in self.fixed.shape)
+        its = "+".join(str(h.iterations) for h in self.history)
+        return (f"RegistrationResult({self.fixed.ndim}D {shape}, preset={self.preset!r}, {its} iterations, "
+                f"{self.seconds:.1f} s, final energy {self.final_energy:.6g}, {len(self.warnings)} warning(s))")
+
     def as_dict(self) -> dict:
         return {
             "preset": self.preset,
