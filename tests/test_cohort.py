@@ -255,6 +255,11 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
                                                                ("good2", d / "t1_2.nii.gz", d / "t2_2.nii.gz"))])
     rc, so, err = run(capsys, "cohort", via, "--out", out, "--resume", *FAST, *LOCAL)
     assert rc == 0 and "0 registered, 0 failed, 4 skipped" in so, err
+    # New content at the same path (a scan re-exported): registered again, not skipped with the old outputs.
+    broken.write_bytes((d / "t2_2.nii.gz").read_bytes())
+    rc, so, err = run(capsys, "cohort", rewritten, "--out", out, "--resume", *FAST, *LOCAL)
+    assert rc == 0 and "1 registered, 0 failed, 3 skipped" in so, err
+    assert read_summary(out)[0]["bad"]["status"] == "ok"
     # Resuming with other options would record them for pairs that ran without them.
     one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--levels", "3", *LOCAL],
                    "--resume with other options than the run in", "levels, max_iterations differ")

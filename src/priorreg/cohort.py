@@ -229,19 +229,21 @@ def outputs_complete(folder: str) -> bool:
 
 
 def same_inputs(pr: Pair) -> bool:
-    """Whether the pair's report.json names the fixed, moving and mask files its manifest row names now
-    (a row corrected after a run is registered again by --resume, not skipped with the old pair's outputs)."""
+    """Whether the pair's report.json names the fixed, moving and mask files its manifest row names
+    now, at the size and modification time they had (a row corrected after a run, or a file re-exported at
+    the same path, is registered again by --resume, not skipped with the old pair's outputs)."""
     import json
 
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
             rec = json.load(fh).get("inputs", {})
-        paths = [(rec.get(k) or {}).get("path") for k in ("fixed", "moving", "mask")]
+        was = [rec.get(k) or None for k in ("fixed", "moving", "mask")]
+        now = [None if p is None else wf.file_stamp(p) for p in (pr.fixed, pr.moving, pr.mask)]
     except (OSError, ValueError, AttributeError):
         return False
-    now = (pr.fixed, pr.moving, pr.mask)
-    return all((a is None and b is None) or (a is not None and b is not None and wf.same_path(a, b))
-               for a, b in zip(paths, now))
+    keys = ("bytes", "modified_ns")
+    return all((a is None and b is None) or (a is not None and b is not None and wf.same_path(a.get("path"), b["path"])
+                                             and all(a.get(k) == b[k] for k in keys)) for a, b in zip(was, now))
 
 
 def written_since(pr: Pair, started: float) -> bool:

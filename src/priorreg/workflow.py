@@ -493,13 +493,22 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
     return record
 
 
+def file_stamp(path) -> dict:
+    """A file's (or a DICOM folder's) absolute path, size in bytes and last modification (ns since the
+    epoch; a folder: of its newest file): what --resume compares to tell a changed input from the same one."""
+    path = os.path.abspath(path)
+    files = ([os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path])
+    stats = [os.stat(f) for f in files if os.path.isfile(f)]
+    return {"path": path, "bytes": sum(st.st_size for st in stats), "modified_ns": max((st.st_mtime_ns for st in stats), default=0)}
+
+
 def input_record(fixed, moving, mask=None, prior=None, prior_path=None) -> dict:
-    """The ``inputs`` of a run record: absolute paths, and the prior's metadata."""
-    rec = {"fixed": {"path": os.path.abspath(fixed)}, "moving": {"path": os.path.abspath(moving)}}
+    """The ``inputs`` of a run record: each file's :func:`file_stamp`, and the prior's metadata."""
+    rec = {"fixed": file_stamp(fixed), "moving": file_stamp(moving)}
     if mask:
-        rec["mask"] = {"path": os.path.abspath(mask)}
+        rec["mask"] = file_stamp(mask)
     if prior is not None:
-        rec["prior"] = {"path": os.path.abspath(prior_path), **prior.metadata()}
+        rec["prior"] = {**file_stamp(prior_path), **prior.metadata()}
     return rec
 
 
