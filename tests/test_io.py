@@ -147,7 +147,7 @@ def test_png_refuses_data_that_rounding_to_integers_would_destroy(tmp_path, valu
     pio.write_image(priorreg.Image(np.rint(blob_image((20, 30)) * 2 + 3)), tmp_path / "few.png")  # integers: kept as they are
 
 
-def _write_series(d, vol, uid: str, prefix: str = "slice") -> None:
+def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = "") -> None:
     for k in range(vol.shape[0]):
         s = sitk.GetImageFromArray(vol[k : k + 1])
         s.SetSpacing((0.8, 0.8, 2.5))
@@ -158,6 +158,9 @@ def _write_series(d, vol, uid: str, prefix: str = "slice") -> None:
         s.SetMetaData("0020|0013", str(k + 1))
         s.SetMetaData("0008|0060", "MR")
         s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.41")  # study instance UID
+        if description:
+            s.SetMetaData("0008|103e", description)
+            s.SetMetaData("0020|0011", uid[-1])  # series number
         w = sitk.ImageFileWriter()
         w.KeepOriginalImageUIDOn()
         w.SetFileName(str(d / f"{prefix}{k:03d}.dcm"))
@@ -175,10 +178,11 @@ def test_dicom_series_directory(tmp_path):
     assert img.spacing[0] == pytest.approx(2.5)
     assert img.spacing[1:] == pytest.approx((0.8, 0.8))
     # A second, shorter series: the longer one is read, and the note names it.
-    _write_series(d, vol[:3], "1.2.826.0.1.3680043.2.1125.1.43", "other")
+    _write_series(d, vol[:3], "1.2.826.0.1.3680043.2.1125.1.43", "other", description="T1 pre")
     notes = []
     assert pio.read_image(d, "fixed", notes).shape == vol.shape
-    assert notes == [f"fixed: {d} holds 2 DICOM series; using 1.2.826.0.1.3680043.2.1125.1.42 (5 files)"]
+    assert notes == [f"fixed: {d} holds 2 DICOM series; using the longest, UID 1.2.826.0.1.3680043.2.1125.1.42 (5 files); "
+                     'not used: "T1 pre" series 3 (UID 1.2.826.0.1.3680043.2.1125.1.43), 3 files']
     # Two series of one length: one was picked at random.
     _write_series(d, vol[:5], "1.2.826.0.1.3680043.2.1125.1.43", "other")
     with pytest.raises(PriorRegError, match=r"holds 2 DICOM series of 5 files each .*; give a folder with the one"):

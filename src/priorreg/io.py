@@ -174,6 +174,21 @@ def geometry(image: Image) -> dict:
 # --------------------------------------------------------------------------- reading
 
 
+def _series_label(first_file: str, sid: str) -> str:
+    """'"T1 post" (series 7, UID ...)': the series description and number (DICOM 0008|103e, 0020|0011) where present."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first_file)
+    try:
+        reader.ReadImageInformation()
+        get = lambda tag: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+        desc, number = get("0008|103e"), get("0020|0011")
+    except RuntimeError:
+        desc, number = "", ""
+    named = " ".join(x for x in (f'"{desc}"' if desc else "", f"series {number}" if number else "") if x)
+    return f"{named} (UID {sid})" if named else f"UID {sid}"
+
+
 def _read_dicom_dir(path: str, name: str, notes):
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
@@ -190,7 +205,9 @@ def _read_dicom_dir(path: str, name: str, notes):
         raise PriorRegError(f"{name}: {path} holds {len(tied)} DICOM series of {len(files[sid])} files each "
                             f"({', '.join(tied)}); give a folder with the one series to use")
     if len(ids) > 1 and notes is not None:
-        notes.append(f"{name}: {path} holds {len(ids)} DICOM series; using {sid} ({len(files[sid])} files)")
+        others = "; ".join(f"{_series_label(files[s][0], s)}, {len(files[s])} files" for s in ids if s != sid)
+        notes.append(f"{name}: {path} holds {len(ids)} DICOM series; using the longest, {_series_label(files[sid][0], sid)} "
+                     f"({len(files[sid])} files); not used: {others}")
     reader.SetFileNames(files[sid])
     try:
         img = reader.Execute()
