@@ -549,3 +549,16 @@ def test_big_endian_images_are_written_and_a_prior_is_not_saved_over_a_folder(tm
                                bins=8, levels=1)
     with pytest.raises(PriorRegError, match=r"Prior.save\(\): .* is a folder; give the file to write"):
         prior.save(tmp_path)
+
+
+def test_the_recorded_geometry_has_the_itk_view_of_the_header(tmp_path):
+    """report.json's grids are in array order (numpy's), which shows an identity direction as a permutation;
+    the "itk" entry is what ITK, 3D Slicer and the header say."""
+    img = sitk.GetImageFromArray(np.zeros((5, 6, 7), np.float32))
+    img.SetSpacing((0.5, 0.8, 2.0))
+    img.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.1, 0.2, 0.3).GetMatrix())
+    sitk.WriteImage(img, str(tmp_path / "a.nrrd"))
+    geo = pio.geometry(pio.read_image(tmp_path / "a.nrrd"))
+    assert geo["shape"] == [5, 6, 7] and geo["itk"]["size"] == [7, 6, 5]
+    assert geo["itk"]["spacing_mm"] == pytest.approx([0.5, 0.8, 2.0])
+    assert geo["itk"]["direction"] == pytest.approx(list(img.GetDirection()), abs=1e-8)

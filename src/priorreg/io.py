@@ -150,13 +150,19 @@ def image_to_sitk(image: Image, *, keep_volume: bool = True):
 
 
 def geometry(image: Image) -> dict:
-    """A JSON-friendly description of an image's grid."""
+    """A JSON-friendly description of an image's grid: in priorreg's array order (shape, spacing and
+    the direction's columns along the array axes, as numpy holds the voxels) and, under "itk", as ITK,
+    3D Slicer and the file headers give it (size, spacing and direction columns along i, j, k, the
+    array axes reversed; the direction row by row, as SimpleITK's GetDirection())."""
+    D = np.asarray(image.direction, float)
     out = {
         "shape": [int(n) for n in image.shape],
         "spacing_mm": [float(s) for s in image.spacing],
         "origin_mm": [float(o) for o in image.origin],
-        "direction": np.asarray(image.direction, float).round(8).tolist(),
+        "direction": D.round(8).tolist(),
         "dtype": str(image.array.dtype),
+        "itk": {"size": [int(n) for n in image.shape[::-1]], "spacing_mm": [float(s) for s in image.spacing[::-1]],
+                "direction": D[:, ::-1].round(8).ravel().tolist()},
     }
     if image.volume is not None:  # read from a single-slice 3D file; outputs are written like it
         vol = image.volume
