@@ -307,10 +307,11 @@ def test_errors_are_one_line(capsys, data, tmp_path):
     empty = tmp_path / "empty_mask.nii.gz"
     pio.write_image(a.with_array(np.zeros(a.shape, np.uint8)), empty)
     assert_error(capsys, ["register", f, m, "--out", out, "--mask", empty], "empty")
-    shifted = tmp_path / "shifted_mask.nii.gz"  # the right shape 40 mm away: it was used voxel by voxel
+    shifted = tmp_path / "shifted_mask.nii.gz"  # the right shape 1 m away: nowhere near the fixed image
     fi = pio.read_image(f)
-    pio.write_image(priorreg.Image(np.ones(fi.shape, np.uint8), fi.spacing, np.add(fi.origin, 40.0), fi.direction), shifted)
-    assert_error(capsys, ["register", f, m, "--out", out, "--mask", shifted], "lies on another grid than the fixed image")
+    pio.write_image(priorreg.Image(np.ones(fi.shape, np.uint8), fi.spacing, np.add(fi.origin, 1000.0), fi.direction), shifted)
+    line = assert_error(capsys, ["register", f, m, "--out", out, "--mask", shifted], "lies on another grid than the fixed image")
+    assert "covers none of the fixed image's voxels" in line
     assert_error(capsys, ["register", f, m, "--out", out, "--alpha", "0.5"], "needs a learned prior")
     assert_error(capsys, ["register", f, m, "--out", out, "--prior", data["prior"], "--alpha", "0.5", "--bins", "64"],
                  "bins=32")
@@ -345,6 +346,24 @@ def test_a_mask_too_small_for_the_linear_stage_says_so(capsys, data, tmp_path):
                                  tmp_path / "tiny.nii.gz", "--levels", "1"], "fixed samples (needs 64) at level 1/1")
     assert "has 13 fixed samples" in line  # the one voxel and its 2 mm margin (12 voxels of 0.9-1.2 mm)
     assert "give a larger mask, or skip the stage (linear='none', --linear none)" in line and "fewer levels" not in line
+
+
+def test_a_mask_on_another_grid_is_taken_where_it_lies_in_space(tmp_path):
+    """A mask made on another grid of the same anatomy (a 1 mm brain mask for a 2 mm image) was refused; it is
+    resampled onto the fixed grid by world position (nearest neighbour), with a note. A shifted one covers
+    another region, voxel for voxel where it lies."""
+    fixed = priorreg.Image(np.zeros((20, 30)), spacing=(2.0, 2.0), origin=(10.0, -5.0))
+    fine = np.zeros((40, 60), np.uint8)
+    fine[10:30, 20:40] = 1  # array rows run along world y (from -5 mm), columns along x (from 10 mm): SimpleITK's layout
+    pio.write_image(priorreg.Image(fine, (1.0, 1.0), (10.0, -5.0)), tmp_path / "fine.nii.gz")
+    notes = []
+    m = cli.wf.load_mask(tmp_path / "fine.nii.gz", fixed, notes)
+    want = np.zeros((20, 30))
+    want[5:15, 10:20] = 1
+    assert np.array_equal(m, want) and "resampled onto it (nearest neighbour, by world position)" in notes[0]
+    pio.write_image(priorreg.Image(np.ones((20, 30), np.uint8), (2.0, 2.0), (10.0, 15.0)), tmp_path / "moved.nii.gz")
+    m = cli.wf.load_mask(tmp_path / "moved.nii.gz", fixed, [])
+    assert m[:10].sum() == 0 and m[10:].all()  # 20 mm further along y: the fixed image's last 10 rows
 
 
 def test_progress_bar_on_a_tty_never_counts_past_the_cap():

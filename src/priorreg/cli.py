@@ -240,7 +240,7 @@ def _add_register(sub) -> None:
     r.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist or be empty)")
     r.add_argument("--prior", metavar="PRIOR", help="learned prior (from 'priorreg train'); needed for alpha < 1")
     r.add_argument("--mask", metavar="MASK", help="fixed-space mask: where the similarity terms sample (plus a 2 mm margin: the "
-                   "region's outline is often the edge that aligns it)")
+                   "region's outline is often the edge that aligns it); on another grid it is resampled by world position")
     r.add_argument("--overwrite", action="store_true", help="write into an existing non-empty DIR")
     r.add_argument("--quiet", action="store_true", help="no progress, notes or summary")
     add_preset_option(r)

@@ -169,14 +169,21 @@ def load_mask(path, fixed, notes: list):
     if path is None:
         return None
     m = load_input(path, "mask", notes)
-    if m.shape != fixed.shape:
-        raise PriorRegError(f"mask: {path} has shape {m.shape} but the fixed image has shape {fixed.shape}")
-    differs = m.grid_difference(fixed)  # used voxel by voxel: the same shape elsewhere in space is another region
-    if differs:
-        raise PriorRegError(f"mask: {path} lies on another grid than the fixed image ({differs}); resample it onto "
-                            "the fixed image first")
+    if m.ndim != fixed.ndim:
+        raise PriorRegError(f"mask: {path} is {m.ndim}D but the fixed image is {fixed.ndim}D")
     if not np.any(m.array > 0):
         raise PriorRegError(f"mask: {path} is empty (no voxel > 0); give a mask that covers the region to align")
+    differs = m.grid_difference(fixed)  # used voxel by voxel: the same shape elsewhere in space is another region
+    if differs:  # a mask made on another grid of the same anatomy (a 1 mm brain mask for a 2 mm image): where it is in space
+        from .resample import warp
+
+        m = warp(m.with_array((m.array > 0).astype(np.uint8)), np.zeros((fixed.ndim, *fixed.shape)), reference=fixed,
+                 interpolation="nearest", allow_empty=True)
+        if not np.any(m.array > 0):
+            raise PriorRegError(f"mask: {path} lies on another grid than the fixed image ({differs}) and covers none of "
+                                "the fixed image's voxels there; give the mask of this fixed image")
+        notes.append(f"mask: {path} is on another grid than the fixed image ({differs}); resampled onto it "
+                     "(nearest neighbour, by world position)")
     return (m.array > 0).astype(np.float64)
 
 
