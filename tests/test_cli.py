@@ -197,6 +197,11 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
                     "--out", tmp_path / "applied.nii.gz")
     assert rc == 0 and "wrote" in so
     np.testing.assert_allclose(pio.read_image(tmp_path / "applied.nii.gz").array, warped, atol=1e-5)
+    mov = pio.read_image(data["moving"])
+    pio.write_image(mov.with_array((mov.array - mov.array.min()) * 1000), tmp_path / "m1000.nii.gz")
+    rc, _, err = run(capsys, "apply", tmp_path / "m1000.nii.gz", "--field", out / "field.nii.gz", "--reference",
+                     data["fixed"], "--out", tmp_path / "applied.png")  # PNG rounds: said, not done silently
+    assert rc == 0 and "PNG holds whole numbers, so the interpolated values were rounded" in err, err
     rc, _, err = run(capsys, "apply", data["labels"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
                      "--out", tmp_path / "labels.nii.gz", "--interpolation", "nearest")
     assert rc == 0 and "label map" not in err

@@ -373,6 +373,8 @@ def cmd_register(args, con: Console) -> int:
 
 
 def cmd_apply(args, con: Console) -> int:
+    import numpy as np
+
     from . import io as pio
 
     wf.check_out_file(args.out, [args.moving, args.field, args.reference], args.overwrite)
@@ -400,7 +402,11 @@ def cmd_apply(args, con: Console) -> int:
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
         arr = arr.astype("float32")
+    rounded = pio.extension(args.out) == ".png" and not np.array_equal(arr, np.round(arr))
     pio.write_image(out.with_array(arr), args.out, "--out")
+    if rounded:
+        con.note(f"--out {args.out}: PNG holds whole numbers, so the interpolated values were rounded (write .nii.gz, "
+                 ".nrrd or .tif to keep their fractions)")
     if not con.quiet:
         print(f"{PROG}: wrote {args.out} ({wf.describe(out)}, {args.interpolation} interpolation)")
     return 0
