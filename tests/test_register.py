@@ -821,3 +821,9 @@ def test_a_result_prints_in_one_line(pair):
     r = register(*pair, levels=1, max_iterations=3)
     text = repr(r)
     assert text.startswith("RegistrationResult(2D 32x36, preset=") and "\n" not in text and len(text) < 200
+
+
+def test_more_mind_channels_than_there_are_is_refused(pair):
+    """mind_channels=100 in 2D ran exactly as 0 (all four), without a word."""
+    _raises(r"mind_channels=100, but MIND-SSC has 4 channels in 2D", register, *pair, mind_channels=100)
+    register(*pair, mind_channels=4, mind_weight=1.0, levels=1, max_iterations=2)  # all of them, by number

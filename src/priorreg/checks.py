@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import pyramid
+from .mind import ssc_pairs
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask, on_one_grid, plane_offset, torch_ready, with_margin
 from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
@@ -158,6 +159,10 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
                      "alone); pass alpha='auto' to weigh it per level, or alpha < 1 to fix its weight")
     _check_prior(prior, opts, fix.ndim, func)
     pyramid.check_levels(fix.shape, opts.levels, func)
+    channels = len(ssc_pairs(fix.ndim))  # MIND-SSC's channels: 4 in 2D, 12 in 3D
+    if opts.mind_channels > channels:
+        raise PriorRegError(f"{func}: mind_channels={opts.mind_channels}, but MIND-SSC has {channels} channels in "
+                            f"{fix.ndim}D; give 1 to {channels} principal components, or 0 for all")
     return Inputs(
         fixed=fix,
         moving=mov,
