@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .errors import PriorRegError
 
 PROG = "priorreg"
+LOG_EVERY_S = 30.0  # not on a terminal: a running level's line at least this often (a 1 mm level can take a minute)
 OUTPUT_NAMES = ("warped.nii.gz", "field.nii.gz", "jacobian.nii.gz", "report.json", "report.html")
 LINEAR_NAME = "linear.tfm"  # the linear stage alone (ITK transform), written when it ran
 TEMP_PREFIX = ".priorreg-"  # temporary files and folders of a write in progress
@@ -60,11 +61,12 @@ class Console:
 
         ``before`` names what runs ahead of the first level ("linear stage and set-up"): shown while it
         runs (TTY), then one line with its seconds when the first level starts (the solver's call with
-        iteration 0). Each level's seconds count from its own start, so they add up to the run's.
+        iteration 0). Each level's seconds count from its own start, so they add up to the run's. Not on
+        a TTY (a log), a level that runs longer than LOG_EVERY_S also gets a line "so far" that often.
         """
         if self.quiet:
             return None
-        state = {"level": None, "start": time.perf_counter(), "last": time.perf_counter()}
+        state = {"level": None, "start": time.perf_counter(), "last": time.perf_counter(), "logged": time.perf_counter()}
         self._last = None
         if before and self.bar:
             self.stream.write(f"\r{label}{before} ...")
@@ -79,7 +81,7 @@ class Console:
                     self._ahead(f"{label}{before}: {now - state['start']:.1f} s")
                 self.end_bar(done=True)
                 start = now if iteration == 0 else state["start"] if first else state["last"]
-                state.update(level=level, start=start)
+                state.update(level=level, start=start, logged=start)
             state["last"] = now
             # iteration counts the accepted steps of this level (0 at its start), never above the cap
             shown = (levels - level, levels, min(iteration, max_iterations), energy, now - state["start"])
@@ -88,6 +90,9 @@ class Console:
                 self._draw(*self._last)
             else:
                 self._pending = "{}level {}/{}: {} iteration(s), J={:.6g}, {:.1f} s".format(label, *shown)
+                if now - state["logged"] >= LOG_EVERY_S:
+                    print(f"{PROG}: {self._pending} so far", file=self.stream, flush=True)
+                    state["logged"] = now
 
         return cb
 
