@@ -403,3 +403,21 @@ def test_ctrl_c_records_a_pair_that_finished_before_it_was_heard(capsys, data, t
     s1 = next(p for p in cohort.validate(pairs_manifest(data), str(out), overwrite=True) if p.id == "s1")
     assert cohort.written_since(s1, time.time() - 600)
     assert not cohort.written_since(s1, time.time())  # written before this "run" began: an earlier run's
+
+
+def test_resume_reads_a_record_from_before_the_file_stamps_by_path(tmp_path):
+    """report.json written before inputs had sizes and times: compared by path alone (an upgrade would
+    otherwise register the whole cohort again); with stamps, a changed size counts."""
+    f, m = tmp_path / "f.nii.gz", tmp_path / "m.nii.gz"
+    f.write_bytes(b"fixed")
+    m.write_bytes(b"moving")
+    pr = cohort.Pair(line=2, id="a", fixed=str(f), moving=str(m), mask=None, out=str(tmp_path / "a"))
+    os.makedirs(pr.out)
+    old = {"inputs": {"fixed": {"path": str(f)}, "moving": {"path": str(m)}}}
+    (tmp_path / "a" / "report.json").write_text(json.dumps(old))
+    assert cohort.same_inputs(pr)
+    stamped = {"inputs": {"fixed": cohort.wf.file_stamp(f), "moving": cohort.wf.file_stamp(m)}}
+    (tmp_path / "a" / "report.json").write_text(json.dumps(stamped))
+    assert cohort.same_inputs(pr)
+    m.write_bytes(b"moving, re-exported")
+    assert not cohort.same_inputs(pr)

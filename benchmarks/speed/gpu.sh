@@ -36,19 +36,8 @@ for key in ("fixed", "moving"):
 EOF
 python3 -m priorreg demo --out "$out/demo" --device cpu > /dev/null
 echo "== where the time goes: MNI 1 mm on CUDA, whole process (cProfile, cumulative seconds)"
-python3 - "$out" <<'EOF'  # the CLI ends with SystemExit, which would stop cProfile before it writes
-import cProfile, sys
-out = sys.argv[1]
-sys.argv = ["priorreg", "register", f"{out}/cases/mni3d-1mm-t2_fixed.nii.gz", f"{out}/cases/mni3d-1mm-t2_moving.nii.gz",
-            "--out", f"{out}/prof", "--device", "cuda", "--overwrite", "--quiet"]
-from priorreg import cli
-prof = cProfile.Profile()
-try:
-    prof.runcall(cli.run)
-except SystemExit:
-    pass
-prof.dump_stats(f"{out}/1mm.prof")
-EOF
+python3 -m cProfile -o "$out/1mm.prof" -m priorreg register "$out/cases/mni3d-1mm-t2_fixed.nii.gz" \
+    "$out/cases/mni3d-1mm-t2_moving.nii.gz" --out "$out/prof" --device cuda --overwrite --quiet
 python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('cumtime').print_stats('priorreg/', 30)" \
     "$out/1mm.prof" | grep -v '^$' | tail -32
 

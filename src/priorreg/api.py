@@ -75,7 +75,7 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     (2, 32, 32)
     """
     t0 = time.perf_counter()
-    if not isinstance(warn, bool):
+    if warn not in (True, False):  # a bool (numpy's too), not "no"
         raise PriorRegError(f"register(): warn must be True or False, got {warn!r}")
     if callback is not None and not callable(callback):
         raise PriorRegError(f"register(): callback must be a function (level, iteration, energy), got {callback!r}")

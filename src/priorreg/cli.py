@@ -344,9 +344,10 @@ def cmd_register(args, con: Console) -> int:
     wf.check_device(overrides.get("device", "cpu"))
     wf.check_out_dir(args.out, [args.fixed, args.moving, args.prior, args.mask], args.overwrite)
     notes = []
+    prior = wf.load_prior(args.prior)
+    inputs = wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior)  # the files as they are read
     fixed, moving, mask = wf.load_pair(args.fixed, args.moving, args.mask, notes)
     read_notes = list(notes)  # what reading the files noted (a DICOM folder's series, colour made grey): in the report
-    prior = wf.load_prior(args.prior)
     wf.check_prior_dim(prior, args.prior, fixed, args.fixed)
     overrides, opts = wf.resolve_options(fixed.ndim, args.preset, overrides, prior, args.prior, notes,
                                          shape=fixed.shape)
@@ -364,8 +365,7 @@ def cmd_register(args, con: Console) -> int:
     weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # the note explains a weight: none given, none to explain
     for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
         con.note(f"alpha auto: {n}")
-    wf.write_outputs(args.out, result, prior=prior, mask=mask,
-                     inputs=wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior),
+    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=inputs,
                      extra={"input_notes": read_notes} if read_notes else None)
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")

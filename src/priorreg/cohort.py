@@ -241,9 +241,11 @@ def same_inputs(pr: Pair) -> bool:
         now = [None if p is None else wf.file_stamp(p) for p in (pr.fixed, pr.moving, pr.mask)]
     except (OSError, ValueError, AttributeError):
         return False
+    # A record from before the stamps (no "bytes") is compared by path alone, so an upgrade does not redo a cohort.
+    # Not seen: new content of the same size with its old modification time restored (cp -p, rsync -t).
     keys = ("bytes", "modified_ns")
     return all((a is None and b is None) or (a is not None and b is not None and wf.same_path(a.get("path"), b["path"])
-                                             and all(a.get(k) == b[k] for k in keys)) for a, b in zip(was, now))
+                                             and all(a.get(k, b[k]) == b[k] for k in keys)) for a, b in zip(was, now))
 
 
 def written_since(pr: Pair, started: float) -> bool:
@@ -464,6 +466,7 @@ def _register_and_write(spec: dict, prior, preset, overrides: dict, notes: list)
 def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: list):
     from .api import register
 
+    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])  # as they are read
     fixed, moving, mask = wf.load_pair(spec["fixed"], spec["moving"], spec["mask"], notes)
     read_notes = list(notes)  # what reading the files noted, for report.json
     wf.check_prior_dim(prior, spec["prior"], fixed, spec["fixed"])
@@ -472,7 +475,6 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
                       **overrides)
     _stop_point()
     notes.extend(f"warning: {w}" for w in result.warnings)
-    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
                      extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]},

@@ -84,7 +84,7 @@ def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
         return []
     return [f"register(): alpha={alpha:g} gave the prior weight {1 - alpha:g}, but the registered pair's joint "
             f"histogram is far from it (KL {rec['kl']:.2f} nats, {rec['fit_ratio']:.2f} x the prior's MI): alpha='auto' "
-            "would give it none. Was it learned on another modality pair or other anatomy?"]
+            "would give it none; it may have been learned on another modality pair or other anatomy"]
 
 
 def unused_prior_warnings(inp: Inputs, history: list) -> list:

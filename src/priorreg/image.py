@@ -127,7 +127,12 @@ class Image:
             a, b = getattr(self, name), getattr(other, name)
             if (a != b) if name == "shape" else not np.allclose(a, b, atol=tol):
                 return f"{name} {list(a) if name == 'shape' else r(a)} vs {list(b) if name == 'shape' else r(b)}"
-        va, vb = (self.volume, other.volume) if planes else (None, None)
+        return self.plane_difference(other, tol) if planes else None
+
+    def plane_difference(self, other: "Image", tol: float = 1e-3) -> str | None:
+        """How two single-slice images' planes in the 3D world differ ('slice plane axial at 0 mm vs ...'),
+        or None (the same plane, or either is not a single-slice 3D image)."""
+        va, vb = self.volume, other.volume
         if va is not None and vb is not None and (va.drop != vb.drop or abs(va.origin[va.drop] - vb.origin[vb.drop]) > tol):
             return f"slice plane {PLANES[va.drop]} at {va.origin[va.drop]:g} mm vs {PLANES[vb.drop]} at {vb.origin[vb.drop]:g} mm"
         return None

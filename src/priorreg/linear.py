@@ -242,10 +242,15 @@ class _Level:
     fixed_bins: object = None  # histogram.FirstAxis of fv on the problem's ranges (set by estimate_linear)
 
 
+def _strides(img: Image, h: float) -> tuple:
+    """(ratio, stride) per axis of ``img``'s grid for a target spacing of h mm: every stride-th voxel is kept."""
+    ratio = h / np.asarray(img.spacing, dtype=float)
+    return ratio, np.maximum(1, np.floor(ratio + 1e-6)).astype(int)
+
+
 def _smoothed_grid(img: Image, arr: np.ndarray, h: float):
     """``arr`` (on ``img``'s grid) blurred for a target spacing of h mm and subsampled."""
-    ratio = h / np.asarray(img.spacing, dtype=float)
-    stride = np.maximum(1, np.floor(ratio + 1e-6)).astype(int)
+    ratio, stride = _strides(img, h)
     sigma = np.where(ratio > 1.5, 0.5 * ratio, 0.0)
     out = gaussian_filter(arr, sigma, mode="nearest") if np.any(sigma > 0) else arr
     out = np.ascontiguousarray(out[tuple(slice(0, None, s) for s in stride)])
@@ -402,8 +407,7 @@ def usable_levels(fix: Image, mask, levels: int) -> int:
     ``mask``) on its grid (:func:`_smoothed_grid`'s strides): a small image or mask allows fewer."""
     region = np.ones(fix.shape, bool) if mask is None else np.asarray(mask) > 0
     for n in range(levels, 1, -1):
-        ratio = 2.0 ** (n - 1) * min(fix.spacing) / np.asarray(fix.spacing, dtype=float)
-        stride = np.maximum(1, np.floor(ratio + 1e-6)).astype(int)
+        _, stride = _strides(fix, 2.0 ** (n - 1) * min(fix.spacing))
         if np.count_nonzero(region[tuple(slice(0, None, k) for k in stride)]) >= MIN_SAMPLES:
             return n
     return 1
@@ -608,16 +612,21 @@ def _cross_check(fix, f_n, mov, m_n, checks) -> list:
     return out
 
 
-def _finished(lv: _Level, pb: _Problem, found: list, p_init, min_overlap, func, fns) -> list:
+def _finished(lv: _Level, pb: _Problem, found: list, p_init, min_overlap, func, images) -> list:
     """The (kind, parameters) of each stage as LinearResults (:func:`_finish`), each optimum that won on MI
-    then checked against world alignment (or the initial transform) by the MIND descriptors."""
-    res = [_finish(lv, pb, p, p_init, kind, min_overlap, func) for kind, p in found]
+    then checked against world alignment (or the initial transform) by the MIND descriptors.
+    ``images``: (fixed, its normalised array, moving, its normalised array)."""
     name, q = ("world alignment", torch.zeros_like(found[0][1])) if p_init is None else ("initial", p_init)
-    checks = [(i, (r, _finish(lv, pb, q, None, kind, 0.0, func), name))
-              for i, (r, (kind, _)) in enumerate(zip(res, found)) if not r.notes]
-    for (i, _), kept in zip(checks, _cross_check(*fns, [c for _, c in checks]) if checks else []):
-        res[i] = kept
-    return res
+    results, checks, checked = [], [], []
+    for kind, p in found:
+        res = _finish(lv, pb, p, p_init, kind, min_overlap, func)
+        if not res.notes:  # the optimum won on MI: does MIND agree?
+            checks.append((res, _finish(lv, pb, q, None, kind, 0.0, func), name))
+            checked.append(len(results))
+        results.append(res)
+    for i, kept in zip(checked, _cross_check(*images, checks) if checks else []):
+        results[i] = kept
+    return results
 
 
 def estimate_linear(

@@ -106,8 +106,8 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         raise PriorRegError(f"{func}: reference must be a priorreg.Image (the fixed grid, with its geometry), got "
                             f"{type(reference).__name__}")
     if reference is not None and spacing is not None:
-        raise PriorRegError(f"{func}: give spacing only without a reference: a plain moving array is taken on the "
-                            "reference's grid; give moving as a priorreg.Image for another grid")
+        raise PriorRegError(f"{func}: give spacing only without a reference: with one, a plain moving array is taken "
+                            "on the reference's grid and an Image keeps its own (give moving as an Image for another grid)")
     if reference is not None:  # a plain array shares the reference grid, as documented
         moving = on_grid_of(moving, reference, "moving", func)
     mov = _as_moving(moving, spacing, func)

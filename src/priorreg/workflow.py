@@ -61,12 +61,14 @@ class Console:
 
         ``before`` names what runs ahead of the first level ("linear stage and set-up"): shown while it
         runs (TTY), then one line with its seconds when the first level starts (the solver's call with
-        iteration 0). Each level's seconds count from its own start, so they add up to the run's. Not on
-        a TTY (a log), a level that runs longer than LOG_EVERY_S also gets a line "so far" that often.
+        iteration 0). Each level's seconds count from its own start (not the set-up of the next level's
+        terms, nor the result's). Not on a TTY (a log), a level that runs longer than LOG_EVERY_S also
+        gets a line "so far" that often.
         """
         if self.quiet:
             return None
-        state = {"level": None, "start": time.perf_counter(), "last": time.perf_counter(), "logged": time.perf_counter()}
+        t0 = time.perf_counter()
+        state = {"level": None, "start": t0, "last": t0, "logged": t0}
         self._last = None
         if before and self.bar:
             self.stream.write(f"\r{label}{before} ...")
@@ -178,6 +180,10 @@ def load_mask(path, fixed, notes: list):
         raise PriorRegError(f"mask: {path} is {m.ndim}D but the fixed image is {fixed.ndim}D")
     if not np.any(m.array > 0):
         raise PriorRegError(f"mask: {path} is empty (no voxel > 0); give a mask that covers the region to align")
+    plane = m.plane_difference(fixed)  # a single slice: the 2D resampling below cannot move it between planes
+    if plane:
+        raise PriorRegError(f"mask: {path} lies in another slice plane than the fixed image ({plane}); give the mask of "
+                            "the fixed image's slice")
     differs = m.grid_difference(fixed)  # used voxel by voxel: the same shape elsewhere in space is another region
     if differs:  # a mask made on another grid of the same anatomy (a 1 mm brain mask for a 2 mm image): where it is in space
         from .resample import warp
