@@ -59,24 +59,34 @@ def foreground(array) -> np.ndarray:
     return a > otsu_threshold(a)
 
 
-def clip_far_outliers(a: np.ndarray) -> np.ndarray:
-    """``a`` clipped to its core [p1, p99] (CORE_PERCENTILES) when some value lies more than OUTLIER_SPANS
-    times the core's span beyond it; ``a`` itself otherwise."""
+def _core_clip(a: np.ndarray):
+    """The bounds (lo, hi) to clip ``a`` to when some value lies more than OUTLIER_SPANS times its core's
+    span (CORE_PERCENTILES) beyond the core; None when none does."""
     lo, hi = np.percentile(a, CORE_PERCENTILES)
     s = OUTLIER_SPANS * (hi - lo)
     if s <= 0 or (a.min() >= lo - s and a.max() <= hi + s):
-        return a
-    return np.clip(a, lo, hi)
+        return None
+    return lo, hi
 
 
-def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
-    """Apply a normalisation recipe to one image; returns float64."""
+def clip_far_outliers(a: np.ndarray) -> np.ndarray:
+    """``a`` clipped to its core [p1, p99] (CORE_PERCENTILES) when some value lies more than OUTLIER_SPANS
+    times the core's span beyond it; ``a`` itself otherwise."""
+    bounds = _core_clip(a)
+    return a if bounds is None else np.clip(a, *bounds)
+
+
+def normalizer(array: np.ndarray, method: str = "percentile"):
+    """The normalisation ``method`` fitted to one image, as a function of arrays (float64): apply it to the
+    image (:func:`normalize`) or to other images of the same intensities (the image warped)."""
     a = np.asarray(array, dtype=np.float64)
     if method == "none":
-        return a.copy()
+        return lambda x: np.array(x, dtype=np.float64)
     if method != "percentile":
         raise PriorRegError(f"normalize(): method must be one of {NORMALIZATIONS}, got {method!r}")
-    a = clip_far_outliers(a)
+    bounds = _core_clip(a)
+    clip = (lambda x: np.asarray(x, dtype=np.float64)) if bounds is None else (lambda x: np.clip(np.asarray(x, np.float64), *bounds))
+    a = clip(a)
     t = otsu_threshold(a)
     fg, bg = a[a > t], a[a <= t]
     if fg.size < 16:
@@ -89,8 +99,13 @@ def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
     if p1 - p0 <= FLAT_FOREGROUND * contrast:
         p0, p1 = lo, hi
     if p1 <= p0:  # a constant image (e.g. a moving image resampled where it has no data): all zeros
-        return a - p0
-    return (a - p0) / (p1 - p0)
+        return lambda x: clip(x) - p0
+    return lambda x: (clip(x) - p0) / (p1 - p0)
+
+
+def normalize(array: np.ndarray, method: str = "percentile") -> np.ndarray:
+    """Apply a normalisation recipe to one image; returns float64."""
+    return normalizer(array, method)(array)
 
 
 def intensity_range(arrays) -> tuple[float, float]:

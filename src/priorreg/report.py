@@ -23,7 +23,7 @@ import numpy as np
 
 from . import io as pio
 from . import pictures as pic
-from .intensity import normalize
+from .intensity import normalize, normalizer
 from .linear import rotation_angle
 from .pyramid import level_label, level_number
 
@@ -210,14 +210,18 @@ def _every_nth(a):
     return flat[:: -(-flat.size // FIGURE_MAX_VOXELS)]
 
 
+RANK_TIE = 1e-4  # values closer than this share of the image's range count as one value when ranked
+
+
 def _ranker(a):
     """Function of values of ``a``: their average rank in ``a`` (in every n-th voxel of a large image),
-    scaled to [0, 1] (scipy's rankdata, 'average')."""
+    scaled to [0, 1] (scipy's rankdata, 'average'), values within RANK_TIE of the range counted as tied: an
+    interpolated constant background (c + 1e-5) would otherwise rank far from c's block of ties."""
     srt = np.sort(_every_nth(a))
-    scale = max(srt.size - 1, 1)
+    scale, eps = max(srt.size - 1, 1), RANK_TIE * float(srt[-1] - srt[0])
 
     def ranks(v):
-        left, right = np.searchsorted(srt, v, "left"), np.searchsorted(srt, v, "right")
+        left, right = np.searchsorted(srt, v - eps, "left"), np.searchsorted(srt, v + eps, "right")
         return (left + right - 1) / 2.0 / scale
 
     return ranks
@@ -292,9 +296,12 @@ class _Data:
 
     @cached_property
     def normalized(self):
-        """(fixed, before, after) normalised as the registration normalised them."""
-        norm = self.result.normalization
-        return normalize(self.fixed, norm), normalize(self.before, norm), normalize(self.after, norm)
+        """(fixed, before, after) normalised as the registration normalised them: before and after by the one
+        map fitted to the moving image (fitted to each, the warp's fill outside the field of view moved the
+        after image's percentiles, and "after - before" showed an offset where nothing changed)."""
+        norm, mov = self.result.normalization, getattr(self.result, "moving", None)
+        moving_map = normalizer(self.before if mov is None else mov.array, norm)
+        return normalize(self.fixed, norm), moving_map(self.before), moving_map(self.after)
 
     @cached_property
     def linear_only(self):
