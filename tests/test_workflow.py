@@ -316,3 +316,18 @@ def test_the_summary_line_keeps_a_small_translation():
     assert wf._linear_summary(lin).endswith("rotation 0.0 deg, translation 0.024 mm")
     lin.translation_mm = (1234.56, 0.0, 0.0)
     assert wf._linear_summary(lin).endswith("translation 1234.6 mm")  # not 1.23e+03
+
+
+def test_a_rejected_linear_stage_is_not_summarised_as_a_found_identity():
+    """Its optimum failed the MIND check and world alignment was kept: the summary read "rotation 0.0 deg,
+    translation 0 mm" and the reason was in report.json only."""
+    import types
+
+    import numpy as np
+
+    why = "the linear stage's optimum raised mutual information but worsened the MIND descriptor distance"
+    lin = types.SimpleNamespace(kind="affine", matrix=np.eye(3), translation_mm=(0.0, 0.0, 0.0), rejected=True, notes=[why])
+    assert wf._linear_summary(lin) == ", linear affine: not kept (see its note)"
+    assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [f"linear stage: {why}"]
+    lin.rejected = False
+    assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [] and "rotation 0.0 deg" in wf._linear_summary(lin)

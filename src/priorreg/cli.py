@@ -365,6 +365,8 @@ def cmd_register(args, con: Console) -> int:
     weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # the note explains a weight: none given, none to explain
     for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
         con.note(f"alpha auto: {n}")
+    for n in wf.linear_notes(result):
+        con.note(n)
     wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=inputs,
                      extra={"input_notes": read_notes} if read_notes else None)
     if not con.quiet:

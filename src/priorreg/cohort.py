@@ -475,6 +475,7 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
                       **overrides)
     _stop_point()
     notes.extend(f"warning: {w}" for w in result.warnings)
+    notes.extend(wf.linear_notes(result))
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
                      extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]},

@@ -552,10 +552,11 @@ def panel_linear(d):
         return None
     fs, bs, _ = d.scaled
     lin = d.result.linear
+    said = "".join(f" {n[0].upper()}{n[1:]}." for n in lin.notes)  # e.g. its optimum rejected, world alignment kept
     return (
         "Linear stage: before / after",
         f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
-        "stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.",
+        f"stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.{said}",
         _grid(d, [("world alignment", _show(_checkerboard(fs, bs)), ""),
                   (f"after the {lin.kind} stage", _show(lambda v: _checkerboard(v.take(fs), d.linear_only(v))), "")]),
     )

@@ -547,11 +547,20 @@ def _alpha_summary(result) -> str:
     return "" if not weights else ", alpha per level (auto) " + "/".join(f"{w['alpha']:.2f}" for w in weights)
 
 
+def linear_notes(result) -> list:
+    """The linear stage's notes when its optimum was rejected (world alignment or the initial transform kept:
+    the summary would otherwise read like a found identity); report.json's "linear" keeps every note."""
+    lin = result.linear
+    return [f"linear stage: {n}" for n in lin.notes] if lin is not None and lin.rejected else []
+
+
 def _linear_summary(lin) -> str:
     if lin is None:
         return ""
     from .linear import rotation_angle
 
+    if getattr(lin, "rejected", False):  # its optimum failed a check: what is kept is the start, not a found transform
+        return f", linear {lin.kind}: not kept (see its note)"
     rot = rotation_angle(lin.matrix)
     shift = sum(t * t for t in lin.translation_mm) ** 0.5
     shown = f"{shift:.1f}" if shift >= 1 else f"{shift:.2g}"  # 0.024 mm is 2 voxels of 0.01 mm
