@@ -230,8 +230,10 @@ def test_demo_runs_and_reports(capsys, tmp_path):
     out = tmp_path / "demo"
     rc, so, err = run(capsys, "demo", "--out", out)
     assert rc == 0, err
-    report = out / "alphaauto" / "report.html"
-    assert str(report.resolve()) in so
+    for name in ("alphaauto", "alpha1"):  # both runs' reports are named
+        assert str((out / name / "report.html").resolve()) in so
+    inputs = json.loads((out / "alphaauto" / "report.json").read_text())["inputs"]
+    assert inputs["moving"]["path"] == str((out / "moving_PD_deformed.nii.gz").resolve())  # what was registered
     assert sorted(os.listdir(out / "alpha1")) == sorted(cli.OUTPUT_NAMES + (cli.LINEAR_NAME,))
     summary = json.loads((out / "demo.json").read_text())
     epe = {e["alpha"]: e["endpoint_error_mm_mean"] for e in summary["endpoint_error"]}

@@ -418,8 +418,9 @@ def cmd_demo(args, con: Console) -> int:
     from . import demo
 
     wf.check_device(args.device)
-    path = demo.run(args.out, device=args.device, overwrite=args.overwrite, console=con)
-    print(f"{PROG}: demo report: {os.path.abspath(path)}")
+    reports = demo.run(args.out, device=args.device, overwrite=args.overwrite, console=con)
+    shown = ", ".join(f"{os.path.abspath(path)} ({run})" for run, path in reports.items())
+    print(f"{PROG}: demo reports: {shown}; each gives the endpoint errors of both")
     return 0
 
 

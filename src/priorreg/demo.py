@@ -66,8 +66,8 @@ def _prepare(out: str, overwrite: bool) -> None:
     pio.write_bytes(os.path.join(out, MARKER), b'{"demo": "running"}\n')  # marks the directory as the demo's
 
 
-def run(out: str = "priorreg-demo", *, device: str = "cpu", overwrite: bool = False, console=None, options=None) -> str:
-    """Run the demo into ``out``; returns the path of the main report.html.
+def run(out: str = "priorreg-demo", *, device: str = "cpu", overwrite: bool = False, console=None, options=None) -> dict:
+    """Run the demo into ``out``; returns {"alpha=auto": path of its report.html, "alpha=1": ...}.
 
     ``options``: extra engine option overrides (the tests use them to keep it short).
     """
@@ -103,7 +103,7 @@ def run(out: str = "priorreg-demo", *, device: str = "cpu", overwrite: bool = Fa
     finally:
         torch.set_num_threads(threads)
     _finish(out, results, fixed, true_mm, mask, prior)
-    return os.path.join(out, _dirname(ALPHAS[0]), "report.html")
+    return {f"alpha={_label(a)}": os.path.join(out, _dirname(a), "report.html") for a in ALPHAS}
 
 
 def _split(img):
@@ -149,7 +149,10 @@ def _finish(out, results, fixed, true_mm, mask, prior):
         "reports": {f"alpha={_label(a)}": os.path.join(_dirname(a), "report.html") for a in ALPHAS},
     }
     extra_html = _summary_html(results, float(true_norm[mask].mean()))
-    inputs = {"fixed": {"path": str(FIXED)}, "moving": {"path": str(MOVING), "deformed_by": "known_field (demo)"}}
+    # the images registered are the ones written beside the reports (the back half of the bundled slices, the PD deformed)
+    inputs = {"fixed": {**wf.file_stamp(os.path.join(out, "fixed_T1.nii.gz")), "made_from": str(FIXED)},
+              "moving": {**wf.file_stamp(os.path.join(out, "moving_PD_deformed.nii.gz")), "made_from": str(MOVING),
+                         "deformed_by": "known_field (demo)"}}
     for alpha, (res, stats) in results.items():
         wf.write_outputs(os.path.join(out, _dirname(alpha)), res, prior=prior if _uses_prior(alpha) else None, mask=None,
                          inputs=inputs, extra={"demo": {**summary, "this_run": stats}}, extra_html=extra_html)
