@@ -127,6 +127,14 @@ def test_one_pair_prior_is_conservative(test_pair):
     assert all("one training pair" in r["note"] for r in res.prior_weights)
 
 
+def test_a_one_pair_prior_given_no_weight_gets_no_conservative_weight_note(test_pair):
+    """The note explains a weight; at alpha 1 the reason says why there is none ("conservative weight" beside
+    alpha 1 contradicted itself)."""
+    res = _register_auto(*test_pair, _prior(T2, T1, seeds=(1,)))  # one pair, modalities swapped
+    assert _alphas(res) == [1.0, 1.0] and not any("note" in r for r in res.prior_weights)
+    assert "does not describe this pair" in res.prior_weights[-1]["reason"]
+
+
 def test_auto_at_alpha_one_is_mutual_information_alone(test_pair):
     """A level where auto chooses 1 runs exactly as alpha=1 (no fitted intensity maps, same field)."""
     prior = _prior(T2, T1)  # swapped: auto chooses 1 everywhere

@@ -159,9 +159,10 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
     elif fit_ratio >= FIT_RANGE[1]:
         reason = f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
     else:
-        reason = f"prior weight {1 - alpha:.2f} (KL {fit_ratio:.2f}, spread " + (
-            "unknown" if spread is None else f"{spread / info:.2f}") + " x the prior's MI)"
-    if note:
+        spread_text = "unknown" if spread is None else f"{spread / info:.2f}"
+        reason = (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}, "
+                  f"its training pairs' spread {spread_text})")
+    if note and alpha < 1:  # a weight to explain (none given: the reason says why)
         rec["note"] = note
     rec["reason"] = reason
     return alpha, rec
