@@ -536,6 +536,13 @@ def test_train_takes_the_binning_its_help_gives_per_dimension(capsys, tmp_path):
     assert rc == 0, err
     p, three = priorreg.Prior.load(tmp_path / "p.npz"), preset_options("default", 3)
     assert (p.bins, p.parzen_sigma) == (three.bins, three.parzen_sigma) == (32, 1.0)
+    # no --levels on a volume too small for the preset's 3: fewer, with a note, as register does (it was refused)
+    for name in ("f", "m"):  # 10 slices: 2 levels at most
+        sitk.WriteImage(sitk.ReadImage(str(tmp_path / f"{name}.nii.gz"))[:, :, 7:17], str(tmp_path / f"{name}10.nii.gz"))
+    rc, _, err = run(capsys, "train", "--fixed", tmp_path / "f10.nii.gz", "--moving", tmp_path / "m10.nii.gz", "--out",
+                     tmp_path / "p2.npz")
+    assert rc == 0 and "using --levels 2: an image of shape (10, 24, 24) is too small for 3" in err, err
+    assert priorreg.Prior.load(tmp_path / "p2.npz").levels == 2
 
 
 def test_the_command_ends_without_teardown_after_writing_and_flushing_everything(tmp_path):

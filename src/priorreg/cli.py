@@ -320,10 +320,16 @@ def cmd_train(args, con: Console) -> int:
     notes = []
     fixed, moving, masks = _train_inputs(args, notes)
     from .options import preset_options
+    from .pyramid import max_levels
 
     preset = preset_options("default", fixed[0].ndim)  # what --help says: the binning register will use
     kw = {k: getattr(preset, k) for k in TRAIN_OPTIONS}
     kw.update(given, regions=parse_regions(args.regions))
+    most = min(max_levels(f.shape) for f in fixed)
+    if "levels" not in given and kw["levels"] > most:  # as register does for an image too small for the preset's
+        notes.append(f"using --levels {most}: an image of shape {min((f.shape for f in fixed), key=max_levels)} is "
+                     f"too small for {kw['levels']}")
+        kw["levels"] = most
     for n in notes:
         con.note(n)
     from .prior import fit_prior  # torch: only once the arguments and the output are known to be good
