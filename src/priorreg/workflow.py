@@ -501,7 +501,7 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
     make_out_dir(os.path.dirname(os.path.abspath(out)))
     record = rep.report_dict(result, inputs, extra)
     names = OUTPUT_NAMES + ((LINEAR_NAME,) if result.linear is not None else ())
-    record["outputs"] = {n: os.path.join(os.fspath(out), n) for n in names}
+    record["outputs"] = {n: os.path.abspath(os.path.join(os.fspath(out), n)) for n in names}  # as the inputs: absolute
     with run_folder(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
         # The images (mostly gzip, which releases the GIL) are written while the report is drawn.
         images = pool.submit(write_images, tmp, result)
