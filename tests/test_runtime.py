@@ -116,6 +116,22 @@ def test_registration_threads_lower_for_the_run_and_restore(restore_threads, mon
         assert n == 4 and torch.get_num_threads() == 4
 
 
+def test_a_library_run_on_a_busy_machine_with_spinning_threads_uses_one(restore_threads, monkeypatch):
+    """The command line decides this in configure_threads; register() from Python did not (57 s instead of 5 s
+    for a 2 mm pair beside other jobs)."""
+    monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 16)
+    monkeypatch.setattr(runtime, "_busy", lambda cpus: True)
+    torch.set_num_threads(4)
+    monkeypatch.delenv(runtime.WAIT_POLICY_ENV, raising=False)  # libgomp's default: spin
+    with runtime.registration_threads(10_000_000) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv(runtime.WAIT_POLICY_ENV, "passive")  # threads that sleep share a busy machine well
+    with runtime.registration_threads(10_000_000) as n:
+        assert n == 4
+    assert torch.get_num_threads() == 4
+
+
 def test_a_registration_records_the_threads_it_ran_on(restore_threads, monkeypatch):
     import numpy as np
 

@@ -168,8 +168,10 @@ def threads_for(n_voxels: int, cpus: int | None = None, passive: bool | None = N
 @contextmanager
 def registration_threads(n_voxels: int):
     """torch's CPU threads lowered to :func:`threads_for` ``(n_voxels)`` for the duration (never
-    raised), unless the user chose a count with ``$PRIORREG_THREADS``. Only in the main thread:
-    torch's thread count is process-wide, and a cohort's workers (threads of one process) set
+    raised), unless the user chose a count with ``$PRIORREG_THREADS``; one thread where OpenMP's threads
+    spin on a machine already busy (as :func:`configure_threads` decides for the command line: a
+    library user's 2 mm registration took 57 s instead of 5 s beside other jobs). Only in the main
+    thread: torch's thread count is process-wide, and a cohort's workers (threads of one process) set
     their own share."""
     import threading
 
@@ -177,7 +179,8 @@ def registration_threads(n_voxels: int):
 
     before = torch.get_num_threads()
     chosen = os.environ.get(THREADS_ENV, "").strip() or threading.current_thread() is not threading.main_thread()
-    want = before if chosen else min(before, threads_for(n_voxels))
+    spinning = os.environ.get(WAIT_POLICY_ENV, "").strip().upper() != "PASSIVE"
+    want = before if chosen else 1 if spinning and _busy(available_cpus()) else min(before, threads_for(n_voxels))
     if want != before:
         torch.set_num_threads(want)
     try:
