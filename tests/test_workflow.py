@@ -312,7 +312,7 @@ def test_the_summary_line_keeps_a_small_translation():
 
     import numpy as np
 
-    lin = types.SimpleNamespace(kind="affine", matrix=np.eye(3), translation_mm=(0.024, 0.0, 0.0))
+    lin = types.SimpleNamespace(kind="affine", matrix=np.eye(3), translation_mm=(0.024, 0.0, 0.0), rejected=False)
     assert wf._linear_summary(lin).endswith("rotation 0.0 deg, translation 0.024 mm")
     lin.translation_mm = (1234.56, 0.0, 0.0)
     assert wf._linear_summary(lin).endswith("translation 1234.6 mm")  # not 1.23e+03

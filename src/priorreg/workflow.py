@@ -559,7 +559,7 @@ def _linear_summary(lin) -> str:
         return ""
     from .linear import rotation_angle
 
-    if getattr(lin, "rejected", False):  # its optimum failed a check: what is kept is the start, not a found transform
+    if lin.rejected:  # its optimum failed a check: what is kept is the start, not a found transform
         return f", linear {lin.kind}: not kept (see its note)"
     rot = rotation_angle(lin.matrix)
     shift = sum(t * t for t in lin.translation_mm) ** 0.5
