@@ -252,6 +252,14 @@ def test_rank_difference_is_scipy_rankdata():
         assert np.abs(diff(v) - v.take(np.abs(ranks(f) - ranks(m)))).max() <= 1.0 / (f.size - 1)
 
 
+def test_one_far_outlier_does_not_make_every_value_a_tie():
+    """The tie window was a share of the whole range: one voxel at 1e7 made every rank about 0.5."""
+    a = np.random.default_rng(0).random((64, 64)) * 1000
+    a[0, 0] = 1e7
+    exact = (rankdata(a.ravel(), method="average") - 1) / (a.size - 1)
+    assert np.abs(report._ranker(a)(a.ravel()) - exact).max() < 2e-3
+
+
 def test_an_interpolated_constant_background_ranks_with_the_constant():
     """A z-scored image's constant background (-5.61) warped: -5.61 + 1e-5 here and there ranked at the top
     of the background's ties instead of its middle, and the 'after' panel showed speckle where nothing moved."""
@@ -295,3 +303,10 @@ def test_after_minus_before_is_zero_where_the_registration_changed_nothing():
     d.fixed, d.before, d.after = moving * 2, moving, after
     _, bn, an = d.normalized
     assert np.abs((an - bn)[:, 6:]).max() < 1e-12
+
+
+def test_a_rejected_linear_stage_is_one_row_that_says_so():
+    """Its summary rows showed the kept start as 'rotation 0.00 deg, translation 0.00 mm' as if found."""
+    why = "the linear stage's optimum raised mutual information but worsened the MIND descriptor distance"
+    lin = types.SimpleNamespace(kind="affine", rejected=True, notes=[why])
+    assert report._linear_rows(lin) == [("linear stage (affine)", f"not kept: {why}")]

@@ -122,6 +122,7 @@ def test_a_library_run_on_a_busy_machine_with_spinning_threads_uses_one(restore_
     monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
     monkeypatch.setattr(runtime, "available_cpus", lambda: 16)
     monkeypatch.setattr(runtime, "_busy", lambda cpus: True)
+    monkeypatch.setattr(runtime, "_BUSY_AT_FIRST_RUN", [])  # decided at the process's first registration
     torch.set_num_threads(4)
     monkeypatch.delenv(runtime.WAIT_POLICY_ENV, raising=False)  # libgomp's default: spin
     with runtime.registration_threads(10_000_000) as n:
@@ -130,6 +131,15 @@ def test_a_library_run_on_a_busy_machine_with_spinning_threads_uses_one(restore_
     with runtime.registration_threads(10_000_000) as n:
         assert n == 4
     assert torch.get_num_threads() == 4
+    # Decided once: later the load average counts this process's own runs, which must not throttle a loop.
+    monkeypatch.delenv(runtime.WAIT_POLICY_ENV, raising=False)
+    monkeypatch.setattr(runtime, "_BUSY_AT_FIRST_RUN", [])
+    monkeypatch.setattr(runtime, "_busy", lambda cpus: False)
+    with runtime.registration_threads(10_000_000) as n:
+        assert n == 4
+    monkeypatch.setattr(runtime, "_busy", lambda cpus: True)  # busy now, with this process's own threads
+    with runtime.registration_threads(10_000_000) as n:
+        assert n == 4
 
 
 def test_a_registration_records_the_threads_it_ran_on(restore_threads, monkeypatch):

@@ -281,7 +281,7 @@ def _add_demo(sub) -> None:
     d.add_argument("--out", default="priorreg-demo", metavar="DIR", help="output directory (default: ./priorreg-demo)")
     d.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="device (default: cpu)")
     d.add_argument("--overwrite", action="store_true", help="write into an existing non-empty DIR")
-    d.add_argument("--quiet", action="store_true", help="print nothing but errors and the report path")
+    d.add_argument("--quiet", action="store_true", help="print nothing but errors and the two reports' paths")
 
 
 # --------------------------------------------------------------------------- commands
@@ -325,11 +325,8 @@ def cmd_train(args, con: Console) -> int:
     preset = preset_options("default", fixed[0].ndim)  # what --help says: the binning register will use
     kw = {k: getattr(preset, k) for k in TRAIN_OPTIONS}
     kw.update(given, regions=parse_regions(args.regions))
-    most = min(max_levels(f.shape) for f in fixed)
-    if "levels" not in given and kw["levels"] > most:  # as register does for an image too small for the preset's
-        notes.append(f"using --levels {most}: an image of shape {min((f.shape for f in fixed), key=max_levels)} is "
-                     f"too small for {kw['levels']}")
-        kw["levels"] = most
+    smallest = min((f.shape for f in fixed), key=max_levels)  # as register does for an image too small for the preset's
+    kw.update(wf.fewer_levels(preset.replace(**given), smallest, given, notes))
     for n in notes:
         con.note(n)
     from .prior import fit_prior  # torch: only once the arguments and the output are known to be good

@@ -210,15 +210,18 @@ def _every_nth(a):
     return flat[:: -(-flat.size // FIGURE_MAX_VOXELS)]
 
 
-RANK_TIE = 1e-4  # values closer than this share of the image's range count as one value when ranked
+RANK_TIE = 1e-4  # values closer than this share of the image's 1st-99th percentile span count as one value when ranked
 
 
 def _ranker(a):
     """Function of values of ``a``: their average rank in ``a`` (in every n-th voxel of a large image),
-    scaled to [0, 1] (scipy's rankdata, 'average'), values within RANK_TIE of the range counted as tied: an
-    interpolated constant background (c + 1e-5) would otherwise rank far from c's block of ties."""
+    scaled to [0, 1] (scipy's rankdata, 'average'), values within RANK_TIE of the 1st-99th percentile span
+    counted as tied: an interpolated constant background (c + 1e-5) would otherwise rank far from c's block
+    of ties. (The span, not the range: one far outlier would make every value a tie.)"""
     srt = np.sort(_every_nth(a))
-    scale, eps = max(srt.size - 1, 1), RANK_TIE * float(srt[-1] - srt[0])
+    scale = max(srt.size - 1, 1)
+    lo, hi = srt[int(0.01 * scale)], srt[int(0.99 * scale)]
+    eps = RANK_TIE * float(hi - lo if hi > lo else srt[-1] - srt[0])
 
     def ranks(v):
         left, right = np.searchsorted(srt, v - eps, "left"), np.searchsorted(srt, v + eps, "right")
@@ -556,7 +559,7 @@ def panel_linear(d):
     return (
         "Linear stage: before / after",
         f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
-        f"stage alone (before the deformable stage). Rotation, translation, scales and shears are in the summary.{said}",
+        f"stage alone (before the deformable stage).{' Rotation, translation, scales and shears are in the summary.' if not lin.rejected else ''}{said}",
         _grid(d, [("world alignment", _show(_checkerboard(fs, bs)), ""),
                   (f"after the {lin.kind} stage", _show(lambda v: _checkerboard(v.take(fs), d.linear_only(v))), "")]),
     )
@@ -654,6 +657,8 @@ def _linear_rows(lin) -> list:
     """The linear stage's transform, as a reader checks it: degrees, mm, scales, shears."""
     if lin is None:
         return []
+    if lin.rejected:  # what is kept is the start, not a transform the stage found
+        return [(f"linear stage ({lin.kind})", "not kept: " + "; ".join(lin.notes))]
 
     def nums(xs, unit=""):
         return ", ".join(f"{x:.2f}{unit}" for x in xs)

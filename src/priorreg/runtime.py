@@ -165,6 +165,18 @@ def threads_for(n_voxels: int, cpus: int | None = None, passive: bool | None = N
     return max(1, min(cpus, MAX_THREADS, math.ceil(n_voxels / per_thread)))
 
 
+_BUSY_AT_FIRST_RUN = []
+
+
+def _busy_at_first_run() -> bool:
+    """Whether the machine was busy when this process's first registration started, decided once (as the
+    command line decides at its start): later, the load average counts this process's own earlier runs,
+    and a loop of registrations would throttle itself to one thread."""
+    if not _BUSY_AT_FIRST_RUN:
+        _BUSY_AT_FIRST_RUN.append(_busy(available_cpus()))
+    return _BUSY_AT_FIRST_RUN[0]
+
+
 @contextmanager
 def registration_threads(n_voxels: int):
     """torch's CPU threads lowered to :func:`threads_for` ``(n_voxels)`` for the duration (never
@@ -180,7 +192,7 @@ def registration_threads(n_voxels: int):
     before = torch.get_num_threads()
     chosen = os.environ.get(THREADS_ENV, "").strip() or threading.current_thread() is not threading.main_thread()
     spinning = os.environ.get(WAIT_POLICY_ENV, "").strip().upper() != "PASSIVE"
-    want = before if chosen else 1 if spinning and _busy(available_cpus()) else min(before, threads_for(n_voxels))
+    want = before if chosen else 1 if spinning and _busy_at_first_run() else min(before, threads_for(n_voxels))
     if want != before:
         torch.set_num_threads(want)
     try:

@@ -271,7 +271,7 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note);
     with the fixed image's ``shape``, fewer levels where the image is too small for the preset's.
     """
-    from .checks import default_alpha, size_settings
+    from .checks import default_alpha
     from .options import is_auto, preset_options
 
     base = preset_options(preset or "default", ndim)
@@ -283,15 +283,25 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
     chosen = {} if "alpha" in overrides else {"alpha": default_alpha(preset, ndim, prior)}  # as register() chooses
     opts = base.replace(**overrides, **chosen)
-    size = {} if shape is None else size_settings(opts, shape, flags)
+    size = {} if shape is None else fewer_levels(opts, shape, flags, notes)
     if size:
-        notes.append(f"using --levels {size['levels']}: an image of shape {tuple(shape)} is too small for {opts.levels}")
         overrides, opts = {**overrides, **size}, opts.replace(**size)
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
     if prior is not None:
         prior.check_compatible(ndim, opts, f"prior {prior_path}")
     return overrides, opts
+
+
+def fewer_levels(opts, shape, given: dict, notes: list) -> dict:
+    """{"levels": n} with a note where an image of ``shape`` is too small for ``opts.levels`` and no
+    --levels was given (:func:`priorreg.checks.size_settings`, register()'s rule); else {}."""
+    from .checks import size_settings
+
+    size = size_settings(opts, shape, given)
+    if size:
+        notes.append(f"using --levels {size['levels']}: an image of shape {tuple(shape)} is too small for {opts.levels}")
+    return size
 
 
 def _from_prior(base, given: dict, prior, notes: list) -> dict:
