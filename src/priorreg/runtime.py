@@ -61,7 +61,12 @@ def set_wait_policy() -> bool:
         if "torch" in sys.modules:
             return False  # too late: libgomp has read its settings
         os.environ[WAIT_POLICY_ENV] = "PASSIVE"
-    return os.environ[WAIT_POLICY_ENV].strip().upper() == "PASSIVE"
+    return _passive_wait()
+
+
+def _passive_wait() -> bool:
+    """Whether ``$OMP_WAIT_POLICY`` makes OpenMP threads sleep at barriers (else they spin, libgomp's default)."""
+    return os.environ.get(WAIT_POLICY_ENV, "").strip().upper() == "PASSIVE"
 
 
 def _cgroup_cpus() -> float | None:
@@ -120,7 +125,7 @@ def configure_threads(threads: int | None = None) -> dict:
     Returns what was decided: ``{"threads", "cpus", "passive_wait", "reason"}``.
     """
     cpus = available_cpus()
-    passive = set_wait_policy() if _busy(cpus) else os.environ.get(WAIT_POLICY_ENV, "").strip().upper() == "PASSIVE"
+    passive = set_wait_policy() if _busy(cpus) else _passive_wait()
     reason = "argument"
     if threads is None:
         env = os.environ.get(THREADS_ENV, "").strip()
@@ -160,7 +165,7 @@ def threads_for(n_voxels: int, cpus: int | None = None, passive: bool | None = N
     threads that sleep at barriers (``passive``; default: as ``$OMP_WAIT_POLICY`` says) or spin."""
     cpus = available_cpus() if cpus is None else cpus
     if passive is None:
-        passive = os.environ.get(WAIT_POLICY_ENV, "").strip().upper() == "PASSIVE"
+        passive = _passive_wait()
     per_thread = VOXELS_PER_THREAD_PASSIVE if passive else VOXELS_PER_THREAD
     return max(1, min(cpus, MAX_THREADS, math.ceil(n_voxels / per_thread)))
 
@@ -191,8 +196,7 @@ def registration_threads(n_voxels: int):
 
     before = torch.get_num_threads()
     chosen = os.environ.get(THREADS_ENV, "").strip() or threading.current_thread() is not threading.main_thread()
-    spinning = os.environ.get(WAIT_POLICY_ENV, "").strip().upper() != "PASSIVE"
-    want = before if chosen else 1 if spinning and _busy_at_first_run() else min(before, threads_for(n_voxels))
+    want = before if chosen else 1 if not _passive_wait() and _busy_at_first_run() else min(before, threads_for(n_voxels))
     if want != before:
         torch.set_num_threads(want)
     try:
