@@ -391,27 +391,31 @@ def test_a_single_slice_mask_from_another_slice_is_refused(tmp_path):
     assert cli.wf.load_mask(slice_file(m, 0.0, "m0.nii.gz"), fixed, []).sum() == 25  # its own slice: taken as it is
 
 
-def test_progress_bar_on_a_tty_never_counts_past_the_cap():
+def test_progress_bar_on_a_tty_fills_by_the_work_of_the_levels_finished():
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     s = Tty()
     con = cli.Console(stream=s)
-    cb = con.progress(10, 2)
-    for it in range(1, 11):  # the solver calls back after each accepted step: 1 .. max_iterations
-        cb(1, it, -0.5 - it / 100)
+    cb = con.progress(10, 2, ndim=2)  # 2D: the finer level has 4 times the voxels, 4/5 of the work
+    for it in range(1, 12):  # the solver calls back after each accepted step; never shown past the cap
+        cb(1, min(it, 10), -0.5 - it / 100)
     cb(0, 1, -0.7)  # the last level converges after one step: its bar still ends full
     con.end_bar(done=True)
     text = s.getvalue()
-    assert text.count("\r") == 13 and "level 1/2" in text and "level 2/2" in text and text.endswith("\n")
-    assert text.splitlines()[-1].split("\r")[-1].startswith("level 2/2 [" + "#" * 30 + "] it    1/10")
+    draws = [d for d in text.replace("\n", "\r").split("\r") if d]
+    assert len(draws) == 14 and text.endswith("\n")
+    assert draws[0].startswith("level 1/2 [" + "." * 30 + "] it    1  J=")
+    assert draws[11].startswith("level 1/2 [" + "#" * 6 + "." * 24 + "] it   10")  # level 1 ended: 1/5 of the work
+    assert draws[12].startswith("level 2/2 [" + "#" * 6 + "." * 24 + "] it    1")
+    assert draws[13].startswith("level 2/2 [" + "#" * 30 + "] it    1")
+    assert "it   11" not in text and "/10" not in text
     s = Tty()
     con = cli.Console(stream=s)
     con.progress(300, 2)(1, 5, -0.5)
     con.end_bar()  # an error or Ctrl-C at iteration 5: the bar is left as it was, not drawn full
-    assert s.getvalue().count("\r") == 1 and "[" + "#" * 30 not in s.getvalue()
-    assert "it   10/10" in text and "11/10" not in text and "it    0/10" not in text
+    assert s.getvalue().count("\r") == 1 and "[" + "." * 30 + "]" in s.getvalue()
     assert cli.Console(quiet=True, stream=Tty()).progress(10, 2) is None
 
 
@@ -464,7 +468,12 @@ def test_progress_names_what_runs_before_the_first_level_and_times_each_level_fr
     cb(0, 0, -1.0)
     con.end_bar()  # an error in the first iteration: the bar stays as drawn, the set-up line is complete
     first, bar = s.getvalue().split("\n")[:2]
-    assert first.startswith("\rset-up ...\rset-up: ") and bar.startswith("\rlevel 1/1 [" + "." * 30 + "] it    0/30")
+    assert first.startswith("\rset-up ...\rset-up: ") and bar.startswith("\rlevel 1/1 [" + "." * 30 + "] it    0  J=-1")
+    s = Tty()
+    con = cli.Console(stream=s)
+    con.progress(30, 1, before="set-up")
+    cli._fail(con, "bad")  # an error before the first level: its line replaces the "..." (stderr is not this stream)
+    assert s.getvalue() == "\rset-up ...\r\033[K"
 
 
 def test_register_calls_back_at_each_level_start_then_after_each_step():
@@ -541,7 +550,7 @@ def test_train_takes_the_binning_its_help_gives_per_dimension(capsys, tmp_path):
         sitk.WriteImage(sitk.ReadImage(str(tmp_path / f"{name}.nii.gz"))[:, :, 7:17], str(tmp_path / f"{name}10.nii.gz"))
     rc, _, err = run(capsys, "train", "--fixed", tmp_path / "f10.nii.gz", "--moving", tmp_path / "m10.nii.gz", "--out",
                      tmp_path / "p2.npz")
-    assert rc == 0 and "using --levels 2: an image of shape (10, 24, 24) is too small for 3" in err, err
+    assert rc == 0 and "using --levels 2: an image of 24x24x10 voxels is too small for 3" in err, err
     assert priorreg.Prior.load(tmp_path / "p2.npz").levels == 2
 
 
@@ -621,7 +630,7 @@ def test_a_thin_stack_runs_with_no_flags_and_says_how_many_levels(capsys, tmp_pa
     rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--out", tmp_path / "o",
                        "--max-iterations", "5")
     assert rc == 0, err
-    assert "using --levels 2: an image of shape (9, 40, 36) is too small for 3" in err
+    assert "using --levels 2: an image of 36x40x9 voxels is too small for 3" in err
     assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["levels"] == 2
 
 
@@ -637,7 +646,7 @@ def test_a_priors_levels_are_capped_on_a_thin_stack_like_the_presets(capsys, tmp
     rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--prior", tmp_path / "p.npz",
                        "--out", tmp_path / "o", "--max-iterations", "3")
     assert rc == 0, err
-    assert "using --levels 1: an image of shape (5, 40, 36) is too small for 2" in err
+    assert "using --levels 1: an image of 36x40x5 voxels is too small for 2" in err
 
 
 def test_out_names_too_long_and_demo_outs_are_refused_before_any_work(capsys, data, tmp_path):

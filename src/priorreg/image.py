@@ -121,12 +121,17 @@ class Image:
 
     def grid_difference(self, other: "Image", tol: float = 1e-3, planes: bool = True) -> str | None:
         """What differs between the two grids ('origin [0, 0] vs [5, 0]'), or None on one grid; with
-        ``planes``, single slices in different planes of the 3D world differ too."""
+        ``planes``, single slices in different planes of the 3D world differ too. Said as ITK, 3D Slicer and
+        the file headers say it (size and spacing along i, j, k: the array axes reversed; the direction row
+        by row), since users compare it with what their viewer shows."""
+        if self.shape != other.shape:
+            return f"size {'x'.join(map(str, self.shape[::-1]))} vs {'x'.join(map(str, other.shape[::-1]))}"
         r = lambda v: [round(float(x), 3) for x in np.ravel(v)]
-        for name in ("shape", "spacing", "origin", "direction"):
-            a, b = getattr(self, name), getattr(other, name)
-            if (a != b) if name == "shape" else not np.allclose(a, b, atol=tol):
-                return f"{name} {list(a) if name == 'shape' else r(a)} vs {list(b) if name == 'shape' else r(b)}"
+        as_itk = {"spacing": lambda g: g.spacing[::-1], "origin": lambda g: g.origin,
+                  "direction": lambda g: np.asarray(g.direction)[:, ::-1]}
+        for name, get in as_itk.items():
+            if not np.allclose(get(self), get(other), atol=tol):
+                return f"{name} {r(get(self))} vs {r(get(other))}"
         return self.plane_difference(other, tol) if planes else None
 
     def plane_difference(self, other: "Image", tol: float = 1e-3) -> str | None:

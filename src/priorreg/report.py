@@ -529,7 +529,7 @@ def _energy_series(history):
     start, keys, total, terms, starts, labelled = 0, [], [], [], [], set()
     for i, h in enumerate(history):
         e, x = np.asarray(h.energy, float), start + np.arange(len(h.energy))
-        total.append((x, e, pic.PALETTE[i % 10], f"{level_label(h.level, len(history))} ({'x'.join(str(s) for s in h.shape)})"))
+        total.append((x, e, pic.PALETTE[i % 10], f"{level_label(h.level, len(history))} ({'x'.join(str(s) for s in h.shape[::-1])})"))
         keys += [k for k in dict.fromkeys(k for t in h.terms for k in t) if k not in keys]
         for j, k in enumerate(keys):
             vals = np.array([t.get(k, np.nan) for t in h.terms], float)
@@ -675,7 +675,7 @@ def _inputs(report: dict) -> list:
     in_rows = [(role, info.get("path", "")) for role, info in report.get("inputs", {}).items()]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("input_notes", ()))
     geo_rows = [
-        (role, "x".join(str(n) for n in g["shape"]), ", ".join(f"{s:.4g}" for s in g["spacing_mm"]),
+        (role, "x".join(str(n) for n in g["itk"]["size"]), ", ".join(f"{s:.4g}" for s in g["itk"]["spacing_mm"]),
          ", ".join(f"{o:.4g}" for o in g["origin_mm"]))
         for role, g in report.get("geometry", {}).items()
     ]
@@ -683,7 +683,7 @@ def _inputs(report: dict) -> list:
         "<h2>Inputs</h2>",
         _table(in_rows, ["role", "path"]) if in_rows else "",
         f"<ul>{notes}</ul>" if notes else "",
-        _table(geo_rows, ["image", "shape (array order)", "spacing mm", "origin mm (LPS)"]),
+        _table(geo_rows, ["image", "size (i x j x k, as in 3D Slicer)", "spacing mm (i, j, k)", "origin mm (LPS)"]),
     ]
 
 
@@ -694,13 +694,13 @@ def _figure(title, caption, body) -> str:
 def _tail(result, report: dict) -> list:
     """Pyramid levels, options, software versions and the field convention."""
     lvl_rows = [
-        (level_number(h.level, len(result.history)), "x".join(str(s) for s in h.shape), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
+        (level_number(h.level, len(result.history)), "x".join(str(s) for s in h.shape[::-1]), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
          f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
         for h in result.history
     ]
     return [
         "<h2>Pyramid levels</h2>",
-        _table(lvl_rows, ["level (coarse first)", "shape", "iterations", "stop reason", "seconds", "J start", "J end"]),
+        _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds", "J start", "J end"]),
         "<h2>Options</h2>",
         _table([(k, _fmt(v)) for k, v in result.options.as_dict().items()], ["option", "value"]),
         "<h2>Software</h2>",

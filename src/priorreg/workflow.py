@@ -56,8 +56,12 @@ class Console:
             self.end_bar()
             print(f"{PROG}: {msg}", file=self.stream)
 
-    def progress(self, max_iterations: int, levels: int, label: str = "", before: str | None = None):
+    def progress(self, max_iterations: int, levels: int, label: str = "", before: str | None = None, ndim: int = 3):
         """A ``callback(level, iteration, energy)`` for :func:`priorreg.register` (None when quiet).
+
+        On a TTY the bar fills by the levels finished, each weighed by its share of the work (a level has
+        2**ndim times the voxels of the one before): how many iterations a level takes is not known ahead,
+        most stop long before ``max_iterations``.
 
         ``before`` names what runs ahead of the first level ("linear stage and set-up"): shown while it
         runs (TTY), then one line with its seconds when the first level starts (the solver's call with
@@ -88,7 +92,8 @@ class Console:
             # iteration counts the accepted steps of this level (0 at its start), never above the cap
             shown = (levels - level, levels, min(iteration, max_iterations), energy, now - state["start"])
             if self.bar:
-                self._last = (label, max_iterations, *shown)
+                step = levels - level
+                self._last = (label, _work_done(step - 1, levels, ndim), _work_done(step, levels, ndim), *shown)
                 self._draw(*self._last)
             else:
                 self._pending = "{}level {}/{}: {} iteration(s), J={:.6g}, {:.1f} s".format(label, *shown)
@@ -107,21 +112,25 @@ class Console:
         else:
             print(f"{PROG}: {line}", file=self.stream, flush=True)
 
-    def _draw(self, label, max_iterations, step, levels, iteration, energy, seconds, done: bool = False) -> None:
+    def _draw(self, label, before, after, step, levels, iteration, energy, seconds, done: bool = False) -> None:
+        """``before`` / ``after``: the share of the work in the levels up to this one / up to its end."""
         width = 30
-        fill = width if done else int(round(width * iteration / max(1, max_iterations)))
+        fill = int(round(width * (after if done else before)))
         self.stream.write(
             f"\r{label}level {step}/{levels} [{'#' * fill}{'.' * (width - fill)}] "
-            f"it {iteration:4d}/{max_iterations}  J={energy:.5g}  {seconds:5.1f}s "
+            f"it {iteration:4d}  J={energy:.5g}  {seconds:5.1f}s "
         )
         self.stream.flush()
         self._open = True
 
     def end_bar(self, done: bool = False) -> None:
-        """End the bar's line (TTY) or print the finished level's line (not a TTY); ``done``: the level ended
-        (converged early, most do: 20 of 300 iterations), so its bar ends full. An error or Ctrl-C leaves it as it was."""
+        """End the bar's line (TTY) or print the finished level's line (not a TTY); ``done``: the level ended,
+        so its bar shows the work up to its end. An error or Ctrl-C leaves it as it was."""
+        if self._open and self._last is None:  # only the "..." of what runs before the first level: an error
+            self.stream.write("\r\033[K")  # in it (a bad option, Ctrl-C) reads better on a clean line
+            self._open = False
         if self._open:
-            if done and self._last is not None:
+            if done:
                 self._draw(*self._last, done=True)
             self.stream.write("\n")
             self.stream.flush()
@@ -129,6 +138,12 @@ class Console:
         if self._pending is not None:
             print(f"{PROG}: {self._pending}", file=self.stream, flush=True)
             self._pending = None
+
+
+def _work_done(steps: int, levels: int, ndim: int) -> float:
+    """The share of a registration's work in its first ``steps`` (coarsest) of ``levels`` pyramid levels."""
+    work = [2.0 ** (ndim * k) for k in range(levels)]
+    return sum(work[:steps]) / sum(work)
 
 
 def ahead_of_levels(opts) -> str:
@@ -139,10 +154,16 @@ def ahead_of_levels(opts) -> str:
 # --------------------------------------------------------------------------- inputs
 
 
+def size_text(shape) -> str:
+    """A grid's size as ITK, 3D Slicer and the file headers give it (i x j x k: numpy's shape reversed)."""
+    return "x".join(str(n) for n in reversed(tuple(shape)))
+
+
 def describe(img) -> str:
-    """'2D 48x40' (or '2D 48x40, a single-slice 3D grid' for an image read from, and written as, one)."""
+    """'2D 40x48' for a (48, 40) array: the size as a viewer shows it (or '2D 40x48, a single-slice 3D grid'
+    for an image read from, and written as, one)."""
     slab = ", a single-slice 3D grid" if getattr(img, "volume", None) is not None else ""
-    return f"{img.ndim}D {'x'.join(str(n) for n in img.shape)}{slab}"
+    return f"{img.ndim}D {size_text(img.shape)}{slab}"
 
 
 def load_input(path, role: str, notes: list) -> "Image":  # noqa: F821
@@ -300,7 +321,7 @@ def fewer_levels(opts, shape, given: dict, notes: list) -> dict:
 
     size = size_settings(opts, shape, given)
     if size:
-        notes.append(f"using --levels {size['levels']}: an image of shape {tuple(shape)} is too small for {opts.levels}")
+        notes.append(f"using --levels {size['levels']}: an image of {size_text(shape)} voxels is too small for {opts.levels}")
     return size
 
 
