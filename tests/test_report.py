@@ -94,7 +94,9 @@ def test_views_are_mid_slices_with_the_pixel_aspect():
     (v,) = report._views(priorreg.Image(np.zeros((10, 20)), (1.0, 0.5)))
     assert v.title == "" and v.axes == (0, 1) and v.aspect == 2.0 and v.flips == (False, False)
     views = report._views(priorreg.Image(np.zeros((14, 18, 12)), (2.0, 1.0, 1.5)))
-    assert [v.title for v in views] == ["slice 7 of array axis 0", "slice 9 of array axis 1", "slice 6 of array axis 2"]
+    assert [v.title for v in views] == ["axial slice 7 of 14 along array axis 0; top A, left R",  # numpy order: z, y, x
+                                        "coronal slice 9 of 18 along array axis 1; top S, left R",
+                                        "sagittal slice 6 of 12 along array axis 2; top S, left A"]
     assert [v.aspect for v in views] == pytest.approx([1 / 1.5, 2 / 1.5, 2.0])
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
 
@@ -118,6 +120,8 @@ def test_views_show_anatomy_as_viewers_do_whatever_the_storage_order(order, sign
         rows, cols = np.diff(v.take(world[up]), axis=0), np.diff(v.take(world[right]), axis=1)
         assert np.all(rows < 0) if up == 2 else np.all(rows > 0)  # down from superior; axial: down to posterior
         assert np.all(cols > 0) and v.take(world[0]).shape == v.take(img.array).shape
+        plane, sides = {0: ("sagittal", "top S, left A"), 1: ("coronal", "top S, left R"), 2: ("axial", "top A, left R")}[normal]
+        assert v.title.startswith(plane) and v.title.endswith(sides), v.title  # the patient's side at each edge
 
 
 def test_pictures_keep_the_physical_proportions(volume):
@@ -310,3 +314,15 @@ def test_a_rejected_linear_stage_is_one_row_that_says_so():
     why = "the linear stage's optimum raised mutual information but worsened the MIND descriptor distance"
     lin = types.SimpleNamespace(kind="affine", rejected=True, notes=[why])
     assert report._linear_rows(lin) == [("linear stage (affine)", f"not kept: {why}")]
+
+
+def test_a_single_slice_file_is_titled_with_its_plane_and_sides_a_png_with_nothing(tmp_path):
+    import SimpleITK as sitk
+
+    from priorreg import io as pio
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((30, 1, 40)).astype(np.float32)),
+                    str(tmp_path / "coronal.nii.gz"))  # one slice across world y
+    (v,) = report._views(pio.read_image(tmp_path / "coronal.nii.gz"))
+    assert v.title == "coronal; top S, left R"
+    assert report._views(priorreg.Image(np.zeros((30, 40))))[0].title == ""  # no place in the world: no sides

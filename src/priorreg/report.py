@@ -131,22 +131,43 @@ class _View:
 
 
 def _views(fixed) -> list:
-    """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_turn)."""
+    """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_turn)
+    and titled with its plane and the patient's side at its top and left edges (_sides)."""
     s, shape, spacing = slice(None), fixed.shape, fixed.spacing
     if fixed.ndim == 2:
         picks = [("", [s, s], (0, 1))]
     else:
-        z, y, x = (n // 2 for n in shape)
-        picks = [(f"slice {z} of array axis 0", [z, s, s], (1, 2)),
-                 (f"slice {y} of array axis 1", [s, y, s], (0, 2)),
-                 (f"slice {x} of array axis 2", [s, s, x], (0, 1))]
+        picks = [(f"slice {n // 2} of {n} along array axis {k}", [n // 2 if a == k else s for a in range(3)],
+                  tuple(a for a in range(3) if a != k)) for k, n in enumerate(shape)]
     views = []
     for title, sl, ax in picks:
         shown, flips = _turn(fixed, ax)
         for axis, flip in zip(shown, flips):
             sl[axis] = slice(None, None, -1) if flip else s
-        views.append(_View(title, tuple(sl), shown, float(spacing[shown[0]] / spacing[shown[1]]), flips, shown != ax))
+        views.append(_View(_sides(fixed, shown, flips, title), tuple(sl), shown,
+                           float(spacing[shown[0]] / spacing[shown[1]]), flips, shown != ax))
     return views
+
+
+_SIDE = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}  # (LPS axis, sign) -> side
+_PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}  # by the world axis a slice is across
+
+
+def _sides(fixed, shown, flips, title: str) -> str:
+    """``title`` led by the view's plane and followed by the patient's side at its top and left edges
+    ('axial slice 7 of 14 along array axis 0; top A, left R'), by the world axis each shown array axis runs
+    closest to; ``title`` as it is for an image without a place in the world (a PNG)."""
+    vol = getattr(fixed, "volume", None)
+    if fixed.ndim == 2 and vol is None:
+        return title
+    world = (0, 1, 2) if fixed.ndim == 3 else tuple(a for a in range(3) if a != vol.drop)
+    D = np.asarray(fixed.direction, float)
+    side = []
+    for k, flip in zip(shown, flips):  # down the rows, then to the right along the columns
+        j = int(np.argmax(np.abs(D[:, k])))
+        side.append(_SIDE[world[j], -int(np.sign(D[j, k])) * (-1 if flip else 1)])  # the side it comes from
+    plane = _PLANE[next(w for w in range(3) if w not in {world[int(np.argmax(np.abs(D[:, k])))] for k in shown})]
+    return f"{plane} {title}".strip() + f"; top {side[0]}, left {side[1]}"
 
 
 _UP_RANK = {2: 0, 1: 1, 0: 2}  # which world (LPS) axis runs up the screen: superior, else anterior, else right
