@@ -12,7 +12,6 @@ import synthetic as syn
 from conftest import assert_same_solution, cuda
 
 from priorreg import Prior, PriorRegError, fit_prior, prior_weight, register
-from priorreg.errors import PriorRegError
 from priorreg.options import RegistrationOptions
 
 SHAPE = (48, 48)

@@ -15,13 +15,18 @@ import SimpleITK as sitk
 import torch
 
 import priorreg
-from priorreg.options import USER_OPTIONS
+from priorreg.options import USER_OPTIONS, preset_options
 import synthetic
 from priorreg import cli
 from priorreg import io as pio
 
 FAST = ["--levels", "2", "--max-iterations", "8", "--bins", "32"]
 
+
+
+def _options_from_args(args):
+    """What register() runs for parsed ``register`` arguments of a 2D pair: the preset, then the flags given."""
+    return preset_options(getattr(args, "preset", None) or "default", 2).replace(**cli.engine_overrides(args))
 
 def run(capsys, *argv):
     rc = cli.main([str(a) for a in argv])
@@ -248,7 +253,7 @@ def test_demo_runs_and_reports(capsys, tmp_path):
 def test_option_flags_mirror_registration_options():
     parser = cli.build_parser()
     args = parser.parse_args(["register", "f.nii", "m.nii", "--out", "d"])
-    assert cli.options_from_args(args) == priorreg.PRESETS["default"][2]
+    assert _options_from_args(args) == priorreg.PRESETS["default"][2]
     help_text = parser._subparsers._group_actions[0].choices["register"].format_help()
     for f in dataclasses.fields(priorreg.RegistrationOptions):
         flag = cli.option_flag(f.name)
@@ -261,15 +266,15 @@ def test_option_flags_mirror_registration_options():
         if f.name == "local_regions":
             for text, value in (("auto", "auto"), ("3", 3), ("2x3x2", (2, 3, 2))):
                 parsed = parser.parse_args(["register", "f", "m", "--out", "d", flag, text])
-                assert cli.options_from_args(parsed).local_regions == value
+                assert _options_from_args(parsed).local_regions == value
             continue
         value = {"str": None, "int": 5000 if f.name == "max_samples" else 5, "float": 0.5}[f.type]
         if f.type == "str":
             continue
         parsed = parser.parse_args(["register", "f", "m", "--out", "d", flag, str(value)])
-        assert getattr(cli.options_from_args(parsed), f.name) == value
+        assert getattr(_options_from_args(parsed), f.name) == value
     args = parser.parse_args(["register", "f", "m", "--out", "d", "--force", "exact", "--dtype", "float64"])
-    assert cli.options_from_args(args).force == "exact" and cli.options_from_args(args).dtype == "float64"
+    assert _options_from_args(args).force == "exact" and _options_from_args(args).dtype == "float64"
     assert "--max-iterations" in help_text and "--parzen-sigma" in help_text and "--step-voxels" not in help_text
 
 

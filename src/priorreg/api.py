@@ -7,8 +7,8 @@ A registration is a short pipeline of named stages, each in its own module:
 3. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
 4. :func:`priorreg.deformable.deformable` - per level, the energy from
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
-5. :func:`priorreg.result.make_result` - one field (linear and deformable), the warped
-   image, the Jacobian.
+5. :func:`priorreg.result.make_result` - the warped image and the Jacobian of the one field
+   (the linear map and the deformable field composed by :func:`priorreg.prealign.one_field`).
 """
 from __future__ import annotations
 

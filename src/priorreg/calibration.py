@@ -13,7 +13,8 @@ prior that breaks when the test image's intensity scale differs from training).
 KL(P || Q) of the Parzen joint histogram P of the current (fixed, warped moving) pair
 against the prior table Q. Four numbers cannot encode where anything is, so fitting them
 on a roughly aligned pair does not anchor the misalignment; MI and MIND do not change
-under these maps (up to binning), only the prior term sees them.
+under these maps (up to binning), so they matter only to the prior term (the maps are
+applied to the images every term reads).
 """
 from __future__ import annotations
 

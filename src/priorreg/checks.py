@@ -1,7 +1,8 @@
 """Stage 1 of :func:`priorreg.register`: validate the inputs and resolve the options.
 
-Everything a registration could refuse is refused here, before any work, with one
-clear :class:`PriorRegError` message.
+What can be refused from the inputs and options alone is refused here, before any work,
+with one clear :class:`PriorRegError` message. Later stages refuse what only their work
+shows (no overlap after the linear stage, a mask too small for a pyramid level).
 """
 from __future__ import annotations
 

@@ -174,13 +174,6 @@ def engine_overrides(args, names=None) -> dict:
     return {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
 
 
-def options_from_args(args):
-    """RegistrationOptions from parsed ``register`` arguments (the preset, then the flags given), for 2D images."""
-    from .options import preset_options
-
-    return preset_options(getattr(args, "preset", None) or "default", 2).replace(**engine_overrides(args))
-
-
 # --------------------------------------------------------------------------- parser
 
 

@@ -5,8 +5,8 @@ not care which terms.
 Histogram terms (``-MI``, ``KL``) share one joint histogram per evaluation: each
 returns its value and its comparison function Phi = dE/dP (docs/method.md §4.2); the
 weighted Phi's are summed, smoothed once (C = S Phi S) and turned into one
-per-voxel force (§4.1, §4.3). A future local term (MIND-SSC, regional
-histograms) plugs in as another data term.
+per-voxel force (§4.1, §4.3). Regional MI is one more histogram term here (one table per
+region); MIND-SSC (:mod:`priorreg.mind`) is another data term beside them.
 """
 from __future__ import annotations
 

@@ -198,6 +198,7 @@ def cross_entropy(P: torch.Tensor, logQ: torch.Tensor, eps: float = 0.0) -> torc
     return -(_floored(P, eps) * logQ).sum((-2, -1))
 
 
-def floor_prior(Q: torch.Tensor, eta: float) -> torch.Tensor:
-    """Q~ = (Q + eta)/(1 + B^2 eta): floor then renormalise (docs/method.md §3)."""
-    return (Q + eta) / (1.0 + Q.numel() * eta)
+def floor_prior(Q, eta: float):
+    """Q~ = (Q + eta)/(1 + B^2 eta): floor then renormalise (docs/method.md §3), each table of a stack
+    (..., B, B) on its own; a tensor or a numpy array."""
+    return (Q + eta) / (1.0 + Q.shape[-2] * Q.shape[-1] * eta)

@@ -394,8 +394,7 @@ def _prior_term(prior, level, floor, name, dev):
     if prior is None:
         return None
     lv = min(level, prior.levels - 1)
-    Q = prior.floored(lv, floor)[0] if prior.n_regions == 1 else hist.floor_prior(
-        torch.as_tensor(prior.global_table(lv)), floor).numpy()
+    Q = hist.floor_prior(prior.global_table(lv), floor)
     return PRIOR_TERMS[name](torch.as_tensor(Q, dtype=_DT, device=dev))
 
 

@@ -1,4 +1,4 @@
-"""Stage 2 of :func:`priorreg.register`: bring both images onto the fixed grid, in the
+"""Stage 3 of :func:`priorreg.register`: bring both images onto the fixed grid, in the
 intensity units and histogram ranges of the prior (or of the pair), as pyramids."""
 from __future__ import annotations
 

@@ -384,12 +384,6 @@ def preset_alpha(name: str, ndim: int):
     return None if alpha == RegistrationOptions.alpha else alpha
 
 
-def preset_overrides(name: str, ndim: int) -> dict:
-    """The fields in which preset ``name`` differs from the library's defaults."""
-    base, opts = RegistrationOptions().as_dict(), preset_options(name, ndim).as_dict()
-    return {k: v for k, v in opts.items() if v != base[k]}
-
-
 def resolve_options(ndim: int, preset: str | None = None, options: RegistrationOptions | None = None,
                     **overrides) -> RegistrationOptions:
     """Options of one registration: a preset (default "default") or ``options``, then ``overrides``.

@@ -47,11 +47,6 @@ def colour(a, lo: float, hi: float, table: np.ndarray) -> np.ndarray:
     return table[np.clip(t, 0, 255).astype(np.uint8)]
 
 
-def rgb_of(hex_colour: str) -> tuple:
-    """(r, g, b) of "#rrggbb"."""
-    return tuple(int(hex_colour[k:k + 2], 16) for k in (1, 3, 5))
-
-
 def paint(rgb, mask, colour_rgb, opacity: float = 1.0) -> np.ndarray:
     """A copy of ``rgb`` with the True pixels of ``mask`` blended towards ``colour_rgb``."""
     out = rgb.copy()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import histogram as hist
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
@@ -78,8 +79,7 @@ class Prior:
 
     def floored(self, level: int, eta: float) -> np.ndarray:
         """Q~ = (Q + eta) / (1 + B^2 eta) per region: (R, B, B)."""
-        Q = self.tables[level]
-        return (Q + eta) / (1.0 + Q[0].size * eta)
+        return hist.floor_prior(self.tables[level], eta)
 
     def metadata(self) -> dict:
         return {

@@ -3,14 +3,12 @@
 The evidence is what a registration can see without the test pair's ground truth:
 how far the pair's joint histogram lies from the prior (KL after the intensity fit),
 measured against how far the prior's own training pairs lie from one another
-(their leave-one-out KL, stored in the prior at train time), and how the pair's
-mutual information and the prior's force relate. :func:`choose_alpha` turns it into
-one alpha per level. The rule and the measurements behind it: benchmarks/README.md
+(their leave-one-out KL, stored in the prior at train time). :func:`choose_alpha` turns
+it into one alpha per level; the pair's mutual information is recorded beside it. The rule and the measurements behind it: benchmarks/README.md
 ("Automatic prior weight").
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -60,7 +58,8 @@ def _samples(fixed, moving, weights, limit: int, seed: int):
 
 
 def pair_statistics(fixed, warped, Q, spec, weights=None, seed: int = 0) -> dict:
-    """KL(P || Q), MI(P) and the entropies of the pair's smoothed joint table P (nats).
+    """KL(P || Q) and MI(P) of the pair's smoothed joint table P, MI(Q), and the KL of P's fixed marginal
+    against Q's (nats).
 
     ``fixed``, ``warped``: the level's normalised images (warped = moving at x + u), one grid;
     ``Q``: the prior's floored global table; ``weights``: optional 0/1 mask.
@@ -69,18 +68,15 @@ def pair_statistics(fixed, warped, Q, spec, weights=None, seed: int = 0) -> dict
     S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
     P = hist.parzen_joint_histogram(f, m, spec.ranges, S)
     logQ = torch.log(Q.double())
-    Pt = P + spec.eps
     Qd = Q.double()
     return dict(kl=float(hist.kl_divergence(P, logQ, spec.eps)), mi=float(hist.mutual_information(P, spec.eps)),
-                entropy=float(-(Pt * torch.log(Pt)).sum()), prior_mi=float(hist.mutual_information(Qd)),
-                kl_fixed=_marginal_kl(P.sum(1), Qd.sum(1), spec.eps), kl_moving=_marginal_kl(P.sum(0), Qd.sum(0), spec.eps))
+                prior_mi=float(hist.mutual_information(Qd)), kl_fixed=_marginal_kl(P.sum(1), Qd.sum(1), spec.eps))
 
 
 def _marginal_kl(p, q, eps: float) -> float:
-    """KL(p || q) of two marginals (nats)."""
-    p, q = p + eps, q + eps
-    p, q = p / p.sum(), q / q.sum()
-    return float((p * torch.log(p / q)).sum())
+    """KL(p~ || q~) of two marginals (nats), each floored by ``eps`` as a (1, B) table."""
+    p, q = hist.floor_prior(p[None], eps), hist.floor_prior(q[None], eps)
+    return float(hist.kl_divergence(p, torch.log(q)))
 
 
 

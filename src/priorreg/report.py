@@ -9,10 +9,8 @@ orthogonal mid slices, each resampled to its physical proportions.
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import html
-import io as _bytesio
 import json
 import platform
 import sys
