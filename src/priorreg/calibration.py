@@ -31,22 +31,6 @@ FIT_SAMPLES = 60000  # voxels used by the fit (a fixed random subset on larger g
 MIN_GAIN = 0.1  # nats: a fit that lowers KL by less keeps the identity maps (see fit_intensity_maps)
 
 
-def _masked_samples(fixed, moving, weights, limit: int, seed: int, func: str):
-    """Flat float64 (fixed, moving) intensities at the voxels of the 0/1 mask ``weights`` (every voxel
-    when None), at most ``limit`` of them, drawn at random (fixed by ``seed``)."""
-    f = fixed.reshape(-1).double()
-    m = moving.reshape(-1).double()
-    if weights is not None:
-        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
-        if inside.numel() == 0:
-            raise ValueError(f"{func}: the mask is empty")
-        f, m = f[inside], m[inside]
-    if f.numel() > limit:
-        pick = spatial.random_subset(f.numel(), limit, seed).to(f.device)
-        f, m = f[pick], m[pick]
-    return f, m
-
-
 def _kl_to_prior(x, y, logQ, spec, S) -> float:
     """KL(P || Q) in nats of the smoothed joint histogram P of samples x (binned on the prior's first
     axis) and y (its second) against the floored prior table with logarithm ``logQ``."""
@@ -77,7 +61,7 @@ def fit_intensity_maps(
     joint table (B x B, sums to 1, floored); ``spec``: the :class:`HistogramSpec` of the
     energy; ``weights``: optional 0/1 mask on the same grid.
     """
-    f, m = _masked_samples(fixed, warped, weights, FIT_SAMPLES, seed, "fit_intensity_maps")
+    f, m = spatial.paired_samples(fixed, warped, weights, FIT_SAMPLES, seed, "fit_intensity_maps")
     S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
     logQ = torch.log(Q.double())
     log_scale = math.log(max_scale)
@@ -118,7 +102,7 @@ def modality_order_check(fixed, moving, Q, spec, weights=None, seed: int = 0):
     table (floored); the swapped KL bins the moving image on the prior's first axis and the fixed
     image on its second, i.e. what a prior trained with the modalities the other way round sees.
     """
-    f, m = _masked_samples(fixed, moving, weights, ORDER_SAMPLES, seed, "modality_order_check")
+    f, m = spatial.paired_samples(fixed, moving, weights, ORDER_SAMPLES, seed, "modality_order_check")
     S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
     logQ = torch.log(Q.double())
     return _kl_to_prior(f, m, logQ, spec, S), _kl_to_prior(m, f, logQ, spec, S)

@@ -1,7 +1,9 @@
 """The ``priorreg`` command line: train, register, apply, cohort, demo.
 
 Every engine option of :class:`priorreg.RegistrationOptions` becomes a flag
-(``max_iterations`` -> ``--max-iterations``) with the dataclass's docstring; a flag not
+(``max_iterations`` -> ``--max-iterations``) with the dataclass's docstring; ``--help`` lists
+what users tune (options.USER_OPTIONS); the solver internals are accepted too, hidden from
+``--help`` and listed in docs/options.md. A flag not
 given keeps the value of the ``--preset`` (default "default"). Errors print one line
 ``priorreg: error: ...`` on stderr and exit with status 2; Ctrl-C exits with 130; no
 traceback. The work itself (inputs, output checks, writing) is in :mod:`priorreg.workflow`.
@@ -55,23 +57,6 @@ def _option_docs() -> dict:
             buf.append(line.strip())
     # reference-doc markup reads as noise on a terminal: ``x`` and :mod:`x` are shown as x
     return {k: re.sub(r"(:\w+:)?`+([^`]+)`+", r"\2", v) for k, v in out.items()}
-
-
-def _choices() -> dict:
-    from .intensity import NORMALIZATIONS
-    from .options import PRIOR_TERM_CHOICES
-
-    return {
-        "force": ("practical", "exact"),
-        "normalization": NORMALIZATIONS,
-        "dtype": ("float32", "float64"),
-        "prior_term": PRIOR_TERM_CHOICES,
-        "alpha_schedule": ("constant", "mi-finest"),
-        "prior_intensity_fit": ("none", "affine"),
-        "regularization_scaling": ("none", "alpha"),
-        "linear": ("none", "rigid", "affine"),
-        "bending_scale": ("none", "spacing"),
-    }
 
 
 def parse_regions(text: str):
@@ -143,13 +128,11 @@ def add_engine_options(parser, names=None, preset: bool = True) -> None:
     """Add one flag per RegistrationOptions field; only the flags given override the preset."""
     import dataclasses
 
-    from .options import RegistrationOptions
+    from .options import CHOICES, USER_OPTIONS, RegistrationOptions
 
-    from .options import USER_OPTIONS
-
-    docs, choices = _option_docs(), _choices()
+    docs, choices = _option_docs(), CHOICES
     title = "defaults: the --preset's, else the default preset's" if preset else "defaults from the default preset"
-    internals = "; solver internals (step sizes, tolerances, sampling) are accepted too and listed in docs/options.md"
+    internals = "; solver internals (step sizes, tolerances, sampling, term details) are accepted too and listed in docs/options.md"
     group = parser.add_argument_group(f"engine options ({title}{internals if names is None else ''})")
     for f in dataclasses.fields(RegistrationOptions):
         if names is None or f.name in names:
@@ -160,8 +143,9 @@ def add_preset_option(parser) -> None:
     from .options import PRESETS
 
     parser.add_argument("--preset", choices=sorted(PRESETS), metavar="{" + ",".join(sorted(PRESETS)) + "}",
-                        help="named engine options (docs/options.md): default, paper (the 2005 energy), mr (MR to MR), "
-                        "functional (PET/SPECT with CT); the engine flags given override it (default: default)")
+                        help="named engine options (docs/options.md): default, mr (MR to MR, the same as default), "
+                        "functional (PET/SPECT with CT), atlas (a regional prior learned in the images' frame decides), "
+                        "paper (the 2005 energy); the engine flags given override it (default: default)")
 
 
 def engine_overrides(args, names=None) -> dict:
@@ -473,7 +457,7 @@ def run() -> None:
 
     Every output is written, renamed into place and closed when :func:`main` returns, so the
     process ends there without tearing the interpreter down: unloading torch and its thread
-    pools took 0.25-0.3 s of a 6 s 3D registration on the project's 2-core machine. The
+    pools took 0.25-0.3 s of a 6 s 3D registration on a 2-core machine. The
     cohort command exits normally (its cluster has exit handlers of its own).
     """
     code = main()

@@ -10,7 +10,7 @@ Everything that can be checked without registering is checked before anything is
 submitted (the manifest, every file, ids, output folders and that they can be written,
 overwrites, the preset and engine options, the prior); all bad rows are reported in one error. Then each pair is one
 task on a dask.distributed cluster (an existing scheduler, ``--scheduler``, or a
-LocalCluster): it reads its images, registers, writes the same five files as
+LocalCluster): it reads its images, registers, writes the same files as
 ``priorreg register`` into its folder (as a whole, through :mod:`priorreg.workflow`) and
 returns a small dict. A pair that
 fails is recorded with its one-line error; the others go on. DIR/cohort.csv and

@@ -188,7 +188,7 @@ class JointHistogramEnergy:
     """
 
     def __init__(
-        self, fixed, moving, spacing, spec: HistogramSpec, terms, mask=None, force="exact", regions=None, points=None
+        self, fixed, moving, spacing, spec: HistogramSpec, terms, mask=None, force="practical", regions=None, points=None
     ):
         self.spacing = tuple(float(s) for s in spacing)
         self.spec = spec

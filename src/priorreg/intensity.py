@@ -30,7 +30,7 @@ FLAT_FOREGROUND = 0.1
 # body's uptake: 21 spans) or a few corrupt voxels (1e30) otherwise took Otsu's split (the "foreground" was
 # the hot spot alone) and the histogram's range (the anatomy fell into a few bins); clipped only to one span
 # beyond the core, the hot spot still took the top half of the range and the linear stage aligned it, not
-# the body (third new-user pass). Real images reach 5 spans (ProstateX high-b; BraTS FLAIR 2.2, simulated
+# the body. Real images reach 5 spans (ProstateX high-b; BraTS FLAIR 2.2, simulated
 # PET 2.1: benchmarks/results/outliers/), and are not touched.
 CORE_PERCENTILES = (1.0, 99.0)
 OUTLIER_SPANS = 10.0
@@ -59,21 +59,14 @@ def foreground(array) -> np.ndarray:
     return a > otsu_threshold(a)
 
 
-def _core_clip(a: np.ndarray):
+def far_outlier_bounds(a: np.ndarray):
     """The bounds (lo, hi) to clip ``a`` to when some value lies more than OUTLIER_SPANS times its core's
-    span (CORE_PERCENTILES) beyond the core; None when none does."""
+    span (CORE_PERCENTILES) beyond the core; None when none does (then nothing is clipped)."""
     lo, hi = np.percentile(a, CORE_PERCENTILES)
     s = OUTLIER_SPANS * (hi - lo)
     if s <= 0 or (a.min() >= lo - s and a.max() <= hi + s):
         return None
     return lo, hi
-
-
-def clip_far_outliers(a: np.ndarray) -> np.ndarray:
-    """``a`` clipped to its core [p1, p99] (CORE_PERCENTILES) when some value lies more than OUTLIER_SPANS
-    times the core's span beyond it; ``a`` itself otherwise."""
-    bounds = _core_clip(a)
-    return a if bounds is None else np.clip(a, *bounds)
 
 
 def normalizer(array: np.ndarray, method: str = "percentile"):
@@ -84,7 +77,7 @@ def normalizer(array: np.ndarray, method: str = "percentile"):
         return lambda x: np.array(x, dtype=np.float64)
     if method != "percentile":
         raise PriorRegError(f"normalize(): method must be one of {NORMALIZATIONS}, got {method!r}")
-    bounds = _core_clip(a)
+    bounds = far_outlier_bounds(a)
     clip = (lambda x: np.asarray(x, dtype=np.float64)) if bounds is None else (lambda x: np.clip(np.asarray(x, np.float64), *bounds))
     a = clip(a)
     t = otsu_threshold(a)

@@ -1,6 +1,6 @@
 """Linear pre-alignment: centres, then rigid, then affine, by Parzen mutual information.
 
-The stage before the deformable one (issue 19). It maximises the mutual information of
+The stage before the deformable one. It maximises the mutual information of
 the engine's Parzen joint histogram (``histogram.joint_counts``, docs/method.md §2.2-2.4)
 of the fixed image against the moving image resampled through a linear transform; with a
 learned prior and alpha < 1 it minimises alpha*(-MI) + (1-alpha)*KL(p || prior), the

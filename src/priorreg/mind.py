@@ -104,7 +104,7 @@ class MindEnergy:
     Descriptors are computed once per level on the fixed and on the (unwarped) moving image;
     the moving descriptor is interpolated at x + u, as the histogram terms interpolate the
     image. The force is N_grid * dE/du with the interpolated central-difference gradient of
-    the descriptor (``force="practical"``, like the histogram terms' default: one image
+    the descriptor (``force="practical"``, the default here and in the histogram terms: one image
     gradient per channel, computed once per level), or the derivative of the n-linear
     interpolant (``"exact"``, by autograd: the true gradient of the discrete energy). The
     descriptor is rough at the voxel scale, so the two differ more than they do for an

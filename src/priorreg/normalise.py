@@ -30,7 +30,7 @@ class Pyramids:
 # Below this share of the histogram's range, an image's core (1st-99th percentile) is squeezed into a few
 # bins by a few extreme voxels: a PET hot spot at 5 x the body's uptake took 84 % of the range and the
 # linear stage missed the body (body Dice 0.91 against 0.99 without it). Real images of the benchmark: 34 %
-# and more (benchmarks/results/outliers/). Far more extreme ones are clipped (intensity.clip_far_outliers).
+# and more (benchmarks/results/outliers/). Far more extreme ones are clipped (intensity.far_outlier_bounds, applied by intensity.normalizer).
 MIN_CORE_SHARE = 0.2
 
 

@@ -33,7 +33,7 @@ _AT_LEAST = {"regularization": 0, "bending": 0, "bins": 4, "parzen_sigma": 0, "l
              "tolerance_window": 1, "max_iterations": 0, "mind_weight": 0, "mind_radius": 0, "mind_dilation": 1,
              "mind_channels": 0}
 # ... and the options that name one of a few choices.
-_CHOICES = {"force": ("exact", "practical"), "normalization": NORMALIZATIONS, "dtype": ("float32", "float64"),
+CHOICES = {"force": ("exact", "practical"), "normalization": NORMALIZATIONS, "dtype": ("float32", "float64"),
             "alpha_schedule": ("constant", "mi-finest"), "regularization_scaling": ("none", "alpha"),
             "prior_intensity_fit": ("none", "affine"), "prior_term": PRIOR_TERM_CHOICES,
             "linear": ("none", "rigid", "affine"), "bending_scale": ("none", "spacing")}
@@ -198,7 +198,7 @@ class RegistrationOptions:
     bending_scale : {"none", "spacing"}
         "spacing": the bending weight is ``bending`` x (mean voxel size / 1 mm)^2, i.e. it
         counts per voxel rather than per mm, so coarse or anisotropic grids get a stiffer field.
-        "none": ``bending`` mm^2 as given. The presets use "spacing"; measured on one warp in mm
+        "none": ``bending`` mm^2 as given. Every preset but "paper" uses "spacing"; measured on one warp in mm
         sampled on two grids, the best weight followed the anatomy's deformation, not the grid
         (docs/options.md, ``bending_scale``).
     nearly_aligned_stiffness : float
@@ -268,7 +268,7 @@ class RegistrationOptions:
             if not getattr(self, name) >= low:
                 kind = "an integer" if types[name] == "int" else "a number"
                 raise PriorRegError(f"{f}: {name} must be {kind} >= {low}, got {getattr(self, name)!r}")
-        for name, allowed in _CHOICES.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise PriorRegError(f"{f}: {name} must be {_either(allowed)}, got {getattr(self, name)!r}")
         self._check_ranges(f)

@@ -44,19 +44,6 @@ def leave_one_out_kl(tables, eta: float) -> np.ndarray:
 # --------------------------------------------------------------------------- registration time
 
 
-def _samples(fixed, moving, weights, limit: int, seed: int):
-    f = fixed.reshape(-1).double()
-    m = moving.reshape(-1).double()
-    if weights is not None:
-        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
-        if inside.numel() > 0:
-            f, m = f[inside], m[inside]
-    if f.numel() > limit:
-        pick = spatial.random_subset(f.numel(), limit, seed).to(f.device)
-        f, m = f[pick], m[pick]
-    return f, m
-
-
 def pair_statistics(fixed, warped, Q, spec, weights=None, seed: int = 0) -> dict:
     """KL(P || Q) and MI(P) of the pair's smoothed joint table P, MI(Q), and the KL of P's fixed marginal
     against Q's (nats).
@@ -64,7 +51,7 @@ def pair_statistics(fixed, warped, Q, spec, weights=None, seed: int = 0) -> dict
     ``fixed``, ``warped``: the level's normalised images (warped = moving at x + u), one grid;
     ``Q``: the prior's floored global table; ``weights``: optional 0/1 mask.
     """
-    f, m = _samples(fixed, warped, weights, EVIDENCE_SAMPLES, seed)
+    f, m = spatial.paired_samples(fixed, warped, weights, EVIDENCE_SAMPLES, seed, "pair_statistics")
     S = hist.smoothing_matrix(spec.bins, spec.parzen_sigma, device=f.device)
     P = hist.parzen_joint_histogram(f, m, spec.ranges, S)
     logQ = torch.log(Q.double())

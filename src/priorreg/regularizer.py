@@ -76,18 +76,6 @@ def idct_axis(X: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.fft.irfft(Y, n=2 * n, dim=dim).narrow(dim, 0, n)
 
 
-def dctn(x: torch.Tensor, dims) -> torch.Tensor:
-    for dim in dims:
-        x = dct_axis(x, dim)
-    return x
-
-
-def idctn(x: torch.Tensor, dims) -> torch.Tensor:
-    for dim in dims:
-        x = idct_axis(x, dim)
-    return x
-
-
 def laplacian_eigenvalues(shape, spacing, dtype=torch.float32, device=None) -> torch.Tensor:
     """mu_k = sum_d (2 - 2 cos(pi k_d / n_d)) / h_d^2: the DCT eigenvalues of L (Neumann)."""
     mu = torch.zeros(shape, dtype=dtype, device=device)
@@ -171,11 +159,6 @@ class DCTBasis:
         return self.inverse(U), U
 
 
-def solve_implicit(rhs: torch.Tensor, tau_lambda: float, mu: torch.Tensor) -> torch.Tensor:
-    """Solve (I + tau_lambda*A) u = rhs per component by DCT (docs/method.md §5.2), where
-    ``mu`` holds A's DCT eigenvalues (``laplacian_eigenvalues`` for A = L)."""
-    dims = list(range(1, rhs.dim()))
-    return idctn(dctn(rhs, dims) / (1.0 + tau_lambda * mu), dims)
 
 
 # ----------------------------------------------------------------------------- the regulariser

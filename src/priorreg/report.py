@@ -3,7 +3,7 @@
 The HTML page is self-contained. :data:`PANELS` lists its sections, one small function each;
 they read what they share from one :class:`_Data`, computed once. Pictures are composed as RGB
 arrays and embedded as PNGs (:mod:`priorreg.pictures`: no plotting library, whose import and
-drawing cost more than a 2D registration, issue 17.4); titles, colour-scale ranges and view
+drawing cost more than a 2D registration: benchmarks/README.md, "Whole-process speed"); titles, colour-scale ranges and view
 names are HTML text; the energy curves are inline SVG. 3D images are shown as three
 orthogonal mid slices, each resampled to its physical proportions.
 """

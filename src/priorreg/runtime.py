@@ -5,7 +5,7 @@ default an OpenMP thread that reaches a barrier first *spins* for a while instea
 sleeping. A registration is thousands of short parallel kernels (about 200 per iteration
 in 2D), so each barrier has a thread spinning while its partner waits for a core. On a
 busy machine the partner is often descheduled, the spinner burns its time slice, and the
-run slows far beyond its share of the CPU. Measured on this project's 2-core machine
+run slows far beyond its share of the CPU. Measured on a 2-core machine
 (2D IXI slice, 256x256, 142 iterations; other jobs keeping the load at 7-10):
 
 =====================================  =========  ========
@@ -39,8 +39,8 @@ WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 THREADS_ENV = "PRIORREG_THREADS"
 
 #: More threads than this make a registration slower, not faster, and small images want fewer:
-#: one per VOXELS_PER_THREAD voxels. Measured on a 16-core machine (benchmarks/README.md, "CPU
-#: threads"): a 2D slice of 20 000 voxels took 0.93 s on 1 thread, 1.25 s on 2, 4.0 s on 16;
+#: one per VOXELS_PER_THREAD voxels. Measured on a 16-core machine (benchmarks/README.md, "On a
+#: GPU, and on many CPU cores"): a 2D slice of 20 000 voxels took 0.93 s on 1 thread, 1.25 s on 2, 4.0 s on 16;
 #: the MNI volume at 2 mm (900 000 voxels) 10.4 s on 1, 6.1 on 2, 5.4 on 8 and 9.8 on 16. On the 2-core
 #: machine, with OpenMP threads spinning at barriers (the default), two threads already won at 56 000
 #: voxels (a 2D slice's finest level 0.26 -> 0.17 s; the MNI case's middle level, 116 000 voxels, 0.58 ->

@@ -42,6 +42,22 @@ def random_subset(n: int, k: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.randperm(n, generator=gen)[:k]).values
 
 
+def paired_samples(fixed, moving, weights, limit: int, seed: int, func: str):
+    """Flat float64 (fixed, moving) intensities at the voxels of the 0/1 mask ``weights`` (every voxel
+    when None), at most ``limit`` of them, drawn at random (fixed by ``seed``)."""
+    f = fixed.reshape(-1).double()
+    m = moving.reshape(-1).double()
+    if weights is not None:
+        inside = torch.nonzero(weights.reshape(-1) > 0).squeeze(1)
+        if inside.numel() == 0:
+            raise ValueError(f"{func}: the mask is empty")
+        f, m = f[inside], m[inside]
+    if f.numel() > limit:
+        pick = random_subset(f.numel(), limit, seed).to(f.device)
+        f, m = f[pick], m[pick]
+    return f, m
+
+
 def thin_points(points, shape, fraction: float, seed: int = 0):
     """A random ``fraction`` of ``points`` (sorted flat indices, or None for every voxel of
     ``shape``), fixed by ``seed``; ``points`` itself when ``fraction`` >= 1."""

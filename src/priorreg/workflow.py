@@ -6,7 +6,7 @@
 * options: a preset, the flags given, and what a prior fixes (bins, Parzen sigma, levels);
 * outputs, before any work: the output folder or file does not overlap the inputs, is not
   taken, and can be created and written;
-* outputs, after the work: the five files of a registration and the run record, written
+* outputs, after the work: the files of a registration (five, and linear.tfm when the linear stage ran) and the run record, written
   as a whole (a temporary folder renamed into place), so a failure leaves no partial folder.
 
 Nothing here parses arguments; errors are :class:`PriorRegError`. numpy, torch, SimpleITK
@@ -526,7 +526,7 @@ def write_images(folder, result) -> None:
 
 
 def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="") -> dict:
-    """Write the five outputs of a registration into ``out`` as a whole; returns the run record."""
+    """Write the outputs of a registration (OUTPUT_NAMES, and LINEAR_NAME when the linear stage ran) into ``out`` as a whole; returns the run record."""
     from . import report as rep
 
     make_out_dir(os.path.dirname(os.path.abspath(out)))
