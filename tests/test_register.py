@@ -436,6 +436,9 @@ def test_non_finite_energy_stops_with_level_and_iteration():
             value = 1.0 if self.calls == 1 else float("nan")
             return {"X": value}, value, torch.ones_like(u)
 
+        def force(self, u):  # the solver asks each data term for its force at u
+            return self.evaluate(u, True)[2]
+
     u = torch.zeros(2, 16, 16)
     with pytest.raises(PriorRegError, match=r"non-finite at level 1/3, iteration 1"):
         gradient_flow([Exploding()], Tikhonov(1.0, (1.0, 1.0)), u, RegistrationOptions(), 2, (1.0, 1.0))
@@ -456,6 +459,9 @@ def test_a_non_finite_force_stops_instead_of_halving_the_step_forever():
             if self.calls > 1:
                 force[0, 3, 3] = float("nan")
             return {"X": 1.0}, 1.0 - 1e-3 * self.calls, force if with_force else None
+
+        def force(self, u):
+            return self.evaluate(u, True)[2]
 
     u = torch.zeros(2, 16, 16)
     with pytest.raises(PriorRegError, match=r"force became non-finite at level 2/3, iteration 2"):

@@ -170,17 +170,17 @@ def test_fov_percentage_when_the_moving_image_covers_half(half):
         assert abs(cols.mean() - after.shape[1] / 2) <= 2
 
 
-def test_fov_without_result_fov_warps_ones_through_the_field():
-    # No ``fov`` attribute: an all-ones moving image warped through the field; a shift of half the
-    # grid (32 mm along array axis 1) sends the right half of the fixed grid outside the moving image.
+def test_fov_is_where_the_field_lands_inside_the_moving_image():
+    # a shift of half the grid (32 mm along array axis 1) sends the right half of the fixed grid outside
+    from priorreg.resample import field_of_view
+
     fixed = Image(np.zeros((40, 64)), (1.0, 1.0))
     field = np.zeros((2, 40, 64))
     field[1] = 32.0
-    res = types.SimpleNamespace(fixed=fixed, moving=fixed.with_array(np.ones((40, 64))), field=field)
-    fov = report.field_of_view(res)
+    fov = report.field_of_view(types.SimpleNamespace(fov=field_of_view(fixed, fixed, field)))
     assert fov[:, :32].all() and not fov[:, 32:].any()
     assert report.percent_outside(fov) == pytest.approx(50.0)
-    assert report.percent_outside(report.field_of_view(types.SimpleNamespace(fixed=fixed))) is None
+    assert report.percent_outside(report.field_of_view(types.SimpleNamespace(fov=None))) is None
 
 
 def test_full_fov_draws_no_outline(volume):

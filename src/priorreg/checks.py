@@ -17,6 +17,7 @@ from .errors import PriorRegError
 from .image import Image, as_image, as_mask, on_one_grid, plane_offset, torch_ready, with_margin
 from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
+from .runtime import check_device
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -36,20 +37,6 @@ class Inputs:
     local_regions: tuple | None  # blocks per axis of the regional MI (None: off)
     initial_field: np.ndarray | None
     notes: list = field(default_factory=list)  # what validate chose for the caller (fewer levels on a small image)
-
-
-def check_device(name: str, func: str) -> torch.device:
-    """``torch.device(name)`` if it is a CPU or an available CUDA device, else a clear error."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        cpu = "--device cpu" if func.startswith("--") else "device='cpu'"
-        raise PriorRegError(f"{func}: device={name!r} was asked but no CUDA device is available; use {cpu}")
-    return dev
 
 
 def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:

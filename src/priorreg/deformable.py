@@ -89,7 +89,7 @@ def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
 
 def unused_prior_warnings(inp: Inputs, history: list) -> list:
     """alpha="auto" gave the prior no weight at any level: say so, it is likely the wrong prior."""
-    recs = [h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None]
+    recs = [h.prior_weight for h in history if h.prior_weight is not None]
     if inp.prior is None or not is_auto(inp.options.alpha) or not recs or any(r["alpha"] < 1 for r in recs):
         return []
     last = recs[-1]

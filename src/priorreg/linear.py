@@ -40,6 +40,7 @@ from .image import Image, as_image, as_mask
 from .intensity import intensity_range, normalize, otsu_threshold
 from .mind import mind_ssc
 from .pyramid import level_label
+from .runtime import check_device
 
 KINDS = ("rigid", "affine")
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
@@ -367,13 +368,7 @@ def _check(fixed, moving, kind, fixed_mask, prior, alpha, levels, device, func):
         prior.check_dim(fix.ndim, func, without="estimate without it")
     if not isinstance(levels, int) or levels < 1:
         raise PriorRegError(f"{func}: levels must be an integer >= 1, got {levels!r}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PriorRegError(f"{func}: device={device!r} was asked but no CUDA device is available; use device='cpu'")
-    return fix, mov, as_mask(fixed_mask, fix, "fixed_mask", func), dev
+    return fix, mov, as_mask(fixed_mask, fix, "fixed_mask", func), check_device(device, func)
 
 
 def _centroids(img: Image, arr: np.ndarray, mask=None) -> list:

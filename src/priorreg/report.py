@@ -258,18 +258,9 @@ def _rank_diff(fixed, moving, rank_fixed=None):
 
 
 def field_of_view(result):
-    """Boolean map on the fixed grid: where the warped moving image has data (``result.fov`` when present,
-    else an all-ones moving image warped through the field, > 0.5); None without a moving image."""
-    fov = getattr(result, "fov", None)
-    if fov is not None:
-        return np.asarray(fov, dtype=bool)
-    mov = getattr(result, "moving", None)
-    if mov is None:
-        return None
-    from .api import warp
-
-    ones = mov.with_array(np.ones(mov.shape))
-    return np.asarray(warp(ones, result.field, reference=result.fixed, allow_empty=True).array) > 0.5
+    """Boolean map on the fixed grid: where the field lands inside the moving image (``result.fov``,
+    :func:`priorreg.resample.field_of_view`); None for a result without its moving image."""
+    return None if result.fov is None else np.asarray(result.fov, dtype=bool)
 
 
 def percent_outside(fov) -> float | None:
@@ -354,13 +345,7 @@ class _Data:
 
 def _before_image(result):
     """The moving image on the fixed grid before registration (zero field), or None."""
-    img = getattr(result, "moving_on_fixed", None)
-    if img is None and getattr(result, "moving", None) is not None:
-        from .api import warp
-
-        fix = result.fixed
-        img = warp(result.moving, np.zeros((fix.ndim, *fix.shape)), reference=fix, allow_empty=True)
-    return img
+    return result.moving_on_fixed
 
 
 def _at(a, v):

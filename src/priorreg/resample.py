@@ -12,7 +12,7 @@ import torch
 from . import spatial
 from .errors import PriorRegError
 from .image import Image, on_grid_of, torch_ready
-from .checks import check_device
+from .runtime import check_device
 
 
 def world_coords(moving: Image, reference: Image, u: torch.Tensor) -> torch.Tensor:

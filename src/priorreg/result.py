@@ -182,5 +182,5 @@ def make_result(inp, pyr, field_np, history, intensity_maps, warnings, seconds, 
         preset=inp.preset,
         fov=field_of_view(mov, fix, field_np),
         linear=linear,
-        prior_weights=[h.prior_weight for h in history if getattr(h, "prior_weight", None) is not None],
+        prior_weights=[h.prior_weight for h in history if h.prior_weight is not None],
     )

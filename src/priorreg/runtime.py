@@ -258,3 +258,21 @@ def heap_temporaries(field_bytes: int):
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_CEILING)
         libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_CEILING)
         libc.malloc_trim(0)
+
+
+def check_device(name: str, func: str):
+    """``torch.device(name)`` if it is a CPU or an available CUDA device, else a clear error."""
+    import torch
+
+    from .errors import PriorRegError
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise PriorRegError(f"{func}: device must be 'cpu' or 'cuda', got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        cpu = "--device cpu" if func.startswith("--") else "device='cpu'"
+        raise PriorRegError(f"{func}: device={name!r} was asked but no CUDA device is available; use {cpu}")
+    return dev

@@ -30,6 +30,8 @@ class LevelHistory:
     rejected: int = 0
     stop_reason: str = ""
     seconds: float = 0.0
+    coarse_displacement: dict | None = None  # set by the pyramid: how far the coarser levels moved the pair
+    prior_weight: dict | None = None  # set by the pyramid with alpha auto: the level's alpha and its evidence
 
     def as_dict(self) -> dict:
         return {
@@ -42,7 +44,7 @@ class LevelHistory:
             "seconds": self.seconds,
             "energy": self.energy,
             "terms": self.terms,
-            **({"coarse_displacement": self.coarse_displacement} if hasattr(self, "coarse_displacement") else {}),
+            **({"coarse_displacement": self.coarse_displacement} if self.coarse_displacement is not None else {}),
         }
 
 
@@ -76,10 +78,10 @@ def _total(data_terms, reg, u, with_force, reg_values=None):
 
 
 def _force(data_terms, u):
-    """Sum of the data terms' forces at u (a term may offer ``force(u)`` to reuse its last value)."""
+    """Sum of the data terms' forces at u (``force(u)`` reuses a term's last evaluation at u)."""
     force = None
     for term in data_terms:
-        f = term.force(u) if hasattr(term, "force") else term.evaluate(u, True)[2]
+        f = term.force(u)
         if f is not None:
             force = f if force is None else force + f
     return force

@@ -269,7 +269,7 @@ def check_prior_dim(prior, prior_path, fixed, fixed_path) -> None:
 def check_device(device: str) -> None:
     """Refuse a device torch cannot use (imports torch only for a CUDA device)."""
     if device != "cpu":
-        from .checks import check_device as check
+        from .runtime import check_device as check
 
         check(device, "--device")
 
