@@ -325,10 +325,8 @@ def cmd_register(args, con: Console) -> int:
     wf.check_out_dir(args.out, [args.fixed, args.moving, args.prior, args.mask], args.overwrite)
     notes = []
     prior = wf.load_prior(args.prior)
-    inputs = wf.input_record(args.fixed, args.moving, args.mask, prior, args.prior)  # the files as they are read
-    fixed, moving, mask = wf.load_pair(args.fixed, args.moving, args.mask, notes)
-    read_notes = list(notes)  # what reading the files noted (a DICOM folder's series, colour made grey): in the report
-    wf.check_prior_dim(prior, args.prior, fixed, args.fixed)
+    pair = wf.read_pair(args.fixed, args.moving, args.mask, prior, args.prior, notes)
+    fixed, moving, mask = pair.fixed, pair.moving, pair.mask
     overrides, opts = wf.resolve_options(fixed.ndim, args.preset, overrides, prior, args.prior, notes,
                                          shape=fixed.shape)
     for n in notes:
@@ -347,8 +345,7 @@ def cmd_register(args, con: Console) -> int:
         con.note(f"alpha auto: {n}")
     for n in wf.linear_notes(result):
         con.note(n)
-    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=inputs,
-                     extra={"input_notes": read_notes} if read_notes else None)
+    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=pair.read_notes)
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")
     return 0

@@ -189,21 +189,6 @@ def _id_problem(pid: str) -> str | None:
     return None
 
 
-def _input_problem(path: str, role: str) -> str | None:
-    from . import io as pio
-
-    if not os.path.exists(path):
-        return f"{role}: no such file: {path}"
-    if os.path.isdir(path):
-        return None  # a DICOM series folder (read at run time)
-    ext = pio.extension(path)
-    if ext not in pio.READ_EXTENSIONS:
-        return f"{role}: unsupported file format {ext or '(no extension)'!r} for {path}"
-    if not os.access(path, os.R_OK):
-        return f"{role}: cannot read {path} (permission denied)"
-    return None
-
-
 def _key(path: str) -> str:
     return os.path.normcase(os.path.realpath(path))
 
@@ -265,6 +250,8 @@ def _only_ours(folder: str) -> bool:
 
 def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
     """``(Pair, problems)`` of the k-th data row."""
+    from .io import input_problem
+
     bad = []
     if None in row:
         bad.append(f"{row[None][0]} fields but the header has {row[None][1]}")
@@ -277,7 +264,7 @@ def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
         if not v and role != "mask":
             bad.append(f"{role}: empty")
         elif v:
-            bad += [p for p in [_input_problem(paths[role], role)] if p]
+            bad += [p for p in [input_problem(paths[role], role)] if p]
     o = _cell(row, "out")
     folder = _abs(o, out_dir) if o else os.path.join(out_dir, pid)
     try:
@@ -402,24 +389,6 @@ def validate(manifest, out_dir, *, prior_path=None, overwrite=False, resume=Fals
     return pairs
 
 
-def _check_out_dir(out_dir: str, overwrite: bool, resume: bool) -> None:
-    """The cohort's own folder: not taken (unless --overwrite/--resume), and it can be created and written."""
-    wf.check_name_length(out_dir)
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise PriorRegError(f"--out {out_dir} exists and is not a directory")
-        if os.listdir(out_dir) and not (overwrite or resume):
-            raise PriorRegError(
-                f"output directory {out_dir} exists and is not empty; use --resume to continue a cohort, --overwrite or another --out"
-            )
-        wf.check_writable(out_dir, out_dir)
-        return
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    if not os.path.isdir(parent):
-        raise PriorRegError(f"cannot create output directory {out_dir}: its parent directory does not exist")
-    wf.check_writable(parent, out_dir)
-
-
 # --------------------------------------------------------------------------- one pair (runs on a worker)
 
 
@@ -466,20 +435,16 @@ def _register_and_write(spec: dict, prior, preset, overrides: dict, notes: list)
 def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: list):
     from .api import register
 
-    inputs = wf.input_record(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"])  # as they are read
-    fixed, moving, mask = wf.load_pair(spec["fixed"], spec["moving"], spec["mask"], notes)
-    read_notes = list(notes)  # what reading the files noted, for report.json
-    wf.check_prior_dim(prior, spec["prior"], fixed, spec["fixed"])
+    pair = wf.read_pair(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"], notes)
     # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
-    result = register(fixed, moving, prior=prior, preset=preset, mask=mask, warn=False, callback=_stop_point,
-                      **overrides)
+    result = register(pair.fixed, pair.moving, prior=prior, preset=preset, mask=pair.mask, warn=False,
+                      callback=_stop_point, **overrides)
     _stop_point()
     notes.extend(f"warning: {w}" for w in result.warnings)
     notes.extend(wf.linear_notes(result))
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
-    wf.write_outputs(spec["out"], result, prior=prior, mask=mask, inputs=inputs,
-                     extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]},
-                            **({"input_notes": read_notes} if read_notes else {})})
+    wf.write_outputs(spec["out"], result, prior=prior, mask=pair.mask, inputs=pair.inputs, read_notes=pair.read_notes,
+                     extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})
     return result
 
 
@@ -758,7 +723,8 @@ def _plan(args, con, overrides: dict) -> Plan:
     prior = wf.load_prior(prior_path)
     overrides, options = _cohort_options(args.preset, overrides, prior, args.prior, notes)
     out_dir = os.path.abspath(args.out)
-    _check_out_dir(out_dir, args.overwrite, args.resume)
+    wf.check_out_dir(out_dir, [args.manifest], args.overwrite or args.resume,  # the cohort's own folder
+                     taken="use --resume to continue a cohort, --overwrite or another --out")
     pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
     for n in notes:
         con.note(n)

@@ -484,6 +484,22 @@ def _refuse_nonfinite(arr: np.ndarray, path: str, name: str, n_nan: int | None =
     )
 
 
+def input_problem(path: str, name: str) -> str | None:
+    """Why ``path`` cannot be read as an image, from its name and permissions alone (no such file, a
+    format priorreg does not read, no permission); None where it may be (a folder: a DICOM series)."""
+    if not os.path.exists(path):
+        return f"{name}: no such file or directory: {path}"
+    if os.path.isdir(path):
+        return None
+    ext = extension(path)
+    if ext not in READ_EXTENSIONS:
+        return (f"{name}: unsupported file format {ext or '(no extension)'!r} for {path}; "
+                f"use one of {', '.join(READ_EXTENSIONS)} or a DICOM series directory")
+    if not os.access(path, os.R_OK):
+        return f"{name}: cannot read {path} (permission denied)"
+    return None
+
+
 def read_image(path, name: str = "image", notes: list | None = None, *, allow_nonfinite: bool = False) -> Image:
     """Read an image file (or a DICOM series directory) into an :class:`Image`.
 
@@ -500,19 +516,13 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
         raise PriorRegError(f"read_image(): {name} must be a file path, got {type(path).__name__}")
     path = os.fspath(path)
     scan = None
-    if not os.path.exists(path):
-        raise PriorRegError(f"{name}: no such file or directory: {path}")
+    problem = input_problem(path, name)
+    if problem:
+        raise PriorRegError(problem)
     if os.path.isdir(path):
         img = _read_dicom_dir(path, name, notes)
     else:
         ext = extension(path)
-        if ext not in READ_EXTENSIONS:
-            raise PriorRegError(
-                f"{name}: unsupported file format {ext or '(no extension)'!r} for {path}; "
-                f"use one of {', '.join(READ_EXTENSIONS)} or a DICOM series directory"
-            )
-        if not os.access(path, os.R_OK):
-            raise PriorRegError(f"{name}: cannot read {path} (permission denied)")
         if ext in (".mha", ".mhd"):
             _check_metaimage(path, name)
         try:
@@ -682,14 +692,15 @@ def write_bytes(path, data: bytes) -> None:
             fh.write(data)
 
 
-def _check_write_ext(path, ndim: int, name: str) -> str:
+def check_write_ext(path, ndim: int | None, name: str) -> str:
+    """``path``'s extension, refused where priorreg cannot write it (PNG: 2D only; not checked for ndim None)."""
     ext = extension(path)
     if ext not in WRITE_EXTENSIONS:
         raise PriorRegError(
             f"{name}: cannot write {os.fspath(path)}: unsupported output format {ext or '(no extension)'!r}; "
             f"use one of {', '.join(WRITE_EXTENSIONS)}"
         )
-    if ext in _2D_ONLY and ndim != 2:
+    if ext in _2D_ONLY and ndim not in (None, 2):
         raise PriorRegError(f"{name}: cannot write a {ndim}D image as {ext}; use .nii.gz")
     return ext
 
@@ -757,7 +768,7 @@ def write_image(image: Image, path, name: str = "output", compress: bool = True)
     if not isinstance(image, Image):
         raise PriorRegError(f"{name}: write_image() takes a priorreg.Image (Image(array, spacing, origin, direction) "
                             f"or one from read_image), got {type(image).__name__}")
-    ext = _check_write_ext(path, image.ndim, name)
+    ext = check_write_ext(path, image.ndim, name)
     arr = np.asarray(image.array)
     if not arr.dtype.isnative:  # big-endian data (read by another tool, or warped labels keeping it): ITK takes native
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -798,7 +809,7 @@ def write_field(field_world: np.ndarray, grid: Image, path, name: str = "field",
     stored as the same grid with its index axes cycled (1 x X x Y), because ITK reads an
     X x Y x 1 NIfTI vector image as 2D.
     """
-    ext = _check_write_ext(path, grid.ndim, name)
+    ext = check_write_ext(path, grid.ndim, name)
     if ext in (".png", ".tif", ".tiff"):
         raise PriorRegError(f"{name}: a displacement field needs .nii.gz, .nii, .mha or .nrrd, not {ext}")
     img = field_to_sitk(field_world, grid, through_plane)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from .errors import PriorRegError
 
@@ -232,6 +233,28 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
     return fixed, moving, load_mask(mask_path, fixed, notes)
 
 
+@dataclass
+class PairFiles:
+    """One registration's inputs as read: the images, the mask array, the files' stamps as they were read
+    (:func:`input_record`, report.json's ``inputs``) and what reading them noted (a DICOM folder's series,
+    colour made grey: report.json's ``input_notes``)."""
+
+    fixed: object
+    moving: object
+    mask: object
+    inputs: dict
+    read_notes: list
+
+
+def read_pair(fixed_path, moving_path, mask_path, prior, prior_path, notes: list) -> PairFiles:
+    """Stamp the input files, then read and check them (:func:`load_pair`, :func:`check_prior_dim`): what
+    ``priorreg register`` and each cohort pair do before registering. ``notes`` gets what reading noted."""
+    inputs = input_record(fixed_path, moving_path, mask_path, prior, prior_path)  # stamped before reading
+    fixed, moving, mask = load_pair(fixed_path, moving_path, mask_path, notes)
+    check_prior_dim(prior, prior_path, fixed, fixed_path)
+    return PairFiles(fixed, moving, mask, inputs, list(notes))
+
+
 def load_prior(path):
     """The prior at ``path`` (None for no path)."""
     if path is None:
@@ -363,9 +386,10 @@ def check_writable(folder, out, what: str = "--out") -> None:
     os.unlink(tmp)
 
 
-def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
-    """Refuse an output folder that overlaps the inputs, is taken (unless overwrite) or cannot be
-    created and written. Creates nothing."""
+def check_out_dir(out, inputs, overwrite: bool, what: str = "--out",
+                  taken: str = "use --overwrite or another --out") -> None:
+    """Refuse an output folder that overlaps the inputs, is taken (unless overwrite; ``taken`` says what
+    to do then) or cannot be created and written. Creates nothing."""
     out = os.fspath(out)
     if not out.strip():  # os.path.exists("") is False, and the outputs would land in the working directory
         raise PriorRegError(f"{what} is empty; give the output directory's name")
@@ -384,7 +408,7 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out") -> None:
         if not os.path.isdir(out):
             raise PriorRegError(f"{what} {out} exists and is not a directory")
         if os.listdir(out) and not overwrite:
-            raise PriorRegError(f"output directory {out} exists and is not empty; use --overwrite or another --out")
+            raise PriorRegError(f"output directory {out} exists and is not empty; {taken}")
         check_writable(out, out, what)
         return
     parent = os.path.dirname(os.path.abspath(out))
@@ -431,14 +455,7 @@ def check_image_format(path, ndim: int | None = None, what: str = "--out") -> No
     """Refuse an output image format priorreg cannot write (PNG: 2D only; not checked for ndim None)."""
     from . import io as pio
 
-    ext = pio.extension(path)
-    if ext not in pio.WRITE_EXTENSIONS:
-        raise PriorRegError(
-            f"{what}: cannot write {os.fspath(path)}: unsupported output format {ext or '(no extension)'!r}; "
-            f"use one of {', '.join(pio.WRITE_EXTENSIONS)}"
-        )
-    if ext == ".png" and ndim not in (None, 2):
-        raise PriorRegError(f"{what}: cannot write a {ndim}D image as {ext}; use .nii.gz")
+    pio.check_write_ext(path, ndim, what)
 
 
 # --------------------------------------------------------------------------- outputs: writing
@@ -525,12 +542,14 @@ def write_images(folder, result) -> None:
         write_itk_transform(os.path.join(folder, LINEAR_NAME), lin, lin.ndim)
 
 
-def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="") -> dict:
-    """Write the outputs of a registration (OUTPUT_NAMES, and LINEAR_NAME when the linear stage ran) into ``out`` as a whole; returns the run record."""
+def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="",
+                  read_notes=()) -> dict:
+    """Write the outputs of a registration (OUTPUT_NAMES, and LINEAR_NAME when the linear stage ran) into
+    ``out`` as a whole; returns the run record. ``read_notes``: what reading the inputs noted."""
     from . import report as rep
 
     make_out_dir(os.path.dirname(os.path.abspath(out)))
-    record = rep.report_dict(result, inputs, extra)
+    record = rep.report_dict(result, inputs, {**(extra or {}), **({"input_notes": list(read_notes)} if read_notes else {})})
     names = OUTPUT_NAMES + ((LINEAR_NAME,) if result.linear is not None else ())
     record["outputs"] = {n: os.path.abspath(os.path.join(os.fspath(out), n)) for n in names}  # as the inputs: absolute
     with run_folder(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
