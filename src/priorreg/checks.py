@@ -121,26 +121,46 @@ def default_alpha(preset: str | None, ndim: int, prior):
     return AUTO if named is None else named
 
 
-def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None, options=None, initial_field=None,
-             overrides=None, func: str = "register()") -> Inputs:
-    """Check a registration problem and resolve its options (preset or options, then overrides)."""
-    fix, mov = _check_pair(fixed, moving, spacing, func)
-    given = dict(overrides or {})
-    if options is None and "alpha" not in given:
-        given["alpha"] = default_alpha(preset, fix.ndim, prior)
-    opts = resolve_options(fix.ndim, preset, options, **given)
+@dataclass
+class Resolution:
+    """The options of one registration and what chose them beyond the caller's own settings."""
+
+    options: RegistrationOptions
+    from_prior: dict  # what the prior set (prior_settings): its bins, Parzen sigma, levels, normalisation
+    fewer_levels: dict  # {"levels": n} where the image is too small for the preset's (size_settings), else {}
+    levels_asked: int  # the levels before fewer_levels
+
+
+def resolve(ndim: int, shape=None, *, preset=None, options=None, given=None, prior=None) -> Resolution:
+    """The options register() runs: a preset (or ``options=``), the caller's ``given`` settings, alpha where
+    none is given (:func:`default_alpha`), the prior's settings, and fewer levels on an image of ``shape``
+    too small for the preset's (not with ``options=``, which is taken as given but for the normalisation a
+    prior's tables need; nor without a shape). The one rule for the library, the command line and cohorts."""
+    given = dict(given or {})
+    chosen = dict(given)
+    if options is None and "alpha" not in chosen:
+        chosen["alpha"] = default_alpha(preset, ndim, prior)
+    opts = resolve_options(ndim, preset, options, **chosen)
     settings = prior_settings(opts, prior, given)
-    if options is not None:  # options= is taken as given, except the normalisation the prior's tables need
+    if options is not None:
         settings = {k: v for k, v in settings.items() if k == "normalization"}
     opts = opts.replace(**settings)
-    notes = []
-    if options is None:
-        size = size_settings(opts, fix.shape, given)
-        if size:
-            notes.append(f"{func}: {size['levels']} pyramid level(s): an image of shape {fix.shape} is too small for {opts.levels}")
-            opts = opts.replace(**size)
+    size = size_settings(opts, shape, given) if options is None and shape is not None else {}
+    asked, opts = opts.levels, opts.replace(**size)
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
+    return Resolution(opts, settings, size, asked)
+
+
+def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None, options=None, initial_field=None,
+             overrides=None, func: str = "register()") -> Inputs:
+    """Check a registration problem and resolve its options (:func:`resolve`)."""
+    fix, mov = _check_pair(fixed, moving, spacing, func)
+    given = dict(overrides or {})
+    res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior)
+    opts, notes = res.options, []
+    if res.fewer_levels:
+        notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
     if prior is not None and options is not None and "alpha" not in given and not is_auto(opts.alpha) and opts.alpha >= 1:
         # alpha=1 asked for by name runs without the prior, as asked; options= brings it unasked (RegistrationOptions' default)
         notes.append(f"{func}: a prior was given but options= has alpha 1, so the prior is not used (mutual information "

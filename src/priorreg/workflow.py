@@ -315,21 +315,18 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note);
     with the fixed image's ``shape``, fewer levels where the image is too small for the preset's.
     """
-    from .checks import default_alpha
+    from .checks import resolve
     from .options import is_auto, preset_options
 
+    res = resolve(ndim, shape, preset=preset, given=overrides, prior=prior)  # what register() will run
+    opts = res.options
+    _prior_notes(res.from_prior, overrides, notes)
     base = preset_options(preset or "default", ndim)
-    flags = dict(overrides)  # what the user asked for (a prior's levels are capped like the preset's, as register() does)
-    from_prior = _from_prior(base.replace(**overrides), overrides, prior, notes)
-    overrides = {**from_prior, **overrides, **{k: v for k, v in from_prior.items() if k == "normalization"}}
     if prior is None and "alpha" not in overrides and not is_auto(base.alpha) and base.alpha < 1:
-        overrides["alpha"] = 1.0  # as register() does: a preset's prior weight needs a prior
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
-    chosen = {} if "alpha" in overrides else {"alpha": default_alpha(preset, ndim, prior)}  # as register() chooses
-    opts = base.replace(**overrides, **chosen)
-    size = {} if shape is None else fewer_levels(opts, shape, flags, notes)
-    if size:
-        overrides, opts = {**overrides, **size}, opts.replace(**size)
+    if res.fewer_levels:
+        notes.append(_fewer_levels_note(opts.levels, shape, res.levels_asked))
+    overrides = {**overrides, **res.from_prior, **res.fewer_levels}  # register() given these chooses nothing anew
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
     if prior is not None:
@@ -344,15 +341,17 @@ def fewer_levels(opts, shape, given: dict, notes: list) -> dict:
 
     size = size_settings(opts, shape, given)
     if size:
-        notes.append(f"using --levels {size['levels']}: an image of {size_text(shape)} voxels is too small for {opts.levels}")
+        notes.append(_fewer_levels_note(size["levels"], shape, opts.levels))
     return size
 
 
-def _from_prior(base, given: dict, prior, notes: list) -> dict:
-    from .checks import prior_settings
+def _fewer_levels_note(levels: int, shape, asked: int) -> str:
+    return f"using --levels {levels}: an image of {size_text(shape)} voxels is too small for {asked}"
 
-    out = prior_settings(base, prior, given)
-    for name, value in out.items():
+
+def _prior_notes(from_prior: dict, given: dict, notes: list) -> None:
+    """A note for each setting the prior chose (:func:`priorreg.checks.prior_settings`), in flags."""
+    for name, value in from_prior.items():
         if name == "normalization":
             if name in given:  # the one setting a prior takes over from a flag
                 notes.append(f"--normalization {given[name]} is not used: the prior was learned with {value}, "
@@ -360,7 +359,6 @@ def _from_prior(base, given: dict, prior, notes: list) -> dict:
             continue
         why = f" (the prior has tables for {value} level(s))" if name == "levels" else " from the prior"
         notes.append(f"using --{name.replace('_', '-')} {value}{why}")
-    return out
 
 
 # --------------------------------------------------------------------------- outputs: checks before any work
