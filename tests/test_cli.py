@@ -665,3 +665,28 @@ def test_out_names_too_long_and_demo_outs_are_refused_before_any_work(capsys, da
     assert_error(capsys, ["demo", "--out", tmp_path / "afile" / "sub"], "is a file")
     assert_error(capsys, ["demo", "--out", "/proc/priorreg-demo"], "cannot write in /proc")
     assert_error(capsys, ["demo", "--out", ""], "--out is empty")
+
+
+def test_a_mistyped_flag_points_to_its_commands_help(capsys, tmp_path):
+    assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--out", tmp_path / "o", "--bendng", "5"],
+                 "unrecognized arguments: --bendng 5 (see 'priorreg register --help')")
+
+
+def test_a_single_slice_is_described_in_the_order_a_viewer_gives(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((1, 30, 40)).astype(np.float32)),
+                    str(tmp_path / "s.nii.gz"))  # 40 x 30 x 1 in ITK and 3D Slicer
+    notes = []
+    pio.read_image(tmp_path / "s.nii.gz", "fixed", notes)
+    assert any("treated as 2D 40x30 " in n for n in notes), notes
+
+
+def test_a_level_stopped_by_an_error_or_ctrl_c_is_not_reported_as_finished():
+    s = io.StringIO()
+    con = cli.Console(stream=s)
+    cb = con.progress(30, 3)
+    cb(2, 0, -0.1)
+    cb(2, 1, -0.2)
+    cli._fail(con, "interrupted")  # the error line itself goes to sys.stderr
+    line = s.getvalue()
+    assert line.startswith("priorreg: level 1/3: 1 iteration(s), J=-0.2, ") and line.count("\n") == 1
+    assert line.endswith(" s (stopped before the level ended)\n")

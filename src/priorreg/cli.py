@@ -411,7 +411,7 @@ COMMANDS = {"train": cmd_train, "register": cmd_register, "apply": cmd_apply, "c
 
 
 def _fail(con: Console, msg: str) -> None:
-    con.end_bar()
+    con.end_bar(stopped=True)
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
@@ -422,7 +422,10 @@ def main(argv=None) -> int:
     """
     con = Console(quiet=True)
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # a mistyped flag of a command: its help, not the top level's
+            where = f"priorreg {args.command}" if args.command else "priorreg"
+            raise _Error(f"unrecognized arguments: {' '.join(extra)} (see '{where} --help')")
         con = Console(quiet=getattr(args, "quiet", False))
         if args.command != "cohort":  # the cohort sets threads per worker
             from .runtime import configure_threads

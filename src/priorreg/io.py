@@ -104,7 +104,7 @@ def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name:
         direction = sub
         if notes is not None:
             notes.append(
-                f"{name}: a single-slice 3D image; treated as 2D {arr.shape[0]}x{arr.shape[1]} "
+                f"{name}: a single-slice 3D image; treated as 2D {arr.shape[1]}x{arr.shape[0]} "
                 "(outputs on its grid are written back as single-slice 3D)"
             )
         return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction), volume=volume)

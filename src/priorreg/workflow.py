@@ -124,9 +124,10 @@ class Console:
         self.stream.flush()
         self._open = True
 
-    def end_bar(self, done: bool = False) -> None:
+    def end_bar(self, done: bool = False, stopped: bool = False) -> None:
         """End the bar's line (TTY) or print the finished level's line (not a TTY); ``done``: the level ended,
-        so its bar shows the work up to its end. An error or Ctrl-C leaves it as it was."""
+        so its bar shows the work up to its end. ``stopped``: an error or Ctrl-C, which leaves the bar as it
+        was and says that the level's line is not that of a finished level."""
         if self._open and self._last is None:  # only the "..." of what runs before the first level: an error
             self.stream.write("\r\033[K")  # in it (a bad option, Ctrl-C) reads better on a clean line
             self._open = False
@@ -137,7 +138,8 @@ class Console:
             self.stream.flush()
             self._open = False
         if self._pending is not None:
-            print(f"{PROG}: {self._pending}", file=self.stream, flush=True)
+            print(f"{PROG}: {self._pending}{' (stopped before the level ended)' if stopped else ''}", file=self.stream,
+                  flush=True)
             self._pending = None
 
 
