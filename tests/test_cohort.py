@@ -421,3 +421,29 @@ def test_resume_reads_a_record_from_before_the_file_stamps_by_path(tmp_path):
     assert cohort.same_inputs(pr)
     m.write_bytes(b"moving, re-exported")
     assert not cohort.same_inputs(pr)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_local_cluster_is_one_line_without_the_workers_tracebacks(tmp_path):
+    """Each worker process printed its own KeyboardInterrupt traceback (35 lines) beside priorreg's one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from importlib.resources import files
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    pair = (brainweb / "BrainT1Slice.png", brainweb / "BrainProtonDensitySlice.png")
+    write_manifest(tmp_path / "m.csv", [(f"p{k}", *pair, "") for k in range(6)])
+    proc = subprocess.Popen([sys.executable, "-m", "priorreg", "cohort", tmp_path / "m.csv", "--out", tmp_path / "o",
+                             "--workers", "1"], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with proc.stderr:
+        first = proc.stderr.readline()  # "registering 6 pair(s) ...": the cluster is up
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C on a terminal: to every process of the group
+        err = first + proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.rstrip().endswith("priorreg: error: interrupted"), err
+    with open(tmp_path / "o" / "cohort.csv") as fh:
+        assert "not run" in fh.read()  # the pairs left are recorded, for --resume

@@ -23,6 +23,7 @@ it only when the command runs.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io as _io
@@ -666,6 +667,23 @@ def _connect(args):
     return client, None, {"scheduler": args.scheduler, "workers_at_start": nworkers}, args.torch_threads
 
 
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Worker processes started in this block ignore Ctrl-C (they inherit an ignored SIGINT, so Python
+    and asyncio install no handler of their own): on Ctrl-C this process closes the cluster, which ends
+    them; each used to print its own KeyboardInterrupt traceback as well."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_client(args, n_run: int):
     """``(client, cluster or None, description dict, torch threads per pair)``."""
     if args.scheduler:
@@ -685,7 +703,7 @@ def _start_client(args, n_run: int):
     try:
         import dask
 
-        with dask.config.set({"temporary-directory": kw["local_directory"]}):  # the scheduler's own lock files
+        with dask.config.set({"temporary-directory": kw["local_directory"]}), _workers_ignore_ctrl_c():
             cluster = dd.LocalCluster(**kw)
     except (OSError, TimeoutError, RuntimeError) as e:
         shutil.rmtree(kw["local_directory"], ignore_errors=True)
