@@ -832,3 +832,38 @@ def test_more_mind_channels_than_there_are_is_refused(pair):
     """mind_channels=100 in 2D ran exactly as 0 (all four), without a word."""
     _raises(r"mind_channels=100, but MIND-SSC has 4 channels in 2D", register, *pair, mind_channels=100)
     register(*pair, mind_channels=4, mind_weight=1.0, levels=1, max_iterations=2)  # all of them, by number
+
+
+def test_parallel_slices_further_apart_than_a_slice_are_warned_about(tmp_path):
+    import SimpleITK as sitk
+
+    from priorreg import io as pio
+
+    a = np.random.default_rng(0).random((1, 40, 48)).astype(np.float32)
+    for z, name in ((0.0, "f"), (2.0, "near"), (24.0, "far")):
+        im = sitk.GetImageFromArray(a)
+        im.SetSpacing((1.0, 1.0, 2.0))
+        im.SetOrigin((0.0, 0.0, z))
+        sitk.WriteImage(im, str(tmp_path / f"{name}.nii.gz"))
+    f = pio.read_image(tmp_path / "f.nii.gz")
+    kw = dict(levels=1, max_iterations=2, warn=False, linear="none")
+    near = priorreg.register(f, pio.read_image(tmp_path / "near.nii.gz"), **kw)  # within a slice: no warning
+    assert not [w for w in near.warnings if "slice's plane" in w]
+    far = priorreg.register(f, pio.read_image(tmp_path / "far.nii.gz"), **kw)
+    assert [w for w in far.warnings if "lies 24.0 mm from the fixed slice's plane (slices 2 mm thick)" in w]
+
+
+def test_images_apart_as_their_headers_place_them_are_warned_about_once_the_linear_stage_joins_them():
+    from importlib.resources import files
+
+    from priorreg import io as pio
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    f, m = (pio.read_image(brainweb / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    far = priorreg.Image(m.array, m.spacing, (500.0, -300.0), m.direction)  # an origin off by 583 mm
+    kw = dict(levels=1, max_iterations=3, warn=False)
+    r = priorreg.register(f, far, **kw)
+    moved = [w for w in r.warnings if "an origin in a header is likely wrong" in w]
+    assert moved and "only 0% of the fixed image's foreground" in moved[0], r.warnings
+    assert "583." in moved[0]  # the anatomy found 583 mm away
+    assert not [w for w in priorreg.register(f, m, **kw).warnings if "origin in a header" in w]

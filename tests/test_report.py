@@ -94,9 +94,9 @@ def test_views_are_mid_slices_with_the_pixel_aspect():
     (v,) = report._views(priorreg.Image(np.zeros((10, 20)), (1.0, 0.5)))
     assert v.title == "" and v.axes == (0, 1) and v.aspect == 2.0 and v.flips == (False, False)
     views = report._views(priorreg.Image(np.zeros((14, 18, 12)), (2.0, 1.0, 1.5)))
-    assert [v.title for v in views] == ["axial slice 7 of 14 along array axis 0; top A, left R",  # numpy order: z, y, x
-                                        "coronal slice 9 of 18 along array axis 1; top S, left R",
-                                        "sagittal slice 6 of 12 along array axis 2; top S, left A"]
+    assert [v.title for v in views] == ["axial slice k=7 of 14; top A, left R",  # array axes 0, 1, 2 are k, j, i
+                                        "coronal slice j=9 of 18; top S, left R",
+                                        "sagittal slice i=6 of 12; top S, left A"]
     assert [v.aspect for v in views] == pytest.approx([1 / 1.5, 2 / 1.5, 2.0])
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
 

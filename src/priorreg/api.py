@@ -20,7 +20,7 @@ from .checks import validate
 from .deformable import deformable, prior_order_warnings, trusted_prior_warnings, unused_prior_warnings
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
-from .prealign import after_prealign, check_overlap, header_notes, one_field, prealign
+from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
 from .resample import warp
 from .intensity import foreground
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
@@ -97,7 +97,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     swapped = prior_order_warnings(work, pyr)
-    notes = inp.notes + header_notes(inp, lin) + range_notes(pyr) + swapped
+    notes = inp.notes + header_notes(inp, lin) + origin_notes(inp, lin, region) + range_notes(pyr) + swapped
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)

@@ -58,6 +58,20 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
     return fix, mov
 
 
+def _slice_gap_notes(fix: Image, mov: Image, func: str) -> list:
+    """A warning where two single slices lie in parallel planes more than a slice thickness apart: the
+    registration aligns them in-plane as if they showed one section of the anatomy."""
+    gap = plane_offset(fix, mov, func)
+    if gap == 0.0:
+        return []
+    thickness = max(float(im.volume.spacing[im.volume.axis]) for im in (fix, mov))
+    if abs(gap) <= thickness:
+        return []
+    return [f"{func}: the moving slice lies {abs(gap):.1f} mm from the fixed slice's plane (slices {thickness:g} mm "
+            "thick): they may show different sections of the anatomy, which no in-plane warp can align; the field "
+            "keeps the distance as its through-plane component"]
+
+
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(
@@ -158,7 +172,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     fix, mov = _check_pair(fixed, moving, spacing, func)
     given = dict(overrides or {})
     res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior)
-    opts, notes = res.options, []
+    opts, notes = res.options, _slice_gap_notes(fix, mov, func)
     if res.fewer_levels:
         notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
     if prior is not None and options is not None and "alpha" not in given and not is_auto(opts.alpha) and opts.alpha >= 1:

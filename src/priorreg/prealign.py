@@ -106,17 +106,37 @@ def check_overlap(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> 
         field, start = linear_to_field(lin, inp.fixed), "the linear transform"
     else:
         field, start = np.zeros((inp.fixed.ndim, *inp.fixed.shape)), "their world alignment (no linear stage)"
-    region = np.asarray(region) > 0
-    fix, k = inp.fixed, max(1, math.ceil((region.size / OVERLAP_VOXELS) ** (1 / inp.fixed.ndim)))
-    every = (slice(None, None, k),) * fix.ndim  # every k-th voxel along each axis: a share needs no more
-    grid = Image(fix.array[every], np.asarray(fix.spacing) * k, fix.origin, fix.direction)
-    inside = field_of_view(inp.moving, grid, field[(slice(None),) + every])[region[every]]
-    share = float(inside.mean()) if inside.size else 0.0
+    share = _overlap(inp, field, region)
     if share < MIN_OVERLAP:
         raise PriorRegError(
             f"register(): only {100 * share:.0f}% of the fixed image's {'mask' if inp.mask is not None else 'foreground'} "
             f"falls inside the moving image under {start} (needs {100 * MIN_OVERLAP:.0f}%): the images do not overlap; "
             "check their origins and directions, or give an initial transform")
+
+
+def _overlap(inp: Inputs, field: np.ndarray, region: np.ndarray) -> float:
+    """The share of the fixed ``region`` that ``field`` maps inside the moving image."""
+    region = np.asarray(region) > 0
+    fix, k = inp.fixed, max(1, math.ceil((region.size / OVERLAP_VOXELS) ** (1 / inp.fixed.ndim)))
+    every = (slice(None, None, k),) * fix.ndim  # every k-th voxel along each axis: a share needs no more
+    grid = Image(fix.array[every], np.asarray(fix.spacing) * k, fix.origin, fix.direction)
+    inside = field_of_view(inp.moving, grid, field[(slice(None),) + every])[region[every]]
+    return float(inside.mean()) if inside.size else 0.0
+
+
+def origin_notes(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> list:
+    """A warning when the images' headers place them apart (under MIN_OVERLAP of the fixed ``region`` inside
+    the moving image as they lie in the world) and the linear stage brought them together: the anatomy says
+    an origin (or a frame) in a header is wrong."""
+    if lin is None or inp.initial_field is not None or inp.options.linear == "none":
+        return []
+    share = _overlap(inp, np.zeros((inp.fixed.ndim, *inp.fixed.shape)), region)
+    if share >= MIN_OVERLAP:
+        return []
+    return [f"register(): as their headers place them, only {100 * share:.0f}% of the fixed image's "
+            f"{'mask' if inp.mask is not None else 'foreground'} lies inside the moving image; the linear stage "
+            f"found the anatomy {float(np.linalg.norm(lin.translation_mm)):.1f} mm away: an origin in a header is "
+            "likely wrong (or the images come from different frames); the result follows the anatomy"]
 
 
 def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]:

@@ -130,12 +130,13 @@ class _View:
 
 def _views(fixed) -> list:
     """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_turn)
-    and titled with its plane and the patient's side at its top and left edges (_sides)."""
+    and titled with its plane, its voxel index (i, j, k as ITK and 3D Slicer count) and the patient's side
+    at its top and left edges (_sides)."""
     s, shape, spacing = slice(None), fixed.shape, fixed.spacing
     if fixed.ndim == 2:
         picks = [("", [s, s], (0, 1))]
     else:
-        picks = [(f"slice {n // 2} of {n} along array axis {k}", [n // 2 if a == k else s for a in range(3)],
+        picks = [(f"slice {'kji'[k]}={n // 2} of {n}", [n // 2 if a == k else s for a in range(3)],
                   tuple(a for a in range(3) if a != k)) for k, n in enumerate(shape)]
     views = []
     for title, sl, ax in picks:
@@ -153,7 +154,7 @@ _PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}  # by the world axis a slice 
 
 def _sides(fixed, shown, flips, title: str) -> str:
     """``title`` led by the view's plane and followed by the patient's side at its top and left edges
-    ('axial slice 7 of 14 along array axis 0; top A, left R'), by the world axis each shown array axis runs
+    ('axial slice k=7 of 14; top A, left R': k, j, i index the voxels as in ITK and 3D Slicer), by the world axis each shown array axis runs
     closest to; ``title`` as it is for an image without a place in the world (a PNG)."""
     vol = getattr(fixed, "volume", None)
     if fixed.ndim == 2 and vol is None:
