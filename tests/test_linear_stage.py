@@ -170,6 +170,8 @@ def test_images_that_do_not_overlap_are_aligned_by_their_centres_or_refused(pair
     _run(["register", paths["fixed"], str(d / "pd_far.nii.gz"), "--out", str(d / "far"), "--quiet"])
     rep = json.loads((d / "far" / "report.json").read_text())
     assert abs(rep["linear"]["translation_mm"][0] - 300.0) < 1.0 and abs(rep["linear"]["translation_mm"][1]) < 1.0
+    said = capsys.readouterr().err  # --quiet still prints warnings: the header's origin is named
+    assert "found the anatomy 300.0 mm away: an origin in a header is likely wrong" in said, said
     assert cli.main(["register", paths["fixed"], str(d / "pd_far.nii.gz"), "--out", str(d / "none"), "--linear", "none"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the images do not overlap" in err[0]

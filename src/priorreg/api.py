@@ -97,7 +97,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     swapped = prior_order_warnings(work, pyr)
-    notes = inp.notes + header_notes(inp, lin) + origin_notes(inp, lin, region) + range_notes(pyr) + swapped
+    header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
+    notes = inp.notes + header + range_notes(pyr) + swapped
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
