@@ -216,7 +216,7 @@ def test_single_slices_in_parallel_planes_get_a_field_itk_applies_and_other_plan
 @pytest.mark.parametrize("plane", ["axial", "sagittal"])
 def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, plane):
     """linear.tfm of a single-slice 3D pair was a 2D transform, which ITK cannot apply to the 3D files."""
-    from priorreg.linear import linear_to_field
+    from priorreg.transform import linear_to_field
     from priorreg.workflow import write_outputs
 
     fixed, moving, _, _ = synthetic.case((48, 40), synthetic.T2_MONO, max_disp=0.5)

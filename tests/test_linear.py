@@ -12,14 +12,8 @@ import torch
 
 from priorreg import Image, PriorRegError, fit_prior, warp
 from priorreg.io import image_to_sitk, read_image, sitk_to_image
-from priorreg.linear import (
-    LinearResult,
-    compose_field,
-    estimate_linear,
-    linear_to_field,
-    read_itk_transform,
-    write_itk_transform,
-)
+from priorreg.linear import estimate_linear
+from priorreg.transform import LinearResult, compose_field, linear_to_field, read_itk_transform, write_itk_transform
 
 BRAINWEB = files("priorreg") / "data" / "brainweb"
 BRATS = "/work/shared/data/brats2013_deepmedic/brats_2013_pat0006_1"
@@ -265,7 +259,8 @@ def test_the_pipeline_falls_back_to_the_affine_estimates_own_rigid_stage(brainwe
 
 def test_mind_cross_check_keeps_the_fallback_when_mind_disagrees(brainweb):
     from priorreg.intensity import normalize
-    from priorreg.linear import _cross_check, identity
+    from priorreg.linear import _cross_check
+    from priorreg.transform import identity
 
     fixed, moving = brainweb
     f_n, m_n = normalize(fixed.array), normalize(moving.array)
@@ -431,7 +426,8 @@ def test_decompose_rebuilds_every_axis_aligned_rotation():
 
     import torch
 
-    from priorreg.linear import _rotation, decompose
+    from priorreg.linear import _rotation
+    from priorreg.transform import decompose
 
     n = 0
     for perm in itertools.permutations(range(3)):

@@ -190,7 +190,7 @@ def test_a_header_that_turns_the_moving_image_is_found_and_named(turn_deg):
 
     import priorreg
     from priorreg import io as pio
-    from priorreg.linear import rotation_angle
+    from priorreg.transform import rotation_angle
 
     f, m = (pio.read_image(BRAINWEB / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
     a = np.radians(turn_deg)

@@ -298,7 +298,7 @@ def test_the_summary_gives_the_whole_rotation_not_the_largest_euler_angle():
     import numpy as np
     from scipy.spatial.transform import Rotation
 
-    from priorreg.linear import rotation_angle
+    from priorreg.transform import rotation_angle
 
     R = Rotation.from_euler("xyz", [-3.65, -0.32, -5.18], degrees=True).as_matrix()
     assert rotation_angle(R) == pytest.approx(6.352, abs=1e-3)

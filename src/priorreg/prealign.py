@@ -26,8 +26,8 @@ import numpy as np
 
 from .checks import Inputs
 from .options import is_auto
-from .linear import (HEADER_TURN_DEGREES, MAX_SAMPLES, LinearResult, compose_field, estimate_linear, header_turn,
-                     linear_to_field, read_itk_transform, rotation_angle, usable_levels)
+from .linear import HEADER_TURN_DEGREES, MAX_SAMPLES, estimate_linear, header_turn, usable_levels
+from .transform import LinearResult, compose_field, linear_to_field, read_itk_transform, rotation_angle
 from .errors import PriorRegError
 from .image import Image
 from .resample import field_of_view, warp

@@ -22,7 +22,7 @@ import numpy as np
 from . import io as pio
 from . import pictures as pic
 from .intensity import normalize, normalizer
-from .linear import rotation_angle
+from .transform import rotation_angle
 from .pyramid import level_label, level_number
 
 

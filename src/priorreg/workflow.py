@@ -534,7 +534,7 @@ def write_images(folder, result) -> None:
     jacobian = fix.with_array(result.jacobian.astype(np.float32))
     pio.write_image(jacobian, os.path.join(folder, "jacobian.nii.gz"), "jacobian", compress=False)
     if result.linear is not None:  # also inside field.nii.gz; on its own for tools that want the linear part
-        from .linear import embed_in_volume, write_itk_transform
+        from .transform import embed_in_volume, write_itk_transform
 
         lin = result.linear
         if fix.volume is not None:  # read from a single-slice 3D file: a 3D transform, as the field is
@@ -607,7 +607,7 @@ def linear_notes(result) -> list:
 def _linear_summary(lin) -> str:
     if lin is None:
         return ""
-    from .linear import rotation_angle
+    from .transform import rotation_angle
 
     if lin.rejected:  # its optimum failed a check: what is kept is the start, not a found transform
         return f", linear {lin.kind}: not kept (see its note)"

@@ -4,7 +4,7 @@ import run as R
 import numpy as np, torch
 torch.set_num_threads(2)
 import priorreg, cases as C
-from priorreg.linear import linear_to_field
+from priorreg.transform import linear_to_field
 from priorreg.image import as_image
 for name in sys.argv[1:]:
     case = C.CASES[name]()
