@@ -238,7 +238,7 @@ def probe(out, gens, seeds, alpha=0.4):
             d1, r1 = D.build_energy(D.Level(lv, pyr.fixed[lv], pyr.moving[lv], pyr.mask[lv], sp, 1.0, pts), inp, pyr)
             dp, rp = D.build_energy(D.Level(lv, ff, mf, pyr.mask[lv], sp, alpha, pts), inp, pyr)
             o, g = inp.options, inp.options.local_weight
-            Q = D._prior_table(inp, lv)
+            Q = D.prior_table(inp, lv)
 
             def sim(uu):
                 v = {}

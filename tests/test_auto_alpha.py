@@ -236,7 +236,7 @@ def test_the_unused_prior_warning_gives_the_reason_auto_recorded():
     """A prior whose training pairs disagree was blamed on the pair ("far from it; another modality?")."""
     from types import SimpleNamespace
 
-    from priorreg.deformable import unused_prior_warnings
+    from priorreg.prior_warnings import unused_prior_warnings
     from priorreg.options import AUTO
 
     inp = SimpleNamespace(prior=SimpleNamespace(notes={}), options=SimpleNamespace(alpha=AUTO), mask=None)

@@ -9,6 +9,9 @@ A registration is a short pipeline of named stages, each in its own module:
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
 5. :func:`priorreg.result.make_result` - the warped image and the Jacobian of the one field
    (the linear map and the deformable field composed by :func:`priorreg.prealign.one_field`).
+
+Along the way each stage's notes become ``result.warnings`` (a header that looks wrong, a squeezed
+histogram range, :mod:`priorreg.prior_warnings` about a learned prior, a field that folds).
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ import time
 import warnings
 
 from .checks import validate
-from .deformable import deformable, prior_order_warnings, trusted_prior_warnings, unused_prior_warnings
+from .deformable import deformable
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
+from .prior_warnings import prior_order_warnings, trusted_prior_warnings, unused_prior_warnings
 from .resample import warp
 from .intensity import foreground
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes

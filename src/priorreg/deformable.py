@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import histogram, pyramid, spatial
-from .calibration import fit_intensity_maps, modality_order_check, swapped_prior_message
+from .calibration import fit_intensity_maps
 from .checks import Inputs
 from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
 from .intensity import foreground
@@ -52,58 +52,10 @@ def uses_prior(inp: Inputs) -> bool:
     )
 
 
-def _prior_table(inp: Inputs, level: int) -> torch.Tensor:
+def prior_table(inp: Inputs, level: int) -> torch.Tensor:
     """The prior's global table at ``level``, floored."""
     Q = torch.as_tensor(inp.prior.global_table(level), dtype=torch.float64, device=inp.device)
     return histogram.floor_prior(Q, inp.options.prior_floor)
-
-
-def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
-    """A warning when the prior fits the pair far better with its modality axes swapped (checked at full resolution)."""
-    if not uses_prior(inp):
-        return []
-    check = modality_order_check(pyr.fixed[0], pyr.moving[0], _prior_table(inp, 0), pyr.spec, pyr.mask[0])
-    msg = swapped_prior_message("register()", *check)
-    return [] if msg is None else [msg]
-
-
-FAR_FROM_PRIOR = 1.0  # KL(pair || prior) / MI(prior) of a registered pair above which a fixed alpha is questioned
-
-
-def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
-    """A fixed alpha < 1 with a prior that the registered pair (field ``u``) is still far from: KL to it above
-    FAR_FROM_PRIOR x the prior's MI (judged at full resolution, as alpha="auto" judges a level; auto gives no
-    weight from 0.4 x on). An MR prior on a PET/CT pair: 1.95; the PET/CT pair's own prior: below 0.4; a
-    synthetic prior of other anatomy that helps (tests): 0.65. (At the start a pair is far from any prior
-    until it is aligned: the PET/CT pair's own prior was 1.11 there, hence the check at the end.)"""
-    alpha = inp.options.alpha
-    if inp.prior is None or is_auto(alpha) or alpha >= 1 or inp.options.alpha_schedule != "constant":
-        return []
-    _, _, _, _, rec = auto_level(inp, pyr, 0, u, inp.fixed.spacing)
-    if rec.get("fit_ratio", 0.0) < FAR_FROM_PRIOR:
-        return []
-    return [f"register(): alpha={alpha:g} gave the prior weight {1 - alpha:g}, but the registered pair's joint "
-            f"histogram is far from it (KL {rec['kl']:.2f} nats, {rec['fit_ratio']:.2f} x the prior's MI): alpha='auto' "
-            "would give it none; it may have been learned on another modality pair or other anatomy"]
-
-
-def unused_prior_warnings(inp: Inputs, history: list) -> list:
-    """alpha="auto" gave the prior no weight at any level: say so, it is likely the wrong prior."""
-    recs = [h.prior_weight for h in history if h.prior_weight is not None]
-    if inp.prior is None or not is_auto(inp.options.alpha) or not recs or any(r["alpha"] < 1 for r in recs):
-        return []
-    last = recs[-1]
-    if "training pairs disagree" in last.get("reason", ""):  # the prior's own spread, not this pair, decided
-        return [f"register(): the prior was given no weight at any level: {last['reason'].split(':')[0]} at full "
-                "resolution, so it says little about any pair; train it on more, or more alike, pairs. The result is "
-                "mutual information alone"]
-    kl = last.get("kl")
-    far = "" if kl is None else f" (KL to it {kl:.2f} nats at full resolution)"
-    why = ("it was learned within masks and this pair has none: give the pair a mask of the region it was learned on"
-           if inp.prior.notes.get("masked") and inp.mask is None else
-           "it may have been learned on another modality pair or other anatomy")
-    return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
-            f"{far}; {why}. The result is mutual information alone"]
 
 
 def fit_intensities(inp: Inputs, pyr: Pyramids, level: int, alpha: float, u: torch.Tensor, sp: tuple):
@@ -112,7 +64,7 @@ def fit_intensities(inp: Inputs, pyr: Pyramids, level: int, alpha: float, u: tor
     if inp.prior is None or alpha >= 1 or inp.options.prior_intensity_fit != "affine":
         return f_lv, m_lv, None
     warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
-    (af, bf), (am, bm), kl0, kl1 = fit_intensity_maps(f_lv, warped, _prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
+    (af, bf), (am, bm), kl0, kl1 = fit_intensity_maps(f_lv, warped, prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
     record = dict(level=level, fixed=(af, bf), moving=(am, bm), kl_before=kl0, kl_after=kl1)
     return af * f_lv + bf, am * m_lv + bm, record
 
@@ -129,7 +81,7 @@ def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tupl
         return 1.0, pyr.fixed[level], pyr.moving[level], None, prior_weight.no_prior_record(level)
     f_lv, m_lv, fit = fit_intensities(inp, pyr, level, prior_weight.PROBE_ALPHA, u, sp)
     warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
-    ev = prior_weight.pair_statistics(f_lv, warped, _prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
+    ev = prior_weight.pair_statistics(f_lv, warped, prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
     alpha, record = prior_weight.choose_alpha(inp.prior, level, ev, fit)
     if alpha >= 1:
         return 1.0, pyr.fixed[level], pyr.moving[level], None, record

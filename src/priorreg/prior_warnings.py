@@ -1,0 +1,60 @@
+"""What :func:`priorreg.register` warns about a learned prior once it has seen the pair: a prior learned
+with the modalities the other way round, a fixed weight for a prior the registered pair is far from, and a
+prior that alpha="auto" gave no weight at any level (:mod:`priorreg.prior_weight` decides the weights)."""
+from __future__ import annotations
+
+import torch
+
+from .calibration import modality_order_check, swapped_prior_message
+from .checks import Inputs
+from .deformable import auto_level, prior_table, uses_prior
+from .normalise import Pyramids
+from .options import is_auto
+
+
+def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
+    """A warning when the prior fits the pair far better with its modality axes swapped (checked at full resolution)."""
+    if not uses_prior(inp):
+        return []
+    check = modality_order_check(pyr.fixed[0], pyr.moving[0], prior_table(inp, 0), pyr.spec, pyr.mask[0])
+    msg = swapped_prior_message("register()", *check)
+    return [] if msg is None else [msg]
+
+
+FAR_FROM_PRIOR = 1.0  # KL(pair || prior) / MI(prior) of a registered pair above which a fixed alpha is questioned
+
+
+def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
+    """A fixed alpha < 1 with a prior that the registered pair (field ``u``) is still far from: KL to it above
+    FAR_FROM_PRIOR x the prior's MI (judged at full resolution, as alpha="auto" judges a level; auto gives no
+    weight from 0.4 x on). An MR prior on a PET/CT pair: 1.95; the PET/CT pair's own prior: below 0.4; a
+    synthetic prior of other anatomy that helps (tests): 0.65. (At the start a pair is far from any prior
+    until it is aligned: the PET/CT pair's own prior was 1.11 there, hence the check at the end.)"""
+    alpha = inp.options.alpha
+    if inp.prior is None or is_auto(alpha) or alpha >= 1 or inp.options.alpha_schedule != "constant":
+        return []
+    _, _, _, _, rec = auto_level(inp, pyr, 0, u, inp.fixed.spacing)
+    if rec.get("fit_ratio", 0.0) < FAR_FROM_PRIOR:
+        return []
+    return [f"register(): alpha={alpha:g} gave the prior weight {1 - alpha:g}, but the registered pair's joint "
+            f"histogram is far from it (KL {rec['kl']:.2f} nats, {rec['fit_ratio']:.2f} x the prior's MI): alpha='auto' "
+            "would give it none; it may have been learned on another modality pair or other anatomy"]
+
+
+def unused_prior_warnings(inp: Inputs, history: list) -> list:
+    """alpha="auto" gave the prior no weight at any level: say so, it is likely the wrong prior."""
+    recs = [h.prior_weight for h in history if h.prior_weight is not None]
+    if inp.prior is None or not is_auto(inp.options.alpha) or not recs or any(r["alpha"] < 1 for r in recs):
+        return []
+    last = recs[-1]
+    if "training pairs disagree" in last.get("reason", ""):  # the prior's own spread, not this pair, decided
+        return [f"register(): the prior was given no weight at any level: {last['reason'].split(':')[0]} at full "
+                "resolution, so it says little about any pair; train it on more, or more alike, pairs. The result is "
+                "mutual information alone"]
+    kl = last.get("kl")
+    far = "" if kl is None else f" (KL to it {kl:.2f} nats at full resolution)"
+    why = ("it was learned within masks and this pair has none: give the pair a mask of the region it was learned on"
+           if inp.prior.notes.get("masked") and inp.mask is None else
+           "it may have been learned on another modality pair or other anatomy")
+    return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
+            f"{far}; {why}. The result is mutual information alone"]
