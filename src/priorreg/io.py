@@ -353,6 +353,35 @@ def _sform_note(path: str, img, name: str) -> list:
             "qform, as ITK, ANTs and 3D Slicer do (nibabel and FSL read the sform), and its outputs carry the qform's geometry"]
 
 
+def _count_nonfinite(fh, nbytes: int, dt, per_voxel: int, scan: _NiftiScan, keep_positions: bool) -> int:
+    """Read up to ``nbytes`` of a data block in chunks, counting NaN and Inf values of float type ``dt`` (None:
+    not a float type, only read) into ``scan`` (with their voxels and values if ``keep_positions``; a complex
+    voxel holds ``per_voxel`` values); returns the bytes read."""
+    got, carry, elem = 0, b"", 0
+    while got < nbytes:
+        buf = fh.read(min(_CHUNK, nbytes - got))
+        if not buf:
+            break
+        got += len(buf)
+        if dt is None:
+            continue
+        buf = carry + buf
+        n = len(buf) // dt.itemsize
+        carry = buf[n * dt.itemsize :]
+        vals = np.frombuffer(buf, dtype=dt, count=n)
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            nan = np.isnan(vals)
+            scan.n_nan += int(np.count_nonzero(nan))
+            scan.n_inf += int(np.count_nonzero(bad)) - int(np.count_nonzero(nan))
+            if keep_positions:
+                idx = np.flatnonzero(bad)
+                scan.positions.append((idx + elem) // per_voxel)
+                scan.values.append(vals[idx].astype(np.float64))
+        elem += n
+    return got
+
+
 def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiScan | None:
     """Read a single-file NIfTI's data block as stored and check it.
 
@@ -384,29 +413,7 @@ def _scan_nifti(path: str, name: str, keep_positions: bool = False) -> _NiftiSca
                 scan.slope, scan.inter = float(slope), float(inter)
             ftype = _NIFTI_FLOATS.get(datatype)
             dt = None if ftype is None else np.dtype(endian + ftype)
-            got, carry, elem = 0, b"", 0
-            per_voxel = 2 if datatype in (32, 1792) else 1
-            while got < nbytes:
-                buf = fh.read(min(_CHUNK, nbytes - got))
-                if not buf:
-                    break
-                got += len(buf)
-                if dt is None:
-                    continue
-                buf = carry + buf
-                n = len(buf) // dt.itemsize
-                carry = buf[n * dt.itemsize :]
-                vals = np.frombuffer(buf, dtype=dt, count=n)
-                bad = ~np.isfinite(vals)
-                if bad.any():
-                    nan = np.isnan(vals)
-                    scan.n_nan += int(np.count_nonzero(nan))
-                    scan.n_inf += int(np.count_nonzero(bad)) - int(np.count_nonzero(nan))
-                    if keep_positions:
-                        idx = np.flatnonzero(bad)
-                        scan.positions.append((idx + elem) // per_voxel)
-                        scan.values.append(vals[idx].astype(np.float64))
-                elem += n
+            got = _count_nonfinite(fh, nbytes, dt, 2 if datatype in (32, 1792) else 1, scan, keep_positions)
             if got < nbytes:
                 raise PriorRegError(
                     f"{damaged} (its data block holds {got} of the {nbytes} bytes its header announces)"

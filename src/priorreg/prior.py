@@ -114,26 +114,9 @@ class Prior:
 
     @classmethod
     def load(cls, path) -> "Prior":
+        """The prior in a .npz file written by :meth:`save`; a file that is not one, or is damaged, is refused."""
         path = os.fspath(path)
-        if os.path.isdir(path):
-            raise PriorRegError(f"Prior.load(): {path} is a folder; give the prior's .npz file")
-        if not os.path.isfile(path):
-            raise PriorRegError(f"Prior.load(): no such file: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                tables = np.asarray(z["tables"], dtype=np.float64)
-                mass = np.asarray(z["region_mass"], dtype=np.float64) if "region_mass" in z.files else None
-                pair_kl = np.asarray(z["pair_kl"], dtype=np.float64) if "pair_kl" in z.files else None
-                meta = json.loads(str(z["meta"]))
-        except Exception:
-            raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file (.npz written by fit_prior)") from None
-        if meta.get("format") != FORMAT:
-            raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file")
-        if meta.get("version") not in (1, FORMAT_VERSION):
-            raise PriorRegError(
-                f"Prior.load(): {path} has prior format version {meta.get('version')}; "
-                f"this priorreg reads versions 1 to {FORMAT_VERSION}"
-            )
+        tables, mass, pair_kl, meta = _read_npz(path)
         try:
             B, L, dim, n_pairs = int(meta["bins"]), int(meta["levels"]), int(meta["dim"]), int(meta["n_pairs"])
             regions = tuple(int(r) for r in meta.get("regions", [1] * dim))
@@ -153,20 +136,9 @@ class Prior:
             raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape}, regions {list(regions)})")
         if not np.all(np.isfinite(tables)) or tables.min() < 0 or (mass is not None and not np.all(np.isfinite(mass))):
             raise PriorRegError(f"Prior.load(): {path} is corrupt (its tables hold NaN, Inf or negative values)")
-        return cls(
-            tables=tables,
-            bins=B,
-            parzen_sigma=sigma,
-            ranges=ranges,
-            normalization=normalization,
-            dim=dim,
-            levels=L,
-            n_pairs=n_pairs,
-            regions=regions,
-            region_mass=mass,
-            pair_kl=pair_kl,
-            notes=meta.get("notes", {}),
-        )
+        return cls(tables=tables, bins=B, parzen_sigma=sigma, ranges=ranges, normalization=normalization, dim=dim,
+                   levels=L, n_pairs=n_pairs, regions=regions, region_mass=mass, pair_kl=pair_kl,
+                   notes=meta.get("notes", {}))
 
     def check_dim(self, dim: int, func: str = "register()", images: str = "", learn: str = "fit_prior",
                   without: str = "register without it") -> None:
@@ -249,6 +221,29 @@ def fit_prior(
     masked = {"masked": True} if any(p[3] is not None for p in pairs) else {}  # register() says so if used without
     return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl,
                  notes=masked)
+
+
+def _read_npz(path: str) -> tuple:
+    """(tables, region masses or None, training spread or None, metadata) of a prior file, as stored; a
+    file that is missing, not a priorreg prior or of a format version this priorreg does not read is refused."""
+    if os.path.isdir(path):
+        raise PriorRegError(f"Prior.load(): {path} is a folder; give the prior's .npz file")
+    if not os.path.isfile(path):
+        raise PriorRegError(f"Prior.load(): no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            tables = np.asarray(z["tables"], dtype=np.float64)
+            mass = np.asarray(z["region_mass"], dtype=np.float64) if "region_mass" in z.files else None
+            pair_kl = np.asarray(z["pair_kl"], dtype=np.float64) if "pair_kl" in z.files else None
+            meta = json.loads(str(z["meta"]))
+    except Exception:
+        raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file (.npz written by fit_prior)") from None
+    if meta.get("format") != FORMAT:
+        raise PriorRegError(f"Prior.load(): {path} is not a priorreg prior file")
+    if meta.get("version") not in (1, FORMAT_VERSION):
+        raise PriorRegError(f"Prior.load(): {path} has prior format version {meta.get('version')}; "
+                            f"this priorreg reads versions 1 to {FORMAT_VERSION}")
+    return tables, mass, pair_kl, meta
 
 
 def _bad_metadata(dim, n_pairs, ranges, sigma, normalization, regions) -> str:
