@@ -16,6 +16,7 @@ argument errors stay fast).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -381,7 +382,10 @@ def check_writable(folder, out, what: str = "--out") -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".check")
     except OSError as e:
-        raise PriorRegError(f"{what} {out}: cannot write in {folder} ({e.strerror or e})") from None
+        why = e.strerror or str(e)
+        if e.errno == errno.ENOENT and os.path.isdir(folder):  # /proc, /sys: the folder exists, new files do not
+            why = "its file system takes no new files"
+        raise PriorRegError(f"{what} {out}: cannot write in {folder} ({why})") from None
     os.close(fd)
     os.unlink(tmp)
 
