@@ -173,7 +173,7 @@ def test_bad_rows_are_refused_before_anything_runs(capsys, data, tmp_path, monke
     # "output folder ... is the cohort --out folder itself").
     manifest = write_manifest(tmp_path / "ids.csv", [("", d / "t1_0.nii.gz", d / "t2_0.nii.gz", ""),
                                                      ("b", d / "t1_1.nii.gz", d / "t2_1.nii.gz", "")])
-    assert [p.id for p in cohort.validate(manifest, tmp_path / "new")] == ["0001", "b"]
+    assert [p.id for p in cohort.validate_manifest(manifest, tmp_path / "new")] == ["0001", "b"]
     long = "b" * 260  # an out column the file system cannot take: the pair ran, then failed at its rename
     manifest = write_manifest(tmp_path / "long.csv", [("a", d / "t1_0.nii.gz", d / "t2_0.nii.gz", "", long)],
                               header=("id", "fixed", "moving", "mask", "out"))
@@ -400,7 +400,7 @@ def test_ctrl_c_records_a_pair_that_finished_before_it_was_heard(capsys, data, t
     assert rc != 0, err
     rows, _ = read_summary(out)
     assert [rows[k]["status"] for k in ("s0", "s1", "s2")] == ["ok", "ok", "not run"]
-    s1 = next(p for p in cohort.validate(pairs_manifest(data), str(out), overwrite=True) if p.id == "s1")
+    s1 = next(p for p in cohort.validate_manifest(pairs_manifest(data), str(out), overwrite=True) if p.id == "s1")
     assert cohort.written_since(s1, time.time() - 600)
     assert not cohort.written_since(s1, time.time())  # written before this "run" began: an earlier run's
 

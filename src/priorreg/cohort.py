@@ -366,7 +366,7 @@ def _parse_rows(rows: list, base: str, out_dir: str) -> tuple:
     return pairs, problems
 
 
-def validate(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None) -> list:
+def validate_manifest(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None) -> list:
     """Check the manifest and the outputs; returns the pairs or raises one error listing every bad row."""
     manifest = os.path.abspath(os.fspath(manifest))
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -743,7 +743,7 @@ def _plan(args, con, overrides: dict) -> Plan:
     out_dir = os.path.abspath(args.out)
     wf.check_out_dir(out_dir, [args.manifest], args.overwrite or args.resume,  # the cohort's own folder
                      taken="use --resume to continue a cohort, --overwrite or another --out")
-    pairs = validate(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
+    pairs = validate_manifest(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
     for n in notes:
         con.note(n)
     previous_run = read_previous_run(out_dir) if args.resume else {}

@@ -264,16 +264,16 @@ def _prior_term(prior, level, floor, name, dev):
     return PRIOR_TERMS[name](torch.as_tensor(Q, dtype=_DT, device=dev))
 
 
-MIN_SAMPLES = 64  # fixed samples a level of the stage needs at least
+MIN_LEVEL_SAMPLES = 64  # fixed samples a level of the stage needs at least
 
 
 def usable_levels(fix: Image, mask, levels: int) -> int:
-    """The most pyramid levels, up to ``levels``, whose coarsest keeps MIN_SAMPLES fixed voxels (inside
+    """The most pyramid levels, up to ``levels``, whose coarsest keeps MIN_LEVEL_SAMPLES fixed voxels (inside
     ``mask``) on its grid (:func:`_smoothed_grid`'s strides): a small image or mask allows fewer."""
     region = np.ones(fix.shape, bool) if mask is None else np.asarray(mask) > 0
     for n in range(levels, 1, -1):
         _, stride = _strides(fix, 2.0 ** (n - 1) * min(fix.spacing))
-        if np.count_nonzero(region[tuple(slice(0, None, k) for k in stride)]) >= MIN_SAMPLES:
+        if np.count_nonzero(region[tuple(slice(0, None, k) for k in stride)]) >= MIN_LEVEL_SAMPLES:
             return n
     return 1
 
@@ -284,9 +284,9 @@ def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
     for lv in range(opts["levels"]):
         h = 2.0**lv * min(fix.spacing)
         pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
-        if len(fv) < MIN_SAMPLES:
+        if len(fv) < MIN_LEVEL_SAMPLES:
             fix_it = "use fewer levels" if lv > 0 else "the image or mask is too small for it: give a larger mask, or skip the stage (linear='none', --linear none)"
-            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs {MIN_SAMPLES}) at {level_label(lv, opts['levels'])} "
+            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs {MIN_LEVEL_SAMPLES}) at {level_label(lv, opts['levels'])} "
                                 f"(inside the mask if one is given); {fix_it}")
         marr, _, mgrid = _smoothed_grid(mov, m_n, h)
         M, o = mgrid.index_to_world()
@@ -388,7 +388,7 @@ def _to_world(p, pb: _Problem) -> tuple:
     return A, c + tc - A @ c
 
 
-def _finish(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> LinearResult:
+def _as_result(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> LinearResult:
     """The result at the finest level: the optimum, or world alignment (or the initial
     transform) where that scores better, so an aligned pair is never made worse.
 
@@ -477,16 +477,16 @@ def _cross_check(fix, f_n, mov, m_n, checks) -> list:
     return out
 
 
-def _finished(lv: _Level, pb: _Problem, found: list, p_init, min_overlap, func, images) -> list:
-    """The (kind, parameters) of each stage as LinearResults (:func:`_finish`), each optimum that won on MI
+def _checked_results(lv: _Level, pb: _Problem, found: list, p_init, min_overlap, func, images) -> list:
+    """The (kind, parameters) of each stage as LinearResults (:func:`_as_result`), each optimum that won on MI
     then checked against world alignment (or the initial transform) by the MIND descriptors.
     ``images``: (fixed, its normalised array, moving, its normalised array)."""
     name, q = ("world alignment", torch.zeros_like(found[0][1])) if p_init is None else ("initial", p_init)
     results, checks, checked = [], [], []
     for kind, p in found:
-        res = _finish(lv, pb, p, p_init, kind, min_overlap, func)
+        res = _as_result(lv, pb, p, p_init, kind, min_overlap, func)
         if not res.notes:  # the optimum won on MI: does MIND agree?
-            checks.append((res, _finish(lv, pb, q, None, kind, 0.0, func), name))
+            checks.append((res, _as_result(lv, pb, q, None, kind, 0.0, func), name))
             checked.append(len(results))
         results.append(res)
     for i, kept in zip(checked, _cross_check(*images, checks) if checks else []):
@@ -592,7 +592,7 @@ def estimate_linear(
             p = _optimise(lv, pb, p, free, iterations)
         found.append((stage, p))
     p_init = None if initial is None else torch.as_tensor(starts[0], dtype=_DT, device=dev) / pb.unit
-    results = _finished(lvls[0], pb, found, p_init, min_overlap, func, (fix, f_n, mov, m_n))
+    results = _checked_results(lvls[0], pb, found, p_init, min_overlap, func, (fix, f_n, mov, m_n))
     res = results[-1]
     res.rigid = results[0] if kind == "affine" else None
     for r in results:
