@@ -224,9 +224,12 @@ def test_signature_defaults_come_from_the_options_object():
 
     sig = inspect.signature(register)
     assert "alpha" not in sig.parameters  # only options given explicitly override the preset / options=
-    fsig = inspect.signature(fit_prior)
-    for name in ("bins", "parzen_sigma", "levels", "normalization"):
-        assert fsig.parameters[name].default == getattr(RegistrationOptions(), name)
+    fsig = inspect.signature(fit_prior)  # not given: the default preset's for the images' dimension
+    assert all(fsig.parameters[name].default is None for name in ("bins", "parzen_sigma", "levels", "normalization"))
+    p2 = fit_prior(np.random.default_rng(0).random((32, 36)), np.random.default_rng(1).random((32, 36)))
+    two = priorreg.options.preset_options("default", 2)
+    assert (p2.bins, p2.parzen_sigma, p2.levels, p2.normalization) == (two.bins, two.parzen_sigma, two.levels,
+                                                                       two.normalization)
 
 
 # ---------------------------------------------------------------------------- refusals

@@ -16,7 +16,7 @@ from .errors import PriorRegError
 from .image import as_image, as_mask, on_one_grid, with_margin
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
-from .options import RegistrationOptions
+from .options import RegistrationOptions, preset_options
 from .prior_weight import leave_one_out_kl
 
 FORMAT = "priorreg-prior"
@@ -173,10 +173,10 @@ def fit_prior(
     moving,
     *,
     masks=None,
-    bins: int = RegistrationOptions.bins,
-    parzen_sigma: float = RegistrationOptions.parzen_sigma,
-    levels: int = RegistrationOptions.levels,
-    normalization: str = RegistrationOptions.normalization,
+    bins: int | None = None,
+    parzen_sigma: float | None = None,
+    levels: int | None = None,
+    normalization: str | None = None,
     spacing=None,
     regions=1,
 ) -> Prior:
@@ -189,7 +189,9 @@ def fit_prior(
         "fixed" is the modality of the reference image at registration time.
     masks : optional sequence of masks (one per pair) limiting the samples, grown by the 2 mm margin
         ``register()`` gives its mask (``image.with_margin``), so that both sample the same kind of region.
-    bins, parzen_sigma, levels, normalization : as in :class:`RegistrationOptions`.
+    bins, parzen_sigma, levels, normalization : as in :class:`RegistrationOptions`; those not given are the
+        "default" preset's for the images' dimension, which ``register()`` uses (3D: 32 bins, Parzen sigma 1),
+        as ``priorreg train`` takes them.
     regions : int or sequence of int
         1 (default): one global table per level, the paper's prior. ``k`` or
         ``(k1, k2[, k3])``: cut the field of view into that many equal blocks per
@@ -207,11 +209,13 @@ def fit_prior(
     """
     func = "fit_prior()"
     fixed, moving, masks = _pair_lists(fixed, moving, masks, func)
+    preset = preset_options("default", as_image(fixed[0], "fixed[0]", func, spacing).ndim)
+    given = dict(bins=bins, parzen_sigma=parzen_sigma, levels=levels, normalization=normalization)
     try:  # validates them (and takes 32.0 as 32)
-        checked = RegistrationOptions(bins=bins, parzen_sigma=parzen_sigma, levels=levels, normalization=normalization)
+        checked = preset.replace(**{k: v for k, v in given.items() if v is not None})
     except PriorRegError as e:
         raise PriorRegError(str(e).replace("register()", func, 1)) from None
-    bins, parzen_sigma, levels = checked.bins, checked.parzen_sigma, checked.levels
+    bins, parzen_sigma, levels, normalization = checked.bins, checked.parzen_sigma, checked.levels, checked.normalization
     pairs = _training_pairs(fixed, moving, masks, spacing, normalization, levels, func)
     dim = pairs[0][0].ndim
     regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
