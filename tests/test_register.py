@@ -612,7 +612,7 @@ def test_folding_and_a_moving_image_that_covers_little_of_the_anatomy_are_noted(
     fov = np.zeros((10, 10), bool)
     fov[:, :3] = True  # covers 1 of the region's 6 columns
     run = lambda fold, fov: outcome_notes(SimpleNamespace(jacobian_stats={"percent_nonpositive": fold, "min": -0.07},
-                                                          fov=fov), region)
+                                                          fov=fov, moving_on_fixed=None, warped=None), region)
     assert run(0.0, np.ones((10, 10), bool)) == [] and run(0.05, None) == []
     fold, cover = run(2.3, fov)
     assert fold.startswith("register(): the field folds 2.30% of the voxels (Jacobian min -0.070)")
@@ -870,3 +870,26 @@ def test_images_apart_as_their_headers_place_them_are_warned_about_once_the_line
     assert moved and "only 0% of the fixed image's foreground" in moved[0], r.warnings
     assert "583." in moved[0]  # the anatomy found 583 mm away
     assert not [w for w in priorreg.register(f, m, **kw).warnings if "origin in a header" in w]
+
+
+def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
+    """A nibabel array beside an Image, not transposed, registered silently wrong on a square slice (the
+    linear stage turned it 83 degrees); so did a plain array turned 180 degrees. Neither stage can undo
+    a swap or a mirror: the result says so. The right pair gets no such warning."""
+    from importlib.resources import files
+
+    from priorreg import io as pio
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    f, m = (pio.read_image(brainweb / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    fixed, moving = f.with_array(f.array[20:200, :180].copy()), m.array[20:200, :180].astype(np.float64)
+    kw = dict(warn=False, max_iterations=20)
+    said = lambda r: [w for w in r.warnings if "matches the fixed one far better" in w]  # noqa: E731
+    assert not said(priorreg.register(fixed, moving.copy(), **kw))
+    (swap,) = said(priorreg.register(fixed, moving.T.copy(), **kw))
+    assert "with its array axes in the order (1, 0)" in swap and "nibabel array must be transposed" in swap
+    (turn,) = said(priorreg.register(fixed, moving[::-1, ::-1].copy(), **kw))
+    assert "mirrored along array axis 0, 1" in turn
+    before = moving.copy()
+    priorreg.register(fixed, moving, **kw)
+    assert np.array_equal(moving, before)  # the check reads views of the input, never writes
