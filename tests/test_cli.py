@@ -229,6 +229,12 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     with pytest.raises(priorreg.PriorRegError, match="no point of the reference grid lands inside"):
         priorreg.warp(far, np.zeros((2, *fixed.shape)), reference=fixed)
     assert not priorreg.warp(far, np.zeros((2, *fixed.shape)), reference=fixed, allow_empty=True).array.any()
+    corner = pio.read_image(data["moving"])  # mostly off the reference, a corner inside: written, with a warning
+    shift = tuple(np.asarray(corner.origin) + corner.direction @ (0.8 * np.array(corner.shape) * corner.spacing))
+    pio.write_image(priorreg.Image(corner.array, corner.spacing, shift, corner.direction), tmp_path / "corner.nii.gz")
+    rc, _, err = run(capsys, "apply", tmp_path / "corner.nii.gz", "--field", out / "field.nii.gz", "--reference",
+                     data["fixed"], "--out", tmp_path / "corner_out.nii.gz")
+    assert rc == 0 and "priorreg: warning: warp(): the moving image lies mostly outside the reference grid" in err, err
 
 
 def test_demo_runs_and_reports(capsys, tmp_path):

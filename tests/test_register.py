@@ -893,3 +893,22 @@ def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
     before = moving.copy()
     priorreg.register(fixed, moving, **kw)
     assert np.array_equal(moving, before)  # the check reads views of the input, never writes
+
+
+def test_warp_warns_when_the_moving_image_lies_mostly_outside_the_reference():
+    """Labels wrapped in an Image without the file's direction came back all zero without a word; a label
+    patch cropped from the moving image, inside the reference, is no cause for a warning."""
+    import warnings
+
+    ref = Image(np.zeros((40, 50)), (1.0, 1.0), (0.0, 0.0), np.array([[0.0, -1.0], [-1.0, 0.0]]))  # as ITK reads a NIfTI
+    labels = np.zeros((40, 50), np.uint8)
+    labels[10:30, 10:40] = 1
+    zero = np.zeros((2, 40, 50))
+    with pytest.warns(PriorRegWarning, match=r"lies mostly outside the reference grid \(their boxes overlap by 0%"):
+        assert warp(Image(labels), zero, reference=ref, interpolation="nearest").array.sum() == 0
+    patch = ref.with_array(labels[5:20, 5:20].copy())
+    patch.origin = tuple(ref.direction @ np.array([5.0, 5.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PriorRegWarning)
+        assert warp(ref.with_array(labels), zero, reference=ref, interpolation="nearest").array.sum() == labels.sum()
+        assert warp(patch, zero, reference=ref, interpolation="nearest").array.sum() == labels[5:20, 5:20].sum()

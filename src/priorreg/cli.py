@@ -18,7 +18,7 @@ import os
 import sys
 
 from . import workflow as wf
-from .errors import PriorRegError
+from .errors import PriorRegError, PriorRegWarning
 from .workflow import LINEAR_NAME, OUTPUT_NAMES, PROG, Console  # noqa: F401  (part of the command's interface)
 
 EXIT_ERROR = 2
@@ -375,9 +375,15 @@ def cmd_apply(args, con: Console) -> int:
         notes += wf.label_map_notes(moving, args.moving)
     for n in notes:
         con.note(n)
+    import warnings
+
     from .resample import warp  # torch
 
-    out = warp(moving, field, reference=ref, interpolation=args.interpolation)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", PriorRegWarning)
+        out = warp(moving, field, reference=ref, interpolation=args.interpolation)
+    for w in said:  # one line each, as register's
+        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
         arr = arr.astype("float32")

@@ -6,11 +6,13 @@ image at world(x) + direction @ field(x).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from . import spatial
-from .errors import PriorRegError
+from .errors import PriorRegError, PriorRegWarning
 from .image import Image, on_grid_of, torch_ready
 from .runtime import check_device
 
@@ -123,6 +125,11 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         raise PriorRegError(f"{func}: no point of the reference grid lands inside the moving image through the field, "
                             "so the result would hold no moving voxel; check the images' origins and directions, "
                             "and that the field was made for this moving image and reference")
+    if not allow_empty and reference is not None and _box_share(mov, ref) < MIN_BOX_SHARE:
+        warnings.warn(f"{func}: the moving image lies mostly outside the reference grid (their boxes overlap by "
+                      f"{100 * _box_share(mov, ref):.0f}% of the smaller): check its geometry (an Image made from an array without a direction has "
+                      "ITK's identity, which is not a NIfTI file's) and that the field was made for it", PriorRegWarning,
+                      stacklevel=2)
     out = spatial.sample(src, coords, mode="bilinear" if interpolation == "linear" else "nearest")
     if fill is not None:
         out = torch.where(ins, out, torch.as_tensor(float(fill), dtype=out.dtype, device=dev))
@@ -130,6 +137,24 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     if interpolation == "nearest":
         out = out.astype(mov.array.dtype)
     return ref.with_array(out)
+
+
+MIN_BOX_SHARE = 0.25  # overlap of the two images' world boxes (of the smaller one) below which warp() warns
+
+
+def _box_share(moving: Image, reference: Image) -> float:
+    """How much the two images' world bounding boxes (voxel centres) overlap, as a share of the smaller one:
+    a label patch cropped from the moving image, or a moving image larger than the reference, overlaps
+    wholly; an image given the wrong geometry hardly."""
+    def box(img: Image):
+        A, b = img.index_to_world()
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.shape], indexing="ij")).reshape(img.ndim, -1)
+        w = A @ corners + b[:, None]
+        return w.min(1), np.maximum(w.max(1), w.min(1) + 1e-9)
+
+    (mlo, mhi), (rlo, rhi) = box(moving), box(reference)
+    common = np.prod(np.clip(np.minimum(mhi, rhi) - np.maximum(mlo, rlo), 0, None))
+    return float(common / min(np.prod(mhi - mlo), np.prod(rhi - rlo)))
 
 
 def field_of_view(moving: Image, reference: Image, field: np.ndarray) -> np.ndarray:
