@@ -241,3 +241,13 @@ def test_a_bad_initial_field_says_what_is_wrong_with_it():
         priorreg.register(f, m, initial_field=bad)
     with pytest.raises(PriorRegError, match=r"initial_field must have shape \(2, 40, 40\), got \(2, 40\)"):
         priorreg.register(f, m, initial_field=np.zeros((2, 40)))
+
+
+def test_numpy_numbers_as_options_become_python_numbers_and_the_record_is_json():
+    import json
+
+    opts = RegistrationOptions(regularization=np.float32(0.3), alpha=np.float64(0.5), levels=np.int64(2))
+    assert type(opts.regularization) is float and type(opts.alpha) is float and type(opts.levels) is int
+    json.dumps(opts.as_dict())  # raised TypeError: float32 is not JSON serializable
+    with pytest.raises(PriorRegError, match="alpha must be a number"):
+        RegistrationOptions(alpha=True)

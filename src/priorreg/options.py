@@ -255,14 +255,17 @@ class RegistrationOptions:
             elif fld.type == "float" and fld.name != "alpha":
                 if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                     raise PriorRegError(f"{f}: {fld.name} must be a finite number, got {v!r}")
+                object.__setattr__(self, fld.name, float(v))  # numpy's float32 too: report.json needs Python's
 
     def __post_init__(self):
         f = "register()"
         self._check_types(f)
         if is_auto(self.alpha):
             object.__setattr__(self, "alpha", AUTO)
-        elif not (isinstance(self.alpha, numbers.Real) and 0.0 <= float(self.alpha) <= 1.0):
+        elif not (isinstance(self.alpha, numbers.Real) and not isinstance(self.alpha, bool) and 0.0 <= float(self.alpha) <= 1.0):
             raise PriorRegError(f"{f}: alpha must be a number in [0, 1] or 'auto', got {self.alpha!r}")
+        else:
+            object.__setattr__(self, "alpha", float(self.alpha))
         types = {fld.name: fld.type for fld in fields(self)}
         for name, low in _AT_LEAST.items():
             if not getattr(self, name) >= low:
