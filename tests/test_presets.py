@@ -220,6 +220,10 @@ def test_api_arguments_of_the_wrong_kind_name_themselves(tmp_path):
          r"NIfTI cannot keep a direction whose axes are not perpendicular"),
         (lambda: priorreg.register(f, m, spacing="1,1"), r"spacing must be numbers, got the text '1,1'"),
         (lambda: priorreg.register(f, m, callback=5), r"callback must be a function"),
+        # one argument: a TypeError from inside the solver, after the linear stage had run
+        (lambda: priorreg.register(f, m, callback=lambda e: None), r"callback must be a function of \(level, iteration"),
+        # complex: register refused it, warp dropped the imaginary part with numpy's warning
+        (lambda: priorreg.warp(f + 1j * f, np.zeros((2, *f.shape))), r"warp\(\): moving must hold real numbers"),
         (lambda: pio.read_image(5), r"must be a file path, got int"),
         (lambda: pio.write_image(f, tmp_path / "x.nii.gz"), r"write_image\(\) takes a priorreg.Image"),
         (lambda: priorreg.fit_prior([f], [m], levels=1).save(tmp_path / "no" / "p.npz"), r"the folder .*no does not exist"),

@@ -15,6 +15,7 @@ histogram range, :mod:`priorreg.prior_warnings` about a learned prior, a field t
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -81,8 +82,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
     t0 = time.perf_counter()
     if warn not in (True, False):  # a bool (numpy's too), not "no"
         raise PriorRegError(f"register(): warn must be True or False, got {warn!r}")
-    if callback is not None and not callable(callback):
-        raise PriorRegError(f"register(): callback must be a function (level, iteration, energy), got {callback!r}")
+    if callback is not None and not _takes_three(callback):
+        raise PriorRegError(f"register(): callback must be a function of (level, iteration, energy), got {callback!r}")
     inp = validate(fixed, moving, prior=prior, mask=mask, spacing=spacing, preset=preset, options=options,
                    initial_field=initial_field, overrides=overrides)
     n = math.prod(inp.fixed.shape)
@@ -91,6 +92,20 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
         result = _run(inp, callback, warn, t0)
     result.threads = threads
     return result
+
+
+def _takes_three(callback) -> bool:
+    """Whether ``callback`` can be called with three positional arguments (a builtin whose signature
+    Python cannot tell is given the benefit of the doubt)."""
+    if not callable(callback):
+        return False
+    try:
+        inspect.signature(callback).bind(0, 0, 0.0)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:

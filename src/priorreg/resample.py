@@ -49,6 +49,9 @@ def _as_moving(moving, spacing, func: str) -> Image:
         if arr.ndim not in (2, 3):
             raise PriorRegError(f"{func}: moving must be a 2D or 3D image, got shape {arr.shape}")
         mov = Image(arr, spacing)
+    a = mov.array
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):  # as register() refuses it
+        raise PriorRegError(f"{func}: moving must hold real numbers, got dtype {a.dtype}")
     if not np.all(np.isfinite(mov.array)):
         raise PriorRegError(f"{func}: moving contains NaN/Inf")
     return mov
