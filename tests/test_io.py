@@ -562,3 +562,15 @@ def test_the_recorded_geometry_has_the_itk_view_of_the_header(tmp_path):
     assert geo["shape"] == [5, 6, 7] and geo["itk"]["size"] == [7, 6, 5]
     assert geo["itk"]["spacing_mm"] == pytest.approx([0.5, 0.8, 2.0])
     assert geo["itk"]["direction"] == pytest.approx(list(img.GetDirection()), abs=1e-8)
+
+
+def test_images_and_priors_compare_by_value(tmp_path):
+    """== raised 'the truth value of an array is ambiguous' on Image and Prior; a round trip could not be checked."""
+    a = np.random.default_rng(0).random((20, 24))
+    img = priorreg.Image(a, (1.0, 2.0))
+    assert img == priorreg.Image(a.copy(), (1.0, 2.0)) and img != priorreg.Image(a, (1.0, 2.5)) and img != a
+    pio.write_image(img.with_array(a.astype(np.float32)), tmp_path / "s.nii.gz")
+    assert pio.read_image(tmp_path / "s.nii.gz") == pio.read_image(tmp_path / "s.nii.gz")
+    p = priorreg.fit_prior([a], [a ** 2], levels=1)
+    p.save(tmp_path / "p.npz")
+    assert priorreg.Prior.load(tmp_path / "p.npz") == p and priorreg.fit_prior([a], [a ** 3], levels=1) != p

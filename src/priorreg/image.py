@@ -14,7 +14,7 @@ Conventions
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -62,7 +62,24 @@ def torch_ready(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a) if any(s < 0 for s in a.strides) else a
 
 
-@dataclass
+def fields_equal(a, b) -> bool:
+    """Dataclasses ``a`` and ``b`` of one type with equal fields, arrays compared by value (NaN equal to NaN):
+    the == of :class:`Image` and :class:`priorreg.Prior` (the generated one raised on their arrays)."""
+    if type(a) is not type(b):
+        return False
+    for f in fields(a):
+        if not f.compare:
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if x is None or y is None or np.shape(x) != np.shape(y) or not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@dataclass(eq=False)
 class Image:
     """An n-D image (n = 2 or 3) with spacing, origin and direction.
 
@@ -76,6 +93,15 @@ class Image:
     origin: tuple = None
     direction: np.ndarray = None
     volume: SliceGeometry | None = field(default=None, repr=False, compare=False)
+
+    def __eq__(self, other) -> bool:
+        """The same voxels on the same grid (and, for a single slice, in the same 3D grid)."""
+        if not fields_equal(self, other):
+            return False
+        a, b = self.volume, other.volume
+        return (a is None) == (b is None) and (a is None or fields_equal(a, b))
+
+    __hash__ = None  # mutable: arrays and geometry can change
 
     def __post_init__(self):
         a = torch_ready(np.asarray(self.array))

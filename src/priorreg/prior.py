@@ -13,7 +13,7 @@ from . import histogram as hist
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
-from .image import as_image, as_mask, on_one_grid, with_margin
+from .image import as_image, as_mask, fields_equal, on_one_grid, with_margin
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions, preset_options
@@ -23,7 +23,7 @@ FORMAT = "priorreg-prior"
 FORMAT_VERSION = 2  # 2: per-region tables (levels, R, B, B); version 1 files (global tables) still load
 
 
-@dataclass
+@dataclass(eq=False)
 class Prior:
     """A learned joint density: B x B tables per pyramid level and per region.
 
@@ -80,6 +80,12 @@ class Prior:
     def floored(self, level: int, eta: float) -> np.ndarray:
         """Q~ = (Q + eta) / (1 + B^2 eta) per region: (R, B, B)."""
         return hist.floor_prior(self.tables[level], eta)
+
+    def __eq__(self, other) -> bool:
+        """The same tables and settings (a saved and loaded prior equals the one saved)."""
+        return fields_equal(self, other)
+
+    __hash__ = None
 
     def metadata(self) -> dict:
         return {
