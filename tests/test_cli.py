@@ -361,7 +361,7 @@ def test_a_mask_too_small_for_the_linear_stage_says_so(capsys, data, tmp_path):
     tiny[20, 20] = 1
     pio.write_image(fi.with_array(tiny), tmp_path / "tiny.nii.gz")
     line = assert_error(capsys, ["register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--mask",
-                                 tmp_path / "tiny.nii.gz", "--levels", "1"], "fixed samples (needs 64) at level 1/1")
+                                 tmp_path / "tiny.nii.gz", "--levels", "1"], "fixed samples (needs 64) at its level 1/1")
     assert "has 13 fixed samples" in line  # the one voxel and its 2 mm margin (12 voxels of 0.9-1.2 mm)
     assert "give a larger mask, or skip the stage (linear='none', --linear none)" in line and "fewer levels" not in line
 

@@ -151,7 +151,8 @@ class Image:
         the file headers say it (size and spacing along i, j, k: the array axes reversed; the direction row
         by row), since users compare it with what their viewer shows."""
         if self.shape != other.shape:
-            return f"size {'x'.join(map(str, self.shape[::-1]))} vs {'x'.join(map(str, other.shape[::-1]))}"
+            return (f"size {'x'.join(map(str, self.shape[::-1]))} vs {'x'.join(map(str, other.shape[::-1]))} "
+                    f"(numpy shapes {tuple(self.shape)} vs {tuple(other.shape)})")
         r = lambda v: [round(float(x), 3) for x in np.ravel(v)]
         as_itk = {"spacing": lambda g: g.spacing[::-1], "origin": lambda g: g.origin,
                   "direction": lambda g: np.asarray(g.direction)[:, ::-1]}

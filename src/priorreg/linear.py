@@ -286,7 +286,7 @@ def _build_levels(fix, mov, f_n, m_n, mask, opts, dev, func):
         pts, fv = _fixed_samples(fix, f_n, mask, h, opts["max_samples"], opts["seed"] + lv)
         if len(fv) < MIN_LEVEL_SAMPLES:
             fix_it = "use fewer levels" if lv > 0 else "the image or mask is too small for it: give a larger mask, or skip the stage (linear='none', --linear none)"
-            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs {MIN_LEVEL_SAMPLES}) at {level_label(lv, opts['levels'])} "
+            raise PriorRegError(f"{func}: the linear stage has {len(fv)} fixed samples (needs {MIN_LEVEL_SAMPLES}) at its {level_label(lv, opts['levels'])} "
                                 f"(inside the mask if one is given); {fix_it}")
         marr, _, mgrid = _smoothed_grid(mov, m_n, h)
         M, o = mgrid.index_to_world()

@@ -49,12 +49,15 @@ def _estimate(inp: Inputs, kind: str, start: LinearResult | None) -> LinearResul
     alpha = 1.0 if is_auto(opts.alpha) else float(opts.alpha)  # an automatic prior weight starts at MI alone
     # The stage works on MAX_SAMPLES points: kernels too short to share between threads (the MNI 2 mm
     # case's stage took 3.2 s on 2 threads, 1.3 s on one, with the same result; benchmarks/README.md).
-    with registration_threads(MAX_SAMPLES):
-        return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
-                               bins=opts.bins, parzen_sigma=opts.parzen_sigma,
-                               levels=usable_levels(inp.fixed, inp.mask, min(3, opts.levels)),
-                               device=str(inp.device), initial=start, prior_term=opts.prior_term,
-                               prior_floor=opts.prior_floor, normalization=opts.normalization)
+    try:
+        with registration_threads(MAX_SAMPLES):
+            return estimate_linear(inp.fixed, inp.moving, kind=kind, fixed_mask=inp.mask, prior=inp.prior, alpha=alpha,
+                                   bins=opts.bins, parzen_sigma=opts.parzen_sigma,
+                                   levels=usable_levels(inp.fixed, inp.mask, min(3, opts.levels)),
+                                   device=str(inp.device), initial=start, prior_term=opts.prior_term,
+                                   prior_floor=opts.prior_floor, normalization=opts.normalization)
+    except PriorRegError as e:  # said by the function the user called
+        raise PriorRegError(str(e).replace("estimate_linear():", "register():", 1)) from None
 
 
 def implausible(lin: LinearResult) -> bool:
