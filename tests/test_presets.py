@@ -220,6 +220,7 @@ def test_api_arguments_of_the_wrong_kind_name_themselves(tmp_path):
          r"NIfTI cannot keep a direction whose axes are not perpendicular"),
         (lambda: priorreg.register(f, m, spacing="1,1"), r"spacing must be numbers, got the text '1,1'"),
         (lambda: priorreg.register(f, m, callback=5), r"callback must be a function"),
+        (lambda: Image(f, (3.0,)), r"spacing needs 2 values for a 2D image, got 1"),  # was taken as (3, 3)
         # one argument: a TypeError from inside the solver, after the linear stage had run
         (lambda: priorreg.register(f, m, callback=lambda e: None), r"callback must be a function of \(level, iteration"),
         # complex: register refused it, warp dropped the imaginary part with numpy's warning

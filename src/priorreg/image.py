@@ -188,7 +188,7 @@ def _as_vector(v, d, default, name):
         arr = np.atleast_1d(np.asarray(v, dtype=float))
     except (TypeError, ValueError):
         raise PriorRegError(f"Image(): {name} must be numbers, got {v!r}") from None
-    if arr.size == 1:
+    if np.ndim(v) == 0:  # one number: the same along every axis (a sequence must give one per axis)
         arr = np.repeat(arr, d)
     if arr.size != d:
         raise PriorRegError(f"Image(): {name} needs {d} values for a {d}D image, got {arr.size}")
