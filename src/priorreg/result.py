@@ -131,8 +131,8 @@ def small_field_notes(field: np.ndarray, spacing, region) -> list:
     if mean >= SMALL_FIELD_VOXELS:
         return []
     return [f"register(): the field is small (mean {mean:.2f} voxel), of the order of priorreg's error on pairs that "
-            "were aligned already (0.1-0.4 voxel on the benchmark's): this pair may have been aligned already; compare "
-            "the warped image with the unregistered one"]
+            "were aligned already (0.1-0.4 voxel on the benchmark's): if this pair was aligned already, the unregistered "
+            "image may be as good; compare the two"]
 
 
 FOLDING_PERCENT = 0.1  # a field that folds more of the voxels than this is reported
