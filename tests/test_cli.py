@@ -686,7 +686,7 @@ def test_a_single_slice_is_described_in_the_order_a_viewer_gives(tmp_path):
     assert any("treated as 2D 40x30 " in n for n in notes), notes
 
 
-def test_a_level_stopped_by_an_error_or_ctrl_c_is_not_reported_as_finished():
+def test_a_level_line_printed_after_an_error_or_ctrl_c_says_so():
     s = io.StringIO()
     con = cli.Console(stream=s)
     cb = con.progress(30, 3)
@@ -695,4 +695,4 @@ def test_a_level_stopped_by_an_error_or_ctrl_c_is_not_reported_as_finished():
     cli._fail(con, "interrupted")  # the error line itself goes to sys.stderr
     line = s.getvalue()
     assert line.startswith("priorreg: level 1/3: 1 iteration(s), J=-0.2, ") and line.count("\n") == 1
-    assert line.endswith(" s (stopped before the level ended)\n")
+    assert line.endswith(" s (when the run stopped)\n")

@@ -447,3 +447,8 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_without_the_workers_tracebacks(tm
     assert err.rstrip().endswith("priorreg: error: interrupted"), err
     with open(tmp_path / "o" / "cohort.csv") as fh:
         assert "not run" in fh.read()  # the pairs left are recorded, for --resume
+
+
+def test_an_empty_out_is_refused_not_taken_as_the_working_directory(capsys, tmp_path):
+    write_manifest(tmp_path / "m.csv", [("a", "f.nii.gz", "m.nii.gz", "")])
+    one_line_error(capsys, ["cohort", tmp_path / "m.csv", "--out", ""], "--out is empty")

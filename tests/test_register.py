@@ -856,7 +856,7 @@ def test_parallel_slices_further_apart_than_a_slice_are_warned_about(tmp_path):
     assert [w for w in far.warnings if "lies 24.0 mm from the fixed slice's plane (slices 2 mm thick)" in w]
 
 
-def test_images_apart_as_their_headers_place_them_are_warned_about_once_the_linear_stage_joins_them():
+def test_images_apart_as_their_headers_place_them_are_warned_about_once_the_linear_stage_joins_them(tmp_path):
     from importlib.resources import files
 
     from priorreg import io as pio
@@ -870,6 +870,17 @@ def test_images_apart_as_their_headers_place_them_are_warned_about_once_the_line
     assert moved and "only 0% of the fixed image's foreground" in moved[0], r.warnings
     assert "583." in moved[0]  # the anatomy found 583 mm away
     assert not [w for w in priorreg.register(f, m, **kw).warnings if "origin in a header" in w]
+    import warnings
+
+    with warnings.catch_warnings():  # applying that result to the moving space's labels: nothing to warn about
+        warnings.simplefilter("error", PriorRegWarning)
+        labels = far.with_array((far.array > np.median(far.array)).astype(np.uint8))
+        assert r.apply(labels, interpolation="nearest").array.mean() > 0.3 * labels.array.mean()
+    from priorreg.transform import LinearResult, write_itk_transform
+
+    write_itk_transform(tmp_path / "start.tfm", LinearResult(np.eye(2), np.array(r.linear.translation_mm)), 2)
+    given = priorreg.register(f, far, initial_transform=str(tmp_path / "start.tfm"), **kw)  # the user said where
+    assert not [w for w in given.warnings if "origin in a header" in w], given.warnings
 
 
 def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
@@ -887,9 +898,9 @@ def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
     said = lambda r: [w for w in r.warnings if "matches the fixed one far better" in w]  # noqa: E731
     assert not said(priorreg.register(fixed, moving.copy(), **kw))
     (swap,) = said(priorreg.register(fixed, moving.T.copy(), **kw))
-    assert "with its array axes in the order (1, 0)" in swap and "nibabel array must be transposed" in swap
+    assert "with the fixed grid's array axes in the order (1, 0)" in swap and "nibabel array must be transposed" in swap
     (turn,) = said(priorreg.register(fixed, moving[::-1, ::-1].copy(), **kw))
-    assert "mirrored along array axis 0, 1" in turn
+    assert "mirrored along the fixed grid's array axis 0, 1" in turn
     before = moving.copy()
     priorreg.register(fixed, moving, **kw)
     assert np.array_equal(moving, before)  # the check reads views of the input, never writes
@@ -904,7 +915,7 @@ def test_warp_warns_when_the_moving_image_lies_mostly_outside_the_reference():
     labels = np.zeros((40, 50), np.uint8)
     labels[10:30, 10:40] = 1
     zero = np.zeros((2, 40, 50))
-    with pytest.warns(PriorRegWarning, match=r"lies mostly outside the reference grid \(their boxes overlap by 0%"):
+    with pytest.warns(PriorRegWarning, match=r"lies mostly outside the reference grid through the field \(their boxes overlap by 0%"):
         assert warp(Image(labels), zero, reference=ref, interpolation="nearest").array.sum() == 0
     patch = ref.with_array(labels[5:20, 5:20].copy())
     patch.origin = tuple(ref.direction @ np.array([5.0, 5.0]))

@@ -382,8 +382,11 @@ def cmd_apply(args, con: Console) -> int:
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", PriorRegWarning)
         out = warp(moving, field, reference=ref, interpolation=args.interpolation)
-    for w in said:  # one line each, as register's
-        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    for w in said:  # ours one line each, as register's; others as Python shows them
+        if issubclass(w.category, PriorRegWarning):
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
         arr = arr.astype("float32")

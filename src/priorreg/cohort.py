@@ -23,7 +23,6 @@ it only when the command runs.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import io as _io
@@ -667,21 +666,10 @@ def _connect(args):
     return client, None, {"scheduler": args.scheduler, "workers_at_start": nworkers}, args.torch_threads
 
 
-@contextlib.contextmanager
-def _workers_ignore_ctrl_c():
-    """Worker processes started in this block ignore Ctrl-C (they inherit an ignored SIGINT, so Python
-    and asyncio install no handler of their own): on Ctrl-C this process closes the cluster, which ends
-    them; each used to print its own KeyboardInterrupt traceback as well."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+# Run by each worker process as it starts (dask's preload: the text of a script): Ctrl-C on a terminal
+# reaches every process of the group, and each worker printed its own KeyboardInterrupt traceback; this
+# process closes the cluster on Ctrl-C, which ends them. Workers the nanny restarts run it too.
+WORKER_IGNORES_CTRL_C = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
 
 
 def _start_client(args, n_run: int):
@@ -697,13 +685,15 @@ def _start_client(args, n_run: int):
     # to a folder of ours, removed with the cluster (dask leaves them in /tmp/dask-scratch-space)
     kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=":0",
               silence_logs=logging.ERROR, local_directory=tempfile.mkdtemp(prefix="priorreg-dask-"))
+    if not args.no_processes:  # (threads of this process must not: signals belong to its main thread)
+        kw["preload"] = [WORKER_IGNORES_CTRL_C]
     from .runtime import set_wait_policy
 
     set_wait_policy()  # inherited by the worker processes: OpenMP threads sleep instead of spinning
     try:
         import dask
 
-        with dask.config.set({"temporary-directory": kw["local_directory"]}), _workers_ignore_ctrl_c():
+        with dask.config.set({"temporary-directory": kw["local_directory"]}):
             cluster = dd.LocalCluster(**kw)
     except (OSError, TimeoutError, RuntimeError) as e:
         shutil.rmtree(kw["local_directory"], ignore_errors=True)
@@ -740,9 +730,9 @@ def _plan(args, con, overrides: dict) -> Plan:
     prior_path = os.path.abspath(args.prior) if args.prior else None
     prior = wf.load_prior(prior_path)
     overrides, options = _cohort_options(args.preset, overrides, prior, args.prior, notes)
-    out_dir = os.path.abspath(args.out)
-    wf.check_out_dir(out_dir, [args.manifest], args.overwrite or args.resume,  # the cohort's own folder
+    wf.check_out_dir(args.out, [args.manifest], args.overwrite or args.resume,  # the cohort's own folder, as given
                      taken="use --resume to continue a cohort, --overwrite or another --out")
+    out_dir = os.path.abspath(args.out)
     pairs = validate_manifest(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
     for n in notes:
         con.note(n)

@@ -131,8 +131,8 @@ def origin_notes(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> l
     """A warning when the images' headers place them apart (under MIN_OVERLAP of the fixed ``region`` inside
     the moving image as they lie in the world) and the linear stage brought them together: the anatomy says
     an origin (or a frame) in a header is wrong."""
-    if lin is None or inp.initial_field is not None or inp.options.linear == "none":
-        return []
+    if lin is None or inp.initial_field is not None or inp.options.linear == "none" or inp.options.initial_transform:
+        return []  # (an initial transform: the user said where the anatomy is)
     share = _overlap(inp, np.zeros((inp.fixed.ndim, *inp.fixed.shape)), region)
     if share >= MIN_OVERLAP:
         return []

@@ -128,11 +128,12 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         raise PriorRegError(f"{func}: no point of the reference grid lands inside the moving image through the field, "
                             "so the result would hold no moving voxel; check the images' origins and directions, "
                             "and that the field was made for this moving image and reference")
-    if not allow_empty and reference is not None and _box_share(mov, ref) < MIN_BOX_SHARE:
-        warnings.warn(f"{func}: the moving image lies mostly outside the reference grid (their boxes overlap by "
-                      f"{100 * _box_share(mov, ref):.0f}% of the smaller): check its geometry (an Image made from an array without a direction has "
-                      "ITK's identity, which is not a NIfTI file's) and that the field was made for it", PriorRegWarning,
-                      stacklevel=2)
+    share = 1.0 if allow_empty or reference is None else _box_share(coords, mov.shape)
+    if share < MIN_BOX_SHARE:
+        warnings.warn(f"{func}: the moving image lies mostly outside the reference grid through the field (their "
+                      f"boxes overlap by {100 * share:.0f}% of the smaller): check its geometry (an Image made from an "
+                      "array without a direction has ITK's identity, which is not a NIfTI file's) and that the field "
+                      "was made for it", PriorRegWarning, stacklevel=2)
     out = spatial.sample(src, coords, mode="bilinear" if interpolation == "linear" else "nearest")
     if fill is not None:
         out = torch.where(ins, out, torch.as_tensor(float(fill), dtype=out.dtype, device=dev))
@@ -142,22 +143,21 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     return ref.with_array(out)
 
 
-MIN_BOX_SHARE = 0.25  # overlap of the two images' world boxes (of the smaller one) below which warp() warns
+MIN_BOX_SHARE = 0.25  # overlap of the boxes (of the smaller one) below which warp() warns (_box_share)
 
 
-def _box_share(moving: Image, reference: Image) -> float:
-    """How much the two images' world bounding boxes (voxel centres) overlap, as a share of the smaller one:
-    a label patch cropped from the moving image, or a moving image larger than the reference, overlaps
-    wholly; an image given the wrong geometry hardly."""
-    def box(img: Image):
-        A, b = img.index_to_world()
-        corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.shape], indexing="ij")).reshape(img.ndim, -1)
-        w = A @ corners + b[:, None]
-        return w.min(1), np.maximum(w.max(1), w.min(1) + 1e-9)
-
-    (mlo, mhi), (rlo, rhi) = box(moving), box(reference)
-    common = np.prod(np.clip(np.minimum(mhi, rhi) - np.maximum(mlo, rlo), 0, None))
-    return float(common / min(np.prod(mhi - mlo), np.prod(rhi - rlo)))
+def _box_share(coords: torch.Tensor, shape) -> float:
+    """How much the box of the reference's points mapped through the field (``coords``, moving voxel
+    indices) and the moving image's box overlap, as a share of the smaller one: a label patch cropped from
+    the moving image, or a moving image larger than the reference, overlaps wholly; an image given the
+    wrong geometry hardly."""
+    d = coords.shape[0]
+    flat = coords.reshape(d, -1)
+    lo, hi = flat.amin(1).cpu().numpy(), flat.amax(1).cpu().numpy()
+    n = np.asarray(shape, float) - 1
+    hi, n = np.maximum(hi, lo + 1e-9), np.maximum(n, 1e-9)
+    common = np.prod(np.clip(np.minimum(hi, n) - np.maximum(lo, 0.0), 0, None))
+    return float(common / min(np.prod(hi - lo), np.prod(n)))
 
 
 def field_of_view(moving: Image, reference: Image, field: np.ndarray) -> np.ndarray:

@@ -165,7 +165,10 @@ def mirror_notes(result: "RegistrationResult", region) -> list:
     its array axes swapped (the grid's shape allowing) than the registered pair does: its axes were likely
     given in another order (a nibabel array not transposed) or a header is wrong, which neither stage can
     undo. Mutual information of the one Parzen joint histogram (32 bins) on at most MIRROR_SAMPLES voxels of
-    ``region``; correct pairs of the benchmark score their mirrors at 0.2-0.3 x, swapped ones at 1.9-6.6 x."""
+    ``region``; correct pairs of the benchmark score their mirrors at 0.2-0.3 x, swapped ones at 1.9-6.6 x.
+    The variants are of the moving image on the fixed grid before registration (the axes named are the fixed
+    grid's), so where the headers place the images apart (``prealign.origin_notes``, ``header_notes`` warn of
+    it) the check sees little and stays silent."""
     before, warped = result.moving_on_fixed, result.warped
     region = np.asarray(region) > 0
     if before is None or warped is None or not region.any():
@@ -204,8 +207,9 @@ def _mirrors(a: np.ndarray):
             if not swapped and not any(flips):
                 continue
             axes = [k for k in range(d) if flips[k]]
-            how = " and ".join(filter(None, [f"with its array axes in the order {perm}" if swapped else "",
-                                             f"mirrored along array axis {', '.join(map(str, axes))}" if axes else ""]))
+            how = " and ".join(filter(None, [f"with the fixed grid's array axes in the order {perm}" if swapped else "",
+                                             f"mirrored along the fixed grid's array axis {', '.join(map(str, axes))}"
+                                             if axes else ""]))
             yield how, np.flip(np.transpose(a, perm), axes)
 
 

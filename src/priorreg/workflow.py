@@ -128,7 +128,7 @@ class Console:
     def end_bar(self, done: bool = False, stopped: bool = False) -> None:
         """End the bar's line (TTY) or print the finished level's line (not a TTY); ``done``: the level ended,
         so its bar shows the work up to its end. ``stopped``: an error or Ctrl-C, which leaves the bar as it
-        was and says that the level's line is not that of a finished level."""
+        was and says that the level's line is what it had done when the run stopped (it may have ended)."""
         if self._open and self._last is None:  # only the "..." of what runs before the first level: an error
             self.stream.write("\r\033[K")  # in it (a bad option, Ctrl-C) reads better on a clean line
             self._open = False
@@ -139,8 +139,7 @@ class Console:
             self.stream.flush()
             self._open = False
         if self._pending is not None:
-            print(f"{PROG}: {self._pending}{' (stopped before the level ended)' if stopped else ''}", file=self.stream,
-                  flush=True)
+            print(f"{PROG}: {self._pending}{' (when the run stopped)' if stopped else ''}", file=self.stream, flush=True)
             self._pending = None
 
 

@@ -1,4 +1,4 @@
-"""Does intensity.clip_far_outliers change any image of the benchmark? (2026-12-05, third new-user pass.)
+"""Does intensity.far_outlier_bounds clip any image of the benchmark? (2026-12-05, third new-user pass.)
 
 For every case of cases.CASES (default seeds) and every generator of seeds.py at the held-out seeds
 600-609, the fixed, moving and prior-training images: prints the ones with values more than one core span
@@ -16,7 +16,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from priorreg.intensity import clip_far_outliers  # noqa: E402
+from priorreg.intensity import far_outlier_bounds  # noqa: E402
 
 
 def _arrays(x, role):
@@ -40,7 +40,7 @@ def images(case):
 def check(name, case, hits):
     for role, a in images(case):
         a = np.asarray(a, dtype=np.float64)
-        if a.ndim in (2, 3) and clip_far_outliers(a) is not a:
+        if a.ndim in (2, 3) and far_outlier_bounds(a) is not None:
             hits.append(f"{name} {role}")
 
 
