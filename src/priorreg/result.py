@@ -178,9 +178,10 @@ def mirror_notes(result: "RegistrationResult", region) -> list:
         idx = idx[np.random.default_rng(0).choice(idx.size, MIRROR_SAMPLES, replace=False)]
     at = np.unravel_index(idx, region.shape)
     f = torch.as_tensor(normalize(np.asarray(result.fixed.array)[at]))  # each fitted on the samples: a check needs no more
-    norm = normalizer(np.asarray(before.array)[at])
+    sampled = np.asarray(before.array)[at]
+    norm = normalizer(sampled)
     S = smoothing_matrix(32, 1.0)
-    ranges = (intensity_range([f.numpy()]), intensity_range([norm(np.asarray(before.array)[at])]))
+    ranges = (intensity_range([f.numpy()]), intensity_range([norm(sampled)]))
 
     def mi(moving: np.ndarray) -> float:
         m = torch.as_tensor(np.asarray(norm(moving[at]), dtype=np.float64))
