@@ -343,9 +343,11 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
     _raises(r"pair 0 is not on one grid", fit_prior, [f], [m[:30]])
     on_grid = fit_prior([priorreg.Image(f, spacing=(0.9, 0.9), origin=(-20.0, 12.0))], [m])  # an array takes the Image's grid
     assert on_grid.n_pairs == 1
-    _raises(r"pair 0 is not on one grid: fixed and moving differ in origin \[0.0, 0.0\] vs \[5.0, 0.0\]", fit_prior,
+    _raises(r"pair 0 is not on one grid \(fixed and moving differ in origin \[0.0, 0.0\] vs \[5.0, 0.0\]", fit_prior,
             [priorreg.Image(f)], [priorreg.Image(m, origin=(5.0, 0.0))])
     _raises(r"need n >= 1 pairs", fit_prior, [], [])
+    cube = np.random.default_rng(1).random((20, 20, 20))
+    _raises(r"pair 1 is 3D but pair 0 is 2D", fit_prior, [f, cube], [m, cube])
 
 
 def test_regional_prior_round_trip_version_1_files_and_refusals(pair, tmp_path):

@@ -19,6 +19,7 @@ import sys
 
 from . import workflow as wf
 from .errors import PriorRegError, PriorRegWarning
+from .image import check_training_pair
 from .workflow import LINEAR_NAME, OUTPUT_NAMES, PROG, Console  # noqa: F401  (part of the command's interface)
 
 EXIT_ERROR = 2
@@ -270,14 +271,7 @@ def _train_inputs(args, notes: list) -> tuple:
     moving = [wf.load_input(p, f"moving[{j}]", notes) for j, p in enumerate(args.moving)]
     for j, (f, m) in enumerate(zip(fixed, moving)):
         wf.check_pair(f, m, args.fixed[j], args.moving[j], f"fixed[{j}]", f"moving[{j}]")
-        differs = f.grid_difference(m)  # voxel j of one is paired with voxel j of the other
-        if differs:
-            raise PriorRegError(
-                f"train: pair {j} is not on one grid ({args.fixed[j]} and {args.moving[j]}: {differs}); training "
-                "pairs must be pre-registered and resampled to one grid"
-            )
-        if j and f.ndim != fixed[0].ndim:
-            raise PriorRegError(f"train: pair {j} is {f.ndim}D but pair 0 is {fixed[0].ndim}D")
+        check_training_pair(f, m, j, fixed[0], "train", f"{args.fixed[j]} and {args.moving[j]}")
     masks = [wf.load_mask(p, f, notes) for p, f in zip(args.mask, fixed)] if args.mask else None
     return fixed, moving, masks
 

@@ -276,6 +276,18 @@ def plane_offset(fixed: Image, moving: Image, func: str, roles=("fixed", "moving
     return float(mv.origin[mv.drop]) - float(fv.origin[fv.drop])
 
 
+def check_training_pair(fixed: Image, moving: Image, j: int, first: Image, func: str, files: str = "") -> None:
+    """Refuse training pair ``j`` unless its two images share one grid (voxel i of one is paired with voxel i
+    of the other) and it has the dimension of pair 0 (``first``); ``files`` names them in the message."""
+    differs = fixed.grid_difference(moving)
+    if differs:
+        raise PriorRegError(
+            f"{func}: pair {j} is not on one grid ({files + ': ' if files else ''}fixed and moving differ in {differs}); "
+            "training pairs must be pre-registered and resampled to one grid")
+    if fixed.ndim != first.ndim:
+        raise PriorRegError(f"{func}: pair {j} is {fixed.ndim}D but pair 0 is {first.ndim}D")
+
+
 MASK_MARGIN_MM = 2.0  # a mask's samples reach this far beyond it (benchmarks/README.md, "A mask on part of the grid")
 MASK_MARGIN_VOXELS = 4  # and at most this many voxels (the dilation's cost grows with its ball: fine grids)
 

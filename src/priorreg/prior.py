@@ -13,7 +13,7 @@ from . import histogram as hist
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
-from .image import as_image, as_mask, fields_equal, on_one_grid, with_margin
+from .image import as_image, as_mask, check_training_pair, fields_equal, on_one_grid, with_margin
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions, preset_options
@@ -289,14 +289,7 @@ def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: i
         f, m = on_one_grid(f, m, func)  # a plain array beside an Image: on its grid, as in register()
         fi = as_image(f, f"fixed[{j}]", func, spacing)
         mi = as_image(m, f"moving[{j}]", func, spacing)
-        differs = fi.grid_difference(mi)  # voxel j of one is paired with voxel j of the other
-        if differs:
-            raise PriorRegError(
-                f"{func}: pair {j} is not on one grid: fixed and moving differ in {differs} "
-                "(training pairs must be pre-registered and resampled to one grid)"
-            )
-        if j > 0 and fi.ndim != pairs[0][0].ndim:
-            raise PriorRegError(f"{func}: pair {j} is {fi.ndim}D but pair 0 is {pairs[0][0].ndim}D")
+        check_training_pair(fi, mi, j, pairs[0][0] if pairs else fi, func)
         pyramid.check_levels(fi.shape, levels, func)
         pair = (fi, normalize(fi.array, normalization), normalize(mi.array, normalization))
         _refuse_repeat(pair, pairs, func)
