@@ -37,9 +37,9 @@ import cases as C  # noqa: E402
 import cases_more as CM  # noqa: E402
 
 # One priorreg setting per dimension (chosen on tuning cases from the same generators with
-# other seeds, never on the benchmark cases), plus one rule for every case: the bending weight
-# scales with the squared voxel size, because the benchmark's deformations are defined in
-# voxels (smoothness 12 voxels) while priorreg's bending weight is physical (mm^2).
+# other seeds, never on the benchmark cases), and the presets' bending rule: in 2D it scales with the
+# squared voxel size (100 mm^2 x h^2), in 3D it is 400 mm^2, less in a field of view under 100 mm
+# (priorreg.deformable.bending_weight; README "Regulariser weights in physical terms").
 # Regional MI (local_weight=1, local_regions="auto") and, in 3D, 300k histogram samples with an
 # earlier stop were chosen on the tuning seeds (2D: axial/sagittal MNI, BrainWeb, IXI with seeds
 # 101-106; 3D: MNI seed 107, BraTS seed 150, spinal cord seeds 160-161).
@@ -85,7 +85,7 @@ PRIOR_TERM_SETTINGS = {"ce": dict(regularization_scaling="none")}
 # through this environment variable.
 for _k, _v in json.loads(os.environ.get("PRIORREG_BENCH_SET", "{}")).items():
     PRIORREG_SETTINGS[_k.split(".")[0]][_k.split(".")[1]] = _v
-BENDING_PER_VOXEL2 = 100.0  # bending = 100 mm^2 x (mean spacing / 1 mm)^2; the library default is 100 mm^2
+BENDING_PER_VOXEL2 = 100.0  # 2D: bending = 100 mm^2 x (mean spacing / 1 mm)^2 (the 2D presets' bending_scale="spacing")
 ALPHAS = (1.0, 0.4, 0.0)
 TERM_ALPHA = 0.4  # also run alpha=0.4 with the cross-entropy (prior_term="ce") and conditional KL ("ckl") terms
 PHANTOM_REGIONS = 8  # regional-prior rows of the circle phantom: 8 x 8 blocks
@@ -126,7 +126,7 @@ def _setting(case):
     s.update(KIND_SETTINGS.get(case["kind"], {}))
     if case["kind"] == "phantom":
         s["levels"] = 1 + max(0, int(round(math.log2(min(case["fixed"].shape) / PHANTOM_COARSEST))))
-    return s  # the bending weight per voxel (BENDING_PER_VOXEL2 x h^2) is the presets' bending_scale="spacing"
+    return s  # the bending weight: the presets' bending_scale (2D per voxel, 3D by field of view)
 
 
 # --------------------------------------------------------------------------- one run (child process)
@@ -598,8 +598,8 @@ def _write(out, rows, names, versions, total, partial):
            f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}  \nTotal run time: {total:.0f} s"
            f"{' (PARTIAL: run still going or interrupted)' if partial else ''}\n\n"
            f"priorreg settings: 2D {PRIORREG_SETTINGS['2d']}; 3D {PRIORREG_SETTINGS['3d']}; changed per kind of "
-           f"case: {KIND_SETTINGS}; per prior term: {PRIOR_TERM_SETTINGS}; bending = "
-           f"{BENDING_PER_VOXEL2:g} mm^2 x (mean spacing in mm)^2 (one setting per dimension and kind of pair, and one rule, "
+           f"case: {KIND_SETTINGS}; per prior term: {PRIOR_TERM_SETTINGS}; bending: 2D "
+           f"{BENDING_PER_VOXEL2:g} mm^2 x (mean spacing in mm)^2, 3D the preset's field-of-view rule (one setting per dimension and kind of pair, and one rule, "
            f"chosen on tuning cases with other seeds, not per case; defaults otherwise). 'CE' rows use the "
            f"cross-entropy prior term instead of the paper's KL, 'cKL' rows the conditional KL (KL without its "
            f"moving-marginal part, priorreg.energy.PriorConditionalKL).\n\n")

@@ -37,7 +37,7 @@ def test_phantom_pyramid_scales_with_the_image(bench):
     from priorreg.deformable import bending_weight
     from priorreg.options import RegistrationOptions
 
-    w = [bending_weight(RegistrationOptions(**s), (1.0, 1.0)) for s in (s256, s512)]
+    w = [bending_weight(RegistrationOptions(**s), (1.0, 1.0), (n, n)) for s, n in ((s256, 256), (s512, 512))]
     assert w[0] == w[1] == run.BENDING_PER_VOXEL2
     assert s256["linear"] == "none"  # the paper's experiment starts from its designed layout
 
@@ -52,7 +52,7 @@ def test_functional_pairs_keep_global_mi(bench):
     from priorreg.options import RegistrationOptions
 
     opts = RegistrationOptions(**run._setting(base))  # the preset's per-voxel rule: 100 mm^2 x (2 mm)^2
-    assert bending_weight(opts, base["spacing"]) == pytest.approx(run.BENDING_PER_VOXEL2 * 4.0)
+    assert bending_weight(opts, base["spacing"], (256, 256)) == pytest.approx(run.BENDING_PER_VOXEL2 * 4.0)
 
 
 def test_set_changes_settings_and_refuses_bad_items(bench):

@@ -45,6 +45,48 @@ def test_3d_images_get_the_3d_values():
     assert r.options.bins == PRESETS["mr"][3].bins and r.options.mind_channels == PRESETS["mr"][3].mind_channels
 
 
+def test_the_3d_bending_weight_is_physical_and_softer_only_in_a_small_field_of_view():
+    """The weight of a brain's deformation does not move with the voxel size (BraTS 1 and 2 mm, the same
+    warp in mm: best at 400 mm^2 on both); a field of view under 100 mm (a spinal-cord crop) holds a
+    shorter deformation and gets less (benchmarks/README.md, "Regulariser weights in physical terms")."""
+    from priorreg.deformable import bending_weight
+
+    opts = PRESETS["default"][3]
+    brain_1mm = bending_weight(opts, (1.0, 1.0, 1.0), (160, 190, 150))
+    brain_2mm = bending_weight(opts, (2.0, 2.0, 2.0), (80, 95, 75))
+    assert brain_1mm == brain_2mm == opts.bending == 400.0
+    assert bending_weight(opts, (2.0, 2.0, 3.0), (84, 128, 19)) == 400.0  # ProstateX, 168 x 256 x 57 mm
+    cord = bending_weight(opts, (1.0, 1.0, 1.0), (40, 50, 50))  # extent 46.4 mm (geometric mean)
+    assert cord == pytest.approx(400.0 * (40 * 50 * 50) ** (2 / 3) / 100.0 ** 2)
+    assert bending_weight(opts, (1.0, 1.0, 3.0), (40, 50, 17)) == pytest.approx(cord * (51 / 50) ** (2 / 3))
+    assert bending_weight(opts.replace(bending_scale="spacing"), (2.0, 2.0, 2.0), (80, 95, 75)) == 1600.0
+    assert bending_weight(opts.replace(bending_scale="none"), (1.0, 1.0, 1.0), (40, 50, 50)) == 400.0
+    f, m = _pair((16, 16, 16))  # what a registration used is in its record (report.json's levels)
+    r = priorreg.register(f, m, levels=1, max_iterations=2, nearly_aligned_stiffness=1.0, warn=False)
+    assert r.as_dict()["levels"][0]["regulariser"] == dict(membrane=0.3, bending_mm2=pytest.approx(400.0 * 0.16 ** 2))
+
+
+def test_the_preset_table_of_docs_options_is_the_presets():
+    """docs/options.md lists, per preset and dimension, every value that differs from the defaults."""
+    import re
+    from dataclasses import fields
+
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "options.md").read_text(encoding="utf-8")
+    rows = {m[0]: m[1:] for m in re.findall(r"^\| `(\w+)` \| .* \| (.*) \| (.*) \|$", text, re.M) if m[0] in PRESETS}
+    assert set(rows) == set(PRESETS)
+    base = RegistrationOptions()
+    for name, cells in rows.items():
+        for nd, cell in zip((2, 3), cells):
+            listed = {k: eval(v) for k, v in re.findall(r"`(\w+)=([^`]+)`", cell)}  # noqa: S307  (our own doc)
+            want = {f.name: getattr(PRESETS[name][nd], f.name) for f in fields(base)
+                    if getattr(PRESETS[name][nd], f.name) != getattr(base, f.name)}
+            assert set(listed) == set(want), (name, nd)
+            for k, v in want.items():
+                assert listed[k] == (pytest.approx(v) if isinstance(v, float) else v), (name, nd, k)
+
+
 def test_explicit_options_override_the_preset():
     f, m = _pair()
     r = priorreg.register(f, m, preset="mr", mind_weight=0.0, levels=1, max_iterations=2)
@@ -168,7 +210,7 @@ def test_auto_alpha_is_the_default_with_a_prior_and_is_reported(tmp_path, capsys
     (dict(force="fast"), "force must be 'exact' or 'practical', got 'fast'"),
     (dict(linear="similarity"), "linear must be 'none', 'rigid' or 'affine', got 'similarity'"),
     (dict(dtype="float16"), "dtype must be 'float32' or 'float64', got 'float16'"),
-    (dict(bending_scale="mm"), "bending_scale must be 'none' or 'spacing', got 'mm'"),
+    (dict(bending_scale="mm"), "bending_scale must be 'none', 'spacing' or 'field_of_view', got 'mm'"),
     (dict(prior_floor=0.0), "prior_floor must be a number > 0, got 0.0"),
     (dict(max_samples=-5), "max_samples must be 0 .every voxel. or at least 1000"),
     (dict(step_voxels=2.0, max_step_voxels=1.0), "need 0 < step_voxels <= max_step_voxels, got 2.0 and 1.0"),

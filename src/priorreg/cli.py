@@ -96,6 +96,11 @@ def option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+BENDING_RULES = {"none": "mm^2 as given",
+                 "spacing": "mm^2 at 1 mm voxels, times (mean voxel size / 1 mm)^2",
+                 "field_of_view": "mm^2, times (extent / 100 mm)^2 in a field of view under 100 mm"}
+
+
 def _default_text(name: str) -> str:
     """What no flag gives: the "default" preset's value (per dimension where they differ)."""
     from .options import PRESETS
@@ -104,8 +109,8 @@ def _default_text(name: str) -> str:
     text = f"default: {v2!r}" if v2 == v3 else f"default: {v2!r} in 2D, {v3!r} in 3D"
     if name == "alpha":
         text += " without --prior, 'auto' with one"
-    if name == "bending" and PRESETS["default"][2].bending_scale == "spacing":
-        text += " mm^2 at 1 mm voxels, times (mean voxel size / 1 mm)^2 (bending_scale, docs/options.md)"
+    if name == "bending":
+        text += "; " + "; ".join(f"{nd}D: {BENDING_RULES[PRESETS['default'][nd].bending_scale]}" for nd in (2, 3))
     return text
 
 

@@ -140,19 +140,28 @@ def _mind_term(lv: Level, inp: Inputs) -> list:
                        opts.mind_dilation, opts.mind_channels, opts.force)]
 
 
-def bending_weight(opts: RegistrationOptions, spacing) -> float:
-    """``bending`` in mm^2, or per voxel of the full-resolution grid (``bending_scale="spacing"``)."""
-    if opts.bending_scale != "spacing":
-        return opts.bending
-    h = sum(float(s) for s in spacing) / len(spacing)
-    return opts.bending * h * h
+FIELD_OF_VIEW_MM = 100.0  # bending_scale="field_of_view": the full weight from this extent up
+
+
+def bending_weight(opts: RegistrationOptions, spacing, shape) -> float:
+    """The bending weight (mm^2) of a fixed grid of ``shape`` voxels of ``spacing`` mm: ``bending`` as given,
+    x (mean voxel size / 1 mm)^2 (``bending_scale="spacing"``), or x min(1, L / FIELD_OF_VIEW_MM)^2 with L
+    the geometric mean of the grid's extent (``"field_of_view"``: a field of view smaller than an organ
+    holds a small structure, whose deformation is shorter; docs/options.md, ``bending_scale``)."""
+    if opts.bending_scale == "spacing":
+        h = sum(float(s) for s in spacing) / len(spacing)
+        return opts.bending * h * h
+    if opts.bending_scale == "field_of_view":
+        extent = math.prod(n * float(s) for n, s in zip(shape, spacing)) ** (1.0 / len(shape))
+        return opts.bending * min(1.0, extent / FIELD_OF_VIEW_MM) ** 2
+    return opts.bending
 
 
 def _regulariser(lv: Level, inp: Inputs) -> Tikhonov:
     opts = inp.options
     k = lv.alpha if (opts.regularization_scaling == "alpha" and 0 < lv.alpha < 1) else 1.0
     k /= mask_share(lv.mask)
-    return Tikhonov(k * opts.regularization, lv.spacing, k * bending_weight(opts, inp.fixed.spacing))
+    return Tikhonov(k * opts.regularization, lv.spacing, k * bending_weight(opts, inp.fixed.spacing, inp.fixed.shape))
 
 
 def mask_share(mask) -> float:
@@ -237,6 +246,7 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
         data, reg = build_energy(lv, inp, pyr)
         reg, nearly = nearly_aligned_regulariser(inp, pyr, u, index, reg)
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
+        h.regulariser = dict(membrane=float(reg.weight), bending_mm2=float(reg.bending))  # after every factor
         if nearly is not None:
             h.coarse_displacement = nearly  # how far the coarser levels moved the pair, and the bending factor used
         if record is not None:

@@ -36,7 +36,7 @@ _AT_LEAST = {"regularization": 0, "bending": 0, "bins": 4, "parzen_sigma": 0, "l
 CHOICES = {"force": ("exact", "practical"), "normalization": NORMALIZATIONS, "dtype": ("float32", "float64"),
             "alpha_schedule": ("constant", "mi-finest"), "regularization_scaling": ("none", "alpha"),
             "prior_intensity_fit": ("none", "affine"), "prior_term": PRIOR_TERM_CHOICES,
-            "linear": ("none", "rigid", "affine"), "bending_scale": ("none", "spacing")}
+            "linear": ("none", "rigid", "affine"), "bending_scale": ("none", "spacing", "field_of_view")}
 
 
 def _either(allowed) -> str:
@@ -195,12 +195,13 @@ class RegistrationOptions:
         An ITK transform file (.tfm, .txt, .mat as ANTs, elastix and 3D Slicer write them)
         mapping fixed to moving world points: the linear stage starts from it (with
         ``linear="none"`` it is used as it is). "" = none.
-    bending_scale : {"none", "spacing"}
-        "spacing": the bending weight is ``bending`` x (mean voxel size / 1 mm)^2, i.e. it
-        counts per voxel rather than per mm, so coarse or anisotropic grids get a stiffer field.
-        "none": ``bending`` mm^2 as given. Every preset but "paper" uses "spacing"; measured on one warp in mm
-        sampled on two grids, the best weight followed the anatomy's deformation, not the grid
-        (docs/options.md, ``bending_scale``).
+    bending_scale : {"none", "spacing", "field_of_view"}
+        "none": ``bending`` mm^2 as given. "field_of_view" (every preset but "paper"): as given
+        where the image spans 100 mm or more (geometric mean of its extent), softer by
+        (extent / 100 mm)^2 in a smaller field of view, which holds a small structure with a
+        shorter deformation. "spacing": ``bending`` x (mean voxel size / 1 mm)^2, i.e. per voxel
+        (the rule before; the best weight follows the anatomy's deformation, not the grid:
+        docs/options.md, ``bending_scale``).
     nearly_aligned_stiffness : float
         Factor on the bending weight at the finest level when the coarser levels moved the pair by
         less than 0.75 voxel on average (:func:`priorreg.deformable.coarse_displacement`): a nearly
@@ -330,7 +331,7 @@ _MR_2D = dict(bins=64, parzen_sigma=2.0, tolerance=1e-3, local_weight=1.0, mind_
 _MR_3D = dict(bins=32, parzen_sigma=1.0, tolerance=2e-3, tolerance_window=5, local_weight=1.0,
               max_samples=300000, min_sample_fraction=0.3, mind_weight=10.0, mind_channels=3,
               mind_sample_fraction=1 / 3, prior_intensity_fit="affine", regularization_scaling="alpha",
-              bending_scale="spacing", nearly_aligned_stiffness=4.0)
+              bending=400.0, bending_scale="field_of_view", nearly_aligned_stiffness=4.0)
 _LINEAR = dict(linear="affine")
 _NO_LOCAL_TERMS = dict(local_weight=0.0, mind_weight=0.0)
 # the prior decides: a fixed weight for it (auto judges a prior by the pair's start, which is far from it

@@ -32,6 +32,7 @@ class LevelHistory:
     seconds: float = 0.0
     coarse_displacement: dict | None = None  # set by the pyramid: how far the coarser levels moved the pair
     prior_weight: dict | None = None  # set by the pyramid with alpha auto: the level's alpha and its evidence
+    regulariser: dict | None = None  # set by the pyramid: the level's membrane and bending weights, as used
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +46,7 @@ class LevelHistory:
             "energy": self.energy,
             "terms": self.terms,
             **({"coarse_displacement": self.coarse_displacement} if self.coarse_displacement is not None else {}),
+            **({"regulariser": self.regulariser} if self.regulariser is not None else {}),
         }
 
 
