@@ -121,6 +121,14 @@ KIND_SETTINGS["phantom"] = dict(mind_weight=0.0, tolerance=3e-4, prior_intensity
 PHANTOM_COARSEST = 64
 
 
+def _bending_text() -> str:
+    """How each dimension's bending weight is set in this run (a --set can change it)."""
+    rule = {"spacing": "mm^2 x (mean spacing in mm)^2", "field_of_view": "mm^2, less in a field of view under 100 mm",
+            "none": "mm^2"}
+    return ", ".join(f"{d.upper()} {PRIORREG_SETTINGS[d]['bending']:g} {rule[PRIORREG_SETTINGS[d]['bending_scale']]}"
+                     for d in ("2d", "3d"))
+
+
 def _setting(case):
     s = dict(PRIORREG_SETTINGS["3d" if case["fixed"].ndim == 3 else "2d"])
     s.update(KIND_SETTINGS.get(case["kind"], {}))
@@ -598,8 +606,8 @@ def _write(out, rows, names, versions, total, partial):
            f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}  \nTotal run time: {total:.0f} s"
            f"{' (PARTIAL: run still going or interrupted)' if partial else ''}\n\n"
            f"priorreg settings: 2D {PRIORREG_SETTINGS['2d']}; 3D {PRIORREG_SETTINGS['3d']}; changed per kind of "
-           f"case: {KIND_SETTINGS}; per prior term: {PRIOR_TERM_SETTINGS}; bending: 2D "
-           f"{BENDING_PER_VOXEL2:g} mm^2 x (mean spacing in mm)^2, 3D the preset's field-of-view rule (one setting per dimension and kind of pair, and one rule, "
+           f"case: {KIND_SETTINGS}; per prior term: {PRIOR_TERM_SETTINGS}; bending: "
+           f"{_bending_text()} (one setting per dimension and kind of pair, and one rule, "
            f"chosen on tuning cases with other seeds, not per case; defaults otherwise). 'CE' rows use the "
            f"cross-entropy prior term instead of the paper's KL, 'cKL' rows the conditional KL (KL without its "
            f"moving-marginal part, priorreg.energy.PriorConditionalKL).\n\n")

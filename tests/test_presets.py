@@ -56,14 +56,16 @@ def test_the_3d_bending_weight_is_physical_and_softer_only_in_a_small_field_of_v
     brain_2mm = bending_weight(opts, (2.0, 2.0, 2.0), (80, 95, 75))
     assert brain_1mm == brain_2mm == opts.bending == 400.0
     assert bending_weight(opts, (2.0, 2.0, 3.0), (84, 128, 19)) == 400.0  # ProstateX, 168 x 256 x 57 mm
-    cord = bending_weight(opts, (1.0, 1.0, 1.0), (40, 50, 50))  # extent 46.4 mm (geometric mean)
-    assert cord == pytest.approx(400.0 * (40 * 50 * 50) ** (2 / 3) / 100.0 ** 2)
-    assert bending_weight(opts, (1.0, 1.0, 3.0), (40, 50, 17)) == pytest.approx(cord * (51 / 50) ** (2 / 3))
+    assert bending_weight(opts, (1.0, 1.0, 1.0), (240, 240, 8)) == 400.0  # a thin slab of a brain counts as large
+    cord = bending_weight(opts, (1.0, 1.0, 1.0), (42, 60, 35))  # the cord crop: median extent 42 mm
+    assert cord == pytest.approx(400.0 * 0.42 ** 2)
+    assert bending_weight(opts, (1.0, 1.0, 3.0), (42, 60, 12)) == pytest.approx(cord)  # thick slices: the same crop
     assert bending_weight(opts.replace(bending_scale="spacing"), (2.0, 2.0, 2.0), (80, 95, 75)) == 1600.0
-    assert bending_weight(opts.replace(bending_scale="none"), (1.0, 1.0, 1.0), (40, 50, 50)) == 400.0
-    f, m = _pair((16, 16, 16))  # what a registration used is in its record (report.json's levels)
-    r = priorreg.register(f, m, levels=1, max_iterations=2, nearly_aligned_stiffness=1.0, warn=False)
-    assert r.as_dict()["levels"][0]["regulariser"] == dict(membrane=0.3, bending_mm2=pytest.approx(400.0 * 0.16 ** 2))
+    assert bending_weight(opts.replace(bending_scale="none"), (1.0, 1.0, 1.0), (42, 60, 35)) == 400.0
+    f, m = _pair((16, 20, 24))  # what a registration used is in its record (report.json's levels)
+    r = priorreg.register(f, m, levels=2, max_iterations=2, nearly_aligned_stiffness=1.0, warn=False)
+    used = [lv["regulariser"] for lv in r.as_dict()["levels"]]  # every level: the fixed grid's weight
+    assert used == [dict(membrane=0.3, bending_mm2=pytest.approx(400.0 * 0.20 ** 2))] * 2
 
 
 def test_the_preset_table_of_docs_options_is_the_presets():

@@ -98,7 +98,7 @@ def option_flag(name: str) -> str:
 
 BENDING_RULES = {"none": "mm^2 as given",
                  "spacing": "mm^2 at 1 mm voxels, times (mean voxel size / 1 mm)^2",
-                 "field_of_view": "mm^2, times (extent / 100 mm)^2 in a field of view under 100 mm"}
+                 "field_of_view": "mm^2, times (L / 100 mm)^2 where the fixed image's median extent L is under 100 mm"}
 
 
 def _default_text(name: str) -> str:

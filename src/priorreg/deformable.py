@@ -7,6 +7,7 @@ the gradient flow (:mod:`priorreg.solver`) from the upsampled field of the level
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -146,13 +147,14 @@ FIELD_OF_VIEW_MM = 100.0  # bending_scale="field_of_view": the full weight from 
 def bending_weight(opts: RegistrationOptions, spacing, shape) -> float:
     """The bending weight (mm^2) of a fixed grid of ``shape`` voxels of ``spacing`` mm: ``bending`` as given,
     x (mean voxel size / 1 mm)^2 (``bending_scale="spacing"``), or x min(1, L / FIELD_OF_VIEW_MM)^2 with L
-    the geometric mean of the grid's extent (``"field_of_view"``: a field of view smaller than an organ
-    holds a small structure, whose deformation is shorter; docs/options.md, ``bending_scale``)."""
+    the median of the grid's extents along its axes (``"field_of_view"``: a field of view smaller than an
+    organ holds a small structure, whose deformation is shorter; the median, so that a thin slab of a large
+    organ counts as large; docs/options.md, ``bending_scale``)."""
     if opts.bending_scale == "spacing":
         h = sum(float(s) for s in spacing) / len(spacing)
         return opts.bending * h * h
     if opts.bending_scale == "field_of_view":
-        extent = math.prod(n * float(s) for n, s in zip(shape, spacing)) ** (1.0 / len(shape))
+        extent = statistics.median(n * float(s) for n, s in zip(shape, spacing))
         return opts.bending * min(1.0, extent / FIELD_OF_VIEW_MM) ** 2
     return opts.bending
 

@@ -196,11 +196,11 @@ class RegistrationOptions:
         mapping fixed to moving world points: the linear stage starts from it (with
         ``linear="none"`` it is used as it is). "" = none.
     bending_scale : {"none", "spacing", "field_of_view"}
-        "none": ``bending`` mm^2 as given. "field_of_view" (every preset but "paper"): as given
-        where the image spans 100 mm or more (geometric mean of its extent), softer by
+        "none": ``bending`` mm^2 as given. "field_of_view" (the 3D presets): as given where the
+        fixed image spans 100 mm or more (the median of its axes' extents), softer by
         (extent / 100 mm)^2 in a smaller field of view, which holds a small structure with a
-        shorter deformation. "spacing": ``bending`` x (mean voxel size / 1 mm)^2, i.e. per voxel
-        (the rule before; the best weight follows the anatomy's deformation, not the grid:
+        shorter deformation. "spacing" (the 2D presets): ``bending`` x (mean voxel size / 1 mm)^2,
+        i.e. per voxel (in 3D the best weight followed the anatomy's deformation, not the grid:
         docs/options.md, ``bending_scale``).
     nearly_aligned_stiffness : float
         Factor on the bending weight at the finest level when the coarser levels moved the pair by

@@ -700,12 +700,13 @@ def _tail(result, report: dict) -> list:
     """Pyramid levels, options, software versions and the field convention."""
     lvl_rows = [
         (level_number(h.level, len(result.history)), "x".join(str(s) for s in h.shape[::-1]), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
-         f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
+         f"{h.bending_mm2():.4g}", f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
         for h in result.history
     ]
     return [
         "<h2>Pyramid levels</h2>",
-        _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds", "J start", "J end"]),
+        _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds",
+                          "bending (mm^2, as used)", "J start", "J end"]),
         "<h2>Options</h2>",
         _table([(k, _fmt(v)) for k, v in result.options.as_dict().items()], ["option", "value"]),
         "<h2>Software</h2>",

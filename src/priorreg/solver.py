@@ -34,6 +34,10 @@ class LevelHistory:
     prior_weight: dict | None = None  # set by the pyramid with alpha auto: the level's alpha and its evidence
     regulariser: dict | None = None  # set by the pyramid: the level's membrane and bending weights, as used
 
+    def bending_mm2(self) -> float:
+        """The bending weight the level used (nan where no regulariser was recorded)."""
+        return float("nan") if self.regulariser is None else self.regulariser["bending_mm2"]
+
     def as_dict(self) -> dict:
         return {
             "level": self.level,
