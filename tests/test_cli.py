@@ -676,6 +676,10 @@ def test_out_names_too_long_and_demo_outs_are_refused_before_any_work(capsys, da
 def test_a_mistyped_flag_points_to_its_commands_help(capsys, tmp_path):
     assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--out", tmp_path / "o", "--bendng", "5"],
                  "unrecognized arguments: --bendng 5 (see 'priorreg register --help')")
+    assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--linear", "sheared"],
+                 "invalid choice: 'sheared' (choose from 'none', 'rigid', 'affine') (see 'priorreg register --help')")
+    assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--bending-scale", "mm"],  # a solver internal: not in --help
+                 "(choose from 'none', 'spacing', 'field_of_view') (see docs/options.md)")
 
 
 def test_a_single_slice_is_described_in_the_order_a_viewer_gives(tmp_path):

@@ -300,3 +300,18 @@ def test_numpy_numbers_as_options_become_python_numbers_and_the_record_is_json()
     json.dumps(opts.as_dict())  # raised TypeError: float32 is not JSON serializable
     with pytest.raises(PriorRegError, match="alpha must be a number"):
         RegistrationOptions(alpha=True)
+
+
+def test_a_bending_weight_the_user_gives_is_used_as_given():
+    """The presets' rules scale the presets' weight; 25 mm^2 asked for on a cord crop was used as 7.6."""
+    f, m = _pair((16, 20, 24))  # a 20 mm field of view: the 3D rule would take 0.04 of a weight
+    kw = dict(levels=1, max_iterations=2, nearly_aligned_stiffness=1.0, warn=False)
+    r = priorreg.register(f, m, bending=25.0, **kw)
+    assert r.options.bending_scale == "none" and r.as_dict()["levels"][0]["regulariser"]["bending_mm2"] == 25.0
+    r = priorreg.register(f, m, bending=25.0, bending_scale="field_of_view", **kw)  # both given: the rule applies
+    assert r.as_dict()["levels"][0]["regulariser"]["bending_mm2"] == pytest.approx(25.0 * 0.2 ** 2)
+    f2, m2 = _pair((40, 40))
+    r = priorreg.register(f2, m2, spacing=(2.0, 2.0), bending=30.0, **kw)  # 2D's per-voxel rule: not on a given weight
+    assert r.as_dict()["levels"][0]["regulariser"]["bending_mm2"] == 30.0
+    r = priorreg.register(f2, m2, spacing=(2.0, 2.0), options=PRESETS["default"][2].replace(bending=30.0), **kw)
+    assert r.as_dict()["levels"][0]["regulariser"]["bending_mm2"] == 120.0  # options= is taken as it is

@@ -311,7 +311,7 @@ def test_after_minus_before_is_zero_where_the_registration_changed_nothing():
 
 def test_a_rejected_linear_stage_is_one_row_that_says_so():
     """Its summary rows showed the kept start as 'rotation 0.00 deg, translation 0.00 mm' as if found."""
-    why = "the linear stage's optimum raised mutual information but worsened the MIND descriptor distance"
+    why = "its optimum raised mutual information but worsened the MIND descriptor distance"
     lin = types.SimpleNamespace(kind="affine", rejected=True, notes=[why])
     assert report._linear_rows(lin) == [("linear stage (affine)", f"not kept: {why}")]
 

@@ -325,7 +325,7 @@ def test_a_rejected_linear_stage_is_not_summarised_as_a_found_identity():
 
     import numpy as np
 
-    why = "the linear stage's optimum raised mutual information but worsened the MIND descriptor distance"
+    why = "its optimum raised mutual information but worsened the MIND descriptor distance"
     lin = types.SimpleNamespace(kind="affine", matrix=np.eye(3), translation_mm=(0.0, 0.0, 0.0), rejected=True, notes=[why])
     assert wf._linear_summary(lin) == ", linear affine: not kept (see its note)"
     assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [f"linear stage: {why}"]

@@ -35,7 +35,19 @@ class _Error(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage block
-        raise _Error(f"{message} (see '{self.prog} --help')")
+        flag = message.split(":")[0].removeprefix("argument ").split("/")[0]
+        where = "docs/options.md" if _is_internal(flag) else f"'{self.prog} --help'"  # --help hides the internals
+        raise _Error(f"{message} (see {where})")
+
+
+def _is_internal(flag: str) -> bool:
+    """Whether ``flag`` is a solver internal's (accepted, but listed in docs/options.md, not in --help)."""
+    from dataclasses import fields
+
+    from .options import USER_OPTIONS, RegistrationOptions
+
+    name = flag.removeprefix("--").replace("-", "_")
+    return name in {f.name for f in fields(RegistrationOptions)} and name not in USER_OPTIONS
 
 
 # --------------------------------------------------------------------------- engine flags
@@ -111,6 +123,7 @@ def _default_text(name: str) -> str:
         text += " without --prior, 'auto' with one"
     if name == "bending":
         text += "; " + "; ".join(f"{nd}D: {BENDING_RULES[PRESETS['default'][nd].bending_scale]}" for nd in (2, 3))
+        text += "; a value you give is mm^2 as given"
     return text
 
 

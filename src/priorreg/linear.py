@@ -411,7 +411,7 @@ def _as_result(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> 
     notes = [] if name == "optimum" else [f"the linear stage did not improve on the {name}; it is kept"]
     rejected = scores[0] not in valid
     if rejected:
-        notes = [f"the linear stage's optimum kept only {100 * scores[0][2]:.0f}% of the fixed samples inside the "
+        notes = [f"its optimum kept only {100 * scores[0][2]:.0f}% of the fixed samples inside the "
                  f"moving image (mutual information on a small overlap); the {name} is kept"]
     A, t = _to_world(p, pb)
     return LinearResult(A, t, kind=kind, center=pb.center.cpu().numpy(), metric_before=scores[1][0],
@@ -470,7 +470,7 @@ def _cross_check(fix, f_n, mov, m_n, checks) -> list:
         if not np.isfinite(d_fall) or d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
             out.append(res)
             continue
-        fallback.notes.append(f"the linear stage's optimum raised mutual information but worsened the MIND descriptor "
+        fallback.notes.append(f"its optimum raised mutual information but worsened the MIND descriptor "
                               f"distance ({d_res:.4f} vs {d_fall:.4f}); the {what} is kept")
         fallback.rejected = True
         out.append(fallback)

@@ -392,7 +392,9 @@ def resolve_options(ndim: int, preset: str | None = None, options: RegistrationO
                     **overrides) -> RegistrationOptions:
     """Options of one registration: a preset (default "default") or ``options``, then ``overrides``.
 
-    Giving both a preset and ``options`` is refused: it is unclear which should win.
+    Giving both a preset and ``options`` is refused: it is unclear which should win. A ``bending`` given
+    over a preset is mm^2 as given (``bending_scale="none"``) unless ``bending_scale`` is given too: the
+    preset's rule scales the preset's weight, not one the user chose (docs/options.md, ``bending_scale``).
     """
     if preset is not None and options is not None:
         raise PriorRegError("register(): give either preset= or options=, not both")
@@ -400,4 +402,6 @@ def resolve_options(ndim: int, preset: str | None = None, options: RegistrationO
         raise PriorRegError(f"register(): options must be a RegistrationOptions, got {type(options).__name__}; "
                             f"give single options as keywords instead (register(..., levels=2))")
     base = options if options is not None else preset_options(preset or "default", ndim)
+    if options is None and "bending" in overrides and "bending_scale" not in overrides:
+        overrides = dict(overrides, bending_scale="none")
     return base.replace(**overrides)
