@@ -631,18 +631,22 @@ def test_a_tolerance_window_under_one_is_refused(capsys, data, tmp_path):
 
 
 def test_a_thin_stack_runs_with_no_flags_and_says_how_many_levels(capsys, tmp_path):
-    # 9 thick slices allow 2 pyramid levels; the default's 3 refused the spinal-cord T2* stack
+    # 9 slices allow 2 pyramid levels where the pyramid halves them; the default's 3 refused the spinal-cord T2* stack
     rng = np.random.default_rng(1)
     from scipy import ndimage
 
     f = ndimage.gaussian_filter(rng.random((9, 40, 36)), 2.0).astype(np.float32)
-    for name, arr in (("f", f), ("m", np.roll(f, 1, axis=2) ** 2)):
-        pio.write_image(priorreg.Image(arr, spacing=(7.5, 0.5, 0.5)), tmp_path / f"{name}.nii.gz")
-    rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--out", tmp_path / "o",
-                       "--max-iterations", "5")
-    assert rc == 0, err
-    assert "using --levels 2: an image of 36x40x9 voxels is too small for 3" in err
-    assert json.loads((tmp_path / "o" / "report.json").read_text())["options"]["levels"] == 2
+    for spacing, levels, note in (((1.0, 1.0, 1.0), 2, True), ((7.5, 0.5, 0.5), 3, False)):
+        for name, arr in (("f", f), ("m", np.roll(f, 1, axis=2) ** 2)):
+            pio.write_image(priorreg.Image(arr, spacing=spacing), tmp_path / f"{name}.nii.gz")
+        rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--out", tmp_path / "o",
+                           "--max-iterations", "5", "--overwrite")
+        assert rc == 0, err
+        assert ("using --levels 2: an image of 36x40x9 voxels is too small for 3" in err) == note
+        report = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert report["options"]["levels"] == levels
+        if not note:  # 7.5 mm slices: the pyramid halves the 0.5 mm plane, never the slices
+            assert [lv["shape"] for lv in report["levels"]] == [[9, 10, 9], [9, 20, 18], [9, 40, 36]]
 
 
 def test_a_priors_levels_are_capped_on_a_thin_stack_like_the_presets(capsys, tmp_path):

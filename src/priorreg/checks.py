@@ -86,8 +86,8 @@ def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None
 def _local_regions(opts: RegistrationOptions, fix: Image, func: str):
     if opts.local_weight <= 0:
         return None
-    lr = auto_local_regions(fix.shape, opts.levels, opts.bins) if opts.local_regions == "auto" else opts.local_regions
-    return check_regions(lr, fix.ndim, [fix.shape], opts.levels, func, "local_regions")
+    lr = auto_local_regions(fix.shape, opts.levels, opts.bins, fix.spacing) if opts.local_regions == "auto" else opts.local_regions
+    return check_regions(lr, fix.ndim, [fix.shape], opts.levels, func, "local_regions", [fix.spacing])
 
 
 def _initial_field(initial_field, fix: Image, func: str, opts: RegistrationOptions):
@@ -119,10 +119,10 @@ def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
     return changes
 
 
-def size_settings(opts: RegistrationOptions, shape, given: dict) -> dict:
+def size_settings(opts: RegistrationOptions, shape, given: dict, spacing=None) -> dict:
     """Fewer pyramid levels where the image is too small for the preset's and none were asked for (a
     thick-slice stack of 9 slices allows 2 of the default 3): the rule of image size, as the defaults'."""
-    most = pyramid.max_levels(shape)
+    most = pyramid.max_levels(shape, spacing)
     return {"levels": most} if "levels" not in given and opts.levels > most else {}
 
 
@@ -145,7 +145,7 @@ class Resolution:
     levels_asked: int  # the levels before fewer_levels
 
 
-def resolve(ndim: int, shape=None, *, preset=None, options=None, given=None, prior=None) -> Resolution:
+def resolve(ndim: int, shape=None, *, preset=None, options=None, given=None, prior=None, spacing=None) -> Resolution:
     """The options register() runs: a preset (or ``options=``), the caller's ``given`` settings, alpha where
     none is given (:func:`default_alpha`), the prior's settings, and fewer levels on an image of ``shape``
     too small for the preset's (not with ``options=``, which is taken as given but for the normalisation a
@@ -159,7 +159,7 @@ def resolve(ndim: int, shape=None, *, preset=None, options=None, given=None, pri
     if options is not None:
         settings = {k: v for k, v in settings.items() if k == "normalization"}
     opts = opts.replace(**settings)
-    size = size_settings(opts, shape, given) if options is None and shape is not None else {}
+    size = size_settings(opts, shape, given, spacing) if options is None and shape is not None else {}
     asked, opts = opts.levels, opts.replace(**size)
     if is_auto(opts.alpha) and prior is None:
         opts = opts.replace(alpha=1.0)  # no prior: nothing to weigh, mutual information alone
@@ -171,7 +171,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     """Check a registration problem and resolve its options (:func:`resolve`)."""
     fix, mov = _check_pair(fixed, moving, spacing, func)
     given = dict(overrides or {})
-    res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior)
+    res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior, spacing=fix.spacing)
     opts, notes = res.options, _slice_gap_notes(fix, mov, func)
     if res.fewer_levels:
         notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
@@ -180,7 +180,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         notes.append(f"{func}: a prior was given but options= has alpha 1, so the prior is not used (mutual information "
                      "alone); pass alpha='auto' to weigh it per level, or alpha < 1 to fix its weight")
     _check_prior(prior, opts, fix.ndim, func)
-    pyramid.check_levels(fix.shape, opts.levels, func)
+    pyramid.check_levels(fix.shape, opts.levels, func, spacing=fix.spacing)
     channels = len(ssc_pairs(fix.ndim))  # MIND-SSC's channels: 4 in 2D, 12 in 3D
     if opts.mind_channels > channels:
         raise PriorRegError(f"{func}: mind_channels={opts.mind_channels}, but MIND-SSC has {channels} channels in "

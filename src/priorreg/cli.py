@@ -314,8 +314,8 @@ def cmd_train(args, con: Console) -> int:
     preset = preset_options("default", fixed[0].ndim)  # what --help says: the binning register will use
     kw = {k: getattr(preset, k) for k in TRAIN_OPTIONS}
     kw.update(given, regions=parse_regions(args.regions))
-    smallest = min((f.shape for f in fixed), key=max_levels)  # as register does for an image too small for the preset's
-    kw.update(wf.fewer_levels(preset.replace(**given), smallest, given, notes))
+    smallest = min(fixed, key=lambda f: max_levels(f.shape, f.spacing))  # as register does for an image too small
+    kw.update(wf.fewer_levels(preset.replace(**given), smallest.shape, given, notes, smallest.spacing))
     for n in notes:
         con.note(n)
     from .prior import fit_prior  # torch: only once the arguments and the output are known to be good
@@ -340,7 +340,7 @@ def cmd_register(args, con: Console) -> int:
     pair = wf.read_pair(args.fixed, args.moving, args.mask, prior, args.prior, notes)
     fixed, moving, mask = pair.fixed, pair.moving, pair.mask
     overrides, opts = wf.resolve_options(fixed.ndim, args.preset, overrides, prior, args.prior, notes,
-                                         shape=fixed.shape)
+                                         shape=fixed.shape, spacing=fixed.spacing)
     for n in notes:
         con.note(n)
     from .api import register  # torch: only once the arguments and the outputs are known to be good

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import histogram, pyramid, spatial
+from .image import level_factors
 from .calibration import fit_intensity_maps
 from .checks import Inputs
 from .energy import PRIOR_TERMS, JointHistogramEnergy, NegMutualInformation, RegionalNegMutualInformation
@@ -183,8 +184,8 @@ def build_energy(lv: Level, inp: Inputs, pyr: Pyramids) -> tuple[list, Tikhonov]
 def _initial_coarse_field(inp: Inputs):
     if inp.initial_field is None:
         return None
-    f_c = pyramid.level_factor(inp.options.levels - 1)
-    sub = inp.initial_field[(slice(None),) + tuple(slice(0, None, f_c) for _ in range(inp.fixed.ndim))]
+    f_c = level_factors(inp.fixed.spacing, inp.options.levels - 1)
+    sub = inp.initial_field[(slice(None),) + tuple(slice(0, None, f) for f in f_c)]
     return torch.as_tensor(sub, dtype=inp.dtype, device=inp.device).contiguous()
 
 
@@ -257,5 +258,6 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
         return u
 
     shapes = [f.shape for f in pyr.fixed]
-    u = pyramid.coarse_to_fine(shapes, solve_level, u0=_initial_coarse_field(inp), dtype=inp.dtype, device=inp.device)
+    u = pyramid.coarse_to_fine(shapes, solve_level, u0=_initial_coarse_field(inp), dtype=inp.dtype, device=inp.device,
+                               spacing=inp.fixed.spacing)
     return u, history, intensity_maps

@@ -14,6 +14,7 @@ Conventions
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -286,6 +287,17 @@ def check_training_pair(fixed: Image, moving: Image, j: int, first: Image, func:
             "training pairs must be pre-registered and resampled to one grid")
     if fixed.ndim != first.ndim:
         raise PriorRegError(f"{func}: pair {j} is {fixed.ndim}D but pair 0 is {first.ndim}D")
+
+
+def level_factors(spacing, level: int) -> tuple:
+    """Subsampling factor per axis of pyramid level ``level`` (0 = full resolution) for a grid of
+    ``spacing``: 2^level along the finest axes; an axis k times coarser (k >= 2) is halved floor(log2 k)
+    levels later, so that the levels tend to isotropic voxels (a stack of 4 mm slices at 1 mm in plane keeps
+    its slices until the in-plane voxels reach 4 mm, where halving every axis alike left a 2 x 2 x 4 mm
+    grid 10 slices of 16 mm at the coarsest level). Isotropic grids: 2^level on every axis."""
+    finest = min(float(h) for h in spacing)
+    skips = [int(math.floor(math.log2(float(h) / finest) + 1e-6)) for h in spacing]
+    return tuple(2 ** max(0, level - k) for k in skips)
 
 
 MASK_MARGIN_MM = 2.0  # a mask's samples reach this far beyond it (benchmarks/README.md, "A mask on part of the grid")

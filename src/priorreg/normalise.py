@@ -66,9 +66,9 @@ def normalise(inp: Inputs) -> Pyramids:
         return None if a is None else torch.as_tensor(a, dtype=inp.dtype, device=inp.device)
 
     return Pyramids(
-        fixed=pyramid.image_pyramid(tensor(f_n), opts.levels),
-        moving=pyramid.image_pyramid(tensor(m_n), opts.levels),
-        mask=pyramid.mask_pyramid(tensor(inp.mask), opts.levels),
+        fixed=pyramid.image_pyramid(tensor(f_n), opts.levels, fix.spacing),
+        moving=pyramid.image_pyramid(tensor(m_n), opts.levels, fix.spacing),  # on the fixed grid (above)
+        mask=pyramid.mask_pyramid(tensor(inp.mask), opts.levels, fix.spacing),
         spec=spec,
         ranges=ranges,
         recipe=recipe,

@@ -6,6 +6,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 
 from .errors import PriorRegError
+from .image import level_factors
 from .intensity import NORMALIZATIONS
 
 PRIOR_TERM_CHOICES = ("kl", "ce", "ckl")  # energy.PRIOR_TERMS
@@ -45,14 +46,14 @@ def _either(allowed) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def auto_local_regions(shape, levels: int, bins: int = 0) -> tuple:
+def auto_local_regions(shape, levels: int, bins: int = 0, spacing=None) -> tuple:
     """Blocks per axis for local_regions="auto": about LOCAL_BLOCK_VOXELS voxels per block
     side or more, at most LOCAL_MAX_REGIONS, at least 2 voxels per side at the coarsest
     level, and at least bins^2 / 2 voxels per block (a block's joint histogram needs samples:
     a 140 x 140 slice with 64 bins gets 3 x 3 blocks, not 4 x 4).
     """
-    f = 2 ** (levels - 1)
-    k = [int(max(1, min(LOCAL_MAX_REGIONS, round(n / LOCAL_BLOCK_VOXELS), max(1, n // f) // 2))) for n in shape]
+    fs = level_factors(spacing or (1.0,) * len(shape), levels - 1)
+    k = [int(max(1, min(LOCAL_MAX_REGIONS, round(n / LOCAL_BLOCK_VOXELS), max(1, n // f) // 2))) for n, f in zip(shape, fs)]
     n_vox = math.prod(shape)
     while math.prod(k) > 1 and n_vox / math.prod(k) < bins * bins / 2:
         i = max(range(len(k)), key=lambda j: (k[j], -shape[j]))  # the axis with the most blocks (shortest first)

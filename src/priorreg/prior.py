@@ -13,7 +13,7 @@ from . import histogram as hist
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
-from .image import as_image, as_mask, check_training_pair, fields_equal, on_one_grid, with_margin
+from .image import as_image, as_mask, check_training_pair, fields_equal, level_factors, on_one_grid, with_margin
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions, preset_options
@@ -224,7 +224,7 @@ def fit_prior(
     bins, parzen_sigma, levels, normalization = checked.bins, checked.parzen_sigma, checked.levels, checked.normalization
     pairs = _training_pairs(fixed, moving, masks, spacing, normalization, levels, func)
     dim = pairs[0][0].ndim
-    regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func)
+    regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func, spacings=[p[0].spacing for p in pairs])
     ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
     tables, mass, per_pair = _pooled_tables(pairs, HistogramSpec(bins, parzen_sigma, ranges), regs, levels)
     pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
@@ -290,7 +290,7 @@ def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: i
         fi = as_image(f, f"fixed[{j}]", func, spacing)
         mi = as_image(m, f"moving[{j}]", func, spacing)
         check_training_pair(fi, mi, j, pairs[0][0] if pairs else fi, func)
-        pyramid.check_levels(fi.shape, levels, func)
+        pyramid.check_levels(fi.shape, levels, func, spacing=fi.spacing)
         pair = (fi, normalize(fi.array, normalization), normalize(mi.array, normalization))
         _refuse_repeat(pair, pairs, func)
         mk = None if k is None else with_margin(as_mask(k, fi, f"masks[{j}]", func), fi.spacing)  # as register()
@@ -320,7 +320,8 @@ def _pooled_tables(pairs: list, spec: HistogramSpec, regs: tuple, levels: int) -
         ft = torch.as_tensor(fn, dtype=torch.float64)
         mt = torch.as_tensor(mn, dtype=torch.float64)
         kt = None if mk is None else torch.as_tensor(mk, dtype=torch.float64)
-        fl, ml, kl = pyramid.image_pyramid(ft, levels), pyramid.image_pyramid(mt, levels), pyramid.mask_pyramid(kt, levels)
+        sp = fi.spacing
+        fl, ml, kl = pyramid.image_pyramid(ft, levels, sp), pyramid.image_pyramid(mt, levels, sp), pyramid.mask_pyramid(kt, levels, sp)
         for lv in range(levels):
             energy = JointHistogramEnergy(fl[lv], ml[lv], pyramid.level_spacing(fi.spacing, lv), spec, [], kl[lv], regions=regs)
             P, Pr, *_ = energy.table(ml[lv])
@@ -334,14 +335,13 @@ def _pooled_tables(pairs: list, spec: HistogramSpec, regs: tuple, levels: int) -
     return tables, mass, per_pair
 
 
-def check_regions(regions, dim, shapes, levels, func, name="regions") -> tuple:
+def check_regions(regions, dim, shapes, levels, func, name="regions", spacings=None) -> tuple:
     """Validate ``regions``: k or one k per axis, each block >= 2 voxels at the coarsest level."""
     r = (regions,) * dim if isinstance(regions, (int, np.integer)) else tuple(regions)
     if len(r) != dim or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in r):
         raise PriorRegError(f"{func}: {name} must be an integer >= 1 or {dim} of them (one per axis), got {regions!r}")
-    f = pyramid.level_factor(levels - 1)
-    for shape in shapes:
-        coarse = [max(1, n // f) for n in shape]
+    for shape, sp in zip(shapes, spacings or [None] * len(shapes)):
+        coarse = [max(1, n // f) for n, f in zip(shape, level_factors(sp or (1.0,) * len(shape), levels - 1))]
         if any(k > c // 2 for k, c in zip(r, coarse)):
             raise PriorRegError(
                 f"{func}: {name}={list(r)} is too fine for images of shape {shape} at {levels} level(s): the coarsest "

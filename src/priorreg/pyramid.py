@@ -10,16 +10,19 @@ import torch.nn.functional as F
 
 from . import spatial
 from .errors import PriorRegError
+from .image import level_factors
 
 MIN_COARSE_VOXELS = 4
 
 
 # ----------------------------------------------------------------------------- resampling
-def gaussian_blur(image: torch.Tensor, sigmas, stride: int = 1) -> torch.Tensor:
+def gaussian_blur(image: torch.Tensor, sigmas, stride=1) -> torch.Tensor:
     """Separable Gaussian blur (std in voxels per axis, 0 = none), edge-replicating; with ``stride``
-    > 1 only every stride-th voxel from index 0 along each blurred axis is computed and kept
-    (the same values as blurring everything and subsampling, at a fraction of the work)."""
+    (one for every axis, or one per axis) > 1 only every stride-th voxel from index 0 along each blurred
+    axis is computed and kept (the same values as blurring everything and subsampling, at a fraction of
+    the work)."""
     d = image.dim()
+    strides = [stride] * d if isinstance(stride, int) else list(stride)
     x = image[None, None]
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[d]
     for ax, s in enumerate(sigmas):
@@ -30,7 +33,7 @@ def gaussian_blur(image: torch.Tensor, sigmas, stride: int = 1) -> torch.Tensor:
         g = torch.exp(-0.5 * (t / s) ** 2)
         g = g / g.sum()
         kshape, step = [1] * d, [1] * d
-        kshape[ax], step[ax] = 2 * r + 1, stride
+        kshape[ax], step[ax] = 2 * r + 1, strides[ax]
         pad = [0, 0] * d
         pad[2 * (d - 1 - ax)] = r
         pad[2 * (d - 1 - ax) + 1] = r
@@ -38,26 +41,27 @@ def gaussian_blur(image: torch.Tensor, sigmas, stride: int = 1) -> torch.Tensor:
     return x[0, 0]
 
 
-def downsample(image: torch.Tensor, factor: int) -> torch.Tensor:
-    """Blur with std 0.5*factor voxels, then keep every factor-th voxel from index 0."""
-    if factor == 1:
+def downsample(image: torch.Tensor, factor) -> torch.Tensor:
+    """Blur with std 0.5*factor voxels, then keep every factor-th voxel from index 0 (``factor``: one for
+    every axis, or one per axis; an axis with factor 1 is left as it is)."""
+    factors = [factor] * image.dim() if isinstance(factor, int) else list(factor)
+    if all(f == 1 for f in factors):
         return image
-    return gaussian_blur(image, [0.5 * factor] * image.dim(), stride=factor).contiguous()
+    return gaussian_blur(image, [0.5 * f if f > 1 else 0.0 for f in factors], stride=factors).contiguous()
 
 
-def upsample_field(u: torch.Tensor, shape, ratio: float) -> torch.Tensor:
+def upsample_field(u: torch.Tensor, shape, ratio) -> torch.Tensor:
     """Resample a physical field from a coarse grid to a finer one.
 
-    Fine voxel i sits at coarse coordinate i/ratio (both grids start at index 0).
-    The field is in mm, so its values need no rescaling.
+    Fine voxel i sits at coarse coordinate i/ratio (both grids start at index 0; ``ratio``: one for every
+    axis, or one per axis). The field is in mm, so its values need no rescaling.
     """
-    coords = spatial.identity_grid(shape, u.dtype, u.device) / ratio
+    coords = spatial.identity_grid(shape, u.dtype, u.device)
+    if isinstance(ratio, (int, float)):
+        coords = coords / ratio
+    else:
+        coords = coords / torch.tensor([float(r) for r in ratio], dtype=u.dtype, device=u.device).reshape(-1, *[1] * len(shape))
     return spatial.sample(u, coords)
-
-
-def level_factor(level: int) -> int:
-    """Subsampling factor of level ``level`` (0 = full resolution)."""
-    return 2**level
 
 
 def level_label(level: int, levels: int) -> str:
@@ -72,47 +76,52 @@ def level_number(level: int, levels: int) -> str:
     return f"{levels - level}/{levels}"
 
 
-def _coarse_shape(shape, level: int) -> tuple:
-    f = level_factor(level)
-    return tuple((n + f - 1) // f for n in shape)
+def _coarse_shape(shape, level: int, spacing=None) -> tuple:
+    return tuple((n + f - 1) // f for n, f in zip(shape, level_factors(_spacing(shape, spacing), level)))
 
 
-def _first_too_small(shape) -> int:
+def _spacing(shape, spacing) -> tuple:
+    """``spacing``, or isotropic voxels where none is given."""
+    return (1.0,) * len(shape) if spacing is None else tuple(spacing)
+
+
+def _first_too_small(shape, spacing=None) -> int:
     """The first pyramid level (0 = full resolution) with fewer than MIN_COARSE_VOXELS along an axis."""
     level = 0
-    while min(_coarse_shape(shape, level)) >= MIN_COARSE_VOXELS:
+    while min(_coarse_shape(shape, level, spacing)) >= MIN_COARSE_VOXELS:
         level += 1
     return level
 
 
-def max_levels(shape) -> int:
-    """The most pyramid levels an image of ``shape`` allows (MIN_COARSE_VOXELS along every axis at the
-    coarsest), at least 1."""
-    return max(1, _first_too_small(shape))
+def max_levels(shape, spacing=None) -> int:
+    """The most pyramid levels an image of ``shape`` (and ``spacing``) allows (MIN_COARSE_VOXELS along every
+    axis at the coarsest), at least 1."""
+    return max(1, _first_too_small(shape, spacing))
 
 
-def check_levels(shape, levels: int, func: str = "register()"):
-    lv = _first_too_small(shape)
+def check_levels(shape, levels: int, func: str = "register()", spacing=None):
+    lv = _first_too_small(shape, spacing)
     if lv < levels:
         raise PriorRegError(
-            f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {_coarse_shape(shape, lv)} at "
-            f"{level_label(lv, levels)}; use levels <= {max_levels(shape)}"
+            f"{func}: levels={levels} shrinks an image of shape {tuple(shape)} to {_coarse_shape(shape, lv, spacing)} at "
+            f"{level_label(lv, levels)}; use levels <= {max_levels(shape, spacing)}"
         )
 
 
-def image_pyramid(image: torch.Tensor, levels: int) -> list:
-    """[level 0 (full), level 1, ...]: blur with std 0.5*f voxels, keep every f-th voxel."""
-    return [downsample(image, level_factor(lv)) for lv in range(levels)]
+def image_pyramid(image: torch.Tensor, levels: int, spacing=None) -> list:
+    """[level 0 (full), level 1, ...]: blur with std 0.5*f voxels, keep every f-th voxel (f per axis:
+    :func:`priorreg.image.level_factors`)."""
+    sp = _spacing(image.shape, spacing)
+    return [downsample(image, level_factors(sp, lv)) for lv in range(levels)]
 
 
-def mask_pyramid(mask: torch.Tensor | None, levels: int) -> list:
+def mask_pyramid(mask: torch.Tensor | None, levels: int, spacing=None) -> list:
     """Masks subsampled like the images (nearest), at every level."""
     if mask is None:
         return [None] * levels
     out = []
     for lv in range(levels):
-        f = level_factor(lv)
-        m = mask[tuple(slice(0, None, f) for _ in range(mask.dim()))].contiguous()
+        m = mask[tuple(slice(0, None, f) for f in level_factors(_spacing(mask.shape, spacing), lv))].contiguous()
         if m.sum() == 0:
             raise PriorRegError(f"register(): the mask is empty at pyramid {level_label(lv, levels)}; use fewer levels or a larger mask")
         out.append(m)
@@ -120,24 +129,26 @@ def mask_pyramid(mask: torch.Tensor | None, levels: int) -> list:
 
 
 def level_spacing(spacing, level: int) -> tuple:
-    f = level_factor(level)
-    return tuple(float(s) * f for s in spacing)
+    return tuple(float(s) * f for s, f in zip(spacing, level_factors(spacing, level)))
 
 
-def coarse_to_fine(shapes: list, solve_level, u0: torch.Tensor | None = None, dtype=torch.float32, device=None):
+def coarse_to_fine(shapes: list, solve_level, u0: torch.Tensor | None = None, dtype=torch.float32, device=None,
+                   spacing=None):
     """Run ``solve_level(level, u_init) -> u`` from the coarsest level to level 0.
 
-    ``shapes[l]`` is the grid shape at level l. The physical field (mm) is
-    upsampled between levels by n-linear interpolation; being in mm it needs no
-    rescaling. ``u0`` is an optional initial field on the coarsest grid.
+    ``shapes[l]`` is the grid shape at level l (of a grid of ``spacing``: the factor between levels per
+    axis). The physical field (mm) is upsampled between levels by n-linear interpolation; being in mm it
+    needs no rescaling. ``u0`` is an optional initial field on the coarsest grid.
     """
     levels = len(shapes)
+    sp = _spacing(shapes[0], spacing)
     u = None
     for lv in range(levels - 1, -1, -1):
         shape = shapes[lv]
         if u is None:
             u = u0 if u0 is not None else torch.zeros((len(shape), *shape), dtype=dtype, device=device)
         else:
-            u = upsample_field(u, shape, ratio=2.0)
+            ratio = [a / b for a, b in zip(level_factors(sp, lv + 1), level_factors(sp, lv))]
+            u = upsample_field(u, shape, ratio=ratio[0] if len(set(ratio)) == 1 else ratio)
         u = solve_level(lv, u)
     return u

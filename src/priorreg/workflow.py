@@ -312,7 +312,8 @@ def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
             raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
 
 
-def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior_path, notes: list, shape=None) -> tuple:
+def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior_path, notes: list, shape=None,
+                    spacing=None) -> tuple:
     """``(overrides, options)`` of one registration: the preset's options for ``ndim``, the flags given,
     and the prior's bins, Parzen sigma and levels where no flag sets them (each such choice is a note);
     with the fixed image's ``shape``, fewer levels where the image is too small for the preset's.
@@ -320,7 +321,7 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     from .checks import resolve
     from .options import is_auto, preset_options
 
-    res = resolve(ndim, shape, preset=preset, given=overrides, prior=prior)  # what register() will run
+    res = resolve(ndim, shape, preset=preset, given=overrides, prior=prior, spacing=spacing)  # what register() will run
     opts = res.options
     _prior_notes(res.from_prior, overrides, notes)
     base = preset_options(preset or "default", ndim)
@@ -336,12 +337,12 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     return overrides, opts
 
 
-def fewer_levels(opts, shape, given: dict, notes: list) -> dict:
+def fewer_levels(opts, shape, given: dict, notes: list, spacing=None) -> dict:
     """{"levels": n} with a note where an image of ``shape`` is too small for ``opts.levels`` and no
     --levels was given (:func:`priorreg.checks.size_settings`, register()'s rule); else {}."""
     from .checks import size_settings
 
-    size = size_settings(opts, shape, given)
+    size = size_settings(opts, shape, given, spacing)
     if size:
         notes.append(_fewer_levels_note(size["levels"], shape, opts.levels))
     return size
