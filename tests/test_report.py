@@ -330,6 +330,6 @@ def test_a_single_slice_file_is_titled_with_its_plane_and_sides_a_png_with_nothi
 
 def test_the_levels_table_gives_the_bending_weight_each_level_used(half):
     html = report.render_html(half, report.report_dict(half))
-    assert "<th>bending (mm^2, as used)</th>" in html
+    assert "<th>bending (mm^2, as used)</th>" in html and "divided by the mask's share of the grid" in html
     for h in half.history:
         assert f"<td>{h.regulariser['bending_mm2']:.4g}</td>" in html

@@ -705,6 +705,9 @@ def _tail(result, report: dict) -> list:
     ]
     return [
         "<h2>Pyramid levels</h2>",
+        "<p class='cap'>bending as used: the option's weight after its rule (bending_scale), times alpha where the "
+        "regulariser is scaled by it, divided by the mask's share of the grid, and times nearly_aligned_stiffness on "
+        "the finest level of a nearly aligned pair (docs/options.md).</p>",
         _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds",
                           "bending (mm^2, as used)", "J start", "J end"]),
         "<h2>Options</h2>",
