@@ -154,3 +154,22 @@ def test_points_split_over_threads_sample_what_one_batch_samples(n_points, chann
     assert split.shape == whole.shape == (channels, n_points, 1, 1)
     assert torch.equal(split, whole)
     torch.testing.assert_close(g_split, g_whole, rtol=1e-12, atol=1e-12)
+
+
+def test_pyramid_factors_per_axis_and_the_field_carried_between_levels():
+    """A thick axis is halved only once it is the finest; a field is carried between such levels unchanged."""
+    import priorreg
+    from priorreg.image import level_factors
+
+    assert [level_factors((1.0, 1.0, 4.0), lv) for lv in range(4)] == [(1, 1, 1), (2, 2, 1), (4, 4, 1), (8, 8, 2)]
+    assert level_factors((2.0, 2.0, 3.0), 2) == (4, 4, 4) and level_factors((1.0, 3.0), 2) == (4, 2)
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    f = ndimage.gaussian_filter(rng.random((40, 40, 10)), 2.0)
+    ramp = np.zeros((3, 40, 40, 10))
+    ramp[0] = np.linspace(-1.0, 1.0, 40)[:, None, None]  # linear: interpolation between levels keeps it exactly
+    r = priorreg.register(f, f, spacing=(1.0, 1.0, 4.0), levels=3, max_iterations=0, linear="none",
+                          initial_field=ramp, warn=False)
+    assert [h.shape for h in r.history] == [(10, 10, 10), (20, 20, 10), (40, 40, 10)]
+    np.testing.assert_allclose(r.field[:, :37], ramp[:, :37], atol=1e-6)  # to the last coarse voxel (index 36)

@@ -341,7 +341,7 @@ def check_regions(regions, dim, shapes, levels, func, name="regions", spacings=N
     if len(r) != dim or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in r):
         raise PriorRegError(f"{func}: {name} must be an integer >= 1 or {dim} of them (one per axis), got {regions!r}")
     for shape, sp in zip(shapes, spacings or [None] * len(shapes)):
-        coarse = [max(1, n // f) for n, f in zip(shape, level_factors(sp or (1.0,) * len(shape), levels - 1))]
+        coarse = [max(1, n // f) for n, f in zip(shape, level_factors((1.0,) * len(shape) if sp is None else sp, levels - 1))]
         if any(k > c // 2 for k, c in zip(r, coarse)):
             raise PriorRegError(
                 f"{func}: {name}={list(r)} is too fine for images of shape {shape} at {levels} level(s): the coarsest "
