@@ -289,6 +289,11 @@ def check_training_pair(fixed: Image, moving: Image, j: int, first: Image, func:
         raise PriorRegError(f"{func}: pair {j} is {fixed.ndim}D but pair 0 is {first.ndim}D")
 
 
+def spacing_or_isotropic(shape, spacing) -> tuple:
+    """``spacing``, or isotropic 1 mm voxels for a grid of ``shape`` where none is given."""
+    return (1.0,) * len(shape) if spacing is None else tuple(spacing)
+
+
 def level_factors(spacing, level: int) -> tuple:
     """Subsampling factor per axis of pyramid level ``level`` (0 = full resolution) for a grid of
     ``spacing``: 2^level along the finest axes; an axis k times coarser (k >= 2) is halved floor(log2 k)

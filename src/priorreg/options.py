@@ -6,7 +6,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 
 from .errors import PriorRegError
-from .image import level_factors
+from .image import level_factors, spacing_or_isotropic
 from .intensity import NORMALIZATIONS
 
 PRIOR_TERM_CHOICES = ("kl", "ce", "ckl")  # energy.PRIOR_TERMS
@@ -52,7 +52,7 @@ def auto_local_regions(shape, levels: int, bins: int = 0, spacing=None) -> tuple
     level, and at least bins^2 / 2 voxels per block (a block's joint histogram needs samples:
     a 140 x 140 slice with 64 bins gets 3 x 3 blocks, not 4 x 4).
     """
-    fs = level_factors((1.0,) * len(shape) if spacing is None else spacing, levels - 1)
+    fs = level_factors(spacing_or_isotropic(shape, spacing), levels - 1)
     k = [int(max(1, min(LOCAL_MAX_REGIONS, round(n / LOCAL_BLOCK_VOXELS), max(1, n // f) // 2))) for n, f in zip(shape, fs)]
     n_vox = math.prod(shape)
     while math.prod(k) > 1 and n_vox / math.prod(k) < bins * bins / 2:

@@ -13,7 +13,8 @@ from . import histogram as hist
 from . import pyramid
 from .energy import HistogramSpec, JointHistogramEnergy
 from .errors import PriorRegError
-from .image import as_image, as_mask, check_training_pair, fields_equal, level_factors, on_one_grid, with_margin
+from .image import (as_image, as_mask, check_training_pair, fields_equal, level_factors, on_one_grid,
+                    spacing_or_isotropic, with_margin)
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions, preset_options
@@ -341,7 +342,7 @@ def check_regions(regions, dim, shapes, levels, func, name="regions", spacings=N
     if len(r) != dim or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in r):
         raise PriorRegError(f"{func}: {name} must be an integer >= 1 or {dim} of them (one per axis), got {regions!r}")
     for shape, sp in zip(shapes, spacings or [None] * len(shapes)):
-        coarse = [max(1, n // f) for n, f in zip(shape, level_factors((1.0,) * len(shape) if sp is None else sp, levels - 1))]
+        coarse = [max(1, n // f) for n, f in zip(shape, level_factors(spacing_or_isotropic(shape, sp), levels - 1))]
         if any(k > c // 2 for k, c in zip(r, coarse)):
             raise PriorRegError(
                 f"{func}: {name}={list(r)} is too fine for images of shape {shape} at {levels} level(s): the coarsest "

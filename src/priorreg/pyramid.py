@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from . import spatial
 from .errors import PriorRegError
 from .image import level_factors
+from .image import spacing_or_isotropic as _spacing
 
 MIN_COARSE_VOXELS = 4
 
@@ -78,11 +79,6 @@ def level_number(level: int, levels: int) -> str:
 
 def _coarse_shape(shape, level: int, spacing=None) -> tuple:
     return tuple((n + f - 1) // f for n, f in zip(shape, level_factors(_spacing(shape, spacing), level)))
-
-
-def _spacing(shape, spacing) -> tuple:
-    """``spacing``, or isotropic voxels where none is given."""
-    return (1.0,) * len(shape) if spacing is None else tuple(spacing)
 
 
 def _first_too_small(shape, spacing=None) -> int:
