@@ -681,10 +681,11 @@ def _start_client(args, n_run: int):
     workers = max(1, min(args.workers or max(1, _cores() // tpw), n_run))
     torch_threads = args.torch_threads or max(1, _cores() // (workers * tpw))
     # the dashboard on any free port: another cluster (or a second cohort) may hold Dask's 8787; dask's
-    # own warnings (a cancelled task, a worker killed on Ctrl-C) stay off the terminal; its lock files go
-    # to a folder of ours, removed with the cluster (dask leaves them in /tmp/dask-scratch-space)
+    # own log lines stay off the terminal, errors too: each pair's failure is reported from its task, and
+    # on Ctrl-C a worker whose heartbeat met the closing scheduler logged a 30-line traceback (a race CI
+    # hit); its lock files go to a folder of ours, removed with the cluster (dask leaves /tmp/dask-scratch-space)
     kw = dict(n_workers=workers, threads_per_worker=tpw, processes=not args.no_processes, dashboard_address=":0",
-              silence_logs=logging.ERROR, local_directory=tempfile.mkdtemp(prefix="priorreg-dask-"))
+              silence_logs=logging.CRITICAL, local_directory=tempfile.mkdtemp(prefix="priorreg-dask-"))
     if not args.no_processes:  # (threads of this process must not: signals belong to its main thread)
         kw["preload"] = [WORKER_IGNORES_CTRL_C]
     from .runtime import set_wait_policy
