@@ -409,7 +409,7 @@ def test_progress_bar_on_a_tty_fills_by_the_work_of_the_levels_finished():
 
     s = Tty()
     con = cli.Console(stream=s)
-    cb = con.progress(10, 2, ndim=2)  # 2D: the finer level has 4 times the voxels, 4/5 of the work
+    cb = con.progress(10, 2, spacing=(1.0, 1.0))  # 2D: the finer level has 4 times the voxels, 4/5 of the work
     for it in range(1, 12):  # the solver calls back after each accepted step; never shown past the cap
         cb(1, min(it, 10), -0.5 - it / 100)
     cb(0, 1, -0.7)  # the last level converges after one step: its bar still ends full
@@ -428,6 +428,20 @@ def test_progress_bar_on_a_tty_fills_by_the_work_of_the_levels_finished():
     con.end_bar()  # an error or Ctrl-C at iteration 5: the bar is left as it was, not drawn full
     assert s.getvalue().count("\r") == 1 and "[" + "." * 30 + "]" in s.getvalue()
     assert cli.Console(quiet=True, stream=Tty()).progress(10, 2) is None
+
+
+def test_progress_bar_weighs_a_thick_slice_stack_by_its_own_levels():
+    """2 x 2 x 4 mm keeps its slices at the first coarser level: that level has 1/4 of the voxels, not 1/8."""
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    con = cli.Console(stream=s)
+    cb = con.progress(10, 2, spacing=(4.0, 2.0, 2.0))
+    cb(1, 1, -0.5)
+    cb(0, 1, -0.7)  # the coarse level ended: 1/5 of the work (isotropic 3D: 1/9)
+    assert "level 2/2 [" + "#" * 6 + "." * 24 + "] it    1" in s.getvalue()
 
 
 def test_progress_lines_per_level_when_not_a_tty():

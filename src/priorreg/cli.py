@@ -345,7 +345,7 @@ def cmd_register(args, con: Console) -> int:
         con.note(n)
     from .api import register  # torch: only once the arguments and the outputs are known to be good
 
-    cb = con.progress(opts.max_iterations, opts.levels, before=wf.ahead_of_levels(opts), ndim=fixed.ndim)
+    cb = con.progress(opts.max_iterations, opts.levels, before=wf.ahead_of_levels(opts), spacing=fixed.spacing)
 
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)

@@ -121,7 +121,7 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
     for alpha in ALPHAS:
         opts = preset_options("default", fixed.ndim).replace(**(options or {}))  # what register() runs
         cb = None if console is None else console.progress(opts.max_iterations, opts.levels, label=f"alpha={_label(alpha)} ",
-                                                          before=wf.ahead_of_levels(opts), ndim=fixed.ndim)
+                                                          before=wf.ahead_of_levels(opts), spacing=fixed.spacing)
         res = register(fixed, deformed, prior=prior if _uses_prior(alpha) else None, alpha=alpha, device=device,
                        callback=cb, **(options or {}))
         if console is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import shutil
 import sys
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import PriorRegError
+from .image import level_factors
 
 PROG = "priorreg"
 LOG_EVERY_S = 30.0  # not on a terminal: a running level's line at least this often (a 1 mm level can take a minute)
@@ -58,11 +60,13 @@ class Console:
             self.end_bar()
             print(f"{PROG}: {msg}", file=self.stream)
 
-    def progress(self, max_iterations: int, levels: int, label: str = "", before: str | None = None, ndim: int = 3):
+    def progress(self, max_iterations: int, levels: int, label: str = "", before: str | None = None,
+                 spacing=(1.0, 1.0, 1.0)):
         """A ``callback(level, iteration, energy)`` for :func:`priorreg.register` (None when quiet).
 
-        On a TTY the bar fills by the levels finished, each weighed by its share of the work (a level has
-        2**ndim times the voxels of the one before): how many iterations a level takes is not known ahead,
+        On a TTY the bar fills by the levels finished, each weighed by its share of the work (its voxels on
+        a grid of the fixed image's ``spacing``: 2**ndim times the next coarser level's on isotropic voxels,
+        fewer where thick slices are kept, ``image.level_factors``): how many iterations a level takes is not known ahead,
         most stop long before ``max_iterations``.
 
         ``before`` names what runs ahead of the first level ("linear stage and set-up"): shown while it
@@ -95,7 +99,7 @@ class Console:
             shown = (levels - level, levels, min(iteration, max_iterations), energy, now - state["start"])
             if self.bar:
                 step = levels - level
-                self._last = (label, _work_done(step - 1, levels, ndim), _work_done(step, levels, ndim), *shown)
+                self._last = (label, _work_done(step - 1, levels, spacing), _work_done(step, levels, spacing), *shown)
                 self._draw(*self._last)
             else:
                 self._pending = "{}level {}/{}: {} iteration(s), J={:.6g}, {:.1f} s".format(label, *shown)
@@ -143,9 +147,9 @@ class Console:
             self._pending = None
 
 
-def _work_done(steps: int, levels: int, ndim: int) -> float:
+def _work_done(steps: int, levels: int, spacing) -> float:
     """The share of a registration's work in its first ``steps`` (coarsest) of ``levels`` pyramid levels."""
-    work = [2.0 ** (ndim * k) for k in range(levels)]
+    work = [1.0 / math.prod(level_factors(spacing, level)) for level in reversed(range(levels))]
     return sum(work[:steps]) / sum(work)
 
 
