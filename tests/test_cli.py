@@ -100,6 +100,21 @@ def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
     assert "origin" in line and not (tmp_path / "y.npz").exists()
 
 
+def test_train_warns_in_one_line_about_a_pair_that_is_not_aligned(capsys, tmp_path):
+    from importlib.resources import files
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    t1, pd = brainweb / "BrainT1Slice.png", brainweb / "BrainProtonDensitySlice.png"
+    shifted = tmp_path / "pd_shifted.png"
+    m = pio.read_image(pd)
+    pio.write_image(m.with_array(np.roll(m.array, 4, axis=1)), shifted)
+    rc, so, se = run(capsys, "train", "--fixed", t1, t1, "--moving", pd, shifted, "--out", tmp_path / "p.npz", "--levels", "1")
+    assert rc == 0 and "written to" in so and "Traceback" not in se
+    lines = [ln for ln in se.splitlines() if "warning" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"priorreg: warning: train: pair 1 ({t1} and {shifted}) does not look aligned")
+    assert "4 voxels (4 mm) along i" in lines[0]
+
+
 def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):
     out = tmp_path / "regional.npz"
     rc, so, _ = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", out,

@@ -757,6 +757,25 @@ def test_fit_prior_gives_its_masks_the_margin_register_gives(monkeypatch):
     assert np.allclose(a.tables, b.tables) and not np.allclose(a.tables, tight.tables)
 
 
+def test_fit_prior_warns_about_a_training_pair_that_is_not_aligned():
+    """A pair shifted by 3 voxels is named (index, voxels, mm, axis as i/j); aligned ones and 1 voxel are not."""
+    from importlib.resources import files
+
+    from priorreg import io as pio
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    f, m = (pio.read_image(brainweb / n).array.astype(float) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_prior([f, f], [m, np.roll(m, 1, axis=0)], levels=1, spacing=(2.0, 1.0))  # no warning
+    with pytest.warns(PriorRegWarning) as said:
+        fit_prior([f, f, f], [m, np.roll(m, 3, axis=0), np.roll(m, -2, axis=1)], levels=1, spacing=(2.0, 1.0))
+    msgs = [str(w.message) for w in said]
+    assert len(msgs) == 2, msgs
+    assert msgs[0].startswith("fit_prior(): training pair 1 does not look aligned") and "3 voxels (6 mm) along j" in msgs[0]
+    assert msgs[1].startswith("fit_prior(): training pair 2 does not look aligned") and "2 voxels (2 mm) along i" in msgs[1]
+
+
 # --------------------------------------------------------------------------- a new user's pass over the API
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 
 from . import workflow as wf
 from .errors import PriorRegError, PriorRegWarning
@@ -294,6 +296,16 @@ def _train_inputs(args, notes: list) -> tuple:
     return fixed, moving, masks
 
 
+def _say_warnings(said: list, reword=str) -> None:
+    """Caught warnings: ours one line each (``reword`` names things as the command does), others as Python
+    shows them."""
+    for w in said:
+        if issubclass(w.category, PriorRegWarning):
+            print(f"{PROG}: warning: {reword(str(w.message))}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def cmd_train(args, con: Console) -> int:
     import time
 
@@ -321,7 +333,12 @@ def cmd_train(args, con: Console) -> int:
     from .prior import fit_prior  # torch: only once the arguments and the output are known to be good
 
     t0 = time.perf_counter()
-    prior = fit_prior(fixed, moving, masks=masks, **kw)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", PriorRegWarning)
+        prior = fit_prior(fixed, moving, masks=masks, **kw)
+    pair = re.compile(r"^fit_prior\(\): training pair (\d+)")
+    _say_warnings(said, lambda m: pair.sub(lambda g: f"train: pair {g[1]} ({args.fixed[int(g[1])]} and "
+                                                     f"{args.moving[int(g[1])]})", m))
     prior.save(args.out)
     if not con.quiet:
         regions = f", regions={'x'.join(map(str, prior.regions))}" if prior.n_regions > 1 else ""
@@ -387,18 +404,12 @@ def cmd_apply(args, con: Console) -> int:
         notes += wf.label_map_notes(moving, args.moving)
     for n in notes:
         con.note(n)
-    import warnings
-
     from .resample import warp  # torch
 
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", PriorRegWarning)
         out = warp(moving, field, reference=ref, interpolation=args.interpolation)
-    for w in said:  # ours one line each, as register's; others as Python shows them
-        if issubclass(w.category, PriorRegWarning):
-            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    _say_warnings(said)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
         arr = arr.astype("float32")
