@@ -476,9 +476,10 @@ def test_progress_lines_per_level_when_not_a_tty():
     assert cli.Console(quiet=True, stream=io.StringIO()).progress(10, 2) is None
 
 
-def test_progress_names_what_runs_before_the_first_level_and_times_each_level_from_its_start(monkeypatch):
-    # created at 0 s, level 1 starts at 6.5 s (the solver's iteration 0), level 2 at 9 s
-    clock = itertools.chain([0.0, 6.5, 7.0, 7.5, 9.0, 9.25], itertools.repeat(10.0))
+def test_progress_names_what_runs_before_the_first_level_and_the_levels_add_up(monkeypatch):
+    # created at 0 s, level 1 starts at 6.5 s (the solver's iteration 0) and ends at 7.5 s; level 2's set-up
+    # runs until 9 s (its iteration 0), its step ends at 9.3 s: level 2 took 1.8 s with its set-up
+    clock = itertools.chain([0.0, 6.5, 7.0, 7.5, 9.0, 9.3], itertools.repeat(10.0))
     monkeypatch.setattr(cli.wf, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     s = io.StringIO()
     con = cli.Console(stream=s)
@@ -488,7 +489,7 @@ def test_progress_names_what_runs_before_the_first_level_and_times_each_level_fr
     con.end_bar(done=True)
     lines = s.getvalue().splitlines()
     assert lines == ["priorreg: linear stage (affine) and set-up: 6.5 s", "priorreg: level 1/2: 2 iteration(s), J=-1, 1.0 s",
-                     "priorreg: level 2/2: 1 iteration(s), J=-1, 0.2 s"]
+                     "priorreg: level 2/2: 1 iteration(s), J=-1, 1.8 s"]
     clock = itertools.chain([0.0, 1.0, 20.0, 40.0, 45.0, 75.0, 80.0], itertools.repeat(90.0))  # a long level, in a log
     s = io.StringIO()
     cb = cli.Console(stream=s).progress(30, 1)

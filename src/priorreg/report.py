@@ -21,7 +21,7 @@ import numpy as np
 
 from . import io as pio
 from . import pictures as pic
-from .intensity import normalize, normalizer
+from .intensity import normalizer
 from .transform import rotation_angle
 from .pyramid import level_label, level_number
 
@@ -188,7 +188,8 @@ def _turn(fixed, axes) -> tuple:
 
 
 def _display_range(a):
-    lo, hi = np.percentile(a, (0.5, 99.5))
+    """(lo, hi): the 0.5th and 99.5th percentiles of (every n-th voxel of) ``a``."""
+    lo, hi = np.percentile(_every_nth(a), (0.5, 99.5))
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
@@ -206,22 +207,29 @@ def _edges(a, spacing):
     for k in range(a.ndim):
         g += (ndimage.sobel(a, axis=k) / spacing[k]) ** 2
     g = np.sqrt(g)
-    nz = g[g > 0]
-    if nz.size == 0:
+    if not (g > 0).any():
         return np.zeros(a.shape, bool)
+    nz = _every_nth(g[g > 0])
     return g > np.percentile(nz, 95)
 
 
-def _checkerboard(a, b, n=8):
-    """Tiles of ``a`` and ``b`` (about ``n`` tiles per axis)."""
-    tiles = [max(1, s // n) for s in a.shape]
-    parity = sum((np.arange(s) // t).reshape([-1 if j == k else 1 for j in range(a.ndim)])
-                 for k, (s, t) in enumerate(zip(a.shape, tiles)))
-    return np.where(parity % 2 == 0, a, b)
+def _even_tiles(shape, n=8) -> np.ndarray:
+    """Where a checkerboard of about ``n`` tiles per axis of a grid of ``shape`` shows its first image."""
+    tiles = [max(1, s // n) for s in shape]
+    parity = sum((np.arange(s) // t).reshape([-1 if j == k else 1 for j in range(len(shape))])
+                 for k, (s, t) in enumerate(zip(shape, tiles)))
+    return parity % 2 == 0
 
 
-FIGURE_MAX_VOXELS = 2**18  # statistics drawn in the report (ranks, joint histograms) read at most this many voxels:
-# a quarter of a million settle a picture's grey levels; sorting a million took 0.2 s of a 2 mm brain's report
+def _checkerboard(d, a, b):
+    """Function of a view: the fixed grid's checkerboard tiles of ``a`` and ``b`` (arrays on the fixed grid or
+    functions of a view), computed on the view's voxels only."""
+    return lambda v: np.where(v.take(d.even_tiles), _at(a, v), _at(b, v))
+
+
+FIGURE_MAX_VOXELS = 2**18  # statistics drawn in the report (display ranges, normalisation fits, ranks, joint
+# histograms) read at most this many voxels: a quarter of a million settle a picture's grey levels; sorting a
+# million took 0.2 s of a 2 mm brain's report, the full-volume percentiles and fits 0.8 s of a 1 mm brain's
 
 
 def _every_nth(a):
@@ -300,22 +308,32 @@ class _Data:
     @cached_property
     def moving_range(self):
         """The display range shared by the moving images (before, after, after the linear stage)."""
-        return _display_range(np.concatenate([self.before.ravel(), self.after.ravel()]))
+        return _display_range(np.concatenate([_every_nth(self.before), _every_nth(self.after)]))
 
     @cached_property
     def scaled(self):
-        """(fixed, before, after) scaled to [0, 1] for display; moving ones share one range."""
+        """(fixed, before, after) scaled to [0, 1] for display, each a function of a view (scaling a 1 mm
+        volume whole took 0.35 s of its report); moving ones share one range."""
+        def on_views(a, rng):
+            return lambda v: _scaled(v.take(a), rng)
+
         r_m = self.moving_range
-        return _scaled(self.fixed, _display_range(self.fixed)), _scaled(self.before, r_m), _scaled(self.after, r_m)
+        return on_views(self.fixed, _display_range(self.fixed)), on_views(self.before, r_m), on_views(self.after, r_m)
 
     @cached_property
-    def normalized(self):
-        """(fixed, before, after) normalised as the registration normalised them: before and after by the one
-        map fitted to the moving image (fitted to each, the warp's fill outside the field of view moved the
-        after image's percentiles, and "after - before" showed an offset where nothing changed)."""
+    def even_tiles(self):
+        return _even_tiles(self.fixed.shape)
+
+    @cached_property
+    def normal_maps(self):
+        """(fixed map, moving map): functions of values normalising them as the registration did; before and
+        after share the one map fitted to the moving image (fitted to each, the warp's fill outside the field
+        of view moved the after image's percentiles, and "after - before" showed an offset where nothing
+        changed). Each is fitted on every n-th voxel and applied to the voxels shown or sampled only (a
+        picture needs no more: fits and maps over the whole grid took 0.5 s of a 1 mm brain's report)."""
         norm, mov = self.result.normalization, getattr(self.result, "moving", None)
-        moving_map = normalizer(self.before if mov is None else mov.array, norm)
-        return normalize(self.fixed, norm), moving_map(self.before), moving_map(self.after)
+        moving = self.before if mov is None else mov.array
+        return normalizer(_every_nth(self.fixed), norm), normalizer(_every_nth(moving), norm)
 
     @cached_property
     def linear_only(self):
@@ -402,8 +420,8 @@ def panel_checkerboard(d):
         "Checkerboard: fixed / moving",
         "Alternating tiles of the fixed image and the moving image, before and after registration. "
         "After registration, structures should continue smoothly across tile borders." + _fov_caption(d),
-        _grid(d, [("before", _show(_checkerboard(fs, bs)), ""),
-                  ("after", _show(_checkerboard(fs, as_), outline=d.fov_outline), "")]),
+        _grid(d, [("before", _show(_checkerboard(d, fs, bs)), ""),
+                  ("after", _show(_checkerboard(d, fs, as_), outline=d.fov_outline), "")]),
     )
 
 
@@ -420,7 +438,7 @@ def panel_edges(d):
 
 
 def panel_differences(d):
-    _, bn, an = d.normalized
+    mm = d.normal_maps[1]
     rf = _ranker(d.fixed)
     ranked = dict(table=pic.SEQUENTIAL, lo=0.0, hi=0.5)
     bar = pic.colour_bar(pic.SEQUENTIAL, ["0", "0.25", "\u2265 0.5"])
@@ -430,7 +448,7 @@ def panel_differences(d):
         "(red: brighter after, blue: darker after). "
         "Right: |fixed - warped| after a rank (histogram) matching of the moving image to the fixed one, before "
         "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches.",
-        _grid(d, [("after - before", _show(an - bn, pic.DIVERGING, -0.5, 0.5),
+        _grid(d, [("after - before", _show(lambda v: mm(v.take(d.after)) - mm(v.take(d.before)), pic.DIVERGING, -0.5, 0.5),
                    pic.colour_bar(pic.DIVERGING, ["\u2264 -0.5", "0", "\u2265 0.5"])),
                   ("|fixed - moving| (ranked), before", _show(_rank_diff(d.fixed, d.before, rf), **ranked), bar),
                   ("|fixed - moving| (ranked), after", _show(_rank_diff(d.fixed, d.after, rf), **ranked), bar)]),
@@ -455,7 +473,7 @@ def _draw_grid_lines(d):
     field = np.asarray(d.result.field)
 
     def draw(v, size):
-        rgb = pic.enlarge(pic.colour(v.take(as_), 0.0, 1.0 / 0.7, pic.GREY), size)  # dimmed: the lines stand out
+        rgb = pic.enlarge(pic.colour(_at(as_, v), 0.0, 1.0 / 0.7, pic.GREY), size)  # dimmed: the lines stand out
         r, c = v.axes
         sign = [-1.0 if f else 1.0 for f in v.flips]  # a flipped axis shows its displacements reversed
         for lines in _warped_lines(sign[0] * v.take(field[r]) / d.spacing[r], sign[1] * v.take(field[c]) / d.spacing[c], size):
@@ -494,13 +512,15 @@ def panel_deformation(d):
 def _histograms(d) -> list:
     """[(table, title)]: observed before and after (as the prior term saw the pair), and the prior."""
     r, o = d.result, d.result.options
-    fn, bn, an = d.normalized
+    fm, mm = d.normal_maps  # on the voxels the tables read (_joint_histogram's every n-th)
+    fn, bn, an = fm(_every_nth(d.fixed)), mm(_every_nth(d.before)), mm(_every_nth(d.after))
     maps = [m for m in ((r.prior or {}).get("intensity_maps") or []) if m.get("level") == 0]
     if maps:  # the fitted gain/offset per modality
         (af, bf), (am, bm) = maps[0]["fixed"], maps[0]["moving"]
         fn, bn, an = af * fn + bf, am * bn + bm, am * an + bm
     inside = None if d.fov is None or d.fov.all() else d.fov.astype(float)  # no zeros from outside the moving image
     sample = inside if d.mask is None else (d.mask if inside is None else (np.asarray(d.mask) > 0) * inside)
+    sample = None if sample is None else _every_nth(sample)
     out = [(_joint_histogram(fn, m, r.ranges, o.bins, o.parzen_sigma, sample), t)
            for m, t in ((bn, "observed, before"), (an, "observed, after"))]
     if d.prior is not None:
@@ -565,8 +585,8 @@ def panel_linear(d):
         "Linear stage: before / after",
         f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
         f"stage alone (before the deformable stage).{' Rotation, translation, scales and shears are in the summary.' if not lin.rejected else ''}{said}",
-        _grid(d, [("world alignment", _show(_checkerboard(fs, bs)), ""),
-                  (f"after the {lin.kind} stage", _show(lambda v: _checkerboard(v.take(fs), d.linear_only(v))), "")]),
+        _grid(d, [("world alignment", _show(_checkerboard(d, fs, bs)), ""),
+                  (f"after the {lin.kind} stage", _show(_checkerboard(d, fs, d.linear_only)), "")]),
     )
 
 
