@@ -98,6 +98,12 @@ def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
     line = assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", tmp_path / "flipped.nii.gz",
                                  "--out", tmp_path / "y.npz"], "train: pair 0 is not on one grid")
     assert "origin" in line and not (tmp_path / "y.npz").exists()
+    # errors of the options and of fit_prior are the command's own (a new user saw "register(): bins ...")
+    line = assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", tmp_path / "z.npz",
+                                 "--bins", "2"], "train: bins must be an integer >= 4")
+    assert "register()" not in line
+    assert_error(capsys, ["train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", tmp_path / "z.npz",
+                          "--regions", "40"], "train: regions=[40, 40] is too fine")
 
 
 def test_train_warns_in_one_line_about_a_pair_that_is_not_aligned(capsys, tmp_path):
@@ -720,8 +726,10 @@ def test_a_single_slice_is_described_in_the_order_a_viewer_gives(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((1, 30, 40)).astype(np.float32)),
                     str(tmp_path / "s.nii.gz"))  # 40 x 30 x 1 in ITK and 3D Slicer
     notes = []
-    pio.read_image(tmp_path / "s.nii.gz", "fixed", notes)
-    assert any("treated as 2D 40x30 " in n for n in notes), notes
+    for role in ("fixed", "mask", "moving"):
+        pio.read_image(tmp_path / "s.nii.gz", role, notes)
+    assert notes[0] == "fixed: a single-slice 3D image; treated as 2D 40x30 (outputs on its grid are written back as single-slice 3D)"
+    assert notes[1:] == [f"{role}: a single-slice 3D image; treated as 2D 40x30" for role in ("mask", "moving")]  # no outputs there
 
 
 def test_a_level_line_printed_after_an_error_or_ctrl_c_says_so():

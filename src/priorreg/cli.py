@@ -307,6 +307,14 @@ def _say_warnings(said: list, reword=str) -> None:
 
 
 def cmd_train(args, con: Console) -> int:
+    """``priorreg train``; errors of the functions it calls are said as the command's own."""
+    try:
+        return _train(args, con)
+    except PriorRegError as e:
+        raise PriorRegError(re.sub(r"^(register|fit_prior)\(\):", "train:", str(e))) from None
+
+
+def _train(args, con: Console) -> int:
     import time
 
     from .options import RegistrationOptions

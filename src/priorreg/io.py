@@ -103,10 +103,8 @@ def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name:
         origin = origin[rows]
         direction = sub
         if notes is not None:
-            notes.append(
-                f"{name}: a single-slice 3D image; treated as 2D {arr.shape[1]}x{arr.shape[0]} "
-                "(outputs on its grid are written back as single-slice 3D)"
-            )
+            back = " (outputs on its grid are written back as single-slice 3D)" if name in OUTPUT_GRIDS else ""
+            notes.append(f"{name}: a single-slice 3D image; treated as 2D {arr.shape[1]}x{arr.shape[0]}{back}")
         return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction), volume=volume)
     return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction))
 
@@ -505,6 +503,9 @@ def input_problem(path: str, name: str) -> str | None:
     if not os.access(path, os.R_OK):
         return f"{name}: cannot read {path} (permission denied)"
     return None
+
+
+OUTPUT_GRIDS = ("fixed", "reference")  # the roles whose grid the outputs take (register's fixed, apply's reference)
 
 
 def read_image(path, name: str = "image", notes: list | None = None, *, allow_nonfinite: bool = False) -> Image:
