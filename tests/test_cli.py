@@ -713,6 +713,19 @@ def test_out_names_too_long_and_demo_outs_are_refused_before_any_work(capsys, da
     assert_error(capsys, ["demo", "--out", ""], "--out is empty")
 
 
+def test_an_image_too_small_is_one_error_before_any_note_on_levels(capsys, tmp_path):
+    """A new user read "using --levels 1: an image of 3x3 voxels is too small for 3", then an error."""
+    for name, shape in (("tiny.nii.gz", (3, 3)), ("slab.nii.gz", (2, 30, 30))):
+        sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random(shape).astype(np.float32)), str(tmp_path / name))
+    rc, so, se = run(capsys, "register", tmp_path / "tiny.nii.gz", tmp_path / "tiny.nii.gz", "--out", tmp_path / "o")
+    assert rc == 2 and se.splitlines() == [f"priorreg: error: fixed {tmp_path / 'tiny.nii.gz'} is 2D 3x3 voxels; priorreg "
+                                           "needs at least 4 voxels along every axis"]
+    assert_error(capsys, ["register", tmp_path / "slab.nii.gz", tmp_path / "slab.nii.gz", "--out", tmp_path / "o"], "3D 30x30x2 voxels")
+    assert_error(capsys, ["train", "--fixed", tmp_path / "slab.nii.gz", "--moving", tmp_path / "slab.nii.gz", "--out",
+                          tmp_path / "p.npz"], "fixed[0]")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p.npz").exists()
+
+
 def test_a_mistyped_flag_points_to_its_commands_help(capsys, tmp_path):
     assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--out", tmp_path / "o", "--bendng", "5"],
                  "unrecognized arguments: --bendng 5 (see 'priorreg register --help')")

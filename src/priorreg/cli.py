@@ -291,6 +291,7 @@ def _train_inputs(args, notes: list) -> tuple:
     moving = [wf.load_input(p, f"moving[{j}]", notes) for j, p in enumerate(args.moving)]
     for j, (f, m) in enumerate(zip(fixed, moving)):
         wf.check_pair(f, m, args.fixed[j], args.moving[j], f"fixed[{j}]", f"moving[{j}]")
+        wf.check_size(f, f"fixed[{j}]", args.fixed[j])
         check_training_pair(f, m, j, fixed[0], "train", f"{args.fixed[j]} and {args.moving[j]}")
     masks = [wf.load_mask(p, f, notes) for p, f in zip(args.mask, fixed)] if args.mask else None
     return fixed, moving, masks

@@ -199,6 +199,9 @@ def _as_vector(v, d, default, name):
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+MIN_AXIS_VOXELS = 4  # what registering and learning a prior need along every axis
+
+
 def as_image(x, name: str, func: str, spacing=None) -> Image:
     """Validate and convert a user input (array or Image) into an :class:`Image`.
 
@@ -227,8 +230,8 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
         raise PriorRegError(f"{func}: {name} must hold real numbers, got dtype {a.dtype}")
     if a.dtype == bool:  # a binary image: its intensities 0 and 1 (numpy cannot subtract booleans)
         img, a = img.with_array(a.astype(np.float32)), a.astype(np.float32)
-    if min(a.shape) < 4:
-        raise PriorRegError(f"{func}: {name} has shape {a.shape}; every axis needs at least 4 voxels")
+    if min(a.shape) < MIN_AXIS_VOXELS:
+        raise PriorRegError(f"{func}: {name} has shape {a.shape}; every axis needs at least {MIN_AXIS_VOXELS} voxels")
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise PriorRegError(f"{func}: {name} contains {bad} NaN/Inf voxel(s); clean the image first")

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import PriorRegError
-from .image import level_factors
+from .image import MIN_AXIS_VOXELS, level_factors
 
 PROG = "priorreg"
 LOG_EVERY_S = 30.0  # not on a terminal: a running level's line at least this often (a 1 mm level can take a minute)
@@ -237,7 +237,17 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
                             "are NIfTI, which cannot keep such a grid: resample the fixed image onto one first")
     moving = load_input(moving_path, "moving", notes)
     check_pair(fixed, moving, fixed_path, moving_path)
+    for role, img, path in (("fixed", fixed, fixed_path), ("moving", moving, moving_path)):
+        check_size(img, role, path)
     return fixed, moving, load_mask(mask_path, fixed, notes)
+
+
+def check_size(img, role: str, path) -> None:
+    """Refuse an image too small to register before any note on levels is printed (a new user read "using
+    --levels 1: an image of 3x3 voxels is too small for 3", then an error that 3 voxels are too few)."""
+    if min(img.shape) < MIN_AXIS_VOXELS:
+        raise PriorRegError(f"{role} {path} is {describe(img)} voxels; priorreg needs at least "
+                            f"{MIN_AXIS_VOXELS} voxels along every axis")
 
 
 @dataclass
