@@ -726,6 +726,21 @@ def test_an_image_too_small_is_one_error_before_any_note_on_levels(capsys, tmp_p
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.npz").exists()
 
 
+def test_pngs_of_other_sizes_are_named_as_having_no_pixel_size(tmp_path):
+    from importlib.resources import files
+
+    t1 = files("priorreg") / "data" / "brainweb" / "BrainT1Slice.png"
+    pd = pio.read_image(files("priorreg") / "data" / "brainweb" / "BrainProtonDensitySlice.png")
+    pio.write_image(pd.with_array(pd.array[::2, ::2].copy()), tmp_path / "half.png")
+    pio.write_image(pd.with_array(pd.array[:200]), tmp_path / "cut.png")  # 217 -> 200 rows: the same pixels, cropped
+    notes = []
+    cli.wf.load_pair(t1, tmp_path / "half.png", None, notes)
+    assert any(n.startswith("the fixed image spans 181x217 mm and the moving one 91x109 mm: a PNG or TIFF") for n in notes), notes
+    notes = []
+    cli.wf.load_pair(t1, tmp_path / "cut.png", None, notes)
+    assert not any("spans" in n for n in notes), notes
+
+
 def test_a_mistyped_flag_points_to_its_commands_help(capsys, tmp_path):
     assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--out", tmp_path / "o", "--bendng", "5"],
                  "unrecognized arguments: --bendng 5 (see 'priorreg register --help')")
