@@ -110,6 +110,18 @@ def test_an_aligned_pair_stays_aligned(pair):
     assert np.sqrt((fld ** 2).sum(-1))[brain].max() < 0.5  # mm = pixels here
 
 
+def test_an_image_registered_to_itself_keeps_the_start_without_a_note(pair):
+    """Its MIND distance is 0 at the start and 1e-4 a hair away: a new user read that the optimum "worsened the
+    MIND descriptor distance (0.0001 vs 0.0000)"; a rejection that moves nothing is not worth a note."""
+    from priorreg.linear import estimate_linear
+    from priorreg import io as pio
+
+    t1 = pio.read_image(pair[1]["fixed"])
+    lin = estimate_linear(t1, t1)
+    assert not lin.notes and not lin.rejected
+    assert np.abs(lin.matrix - np.eye(2)).max() < 1e-3 and np.abs(lin.translation).max() < 0.05
+
+
 def test_a_bad_transform_file_is_one_line(pair, capsys):
     d, p, _ = pair
     bad = d / "bad.tfm"

@@ -22,6 +22,7 @@ anisotropic voxels and oblique direction matrices.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -457,6 +458,18 @@ def _mind_distance(fix: Image, f_n, mov: Image, m_n, pairs) -> list:
     return out
 
 
+NEGLIGIBLE_MOVE = 0.1  # voxels: an optimum that moves no corner of the fixed grid further from the fallback
+
+
+def _largest_move(fix: Image, a, b) -> float:
+    """How far (mm) transform ``a`` places a corner of the fixed grid from where ``b`` places it, at most."""
+    A, o = fix.index_to_world()
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in fix.shape])), float)
+    x = corners @ A.T + o
+    moved = x @ (a.matrix - b.matrix).T + (np.asarray(a.translation) - np.asarray(b.translation))
+    return float(np.sqrt((moved**2).sum(1)).max())
+
+
 def _cross_check(fix, f_n, mov, m_n, checks) -> list:
     """For each ``(res, fallback, what)`` of ``checks``: ``res`` if the MIND descriptors (a local
     similarity, independent of the histogram) do not find it worse than ``fallback`` (within
@@ -469,6 +482,9 @@ def _cross_check(fix, f_n, mov, m_n, checks) -> list:
         # Not finite: no fixed voxel lies inside the moving image under both; the check cannot judge.
         if not np.isfinite(d_fall) or d_res <= (1.0 + MIND_TOLERANCE) * d_fall:
             out.append(res)
+            continue
+        if _largest_move(fix, res, fallback) < NEGLIGIBLE_MOVE * min(fix.spacing):  # nothing to say (an image
+            out.append(fallback)  # registered to itself: its MIND distance 0 at the start, 1e-4 a hair away)
             continue
         fallback.notes.append(f"its optimum raised mutual information but worsened the MIND descriptor "
                               f"distance ({d_res:.4f} vs {d_fall:.4f}); the {what} is kept")
