@@ -256,6 +256,16 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     rc, _, err = run(capsys, "apply", tmp_path / "corner.nii.gz", "--field", out / "field.nii.gz", "--reference",
                      data["fixed"], "--out", tmp_path / "corner_out.nii.gz")
     assert rc == 0 and "priorreg: warning: warp(): the moving image lies mostly outside the reference grid" in err, err
+    assert "covers only" not in err  # one warning for one cause
+    crop = pio.read_image(data["moving"])  # a corner of the moving image, in place: most of the output is 0
+    pio.write_image(priorreg.Image(crop.array[:16, :14], crop.spacing, crop.origin, crop.direction), tmp_path / "crop.nii.gz")
+    rc, _, err = run(capsys, "apply", tmp_path / "crop.nii.gz", "--field", out / "field.nii.gz", "--reference",
+                     data["fixed"], "--out", tmp_path / "crop_out.nii.gz")
+    assert rc == 0 and "priorreg: warning: apply: the moving image covers only" in err, err
+    assert "% of the reference image's anatomy through the field" in err
+    rc, _, err = run(capsys, "apply", data["moving"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                     "--out", tmp_path / "whole.nii.gz")
+    assert rc == 0 and "covers only" not in err
 
 
 def test_demo_runs_and_reports(capsys, tmp_path):

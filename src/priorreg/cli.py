@@ -419,6 +419,8 @@ def cmd_apply(args, con: Console) -> int:
         warnings.simplefilter("always", PriorRegWarning)
         out = warp(moving, field, reference=ref, interpolation=args.interpolation)
     _say_warnings(said)
+    for n in [] if said else wf.coverage_notes(moving, ref, field):  # (warp's own says more where it spoke)
+        print(f"{PROG}: warning: {n}", file=sys.stderr)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
         arr = arr.astype("float32")

@@ -243,6 +243,24 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
     return fixed, moving, load_mask(mask_path, fixed, notes)
 
 
+def coverage_notes(moving, reference, field) -> list:
+    """A warning when the field brings the moving image over less than result.MIN_COVERAGE of the reference's
+    anatomy (its Otsu foreground), as register() warns: a new user applied a field to a crop of the moving
+    image and got an output that was mostly 0, without a word."""
+    from .intensity import foreground
+    from .resample import field_of_view
+    from .result import MIN_COVERAGE
+
+    anatomy = foreground(reference.array)
+    if not anatomy.any():
+        return []
+    share = float(field_of_view(moving, reference, field)[anatomy].mean())
+    if share >= MIN_COVERAGE:
+        return []
+    return [f"apply: the moving image covers only {100 * share:.0f}% of the reference image's anatomy through the "
+            "field; the output is 0 elsewhere (is it the moving image of the registration, whole?)"]
+
+
 UNSIZED_FORMATS = (".png", ".tif", ".tiff")  # files that usually carry no pixel size: read as 1 mm pixels
 EXTENT_RATIO = 1.5  # images whose extents differ by more than this factor along an axis are named
 
