@@ -93,3 +93,14 @@ def test_the_fit_reads_only_the_masked_voxels():
     assert abs(am_all * 1.2 - 1.0) > 0.05, am_all
     with pytest.raises(ValueError, match="mask is empty"):
         fit_intensity_maps(f, noisy, Q, spec, weights=torch.zeros_like(f))
+
+
+def test_the_order_warning_catches_a_swapped_3d_prior_and_spares_the_closest_right_ones():
+    """KLs measured with register()'s own check (benchmarks/results/modality-order/rows.jsonl): a new user's 3D
+    BraTS prior trained the wrong way round (1.558 given, 0.826 swapped) went unwarned under the 2D thresholds;
+    the right-order priors nearest the boundary (BraTS as the benchmark crops it, MNI sagittal PD) stay silent."""
+    from priorreg.calibration import swapped_prior_message
+
+    assert swapped_prior_message("register()", 1.558, 0.826) is not None
+    for given, swapped in ((1.613, 1.090), (1.675, 1.136), (2.061, 1.544), (1.884, 1.420)):
+        assert swapped_prior_message("register()", given, swapped) is None, (given, swapped)
