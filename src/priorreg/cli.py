@@ -376,13 +376,13 @@ def cmd_register(args, con: Console) -> int:
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)
     con.end_bar(done=True)
-    for w in result.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    for n in wf.linear_notes(result):  # in the order the stages ran: the linear stage's, the prior's, then warnings
+        con.note(n)
     weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # the note explains a weight: none given, none to explain
     for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
         con.note(f"alpha auto: {n}")
-    for n in wf.linear_notes(result):
-        con.note(n)
+    for w in result.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=pair.read_notes)
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")
