@@ -187,6 +187,12 @@ def mutual_information(P: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return (Pt * (torch.log(Pt) - torch.log(P1) - torch.log(P2))).sum((-2, -1))
 
 
+def sample_mi(x: torch.Tensor, y: torch.Tensor, ranges, S: torch.Tensor, eps: float = 1e-12) -> float:
+    """MI (nats) of paired flat samples ``x``, ``y`` through the one Parzen joint table (the checks' measure:
+    a mirrored moving image, a training pair shifted)."""
+    return float(mutual_information(parzen_joint_histogram(x, y, ranges, S), eps))
+
+
 def kl_divergence(P: torch.Tensor, logQ: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """KL(P~ || Q~) in nats, Q~ (floored, see :func:`floor_prior`) given as its log."""
     Pt = _floored(P, eps)

@@ -19,6 +19,7 @@ from .image import (as_image, as_mask, check_training_pair, fields_equal, level_
 from .intensity import NORMALIZATIONS, intensity_range, normalize
 from .io import atomic_path
 from .options import RegistrationOptions, preset_options
+from .pair_shift import misalignment_note
 from .prior_weight import leave_one_out_kl
 
 FORMAT = "priorreg-prior"
@@ -225,8 +226,8 @@ def fit_prior(
         raise PriorRegError(str(e).replace("register()", func, 1)) from None
     bins, parzen_sigma, levels, normalization = checked.bins, checked.parzen_sigma, checked.levels, checked.normalization
     pairs = _training_pairs(fixed, moving, masks, spacing, normalization, levels, func)
-    for j, (fi, f_n, m_n, _) in enumerate(pairs):
-        note = misalignment_note(f_n, m_n, fi.spacing, f"{func}: training pair {j}")
+    for j, (fi, f_n, m_n, mk) in enumerate(pairs):
+        note = misalignment_note(f_n, m_n, fi.spacing, f"{func}: training pair {j}", mk)
         if note:
             warnings.warn(note, PriorRegWarning, stacklevel=2)
     dim = pairs[0][0].ndim
@@ -302,54 +303,6 @@ def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: i
         mk = None if k is None else with_margin(as_mask(k, fi, f"masks[{j}]", func), fi.spacing)  # as register()
         pairs.append((*pair, mk))
     return pairs
-
-
-# A training pair whose mutual information is higher by MIN_GAIN nats or more with the moving image shifted
-# by MISALIGNED_VOXELS or more along an axis (searched up to SHIFT_SEARCH each way) is not aligned: its prior
-# would teach the registration a blurred joint density. Aligned real pairs peak at no shift, a one-voxel
-# shift costing 0.012-0.2 nats (BrainWeb, IXI, BraTS patients 5 and 6, ProstateX ADC/high-b), so two voxels
-# off gain 0.04 and more; two independent noise images gain up to 0.017 at a random shift (16^3 voxels).
-MISALIGNED_VOXELS = 2
-MIN_GAIN = 0.02
-SHIFT_SEARCH = 4
-SHIFT_SAMPLES = 2**18  # voxels per evaluation, evenly strided; fewer than 2^12 cannot tell (not searched)
-
-
-def best_shift(f_n: np.ndarray, m_n: np.ndarray, bins: int = 32) -> list:
-    """Per array axis, ``(shift, gain)``: the whole-voxel shift of the moving image (within SHIFT_SEARCH) at
-    which the pair's global MI (Parzen sigma 1 bin) is highest, on the fixed voxels SHIFT_SEARCH in from
-    every edge, and how much higher than at no shift (nats); (0, 0.0) for an axis too short to search."""
-    S = SHIFT_SEARCH
-    core = tuple(slice(S, n - S) for n in f_n.shape)
-    if min(f_n.shape) <= 2 * S or f_n[core].size < 2**12:
-        return [(0, 0.0)] * f_n.ndim
-    step = max(1, f_n[core].size // SHIFT_SAMPLES)
-    x = torch.as_tensor(np.ascontiguousarray(f_n[core]).ravel()[::step])
-    ranges, smooth = (intensity_range([f_n]), intensity_range([m_n])), hist.smoothing_matrix(bins, 1.0)
-    found = []
-    for axis, n in enumerate(f_n.shape):
-        mi = []
-        for s in range(-S, S + 1) if n >= 4 * S else ():
-            at = list(core)
-            at[axis] = slice(S + s, n - S + s)
-            y = torch.as_tensor(np.ascontiguousarray(m_n[tuple(at)]).ravel()[::step])
-            mi.append(float(hist.mutual_information(hist.parzen_joint_histogram(x, y, ranges, smooth), 1e-10)))
-        k = int(np.argmax(mi)) if mi else S
-        found.append((k - S, mi[k] - mi[S] if mi else 0.0))
-    return found
-
-
-def misalignment_note(f_n: np.ndarray, m_n: np.ndarray, spacing, what: str) -> str | None:
-    """A warning when the normalised pair (one grid) matches clearly better MISALIGNED_VOXELS or more apart."""
-    far = [(abs(s), axis) for axis, (s, gain) in enumerate(best_shift(f_n, m_n)) if gain >= MIN_GAIN]
-    voxels, axis = max(far, default=(0, 0))
-    if voxels < MISALIGNED_VOXELS:
-        return None
-    ijk = "ijk"[f_n.ndim - 1 - axis]  # as viewers and file headers name the axes: numpy's reversed
-    return (f"{what} does not look aligned: its two images match best (mutual information) with the moving one "
-            f"shifted by {voxels} voxels ({voxels * float(spacing[axis]):.3g} mm) along {ijk}; a prior learned from "
-            "it holds a blurred joint density and can pull registrations off; register the pair first and train "
-            "on the warped moving image")
 
 
 def _refuse_repeat(pair: tuple, pairs: list, func: str) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .histogram import mutual_information, parzen_joint_histogram, smoothing_matrix
+from .histogram import sample_mi, smoothing_matrix
 from .intensity import intensity_range, normalize, normalizer
 from .jacobian import jacobian_determinant
 from .image import Image, on_grid_of
@@ -184,8 +184,7 @@ def mirror_notes(result: "RegistrationResult", region) -> list:
     ranges = (intensity_range([f.numpy()]), intensity_range([norm(sampled)]))
 
     def mi(moving: np.ndarray) -> float:
-        m = torch.as_tensor(np.asarray(norm(moving[at]), dtype=np.float64))
-        return float(mutual_information(parzen_joint_histogram(f, m, ranges, S), 1e-12))
+        return sample_mi(f, torch.as_tensor(np.asarray(norm(moving[at]), dtype=np.float64)), ranges, S)
 
     registered = mi(warped.array)
     score, how = max(((mi(v), how) for how, v in _mirrors(before.array)), key=lambda t: t[0], default=(0.0, ""))
