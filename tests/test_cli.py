@@ -728,9 +728,12 @@ def test_an_image_too_small_is_one_error_before_any_note_on_levels(capsys, tmp_p
     for name, shape in (("tiny.nii.gz", (3, 3)), ("slab.nii.gz", (2, 30, 30))):
         sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random(shape).astype(np.float32)), str(tmp_path / name))
     rc, so, se = run(capsys, "register", tmp_path / "tiny.nii.gz", tmp_path / "tiny.nii.gz", "--out", tmp_path / "o")
-    assert rc == 2 and se.splitlines() == [f"priorreg: error: fixed {tmp_path / 'tiny.nii.gz'} is 2D 3x3 voxels; priorreg "
-                                           "needs at least 4 voxels along every axis"]
-    assert_error(capsys, ["register", tmp_path / "slab.nii.gz", tmp_path / "slab.nii.gz", "--out", tmp_path / "o"], "3D 30x30x2 voxels")
+    assert rc == 2 and se.splitlines() == [f"priorreg: error: fixed {tmp_path / 'tiny.nii.gz'} is 2D 3x3: under 4 voxels "
+                                           "along an axis, which priorreg needs along every axis"]
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((1, 3, 40)).astype(np.float32)), str(tmp_path / "row.nii.gz"))
+    assert_error(capsys, ["register", tmp_path / "row.nii.gz", tmp_path / "row.nii.gz", "--out", tmp_path / "o"],
+                 "row.nii.gz is 2D 40x3, a single-slice 3D grid: under 4 voxels along an axis")
+    assert_error(capsys, ["register", tmp_path / "slab.nii.gz", tmp_path / "slab.nii.gz", "--out", tmp_path / "o"], "3D 30x30x2: under 4")
     assert_error(capsys, ["train", "--fixed", tmp_path / "slab.nii.gz", "--moving", tmp_path / "slab.nii.gz", "--out",
                           tmp_path / "p.npz"], "fixed[0]")
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.npz").exists()
@@ -764,8 +767,8 @@ def test_a_single_slice_is_described_in_the_order_a_viewer_gives(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((1, 30, 40)).astype(np.float32)),
                     str(tmp_path / "s.nii.gz"))  # 40 x 30 x 1 in ITK and 3D Slicer
     notes = []
-    for role in ("fixed", "mask", "moving"):
-        pio.read_image(tmp_path / "s.nii.gz", role, notes)
+    for role in ("fixed", "mask", "moving"):  # as register reads them
+        cli.wf.load_input(tmp_path / "s.nii.gz", role, notes)
     assert notes[0] == "fixed: a single-slice 3D image; treated as 2D 40x30 (outputs on its grid are written back as single-slice 3D)"
     assert notes[1:] == [f"{role}: a single-slice 3D image; treated as 2D 40x30" for role in ("mask", "moving")]  # no outputs there
 

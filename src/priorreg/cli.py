@@ -399,7 +399,7 @@ def cmd_apply(args, con: Console) -> int:
     notes = []
     moving = wf.load_input(args.moving, "moving", notes)
     wf.check_image_format(args.out, moving.ndim)
-    ref = pio.read_image(args.reference, "reference", notes)
+    ref = pio.read_image(args.reference, "reference", notes, outputs_on_grid=True)
     field, grid, through_plane = pio.read_field(args.field)
     offset = wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
     differs = grid.grid_difference(ref)
@@ -419,7 +419,8 @@ def cmd_apply(args, con: Console) -> int:
         warnings.simplefilter("always", PriorRegWarning)
         out = warp(moving, field, reference=ref, interpolation=args.interpolation)
     _say_warnings(said)
-    for n in [] if said else wf.coverage_notes(moving, ref, field):  # (warp's own says more where it spoke)
+    spoke = any(issubclass(w.category, PriorRegWarning) for w in said)  # warp's own says more where it spoke
+    for n in [] if spoke else wf.coverage_notes(moving, ref, field):
         print(f"{PROG}: warning: {n}", file=sys.stderr)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":

@@ -64,8 +64,10 @@ def extension(path) -> str:
 # --------------------------------------------------------------------------- geometry
 
 
-def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name: str = "image") -> Image:
-    """Convert a scalar SimpleITK image into an :class:`Image` (NumPy axis order)."""
+def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name: str = "image",
+                  outputs_on_grid: bool = False) -> Image:
+    """Convert a scalar SimpleITK image into an :class:`Image` (NumPy axis order); ``outputs_on_grid``: the
+    note on a single slice says that outputs on its grid are written back as single-slice 3D."""
     sitk = _sitk()
     arr = sitk.GetArrayFromImage(img)
     d = img.GetDimension()
@@ -103,7 +105,7 @@ def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name:
         origin = origin[rows]
         direction = sub
         if notes is not None:
-            back = " (outputs on its grid are written back as single-slice 3D)" if name in OUTPUT_GRIDS else ""
+            back = " (outputs on its grid are written back as single-slice 3D)" if outputs_on_grid else ""
             notes.append(f"{name}: a single-slice 3D image; treated as 2D {arr.shape[1]}x{arr.shape[0]}{back}")
         return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction), volume=volume)
     return Image(arr, tuple(spacing), tuple(origin), np.ascontiguousarray(direction))
@@ -505,10 +507,8 @@ def input_problem(path: str, name: str) -> str | None:
     return None
 
 
-OUTPUT_GRIDS = ("fixed", "reference")  # the roles whose grid the outputs take (register's fixed, apply's reference)
-
-
-def read_image(path, name: str = "image", notes: list | None = None, *, allow_nonfinite: bool = False) -> Image:
+def read_image(path, name: str = "image", notes: list | None = None, *, allow_nonfinite: bool = False,
+               outputs_on_grid: bool = False) -> Image:
     """Read an image file (or a DICOM series directory) into an :class:`Image`.
 
     Raises :class:`PriorRegError` (one line) for a missing, unreadable, damaged
@@ -552,7 +552,7 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
         img = img[:, :, :, 0]
     if img.GetDimension() not in (2, 3):
         raise PriorRegError(f"{name}: {path} is a {img.GetDimension()}D image; only 2D and 3D images are supported")
-    out = sitk_to_image(img, notes=notes, name=name)
+    out = sitk_to_image(img, notes=notes, name=name, outputs_on_grid=outputs_on_grid)
     if scan is not None and (scan.n_nan or scan.n_inf):
         if not allow_nonfinite:
             _refuse_nonfinite(out.array, path, name, scan.n_nan, scan.n_inf)

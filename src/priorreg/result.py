@@ -149,11 +149,16 @@ def outcome_notes(result: "RegistrationResult", region) -> list:
         notes.append(f"register(): the field folds {js['percent_nonpositive']:.2f}% of the voxels (Jacobian min "
                      f"{js['min']:.3f}): check the warped image; a stiffer field (bending, regularization) avoids it")
     if result.fov is not None and np.asarray(region).any():
-        share = float(np.asarray(result.fov, dtype=bool)[np.asarray(region) > 0].mean())
+        share = coverage_share(result.fov, region)
         if share < MIN_COVERAGE:
             notes.append(f"register(): the moving image covers only {100 * share:.0f}% of the fixed image's anatomy "
                          "after registration; the warped image is background elsewhere")
     return notes + mirror_notes(result, region)
+
+
+def coverage_share(fov, region) -> float:
+    """The share of ``region`` (a non-empty mask on the same grid) inside the field of view ``fov``."""
+    return float(np.asarray(fov, dtype=bool)[np.asarray(region) > 0].mean())
 
 
 MIRROR_RATIO = 1.25  # a mirrored or axis-swapped moving image whose MI beats the registered pair's by this factor

@@ -174,13 +174,16 @@ def describe(img) -> str:
     return f"{img.ndim}D {size_text(img.shape)}{slab}"
 
 
+OUTPUT_GRIDS = ("fixed", "reference")  # the roles whose grid the outputs take (register's fixed, apply's reference)
+
+
 def load_input(path, role: str, notes: list) -> "Image":  # noqa: F821
     """Read an input image; refuses missing, damaged or non-numeric files and NaN/Inf (errors name the file)."""
     import numpy as np
 
     from . import io as pio
 
-    img = pio.read_image(path, role, notes)
+    img = pio.read_image(path, role, notes, outputs_on_grid=role in OUTPUT_GRIDS)
     if not (np.issubdtype(img.array.dtype, np.number) or img.array.dtype == bool):
         raise PriorRegError(f"{role}: {path} has non-numeric pixels ({img.array.dtype})")
     return img
@@ -246,19 +249,20 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
 def coverage_notes(moving, reference, field) -> list:
     """A warning when the field brings the moving image over less than result.MIN_COVERAGE of the reference's
     anatomy (its Otsu foreground), as register() warns: a new user applied a field to a crop of the moving
-    image and got an output that was mostly 0, without a word."""
+    image and got an output that was mostly 0, without a word. (A registration run within a mask of part of
+    the anatomy is told this too: apply does not know the mask; the message says what is, not a cause.)"""
     from .intensity import foreground
     from .resample import field_of_view
-    from .result import MIN_COVERAGE
+    from .result import MIN_COVERAGE, coverage_share
 
     anatomy = foreground(reference.array)
     if not anatomy.any():
         return []
-    share = float(field_of_view(moving, reference, field)[anatomy].mean())
+    share = coverage_share(field_of_view(moving, reference, field), anatomy)
     if share >= MIN_COVERAGE:
         return []
     return [f"apply: the moving image covers only {100 * share:.0f}% of the reference image's anatomy through the "
-            "field; the output is 0 elsewhere (is it the moving image of the registration, whole?)"]
+            "field; the output is 0 elsewhere"]
 
 
 UNSIZED_FORMATS = (".png", ".tif", ".tiff")  # files that usually carry no pixel size: read as 1 mm pixels
@@ -291,8 +295,8 @@ def check_size(img, role: str, path) -> None:
     """Refuse an image too small to register before any note on levels is printed (a new user read "using
     --levels 1: an image of 3x3 voxels is too small for 3", then an error that 3 voxels are too few)."""
     if min(img.shape) < MIN_AXIS_VOXELS:
-        raise PriorRegError(f"{role} {path} is {describe(img)} voxels; priorreg needs at least "
-                            f"{MIN_AXIS_VOXELS} voxels along every axis")
+        raise PriorRegError(f"{role} {path} is {describe(img)}: under {MIN_AXIS_VOXELS} voxels along an axis, which "
+                            f"priorreg needs along every axis")
 
 
 @dataclass
