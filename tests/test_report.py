@@ -333,3 +333,13 @@ def test_the_levels_table_gives_the_bending_weight_each_level_used(half):
     assert "<th>bending (mm^2, as used)</th>" in html and "divided by the mask's share of the grid" in html
     for h in half.history:
         assert f"<td>{h.regulariser['bending_mm2']:.4g}</td>" in html
+
+
+def test_the_reports_statistics_read_every_part_of_a_large_grid():
+    """A flat stride through a 256^3 grid read 4 columns (x = 0, 64, 128, 192): a ramp along x showed a display
+    range of (0, 192) against (1, 254); every 4th voxel along each axis gives (0, 252)."""
+    x = np.broadcast_to(np.arange(256, dtype=np.float64), (256, 256, 256))
+    lo, hi = report._display_range(x)
+    full = np.percentile(np.arange(256), (0.5, 99.5))
+    assert abs(lo - full[0]) < 4 and abs(hi - full[1]) < 4, (lo, hi, full)
+    assert np.unique(report._every_nth(x)).size >= 64
