@@ -129,9 +129,22 @@ def test_one_pair_prior_is_conservative(test_pair):
 def test_a_one_pair_prior_given_no_weight_gets_no_conservative_weight_note(test_pair):
     """The note explains a weight; at alpha 1 the reason says why there is none ("conservative weight" beside
     alpha 1 contradicted itself)."""
-    res = _register_auto(*test_pair, _prior(T2, T1, seeds=(1,)))  # one pair, modalities swapped
+    res = _register_auto(*test_pair, _prior(T1, syn.PD_NONMONO, seeds=(1,)))  # one pair of another modality pair
     assert _alphas(res) == [1.0, 1.0] and not any("note" in r for r in res.prior_weights)
     assert "does not describe this pair" in res.prior_weights[-1]["reason"]
+
+
+def test_auto_gives_no_weight_to_a_prior_the_order_check_flags(test_pair):
+    """A one-pair prior trained the wrong way round kept a one-pair prior's conservative weight (alpha 0.7) on a
+    BraTS pair and moved it further than no prior; flagged by the order check, it now gets none, and says so."""
+    prior = _prior(T2, T1, seeds=(1,))
+    res = _register_auto(*test_pair, prior)
+    flagged = [w for w in res.warnings if "far better with fixed and moving swapped" in w]
+    assert len(flagged) == 1 and flagged[0].endswith("alpha auto gives it no weight: the result is mutual information alone")
+    np.testing.assert_array_equal(res.field, register(*test_pair, warn=False, **FAST).field)
+    fixed = register(*test_pair, prior=prior, alpha=0.4, warn=False, **FAST)  # a weight the user chose is kept
+    assert any("far better with fixed and moving swapped" in w and "no weight" not in w for w in fixed.warnings)
+    assert np.abs(fixed.field - res.field).max() > 1e-3
 
 
 def test_auto_at_alpha_one_is_mutual_information_alone(test_pair):

@@ -25,7 +25,7 @@ from .deformable import deformable
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
-from .prior_warnings import prior_order_warnings, trusted_prior_warnings, unused_prior_warnings
+from .prior_warnings import prior_order_warnings, trusted_prior_warnings, unused_prior_warnings, without_swapped_prior
 from .resample import warp
 from .intensity import foreground
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
@@ -116,6 +116,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     swapped = prior_order_warnings(work, pyr)
+    work = without_swapped_prior(work, swapped)
     header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
     notes = inp.notes + header + range_notes(pyr) + swapped
     if warn:
