@@ -236,6 +236,8 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             return _solve_level(index, u)
 
     def _solve_level(index, u):
+        if hasattr(callback, "setup"):  # a progress display's hook: this level's set-up begins
+            callback.setup(index)
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
         alpha = level_alpha(inp.options, index)
         record = None

@@ -73,7 +73,8 @@ class Console:
         runs (TTY), then one line with its seconds when the first level starts (the solver's call with
         iteration 0). Each later level's seconds count from the previous level's last step, so they include
         its own set-up (upsampling, descriptors, intensity fit: 7 s of a 1 mm brain's finest level, which a
-        new user found in no line) and the lines add up to the run. Not on a TTY (a log), a level that runs longer than LOG_EVERY_S also
+        new user found in no line) and the lines add up to the run; while it runs a TTY shows "set-up ..."
+        (``cb.setup``, which :func:`priorreg.register` calls as a level's set-up begins). Not on a TTY (a log), a level that runs longer than LOG_EVERY_S also
         gets a line "so far" that often.
         """
         if self.quiet:
@@ -108,6 +109,19 @@ class Console:
                     print(f"{PROG}: {self._pending} so far", file=self.stream, flush=True)
                     state["logged"] = now
 
+        def setup(level):
+            """A later level's set-up begins (the registration's optional hook): the level before has ended."""
+            if state["level"] is None:  # the first level's set-up is in ``before``
+                return
+            self.end_bar(done=True)
+            if self.bar:
+                step = levels - level
+                fill = int(round(30 * _work_done(step - 1, levels, spacing)))
+                self.stream.write(f"\r{label}level {step}/{levels} [{'#' * fill}{'.' * (30 - fill)}] set-up ...")
+                self.stream.flush()
+                self._open, self._last = True, None  # the level's first step replaces this line
+
+        cb.setup = setup
         return cb
 
     def _ahead(self, line: str) -> None:
