@@ -234,6 +234,14 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     rc, _, err = run(capsys, "apply", data["labels"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
                      "--out", tmp_path / "labels_linear.nii.gz")  # the default: linear, which blends labels
     assert rc == 0 and "like a label map" in err and "--interpolation nearest" in err
+    labf = pio.read_image(data["labels"])  # labels stored as floats (BraTS ships them so) get the same hint
+    pio.write_image(labf.with_array(labf.array.astype(np.float32)), tmp_path / "labels_f32.nii.gz")
+    rc, _, err = run(capsys, "apply", tmp_path / "labels_f32.nii.gz", "--field", out / "field.nii.gz", "--reference",
+                     data["fixed"], "--out", tmp_path / "labels_f32_linear.nii.gz")
+    assert rc == 0 and "like a label map" in err
+    rc, _, err = run(capsys, "apply", data["moving"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
+                     "--out", tmp_path / "image_linear.nii.gz")  # an image with fractional values: no hint
+    assert rc == 0 and "label map" not in err
     lab = pio.read_image(tmp_path / "labels.nii.gz").array
     assert lab.dtype == np.int16 and set(np.unique(lab)) <= set(np.unique(pio.read_image(data["labels"]).array))
     other = tmp_path / "other_grid.nii.gz"  # the fixed image's shape on the default grid

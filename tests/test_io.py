@@ -101,6 +101,16 @@ def test_rgb_png_becomes_grey_with_a_note(tmp_path):
     assert any("grey" in n for n in notes)
     rgb = sitk.ReadImage(pio_data("BrainProtonDensitySlice.png"))
     np.testing.assert_allclose(img.array, sitk.GetArrayFromImage(rgb)[..., 0], atol=1)  # grey stored as RGB
+    # grey stored as RGB is not called colour (a new user read "is a colour (RGB) image" for this grey slice)
+    assert notes == [f"moving: {pio_data('BrainProtonDensitySlice.png')} stores grey values as RGB (three equal "
+                     "channels); read as grey"]
+    a = sitk.GetArrayFromImage(rgb).copy()
+    a[..., 0] = 255 - a[..., 0]  # a real colour image
+    col = sitk.GetImageFromArray(a, isVector=True)
+    sitk.WriteImage(col, str(tmp_path / "colour.png"))
+    notes = []
+    pio.read_image(tmp_path / "colour.png", "moving", notes)
+    assert notes == [f"moving: {tmp_path / 'colour.png'} is a colour (RGB) image; converted to grey"]
 
 
 def test_a_float_vector_image_is_refused_not_taken_for_colour(tmp_path):

@@ -270,7 +270,10 @@ def _to_scalar(img, path: str, name: str, notes):
     r, g, b = (sitk.Cast(sitk.VectorIndexSelectionCast(img, c), sitk.sitkFloat32) for c in range(3))
     grey = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R BT.601 luma
     if notes is not None:
-        notes.append(f"{name}: {path} is a colour ({'RGBA' if n == 4 else 'RGB'}) image; converted to grey")
+        kind = "RGBA" if n == 4 else "RGB"
+        same = all(bool(sitk.GetArrayFromImage(sitk.Equal(r, c)).all()) for c in (g, b))  # (a view would outlive its image)
+        notes.append(f"{name}: {path} stores grey values as {kind} (three equal channels); read as grey" if same else
+                     f"{name}: {path} is a colour ({kind}) image; converted to grey")
     return grey
 
 

@@ -353,12 +353,12 @@ def label_map_notes(image, path) -> list:
     import numpy as np
 
     a = np.asarray(image.array)
-    if a.dtype.kind not in "iub":
+    if a.dtype.kind not in "iubf":
         return []
     step = max(1, a.size // 2**18)
     values = np.unique(a.reshape(-1)[::step])
-    if not 1 < values.size <= LABEL_MAX_VALUES:
-        return []
+    if not 1 < values.size <= LABEL_MAX_VALUES or not np.array_equal(values, np.round(values)):
+        return []  # (labels stored as floats too: BraTS ships its label maps as float32 0-4)
     return [f"{path} holds {values.size} distinct integer values, like a label map: linear interpolation blends "
             "neighbouring labels into fractions; for labels use --interpolation nearest"]
 
