@@ -7,6 +7,7 @@ the gradient flow (:mod:`priorreg.solver`) from the upsampled field of the level
 from __future__ import annotations
 
 import math
+import time
 import statistics
 from dataclasses import dataclass
 
@@ -236,6 +237,7 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             return _solve_level(index, u)
 
     def _solve_level(index, u):
+        t0 = time.perf_counter()
         if hasattr(callback, "setup"):  # a progress display's hook: this level's set-up begins
             callback.setup(index)
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
@@ -250,7 +252,9 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
         lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
         data, reg = build_energy(lv, inp, pyr)
         reg, nearly = nearly_aligned_regulariser(inp, pyr, u, index, reg)
+        setup = time.perf_counter() - t0
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
+        h.setup_seconds = setup
         h.regulariser = dict(membrane=float(reg.weight), bending_mm2=float(reg.bending))  # after every factor
         if nearly is not None:
             h.coarse_displacement = nearly  # how far the coarser levels moved the pair, and the bending factor used

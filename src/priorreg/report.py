@@ -722,7 +722,8 @@ def _figure(title, caption, body) -> str:
 def _tail(result, report: dict) -> list:
     """Pyramid levels, options, software versions and the field convention."""
     lvl_rows = [
-        (level_number(h.level, len(result.history)), "x".join(str(s) for s in h.shape[::-1]), h.iterations, h.stop_reason, f"{h.seconds:.2f}",
+        (level_number(h.level, len(result.history)), "x".join(str(s) for s in h.shape[::-1]), h.iterations, h.stop_reason,
+         f"{h.setup_seconds:.2f} + {h.seconds:.2f}",
          f"{h.bending_mm2():.4g}", f"{h.energy[0]:.6g}" if h.energy else "", f"{h.energy[-1]:.6g}" if h.energy else "")
         for h in result.history
     ]
@@ -731,7 +732,7 @@ def _tail(result, report: dict) -> list:
         "<p class='cap'>bending as used: the option's weight after its rule (bending_scale), times alpha where the "
         "regulariser is scaled by it, divided by the mask's share of the grid, and times nearly_aligned_stiffness on "
         "the finest level of a nearly aligned pair (docs/options.md).</p>",
-        _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds",
+        _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds (set-up + iterations)",
                           "bending (mm^2, as used)", "J start", "J end"]),
         "<h2>Options</h2>",
         _table([(k, _fmt(v)) for k, v in result.options.as_dict().items()], ["option", "value"]),

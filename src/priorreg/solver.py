@@ -29,7 +29,8 @@ class LevelHistory:
     iterations: int = 0
     rejected: int = 0
     stop_reason: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # the iterations' (gradient_flow's)
+    setup_seconds: float = 0.0  # set by the pyramid: the level's set-up before them (descriptors, intensity fit, alpha)
     coarse_displacement: dict | None = None  # set by the pyramid: how far the coarser levels moved the pair
     prior_weight: dict | None = None  # set by the pyramid with alpha auto: the level's alpha and its evidence
     regulariser: dict | None = None  # set by the pyramid: the level's membrane and bending weights, as used
@@ -47,6 +48,7 @@ class LevelHistory:
             "rejected_steps": self.rejected,
             "stop_reason": self.stop_reason,
             "seconds": self.seconds,
+            "setup_seconds": self.setup_seconds,
             "energy": self.energy,
             "terms": self.terms,
             **({"coarse_displacement": self.coarse_displacement} if self.coarse_displacement is not None else {}),
