@@ -757,7 +757,7 @@ def test_fit_prior_gives_its_masks_the_margin_register_gives(monkeypatch):
     assert np.allclose(a.tables, b.tables) and not np.allclose(a.tables, tight.tables)
 
 
-def test_fit_prior_warns_about_a_training_pair_that_is_not_aligned():
+def test_fit_prior_warns_about_a_training_pair_that_is_not_aligned(tmp_path):
     """A pair shifted by 3 voxels is named (index, voxels, mm, axis as i/j); aligned ones and 1 voxel are not."""
     from importlib.resources import files
 
@@ -769,8 +769,15 @@ def test_fit_prior_warns_about_a_training_pair_that_is_not_aligned():
         warnings.simplefilter("error")
         fit_prior([f, f], [m, np.roll(m, 1, axis=0)], levels=1, spacing=(2.0, 1.0))  # no warning
     with pytest.warns(PriorRegWarning) as said:
-        fit_prior([f, f, f], [m, np.roll(m, 3, axis=0), np.roll(m, -2, axis=1)], levels=1, spacing=(2.0, 1.0))
+        prior = fit_prior([f, f, f], [m, np.roll(m, 3, axis=0), np.roll(m, -2, axis=1)], levels=1, spacing=(2.0, 1.0))
     msgs = [str(w.message) for w in said]
+    # kept with the prior, and said again where it is used (a new user registered with it and read nothing)
+    prior.save(tmp_path / "p.npz")
+    assert priorreg.Prior.load(tmp_path / "p.npz").notes["misaligned_pairs"] == [1, 2]
+    res = register_with_presets(f, m, prior=priorreg.Prior.load(tmp_path / "p.npz"), alpha=0.4, spacing=(2.0, 1.0),
+                                levels=1, max_iterations=2, warn=False)
+    assert any(w.startswith("register(): the prior was learned from 2 of 3 training pair(s) that did not look aligned")
+               for w in res.warnings), res.warnings
     assert len(msgs) == 2, msgs
     assert msgs[0].startswith("fit_prior(): training pair 1 does not look aligned") and "3 voxels (6 mm) along j" in msgs[0]
     assert msgs[1].startswith("fit_prior(): training pair 2 does not look aligned") and "2 voxels (2 mm) along i" in msgs[1]

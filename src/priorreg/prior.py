@@ -226,18 +226,22 @@ def fit_prior(
         raise PriorRegError(str(e).replace("register()", func, 1)) from None
     bins, parzen_sigma, levels, normalization = checked.bins, checked.parzen_sigma, checked.levels, checked.normalization
     pairs = _training_pairs(fixed, moving, masks, spacing, normalization, levels, func)
+    misaligned = []  # kept with the prior: register() says it again where the prior is used
     for j, (fi, f_n, m_n, mk) in enumerate(pairs):
         note = misalignment_note(f_n, m_n, fi.spacing, f"{func}: training pair {j}", mk)
         if note:
             warnings.warn(note, PriorRegWarning, stacklevel=2)
+            misaligned.append(j)
     dim = pairs[0][0].ndim
     regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func, spacings=[p[0].spacing for p in pairs])
     ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
     tables, mass, per_pair = _pooled_tables(pairs, HistogramSpec(bins, parzen_sigma, ranges), regs, levels)
     pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
-    masked = {"masked": True} if any(p[3] is not None for p in pairs) else {}  # register() says so if used without
+    notes = {"masked": True} if any(p[3] is not None for p in pairs) else {}  # register() says so if used without
+    if misaligned:
+        notes["misaligned_pairs"] = misaligned
     return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl,
-                 notes=masked)
+                 notes=notes)
 
 
 def _read_npz(path: str) -> tuple:

@@ -26,6 +26,18 @@ def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
     return [] if msg is None else [msg]
 
 
+def misaligned_prior_warnings(inp: Inputs) -> list:
+    """A warning when the prior used was learned from training pairs its own check found not aligned (fit_prior
+    warned once, at training; a new user then registered with the prior and read nothing)."""
+    bad = inp.prior.notes.get("misaligned_pairs") if uses_prior(inp) else None
+    if not bad:
+        return []
+    which = ", ".join(str(j) for j in bad)
+    return [f"register(): the prior was learned from {len(bad)} of {inp.prior.n_pairs} training pair(s) that did not "
+            f"look aligned (pair(s) {which}, counted from 0, as fit_prior and 'priorreg train' warned): its joint "
+            "density is blurred; learn it again from aligned pairs"]
+
+
 def without_swapped_prior(inp: Inputs, swapped: list) -> Inputs:
     """The problem with alpha 1 where alpha="auto" meets a prior the order check flagged: a one-pair BraTS
     prior trained the wrong way round kept weight 0.3 (a one-pair prior's conservative alpha) and moved an
