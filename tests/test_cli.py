@@ -789,7 +789,7 @@ def test_pngs_of_other_sizes_are_named_as_having_no_pixel_size(tmp_path):
     pio.write_image(pd.with_array(pd.array[:200]), tmp_path / "cut.png")  # 217 -> 200 rows: the same pixels, cropped
     notes = []
     cli.wf.load_pair(t1, tmp_path / "half.png", None, notes)
-    assert any(n.startswith("the fixed image spans 181x217 mm and the moving one 91x109 mm: a PNG or TIFF") for n in notes), notes
+    assert any(n.startswith("the fixed image spans 181x217 mm and the moving one 91x109 mm: the PNG or TIFF was read with 1 mm") for n in notes), notes
     notes = []
     cli.wf.load_pair(t1, tmp_path / "cut.png", None, notes)
     assert not any("spans" in n for n in notes), notes

@@ -300,9 +300,9 @@ def unsized_notes(fixed, moving, fixed_path, moving_path) -> list:
     if np.all(np.maximum(ef, em) <= EXTENT_RATIO * np.minimum(ef, em)):
         return []
     mm = lambda e: "x".join(f"{v:g}" for v in e[::-1])  # noqa: E731  (as size_text: i first)
-    return [f"the fixed image spans {mm(ef)} mm and the moving one {mm(em)} mm: a PNG or TIFF file usually carries no "
-            "pixel size, so its pixels were taken as 1 mm; if both show the same field of view, resample one to the "
-            "other's size or give files with their spacing (NIfTI, NRRD, MHA)"]
+    return [f"the fixed image spans {mm(ef)} mm and the moving one {mm(em)} mm: the PNG or TIFF was read with 1 mm "
+            "pixels (ITK reads no pixel size from most such files, a DPI setting included); if both show the same "
+            "field of view, resample one to the other's size or give files with their spacing (NIfTI, NRRD, MHA)"]
 
 
 def check_size(img, role: str, path) -> None:
