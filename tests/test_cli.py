@@ -793,6 +793,13 @@ def test_pngs_of_other_sizes_are_named_as_having_no_pixel_size(tmp_path):
     notes = []
     cli.wf.load_pair(t1, tmp_path / "cut.png", None, notes)
     assert not any("spans" in n for n in notes), notes
+    assert not any("holds no direction" in n for n in notes), notes
+    # a PNG beside a NIfTI whose direction differs (RAS-stored slices come turned 180 degrees): said up front
+    flipped = priorreg.Image(pd.array, pd.spacing, pd.origin, -np.eye(2))
+    pio.write_image(flipped, tmp_path / "pd.nii.gz")
+    notes = []
+    cli.wf.load_pair(tmp_path / "pd.nii.gz", t1, None, notes)
+    assert any(n.startswith(f"{t1} is a PNG or TIFF, whose file holds no direction") for n in notes), notes
 
 
 def test_a_mistyped_flag_points_to_its_commands_help(capsys, tmp_path):

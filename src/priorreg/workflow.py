@@ -256,7 +256,7 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
     check_pair(fixed, moving, fixed_path, moving_path)
     for role, img, path in (("fixed", fixed, fixed_path), ("moving", moving, moving_path)):
         check_size(img, role, path)
-    notes += unsized_notes(fixed, moving, fixed_path, moving_path)
+    notes += unsized_notes(fixed, moving, fixed_path, moving_path) + frameless_notes(fixed, moving, fixed_path, moving_path)
     return fixed, moving, load_mask(mask_path, fixed, notes)
 
 
@@ -277,6 +277,22 @@ def coverage_notes(moving, reference, field) -> list:
         return []
     return [f"apply: the moving image covers only {100 * share:.0f}% of the reference image's anatomy through the "
             "field; the output is 0 elsewhere"]
+
+
+def frameless_notes(fixed, moving, fixed_path, moving_path) -> list:
+    """A note when a PNG or TIFF (no direction in the file: ITK's identity) is paired with an image whose
+    direction differs: a new user registering a NIfTI slice to the PNG of the same slice read that "the moving
+    image's header (its direction) is likely wrong", whichever of the two was the PNG."""
+    import numpy as np
+
+    from .io import extension
+
+    png = [p for p in (fixed_path, moving_path) if extension(p) in UNSIZED_FORMATS]
+    if len(png) != 1 or np.allclose(fixed.direction, moving.direction, atol=1e-3):
+        return []
+    return [f"{png[0]} is a PNG or TIFF, whose file holds no direction (ITK's identity), and the other image's "
+            "direction differs: their world frames disagree (a NIfTI slice is often turned 180 degrees against its "
+            "PNG); the linear stage aligns the anatomy, and a warning about a header turned by it is about this"]
 
 
 UNSIZED_FORMATS = (".png", ".tif", ".tiff")  # files that usually carry no pixel size: read as 1 mm pixels
