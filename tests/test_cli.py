@@ -28,6 +28,13 @@ def _options_from_args(args):
     """What register() runs for parsed ``register`` arguments of a 2D pair: the preset, then the flags given."""
     return preset_options(getattr(args, "preset", None) or "default", 2).replace(**cli.engine_overrides(args))
 
+class Tty(io.StringIO):
+    """A stream that says it is a terminal: the progress bar draws on it."""
+
+    def isatty(self):
+        return True
+
+
 def run(capsys, *argv):
     rc = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -442,10 +449,6 @@ def test_a_single_slice_mask_from_another_slice_is_refused(tmp_path):
 
 
 def test_progress_bar_on_a_tty_fills_by_the_work_of_the_levels_finished():
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
     s = Tty()
     con = cli.Console(stream=s)
     cb = con.progress(10, 2, spacing=(1.0, 1.0))  # 2D: the finer level has 4 times the voxels, 4/5 of the work
@@ -471,10 +474,6 @@ def test_progress_bar_on_a_tty_fills_by_the_work_of_the_levels_finished():
 
 def test_progress_bar_weighs_a_thick_slice_stack_by_its_own_levels():
     """2 x 2 x 4 mm keeps its slices at the first coarser level: that level has 1/4 of the voxels, not 1/8."""
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
     s = Tty()
     con = cli.Console(stream=s)
     cb = con.progress(10, 2, spacing=(4.0, 2.0, 2.0))
@@ -485,10 +484,6 @@ def test_progress_bar_weighs_a_thick_slice_stack_by_its_own_levels():
 
 def test_progress_shows_a_levels_set_up_while_it_runs():
     """The finest level's set-up (descriptors, intensity fit) took 7 s of a 1 mm brain with nothing moving."""
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
     s = Tty()
     con = cli.Console(stream=s)
     cb = con.progress(10, 2, spacing=(1.0, 1.0))
@@ -548,10 +543,6 @@ def test_progress_names_what_runs_before_the_first_level_and_the_levels_add_up(m
         cb(0, it, -1.0)
     assert s.getvalue().splitlines() == ["priorreg: level 1/1: 2 iteration(s), J=-1, 39.0 s so far",
                                          "priorreg: level 1/1: 4 iteration(s), J=-1, 74.0 s so far"]
-
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
 
     s = Tty()
     con = cli.Console(stream=s)
