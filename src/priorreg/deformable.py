@@ -7,8 +7,8 @@ the gradient flow (:mod:`priorreg.solver`) from the upsampled field of the level
 from __future__ import annotations
 
 import math
-import time
 import statistics
+import time
 from dataclasses import dataclass
 
 import torch

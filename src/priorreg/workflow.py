@@ -74,8 +74,8 @@ class Console:
         iteration 0). Each later level's seconds count from the previous level's last step, so they include
         its own set-up (upsampling, descriptors, intensity fit: 7 s of a 1 mm brain's finest level, which a
         new user found in no line) and the lines add up to the run; while it runs a TTY shows "set-up ..."
-        (``cb.setup``, which :func:`priorreg.register` calls as a level's set-up begins). Not on a TTY (a log), a level that runs longer than LOG_EVERY_S also
-        gets a line "so far" that often.
+        (``cb.setup``, which :func:`priorreg.register` calls as a level's set-up begins). Not on a TTY (a
+        log), a level that runs longer than LOG_EVERY_S also gets a line "so far" that often.
         """
         if self.quiet:
             return None
@@ -116,8 +116,7 @@ class Console:
             self.end_bar(done=True)
             if self.bar:
                 step = levels - level
-                fill = int(round(30 * _work_done(step - 1, levels, spacing)))
-                self.stream.write(f"\r{label}level {step}/{levels} [{'#' * fill}{'.' * (30 - fill)}] set-up ...")
+                self.stream.write(f"\r{label}level {step}/{levels} {_bar(_work_done(step - 1, levels, spacing))} set-up ...")
                 self.stream.flush()
                 self._open, self._last = True, None  # the level's first step replaces this line
 
@@ -135,10 +134,8 @@ class Console:
 
     def _draw(self, label, before, after, step, levels, iteration, energy, seconds, done: bool = False) -> None:
         """``before`` / ``after``: the share of the work in the levels up to this one / up to its end."""
-        width = 30
-        fill = int(round(width * (after if done else before)))
         self.stream.write(
-            f"\r{label}level {step}/{levels} [{'#' * fill}{'.' * (width - fill)}] "
+            f"\r{label}level {step}/{levels} {_bar(after if done else before)} "
             f"it {iteration:4d}  J={energy:.5g}  {seconds:5.1f}s "
         )
         self.stream.flush()
@@ -160,6 +157,12 @@ class Console:
         if self._pending is not None:
             print(f"{PROG}: {self._pending}{' (when the run stopped)' if stopped else ''}", file=self.stream, flush=True)
             self._pending = None
+
+
+def _bar(share: float, width: int = 30) -> str:
+    """'[######........]': ``share`` of the work done."""
+    fill = int(round(width * share))
+    return f"[{'#' * fill}{'.' * (width - fill)}]"
 
 
 def _work_done(steps: int, levels: int, spacing) -> float:
