@@ -25,8 +25,7 @@ from .deformable import deformable
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
-from .prior_warnings import (misaligned_prior_warnings, prior_order_warnings, trusted_prior_warnings, unused_prior_warnings,
-                             without_swapped_prior)
+from .prior_warnings import check_prior_order, misaligned_prior_warnings, trusted_prior_warnings, unused_prior_warnings
 from .resample import warp
 from .intensity import foreground
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
@@ -116,8 +115,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     check_overlap(inp, lin, region)
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
-    swapped = prior_order_warnings(work, pyr)
-    work = without_swapped_prior(work, swapped)
+    work, swapped = check_prior_order(work, pyr)
     header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
     notes = inp.notes + header + range_notes(pyr) + swapped + misaligned_prior_warnings(work)
     if warn:

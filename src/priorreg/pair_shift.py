@@ -37,8 +37,8 @@ def best_shift(f_n: np.ndarray, m_n: np.ndarray, mask=None, bins: int = 32) -> l
     """Per array axis ``(shift, gain, searched up to)``: of the shifts of the moving image searched along it
     (:func:`_shifts`), the one at which the pair's global MI (Parzen sigma 1 bin) is highest, how much higher
     than at no shift (nats), and the largest shift searched (0: the axis was not searched, too short or too
-    few voxels inside ``mask``). The samples are
-    fixed voxels (inside ``mask``) far enough from the edges for every shift searched."""
+    few voxels inside ``mask``). The samples are fixed voxels (inside ``mask``) far enough from the edges for
+    every shift searched."""
     shifts = [_shifts(n) for n in f_n.shape]
     reach = [max(s, default=0) for s in shifts]
     core = tuple(slice(r, n - r) for r, n in zip(reach, f_n.shape))

@@ -14,16 +14,22 @@ from .normalise import Pyramids
 from .options import is_auto
 
 
-def prior_order_warnings(inp: Inputs, pyr: Pyramids) -> list:
-    """A warning when the prior fits the pair far better with its modality axes swapped (checked at full
-    resolution); with alpha="auto" it also says the prior gets no weight (:func:`without_swapped_prior`)."""
+def check_prior_order(inp: Inputs, pyr: Pyramids) -> tuple:
+    """``(problem, warnings)``: a warning when the prior fits the pair far better with its modality axes swapped
+    (checked at full resolution); with alpha="auto" such a prior then gets no weight (the problem comes back
+    with alpha 1) and the warning says so. A one-pair BraTS prior trained the wrong way round had kept weight
+    0.3 (a one-pair prior's conservative alpha) and moved an aligned 2 mm pair 0.51 mm on average, against
+    0.43 mm without it and 0.43 with the right one."""
     if not uses_prior(inp):
-        return []
+        return inp, []
     check = modality_order_check(pyr.fixed[0], pyr.moving[0], prior_table(inp, 0), pyr.spec, pyr.mask[0])
     msg = swapped_prior_message("register()", *check)
-    if msg is not None and is_auto(inp.options.alpha):
-        msg += "; alpha auto gives it no weight: the result is mutual information alone"
-    return [] if msg is None else [msg]
+    if msg is None:
+        return inp, []
+    if not is_auto(inp.options.alpha):
+        return inp, [msg]
+    return (dataclasses.replace(inp, options=inp.options.replace(alpha=1.0)),
+            [msg + "; alpha auto gives it no weight: the result is mutual information alone"])
 
 
 def misaligned_prior_warnings(inp: Inputs) -> list:
@@ -36,15 +42,6 @@ def misaligned_prior_warnings(inp: Inputs) -> list:
     return [f"register(): the prior was learned from {len(bad)} of {inp.prior.n_pairs} training pair(s) that did not "
             f"look aligned (pair(s) {which}, counted from 0, as fit_prior and 'priorreg train' warned): its joint "
             "density is blurred; learn it again from aligned pairs"]
-
-
-def without_swapped_prior(inp: Inputs, swapped: list) -> Inputs:
-    """The problem with alpha 1 where alpha="auto" meets a prior the order check flagged: a one-pair BraTS
-    prior trained the wrong way round kept weight 0.3 (a one-pair prior's conservative alpha) and moved an
-    aligned 2 mm pair 0.51 mm on average, against 0.43 mm without it and 0.43 with the right one."""
-    if not swapped or not is_auto(inp.options.alpha):
-        return inp
-    return dataclasses.replace(inp, options=inp.options.replace(alpha=1.0))
 
 
 FAR_FROM_PRIOR = 1.0  # KL(pair || prior) / MI(prior) of a registered pair above which a fixed alpha is questioned

@@ -208,10 +208,10 @@ def _edges(a, spacing):
     for k in range(a.ndim):
         g += (ndimage.sobel(a, axis=k) / spacing[k]) ** 2
     g = np.sqrt(g)
-    if not (g > 0).any():
+    positive = g > 0
+    if not positive.any():
         return np.zeros(a.shape, bool)
-    nz = _every_nth(g[g > 0])
-    return g > np.percentile(nz, 95)
+    return g > np.percentile(_every_nth(g[positive]), 95)
 
 
 def _even_tiles(shape, n=8) -> np.ndarray:

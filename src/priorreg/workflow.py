@@ -282,24 +282,29 @@ def coverage_notes(moving, reference, field) -> list:
             "field; the output is 0 elsewhere"]
 
 
+UNSIZED_FORMATS = (".png", ".tif", ".tiff")  # files that usually carry no pixel size: read as 1 mm pixels
+EXTENT_RATIO = 1.5  # images whose extents differ by more than this factor along an axis are named
+
+
+def _unsized_format(path) -> bool:
+    """Whether ``path`` is a PNG or TIFF: a file ITK reads without pixel size or direction."""
+    from .io import extension
+
+    return extension(path) in UNSIZED_FORMATS
+
+
 def frameless_notes(fixed, moving, fixed_path, moving_path) -> list:
     """A note when a PNG or TIFF (no direction in the file: ITK's identity) is paired with an image whose
     direction differs: a new user registering a NIfTI slice to the PNG of the same slice read that "the moving
     image's header (its direction) is likely wrong", whichever of the two was the PNG."""
     import numpy as np
 
-    from .io import extension
-
-    png = [p for p in (fixed_path, moving_path) if extension(p) in UNSIZED_FORMATS]
+    png = [p for p in (fixed_path, moving_path) if _unsized_format(p)]
     if len(png) != 1 or np.allclose(fixed.direction, moving.direction, atol=1e-3):
         return []
     return [f"{png[0]} is a PNG or TIFF, whose file holds no direction (ITK's identity), and the other image's "
             "direction differs: their world frames disagree (a NIfTI slice is often turned 180 degrees against its "
             "PNG); the linear stage aligns the anatomy, and a warning about a header turned by it is about this"]
-
-
-UNSIZED_FORMATS = (".png", ".tif", ".tiff")  # files that usually carry no pixel size: read as 1 mm pixels
-EXTENT_RATIO = 1.5  # images whose extents differ by more than this factor along an axis are named
 
 
 def unsized_notes(fixed, moving, fixed_path, moving_path) -> list:
@@ -308,10 +313,8 @@ def unsized_notes(fixed, moving, fixed_path, moving_path) -> list:
     only 38% of the anatomy" and a 26 mm field, nothing naming the cause."""
     import numpy as np
 
-    from .io import extension
-
     def unsized(img, path):
-        return extension(path) in UNSIZED_FORMATS and np.allclose(img.spacing, 1.0)
+        return _unsized_format(path) and np.allclose(img.spacing, 1.0)
 
     if not (unsized(fixed, fixed_path) or unsized(moving, moving_path)):
         return []

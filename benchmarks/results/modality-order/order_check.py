@@ -2,7 +2,7 @@
 right-order prior (fit as benchmarks/run.py's case_prior does) and with a swapped one
 (fit_prior(moving_list, fixed_list, same settings)).
 
-Replicates priorreg.api._run up to prior_order_warnings: validate -> prealign -> after_prealign ->
+Replicates priorreg.api._run up to its order check (prior_warnings.check_prior_order): validate -> prealign -> after_prealign ->
 normalise -> modality_order_check(pyr.fixed[0], pyr.moving[0], prior_table(work, 0), pyr.spec, pyr.mask[0]).
 Settings: run.py's _setting(case) (preset "mr"/"functional" per kind), alpha="auto" (what register()
 does with a prior and no alpha: the linear stage is then MI alone, so it is estimated once per case).
