@@ -11,6 +11,7 @@ import priorreg
 import synthetic as syn
 from conftest import assert_same_solution, cuda
 from priorreg import Image, PriorRegError, PriorRegWarning, RegistrationOptions, fit_prior, register as register_with_presets, warp
+from priorreg.resample import field_of_view, warp_with_fov
 
 # These tests check the engine's mechanics on its field defaults (RegistrationOptions()); what
 # a user gets with no flags (the "default" preset) is tested in test_presets.py.
@@ -197,6 +198,10 @@ def test_warp_of_a_known_translation_on_an_anisotropic_grid():
     field[0], field[1] = 1.0, 4.0  # = 2 and 2 voxels
     out = warp(img, field).array
     assert np.allclose(out[:28, :15], (10.0 * (i + 2) + (j + 2))[:28, :15])
+    same, fov = warp_with_fov(img, field)  # apply's coverage check reads this map instead of recomputing it
+    assert np.array_equal(same.array, out) and fov.shape == img.shape
+    assert fov[:28, :15].all() and not fov[28:].any() and not fov[:, 15:].any()
+    assert np.array_equal(fov, field_of_view(img, img, field))
 
 
 def test_different_grids_start_from_world_alignment():

@@ -413,14 +413,14 @@ def cmd_apply(args, con: Console) -> int:
         notes += wf.label_map_notes(moving, args.moving)
     for n in notes:
         con.note(n)
-    from .resample import warp  # torch
+    from .resample import warp_with_fov  # torch
 
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", PriorRegWarning)
-        out = warp(moving, field, reference=ref, interpolation=args.interpolation)
+        out, fov = warp_with_fov(moving, field, reference=ref, interpolation=args.interpolation)
     _say_warnings(said)
     spoke = any(issubclass(w.category, PriorRegWarning) for w in said)  # warp's own says more where it spoke
-    for n in [] if spoke else wf.coverage_notes(moving, ref, field):
+    for n in [] if spoke else wf.coverage_notes(ref, fov):
         print(f"{PROG}: warning: {n}", file=sys.stderr)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":

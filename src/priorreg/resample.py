@@ -102,6 +102,14 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         Return a result through which no reference point lands inside the moving image (all ``fill``)
         instead of refusing it (the view of a pair before its linear stage found their overlap).
     """
+    return warp_with_fov(moving, field, reference=reference, interpolation=interpolation, spacing=spacing,
+                         device=device, fill=fill, allow_empty=allow_empty)[0]
+
+
+def warp_with_fov(moving, field, *, reference=None, interpolation: str = "linear", spacing=None, device: str = "cpu",
+                  fill: float | None = 0.0, allow_empty: bool = False) -> tuple:
+    """:func:`warp`, and the boolean map on the reference grid of where the field lands inside the moving
+    image (what :func:`field_of_view` computes, without computing the points a second time)."""
     func = "warp()"
     if interpolation not in ("linear", "nearest"):
         raise PriorRegError(f"{func}: interpolation must be 'linear' or 'nearest', got {interpolation!r}")
@@ -140,7 +148,7 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
     out = out.cpu().numpy()
     if interpolation == "nearest":
         out = out.astype(mov.array.dtype)
-    return ref.with_array(out)
+    return ref.with_array(out), ins.cpu().numpy()
 
 
 MIN_BOX_SHARE = 0.25  # overlap of the boxes (of the smaller one) below which warp() warns (_box_share)

@@ -263,19 +263,19 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
     return fixed, moving, load_mask(mask_path, fixed, notes)
 
 
-def coverage_notes(moving, reference, field) -> list:
+def coverage_notes(reference, fov) -> list:
     """A warning when the field brings the moving image over less than result.MIN_COVERAGE of the reference's
-    anatomy (its Otsu foreground), as register() warns: a new user applied a field to a crop of the moving
-    image and got an output that was mostly 0, without a word. (A registration run within a mask of part of
-    the anatomy is told this too: apply does not know the mask; the message says what is, not a cause.)"""
+    anatomy (its Otsu foreground), as register() warns; ``fov``: where the field lands inside the moving image
+    (resample.warp_with_fov). A new user applied a field to a crop of the moving image and got an output that
+    was mostly 0, without a word. (A registration run within a mask of part of the anatomy is told this too:
+    apply does not know the mask; the message says what is, not a cause.)"""
     from .intensity import foreground
-    from .resample import field_of_view
     from .result import MIN_COVERAGE, coverage_share
 
     anatomy = foreground(reference.array)
     if not anatomy.any():
         return []
-    share = coverage_share(field_of_view(moving, reference, field), anatomy)
+    share = coverage_share(fov, anatomy)
     if share >= MIN_COVERAGE:
         return []
     return [f"apply: the moving image covers only {100 * share:.0f}% of the reference image's anatomy through the "
