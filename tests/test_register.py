@@ -581,17 +581,24 @@ def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkey
     assert (seen[1] > 0).sum() > (lab > 0).sum()
 
 
-def test_a_nearly_aligned_pair_is_refined_with_a_stiffer_field():
+def test_a_nearly_aligned_pair_is_refined_with_a_stiffer_field(monkeypatch):
     """The default presets stiffen the finest level when the coarser levels moved the pair by less than
-    NEARLY_ALIGNED_VOXELS on average (priorreg.deformable.coarse_displacement); a real warp keeps the weight."""
+    NEARLY_ALIGNED_VOXELS on average (priorreg.deformable.coarse_displacement), and start it again from the
+    start field (here none: no linear stage); a real warp keeps the weight and the coarser levels' field."""
+    from priorreg import deformable
     from priorreg.deformable import NEARLY_ALIGNED_VOXELS
 
+    starts = []  # the field each level's solver starts from, finest last
+    real = deformable.gradient_flow
+    monkeypatch.setattr(deformable, "gradient_flow", lambda data, reg, u, *a: starts.append(u.clone()) or real(data, reg, u, *a))
     anatomy = syn.anatomy((96, 112), seed=3)
     aligned = (syn.contrast(anatomy, syn.T1, seed=1), syn.contrast(anatomy, syn.T2_MONO, seed=2))
     f, m, v, lab = syn.case((96, 112), syn.T2_MONO, max_disp=5.0)
     kw = dict(levels=3, linear="none", warn=False)
     near = register_with_presets(*aligned, **kw)
+    assert starts[1].abs().max() > 0 and starts[2].abs().max() == 0  # the coarser levels moved it; the finest starts at 0
     far = register_with_presets(f, m, **kw)
+    assert starts[-1].abs().max() > 0  # the coarser levels' field is kept
     off = register_with_presets(*aligned, nearly_aligned_stiffness=1.0, **kw)
     rec = [r.history[-1].coarse_displacement for r in (near, far)]
     assert near.options.nearly_aligned_stiffness == 4.0

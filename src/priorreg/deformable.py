@@ -198,10 +198,11 @@ def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
     (the linear stage's, when it is passed as ``initial_field``), inside the mask, or where the fixed
     image is above its Otsu threshold (the field in an empty background is not what was aligned).
 
-    Below NEARLY_ALIGNED_VOXELS the pair was nearly aligned and the finest level refines it with
-    ``nearly_aligned_stiffness`` x the bending weight: there the default's error is its own floor of
-    0.2-0.4 voxel (the data terms reward moving an aligned pair), which a stiffer field lowers, while
-    larger warps need the softer field (benchmarks/README.md, "Small warps: the default's error floor").
+    Below NEARLY_ALIGNED_VOXELS the pair was nearly aligned and the finest level starts again from the
+    start field with ``nearly_aligned_stiffness`` x the bending weight: there the default's error is its
+    own floor of 0.1-0.4 voxel (the data terms reward moving an aligned pair), which a stiffer field
+    lowers, while larger warps need the softer field and the coarser levels' start (benchmarks/README.md,
+    "Small warps: the default's error floor").
     """
     d = u.shape[0]
     added = u if inp.initial_field is None else u - torch.as_tensor(inp.initial_field, dtype=u.dtype, device=u.device)
@@ -214,18 +215,22 @@ def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
     return float(size[inside].mean()) if bool(inside.any()) else float(size.mean())
 
 
-def nearly_aligned_regulariser(inp: Inputs, pyr: Pyramids, u: torch.Tensor, index: int, reg: Tikhonov):
-    """(regulariser, record or None) of a level: at the finest level of a pyramid, with
-    ``nearly_aligned_stiffness`` on, the bending weight times that factor when the coarser levels moved
-    the pair by less than NEARLY_ALIGNED_VOXELS (the record says how far, and the factor used)."""
+def nearly_aligned_level(inp: Inputs, pyr: Pyramids, u: torch.Tensor, index: int, reg: Tikhonov):
+    """(regulariser, start field, record or None) of a level: at the finest level of a pyramid, with
+    ``nearly_aligned_stiffness`` on, when the coarser levels moved the pair by less than NEARLY_ALIGNED_VOXELS,
+    the bending weight times that factor and the level starting again from the pyramid's start field (the
+    linear stage's, or none): what the coarser levels added is then of the order of their own error floor,
+    which the stiffer finest level could not undo (benchmarks/README.md, "Small warps"). The record says how
+    far they moved it and the factor used."""
     factor = inp.options.nearly_aligned_stiffness
     if index != 0 or inp.options.levels < 2 or factor == 1:
-        return reg, None
+        return reg, u, None
     moved = coarse_displacement(inp, pyr, u)
-    factor = factor if moved < NEARLY_ALIGNED_VOXELS else 1.0
-    if factor != 1:
-        reg = Tikhonov(reg.weight, reg.spacing, reg.bending * factor)
-    return reg, dict(mean_voxels=moved, bending_factor=factor)
+    if moved >= NEARLY_ALIGNED_VOXELS:
+        return reg, u, dict(mean_voxels=moved, bending_factor=1.0)
+    start = (torch.zeros_like(u) if inp.initial_field is None else
+             torch.as_tensor(inp.initial_field, dtype=u.dtype, device=u.device).contiguous())
+    return Tikhonov(reg.weight, reg.spacing, reg.bending * factor), start, dict(mean_voxels=moved, bending_factor=factor)
 
 
 def deformable(inp: Inputs, pyr: Pyramids, callback=None):
@@ -251,7 +256,7 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             intensity_maps.append(fit)
         lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
         data, reg = build_energy(lv, inp, pyr)
-        reg, nearly = nearly_aligned_regulariser(inp, pyr, u, index, reg)
+        reg, u, nearly = nearly_aligned_level(inp, pyr, u, index, reg)
         setup = time.perf_counter() - t0
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
         h.setup_seconds = setup

@@ -206,7 +206,8 @@ class RegistrationOptions:
     nearly_aligned_stiffness : float
         Factor on the bending weight at the finest level when the coarser levels moved the pair by
         less than 0.75 voxel on average (:func:`priorreg.deformable.coarse_displacement`): a nearly
-        aligned pair is refined with a stiffer field. 1 = off.
+        aligned pair is refined with a stiffer field, starting again from the linear stage's (the
+        coarser levels' field is of the order of their error). 1 = off.
     """
 
     alpha: float = 1.0
