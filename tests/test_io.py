@@ -100,7 +100,7 @@ def test_rgb_png_becomes_grey_with_a_note(tmp_path):
     assert img.ndim == 2 and np.issubdtype(img.array.dtype, np.floating)
     assert any("grey" in n for n in notes)
     rgb = sitk.ReadImage(pio_data("BrainProtonDensitySlice.png"))
-    np.testing.assert_allclose(img.array, sitk.GetArrayFromImage(rgb)[..., 0], atol=1)  # grey stored as RGB
+    np.testing.assert_array_equal(img.array, sitk.GetArrayFromImage(rgb)[..., 0])  # grey stored as RGB: exactly (luma was 1e-5 off)
     # grey stored as RGB is not called colour (a new user read "is a colour (RGB) image" for this grey slice)
     assert notes == [f"moving: {pio_data('BrainProtonDensitySlice.png')} stores grey values as RGB (three equal "
                      "channels); read as grey"]
@@ -157,12 +157,13 @@ def test_png_refuses_data_that_rounding_to_integers_would_destroy(tmp_path, valu
     pio.write_image(priorreg.Image(np.rint(blob_image((20, 30)) * 2 + 3)), tmp_path / "few.png")  # integers: kept as they are
 
 
-def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = "") -> None:
+def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = "", tilt_deg: float = 0.0) -> None:
     for k in range(vol.shape[0]):
         s = sitk.GetImageFromArray(vol[k : k + 1])
         s.SetSpacing((0.8, 0.8, 2.5))
-        s.SetOrigin((0.0, 0.0, 2.5 * k))
-        s.SetMetaData("0020|0032", f"0\\0\\{2.5 * k}")  # image position (patient)
+        y = 2.5 * k * np.tan(np.radians(tilt_deg))  # a tilted gantry shifts each slice along y
+        s.SetOrigin((0.0, y, 2.5 * k))
+        s.SetMetaData("0020|0032", f"0\\{y}\\{2.5 * k}")  # image position (patient)
         s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")  # orientation
         s.SetMetaData("0020|000e", uid)  # series instance UID
         s.SetMetaData("0020|0013", str(k + 1))
@@ -207,6 +208,12 @@ def test_dicom_series_directory(tmp_path):
     (d / "slice002.dcm").unlink()
     with pytest.raises(PriorRegError, match=r"missing or unevenly spaced slices \(gaps from 2.5 to 5 mm\)"):
         pio.read_image(d)
+    # A tilted gantry: ITK stacked the slices straight along their normal, the last one 2.7 mm off, silently.
+    t = tmp_path / "tilt"
+    t.mkdir()
+    _write_series(t, vol, "1.2.826.0.1.3680043.2.1125.1.44", tilt_deg=15.0)
+    with pytest.raises(PriorRegError, match=r"shift within their planes .*\(2.68 mm over the series, a 15.0 degree tilt"):
+        pio.read_image(t)
 
 
 def test_read_errors(tmp_path):
@@ -230,6 +237,12 @@ def test_read_errors(tmp_path):
         pio.read_field(tmp_path / "v.nii.gz")
     with pytest.raises(PriorRegError, match="unsupported output format"):
         pio.write_image(priorreg.Image(blob_image((6, 7))), tmp_path / "x.jpg")
+    for ext in (".png", ".tif"):  # ITK's TIFF writer dropped a 3D image's origin and slice spacing
+        with pytest.raises(PriorRegError, match=f"cannot write a 3D image as {ext}; use .nii.gz"):
+            pio.write_image(priorreg.Image(blob_image((6, 7, 8))), tmp_path / f"x{ext}")
+    os.mkfifo(tmp_path / "pipe.nii.gz")  # was read forever
+    with pytest.raises(PriorRegError, match="pipe.nii.gz is not a regular file"):
+        pio.read_image(tmp_path / "pipe.nii.gz", "fixed")
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -247,6 +260,24 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch, compress):
         pio.write_image(priorreg.Image(blob_image((8, 9)) + 1), target, compress=compress)
     assert target.read_bytes() == before  # old file intact
     assert sorted(os.listdir(tmp_path)) == ["out.nii.gz"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_short_nifti_write_is_an_error_not_a_cut_file(tmp_path, monkeypatch, ext, compress):
+    """ITK's NIfTI writer says a short write (a full disk) on stderr only and returns: a new user's apply
+    reported 'wrote' over a cut file. Here ITK writes the file and it is cut short afterwards."""
+    real = sitk.WriteImage
+
+    def short(img, path, *a):
+        real(img, path, *a)
+        with open(path, "r+b") as f:
+            f.truncate(400)
+
+    monkeypatch.setattr(sitk, "WriteImage", short)
+    with pytest.raises(PriorRegError, match=r"cannot write .*out.* shorter than the image .*disk full"):
+        pio.write_image(priorreg.Image(blob_image((20, 30))), tmp_path / f"out{ext}", compress=compress)
+    assert os.listdir(tmp_path) == []  # neither the cut file nor a temporary
 
 
 def test_uncompressed_nii_gz_is_a_gzip_file_that_readers_read(tmp_path):

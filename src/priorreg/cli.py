@@ -479,7 +479,11 @@ def main(argv=None) -> int:
     except (PriorRegError, _Error) as e:
         _fail(con, " ".join(str(e).split()))
         return EXIT_ERROR
-    except (OSError, RuntimeError, MemoryError) as e:
+    except OSError as e:  # the file it concerns, where the system names one (a full disk: the output being written)
+        where = f": {e.filename}" if e.filename else ""
+        _fail(con, f"{e.strerror}{where}" if e.strerror else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return EXIT_ERROR
+    except (RuntimeError, MemoryError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         _fail(con, f"{type(e).__name__}: {msg[:300]}")
         return EXIT_ERROR

@@ -22,6 +22,7 @@ Everything goes through SimpleITK, which keeps the physical geometry:
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import math
 import os
@@ -41,7 +42,7 @@ from .image import Image, SliceGeometry, perpendicular
 READ_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".dcm")
 # Single-file formats only (a .mhd/.hdr pair cannot be renamed into place atomically).
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd", ".png", ".tif", ".tiff")
-_2D_ONLY = (".png",)
+_2D_ONLY = (".png", ".tif", ".tiff")  # ITK's TIFF writer drops a 3D image's origin and slice spacing
 
 
 def _sitk():
@@ -246,15 +247,35 @@ def _check_slice_spacing(file_names, img, path: str, name: str) -> None:
     sitk = _sitk()
     normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     head = sitk.ImageFileReader()
-    positions = []
+    corners = []
     for f in file_names:
         head.SetFileName(f)
         head.ReadImageInformation()
-        positions.append(float(np.dot(head.GetOrigin(), normal)))
+        corners.append(head.GetOrigin())
+    corners = np.asarray(corners, dtype=float)
+    positions = corners @ normal
     gaps = np.abs(np.diff(np.sort(positions)))
     if gaps.min() <= 0 or gaps.max() > 1.01 * gaps.min():
         raise PriorRegError(f"{name}: the DICOM series in {path} has missing or unevenly spaced slices (gaps from "
                             f"{gaps.min():.3g} to {gaps.max():.3g} mm); priorreg needs evenly spaced slices")
+    _check_straight_stack(corners, positions, normal, path, name)
+
+
+MAX_SLICE_DRIFT_MM = 0.1  # in-plane shift of the last slice from the first's line, beyond which a stack is tilted
+
+
+def _check_straight_stack(corners: np.ndarray, positions: np.ndarray, normal: np.ndarray, path: str, name: str) -> None:
+    """Refuse a series whose slices shift within their planes from one to the next (a CT gantry tilt): ITK
+    reads it as a straight stack along the slices' normal, so every slice but one sits in the wrong place
+    (a new user's 15 degree tilt: the last slice 35 mm off, read without a word)."""
+    order = np.argsort(positions)
+    step = corners[order[-1]] - corners[order[0]]
+    drift = float(np.linalg.norm(step - np.dot(step, normal) * normal))
+    if drift > MAX_SLICE_DRIFT_MM:
+        tilt = np.degrees(np.arctan2(drift, abs(float(np.dot(step, normal)))))
+        raise PriorRegError(f"{name}: the slices of the DICOM series in {path} shift within their planes from one to "
+                            f"the next ({drift:.3g} mm over the series, a {tilt:.1f} degree tilt, as a tilted CT "
+                            "gantry makes); resample it onto a straight grid first (dcm2niix corrects gantry tilt)")
 
 
 def _to_scalar(img, path: str, name: str, notes):
@@ -268,13 +289,12 @@ def _to_scalar(img, path: str, name: str, notes):
         raise PriorRegError(f"{name}: {path} has {n} components per voxel ({img.GetPixelIDTypeAsString()}{field}); "
                             "give a scalar (grey-value) image")
     r, g, b = (sitk.Cast(sitk.VectorIndexSelectionCast(img, c), sitk.sitkFloat32) for c in range(3))
-    grey = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R BT.601 luma
+    same = all(bool(sitk.GetArrayFromImage(sitk.Equal(r, c)).all()) for c in (g, b))  # (a view would outlive its image)
     if notes is not None:
         kind = "RGBA" if n == 4 else "RGB"
-        same = all(bool(sitk.GetArrayFromImage(sitk.Equal(r, c)).all()) for c in (g, b))  # (a view would outlive its image)
         notes.append(f"{name}: {path} stores grey values as {kind} (three equal channels); read as grey" if same else
                      f"{name}: {path} is a colour ({kind}) image; converted to grey")
-    return grey
+    return r if same else 0.299 * r + 0.587 * g + 0.114 * b  # grey as stored; colour: ITU-R BT.601 luma
 
 
 # NIfTI datatype code -> the float type its values are made of (complex: pairs of them).
@@ -501,6 +521,8 @@ def input_problem(path: str, name: str) -> str | None:
         return f"{name}: no such file or directory: {path}"
     if os.path.isdir(path):
         return None
+    if not os.path.isfile(path):  # a named pipe would be read forever
+        return f"{name}: {path} is not a regular file (a pipe or a device); give an image file or a DICOM folder"
     ext = extension(path)
     if ext not in READ_EXTENSIONS:
         return (f"{name}: unsupported file format {ext or '(no extension)'!r} for {path}; "
@@ -704,7 +726,7 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def check_write_ext(path, ndim: int | None, name: str) -> str:
-    """``path``'s extension, refused where priorreg cannot write it (PNG: 2D only; not checked for ndim None)."""
+    """``path``'s extension, refused where priorreg cannot write it (PNG, TIFF: 2D only; not checked for ndim None)."""
     ext = extension(path)
     if ext not in WRITE_EXTENSIONS:
         raise PriorRegError(
@@ -725,28 +747,50 @@ def _write(sitk_img, path, name, compress: bool = True):
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
         raise PriorRegError(f"{name}: output directory does not exist: {directory}")
+    ext = extension(path)
     try:
         with atomic_path(path) as tmp:
-            if compress or extension(path) != ".nii.gz":
-                sitk.WriteImage(sitk_img, tmp, compress)
+            if ext == ".nii.gz":
+                _write_nifti_gzip(sitk_img, tmp, GZIP_LEVEL if compress else 0)
             else:
-                _write_stored_gzip(sitk_img, tmp)
+                sitk.WriteImage(sitk_img, tmp, compress)
+                if ext == ".nii":
+                    _check_nifti_complete(tmp, sitk_img)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
         raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({first.strip()[:200]})") from None
+    except OSError as e:
+        raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({e.strerror or e})") from None
 
 
-def _write_stored_gzip(sitk_img, path) -> None:
-    """``path`` (.nii.gz) as a gzip stream of stored, uncompressed blocks: a .nii.gz that every reader
-    reads, written in the time of a copy (ITK's NIfTI writer has one compression level)."""
+GZIP_LEVEL = 6  # zlib's default, and about what ITK's NIfTI writer uses
+
+
+def _write_nifti_gzip(sitk_img, path, level: int) -> None:
+    """``path`` (.nii.gz): ITK writes the uncompressed file, checked whole, which Python then gzips (level 0:
+    a gzip stream of stored blocks, which every reader reads, written in the time of a copy). ITK's own
+    gzip writer says a short write (a full disk) on stderr only and leaves a cut stream behind."""
     raw = path[: -len(".gz")]
     try:
         _sitk().WriteImage(sitk_img, raw, False)
-        with open(raw, "rb") as src, gzip.open(path, "wb", compresslevel=0) as dst:
+        _check_nifti_complete(raw, sitk_img)
+        with open(raw, "rb") as src, gzip.open(path, "wb", compresslevel=level) as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
     finally:
         if os.path.exists(raw):
             os.unlink(raw)
+
+
+NIFTI1_HEADER = 348  # bytes: the smallest header before a NIfTI file's voxels
+
+
+def _check_nifti_complete(path, sitk_img) -> None:
+    """OSError (no space left) when the uncompressed NIfTI file ITK wrote is shorter than its voxels: ITK's
+    NIfTI writer reports a short write on stderr and returns as if it had written the file."""
+    voxels = math.prod(sitk_img.GetSize()) * sitk_img.GetNumberOfComponentsPerPixel() * sitk_img.GetSizeOfPixelComponent()
+    if os.path.getsize(path) < NIFTI1_HEADER + voxels:
+        raise OSError(errno.ENOSPC, f"the file came out shorter than the image ({os.path.getsize(path)} of at least "
+                      f"{NIFTI1_HEADER + voxels} bytes); is the disk full?")
 
 
 PNG_MIN_LEVELS = 32  # non-integer data spanning fewer grey levels than this would be flattened by rounding

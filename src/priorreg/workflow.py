@@ -656,12 +656,15 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
     record = rep.report_dict(result, inputs, {**(extra or {}), **({"input_notes": list(read_notes)} if read_notes else {})})
     names = OUTPUT_NAMES + ((LINEAR_NAME,) if result.linear is not None else ())
     record["outputs"] = {n: os.path.abspath(os.path.join(os.fspath(out), n)) for n in names}  # as the inputs: absolute
-    with run_folder(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
-        # The images (mostly gzip, which releases the GIL) are written while the report is drawn.
-        images = pool.submit(write_images, tmp, result)
-        rep.write_json(os.path.join(tmp, "report.json"), record)
-        rep.write_html(os.path.join(tmp, "report.html"), result, record, prior, mask, extra_html)
-        images.result()
+    try:
+        with run_folder(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+            # The images (mostly gzip, which releases the GIL) are written while the report is drawn.
+            images = pool.submit(write_images, tmp, result)
+            rep.write_json(os.path.join(tmp, "report.json"), record)
+            rep.write_html(os.path.join(tmp, "report.html"), result, record, prior, mask, extra_html)
+            images.result()
+    except OSError as e:  # a full disk, a quota: which outputs, not a bare errno (nothing is left behind)
+        raise PriorRegError(f"cannot write the outputs into {os.fspath(out)} ({e.strerror or e})") from None
     return record
 
 
