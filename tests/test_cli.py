@@ -213,20 +213,6 @@ def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path
                  "report.json is a file")
 
 
-def test_a_full_disk_while_writing_is_one_line_naming_the_outputs_and_leaves_nothing(capsys, data, tmp_path, monkeypatch):
-    """A new user's full disk read 'priorreg: error: OSError: [Errno 28] No space left on device' (no file)."""
-    from priorreg import report
-
-    def full(*a, **k):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(report, "write_html", full)
-    out = tmp_path / "run"
-    rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--out", out, *FAST)
-    assert rc == 2 and err.strip().splitlines()[-1] == f"priorreg: error: cannot write the outputs into {out} (No space left on device)", err
-    assert not out.exists() and os.listdir(tmp_path) == []
-
-
 def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path):
     out = tmp_path / "run"
     rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--quiet", *FAST)

@@ -165,6 +165,11 @@ def test_small_images_and_conflicting_starts():
     assert r.linear is not None and r.field.shape == (2, 28, 28)
     with pytest.raises(priorreg.PriorRegError, match="initial_field or initial_transform, not both"):
         priorreg.register(g, 1 - g, initial_field=np.zeros((2, 28, 28)), initial_transform="t.tfm")
+    # A linear stage asked for by name beside initial_field was dropped without a word; by the preset, silently.
+    r = priorreg.register(g, 1 - g, levels=1, max_iterations=2, initial_field=np.zeros((2, 28, 28)), linear="affine", warn=False)
+    assert r.linear is None and "register(): linear='affine' is not run: initial_field= starts the deformable stage" in r.warnings[0]
+    r = priorreg.register(g, 1 - g, levels=1, max_iterations=2, initial_field=np.zeros((2, 28, 28)), warn=False)
+    assert not any("is not run" in w for w in r.warnings)
 
 
 def test_images_that_do_not_overlap_are_aligned_by_their_centres_or_refused(pair, capsys):

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 import priorreg
 from priorreg import PriorRegError, RegistrationOptions
@@ -234,6 +235,11 @@ def test_integral_numbers_and_binary_images_are_taken_as_they_mean():
         priorreg.register(f + 1j * f, m)
     with pytest.raises(PriorRegError, match=r"fixed is text .* priorreg.read_image"):
         priorreg.register("fixed.nii.gz", m)
+    import pathlib  # other objects were 'dtype object' or, a SimpleITK image, 'an array of shape (39277,)'
+    for obj, said in ((None, "is None; give an array"), (pathlib.Path("f.nii.gz"), r"is a path \(f.nii.gz\); read the file"),
+                      (sitk.GetImageFromArray(f), "is a SimpleITK image; read its file with priorreg.read_image")):
+        with pytest.raises(PriorRegError, match=f"register\\(\\): moving {said}"):
+            priorreg.register(f, obj)
     with pytest.raises(PriorRegError, match="field must hold finite real numbers"):
         priorreg.warp(m, np.full((2, *m.shape), np.nan))
     with pytest.raises(PriorRegError, match="fill must be a finite number or None, got '0'"):

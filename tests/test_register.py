@@ -957,6 +957,25 @@ def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
     assert np.array_equal(moving, before)  # the check reads views of the input, never writes
 
 
+def test_an_image_without_a_frame_beside_one_with_another_direction_is_warned_about():
+    """A new user's Image(t1.array, t1.spacing) beside the T2 from read_image registered to the wrong side of the
+    anatomy without a word; an Image without a frame beside another one, or a frame beside a frame, is fine."""
+    f, m, v, lab = syn.case((40, 48), syn.T2_MONO, max_disp=1.0)
+    turned = np.array([[-1.0, 0.0], [0.0, -1.0]])
+    kw = dict(levels=1, max_iterations=2, linear="none", warn=False)
+    r = register(Image(f, (1.0, 1.0), (40.0, 48.0), turned), Image(m, (1.0, 1.0)), **kw)
+    assert [w for w in r.warnings if "frame" in w] == [
+        "register(): the moving Image was made without a direction or origin (ITK's default frame) and the fixed one "
+        "has its own, with another direction: the two frames disagree, which the registration cannot undo; if the "
+        "moving image came from a file, read it with priorreg.read_image or give Image(array, spacing, origin, "
+        "direction) from its header"]
+    assert Image(m, (1.0, 1.0)).with_array(f).framed is False  # the same grid keeps its (absence of a) frame
+    for pair in ((Image(f, (1.0, 1.0)), Image(m, (1.0, 1.0))),
+                 (Image(f, (1.0, 1.0), (40.0, 48.0), turned), Image(m, (1.0, 1.0), (40.0, 48.0), turned)),
+                 (Image(f, (1.0, 1.0), (3.0, 4.0)), Image(m, (1.0, 1.0)))):  # a frame with the default direction
+        assert not any("frame" in w for w in register(*pair, **kw).warnings)
+
+
 def test_warp_warns_when_the_moving_image_lies_mostly_outside_the_reference():
     """Labels wrapped in an Image without the file's direction came back all zero without a word; a label
     patch cropped from the moving image, inside the reference, is no cause for a warning."""

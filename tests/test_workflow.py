@@ -127,7 +127,9 @@ def test_a_failure_while_writing_the_report_leaves_no_partial_output(capsys, dat
     before = digest([f, m])
     monkeypatch.setattr(report, "write_html", disk_full)
     out = tmp_path / "run"
-    one_line_error(capsys, ["register", f, m, "--out", out, "--quiet", *FAST], "OSError", "No space left on device")
+    # it read "OSError: [Errno 28] No space left on device", naming no file
+    one_line_error(capsys, ["register", f, m, "--out", out, "--quiet", *FAST],
+                   f"cannot write the outputs into {out} (No space left on device)")
     assert not out.exists() and leftovers(tmp_path) == []
     (tmp_path / "empty").mkdir()
     one_line_error(capsys, ["register", f, m, "--out", tmp_path / "empty", "--quiet", *FAST], "No space left")

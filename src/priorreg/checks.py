@@ -72,6 +72,22 @@ def _slice_gap_notes(fix: Image, mov: Image, func: str) -> list:
             "keeps the distance as its through-plane component"]
 
 
+def frame_notes(fixed, moving, fix: Image, mov: Image, func: str) -> list:
+    """A warning where one image was given without a frame (Image(array, spacing): ITK's default direction,
+    origin 0) and the other with one whose direction differs: a new user's Image(t1.array, t1.spacing) beside
+    the T2 from read_image registered to the wrong side of the anatomy (cord overlap 0) without a word. The
+    linear stage turns the anatomy by at most about 20 degrees."""
+    if not (isinstance(fixed, Image) and isinstance(moving, Image)) or fixed.framed == moving.framed:
+        return []
+    if np.allclose(fix.direction, mov.direction, atol=1e-3):
+        return []
+    bare, other = ("fixed", "moving") if not fixed.framed else ("moving", "fixed")
+    return [f"{func}: the {bare} Image was made without a direction or origin (ITK's default frame) and the {other} "
+            "one has its own, with another direction: the two frames disagree, which the registration cannot undo; "
+            f"if the {bare} image came from a file, read it with priorreg.read_image or give Image(array, spacing, "
+            "origin, direction) from its header"]
+
+
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(
@@ -172,13 +188,16 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     fix, mov = _check_pair(fixed, moving, spacing, func)
     given = dict(overrides or {})
     res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior, spacing=fix.spacing)
-    opts, notes = res.options, _slice_gap_notes(fix, mov, func)
+    opts, notes = res.options, _slice_gap_notes(fix, mov, func) + frame_notes(fixed, moving, fix, mov, func)
     if res.fewer_levels:
         notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
     if prior is not None and options is not None and "alpha" not in given and not is_auto(opts.alpha) and opts.alpha >= 1:
         # alpha=1 asked for by name runs without the prior, as asked; options= brings it unasked (RegistrationOptions' default)
         notes.append(f"{func}: a prior was given but options= has alpha 1, so the prior is not used (mutual information "
                      "alone); pass alpha='auto' to weigh it per level, or alpha < 1 to fix its weight")
+    if initial_field is not None and given.get("linear", "none") != "none":  # was dropped without a word
+        notes.append(f"{func}: linear={given['linear']!r} is not run: initial_field= starts the deformable stage in "
+                     "its place (initial_transform= starts the linear stage from a transform)")
     _check_prior(prior, opts, fix.ndim, func)
     pyramid.check_levels(fix.shape, opts.levels, func, spacing=fix.spacing)
     channels = len(ssc_pairs(fix.ndim))  # MIND-SSC's channels: 4 in 2D, 12 in 3D

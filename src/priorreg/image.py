@@ -15,6 +15,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -94,6 +95,9 @@ class Image:
     origin: tuple = None
     direction: np.ndarray = None
     volume: SliceGeometry | None = field(default=None, repr=False, compare=False)
+    # Whether an origin or direction was given (a file's header, or the caller's); False for Image(array, spacing),
+    # whose frame is ITK's default and may not be where the anatomy is (checks.frame_notes)
+    framed: bool | None = field(default=None, repr=False, compare=False)
 
     def __eq__(self, other) -> bool:
         """The same voxels on the same grid (and, for a single slice, in the same 3D grid)."""
@@ -105,6 +109,8 @@ class Image:
     __hash__ = None  # mutable: arrays and geometry can change
 
     def __post_init__(self):
+        if self.framed is None:
+            self.framed = self.origin is not None or self.direction is not None
         a = torch_ready(np.asarray(self.array))
         if a.ndim not in (2, 3):
             raise PriorRegError(f"Image(): array must be 2D or 3D, got shape {a.shape}")
@@ -173,7 +179,7 @@ class Image:
     def with_array(self, array: np.ndarray) -> "Image":
         """A new image on the same grid holding ``array`` (keeping ``volume`` when the shape is the same)."""
         keep = self.volume if np.shape(array) == self.shape else None
-        return Image(array, self.spacing, self.origin, self.direction, volume=keep)
+        return Image(array, self.spacing, self.origin, self.direction, volume=keep, framed=self.framed)
 
     def index_to_world(self) -> tuple[np.ndarray, np.ndarray]:
         """(A, b) with world = A @ index + b."""
@@ -202,6 +208,21 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 MIN_AXIS_VOXELS = 4  # what registering and learning a prior need along every axis
 
 
+def _foreign_input(x) -> str:
+    """What an input that is neither an array nor a priorreg.Image is and what to give instead ('' for anything
+    else): a SimpleITK image was refused as 'an array of shape (39277,)', a path or None as 'dtype object'."""
+    library = type(x).__module__.split(".")[0]
+    if x is None:
+        return "is None; give an array or a priorreg.Image (priorreg.read_image(path) reads a file)"
+    if isinstance(x, os.PathLike):
+        return f"is a path ({os.fspath(x)}); read the file with priorreg.read_image(path)"
+    if library in ("SimpleITK", "nibabel", "itk"):
+        return (f"is a {library} image; read its file with priorreg.read_image(path), or give its voxels with their "
+                "geometry as priorreg.Image(array, spacing, origin, direction) (arrays in (z, y, x) order: README, "
+                "'Axis order')")
+    return ""
+
+
 def as_image(x, name: str, func: str, spacing=None) -> Image:
     """Validate and convert a user input (array or Image) into an :class:`Image`.
 
@@ -212,6 +233,9 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
         if spacing is not None:
             img = Image(img.array, spacing, img.origin, img.direction)
     else:
+        foreign = _foreign_input(x)
+        if foreign:
+            raise PriorRegError(f"{func}: {name} {foreign}")
         try:
             arr = np.asarray(x)
         except Exception as e:  # pragma: no cover - exotic inputs
