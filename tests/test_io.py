@@ -580,6 +580,22 @@ def test_a_nifti_whose_sform_disagrees_with_the_qform_itk_reads_is_noted(tmp_pat
     assert any("sform and qform disagree (by up to 20 mm" in n and "priorreg reads the qform" in n for n in notes)
 
 
+@pytest.mark.parametrize("code, unit, factor", [(1, "meters", 1000.0), (3, "microns", 0.001)])
+def test_a_nifti_in_meters_or_microns_is_noted(tmp_path, code, unit, factor):
+    """ITK scales such a voxel size to mm; a new user's file in 'meters' became 3000 mm voxels and the
+    registration said only that the images do not overlap."""
+    sitk.WriteImage(sitk.GetImageFromArray(blob_image((6, 7, 8)).astype(np.float32)), str(tmp_path / "a.nii"))
+    raw = bytearray((tmp_path / "a.nii").read_bytes())
+    raw[123] = (raw[123] & ~7) | code
+    (tmp_path / "b.nii").write_bytes(bytes(raw))
+    notes = []
+    img = pio.read_image(tmp_path / "b.nii", "fixed", notes)
+    assert img.spacing == pytest.approx((factor,) * 3)
+    size = " x ".join(f"{factor:.4g}" for _ in range(3))
+    assert notes == [f"fixed: {tmp_path / 'b.nii'}'s header gives its voxel size in {unit}, which ITK converts to mm "
+                     f"({size} mm voxels); if that is not the anatomy's size, the header's unit code (xyzt_units) is wrong"]
+
+
 def test_big_endian_images_are_written_and_a_prior_is_not_saved_over_a_folder(tmp_path):
     """Raw TypeError / IsADirectoryError (with an internal temporary path) before."""
     a = np.arange(64).reshape(8, 8).astype(">i2")

@@ -349,11 +349,9 @@ def _open_maybe_gzip(path: str):
         yield gzip.GzipFile(fileobj=raw_fh, mode="rb") if gz else raw_fh
 
 
-def _sform_note(path: str, img, name: str) -> list:
-    """A note when a NIfTI-1 file's sform places the voxels elsewhere than the geometry ITK read (its qform:
-    ITK prefers the qform unless the sform's code is 1): nibabel and FSL would place the image by the sform."""
-    if img.GetDimension() != 3:
-        return []
+def _header_notes(path: str, img, name: str) -> list:
+    """What a NIfTI-1 file's header says that the geometry ITK read hides: an sform that places the voxels
+    elsewhere (:func:`_sform_note`), and a voxel size given in meters or microns (:func:`_units_note`)."""
     try:
         with _open_maybe_gzip(path) as fh:
             hdr = _nifti_header(fh)
@@ -362,9 +360,34 @@ def _sform_note(path: str, img, name: str) -> list:
     if hdr in (None, "short") or hdr[1] != 348:
         return []  # NIfTI-2 or ANALYZE
     e, raw = hdr[0], hdr[-1]
+    return _units_note(e, raw, path, img, name) + _sform_note(e, raw, path, img, name)
+
+
+_NIFTI_UNITS = {1: "meters", 3: "microns"}  # xyzt_units & 7 (2: mm, what priorreg works in; 0: unknown, read as mm)
+_MM_PER_UNIT = {1: 1000.0, 3: 0.001}
+
+
+def _units_note(e: str, raw: bytes, path: str, img, name: str) -> list:
+    """A note when the header gives the voxel size in meters or microns: ITK converts it to mm, so a file whose
+    numbers were mm all along (a converter's wrong unit code) becomes 1000 times larger or smaller, and the
+    registration reported only that the images do not overlap."""
+    unit = _NIFTI_UNITS.get(raw[123] & 7)
+    if unit is None:
+        return []
+    size = " x ".join(f"{v:.4g}" for v in img.GetSpacing())
+    return [f"{name}: {path}'s header gives its voxel size in {unit}, which ITK converts to mm ({size} mm voxels); "
+            "if that is not the anatomy's size, the header's unit code (xyzt_units) is wrong"]
+
+
+def _sform_note(e: str, raw: bytes, path: str, img, name: str) -> list:
+    """A note when a NIfTI-1 file's sform places the voxels elsewhere than the geometry ITK read (its qform:
+    ITK prefers the qform unless the sform's code is 1): nibabel and FSL would place the image by the sform."""
+    if img.GetDimension() != 3:
+        return []
     if struct.unpack(e + "h", raw[254:256])[0] <= 0:
         return []  # no sform
     srow = np.array(struct.unpack(e + "12f", raw[280:328]), float).reshape(3, 4)
+    srow *= _MM_PER_UNIT.get(raw[123] & 7, 1.0)  # in the header's units, as ITK scales the qform
     lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
     itk = np.asarray(img.GetDirection(), float).reshape(3, 3) @ np.diag(img.GetSpacing())
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.GetSize()], indexing="ij")).reshape(3, -1)
@@ -569,7 +592,7 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
         if ext in (".nii", ".nii.gz"):
             scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
         if ext in (".nii", ".nii.gz") and notes is not None:
-            notes += _sform_note(path, img, name)
+            notes += _header_notes(path, img, name)
         if ext == ".dcm" and notes is not None:
             notes += _one_file_of_a_series(img, path, name)
     img = _to_scalar(img, path, name, notes)
