@@ -196,7 +196,7 @@ def test_dicom_series_directory(tmp_path):
                      'not used: "T1 pre" series 3 (UID 1.2.826.0.1.3680043.2.1125.1.43), 3 files']
     # Two series of one length: one was picked at random.
     _write_series(d, vol[:5], "1.2.826.0.1.3680043.2.1125.1.43", "other")
-    with pytest.raises(PriorRegError, match=r"holds 2 DICOM series of 5 files each .*; give a folder with the one"):
+    with pytest.raises(PriorRegError, match=r"holds 2 DICOM series of 5 files each \(UID .*42; UID .*43\); give a folder with the one"):
         pio.read_image(d)
     for f in d.glob("other*"):
         f.unlink()
@@ -204,6 +204,10 @@ def test_dicom_series_directory(tmp_path):
     assert pio.read_image(d / "slice001.dcm", "fixed", notes).shape == (16, 12)
     assert notes[0] == (f"fixed: {d / 'slice001.dcm'} is one file of a DICOM series of 5 files in its folder; it is read "
                         "as one slice (give the folder to read the series as a volume)")
+    from priorreg import workflow  # ... and against a volume the refusal says so too (it said only "2D vs 3D")
+
+    with pytest.raises(PriorRegError, match=r"slice001.dcm is one slice: give the DICOM series' folder to read the volume"):
+        workflow.check_pair(pio.read_image(d), pio.read_image(d / "slice001.dcm"), d, d / "slice001.dcm")
     # A missing slice: ITK spread the other four over one mean spacing (3.1 mm), every slice misplaced.
     (d / "slice002.dcm").unlink()
     with pytest.raises(PriorRegError, match=r"missing or unevenly spaced slices \(gaps from 2.5 to 5 mm\)"):

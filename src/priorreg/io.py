@@ -210,7 +210,7 @@ def _read_dicom_dir(path: str, name: str, notes):
     tied = [s for s in ids if len(files[s]) == len(files[sid])]
     if len(tied) > 1:  # which one was meant is not in the files
         raise PriorRegError(f"{name}: {path} holds {len(tied)} DICOM series of {len(files[sid])} files each "
-                            f"({', '.join(tied)}); give a folder with the one series to use")
+                            f"({'; '.join(_series_label(files[s][0], s) for s in tied)}); give a folder with the one series to use")
     if len(ids) > 1 and notes is not None:
         others = "; ".join(f"{_series_label(files[s][0], s)}, {len(files[s])} files" for s in ids if s != sid)
         notes.append(f"{name}: {path} holds {len(ids)} DICOM series; using the longest, {_series_label(files[sid][0], sid)} "

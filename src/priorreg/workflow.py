@@ -210,8 +210,10 @@ def check_pair(fixed, moving, fpath, mpath, role_f: str = "fixed", role_m: str =
     """Refuse a 2D image against a 3D one, and single slices in different planes; return how far (mm) a
     single moving slice lies from the fixed slice's plane (``image.plane_offset``)."""
     if fixed.ndim != moving.ndim:
+        single = [p for p, img in ((fpath, fixed), (mpath, moving)) if img.ndim == 2 and str(p).lower().endswith(".dcm")]
+        hint = f" ({single[0]} is one slice: give the DICOM series' folder to read the volume)" if single else ""
         raise PriorRegError(
-            f"{role_f} {fpath} is {describe(fixed)} but {role_m} {mpath} is {describe(moving)}; both must be 2D or both 3D"
+            f"{role_f} {fpath} is {describe(fixed)} but {role_m} {mpath} is {describe(moving)}; both must be 2D or both 3D{hint}"
         )
     from .image import plane_offset
 
