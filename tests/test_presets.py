@@ -240,6 +240,10 @@ def test_integral_numbers_and_binary_images_are_taken_as_they_mean():
                       (sitk.GetImageFromArray(f), "is a SimpleITK image; read its file with priorreg.read_image")):
         with pytest.raises(PriorRegError, match=f"register\\(\\): moving {said}"):
             priorreg.register(f, obj)
+    with pytest.raises(PriorRegError, match=r"moving is a numpy masked array, whose mask priorreg does not read"):
+        priorreg.register(f, np.ma.masked_less(m, 0.2))  # the mask was dropped without a word
+    with pytest.raises(PriorRegError, match=r"moving has shape \(1, 40, 40\); .*give the 2D array, e.g. np.squeeze"):
+        priorreg.register(f, m[None])
     with pytest.raises(PriorRegError, match="field must hold finite real numbers"):
         priorreg.warp(m, np.full((2, *m.shape), np.nan))
     with pytest.raises(PriorRegError, match="fill must be a finite number or None, got '0'"):

@@ -2,13 +2,15 @@
 
 A registration is a short pipeline of named stages, each in its own module:
 
-1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options;
+1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options; then
+   :func:`priorreg.layout.on_one_layout` - both images' arrays on one voxel layout (exact reordering);
 2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, then affine);
 3. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
 4. :func:`priorreg.deformable.deformable` - per level, the energy from
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
 5. :func:`priorreg.result.make_result` - the warped image and the Jacobian of the one field
-   (the linear map and the deformable field composed by :func:`priorreg.prealign.one_field`).
+   (the linear map and the deformable field composed by :func:`priorreg.prealign.one_field`),
+   on the fixed image's own layout.
 
 Along the way each stage's notes become ``result.warnings`` (a header that looks wrong, a squeezed
 histogram range, :mod:`priorreg.prior_warnings` about a learned prior, a field that folds).
@@ -28,6 +30,7 @@ from .prealign import after_prealign, check_overlap, header_notes, one_field, or
 from .prior_warnings import check_prior_order, misaligned_prior_warnings, trusted_prior_warnings, unused_prior_warnings
 from .resample import warp
 from .intensity import foreground
+from .layout import on_one_layout
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
 from .runtime import heap_temporaries, registration_threads
 
@@ -111,12 +114,13 @@ def _takes_three(callback) -> bool:
 def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     """Stages 2-5 on validated inputs."""
     region = inp.mask if inp.mask is not None else foreground(inp.fixed.array)  # where the anatomy is
-    lin = prealign(inp)
+    lin = prealign(inp)  # in world space, on the arrays as stored (a wrong header's turn is guessed from them)
     check_overlap(inp, lin, region)
+    header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
+    given, (inp, lay) = inp, on_one_layout(inp)  # the deformable stage sees one voxel layout per grid
     work, resampled = after_prealign(inp, lin)
     pyr = normalise(work)
     work, swapped = check_prior_order(work, pyr)
-    header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
     notes = inp.notes + header + range_notes(pyr) + swapped + misaligned_prior_warnings(work)
     if warn:
         for msg in notes:
@@ -124,8 +128,10 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history) + ([] if swapped else trusted_prior_warnings(work, pyr, u))
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
-    late = late + small_field_notes(field, inp.fixed.spacing, region)
-    result = make_result(inp, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
+    if lay is not None:  # back on the fixed image's own layout
+        field = lay.field_back(field)
+    late = late + small_field_notes(field, given.fixed.spacing, region)
+    result = make_result(given, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
     outcome = outcome_notes(result, region)
     result.warnings.extend(outcome)
     if warn:

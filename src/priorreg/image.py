@@ -216,6 +216,9 @@ def _foreign_input(x) -> str:
         return "is None; give an array or a priorreg.Image (priorreg.read_image(path) reads a file)"
     if isinstance(x, os.PathLike):
         return f"is a path ({os.fspath(x)}); read the file with priorreg.read_image(path)"
+    if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():  # np.asarray drops the mask without a word
+        return ("is a numpy masked array, whose mask priorreg does not read; give arr.filled(value), and the region "
+                "to align as mask= (on the fixed grid)")
     if library in ("SimpleITK", "nibabel", "itk"):
         return (f"is a {library} image; read its file with priorreg.read_image(path), or give its voxels with their "
                 "geometry as priorreg.Image(array, spacing, origin, direction) (arrays in (z, y, x) order: README, "
@@ -255,7 +258,9 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
     if a.dtype == bool:  # a binary image: its intensities 0 and 1 (numpy cannot subtract booleans)
         img, a = img.with_array(a.astype(np.float32)), a.astype(np.float32)
     if min(a.shape) < MIN_AXIS_VOXELS:
-        raise PriorRegError(f"{func}: {name} has shape {a.shape}; every axis needs at least {MIN_AXIS_VOXELS} voxels")
+        one_slice = a.ndim == 3 and a.shape.count(1) == 1 and sorted(a.shape)[1] >= MIN_AXIS_VOXELS
+        flat = " (a single slice as 3D: give the 2D array, e.g. np.squeeze(array))" if one_slice else ""
+        raise PriorRegError(f"{func}: {name} has shape {a.shape}; every axis needs at least {MIN_AXIS_VOXELS} voxels{flat}")
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise PriorRegError(f"{func}: {name} contains {bad} NaN/Inf voxel(s); clean the image first")
