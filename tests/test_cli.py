@@ -213,6 +213,20 @@ def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path
                  "report.json is a file")
 
 
+def test_errors_name_the_flag_not_the_library_function(capsys, data, tmp_path):
+    """A new user read 'Prior.load(): ...', 'read_itk_transform(): ...' and 'register(): ...' from commands."""
+    (tmp_path / "bad.npz").write_bytes(b"PK not a prior")
+    (tmp_path / "bad.tfm").write_text("not a transform")
+    line = assert_error(capsys, ["register", data["fixed"], data["moving"], "--prior", tmp_path / "bad.npz",
+                                 "--out", tmp_path / "o1", *FAST], "--prior: ")
+    assert "Prior.load()" not in line
+    line = assert_error(capsys, ["register", data["fixed"], data["moving"], "--initial-transform", tmp_path / "bad.tfm",
+                                 "--out", tmp_path / "o2", *FAST], "--initial-transform: ")
+    assert "read_itk_transform()" not in line
+    assert cli.spoken("register(): overlap too small") == "overlap too small"
+    assert cli.spoken("warp(): no point") == "no point" and cli.spoken("fixed: x") == "fixed: x"
+
+
 def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path):
     out = tmp_path / "run"
     rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--out", out, "--quiet", *FAST)
@@ -270,7 +284,7 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     pio.write_image(priorreg.Image(corner.array, corner.spacing, shift, corner.direction), tmp_path / "corner.nii.gz")
     rc, _, err = run(capsys, "apply", tmp_path / "corner.nii.gz", "--field", out / "field.nii.gz", "--reference",
                      data["fixed"], "--out", tmp_path / "corner_out.nii.gz")
-    assert rc == 0 and "priorreg: warning: warp(): the moving image lies mostly outside the reference grid" in err, err
+    assert rc == 0 and "priorreg: warning: the moving image lies mostly outside the reference grid" in err, err  # no warp(): a function the user did not call
     assert "covers only" not in err  # one warning for one cause
     crop = pio.read_image(data["moving"])  # a corner of the moving image, in place: most of the output is 0
     pio.write_image(priorreg.Image(crop.array[:16, :14], crop.spacing, crop.origin, crop.direction), tmp_path / "crop.nii.gz")
@@ -593,7 +607,7 @@ def test_register_warns_in_one_line_about_a_prior_with_the_modalities_swapped(ca
     rc, so, err = run(capsys, "register", *args, "--out", tmp_path / "run", "--prior", tmp_path / "swapped.npz")
     assert rc == 0, err
     warn = [ln for ln in err.splitlines() if "warning" in ln.lower()]
-    assert len(warn) == 1 and warn[0].startswith("priorreg: warning: register(): the prior fits this pair far better"), err
+    assert len(warn) == 1 and warn[0].startswith("priorreg: warning: the prior fits this pair far better"), err
     assert "Traceback" not in err and "PriorRegWarning" not in err
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert len(rep["warnings"]) == 1 and "swapped" in rep["warnings"][0]
