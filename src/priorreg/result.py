@@ -77,7 +77,8 @@ class RegistrationResult:
     threads: int | None = None  # torch's CPU threads during the run
 
     def field_world(self) -> np.ndarray:
-        """The field as (*shape, d) world vectors (ITK LPS, x/y/z order), in mm."""
+        """The field as (*shape, d) world vectors in mm: ITK's LPS x, y, z (2D: x, y; a slice read from a 3D file:
+        the two world axes of its plane, e.g. y and z for a sagittal slice, with x, the dropped one, left out)."""
         return np.einsum("ij,j...->...i", self.fixed.direction, self.field)
 
     def apply(self, image, interpolation: str = "linear") -> Image:
