@@ -317,11 +317,11 @@ def test_a_pairs_warning_lands_in_its_notes_and_report(tmp_path):
     res = cohort.register_pair(spec, swapped, None, {"alpha": 0.4, "levels": 2, "bins": 32, "parzen_sigma": 1.0,
                                                      "max_iterations": 5})
     assert res["status"] == "ok", res
-    assert [n for n in res["notes"] if n.startswith("warning: register(): the prior fits this pair far better")]
+    assert [n for n in res["notes"] if n.startswith("warning: the prior fits this pair far better")]
     import json
 
     recorded = json.loads((tmp_path / "p1" / "report.json").read_text())["warnings"]
-    assert len([w for w in recorded if w.startswith("register(): the prior fits this pair far better")]) == 1
+    assert len([w for w in recorded if w.startswith("the prior fits this pair far better")]) == 1
 
 
 def test_cohort_preset_and_a_failed_write_leaves_no_partial_folder(capsys, data, tmp_path, monkeypatch):
@@ -420,6 +420,25 @@ def test_resume_reads_a_record_from_before_the_file_stamps_by_path(tmp_path):
     (tmp_path / "a" / "report.json").write_text(json.dumps(stamped))
     assert cohort.same_inputs(pr)
     m.write_bytes(b"moving, re-exported")
+    assert not cohort.same_inputs(pr)
+
+
+
+def test_resume_compares_the_prior_as_it_does_the_images(tmp_path):
+    """A new user's --resume with another prior (or the same path retrained) kept the pairs made with the old
+    one, and cohort.json named only the new one."""
+    f, m, p, q = (tmp_path / n for n in ("f.nii.gz", "m.nii.gz", "p.npz", "q.npz"))
+    for path in (f, m, p, q):
+        path.write_bytes(path.name.encode())
+    pr = cohort.Pair(line=2, id="a", fixed=str(f), moving=str(m), mask=None, out=str(tmp_path / "a"), prior=str(p))
+    os.makedirs(pr.out)
+    stamp = cohort.wf.file_stamp
+    rec = {"inputs": {"fixed": stamp(f), "moving": stamp(m), "prior": {**stamp(p), "bins": 32}}}
+    (tmp_path / "a" / "report.json").write_text(json.dumps(rec))
+    assert cohort.same_inputs(pr)
+    assert not cohort.same_inputs(cohort.Pair(**{**pr.__dict__, "prior": str(q)}))  # another prior
+    assert not cohort.same_inputs(cohort.Pair(**{**pr.__dict__, "prior": None}))  # none now
+    p.write_bytes(b"retrained, another size")
     assert not cohort.same_inputs(pr)
 
 

@@ -297,19 +297,7 @@ def _train_inputs(args, notes: list) -> tuple:
     return fixed, moving, masks
 
 
-_CALLS = {"Prior.load(): ": "--prior: ", "read_itk_transform(): ": "--initial-transform: "}  # as the command names them
-_API_CALL = re.compile(r"^(register|warp|Image)\(\): ")  # the library's function, which a command's user did not call
-
-
-def spoken(msg: str) -> str:
-    """A library message as the command says it: the Python function it names replaced by the flag, or dropped."""
-    for call, flag in _CALLS.items():
-        if msg.startswith(call):
-            return flag + msg[len(call):]
-    return _API_CALL.sub("", msg)
-
-
-def _say_warnings(said: list, reword=spoken) -> None:
+def _say_warnings(said: list, reword=wf.spoken) -> None:
     """Caught warnings: ours one line each (``reword`` names things as the command does), others as Python
     shows them."""
     for w in said:
@@ -387,6 +375,7 @@ def cmd_register(args, con: Console) -> int:
 
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)
+    result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as printed, so kept in report.json and report.html
     con.end_bar(done=True)
     for n in wf.linear_notes(result):  # in the order the stages ran: the linear stage's, the prior's, then warnings
         con.note(n)
@@ -394,7 +383,7 @@ def cmd_register(args, con: Console) -> int:
     for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
         con.note(f"alpha auto: {n}")
     for w in result.warnings:
-        print(f"{PROG}: warning: {spoken(w)}", file=sys.stderr)
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=pair.read_notes)
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")
@@ -489,7 +478,7 @@ def main(argv=None) -> int:
             configure_threads()
         return COMMANDS[args.command](args, con)
     except (PriorRegError, _Error) as e:
-        _fail(con, spoken(" ".join(str(e).split())))
+        _fail(con, wf.spoken(" ".join(str(e).split())))
         return EXIT_ERROR
     except OSError as e:  # the file it concerns, where the system names one (a full disk: the output being written)
         where = f": {e.filename}" if e.filename else ""

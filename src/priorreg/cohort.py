@@ -59,6 +59,7 @@ class Pair:
     mask: str | None
     out: str
     skip: bool = False  # complete from an earlier run (--resume)
+    prior: str | None = None  # the cohort's --prior (absolute), which --resume compares as it does the images
 
     def spec(self) -> dict:
         return {"line": self.line, "id": self.id, "fixed": self.fixed, "moving": self.moving, "mask": self.mask, "out": self.out}
@@ -214,16 +215,17 @@ def outputs_complete(folder: str) -> bool:
 
 
 def same_inputs(pr: Pair) -> bool:
-    """Whether the pair's report.json names the fixed, moving and mask files its manifest row names
-    now, at the size and modification time they had (a row corrected after a run, or a file re-exported at
-    the same path, is registered again by --resume, not skipped with the old pair's outputs)."""
+    """Whether the pair's report.json names the fixed, moving and mask files its manifest row names now, and
+    the cohort's prior, at the size and modification time they had (a row corrected after a run, a file
+    re-exported at the same path, or another or retrained prior is registered again by --resume, not
+    skipped with the old pair's outputs)."""
     import json
 
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
             rec = json.load(fh).get("inputs", {})
-        was = [rec.get(k) or None for k in ("fixed", "moving", "mask")]
-        now = [None if p is None else wf.file_stamp(p) for p in (pr.fixed, pr.moving, pr.mask)]
+        was = [rec.get(k) or None for k in ("fixed", "moving", "mask", "prior")]
+        now = [None if p is None else wf.file_stamp(p) for p in (pr.fixed, pr.moving, pr.mask, pr.prior)]
     except (OSError, ValueError, AttributeError):
         return False
     # A record from before the stamps (no "bytes") is compared by path alone, so an upgrade does not redo a cohort.
@@ -373,6 +375,8 @@ def validate_manifest(manifest, out_dir, *, prior_path=None, overwrite=False, re
     if ignored and notes is not None:
         notes.append(f"manifest: ignoring the column(s) {', '.join(ignored)}")
     pairs, problems = _parse_rows(rows, os.path.dirname(manifest), out_dir)
+    for pr in pairs:
+        pr.prior = None if prior_path is None else os.path.abspath(os.fspath(prior_path))
     first_out = _check_unique(pairs, problems)
     inputs = _input_keys(manifest, prior_path, pairs)
     checked = {}
@@ -440,6 +444,7 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
     result = register(pair.fixed, pair.moving, prior=prior, preset=preset, mask=pair.mask, warn=False,
                       callback=_stop_point, **overrides)
     _stop_point()
+    result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as the commands say them (report.json too)
     notes.extend(f"warning: {w}" for w in result.warnings)
     notes.extend(wf.linear_notes(result))
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -547,7 +548,7 @@ def check_out_file(out, inputs, overwrite: bool, what: str = "--out") -> None:
         if path is not None and same_path(out, path):
             raise PriorRegError(f"{what} {out} is an input; inputs are never written")
     check_name_length(out, what)
-    if os.path.isdir(out):
+    if os.path.isdir(out) or os.fspath(out).endswith(("/", os.sep)):  # "dir/" that does not exist named a temporary file
         raise PriorRegError(f"{what} {out} is a directory; give a file name")
     if os.path.exists(out) and not overwrite:
         raise PriorRegError(f"{out} exists; use --overwrite to replace it")
@@ -704,6 +705,18 @@ def _alpha_summary(result) -> str:
     """alpha="auto": the alpha chosen per level, coarsest first."""
     weights = getattr(result, "prior_weights", None) or []
     return "" if not weights else ", alpha per level (auto) " + "/".join(f"{w['alpha']:.2f}" for w in weights)
+
+
+_CALLS = {"Prior.load(): ": "--prior: ", "read_itk_transform(): ": "--initial-transform: "}  # as the command names them
+_API_CALL = re.compile(r"^(register|warp|Image)\(\): ")  # the library's function, which a command's user did not call
+
+
+def spoken(msg: str) -> str:
+    """A library message as the commands say it (and record it): the Python function it names replaced by the flag, or dropped."""
+    for call, flag in _CALLS.items():
+        if msg.startswith(call):
+            return flag + msg[len(call):]
+    return _API_CALL.sub("", msg)
 
 
 def linear_notes(result) -> list:
