@@ -998,6 +998,8 @@ def test_the_same_images_stored_in_other_voxel_layouts_give_the_same_field():
     base = register_with_presets(fixed, moving, **kw)
     other = register_with_presets(fixed, _stored_otherwise(moving, (2, 0, 1), (0, 2)), **kw)
     np.testing.assert_allclose(other.field, base.field, atol=1e-5)
+    turned = register_with_presets(_stored_otherwise(fixed, (1, 2, 0), ()), moving, **kw)  # levels named on its axes
+    assert [h.shape for h in turned.history] == [tuple(h.shape[k] for k in (1, 2, 0)) for h in base.history]
     flipped = register_with_presets(_stored_otherwise(fixed, (0, 1, 2), (0,)), moving, **kw)
     back = np.flip(flipped.field_world(), 0)  # the same world points as base's grid
     np.testing.assert_allclose(back, base.field_world(), atol=1e-5)

@@ -128,8 +128,10 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history) + ([] if swapped else trusted_prior_warnings(work, pyr, u))
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
-    if lay is not None:  # back on the fixed image's own layout
+    if lay is not None:  # back on the fixed image's own layout, and the levels' grids as report.json gives them
         field = lay.field_back(field)
+        for h in history:
+            h.shape, h.spacing = lay.vector_back(h.shape), lay.vector_back(h.spacing)
     late = late + small_field_notes(field, given.fixed.spacing, region)
     result = make_result(given, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
     outcome = outcome_notes(result, region)

@@ -472,7 +472,7 @@ def register_pair(spec: dict, prior=None, preset: str | None = None, overrides: 
         res.update(status="ok", final_energy=float(result.final_energy),
                    percent_folding=float(result.jacobian_stats["percent_nonpositive"]))
     except Exception as e:  # one failing pair must not stop the cohort
-        res["error"] = _one_line(e)
+        res["error"] = wf.spoken(_one_line(e))
     res["seconds"] = time.perf_counter() - t0
     return res
 

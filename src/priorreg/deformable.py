@@ -215,22 +215,28 @@ def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
     return float(size[inside].mean()) if bool(inside.any()) else float(size.mean())
 
 
-def nearly_aligned_level(inp: Inputs, pyr: Pyramids, u: torch.Tensor, index: int, reg: Tikhonov):
-    """(regulariser, start field, record or None) of a level: at the finest level of a pyramid, with
+def nearly_aligned_start(inp: Inputs, pyr: Pyramids, u: torch.Tensor, index: int):
+    """(start field, record or None) of a level: at the finest level of a pyramid, with
     ``nearly_aligned_stiffness`` on, when the coarser levels moved the pair by less than NEARLY_ALIGNED_VOXELS,
-    the bending weight times that factor and the level starting again from the pyramid's start field (the
-    linear stage's, or none): what the coarser levels added is then of the order of their own error floor,
-    which the stiffer finest level could not undo (benchmarks/README.md, "Small warps"). The record says how
-    far they moved it and the factor used."""
+    the pyramid's start field (the linear stage's, or none) instead of theirs: what they added is then of the
+    order of their own error floor, which the stiffer finest level (:func:`stiffer`) could not undo
+    (benchmarks/README.md, "Small warps"). The record says how far they moved it and the bending factor used."""
     factor = inp.options.nearly_aligned_stiffness
     if index != 0 or inp.options.levels < 2 or factor == 1:
-        return reg, u, None
+        return u, None
     moved = coarse_displacement(inp, pyr, u)
     if moved >= NEARLY_ALIGNED_VOXELS:
-        return reg, u, dict(mean_voxels=moved, bending_factor=1.0)
+        return u, dict(mean_voxels=moved, bending_factor=1.0)
     start = (torch.zeros_like(u) if inp.initial_field is None else
              torch.as_tensor(inp.initial_field, dtype=u.dtype, device=u.device).contiguous())
-    return Tikhonov(reg.weight, reg.spacing, reg.bending * factor), start, dict(mean_voxels=moved, bending_factor=factor)
+    return start, dict(mean_voxels=moved, bending_factor=factor)
+
+
+def stiffer(reg: Tikhonov, nearly: dict | None) -> Tikhonov:
+    """The level's regulariser with the bending factor :func:`nearly_aligned_start` chose."""
+    if nearly is None or nearly["bending_factor"] == 1:
+        return reg
+    return Tikhonov(reg.weight, reg.spacing, reg.bending * nearly["bending_factor"])
 
 
 def deformable(inp: Inputs, pyr: Pyramids, callback=None):
@@ -246,6 +252,7 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
         if hasattr(callback, "setup"):  # a progress display's hook: this level's set-up begins
             callback.setup(index)
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
+        u, nearly = nearly_aligned_start(inp, pyr, u, index)  # before the intensity fit, which reads u
         alpha = level_alpha(inp.options, index)
         record = None
         if alpha is None:  # alpha="auto"
@@ -256,7 +263,7 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             intensity_maps.append(fit)
         lv = Level(index, f_lv, m_lv, pyr.mask[index], sp, alpha, _sample_points(inp, pyr, index))
         data, reg = build_energy(lv, inp, pyr)
-        reg, u, nearly = nearly_aligned_level(inp, pyr, u, index, reg)
+        reg = stiffer(reg, nearly)
         setup = time.perf_counter() - t0
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
         h.setup_seconds = setup

@@ -51,6 +51,13 @@ class Layout:
         """Per-axis values (blocks per axis), reordered."""
         return None if v is None else tuple(v[k] for k in self.perm)
 
+    def vector_back(self, v) -> tuple:
+        """Per-axis values of the canonical grid (a level's shape, spacing) along the original axes."""
+        out = [None] * len(self.perm)
+        for j, k in enumerate(self.perm):
+            out[k] = v[j]
+        return tuple(out)
+
 
 def layout_of(img: Image) -> Layout:
     """The reordering that brings ``img``'s array axes nearest to world axes d-1, ..., 0, each forwards."""

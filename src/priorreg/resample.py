@@ -102,14 +102,18 @@ def warp(moving, field, *, reference=None, interpolation: str = "linear", spacin
         Return a result through which no reference point lands inside the moving image (all ``fill``)
         instead of refusing it (the view of a pair before its linear stage found their overlap).
     """
-    return warp_with_fov(moving, field, reference=reference, interpolation=interpolation, spacing=spacing,
-                         device=device, fill=fill, allow_empty=allow_empty)[0]
+    return _warp(moving, field, reference, interpolation, spacing, device, fill, allow_empty)[0]
 
 
 def warp_with_fov(moving, field, *, reference=None, interpolation: str = "linear", spacing=None, device: str = "cpu",
                   fill: float | None = 0.0, allow_empty: bool = False) -> tuple:
     """:func:`warp`, and the boolean map on the reference grid of where the field lands inside the moving
     image (what :func:`field_of_view` computes, without computing the points a second time)."""
+    return _warp(moving, field, reference, interpolation, spacing, device, fill, allow_empty)
+
+
+def _warp(moving, field, reference, interpolation, spacing, device, fill, allow_empty) -> tuple:
+    """(warped Image, field-of-view map): the one body of warp and warp_with_fov, whose caller its warning names."""
     func = "warp()"
     if interpolation not in ("linear", "nearest"):
         raise PriorRegError(f"{func}: interpolation must be 'linear' or 'nearest', got {interpolation!r}")
@@ -141,7 +145,7 @@ def warp_with_fov(moving, field, *, reference=None, interpolation: str = "linear
         warnings.warn(f"{func}: the moving image lies mostly outside the reference grid through the field (their "
                       f"boxes overlap by {100 * share:.0f}% of the smaller): check its geometry (an Image made from an "
                       "array without a direction has ITK's identity, which is not a NIfTI file's) and that the field "
-                      "was made for it", PriorRegWarning, stacklevel=2)
+                      "was made for it", PriorRegWarning, stacklevel=3)
     out = spatial.sample(src, coords, mode="bilinear" if interpolation == "linear" else "nearest")
     if fill is not None:
         out = torch.where(ins, out, torch.as_tensor(float(fill), dtype=out.dtype, device=dev))

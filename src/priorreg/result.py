@@ -12,7 +12,7 @@ from .intensity import intensity_range, normalize, normalizer
 from .jacobian import jacobian_determinant
 from .image import Image, on_grid_of
 from .options import RegistrationOptions
-from .resample import field_of_view, warp
+from .resample import warp, warp_with_fov
 
 
 @dataclass
@@ -228,11 +228,12 @@ def make_result(inp, pyr, field_np, history, intensity_maps, warnings, seconds, 
     fix, mov = inp.fixed, inp.moving
     jac = jacobian_determinant(torch.as_tensor(field_np, dtype=torch.float64), fix.spacing).cpu().numpy()
     prior_info = None if inp.prior is None else inp.prior.metadata()
+    warped, fov = warp_with_fov(mov, field_np, reference=fix, device=str(inp.device), allow_empty=True)
     if intensity_maps:
         prior_info["intensity_maps"] = intensity_maps
     return RegistrationResult(
         field=field_np,
-        warped=warp(mov, field_np, reference=fix, device=str(inp.device), allow_empty=True),
+        warped=warped,
         fixed=fix,
         history=history,
         jacobian=jac,
@@ -247,7 +248,7 @@ def make_result(inp, pyr, field_np, history, intensity_maps, warnings, seconds, 
         moving_on_fixed=mov if fix.same_grid(mov) else warp(mov, np.zeros_like(field_np), reference=fix, allow_empty=True),
         warnings=warnings,
         preset=inp.preset,
-        fov=field_of_view(mov, fix, field_np),
+        fov=fov,
         linear=linear,
         prior_weights=[h.prior_weight for h in history if h.prior_weight is not None],
     )

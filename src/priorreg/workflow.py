@@ -559,7 +559,7 @@ def check_out_file(out, inputs, overwrite: bool, what: str = "--out") -> None:
 
 
 def check_image_format(path, ndim: int | None = None, what: str = "--out") -> None:
-    """Refuse an output image format priorreg cannot write (PNG: 2D only; not checked for ndim None)."""
+    """Refuse an output image format priorreg cannot write (PNG, TIFF: 2D only; not checked for ndim None)."""
     from . import io as pio
 
     pio.check_write_ext(path, ndim, what)
