@@ -2,9 +2,9 @@
 
 A registration is a short pipeline of named stages, each in its own module:
 
-1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options; then
+1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options;
+2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, then affine), on the arrays as stored; then
    :func:`priorreg.layout.on_one_layout` - both images' arrays on one voxel layout (exact reordering);
-2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, then affine);
 3. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
 4. :func:`priorreg.deformable.deformable` - per level, the energy from
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
