@@ -5,9 +5,10 @@ Rows: restart.jsonl (validation seeds 901-902, 911-912; the benchmark cases pros
 usage: restart_variants.py GENS DISPS SEEDS MODE"""
 import json, os, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # benchmarks/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np, torch
 torch.set_num_threads(1)
-import priorreg, cases as C, cases_more as CM, cases_linear as CL, run as R
+import priorreg, cases as C, run as R
 from priorreg import deformable as D
 
 mode = sys.argv[4]
@@ -31,16 +32,7 @@ def gf(data, reg, u, opts, index, sp, cb):
     return orig_gf(data, reg, u, opts, index, sp, cb)
 
 D.nearly_aligned_regulariser, D.gradient_flow = nar, gf
-gens = {
- "brainweb": lambda s, a: C.real_2d("brainweb", seed=s, max_disp=a),
- "ixi": lambda s, a: C.real_2d("ixi", seed=s, max_disp=a),
- "mni-ax-pd": lambda s, a: C.brain_2d("axial", "pd", seed=s, max_disp=a),
- "mni-ax-t2": lambda s, a: C.brain_2d("axial", "t2", seed=s, max_disp=a),
- "mni-sag-pd": lambda s, a: C.brain_2d("sagittal", "pd", seed=s, max_disp=a),
- "spine3d": lambda s, a: CM.spine_3d(seed=s, max_disp=a),
- "prostate": lambda s, a: CL.prostate_3d(seed=s, max_mm=a * 2),
- "brats2mm": lambda s, a: CM.brats_3d(2, seed=s, max_disp=a),
-}
+from variants import gens  # the same generators (this folder)
 for g in sys.argv[1].split(","):
     for a in [float(x) for x in sys.argv[2].split(",")]:
         for s in [int(x) for x in sys.argv[3].split(",")]:

@@ -15,14 +15,15 @@ gens = {
  "prostate": lambda s, a: CL.prostate_3d(seed=s, max_mm=a * 2),
  "brats2mm": lambda s, a: CM.brats_3d(2, seed=s, max_disp=a),
 }
-v = sys.argv[4]
-kw0 = eval("dict(" + ("" if v == "default" else v) + ")")
-for g in sys.argv[1].split(","):
-    for a in [float(x) for x in sys.argv[2].split(",")]:
-        for s in [int(x) for x in sys.argv[3].split(",")]:
-            case = gens[g](s, a)
-            kw = dict(R._setting(case)); kw.update(kw0)
-            r = priorreg.register(case["fixed"], case["moving"], spacing=case.get("spacing"), warn=False, **kw)
-            m = R.metrics(case, r.field)
-            none = R.metrics(case, np.zeros_like(r.field))["epe_mean"]
-            print(json.dumps(dict(gen=g, disp=a, seed=s, v=v, none=round(none, 4), epe=round(m["epe_mean"], 4), fold=m["fold_pct"])), flush=True)
+if __name__ == "__main__":  # (restart_variants.py imports gens)
+    v = sys.argv[4]
+    kw0 = eval("dict(" + ("" if v == "default" else v) + ")")
+    for g in sys.argv[1].split(","):
+        for a in [float(x) for x in sys.argv[2].split(",")]:
+            for s in [int(x) for x in sys.argv[3].split(",")]:
+                case = gens[g](s, a)
+                kw = dict(R._setting(case)); kw.update(kw0)
+                r = priorreg.register(case["fixed"], case["moving"], spacing=case.get("spacing"), warn=False, **kw)
+                m = R.metrics(case, r.field)
+                none = R.metrics(case, np.zeros_like(r.field))["epe_mean"]
+                print(json.dumps(dict(gen=g, disp=a, seed=s, v=v, none=round(none, 4), epe=round(m["epe_mean"], 4), fold=m["fold_pct"])), flush=True)
