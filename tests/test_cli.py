@@ -720,6 +720,8 @@ def test_a_prior_sets_the_normalisation_and_the_record_says_so(capsys, data, tmp
     assert "--normalization none is not used: the prior was learned with percentile" in err
     rec = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rec["options"]["normalization"] == "percentile"
+    said = [n for n in rec["input_notes"] if "--normalization none is not used" in n]  # kept, not only printed
+    assert len(said) == 1 and f"priorreg: {said[0]}" in err
 
 
 def test_a_tolerance_window_under_one_is_refused(capsys, data, tmp_path):

@@ -384,7 +384,7 @@ def cmd_register(args, con: Console) -> int:
         con.note(f"alpha auto: {n}")
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
-    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=pair.read_notes)
+    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=notes)  # the options' notes too
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")
     return 0
