@@ -263,6 +263,12 @@ def test_failed_pairs_are_reported_the_rest_complete_and_resume(capsys, data, tm
     # Resuming with other options would record them for pairs that ran without them.
     one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--levels", "3", *LOCAL],
                    "--resume with other options than the run in", "levels, max_iterations differ")
+    # Without cohort.json (a run killed before writing it) each skipped pair's report.json says its options.
+    (out / "cohort.json").unlink()
+    one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--levels", "3", *LOCAL],
+                   "--resume with other options than pair bad was registered with (bins, levels, max_iterations differ")
+    rc, so, err = run(capsys, "cohort", rewritten, "--out", out, "--resume", *FAST, *LOCAL)  # the same options: skipped
+    assert rc == 0 and "0 registered, 0 failed, 4 skipped" in so, err
 
 
 def test_missing_dask_is_one_line_with_the_pip_command(capsys, data, tmp_path, monkeypatch):

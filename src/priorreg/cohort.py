@@ -570,6 +570,35 @@ def _check_same_options(out_dir: str, previous_run: dict, options: dict) -> None
                             "give the same options, or a new --out")
 
 
+def _recorded_options(folder: str) -> tuple:
+    """(dimension, options) a pair's report.json records; (None, None) when it cannot be read."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
+            rep = json.load(fh)
+        return len(rep["geometry"]["fixed"]["shape"]), rep["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def _check_skipped_options(out_dir: str, pairs: list, options: dict) -> None:
+    """The pairs --resume skips ran with the options given now, as their own report.json says (also when
+    DIR/cohort.json is missing, as after a killed run): otherwise they would be kept beside pairs
+    registered with others, under a summary naming one set."""
+    import json
+
+    now = json.loads(json.dumps(options))
+    for pr in pairs:
+        dim, before = _recorded_options(pr.out) if pr.skip else (None, None)
+        want = now.get(f"{dim}D")
+        if before is None or want is None or before == want:
+            continue
+        names = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
+        raise PriorRegError(f"--resume with other options than pair {pr.id} was registered with ({', '.join(names)} "
+                            f"differ; see {os.path.join(pr.out, 'report.json')}); give the same options, or a new --out")
+
+
 def previous_records(previous_run: dict) -> dict:
     """{(id, output folder): row} of the pairs the earlier run (its cohort.json) recorded as registered
     (or skipped)."""
@@ -744,6 +773,7 @@ def _plan(args, con, overrides: dict) -> Plan:
         con.note(n)
     previous_run = read_previous_run(out_dir) if args.resume else {}
     _check_same_options(out_dir, previous_run, options)
+    _check_skipped_options(out_dir, pairs, options)
     previous = previous_records(previous_run)
     records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:
