@@ -477,3 +477,25 @@ def test_ctrl_c_on_a_local_cluster_is_one_line_without_the_workers_tracebacks(tm
 def test_an_empty_out_is_refused_not_taken_as_the_working_directory(capsys, tmp_path):
     write_manifest(tmp_path / "m.csv", [("a", "f.nii.gz", "m.nii.gz", "")])
     one_line_error(capsys, ["cohort", tmp_path / "m.csv", "--out", ""], "--out is empty")
+
+
+def test_a_spect_pair_runs_functional_in_a_cohort_and_resumes(capsys, data, tmp_path):
+    """With no --preset, a pair whose moving file says SPECT runs the functional preset (as register does),
+    and --resume compares it with the functional options, not the cohort's default ones."""
+    d = data / "data"
+    spect = tmp_path / "spect.nii.gz"
+    spect.write_bytes((d / "t2_0.nii.gz").read_bytes())
+    (tmp_path / "spect.json").write_text('{"Modality": "NM"}', encoding="utf-8")
+    manifest = write_manifest(tmp_path / "m.csv", [("mr", d / "t1_0.nii.gz", d / "t2_0.nii.gz", ""),
+                                                   ("spect", d / "t1_0.nii.gz", spect, "")])
+    out = tmp_path / "out"
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, *FAST, *LOCAL)
+    assert rc == 0, err
+    presets = {k: json.loads((out / k / "report.json").read_text())["preset"] for k in ("mr", "spect")}
+    assert presets == {"mr": "default", "spect": "functional"}
+    (out / "cohort.json").unlink()  # each pair's report.json is what --resume compares
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)
+    assert rc == 0 and "0 registered, 0 failed, 2 skipped" in so, err
+    (out / "cohort.json").unlink()
+    one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", *FAST[:2], "--max-iterations", "5", "--bins", "32",
+                            *LOCAL], "--resume with other options than pair mr was registered with (max_iterations differ")

@@ -157,7 +157,8 @@ def test_png_refuses_data_that_rounding_to_integers_would_destroy(tmp_path, valu
     pio.write_image(priorreg.Image(np.rint(blob_image((20, 30)) * 2 + 3)), tmp_path / "few.png")  # integers: kept as they are
 
 
-def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = "", tilt_deg: float = 0.0) -> None:
+def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = "", tilt_deg: float = 0.0,
+                  modality: str = "MR") -> None:
     for k in range(vol.shape[0]):
         s = sitk.GetImageFromArray(vol[k : k + 1])
         s.SetSpacing((0.8, 0.8, 2.5))
@@ -167,7 +168,7 @@ def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = ""
         s.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")  # orientation
         s.SetMetaData("0020|000e", uid)  # series instance UID
         s.SetMetaData("0020|0013", str(k + 1))
-        s.SetMetaData("0008|0060", "MR")
+        s.SetMetaData("0008|0060", modality)
         s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.41")  # study instance UID
         if description:
             s.SetMetaData("0008|103e", description)
@@ -176,6 +177,23 @@ def _write_series(d, vol, uid: str, prefix: str = "slice", description: str = ""
         w.KeepOriginalImageUIDOn()
         w.SetFileName(str(d / f"{prefix}{k:03d}.dcm"))
         w.Execute(s)
+
+
+def test_the_modality_a_file_states_is_read_from_dicom_and_from_a_json_sidecar(tmp_path):
+    """DICOM's Modality (0008|0060), or the "Modality" dcm2niix writes beside a NIfTI file, chooses the
+    functional preset for PET and SPECT (checks.preset_for); a file that does not say gives None."""
+    vol = (blob_image((4, 16, 12)) * 500 + 1000).astype(np.int16)
+    (tmp_path / "pet").mkdir()
+    _write_series(tmp_path / "pet", vol, "1.2.826.0.1.3680043.2.1125.1.44", modality="PT")
+    assert pio.read_image(tmp_path / "pet").modality == "PT"
+    assert pio.read_image(tmp_path / "pet" / "slice000.dcm").modality == "PT"
+    nii = tmp_path / "spect.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(vol.astype(np.float32)), str(nii))
+    assert pio.read_image(nii).modality is None
+    (tmp_path / "spect.json").write_text('{"Modality": "nm", "Manufacturer": "X"}', encoding="utf-8")
+    assert pio.read_image(nii).modality == "NM"
+    (tmp_path / "spect.json").write_text("[not an object", encoding="utf-8")  # an unreadable sidecar says nothing
+    assert pio.read_image(nii).modality is None
 
 
 def test_dicom_series_directory(tmp_path):

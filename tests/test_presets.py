@@ -325,3 +325,36 @@ def test_a_bending_weight_the_user_gives_is_used_as_given():
     assert r.as_dict()["levels"][0]["regulariser"]["bending_mm2"] == 30.0
     r = priorreg.register(f2, m2, spacing=(2.0, 2.0), options=PRESETS["default"][2].replace(bending=30.0), **kw)
     assert r.as_dict()["levels"][0]["regulariser"]["bending_mm2"] == 120.0  # options= is taken as it is
+
+
+def test_a_pet_or_spect_file_gets_the_functional_preset_unless_one_is_asked_for(tmp_path, capsys):
+    """The default preset's local terms and affine stage hurt PET and SPECT (README, Presets): with no
+    preset, an image whose file says PT or NM runs "functional", and the library, the command line and
+    report.json say why; an asked-for preset, or options=, is kept."""
+    from priorreg import cli
+
+    f, m = _pair()
+    pet = priorreg.Image(m, modality="PT")
+    with pytest.warns(priorreg.PriorRegWarning, match="the moving image is a PET image .*using preset functional"):
+        r = priorreg.register(f, pet, levels=1, max_iterations=2)
+    assert r.preset == "functional" and r.options.linear == preset_options("functional", 2).linear
+    assert "Modality PT" in r.as_dict()["preset_note"]
+    for kw in (dict(preset="default"), dict(options=preset_options("default", 2))):
+        kept = priorreg.register(f, pet, levels=1, max_iterations=2, **kw)
+        assert kept.preset_note is None and kept.options.mind_weight == preset_options("default", 2).mind_weight
+    assert priorreg.register(f, priorreg.Image(m, modality="MR"), levels=1, max_iterations=2).preset == "default"
+
+    for name, a in (("ct.nii.gz", f), ("spect.nii.gz", m)):
+        priorreg.write_image(priorreg.Image(a.astype(np.float32)), tmp_path / name)
+    (tmp_path / "spect.json").write_text('{"Modality": "NM"}', encoding="utf-8")  # as dcm2niix writes it
+    args = ["register", str(tmp_path / "ct.nii.gz"), str(tmp_path / "spect.nii.gz"), "--levels", "1",
+            "--max-iterations", "2", "--out", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("SPECT") == 1 and "give --preset default for the MR settings" in err  # a note, not twice
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["preset"] == "functional" and "Modality NM" in report["preset_note"]
+    assert report["options"]["mind_weight"] == 0
+    assert cli.main([*args, "--overwrite", "--preset", "default"]) == 0
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["preset_note"] is None

@@ -52,7 +52,8 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
         Learned joint density (:func:`fit_prior`); needed for alpha < 1.
     preset : str, optional
         Named options (:data:`priorreg.options.PRESETS`): "default", "mr", "functional",
-        "atlas", "paper". Default: "default".
+        "atlas", "paper". Default: "default"; "functional" where an Image's file says PET or SPECT
+        (``Image.modality`` "PT" or "NM"; ``result.preset_note`` says so).
     options : RegistrationOptions, optional
         All options at once, instead of a preset.
     **overrides

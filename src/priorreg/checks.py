@@ -37,6 +37,7 @@ class Inputs:
     local_regions: tuple | None  # blocks per axis of the regional MI (None: off)
     initial_field: np.ndarray | None
     notes: list = field(default_factory=list)  # what validate chose for the caller (fewer levels on a small image)
+    preset_note: str | None = None  # why ``preset`` was chosen where none was asked for (preset_for)
 
 
 def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
@@ -86,6 +87,26 @@ def frame_notes(fixed, moving, fix: Image, mov: Image, func: str) -> list:
             "one has its own, with another direction: the two frames disagree, which the registration cannot undo; "
             f"if the {bare} image came from a file, read it with priorreg.read_image or give Image(array, spacing, "
             "origin, direction) from its header"]
+
+
+# DICOM Modality values of functional images: the default preset's local terms and affine stage hurt them
+# (README, Presets); with no preset given they get "functional".
+FUNCTIONAL_MODALITIES = {"PT": "a PET image", "NM": "a nuclear medicine (SPECT) image"}
+
+
+def preset_for(preset, options, fixed, moving, prefix: str = "", override: str = "preset='default'") -> tuple:
+    """``(preset, notes)``: the preset asked for; with none (and no ``options=``), "functional" where the
+    fixed or the moving image's file says it is PET or SPECT (:attr:`Image.modality`), with a note saying so.
+    The one rule for the library, the command line and cohorts."""
+    if preset is not None or options is not None:
+        return preset, []
+    for name, im in (("moving", moving), ("fixed", fixed)):
+        modality = getattr(im, "modality", None) if isinstance(im, Image) else None
+        if modality in FUNCTIONAL_MODALITIES:
+            return "functional", [f"{prefix}the {name} image is {FUNCTIONAL_MODALITIES[modality]} (Modality {modality} "
+                                  "in its file): using preset functional (global MI and the prior, rigid linear stage); "
+                                  f"give {override} for the MR settings"]
+    return preset, []
 
 
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
@@ -187,8 +208,9 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     """Check a registration problem and resolve its options (:func:`resolve`)."""
     fix, mov = _check_pair(fixed, moving, spacing, func)
     given = dict(overrides or {})
+    preset, chosen = preset_for(preset, options, fixed, moving, f"{func}: ")
     res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior, spacing=fix.spacing)
-    opts, notes = res.options, _slice_gap_notes(fix, mov, func) + frame_notes(fixed, moving, fix, mov, func)
+    opts, notes = res.options, chosen + _slice_gap_notes(fix, mov, func) + frame_notes(fixed, moving, fix, mov, func)
     if res.fewer_levels:
         notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
     if prior is not None and options is not None and "alpha" not in given and not is_auto(opts.alpha) and opts.alpha >= 1:
@@ -216,4 +238,5 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         local_regions=_local_regions(opts, fix, func),
         initial_field=_initial_field(initial_field, fix, func, opts),
         notes=notes,
+        preset_note=chosen[0] if chosen else None,
     )

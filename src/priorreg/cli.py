@@ -365,7 +365,8 @@ def cmd_register(args, con: Console) -> int:
     prior = wf.load_prior(args.prior)
     pair = wf.read_pair(args.fixed, args.moving, args.mask, prior, args.prior, notes)
     fixed, moving, mask = pair.fixed, pair.moving, pair.mask
-    overrides, opts = wf.resolve_options(fixed.ndim, args.preset, overrides, prior, args.prior, notes,
+    preset, why = wf.chosen_preset(args.preset, fixed, moving, notes)  # a PET or SPECT file: functional
+    overrides, opts = wf.resolve_options(fixed.ndim, preset, overrides, prior, args.prior, notes,
                                          shape=fixed.shape, spacing=fixed.spacing)
     for n in notes:
         con.note(n)
@@ -374,7 +375,8 @@ def cmd_register(args, con: Console) -> int:
     cb = con.progress(opts.max_iterations, opts.levels, before=wf.ahead_of_levels(opts), spacing=fixed.spacing)
 
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
-    result = register(fixed, moving, prior=prior, preset=args.preset, mask=mask, callback=cb, warn=False, **overrides)
+    result = register(fixed, moving, prior=prior, preset=preset, mask=mask, callback=cb, warn=False, **overrides)
+    result.preset_note = why  # report.json says why, as register() does where it chooses
     result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as printed, so kept in report.json and report.html
     con.end_bar(done=True)
     for n in wf.linear_notes(result):  # in the order the stages ran: the linear stage's, the prior's, then warnings

@@ -571,28 +571,29 @@ def _check_same_options(out_dir: str, previous_run: dict, options: dict) -> None
 
 
 def _recorded_options(folder: str) -> tuple:
-    """(dimension, options) a pair's report.json records; (None, None) when it cannot be read."""
+    """(dimension, the preset its images chose or None, options) a pair's report.json records; Nones when
+    it cannot be read."""
     import json
 
     try:
         with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
             rep = json.load(fh)
-        return len(rep["geometry"]["fixed"]["shape"]), rep["options"]
+        return len(rep["geometry"]["fixed"]["shape"]), rep.get("preset_note") and rep.get("preset"), rep["options"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+        return None, None, None
 
 
-def _check_skipped_options(out_dir: str, pairs: list, options: dict) -> None:
+def _check_skipped_options(out_dir: str, pairs: list, expected) -> None:
     """The pairs --resume skips ran with the options given now, as their own report.json says (also when
     DIR/cohort.json is missing, as after a killed run): otherwise they would be kept beside pairs
-    registered with others, under a summary naming one set."""
+    registered with others, under a summary naming one set. ``expected(dim, preset)``: the options a pair
+    of that dimension runs now, under the preset its report names (a PET pair's may differ from the rest)."""
     import json
 
-    now = json.loads(json.dumps(options))
     for pr in pairs:
-        dim, before = _recorded_options(pr.out) if pr.skip else (None, None)
-        want = now.get(f"{dim}D")
-        if before is None or want is None or before == want:
+        dim, preset, before = _recorded_options(pr.out) if pr.skip else (None, None, None)
+        want = json.loads(json.dumps(expected(dim, preset))) if before is not None else None
+        if want is None or before == want:
             continue
         names = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
         raise PriorRegError(f"--resume with other options than pair {pr.id} was registered with ({', '.join(names)} "
@@ -757,6 +758,18 @@ def _cohort_options(preset, overrides: dict, prior, prior_path, notes: list) -> 
     return ov, resolved
 
 
+def _pair_options(preset, dim, chosen, options: dict, context: tuple) -> dict | None:
+    """The options a pair of ``dim`` runs with now: the cohort's, or with no --preset those of the preset its
+    images chose (``chosen``; a PET or SPECT file: functional, :func:`priorreg.checks.preset_for`)."""
+    if preset is not None or chosen is None:
+        return options.get(f"{dim}D")
+    overrides, prior, prior_path = context
+    try:
+        return wf.resolve_options(dim, chosen, overrides, prior, prior_path, [])[1].as_dict()
+    except PriorRegError:  # a preset this version does not know, or a prior of another dimension
+        return None
+
+
 def _plan(args, con, overrides: dict) -> Plan:
     """Check the options, the prior, the manifest and every output before anything runs."""
     wf.check_options(args.preset, overrides, args.prior is not None)
@@ -773,7 +786,8 @@ def _plan(args, con, overrides: dict) -> Plan:
         con.note(n)
     previous_run = read_previous_run(out_dir) if args.resume else {}
     _check_same_options(out_dir, previous_run, options)
-    _check_skipped_options(out_dir, pairs, options)
+    _check_skipped_options(out_dir, pairs, lambda dim, recorded: _pair_options(args.preset, dim, recorded, options,
+                                                                               (overrides, prior, prior_path)))
     previous = previous_records(previous_run)
     records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:

@@ -98,6 +98,9 @@ class Image:
     # Whether an origin or direction was given (a file's header, or the caller's); False for Image(array, spacing),
     # whose frame is ITK's default and may not be where the anatomy is (checks.frame_notes)
     framed: bool | None = field(default=None, repr=False, compare=False)
+    # What the file says the image is (DICOM Modality 0008|0060, e.g. "MR", "CT", "PT"; also from a dcm2niix/BIDS
+    # JSON sidecar); None when it does not say. Chooses the preset where none is given (checks.preset_for).
+    modality: str | None = field(default=None, repr=False, compare=False)
 
     def __eq__(self, other) -> bool:
         """The same voxels on the same grid (and, for a single slice, in the same 3D grid)."""
@@ -179,7 +182,8 @@ class Image:
     def with_array(self, array: np.ndarray) -> "Image":
         """A new image on the same grid holding ``array`` (keeping ``volume`` when the shape is the same)."""
         keep = self.volume if np.shape(array) == self.shape else None
-        return Image(array, self.spacing, self.origin, self.direction, volume=keep, framed=self.framed)
+        return Image(array, self.spacing, self.origin, self.direction, volume=keep, framed=self.framed,
+                     modality=self.modality)
 
     def index_to_world(self) -> tuple[np.ndarray, np.ndarray]:
         """(A, b) with world = A @ index + b."""

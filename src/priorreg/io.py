@@ -196,6 +196,34 @@ def _series_label(first_file: str, sid: str) -> str:
     return f"{named} (UID {sid})" if named else f"UID {sid}"
 
 
+def _dicom_modality(first_file: str) -> str | None:
+    """The series' DICOM Modality (0008|0060: "MR", "CT", "PT", "NM", ...), from its first file's header."""
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(first_file)
+    try:
+        reader.ReadImageInformation()
+        return _tag(reader, "0008|0060")
+    except RuntimeError:
+        return None
+
+
+def _tag(img, tag: str) -> str | None:
+    return (img.GetMetaData(tag).strip() or None) if img.HasMetaDataKey(tag) else None
+
+
+def _sidecar_modality(path: str) -> str | None:
+    """"Modality" of the JSON sidecar dcm2niix (and BIDS) writes beside a NIfTI file: a.nii.gz -> a.json."""
+    import json
+
+    stem = path[: -len(extension(path))] if extension(path) else path
+    try:
+        with open(stem + ".json", encoding="utf-8") as fh:
+            value = json.load(fh).get("Modality")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value.strip().upper() or None if isinstance(value, str) else None
+
+
 def _read_dicom_dir(path: str, name: str, notes):
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
@@ -223,7 +251,7 @@ def _read_dicom_dir(path: str, name: str, notes):
                             "volume (slices of different sizes, or several series under one id); give a folder with "
                             "one series") from None
     _check_slice_spacing(files[sid], img, path, name)
-    return img
+    return img, _dicom_modality(files[sid][0])
 
 
 def _one_file_of_a_series(img, path: str, name: str) -> list:
@@ -576,7 +604,7 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     if problem:
         raise PriorRegError(problem)
     if os.path.isdir(path):
-        img = _read_dicom_dir(path, name, notes)
+        img, modality = _read_dicom_dir(path, name, notes)
     else:
         ext = extension(path)
         if ext in (".mha", ".mhd"):
@@ -595,12 +623,14 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
             notes += _header_notes(path, img, name)
         if ext == ".dcm" and notes is not None:
             notes += _one_file_of_a_series(img, path, name)
+        modality = _tag(img, "0008|0060") if ext == ".dcm" else _sidecar_modality(path)
     img = _to_scalar(img, path, name, notes)
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     if img.GetDimension() not in (2, 3):
         raise PriorRegError(f"{name}: {path} is a {img.GetDimension()}D image; only 2D and 3D images are supported")
     out = sitk_to_image(img, notes=notes, name=name, outputs_on_grid=outputs_on_grid)
+    out.modality = modality
     if scan is not None and (scan.n_nan or scan.n_inf):
         if not allow_nonfinite:
             _refuse_nonfinite(out.array, path, name, scan.n_nan, scan.n_inf)

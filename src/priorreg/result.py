@@ -42,6 +42,8 @@ class RegistrationResult:
         The options used (the preset's, with explicit options applied).
     preset : str or None
         The preset the options came from (None: ``options=`` was given).
+    preset_note : str or None
+        Why ``preset`` was chosen where none was asked for (a PET or SPECT file: "functional").
     warnings : list of str
         What looked wrong with the inputs (each also issued as a :class:`PriorRegWarning`),
         e.g. a prior that fits the pair far better with the modalities swapped.
@@ -71,6 +73,7 @@ class RegistrationResult:
     moving_on_fixed: Image = field(repr=False, default=None)  # before registration, for comparisons
     warnings: list = field(default_factory=list)  # PriorRegWarning messages of this run
     preset: str | None = None
+    preset_note: str | None = None
     fov: np.ndarray = field(repr=False, default=None)
     linear: object = None
     prior_weights: list = field(default_factory=list)  # alpha="auto": per level, coarsest first, alpha and its evidence
@@ -100,6 +103,7 @@ class RegistrationResult:
     def as_dict(self) -> dict:
         return {
             "preset": self.preset,
+            "preset_note": self.preset_note,
             "options": self.options.as_dict(),
             "prior": self.prior,
             "ranges": [list(r) for r in self.ranges],
@@ -248,6 +252,7 @@ def make_result(inp, pyr, field_np, history, intensity_maps, warnings, seconds, 
         moving_on_fixed=mov if fix.same_grid(mov) else warp(mov, np.zeros_like(field_np), reference=fix, allow_empty=True),
         warnings=warnings,
         preset=inp.preset,
+        preset_note=inp.preset_note,
         fov=fov,
         linear=linear,
         prior_weights=[h.prior_weight for h in history if h.prior_weight is not None],

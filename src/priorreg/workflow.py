@@ -415,6 +415,16 @@ def check_options(preset: str | None, overrides: dict, has_prior: bool) -> None:
             raise PriorRegError(_NEEDS_PRIOR.format(opts.alpha))
 
 
+def chosen_preset(preset: str | None, fixed, moving, notes: list) -> tuple:
+    """``(preset, why)``: --preset, or with none "functional" for a PET or SPECT file
+    (:func:`priorreg.checks.preset_for`), its reason added to ``notes`` (None when --preset was given)."""
+    from .checks import preset_for
+
+    preset, said = preset_for(preset, None, fixed, moving, override="--preset default")
+    notes += said
+    return preset, (said[0] if said else None)
+
+
 def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior_path, notes: list, shape=None,
                     spacing=None) -> tuple:
     """``(overrides, options)`` of one registration: the preset's options for ``ndim``, the flags given,
