@@ -369,6 +369,17 @@ def test_help_says_what_the_flags_do_here(capsys):
     assert "``" not in reg and ":mod:" not in reg and ":func:" not in reg
     assert "(default: 1.0 without --prior, 'auto' with one)" in reg and "--device {cpu,cuda,cuda:N}" in reg
     assert "solver internals" in reg and "solver internals" not in train and "a prior brings its own" not in train
+    # Fourth pass: the flags named Python arguments and modules --help hides (regularization_scaling,
+    # priorreg.prior_weight, linear="none"), and --device came after 15 lines on the prior's term.
+    assert "priorreg." not in reg and "regularization_scaling" not in reg and '="none"' not in reg
+    order = [reg.index(cli.option_flag(n) + " ") for n in USER_OPTIONS]
+    assert order == sorted(order) and reg.index("--device") < reg.index("--prior-term")
+
+
+def test_a_shortened_flag_is_refused_not_taken_for_another(capsys):
+    """argparse took --step-voxel for the hidden --step-voxels without a word."""
+    assert_error(capsys, ["register", "f.nii.gz", "m.nii.gz", "--out", "o", "--step-voxel", "1"],
+                 "unrecognized arguments: --step-voxel 1")
 
 
 def test_errors_are_one_line(capsys, data, tmp_path):

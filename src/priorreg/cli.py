@@ -36,6 +36,9 @@ class _Error(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # --step-voxel set the hidden --step-voxels without a word: no abbreviations
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def error(self, message):  # one line, no usage block
         flag = message.split(":")[0].removeprefix("argument ").split("/")[0]
         where = "docs/options.md" if _is_internal(flag) else f"'{self.prog} --help'"  # --help hides the internals
@@ -129,12 +132,41 @@ def _default_text(name: str) -> str:
     return text
 
 
+# --help's line for each option users tune, in flag spellings (RegistrationOptions' docstring, which
+# docs/options.md follows, is the reference: it names the Python arguments and the modules)
+FLAG_HELP = {
+    "alpha": "weight of mutual information against the prior: 1 = mutual information alone (no prior needed), "
+             "< 1 needs --prior, auto = chosen per pyramid level from how well the prior fits the pair (report.json: "
+             "prior_weights)",
+    "regularization": "smoothness: weight of the field's gradient term (larger = smoother, stiffer field)",
+    "bending": "weight of the field's curvature term (mm^2): larger = smoother over longer distances",
+    "levels": "pyramid levels, each half the resolution of the next; 1 = full resolution only (fewer where an "
+              "image is too small for them)",
+    "linear": "the linear stage before the deformable one, by mutual information, never worse than the start; "
+              "none = start from the images' world alignment (or --initial-transform)",
+    "initial_transform": "an ITK/ANTs/elastix/Slicer transform file (.tfm, .txt, .mat), fixed to moving: the linear "
+                         "stage starts from it (with --linear none it is used as it is)",
+    "device": "where to compute: cpu, cuda or cuda:N",
+    "max_iterations": "iteration cap per pyramid level",
+    "local_weight": "share of regional mutual information (block by block: robust to bias fields) in the "
+                    "similarity; 0 = global mutual information only",
+    "mind_weight": "weight of MIND-SSC, a local modality-independent similarity; 0 = off (hurts PET/SPECT)",
+    "bins": "joint histogram bins per intensity axis (a prior sets its own)",
+    "parzen_sigma": "Parzen window width of the joint histogram, in bins (a prior sets its own)",
+    "normalization": "intensity normalisation (a prior sets the one it was learned with)",
+    "alpha_schedule": "constant = --alpha at every level; mi-finest = --alpha at the coarser levels, mutual "
+                      "information alone at the finest",
+    "prior_term": "how the prior enters: kl = KL(p_u || p_L) (the paper), ce = cross-entropy, ckl = conditional KL "
+                  "(robust to another scanner's intensity proportions)",
+}
+
+
 def _flag_spec(f, docs: dict, choices: dict, internal: bool = False) -> dict:
     """argparse keywords of the flag of one RegistrationOptions field (default None: not given)."""
     import argparse
 
     kind = _SPECIAL.get(f.name) or _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
-    help_ = docs.get(f.name, "").replace("%", "%%") + f" ({_default_text(f.name)})"
+    help_ = (FLAG_HELP.get(f.name) or docs.get(f.name, "")).replace("%", "%%") + f" ({_default_text(f.name)})"
     if internal:
         help_ = argparse.SUPPRESS
     kw = dict(type=kind, default=None, dest=f.name, help=help_, metavar=f.name.upper())
@@ -155,7 +187,8 @@ def add_engine_options(parser, names=None, preset: bool = True) -> None:
     title = "defaults: the --preset's, else the default preset's" if preset else "defaults from the default preset"
     internals = "; solver internals (step sizes, tolerances, sampling, term details) are accepted too and listed in docs/options.md"
     group = parser.add_argument_group(f"engine options ({title}{internals if names is None else ''})")
-    for f in dataclasses.fields(RegistrationOptions):
+    rank = {n: i for i, n in enumerate(USER_OPTIONS)}  # what users tune, most often first; the internals (hidden) after
+    for f in sorted(dataclasses.fields(RegistrationOptions), key=lambda f: rank.get(f.name, len(rank))):
         if names is None or f.name in names:
             group.add_argument(option_flag(f.name), **_flag_spec(f, docs, choices, f.name not in USER_OPTIONS))
 
@@ -165,7 +198,7 @@ def add_preset_option(parser) -> None:
 
     parser.add_argument("--preset", choices=sorted(PRESETS), metavar="{" + ",".join(sorted(PRESETS)) + "}",
                         help="named engine options (docs/options.md): default, mr (MR to MR, the same as default), "
-                        "functional (PET/SPECT with CT), atlas (a regional prior learned in the images' frame decides), "
+                        "functional (PET/SPECT with CT; chosen with no --preset where a file says PET or SPECT), atlas (a regional prior learned in the images' frame decides), "
                         "paper (the 2005 energy); the engine flags given override it (default: default)")
 
 

@@ -21,8 +21,8 @@ def is_auto(alpha) -> bool:
 
 
 # What users tune (shown by --help); the other fields are solver internals (docs/options.md).
-USER_OPTIONS = ("alpha", "alpha_schedule", "prior_term", "regularization", "bending", "bins", "parzen_sigma", "levels",
-                "max_iterations", "local_weight", "mind_weight", "linear", "initial_transform", "normalization", "device")
+USER_OPTIONS = ("alpha", "regularization", "bending", "levels", "linear", "initial_transform", "device", "max_iterations",
+                "local_weight", "mind_weight", "bins", "parzen_sigma", "normalization", "alpha_schedule", "prior_term")
 
 LOCAL_BLOCK_VOXELS = 20
 LOCAL_MAX_REGIONS = 4
