@@ -711,6 +711,7 @@ def test_a_prior_with_no_weight_changes_nothing():
     np.testing.assert_array_equal(given.field, alone.field)
     assert not any("KL" in t for h in given.history for t in h.terms)
     assert repr(prior).startswith("Prior(2D, 1 pair(s), bins=64") and len(repr(prior)) < 200  # not every table
+    assert repr(Image(np.zeros((400, 500)), (0.5, 2.0))) == "Image(2D 400x500, spacing (0.5, 2) mm, origin (0, 0) mm, float64)"
 
 
 def test_a_fixed_alpha_with_a_prior_far_from_the_registered_pair_is_named():
@@ -955,6 +956,9 @@ def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
     before = moving.copy()
     priorreg.register(fixed, moving, **kw)
     assert np.array_equal(moving, before)  # the check reads views of the input, never writes
+    one = np.zeros(fixed.shape, bool)
+    one[90, 90] = True  # a one-voxel mask (a 2 mm margin): too few samples to judge a mirror by
+    assert not said(priorreg.register(fixed, moving.copy(), mask=one, linear="none", levels=1, **kw))
 
 
 def test_an_image_without_a_frame_beside_one_with_another_direction_is_warned_about():

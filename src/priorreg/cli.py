@@ -140,8 +140,7 @@ FLAG_HELP = {
              "prior_weights)",
     "regularization": "smoothness: weight of the field's gradient term (larger = smoother, stiffer field)",
     "bending": "weight of the field's curvature term (mm^2): larger = smoother over longer distances",
-    "levels": "pyramid levels, each half the resolution of the next; 1 = full resolution only (fewer where an "
-              "image is too small for them)",
+    "levels": "pyramid levels, each half the resolution of the next; 1 = full resolution only",
     "linear": "the linear stage before the deformable one, by mutual information, never worse than the start; "
               "none = start from the images' world alignment (or --initial-transform)",
     "initial_transform": "an ITK/ANTs/elastix/Slicer transform file (.tfm, .txt, .mat), fixed to moving: the linear "
@@ -151,9 +150,9 @@ FLAG_HELP = {
     "local_weight": "share of regional mutual information (block by block: robust to bias fields) in the "
                     "similarity; 0 = global mutual information only",
     "mind_weight": "weight of MIND-SSC, a local modality-independent similarity; 0 = off (hurts PET/SPECT)",
-    "bins": "joint histogram bins per intensity axis (a prior sets its own)",
-    "parzen_sigma": "Parzen window width of the joint histogram, in bins (a prior sets its own)",
-    "normalization": "intensity normalisation (a prior sets the one it was learned with)",
+    "bins": "joint histogram bins per intensity axis",
+    "parzen_sigma": "Parzen window width of the joint histogram, in bins",
+    "normalization": "intensity normalisation",
     "alpha_schedule": "constant = --alpha at every level; mi-finest = --alpha at the coarser levels, mutual "
                       "information alone at the finest",
     "prior_term": "how the prior enters: kl = KL(p_u || p_L) (the paper), ce = cross-entropy, ckl = conditional KL "
@@ -161,12 +160,18 @@ FLAG_HELP = {
 }
 
 
-def _flag_spec(f, docs: dict, choices: dict, internal: bool = False) -> dict:
+# ... and what register and cohort add (train makes the prior, on the levels given)
+REGISTER_HELP = {"levels": " (fewer where an image is too small for them)", "bins": " (a --prior sets its own)",
+                 "parzen_sigma": " (a --prior sets its own)", "normalization": " (a --prior sets the one it was learned with)"}
+
+
+def _flag_spec(f, docs: dict, choices: dict, internal: bool = False, register: bool = True) -> dict:
     """argparse keywords of the flag of one RegistrationOptions field (default None: not given)."""
     import argparse
 
     kind = _SPECIAL.get(f.name) or _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
-    help_ = (FLAG_HELP.get(f.name) or docs.get(f.name, "")).replace("%", "%%") + f" ({_default_text(f.name)})"
+    text = (FLAG_HELP.get(f.name) or docs.get(f.name, "")) + (REGISTER_HELP.get(f.name, "") if register else "")
+    help_ = text.replace("%", "%%") + f" ({_default_text(f.name)})"
     if internal:
         help_ = argparse.SUPPRESS
     kw = dict(type=kind, default=None, dest=f.name, help=help_, metavar=f.name.upper())
@@ -190,7 +195,7 @@ def add_engine_options(parser, names=None, preset: bool = True) -> None:
     rank = {n: i for i, n in enumerate(USER_OPTIONS)}  # what users tune, most often first; the internals (hidden) after
     for f in sorted(dataclasses.fields(RegistrationOptions), key=lambda f: rank.get(f.name, len(rank))):
         if names is None or f.name in names:
-            group.add_argument(option_flag(f.name), **_flag_spec(f, docs, choices, f.name not in USER_OPTIONS))
+            group.add_argument(option_flag(f.name), **_flag_spec(f, docs, choices, f.name not in USER_OPTIONS, preset))
 
 
 def add_preset_option(parser) -> None:
@@ -310,7 +315,7 @@ def _add_demo(sub) -> None:
         "field, register it back onto T1 with alpha=auto (prior weighed per level) and alpha=1 (MI), and report the endpoint errors.",
     )
     d.add_argument("--out", default="priorreg-demo", metavar="DIR", help="output directory (default: ./priorreg-demo)")
-    d.add_argument("--device", default="cpu", metavar="{cpu,cuda}", help="device (default: cpu)")
+    d.add_argument("--device", default="cpu", metavar="{cpu,cuda,cuda:N}", help="device (default: cpu)")
     d.add_argument("--overwrite", action="store_true", help="write into an existing non-empty DIR")
     d.add_argument("--quiet", action="store_true", help="print nothing but errors and the two reports' paths")
 
@@ -414,9 +419,8 @@ def cmd_register(args, con: Console) -> int:
     con.end_bar(done=True)
     for n in wf.linear_notes(result):  # in the order the stages ran: the linear stage's, the prior's, then warnings
         con.note(n)
-    weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # the note explains a weight: none given, none to explain
-    for n in dict.fromkeys(w["note"] for w in weighed if w.get("note")):  # once, not per level
-        con.note(f"alpha auto: {n}")
+    for n in wf.prior_weight_notes(result):
+        con.note(n)
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=notes)  # the options' notes too

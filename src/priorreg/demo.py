@@ -137,6 +137,8 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
         })
         if console is not None:
             console.note(f"alpha={_label(alpha)}: {wf.summary(res)}; endpoint error {err[mask].mean():.3f} mm")
+            for n in wf.prior_weight_notes(res):
+                console.note(n)
 
 
 def _finish(out, results, fixed, true_mm, mask, prior):

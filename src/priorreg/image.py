@@ -111,6 +111,12 @@ class Image:
 
     __hash__ = None  # mutable: arrays and geometry can change
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's printed every voxel): shape, voxel size, origin and type."""
+        mm = lambda v: "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"  # noqa: E731
+        return (f"Image({self.ndim}D {'x'.join(str(n) for n in self.shape)}, spacing {mm(self.spacing)} mm, "
+                f"origin {mm(self.origin)} mm, {self.array.dtype})")
+
     def __post_init__(self):
         if self.framed is None:
             self.framed = self.origin is not None or self.direction is not None

@@ -440,6 +440,8 @@ def resolve_options(ndim: int, preset: str | None, overrides: dict, prior, prior
     base = preset_options(preset or "default", ndim)
     if prior is None and "alpha" not in overrides and not is_auto(base.alpha) and base.alpha < 1:
         notes.append(f"preset {preset} weighs a prior by alpha {base.alpha}; without --prior it runs alpha 1 (no prior)")
+    if prior is None and is_auto(overrides.get("alpha")):
+        notes.append("--alpha auto weighs a prior; without --prior it runs alpha 1 (mutual information alone)")
     if res.fewer_levels:
         notes.append(_fewer_levels_note(opts.levels, shape, res.levels_asked))
     overrides = {**overrides, **res.from_prior, **res.fewer_levels}  # register() given these chooses nothing anew
@@ -734,6 +736,12 @@ def linear_notes(result) -> list:
     the summary would otherwise read like a found identity); report.json's "linear" keeps every note."""
     lin = result.linear
     return [f"linear stage: {n}" for n in lin.notes] if lin is not None and lin.rejected else []
+
+
+def prior_weight_notes(result) -> list:
+    """Each note that explains a weight alpha "auto" gave the prior, once (not per level)."""
+    weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # none given: none to explain
+    return [f"alpha auto: {n}" for n in dict.fromkeys(w["note"] for w in weighed if w.get("note"))]
 
 
 def _linear_summary(lin) -> str:
