@@ -5,6 +5,7 @@ A registration is a short pipeline of named stages, each in its own module:
 1. :func:`priorreg.checks.validate` - refuse bad input, resolve the options;
 2. :func:`priorreg.prealign.prealign` - the linear stage (rigid, then affine), on the arrays as stored; then
    :func:`priorreg.layout.on_one_layout` - both images' arrays on one voxel layout (exact reordering);
+   :func:`priorreg.working_grid.on_working_grid` - the fixed grid, no finer than the moving image's voxels;
 3. :func:`priorreg.normalise.normalise` - intensities and histogram ranges, pyramids;
 4. :func:`priorreg.deformable.deformable` - per level, the energy from
    :func:`priorreg.deformable.build_energy`, minimised by :mod:`priorreg.solver`;
@@ -31,6 +32,7 @@ from .prior_warnings import check_prior_order, misaligned_prior_warnings, truste
 from .resample import warp
 from .intensity import foreground
 from .layout import on_one_layout
+from .working_grid import on_working_grid
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
 from .runtime import heap_temporaries, registration_threads
 
@@ -120,6 +122,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
     given, (inp, lay) = inp, on_one_layout(inp)  # the deformable stage sees one voxel layout per grid
     work, resampled = after_prealign(inp, lin)
+    work, grid = on_working_grid(work, inp.moving)  # no finer than the moving image's voxels
     pyr = normalise(work)
     work, swapped = check_prior_order(work, pyr)
     notes = inp.notes + header + range_notes(pyr) + swapped + misaligned_prior_warnings(work)
@@ -128,6 +131,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history) + ([] if swapped else trusted_prior_warnings(work, pyr, u))
+    u = u if grid is None else grid.field_back(u)  # on the fixed grid
     field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
     if lay is not None:  # back on the fixed image's own layout, and the levels' grids as report.json gives them
         field = lay.field_back(field)

@@ -38,6 +38,7 @@ class Inputs:
     initial_field: np.ndarray | None
     notes: list = field(default_factory=list)  # what validate chose for the caller (fewer levels on a small image)
     preset_note: str | None = None  # why ``preset`` was chosen where none was asked for (preset_for)
+    bending_grid: tuple | None = None  # (spacing, shape) the bending rule reads: the fixed grid's (working_grid)
 
 
 def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
@@ -120,7 +121,7 @@ def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None
         prior.check_compatible(ndim, opts, func)
 
 
-def _local_regions(opts: RegistrationOptions, fix: Image, func: str):
+def local_regions(opts: RegistrationOptions, fix: Image, func: str):
     if opts.local_weight <= 0:
         return None
     lr = auto_local_regions(fix.shape, opts.levels, opts.bins, fix.spacing) if opts.local_regions == "auto" else opts.local_regions
@@ -235,7 +236,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         preset=(preset or "default") if options is None else None,
         device=check_device(opts.device, func),
         dtype=DTYPES[opts.dtype],
-        local_regions=_local_regions(opts, fix, func),
+        local_regions=local_regions(opts, fix, func),
         initial_field=_initial_field(initial_field, fix, func, opts),
         notes=notes,
         preset_note=chosen[0] if chosen else None,

@@ -165,7 +165,8 @@ def _regulariser(lv: Level, inp: Inputs) -> Tikhonov:
     opts = inp.options
     k = lv.alpha if (opts.regularization_scaling == "alpha" and 0 < lv.alpha < 1) else 1.0
     k /= mask_share(lv.mask)
-    return Tikhonov(k * opts.regularization, lv.spacing, k * bending_weight(opts, inp.fixed.spacing, inp.fixed.shape))
+    spacing, shape = inp.bending_grid or (inp.fixed.spacing, inp.fixed.shape)  # the fixed grid's, not the working one's
+    return Tikhonov(k * opts.regularization, lv.spacing, k * bending_weight(opts, spacing, shape))
 
 
 def mask_share(mask) -> float:

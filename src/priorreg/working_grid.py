@@ -1,0 +1,91 @@
+"""The grid the deformable stage works on: the fixed grid, or where the moving image's voxels are coarser,
+the fixed grid subsampled to them (by powers of two per axis, as the pyramid's levels are made), the field
+interpolated back onto the fixed grid at the end.
+
+A PET of 4 mm voxels onto a CT of 1 mm, an ADC map of 2 mm onto a T2w of 0.5 mm in plane: the moving image
+holds nothing finer than its voxels, so the levels finer than them add cost (16-64 x the voxels) and no
+information. The energy is the same: the regulariser's weights are physical (mm) and the bending rule reads
+the fixed grid's own spacing and extent (``Inputs.bending_grid``)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from . import pyramid
+from .checks import local_regions
+from .image import Image
+
+
+def moving_resolution(fix: Image, mov: Image) -> np.ndarray:
+    """The moving image's voxel size (mm) along each of the fixed image's array axes (exact where the axes
+    are parallel; for oblique ones, the extent of a moving voxel along the fixed axis)."""
+    cos = np.abs(np.asarray(fix.direction, float).T @ np.asarray(mov.direction, float))  # fixed axis k . moving axis j
+    return cos @ np.asarray(mov.spacing, float)
+
+
+# Moving voxels this many times the fixed ones (or more) along an axis: work on the moving's. Measured on BraTS
+# FLAIR 1 mm against T1c sampled at 2, 3 and 4 mm (benchmarks/README.md, "A coarser moving image"): at 2 x the
+# fixed grid's detail still helped (0.1 mm), at 3 and 4 x working on the fixed grid was worse and 3-10 x slower.
+MIN_RATIO = 2.5
+
+
+def working_factors(fix: Image, mov: Image, levels: int) -> tuple:
+    """Subsampling factor per fixed axis: where the moving image's voxels are MIN_RATIO or more times the
+    fixed one's, the largest power of two that keeps the working voxels no coarser than the moving image's
+    (else 1), leaving the pyramid's ``levels`` room (pyramid.max_levels)."""
+    ratio = moving_resolution(fix, mov) / np.asarray(fix.spacing, float)
+    f = [2 ** int(math.floor(math.log2(r) + 1e-3)) if r >= MIN_RATIO - 1e-3 else 1 for r in ratio]
+    while any(k > 1 for k in f) and pyramid.max_levels(_shape(fix.shape, f), _spacing(fix.spacing, f)) < levels:
+        f = [k // 2 if k == max(f) else k for k in f]  # the coarsest axes alike
+    return tuple(f)
+
+
+def _shape(shape, f) -> tuple:
+    return tuple((n + k - 1) // k for n, k in zip(shape, f))
+
+
+def _spacing(spacing, f) -> tuple:
+    return tuple(float(s) * k for s, k in zip(spacing, f))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkingGrid:
+    """The fixed grid's ``shape`` and the factors ``f`` of the working grid (working voxel i = fixed voxel f*i)."""
+
+    shape: tuple
+    f: tuple
+
+    def field_back(self, u: torch.Tensor) -> torch.Tensor:
+        """A working-grid field (mm) interpolated onto the fixed grid (n-linear, as between pyramid levels)."""
+        return pyramid.upsample_field(u, self.shape, ratio=list(self.f))
+
+
+def _subsampled(img: Image, f) -> Image:
+    """``img`` blurred and subsampled as a pyramid level of factors ``f`` (origin and direction kept)."""
+    arr = pyramid.downsample(torch.as_tensor(np.asarray(img.array, dtype=np.float32)), list(f)).numpy()
+    return Image(arr, _spacing(img.spacing, f), img.origin, img.direction, framed=img.framed)
+
+
+def on_working_grid(inp, moving: Image):
+    """(``inp`` on the working grid, its WorkingGrid or None where it is the fixed grid). ``moving``: the
+    moving image as given (``inp.moving`` may be it resampled onto the fixed grid, which hides its voxel size).
+    Single slices and a prior with regional tables (blocks of the fixed array) keep the fixed grid."""
+    fix = inp.fixed
+    if fix.volume is not None or (inp.prior is not None and inp.prior.n_regions > 1):
+        return inp, None
+    f = working_factors(fix, moving, inp.options.levels)
+    if all(k == 1 for k in f):
+        return inp, None
+    every = tuple(slice(0, None, k) for k in f)
+    work = dataclasses.replace(
+        inp, fixed=_subsampled(fix, f),
+        moving=_subsampled(inp.moving, f) if inp.moving.same_grid(fix) else inp.moving,
+        mask=None if inp.mask is None else np.ascontiguousarray(np.asarray(inp.mask)[every]),
+        initial_field=None if inp.initial_field is None else np.ascontiguousarray(np.asarray(inp.initial_field)[(slice(None),) + every]),
+        bending_grid=inp.bending_grid or (fix.spacing, fix.shape))
+    if inp.options.local_weight > 0 and inp.options.local_regions == "auto":  # blocks for the working grid's size
+        work = dataclasses.replace(work, local_regions=local_regions(inp.options, work.fixed, "register()"))
+    return work, WorkingGrid(fix.shape, f)

@@ -1,0 +1,42 @@
+"""The working grid: the deformable stage no finer than the moving image's voxels where they are 2.5 or more
+times the fixed image's (priorreg.working_grid)."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import priorreg
+import synthetic as syn
+from priorreg import Image
+from priorreg.working_grid import MIN_RATIO, working_factors
+
+
+def test_the_factors_follow_the_moving_voxels_per_axis_from_two_and_a_half_times_the_fixed_ones():
+    fix = Image(np.zeros((64, 64, 64)), (1.0, 1.0, 1.0))
+    assert working_factors(fix, Image(np.zeros((16, 16, 16)), (4.0, 4.0, 4.0)), 3) == (4, 4, 4)
+    assert working_factors(fix, Image(np.zeros((8, 8, 8)), (8.0, 8.0, 8.0)), 3) == (4, 4, 4)  # room for 3 levels
+    assert working_factors(fix, Image(np.zeros((8, 8, 8)), (8.0, 8.0, 8.0)), 1) == (8, 8, 8)
+    assert working_factors(fix, Image(np.zeros((32, 32, 32)), (2.0, 2.0, 3.0)), 3) == (1, 1, 2)  # 2 x: the fixed grid
+    t2w = Image(np.zeros((19, 384, 384)), (3.0, 0.5, 0.5))  # a prostate T2w and its ADC map: in plane only
+    assert working_factors(t2w, Image(np.zeros((19, 128, 84)), (3.0, 2.0, 2.0)), 3) == (1, 4, 4)
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))  # an oblique moving grid: a voxel's extent along each axis
+    turned = Image(np.zeros((16, 16, 16)), (4.0, 4.0, 4.0), direction=np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]))
+    assert working_factors(fix, turned, 3) == (4, 4, 4) and MIN_RATIO == 2.5
+
+
+def test_a_moving_image_of_coarse_voxels_is_registered_on_its_resolution_and_the_field_is_on_the_fixed_grid():
+    """A 4 mm moving image onto a 1 mm fixed one: the finest level has the moving image's voxels, the field
+    and the warped image are on the fixed grid, the bending weight is the fixed grid's, and the field comes
+    closer to the truth than no registration does."""
+    shape = (64, 64, 64)
+    lab = syn.anatomy(shape, seed=3)
+    v = syn.smooth_field(shape, 4.0, sigma=12, seed=4)
+    fixed = syn.deform(syn.contrast(lab, syn.T1, seed=5), v)
+    moving = ndimage.gaussian_filter(syn.contrast(lab, syn.T2_MONO, seed=6), 1.7)[::4, ::4, ::4]
+    r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), linear="none")
+    assert r.field.shape == (3, *shape) and r.warped.shape == shape and r.jacobian.shape == shape
+    assert tuple(r.history[-1].shape) == (16, 16, 16) and tuple(r.history[-1].spacing) == (4.0, 4.0, 4.0)
+    full = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), linear="none", max_iterations=0)
+    assert r.history[-1].regulariser == full.history[-1].regulariser  # the same energy: weights of the fixed grid
+    inside = lab > 0
+    error = np.sqrt(((r.field - v) ** 2).sum(0))[inside].mean()
+    assert error < 0.8 * np.sqrt((v**2).sum(0))[inside].mean()
