@@ -40,3 +40,15 @@ def test_a_moving_image_of_coarse_voxels_is_registered_on_its_resolution_and_the
     inside = lab > 0
     error = np.sqrt(((r.field - v) ** 2).sum(0))[inside].mean()
     assert error < 0.8 * np.sqrt((v**2).sum(0))[inside].mean()
+
+
+def test_the_small_field_note_counts_the_voxels_the_field_was_found_on():
+    """A 1.5 mm warp is 1.5 voxels of the 1 mm fixed grid but a third of the 4 mm moving image's voxels, the
+    scale of the error floor there: the note speaks of the working grid's voxels."""
+    shape = (64, 64, 64)
+    lab = syn.anatomy(shape, seed=3)
+    fixed = syn.deform(syn.contrast(lab, syn.T1, seed=5), syn.smooth_field(shape, 1.5, sigma=12, seed=4))
+    moving = ndimage.gaussian_filter(syn.contrast(lab, syn.T2_MONO, seed=6), 1.7)[::4, ::4, ::4]
+    r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), linear="none", warn=False)
+    (note,) = [w for w in r.warnings if "the field is small" in w]
+    assert "voxel of 4 x 4 x 4 mm" in note

@@ -137,7 +137,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
         field = lay.field_back(field)
         for h in history:
             h.shape, h.spacing = lay.vector_back(h.shape), lay.vector_back(h.spacing)
-    late = late + small_field_notes(field, given.fixed.spacing, region)
+    late = late + small_field_notes(field, history[-1].spacing, region)  # the finest level's voxels (working_grid)
     result = make_result(given, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
     outcome = outcome_notes(result, region)
     result.warnings.extend(outcome)

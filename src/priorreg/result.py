@@ -126,16 +126,18 @@ SMALL_FIELD_VOXELS = 0.5  # below this mean displacement the field is of the ord
 def small_field_notes(field: np.ndarray, spacing, region) -> list:
     """A note when the field moves the fixed voxels in ``region`` (the mask, or the fixed image's Otsu
     foreground as the nearly-aligned rule of :mod:`priorreg.deformable` measures it) by less than
-    SMALL_FIELD_VOXELS on average: the default ends 0.1-0.4 voxel from the truth even on an aligned pair, so
-    on a pair misaligned by less than about half a voxel it can be worse than no registration (benchmarks/README.md,
-    "Small warps: the default's error floor")."""
+    SMALL_FIELD_VOXELS voxels of ``spacing`` (the finest level's: the moving image's where they are far
+    coarser, :mod:`priorreg.working_grid`) on average: the default ends 0.1-0.4 voxel from the truth even on an
+    aligned pair, so on a pair misaligned by less than about half a voxel it can be worse than no registration
+    (benchmarks/README.md, "Small warps: the default's error floor", "A coarser moving image")."""
     h = np.reshape(np.asarray(spacing, dtype=float), (-1,) + (1,) * (field.ndim - 1))
     size = np.sqrt(((field / h) ** 2).sum(0))
     inside = None if region is None else np.asarray(region) > 0
     mean = float(size[inside].mean()) if inside is not None and inside.any() else float(size.mean())
     if mean >= SMALL_FIELD_VOXELS:
         return []
-    return [f"register(): the field is small (mean {mean:.2f} voxel), of the order of priorreg's error on pairs that "
+    voxel = " x ".join(f"{float(s):.3g}" for s in spacing)
+    return [f"register(): the field is small (mean {mean:.2f} voxel of {voxel} mm), of the order of priorreg's error on pairs that "
             "were aligned already (0.1-0.4 voxel on the benchmark's): if this pair was aligned already, the unregistered "
             "image may be as good; compare the two"]
 
