@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 pytest.importorskip("distributed", reason="priorreg cohort needs dask[distributed]")
 
@@ -155,6 +156,17 @@ def test_bad_rows_are_refused_before_anything_runs(capsys, data, tmp_path, monke
                          "line 6: mask: no such file")
     assert "line 2:" not in msg and "line 5:" in msg
     assert sorted(os.listdir(tmp_path / "out")) == ["c"]  # nothing written
+    # A 2D image beside a 3D one, or beside a prior of the other dimension: from the headers, before the run
+    # (it had failed in the pair's task); a single-slice 3D file is the 2D image it is read as.
+    pio.write_image(priorreg.Image(np.ones((8, 8, 8), np.float32)), tmp_path / "vol.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((1, 48, 40), np.float32)), str(tmp_path / "slab.nii.gz"))
+    manifest = write_manifest(tmp_path / "dims.csv", [("v", d / "t1_0.nii.gz", tmp_path / "vol.nii.gz", ""),
+                                                      ("s", d / "t1_0.nii.gz", tmp_path / "slab.nii.gz", "")])
+    msg = one_line_error(capsys, ["cohort", manifest, "--out", tmp_path / "dims", *LOCAL], "1 bad row(s) of 2",
+                         "line 2: fixed is 2D and moving is 3D (both must be 2D or both 3D)")
+    vols = write_manifest(tmp_path / "vols.csv", [("v", tmp_path / "vol.nii.gz", tmp_path / "vol.nii.gz", "")])
+    one_line_error(capsys, ["cohort", vols, "--out", tmp_path / "dims", "--prior", data / "prior.npz", *LOCAL],
+                   "line 2: the images are 3D and the prior 2D")
     # An existing output folder of another run, the manifest itself and its columns.
     manifest = write_manifest(tmp_path / "taken.csv", [("taken", d / "t1_0.nii.gz", d / "t2_0.nii.gz", "")])
     one_line_error(capsys, ["cohort", manifest, "--out", tmp_path, "--resume", *LOCAL],  # not a folder of ours

@@ -250,7 +250,21 @@ def _only_ours(folder: str) -> bool:
     return all(n in wf.OUTPUT_NAMES or n == wf.LINEAR_NAME or n.startswith(wf.TEMP_PREFIX) for n in os.listdir(folder))
 
 
-def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
+def _dimension_problems(paths: dict, prior_dim: int | None) -> list:
+    """A 2D image beside a 3D one (or a prior of the other dimension), from the files' headers: found before
+    anything runs, not by the pair's task hours later. A folder (DICOM) is left to the task."""
+    from .io import image_dimension
+
+    dims = {role: image_dimension(p) for role, p in paths.items() if p and not os.path.isdir(p)}
+    f, m = dims.get("fixed"), dims.get("moving")
+    if f and m and f != m:
+        return [f"fixed is {f}D and moving is {m}D (both must be 2D or both 3D)"]
+    if prior_dim and (f or m) and (f or m) != prior_dim:
+        return [f"the images are {f or m}D and the prior {prior_dim}D"]
+    return []
+
+
+def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int, prior_dim: int | None = None) -> tuple:
     """``(Pair, problems)`` of the k-th data row."""
     from .io import input_problem
 
@@ -267,6 +281,8 @@ def _parse_row(k: int, row: dict, base: str, out_dir: str, width: int) -> tuple:
             bad.append(f"{role}: empty")
         elif v:
             bad += [p for p in [input_problem(paths[role], role)] if p]
+    if not bad:
+        bad += _dimension_problems(paths, prior_dim)
     o = _cell(row, "out")
     folder = _abs(o, out_dir) if o else os.path.join(out_dir, pid)
     try:
@@ -357,24 +373,25 @@ def _output_problems(pr: Pair, inputs: dict, out_key: str, first_out: dict, flag
     return bad
 
 
-def _parse_rows(rows: list, base: str, out_dir: str) -> tuple:
+def _parse_rows(rows: list, base: str, out_dir: str, prior_dim: int | None) -> tuple:
     width = max(4, len(str(len(rows))))
     pairs, problems = [], {}
     for k, (line, row) in enumerate(rows, 1):
-        pr, problems[line] = _parse_row(k, row, base, out_dir, width)
+        pr, problems[line] = _parse_row(k, row, base, out_dir, width, prior_dim)
         pr.line = line
         pairs.append(pr)
     return pairs, problems
 
 
-def validate_manifest(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None) -> list:
+def validate_manifest(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None,
+                      prior_dim: int | None = None) -> list:
     """Check the manifest and the outputs; returns the pairs or raises one error listing every bad row."""
     manifest = os.path.abspath(os.fspath(manifest))
     out_dir = os.path.abspath(os.fspath(out_dir))
     rows, ignored = read_manifest(manifest)
     if ignored and notes is not None:
         notes.append(f"manifest: ignoring the column(s) {', '.join(ignored)}")
-    pairs, problems = _parse_rows(rows, os.path.dirname(manifest), out_dir)
+    pairs, problems = _parse_rows(rows, os.path.dirname(manifest), out_dir, prior_dim)
     for pr in pairs:
         pr.prior = None if prior_path is None else os.path.abspath(os.fspath(prior_path))
     first_out = _check_unique(pairs, problems)
@@ -781,7 +798,8 @@ def _plan(args, con, overrides: dict) -> Plan:
     wf.check_out_dir(args.out, [args.manifest], args.overwrite or args.resume,  # the cohort's own folder, as given
                      taken="use --resume to continue a cohort, --overwrite or another --out")
     out_dir = os.path.abspath(args.out)
-    pairs = validate_manifest(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume, notes=notes)
+    pairs = validate_manifest(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume,
+                              notes=notes, prior_dim=None if prior is None else prior.dim)
     for n in notes:
         con.note(n)
     previous_run = read_previous_run(out_dir) if args.resume else {}

@@ -565,6 +565,24 @@ def _refuse_nonfinite(arr: np.ndarray, path: str, name: str, n_nan: int | None =
     )
 
 
+def image_dimension(path: str) -> int | None:
+    """2 or 3, the dimension :func:`read_image` gives the file (a single-slice 3D file or a 4D one of one
+    volume counted as read), from its header alone; None for a DICOM folder or a header that cannot be read
+    (reading it says why)."""
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = list(reader.GetSize())
+    if len(size) == 4 and size[3] == 1:
+        size = size[:3]
+    if len(size) == 3 and 1 in size and sum(n > 1 for n in size) == 2:
+        size = [n for n in size if n > 1]
+    return len(size) if len(size) in (2, 3) else None
+
+
 def input_problem(path: str, name: str) -> str | None:
     """Why ``path`` cannot be read as an image, from its name and permissions alone (no such file, a
     format priorreg does not read, no permission); None where it may be (a folder: a DICOM series)."""
