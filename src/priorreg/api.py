@@ -121,8 +121,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     check_overlap(inp, lin, region)
     header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
     given, (inp, lay) = inp, on_one_layout(inp)  # the deformable stage sees one voxel layout per grid
-    work, resampled = after_prealign(inp, lin)
-    work, grid = on_working_grid(work, inp.moving)  # no finer than the moving image's voxels
+    work, grid = on_working_grid(inp, inp.moving)  # no finer than the moving image's voxels
+    work, resampled = after_prealign(work, lin)  # (the moving image resampled onto the working grid only)
     pyr = normalise(work)
     work, swapped = check_prior_order(work, pyr)
     notes = inp.notes + header + range_notes(pyr) + swapped + misaligned_prior_warnings(work)

@@ -57,7 +57,7 @@ def normalise(inp: Inputs) -> Pyramids:
     f_n = normalize(fix.array, recipe)
     m_n = normalize(mov.array, recipe)
     if not fix.same_grid(mov):  # the edge voxels repeat outside the moving field of view
-        m_n = warp(mov.with_array(m_n), np.zeros((fix.ndim, *fix.shape)), reference=fix, fill=None, allow_empty=True).array
+        m_n = warp(mov.with_array(m_n), None, reference=fix, fill=None, allow_empty=True).array
     own = (intensity_range([f_n]), intensity_range([m_n]))
     ranges = inp.prior.ranges if inp.prior is not None else own
     spec = HistogramSpec(opts.bins, opts.parzen_sigma, ranges, opts.eps)

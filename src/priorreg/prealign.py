@@ -108,7 +108,7 @@ def check_overlap(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> 
     elif lin is not None:
         field, start = linear_to_field(lin, inp.fixed), "the linear transform"
     else:
-        field, start = np.zeros((inp.fixed.ndim, *inp.fixed.shape)), "their world alignment (no linear stage)"
+        field, start = None, "their world alignment (no linear stage)"
     share = _overlap(inp, field, region)
     if share < MIN_OVERLAP:
         raise PriorRegError(
@@ -117,13 +117,13 @@ def check_overlap(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> 
             "check their origins and directions, or give an initial transform")
 
 
-def _overlap(inp: Inputs, field: np.ndarray, region: np.ndarray) -> float:
-    """The share of the fixed ``region`` that ``field`` maps inside the moving image."""
+def _overlap(inp: Inputs, field: np.ndarray | None, region: np.ndarray) -> float:
+    """The share of the fixed ``region`` that ``field`` (None: none) maps inside the moving image."""
     region = np.asarray(region) > 0
     fix, k = inp.fixed, max(1, math.ceil((region.size / OVERLAP_VOXELS) ** (1 / inp.fixed.ndim)))
     every = (slice(None, None, k),) * fix.ndim  # every k-th voxel along each axis: a share needs no more
     grid = Image(fix.array[every], np.asarray(fix.spacing) * k, fix.origin, fix.direction)
-    inside = field_of_view(inp.moving, grid, field[(slice(None),) + every])[region[every]]
+    inside = field_of_view(inp.moving, grid, None if field is None else field[(slice(None),) + every])[region[every]]
     return float(inside.mean()) if inside.size else 0.0
 
 
@@ -133,7 +133,7 @@ def origin_notes(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> l
     an origin (or a frame) in a header is wrong."""
     if lin is None or inp.initial_field is not None or inp.options.linear == "none" or inp.options.initial_transform:
         return []  # (an initial transform: the user said where the anatomy is)
-    share = _overlap(inp, np.zeros((inp.fixed.ndim, *inp.fixed.shape)), region)
+    share = _overlap(inp, None, region)
     if share >= MIN_OVERLAP:
         return []
     return [f"register(): as their headers place them, only {100 * share:.0f}% of the fixed image's "

@@ -240,7 +240,7 @@ def load_mask(path, fixed, notes: list):
     if differs:  # a mask made on another grid of the same anatomy (a 1 mm brain mask for a 2 mm image): where it is in space
         from .resample import warp
 
-        m = warp(m.with_array((m.array > 0).astype(np.uint8)), np.zeros((fixed.ndim, *fixed.shape)), reference=fixed,
+        m = warp(m.with_array((m.array > 0).astype(np.uint8)), None, reference=fixed,
                  interpolation="nearest", allow_empty=True)
         if not np.any(m.array > 0):
             raise PriorRegError(f"mask: {path} lies on another grid than the fixed image ({differs}) and covers none of "
