@@ -3,6 +3,7 @@ import pytest
 import scipy.fft as sfft
 import torch
 
+import priorreg
 from priorreg import jacobian, pyramid, regularizer, spatial
 from priorreg.regularizer import Tikhonov
 
@@ -173,3 +174,22 @@ def test_pyramid_factors_per_axis_and_the_field_carried_between_levels():
                           initial_field=ramp, warn=False)
     assert [h.shape for h in r.history] == [(10, 10, 10), (20, 20, 10), (40, 40, 10)]
     np.testing.assert_allclose(r.field[:, :37], ramp[:, :37], atol=1e-6)  # to the last coarse voxel (index 36)
+
+
+def test_warp_in_slabs_gives_the_values_of_one_piece(monkeypatch):
+    """warp() computes the points a slab of the reference grid at a time (a CT-sized grid's coordinates took
+    GBs at once): the same values and field of view as in one piece, on another grid, with a field."""
+    from priorreg import resample as rs
+
+    rng = np.random.default_rng(0)
+    ref = priorreg.Image(np.zeros((30, 20, 16), np.float32), spacing=(1.1, 0.9, 1.3), origin=(3.0, -2.0, 5.0))
+    mov = priorreg.Image(rng.random((20, 15, 10)).astype(np.float32), spacing=(2.0, 1.5, 2.2), origin=(0.0, 1.0, 2.0))
+    field = rng.normal(size=(3, 30, 20, 16)) * 3
+    whole, fov = rs.warp_with_fov(mov, field, reference=ref)
+    monkeypatch.setattr(rs, "SLAB_VOXELS", 640)  # 2 rows a slab
+    assert len(rs._slabs(ref.shape)) == 15
+    sliced, fov2 = rs.warp_with_fov(mov, field, reference=ref)
+    assert np.array_equal(whole.array, sliced.array) and np.array_equal(fov, fov2) and 0 < fov.mean() < 1
+    labels = mov.with_array((mov.array > 0.5).astype(np.uint8))
+    assert np.array_equal(rs.warp(labels, None, reference=ref, interpolation="nearest").array,
+                          rs.warp(labels, np.zeros_like(field), reference=ref, interpolation="nearest").array)

@@ -52,3 +52,15 @@ def test_the_small_field_note_counts_the_voxels_the_field_was_found_on():
     r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), linear="none", warn=False)
     (note,) = [w for w in r.warnings if "the field is small" in w]
     assert "voxel of 4 x 4 x 4 mm" in note
+
+
+def test_the_field_goes_back_onto_the_fixed_grid_in_slabs_as_in_one_piece(monkeypatch):
+    import torch
+
+    from priorreg import pyramid, working_grid
+
+    u = torch.as_tensor(np.random.default_rng(1).normal(size=(3, 5, 6, 4)))
+    grid = working_grid.WorkingGrid((19, 24, 16), (4, 4, 4))
+    whole = pyramid.upsample_field(u, grid.shape, ratio=[4, 4, 4]).numpy()
+    monkeypatch.setattr(working_grid, "SLAB_VOXELS", 3 * 24 * 16)  # 3 rows a slab, the last one shorter
+    assert np.array_equal(grid.field_back(u), whole)

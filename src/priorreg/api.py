@@ -131,8 +131,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history) + ([] if swapped else trusted_prior_warnings(work, pyr, u))
-    u = u if grid is None else grid.field_back(u)  # on the fixed grid
-    field = one_field(lin, u.double().cpu().numpy(), inp, resampled)
+    u = u.double().cpu().numpy() if grid is None else grid.field_back(u)  # on the fixed grid
+    field = one_field(lin, u, inp, resampled)
     if lay is not None:  # back on the fixed image's own layout, and the levels' grids as report.json gives them
         field = lay.field_back(field)
         for h in history:

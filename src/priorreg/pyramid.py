@@ -51,13 +51,16 @@ def downsample(image: torch.Tensor, factor) -> torch.Tensor:
     return gaussian_blur(image, [0.5 * f if f > 1 else 0.0 for f in factors], stride=factors).contiguous()
 
 
-def upsample_field(u: torch.Tensor, shape, ratio) -> torch.Tensor:
+def upsample_field(u: torch.Tensor, shape, ratio, start: int = 0) -> torch.Tensor:
     """Resample a physical field from a coarse grid to a finer one.
 
     Fine voxel i sits at coarse coordinate i/ratio (both grids start at index 0; ``ratio``: one for every
-    axis, or one per axis). The field is in mm, so its values need no rescaling.
+    axis, or one per axis). The field is in mm, so its values need no rescaling. ``start``: ``shape`` is the
+    fine grid's rows from this first index on (a slab of it).
     """
     coords = spatial.identity_grid(shape, u.dtype, u.device)
+    if start:
+        coords[0] += start
     if isinstance(ratio, (int, float)):
         coords = coords / ratio
     else:

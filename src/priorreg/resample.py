@@ -17,13 +17,18 @@ from .image import Image, on_grid_of, torch_ready
 from .runtime import check_device
 
 
-def world_coords(moving: Image, reference: Image, u: torch.Tensor | None) -> torch.Tensor:
+def world_coords(moving: Image, reference: Image, u: torch.Tensor | None, *, rows: tuple | None = None,
+                 device=None) -> torch.Tensor:
     """Voxel coordinates in ``moving`` of world points ref(i) + D_ref u(i), shape (d, *ref), in u's dtype
-    (float64 without u: none, the world alignment). One such array is built, component by component: the
-    affine part as a sum of one-axis ramps, then u's part in place (the whole-grid temporaries of a
+    (float64 without u: none, the world alignment). ``rows`` (lo, hi): only the reference voxels whose first
+    index is in [lo, hi), ``u`` then being the field there. One such array is built, component by component:
+    the affine part as a sum of one-axis ramps, then u's part in place (the whole-grid temporaries of a
     matrix product took 4 GB on a 0.6 mm CT-sized grid)."""
-    d, shape = reference.ndim, reference.shape
-    dev, dt = (torch.device("cpu"), torch.float64) if u is None else (u.device, u.dtype)
+    d = reference.ndim
+    lo, hi = rows if rows is not None else (0, reference.shape[0])
+    shape = (hi - lo, *reference.shape[1:])
+    dev = u.device if u is not None else torch.device(device or "cpu")
+    dt = u.dtype if u is not None else torch.float64
     A_r, b_r = reference.index_to_world()
     A_m, b_m = moving.index_to_world()
     inv_m = np.linalg.inv(A_m)
@@ -33,7 +38,7 @@ def world_coords(moving: Image, reference: Image, u: torch.Tensor | None) -> tor
     for k in range(d):
         acc = torch.full((1,) * d, float(c[k]), dtype=torch.float64, device=dev)
         for j in range(d):  # broadcasting: each ramp varies along one axis only
-            ramp = torch.arange(shape[j], dtype=torch.float64, device=dev) * float(T[k, j])
+            ramp = torch.arange(lo if j == 0 else 0, (hi if j == 0 else shape[j]), dtype=torch.float64, device=dev) * float(T[k, j])
             acc = acc + ramp.reshape([-1 if a == j else 1 for a in range(d)])
         out[k] = acc  # (exact in float64, then rounded once)
         if u is not None:
@@ -146,39 +151,56 @@ def _warp(moving, field, reference, interpolation, spacing, device, fill, allow_
     if mov.ndim != ref.ndim:  # (the field's check says it too)
         raise PriorRegError(f"{func}: moving is {mov.ndim}D but the reference grid is {ref.ndim}D")
     dev = check_device(device, func)
-    coords = world_coords(mov, ref, None if fld is None else torch.as_tensor(fld, dtype=torch.float64, device=dev))
     src = torch.as_tensor(np.asarray(mov.array, dtype=np.float64), device=dev)
-    ins = inside(coords, mov.shape)
-    if not allow_empty and not bool(ins.any()):
+    out = np.empty(ref.shape, dtype=mov.array.dtype if interpolation == "nearest" else np.float64)
+    ins_all, box = np.empty(ref.shape, dtype=bool), []
+    for rows in _slabs(ref.shape):  # a slab's worth of coordinates at a time, not the whole grid's
+        u = None if fld is None else torch.as_tensor(fld[:, rows[0]:rows[1]], dtype=torch.float64, device=dev)
+        coords = world_coords(mov, ref, u, rows=rows, device=dev)
+        ins = inside(coords, mov.shape)
+        box.append(_box(coords))
+        part = spatial.sample(src, coords, mode="bilinear" if interpolation == "linear" else "nearest")
+        if fill is not None:
+            part = torch.where(ins, part, torch.as_tensor(float(fill), dtype=part.dtype, device=dev))
+        out[rows[0]:rows[1]] = part.cpu().numpy()  # (cast to the labels' dtype for nearest)
+        ins_all[rows[0]:rows[1]] = ins.cpu().numpy()
+    if not allow_empty and not ins_all.any():
         raise PriorRegError(f"{func}: no point of the reference grid lands inside the moving image through the field, "
                             "so the result would hold no moving voxel; check the images' origins and directions, "
                             "and that the field was made for this moving image and reference")
-    share = 1.0 if allow_empty or reference is None else _box_share(coords, mov.shape)
+    share = 1.0 if allow_empty or reference is None else _box_share(box, mov.shape)
     if share < MIN_BOX_SHARE:
         warnings.warn(f"{func}: the moving image lies mostly outside the reference grid through the field (their "
                       f"boxes overlap by {100 * share:.0f}% of the smaller): check its geometry (an Image made from an "
                       "array without a direction has ITK's identity, which is not a NIfTI file's) and that the field "
                       "was made for it", PriorRegWarning, stacklevel=3)
-    out = spatial.sample(src, coords, mode="bilinear" if interpolation == "linear" else "nearest")
-    if fill is not None:
-        out = torch.where(ins, out, torch.as_tensor(float(fill), dtype=out.dtype, device=dev))
-    out = out.cpu().numpy()
-    if interpolation == "nearest":
-        out = out.astype(mov.array.dtype)
-    return ref.with_array(out), ins.cpu().numpy()
+    return ref.with_array(out), ins_all
+
+
+SLAB_VOXELS = 2**22  # reference voxels whose coordinates warp() holds at once (100 MB of float64 in 3D)
+
+
+def _slabs(shape) -> list:
+    """(lo, hi) ranges of the first axis, each of at most SLAB_VOXELS voxels (at least one row)."""
+    rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+    return [(lo, min(shape[0], lo + rows)) for lo in range(0, shape[0], rows)]
+
+
+def _box(coords: torch.Tensor) -> tuple:
+    """(lowest, highest) moving voxel coordinate per axis of ``coords``."""
+    flat = coords.reshape(coords.shape[0], -1)
+    return flat.amin(1).cpu().numpy(), flat.amax(1).cpu().numpy()
 
 
 MIN_BOX_SHARE = 0.25  # overlap of the boxes (of the smaller one) below which warp() warns (_box_share)
 
 
-def _box_share(coords: torch.Tensor, shape) -> float:
-    """How much the box of the reference's points mapped through the field (``coords``, moving voxel
-    indices) and the moving image's box overlap, as a share of the smaller one: a label patch cropped from
-    the moving image, or a moving image larger than the reference, overlaps wholly; an image given the
-    wrong geometry hardly."""
-    d = coords.shape[0]
-    flat = coords.reshape(d, -1)
-    lo, hi = flat.amin(1).cpu().numpy(), flat.amax(1).cpu().numpy()
+def _box_share(boxes: list, shape) -> float:
+    """How much the box of the reference's points mapped through the field (``boxes``: (lowest, highest)
+    moving voxel coordinates of each slab, :func:`_box`) and the moving image's box overlap, as a share of
+    the smaller one: a label patch cropped from the moving image, or a moving image larger than the
+    reference, overlaps wholly; an image given the wrong geometry hardly."""
+    lo, hi = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
     n = np.asarray(shape, float) - 1
     hi, n = np.maximum(hi, lo + 1e-9), np.maximum(n, 1e-9)
     common = np.prod(np.clip(np.minimum(hi, n) - np.maximum(lo, 0.0), 0, None))

@@ -184,7 +184,12 @@ def compose_field(result: LinearResult, field: np.ndarray, fixed: Image) -> np.n
         raise PriorRegError(f"compose_field(): field must have shape {(fixed.ndim, *fixed.shape)}, got {f.shape}")
     D = fixed.direction
     K = np.linalg.solve(D, result.matrix @ D)
-    return linear_to_field(result, fixed) + np.einsum("ij,j...->i...", K, f)
+    out = linear_to_field(result, fixed)
+    for i in range(fixed.ndim):  # K f, added in place (one whole-grid temporary at a time, not three)
+        for j in range(fixed.ndim):
+            if K[i, j] != 0.0:
+                out[i] += K[i, j] * f[j]
+    return out
 
 
 def _ext(path) -> str:

@@ -51,6 +51,9 @@ def _spacing(spacing, f) -> tuple:
     return tuple(float(s) * k for s, k in zip(spacing, f))
 
 
+SLAB_VOXELS = 2**22  # fixed voxels field_back interpolates at once
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkingGrid:
     """The fixed grid's ``shape`` and the factors ``f`` of the working grid (working voxel i = fixed voxel f*i)."""
@@ -58,9 +61,15 @@ class WorkingGrid:
     shape: tuple
     f: tuple
 
-    def field_back(self, u: torch.Tensor) -> torch.Tensor:
-        """A working-grid field (mm) interpolated onto the fixed grid (n-linear, as between pyramid levels)."""
-        return pyramid.upsample_field(u, self.shape, ratio=list(self.f))
+    def field_back(self, u: torch.Tensor) -> np.ndarray:
+        """A working-grid field (mm) interpolated onto the fixed grid (n-linear, as between pyramid levels), as
+        float64, a slab of rows at a time (the whole grid's sample points took GBs on a CT-sized fixed grid)."""
+        out = np.empty((len(self.shape), *self.shape))
+        rows = max(1, SLAB_VOXELS // max(1, math.prod(self.shape[1:])))
+        for lo in range(0, self.shape[0], rows):
+            hi = min(self.shape[0], lo + rows)
+            out[:, lo:hi] = pyramid.upsample_field(u, (hi - lo, *self.shape[1:]), ratio=list(self.f), start=lo).double().cpu().numpy()
+        return out
 
 
 def _subsampled(img: Image, f) -> Image:
