@@ -64,3 +64,15 @@ def test_the_field_goes_back_onto_the_fixed_grid_in_slabs_as_in_one_piece(monkey
     whole = pyramid.upsample_field(u, grid.shape, ratio=[4, 4, 4]).numpy()
     monkeypatch.setattr(working_grid, "SLAB_VOXELS", 3 * 24 * 16)  # 3 rows a slab, the last one shorter
     assert np.array_equal(grid.field_back(u), whole)
+
+
+def test_a_registration_with_a_prior_keeps_the_fixed_grid():
+    """A prior's tables were learned level by level on its training pairs' fixed grids: its level 0 is the
+    fixed grid's resolution, so the levels stay there."""
+    shape = (32, 32, 32)
+    lab = syn.anatomy(shape, seed=3)
+    fixed, moving = syn.contrast(lab, syn.T1, seed=5), syn.contrast(lab, syn.T2_MONO, seed=6)[::4, ::4, ::4]
+    prior = priorreg.fit_prior([fixed], [syn.contrast(lab, syn.T2_MONO, seed=7)], levels=2)
+    r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), prior=prior, levels=2,
+                          max_iterations=2, linear="none", warn=False)
+    assert tuple(r.history[-1].shape) == shape

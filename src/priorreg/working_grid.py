@@ -81,9 +81,10 @@ def _subsampled(img: Image, f) -> Image:
 def on_working_grid(inp, moving: Image):
     """(``inp`` on the working grid, its WorkingGrid or None where it is the fixed grid). ``moving``: the
     moving image as given (``inp.moving`` may be it resampled onto the fixed grid, which hides its voxel size).
-    Single slices and a prior with regional tables (blocks of the fixed array) keep the fixed grid."""
+    Single slices and a registration with a prior keep the fixed grid: the prior's tables were learned level by
+    level on its training pairs' fixed grids (priorreg.prior.fit_prior), so its levels are the fixed grid's."""
     fix = inp.fixed
-    if fix.volume is not None or (inp.prior is not None and inp.prior.n_regions > 1):
+    if fix.volume is not None or inp.prior is not None:
         return inp, None
     f = working_factors(fix, moving, inp.options.levels)
     if all(k == 1 for k in f):
