@@ -1,7 +1,6 @@
 """The working grid: the deformable stage no finer than the moving image's voxels where they are 2.5 or more
 times the fixed image's (priorreg.working_grid)."""
 import numpy as np
-import pytest
 from scipy import ndimage
 
 import priorreg

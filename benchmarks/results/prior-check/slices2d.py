@@ -4,7 +4,7 @@
 fixed = FLAIR (brats) / ADC (prostate) pulled through v; moving = T1c / hbv unwarped; truth = v."""
 import os
 SHARED = os.environ.get("PRIORREG_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), *[".."] * 4, "shared", "data"))
-import sys, json, time, argparse, warnings
+import sys, json, argparse, warnings
 import numpy as np
 from scipy import ndimage as ndi
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

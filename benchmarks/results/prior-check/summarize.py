@@ -1,6 +1,6 @@
 import os
 SHARED = os.environ.get("PRIORREG_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), *[".."] * 4, "shared", "data"))
-import json, glob, sys
+import json, glob
 for f in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "res*.json"))):
     rows = json.load(open(f))
     print(f"## {f.split('/')[-1]}")
