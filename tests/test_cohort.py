@@ -511,3 +511,18 @@ def test_a_spect_pair_runs_functional_in_a_cohort_and_resumes(capsys, data, tmp_
     (out / "cohort.json").unlink()
     one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", *FAST[:2], "--max-iterations", "5", "--bins", "32",
                             *LOCAL], "--resume with other options than pair mr was registered with (max_iterations differ")
+
+
+def test_resume_takes_the_levels_a_small_image_was_given(capsys, tmp_path):
+    """register() runs fewer levels on an image too small for the preset's; --resume compared the record
+    with the preset's levels and refused the cohort it had written."""
+    rng = np.random.default_rng(0)
+    for name in ("f.nii.gz", "m.nii.gz"):
+        pio.write_image(priorreg.Image(rng.random((12, 12, 12)).astype(np.float32)), tmp_path / name)
+    manifest = write_manifest(tmp_path / "m.csv", [("a", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "")])
+    argv = ["cohort", manifest, "--out", tmp_path / "out", "--max-iterations", "2", *LOCAL]
+    rc, so, err = run(capsys, *argv)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "a" / "report.json").read_text())["options"]["levels"] < 3
+    rc, so, err = run(capsys, *argv, "--resume")
+    assert rc == 0 and "0 registered, 0 failed, 1 skipped" in so, err

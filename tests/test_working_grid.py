@@ -60,9 +60,18 @@ def test_the_field_goes_back_onto_the_fixed_grid_in_slabs_as_in_one_piece(monkey
 
     u = torch.as_tensor(np.random.default_rng(1).normal(size=(3, 5, 6, 4)))
     grid = working_grid.WorkingGrid((19, 24, 16), (4, 4, 4))
-    whole = pyramid.upsample_field(u, grid.shape, ratio=[4, 4, 4]).numpy()
+    whole = grid.field_back(u)
+    inner = pyramid.upsample_field(u, (17, 21, 13), ratio=[4, 4, 4]).numpy()  # fixed voxels up to the last working one
+    assert np.abs(whole[:, :17, :21, :13] - inner).max() < 1e-12  # (the padded grid: other rounding)
     monkeypatch.setattr(working_grid, "SLAB_VOXELS", 3 * 24 * 16)  # 3 rows a slab, the last one shorter
     assert np.array_equal(grid.field_back(u), whole)
+    # Beyond the last working voxel (f - 1 rows at the far edges) the field is extrapolated, not clamped:
+    # an affine field comes back affine everywhere (a user's affine initial_field was 0.27 mm off there).
+    idx = np.indices((5, 6, 4), dtype=float)
+    affine = torch.as_tensor(np.stack([0.3 * idx[0] - 0.2 * idx[2] + 1, 0.1 * idx[1], 0.5 * idx[2] - 0.4 * idx[0]]))
+    fine = np.indices(grid.shape, dtype=float) / 4
+    truth = np.stack([0.3 * fine[0] - 0.2 * fine[2] + 1, 0.1 * fine[1], 0.5 * fine[2] - 0.4 * fine[0]])
+    assert np.abs(grid.field_back(affine) - truth).max() < 1e-12
 
 
 def test_a_registration_with_a_prior_keeps_the_fixed_grid():
@@ -75,3 +84,24 @@ def test_a_registration_with_a_prior_keeps_the_fixed_grid():
     r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), prior=prior, levels=2,
                           max_iterations=2, linear="none", warn=False)
     assert tuple(r.history[-1].shape) == shape
+
+
+def test_a_small_mask_or_many_regional_blocks_keep_what_the_fixed_grid_allowed():
+    """A 10-voxel mask on a 1 mm grid (with a 4 mm moving image) was cut to every 4th voxel and then emptied by
+    the pyramid ("use fewer levels or a larger mask"), and blocks asked for on the fixed grid went below a
+    voxel on the working one: the working grid keeps a mask's region (a block is in it where any voxel is),
+    and where a mask or the blocks still do not fit, the fixed grid is kept."""
+    shape = (64, 64, 64)
+    lab = syn.anatomy(shape, seed=3)
+    fixed, moving = syn.contrast(lab, syn.T1, seed=5), syn.contrast(lab, syn.T2_MONO, seed=6)[::4, ::4, ::4]
+    kw = dict(linear="none", max_iterations=2, warn=False)
+    mask = np.zeros(shape, bool)
+    mask[35:45, 35:45, 35:45] = True
+    r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), mask=mask, **kw)
+    assert r.field.shape == (3, *shape)
+    tiny = np.zeros(shape, bool)
+    tiny[34:38, 34:38, 34:38] = True
+    r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), mask=tiny, levels=1, **kw)
+    assert tuple(r.history[-1].shape) == (16, 16, 16)  # a 4-voxel mask: one working voxel or two, kept
+    r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), local_regions=(6, 6, 6), **kw)
+    assert tuple(r.history[-1].shape) == shape  # 6 blocks of 16 / 4 voxels at the coarsest: the fixed grid

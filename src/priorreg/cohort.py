@@ -588,14 +588,16 @@ def _check_same_options(out_dir: str, previous_run: dict, options: dict) -> None
 
 
 def _recorded_options(folder: str) -> tuple:
-    """(dimension, the preset its images chose or None, options) a pair's report.json records; Nones when
-    it cannot be read."""
+    """(the fixed grid (shape, spacing), the preset its images chose or None, options) a pair's report.json
+    records; Nones when it cannot be read."""
     import json
 
     try:
         with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
             rep = json.load(fh)
-        return len(rep["geometry"]["fixed"]["shape"]), rep.get("preset_note") and rep.get("preset"), rep["options"]
+        fixed = rep["geometry"]["fixed"]
+        grid = (tuple(fixed["shape"]), tuple(fixed["spacing_mm"]))
+        return grid, rep.get("preset_note") and rep.get("preset"), rep["options"]
     except (OSError, ValueError, KeyError, TypeError):
         return None, None, None
 
@@ -603,13 +605,13 @@ def _recorded_options(folder: str) -> tuple:
 def _check_skipped_options(out_dir: str, pairs: list, expected) -> None:
     """The pairs --resume skips ran with the options given now, as their own report.json says (also when
     DIR/cohort.json is missing, as after a killed run): otherwise they would be kept beside pairs
-    registered with others, under a summary naming one set. ``expected(dim, preset)``: the options a pair
-    of that dimension runs now, under the preset its report names (a PET pair's may differ from the rest)."""
+    registered with others, under a summary naming one set. ``expected(grid, preset)``: the options a pair
+    on that fixed grid runs now, under the preset its report names (a PET pair's may differ from the rest)."""
     import json
 
     for pr in pairs:
-        dim, preset, before = _recorded_options(pr.out) if pr.skip else (None, None, None)
-        want = json.loads(json.dumps(expected(dim, preset))) if before is not None else None
+        grid, preset, before = _recorded_options(pr.out) if pr.skip else (None, None, None)
+        want = json.loads(json.dumps(expected(grid, preset))) if before is not None else None
         if want is None or before == want:
             continue
         names = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
@@ -775,14 +777,15 @@ def _cohort_options(preset, overrides: dict, prior, prior_path, notes: list) -> 
     return ov, resolved
 
 
-def _pair_options(preset, dim, chosen, options: dict, context: tuple) -> dict | None:
-    """The options a pair of ``dim`` runs with now: the cohort's, or with no --preset those of the preset its
-    images chose (``chosen``; a PET or SPECT file: functional, :func:`priorreg.checks.preset_for`)."""
-    if preset is not None or chosen is None:
-        return options.get(f"{dim}D")
+def _pair_options(preset, grid: tuple, chosen, context: tuple) -> dict | None:
+    """The options a pair on the fixed grid ``grid`` (shape, spacing) runs with now, as register() resolves
+    them: the cohort's preset, or with no --preset the one its images chose (``chosen``; a PET or SPECT file:
+    functional, :func:`priorreg.checks.preset_for`), with fewer levels where the image is too small."""
     overrides, prior, prior_path = context
+    shape, spacing = grid
     try:
-        return wf.resolve_options(dim, chosen, overrides, prior, prior_path, [])[1].as_dict()
+        return wf.resolve_options(len(shape), chosen if preset is None and chosen else preset, overrides, prior,
+                                  prior_path, [], shape=shape, spacing=spacing)[1].as_dict()
     except PriorRegError:  # a preset this version does not know, or a prior of another dimension
         return None
 
@@ -800,12 +803,12 @@ def _plan(args, con, overrides: dict) -> Plan:
     out_dir = os.path.abspath(args.out)
     pairs = validate_manifest(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume,
                               notes=notes, prior_dim=None if prior is None else prior.dim)
-    for n in notes:
+    for n in dict.fromkeys(notes):  # once, not per dimension
         con.note(n)
     previous_run = read_previous_run(out_dir) if args.resume else {}
     _check_same_options(out_dir, previous_run, options)
-    _check_skipped_options(out_dir, pairs, lambda dim, recorded: _pair_options(args.preset, dim, recorded, options,
-                                                                               (overrides, prior, prior_path)))
+    _check_skipped_options(out_dir, pairs, lambda grid, chosen: _pair_options(args.preset, grid, chosen,
+                                                                              (overrides, prior, prior_path)))
     previous = previous_records(previous_run)
     records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:

@@ -14,9 +14,12 @@ import math
 import numpy as np
 import torch
 
+import torch.nn.functional as F
+
 from . import pyramid
 from .checks import local_regions
-from .image import Image
+from .errors import PriorRegError
+from .image import Image, level_factors
 
 
 def moving_resolution(fix: Image, mov: Image) -> np.ndarray:
@@ -63,7 +66,13 @@ class WorkingGrid:
 
     def field_back(self, u: torch.Tensor) -> np.ndarray:
         """A working-grid field (mm) interpolated onto the fixed grid (n-linear, as between pyramid levels), as
-        float64, a slab of rows at a time (the whole grid's sample points took GBs on a CT-sized fixed grid)."""
+        float64, a slab of rows at a time (the whole grid's sample points took GBs on a CT-sized fixed grid).
+        The fixed voxels beyond the last working one (up to f - 1 rows at each far edge) read the field
+        extrapolated linearly by one working voxel, not clamped: an affine field comes back exactly."""
+        for k in range(1, u.dim()):
+            if u.shape[k] > 1:
+                last, before = u.narrow(k, u.shape[k] - 1, 1), u.narrow(k, u.shape[k] - 2, 1)
+                u = torch.cat([u, 2 * last - before], dim=k)
         out = np.empty((len(self.shape), *self.shape))
         rows = max(1, SLAB_VOXELS // max(1, math.prod(self.shape[1:])))
         for lo in range(0, self.shape[0], rows):
@@ -78,11 +87,33 @@ def _subsampled(img: Image, f) -> Image:
     return Image(arr, _spacing(img.spacing, f), img.origin, img.direction, framed=img.framed)
 
 
+def _mask_on(mask: np.ndarray, f) -> np.ndarray:
+    """A working voxel is in the mask where any fixed voxel of its block is (a small region stays)."""
+    t = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    pool = {2: F.max_pool2d, 3: F.max_pool3d}[t.dim() - 2]
+    return pool(t, kernel_size=list(f), stride=list(f), ceil_mode=True)[0, 0].numpy()
+
+
+def _fits(work, levels: int) -> bool:
+    """Whether the working grid keeps the mask at every pyramid level and the asked-for regional blocks."""
+    if work.mask is not None and not all(
+            m[tuple(slice(0, None, k) for k in level_factors(work.fixed.spacing, lv))].any() for lv in range(levels)
+            for m in [work.mask]):
+        return False
+    if work.options.local_weight > 0:
+        try:
+            local_regions(work.options, work.fixed, "register()")
+        except PriorRegError:  # blocks given for the fixed grid, too many for the working one: keep that
+            return False
+    return True
+
+
 def on_working_grid(inp, moving: Image):
     """(``inp`` on the working grid, its WorkingGrid or None where it is the fixed grid). ``moving``: the
     moving image as given (``inp.moving`` may be it resampled onto the fixed grid, which hides its voxel size).
     Single slices and a registration with a prior keep the fixed grid: the prior's tables were learned level by
-    level on its training pairs' fixed grids (priorreg.prior.fit_prior), so its levels are the fixed grid's."""
+    level on its training pairs' fixed grids (priorreg.prior.fit_prior), so its levels are the fixed grid's.
+    So does a mask or a regional block count the working grid could not hold."""
     fix = inp.fixed
     if fix.volume is not None or inp.prior is not None:
         return inp, None
@@ -91,11 +122,11 @@ def on_working_grid(inp, moving: Image):
         return inp, None
     every = tuple(slice(0, None, k) for k in f)
     work = dataclasses.replace(
-        inp, fixed=_subsampled(fix, f),
-        moving=_subsampled(inp.moving, f) if inp.moving.same_grid(fix) else inp.moving,
-        mask=None if inp.mask is None else np.ascontiguousarray(np.asarray(inp.mask)[every]),
+        inp, fixed=_subsampled(fix, f), mask=None if inp.mask is None else _mask_on(inp.mask, f),
         initial_field=None if inp.initial_field is None else np.ascontiguousarray(np.asarray(inp.initial_field)[(slice(None),) + every]),
         bending_grid=inp.bending_grid or (fix.spacing, fix.shape))
-    if inp.options.local_weight > 0 and inp.options.local_regions == "auto":  # blocks for the working grid's size
+    if not _fits(work, inp.options.levels):
+        return inp, None
+    if inp.options.local_weight > 0:  # the blocks for the working grid's size ("auto"), or those given
         work = dataclasses.replace(work, local_regions=local_regions(inp.options, work.fixed, "register()"))
     return work, WorkingGrid(fix.shape, f)
