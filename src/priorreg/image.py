@@ -347,6 +347,13 @@ def level_factors(spacing, level: int) -> tuple:
     return tuple(2 ** max(0, level - k) for k in skips)
 
 
+def every_kth(shape, max_voxels: int) -> int:
+    """The stride k along every axis that leaves at most ``max_voxels`` of a grid of ``shape`` (1 for one
+    that has no more): a statistic of a CT-sized grid (a centroid, a mean) needs no more voxels."""
+    n = math.prod(shape)
+    return 1 if n <= max_voxels else int(math.ceil((n / max_voxels) ** (1.0 / len(shape))))
+
+
 MASK_MARGIN_MM = 2.0  # a mask's samples reach this far beyond it (benchmarks/README.md, "A mask on part of the grid")
 MASK_MARGIN_VOXELS = 4  # and at most this many voxels (the dilation's cost grows with its ball: fine grids)
 
