@@ -105,3 +105,19 @@ def test_a_small_mask_or_many_regional_blocks_keep_what_the_fixed_grid_allowed()
     assert tuple(r.history[-1].shape) == (16, 16, 16)  # a 4-voxel mask: one working voxel or two, kept
     r = priorreg.register(Image(fixed, (1.0,) * 3), Image(moving, (4.0,) * 3), local_regions=(6, 6, 6), **kw)
     assert tuple(r.history[-1].shape) == shape  # 6 blocks of 16 / 4 voxels at the coarsest: the fixed grid
+
+
+def test_the_command_line_says_when_the_field_was_found_on_coarser_voxels(tmp_path, capsys):
+    from priorreg import cli
+
+    shape = (64, 64, 64)
+    lab = syn.anatomy(shape, seed=3)
+    priorreg.write_image(Image(syn.contrast(lab, syn.T1, seed=5).astype(np.float32), (1.0,) * 3), tmp_path / "f.nii.gz")
+    moving = syn.contrast(lab, syn.T2_MONO, seed=6)[::4, ::4, ::4].astype(np.float32)
+    priorreg.write_image(Image(moving, (4.0,) * 3), tmp_path / "m.nii.gz")
+    args = ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "--max-iterations", "2", "--linear", "none"]
+    assert cli.main([*args, "--out", str(tmp_path / "o")]) == 0
+    assert ("the deformable stage worked on 4 x 4 x 4 mm voxels, no finer than the moving image's; the field is "
+            "interpolated onto the fixed image's 1 x 1 x 1 mm grid") in capsys.readouterr().err
+    assert cli.main([*args[:2], args[1], *args[3:], "--out", str(tmp_path / "same")]) == 0  # one grid: nothing to say
+    assert "worked on" not in capsys.readouterr().err

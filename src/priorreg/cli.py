@@ -417,7 +417,7 @@ def cmd_register(args, con: Console) -> int:
     result.preset_note = why  # report.json says why, as register() does where it chooses
     result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as printed, so kept in report.json and report.html
     con.end_bar(done=True)
-    for n in wf.linear_notes(result):  # in the order the stages ran: the linear stage's, the prior's, then warnings
+    for n in wf.linear_notes(result) + wf.working_grid_notes(result):  # in the order the stages ran: the linear stage's, the grid's, the prior's, then warnings
         con.note(n)
     for n in wf.prior_weight_notes(result):
         con.note(n)

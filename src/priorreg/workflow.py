@@ -738,6 +738,17 @@ def linear_notes(result) -> list:
     return [f"linear stage: {n}" for n in lin.notes] if lin is not None and lin.rejected else []
 
 
+def working_grid_notes(result) -> list:
+    """A note where the finest level was coarser than the fixed grid (priorreg.working_grid: a moving image
+    of far coarser voxels), so that a user reading the levels' shapes knows why."""
+    finest = result.history[-1] if result.history else None
+    if finest is None or tuple(finest.shape) == tuple(result.fixed.shape):
+        return []
+    mm = lambda v: " x ".join(f"{float(s):.3g}" for s in v)  # noqa: E731
+    return [f"the deformable stage worked on {mm(finest.spacing)} mm voxels, no finer than the moving image's; "
+            f"the field is interpolated onto the fixed image's {mm(result.fixed.spacing)} mm grid"]
+
+
 def prior_weight_notes(result) -> list:
     """Each note that explains a weight alpha "auto" gave the prior, once (not per level)."""
     weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # none given: none to explain
