@@ -358,3 +358,12 @@ def test_a_pet_or_spect_file_gets_the_functional_preset_unless_one_is_asked_for(
     assert report["options"]["mind_weight"] == 0
     assert cli.main([*args, "--overwrite", "--preset", "default"]) == 0
     assert json.loads((tmp_path / "o" / "report.json").read_text())["preset_note"] is None
+
+
+def test_a_presets_variant_for_the_other_dimension_is_named():
+    """PRESETS["default"][3] on a 2D pair ran with 32 bins and the 3D bending rule without a word."""
+    f, m = _pair()
+    with pytest.warns(priorreg.PriorRegWarning, match="options= is the 3D variant of preset 'default', but the images are 2D"):
+        priorreg.register(f, m, options=PRESETS["default"][3], levels=1, max_iterations=2)
+    r = priorreg.register(f, m, options=PRESETS["default"][2], levels=1, max_iterations=2, warn=False)
+    assert not [w for w in r.warnings if "variant" in w]

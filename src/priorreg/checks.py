@@ -15,7 +15,7 @@ from . import pyramid
 from .mind import ssc_pairs
 from .errors import PriorRegError
 from .image import Image, as_image, as_mask, on_one_grid, plane_offset, torch_ready, with_margin
-from .options import AUTO, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
+from .options import AUTO, PRESETS, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 from .runtime import check_device
 
@@ -108,6 +108,19 @@ def preset_for(preset, options, fixed, moving, prefix: str = "", override: str =
                                   "in its file): using preset functional (global MI and the prior, rigid linear stage); "
                                   f"give {override} for the MR settings"]
     return preset, []
+
+
+def other_dimension_notes(options, ndim: int, func: str) -> list:
+    """A note where ``options=`` is a preset's variant for the other dimension (``PRESETS["default"][3]`` on
+    a 2D pair: 32 bins, the 3D bending rule), which ran without a word."""
+    if options is None:
+        return []
+    other = 5 - ndim
+    for name, per_dim in PRESETS.items():
+        if options == per_dim.get(other) and options != per_dim.get(ndim):
+            return [f"{func}: options= is the {other}D variant of preset {name!r}, but the images are {ndim}D; give "
+                    f"preset={name!r} (each preset picks its variant from the images) or preset_options({name!r}, {ndim})"]
+    return []
 
 
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
@@ -212,6 +225,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     preset, chosen = preset_for(preset, options, fixed, moving, f"{func}: ")
     res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior, spacing=fix.spacing)
     opts, notes = res.options, chosen + _slice_gap_notes(fix, mov, func) + frame_notes(fixed, moving, fix, mov, func)
+    notes += other_dimension_notes(options, fix.ndim, func)
     if res.fewer_levels:
         notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
     if prior is not None and options is not None and "alpha" not in given and not is_auto(opts.alpha) and opts.alpha >= 1:
