@@ -187,7 +187,7 @@ def test_warp_in_slabs_gives_the_values_of_one_piece(monkeypatch):
     field = rng.normal(size=(3, 30, 20, 16)) * 3
     whole, fov = rs.warp_with_fov(mov, field, reference=ref)
     monkeypatch.setattr(rs, "SLAB_VOXELS", 640)  # 2 rows a slab
-    assert len(rs._slabs(ref.shape)) == 15
+    assert len(spatial.row_slabs(ref.shape, rs.SLAB_VOXELS)) == 15
     sliced, fov2 = rs.warp_with_fov(mov, field, reference=ref)
     assert np.array_equal(whole.array, sliced.array) and np.array_equal(fov, fov2) and 0 < fov.mean() < 1
     labels = mov.with_array((mov.array > 0.5).astype(np.uint8))

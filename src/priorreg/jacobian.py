@@ -1,8 +1,6 @@
 """Jacobian determinant of the map x -> x + u(x): the field's folding diagnostic."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import spatial
@@ -24,12 +22,11 @@ def jacobian_determinant(u: torch.Tensor, spacing) -> torch.Tensor:
     central differences (and the one-sided ones at the image's own edges) are those of the whole
     field, with a slab's worth of temporaries instead of the field's."""
     n = u.shape[1]
-    rows = max(1, SLAB_VOXELS // max(1, math.prod(u.shape[2:])))
-    if rows >= n or n < 3:
+    slabs = spatial.row_slabs(u.shape[1:], SLAB_VOXELS)
+    if len(slabs) == 1 or n < 3:
         return _determinant(u, spacing)
     out = torch.empty(u.shape[1:], dtype=u.dtype, device=u.device)
-    for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
+    for lo, hi in slabs:
         a, b = max(0, lo - 1), min(n, hi + 1)
         out[lo:hi] = _determinant(u[:, a:b], spacing)[lo - a:lo - a + hi - lo]
     return out

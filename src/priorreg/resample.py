@@ -154,7 +154,7 @@ def _warp(moving, field, reference, interpolation, spacing, device, fill, allow_
     src = torch.as_tensor(np.asarray(mov.array, dtype=np.float64), device=dev)
     out = np.empty(ref.shape, dtype=mov.array.dtype if interpolation == "nearest" else np.float64)
     ins_all, box = np.empty(ref.shape, dtype=bool), []
-    for rows in _slabs(ref.shape):  # a slab's worth of coordinates at a time, not the whole grid's
+    for rows in spatial.row_slabs(ref.shape, SLAB_VOXELS):  # a slab's coordinates at a time, not the whole grid's
         u = None if fld is None else torch.as_tensor(fld[:, rows[0]:rows[1]], dtype=torch.float64, device=dev)
         coords = world_coords(mov, ref, u, rows=rows, device=dev)
         ins = inside(coords, mov.shape)
@@ -178,12 +178,6 @@ def _warp(moving, field, reference, interpolation, spacing, device, fill, allow_
 
 
 SLAB_VOXELS = 2**22  # reference voxels whose coordinates warp() holds at once (100 MB of float64 in 3D)
-
-
-def _slabs(shape) -> list:
-    """(lo, hi) ranges of the first axis, each of at most SLAB_VOXELS voxels (at least one row)."""
-    rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
-    return [(lo, min(shape[0], lo + rows)) for lo in range(0, shape[0], rows)]
 
 
 def _box(coords: torch.Tensor) -> tuple:

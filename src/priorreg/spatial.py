@@ -16,6 +16,13 @@ import torch
 import torch.nn.functional as F
 
 
+def row_slabs(shape, max_voxels: int) -> list:
+    """(lo, hi) ranges of a grid's first axis, each of at most ``max_voxels`` voxels of ``shape`` (at least
+    one row): whole-grid work a slab at a time (resampling, the Jacobian, a field interpolated back)."""
+    rows = max(1, max_voxels // max(1, math.prod(shape[1:])))
+    return [(lo, min(shape[0], lo + rows)) for lo in range(0, shape[0], rows)]
+
+
 def identity_grid(shape, dtype=torch.float32, device=None) -> torch.Tensor:
     """Voxel index coordinates, shape (d, *shape)."""
     axes = [torch.arange(n, dtype=dtype, device=device) for n in shape]

@@ -13,10 +13,9 @@ import math
 
 import numpy as np
 import torch
-
 import torch.nn.functional as F
 
-from . import pyramid
+from . import pyramid, spatial
 from .checks import local_regions
 from .errors import PriorRegError
 from .image import Image, level_factors
@@ -74,9 +73,7 @@ class WorkingGrid:
                 last, before = u.narrow(k, u.shape[k] - 1, 1), u.narrow(k, u.shape[k] - 2, 1)
                 u = torch.cat([u, 2 * last - before], dim=k)
         out = np.empty((len(self.shape), *self.shape))
-        rows = max(1, SLAB_VOXELS // max(1, math.prod(self.shape[1:])))
-        for lo in range(0, self.shape[0], rows):
-            hi = min(self.shape[0], lo + rows)
+        for lo, hi in spatial.row_slabs(self.shape, SLAB_VOXELS):
             out[:, lo:hi] = pyramid.upsample_field(u, (hi - lo, *self.shape[1:]), ratio=list(self.f), start=lo).double().cpu().numpy()
         return out
 
@@ -96,9 +93,8 @@ def _mask_on(mask: np.ndarray, f) -> np.ndarray:
 
 def _fits(work, levels: int) -> bool:
     """Whether the working grid keeps the mask at every pyramid level and the asked-for regional blocks."""
-    if work.mask is not None and not all(
-            m[tuple(slice(0, None, k) for k in level_factors(work.fixed.spacing, lv))].any() for lv in range(levels)
-            for m in [work.mask]):
+    strides = [tuple(slice(0, None, k) for k in level_factors(work.fixed.spacing, lv)) for lv in range(levels)]
+    if work.mask is not None and not all(work.mask[every].any() for every in strides):  # as pyramid.mask_pyramid
         return False
     if work.options.local_weight > 0:
         try:
