@@ -65,6 +65,11 @@ def extension(path) -> str:
 # --------------------------------------------------------------------------- geometry
 
 
+def _one_slice(shape) -> bool:
+    """Whether a 3D grid of ``shape`` is a single slice (one axis of length 1), read as a 2D image."""
+    return len(shape) == 3 and 1 in shape and sum(n > 1 for n in shape) == 2
+
+
 def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name: str = "image",
                   outputs_on_grid: bool = False) -> Image:
     """Convert a scalar SimpleITK image into an :class:`Image` (NumPy axis order); ``outputs_on_grid``: the
@@ -81,7 +86,7 @@ def sitk_to_image(img, *, squeeze: bool = True, notes: list | None = None, name:
     lengths = np.linalg.norm(direction, axis=0)
     if np.any(np.abs(lengths - 1.0) > 1e-9):  # a header's rounded matrix ("0.87 0.5": 1.0034), taken as ITK
         direction, spacing = direction / lengths, spacing * lengths  # takes it: the same world steps, unit axes
-    if d == 3 and squeeze and 1 in arr.shape and sum(n > 1 for n in arr.shape) == 2:
+    if squeeze and _one_slice(arr.shape):
         k = arr.shape.index(1)
         keep = [j for j in range(3) if j != k]
         cols = direction[:, keep]
@@ -183,28 +188,20 @@ def geometry(image: Image) -> dict:
 
 def _series_label(first_file: str, sid: str) -> str:
     """'"T1 post" (series 7, UID ...)': the series description and number (DICOM 0008|103e, 0020|0011) where present."""
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(first_file)
-    try:
-        reader.ReadImageInformation()
-        get = lambda tag: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
-        desc, number = get("0008|103e"), get("0020|0011")
-    except RuntimeError:
-        desc, number = "", ""
+    desc, number = (v or "" for v in _file_tags(first_file, "0008|103e", "0020|0011"))
     named = " ".join(x for x in (f'"{desc}"' if desc else "", f"series {number}" if number else "") if x)
     return f"{named} (UID {sid})" if named else f"UID {sid}"
 
 
-def _dicom_modality(first_file: str) -> str | None:
-    """The series' DICOM Modality (0008|0060: "MR", "CT", "PT", "NM", ...), from its first file's header."""
+def _file_tags(path: str, *tags: str) -> list:
+    """The DICOM ``tags`` of one file's header (None where absent, or for a header that cannot be read)."""
     reader = _sitk().ImageFileReader()
-    reader.SetFileName(first_file)
+    reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
-        return _tag(reader, "0008|0060")
     except RuntimeError:
-        return None
+        return [None] * len(tags)
+    return [_tag(reader, t) for t in tags]
 
 
 def _tag(img, tag: str) -> str | None:
@@ -251,7 +248,7 @@ def _read_dicom_dir(path: str, name: str, notes):
                             "volume (slices of different sizes, or several series under one id); give a folder with "
                             "one series") from None
     _check_slice_spacing(files[sid], img, path, name)
-    return img, _dicom_modality(files[sid][0])
+    return img, _file_tags(files[sid][0], "0008|0060")[0]  # Modality: "MR", "CT", "PT", "NM", ...
 
 
 def _one_file_of_a_series(img, path: str, name: str) -> list:
@@ -578,7 +575,7 @@ def image_dimension(path: str) -> int | None:
     size = list(reader.GetSize())
     if len(size) == 4 and size[3] == 1:
         size = size[:3]
-    if len(size) == 3 and 1 in size and sum(n > 1 for n in size) == 2:
+    if _one_slice(size):
         size = [n for n in size if n > 1]
     return len(size) if len(size) in (2, 3) else None
 

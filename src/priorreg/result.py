@@ -124,6 +124,11 @@ SMALL_FIELD_VOXELS = 0.5  # below this mean displacement the field is of the ord
 SMALL_FIELD_SAMPLES = 2**20  # voxels the mean is taken over at most (every k-th along each axis)
 
 
+def spacing_text(spacing) -> str:
+    """A voxel size as the notes give it: '3 x 0.5 x 0.5' (mm, the array's axes)."""
+    return " x ".join(f"{float(s):.3g}" for s in spacing)
+
+
 def small_field_notes(field: np.ndarray, spacing, region) -> list:
     """A note when the field moves the fixed voxels in ``region`` (the mask, or the fixed image's Otsu
     foreground as the nearly-aligned rule of :mod:`priorreg.deformable` measures it) by less than
@@ -140,8 +145,7 @@ def small_field_notes(field: np.ndarray, spacing, region) -> list:
     mean = float(size[inside].mean()) if inside is not None and inside.any() else float(size.mean())
     if mean >= SMALL_FIELD_VOXELS:
         return []
-    voxel = " x ".join(f"{float(s):.3g}" for s in spacing)
-    return [f"register(): the field is small (mean {mean:.2f} voxel of {voxel} mm), of the order of priorreg's error on pairs that "
+    return [f"register(): the field is small (mean {mean:.2f} voxel of {spacing_text(spacing)} mm), of the order of priorreg's error on pairs that "
             "were aligned already (0.1-0.4 voxel on the benchmark's): if this pair was aligned already, the unregistered "
             "image may be as good; compare the two"]
 

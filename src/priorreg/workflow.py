@@ -744,9 +744,10 @@ def working_grid_notes(result) -> list:
     finest = result.history[-1] if result.history else None
     if finest is None or tuple(finest.shape) == tuple(result.fixed.shape):
         return []
-    mm = lambda v: " x ".join(f"{float(s):.3g}" for s in v)  # noqa: E731
-    return [f"the deformable stage worked on {mm(finest.spacing)} mm voxels, no finer than the moving image's; "
-            f"the field is interpolated onto the fixed image's {mm(result.fixed.spacing)} mm grid"]
+    from .result import spacing_text
+
+    return [f"the deformable stage worked on {spacing_text(finest.spacing)} mm voxels, no finer than the moving "
+            f"image's; the field is interpolated onto the fixed image's {spacing_text(result.fixed.spacing)} mm grid"]
 
 
 def prior_weight_notes(result) -> list:
