@@ -306,15 +306,16 @@ def test_demo_runs_and_reports(capsys, tmp_path):
     out = tmp_path / "demo"
     rc, so, err = run(capsys, "demo", "--out", out)
     assert rc == 0, err
-    for name in ("alphaauto", "alpha1"):  # both runs' reports are named
+    for name in ("alphaauto", "alpha0.7"):  # both runs' reports are named
         assert str((out / name / "report.html").resolve()) in so
     inputs = json.loads((out / "alphaauto" / "report.json").read_text())["inputs"]
     assert inputs["moving"]["path"] == str((out / "moving_PD_deformed.nii.gz").resolve())  # what was registered
-    assert sorted(os.listdir(out / "alpha1")) == sorted(cli.OUTPUT_NAMES + (cli.LINEAR_NAME,))
+    assert sorted(os.listdir(out / "alpha0.7")) == sorted(cli.OUTPUT_NAMES + (cli.LINEAR_NAME,))
     summary = json.loads((out / "demo.json").read_text())
     epe = {e["alpha"]: e["endpoint_error_mm_mean"] for e in summary["endpoint_error"]}
     # the prior comes from the other half of the slice (no oracle): both runs must beat doing nothing
     assert max(epe.values()) < 0.5 * summary["known_field"]["mean_mm_in_head"]
+    assert "one training pair" in err and "MI only (alpha auto gave the prior no weight)" in (out / "alphaauto" / "report.html").read_text(encoding="utf-8")
     assert run(capsys, "demo", "--out", out)[0] == 0  # a previous demo directory is reused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")

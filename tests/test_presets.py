@@ -149,7 +149,7 @@ def test_a_preset_that_fixes_the_prior_weight_keeps_it_and_explicit_alpha_wins(t
     prior = priorreg.fit_prior([f], [m], levels=1)
     fixed = preset_options("atlas", 2).alpha
     assert fixed < 1 and preset_options("default", 2).alpha == 1.0  # the default leaves alpha to "auto"
-    run = dict(prior=prior, levels=1, max_iterations=2)
+    run = dict(prior=prior, levels=1, max_iterations=2, warn=False)  # auto gives a one-pair prior no weight, and warns
     r = priorreg.register(f, m, preset="atlas", **run)
     assert r.options.alpha == fixed and r.prior_weights == []  # not replaced by "auto"
     assert priorreg.register(f, m, preset="atlas", alpha=0.5, **run).options.alpha == 0.5

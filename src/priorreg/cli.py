@@ -312,7 +312,8 @@ def _add_demo(sub) -> None:
         "demo",
         help="run a registration on bundled BrainWeb data and write a report",
         description="Learn a prior on the bundled BrainWeb T1/PD slice pair, deform the PD slice by a known smooth "
-        "field, register it back onto T1 with alpha=auto (prior weighed per level) and alpha=1 (MI), and report the endpoint errors.",
+        "field, register it back onto T1 with alpha=auto (prior weighed per level; a one-pair prior gets none) and "
+        "alpha=0.7 (the prior used anyway), and report the endpoint errors.",
     )
     d.add_argument("--out", default="priorreg-demo", metavar="DIR", help="output directory (default: ./priorreg-demo)")
     d.add_argument("--device", default="cpu", metavar="{cpu,cuda,cuda:N}", help="device (default: cpu)")
@@ -417,9 +418,7 @@ def cmd_register(args, con: Console) -> int:
     result.preset_note = why  # report.json says why, as register() does where it chooses
     result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as printed, so kept in report.json and report.html
     con.end_bar(done=True)
-    for n in wf.linear_notes(result) + wf.working_grid_notes(result):  # in the order the stages ran: the linear stage's, the grid's, the prior's, then warnings
-        con.note(n)
-    for n in wf.prior_weight_notes(result):
+    for n in wf.linear_notes(result) + wf.working_grid_notes(result):  # in the order the stages ran: the linear stage's, the grid's, then warnings
         con.note(n)
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)

@@ -311,8 +311,8 @@ def _training_pairs(fixed, moving, masks, spacing, normalization: str, levels: i
 
 def _refuse_repeat(pair: tuple, pairs: list, func: str) -> None:
     """A pair given twice (the same images, up to the intensity normalisation) looks like two pairs that
-    agree perfectly: alpha "auto" would trust the prior most (its spread near 0) where one pair gets a
-    conservative weight."""
+    agree perfectly: alpha "auto" would trust the prior most (its spread near 0) where one pair gets no
+    weight."""
     fi, fn, mn = pair
     for i, (other, on, om, _) in enumerate(pairs):
         if other.same_grid(fi) and np.array_equal(on, fn) and np.array_equal(om, mn):

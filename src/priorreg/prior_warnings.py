@@ -18,7 +18,7 @@ def check_prior_order(inp: Inputs, pyr: Pyramids) -> tuple:
     """``(problem, warnings)``: a warning when the prior fits the pair far better with its modality axes swapped
     (checked at full resolution); with alpha="auto" such a prior then gets no weight (the problem comes back
     with alpha 1) and the warning says so. A one-pair BraTS prior trained the wrong way round had kept weight
-    0.3 (a one-pair prior's conservative alpha) and moved an aligned 2 mm pair 0.51 mm on average, against
+    0.3 (what one-pair priors got before they got none) and moved an aligned 2 mm pair 0.51 mm on average, against
     0.43 mm without it and 0.43 with the right one."""
     if not uses_prior(inp):
         return inp, []
@@ -70,6 +70,8 @@ def unused_prior_warnings(inp: Inputs, history: list) -> list:
     if inp.prior is None or not is_auto(inp.options.alpha) or not recs or any(r["alpha"] < 1 for r in recs):
         return []
     last = recs[-1]
+    if last.get("spread") is None and "does not describe" not in last.get("reason", ""):  # one pair, or an old file
+        return [f"register(): the prior was given no weight at any level: {last['reason']}"]
     if "training pairs disagree" in last.get("reason", ""):  # the prior's own spread, not this pair, decided
         return [f"register(): the prior was given no weight at any level: {last['reason'].split(':')[0]} at full "
                 "resolution, so it says little about any pair; train it on more, or more alike, pairs. The result is "

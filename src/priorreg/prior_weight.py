@@ -72,7 +72,6 @@ def _marginal_kl(p, q, eps: float) -> float:
 
 PROBE_ALPHA = 0.5  # any alpha < 1: the intensity fit is tried as for a blend and kept only if alpha < 1
 ALPHA_MIN = 0.4  # the most weight the prior gets (the paper's alpha)
-ALPHA_ONE_PAIR = 0.7  # the least alpha without a measured spread (one training pair, or an older prior file)
 SPREAD_RANGE = (0.05, 0.2)  # spread / MI(prior): full trust below, none above (linear between)
 FIT_RANGE = (0.15, 0.4)  # KL(pair || prior) / MI(prior): the same
 
@@ -105,8 +104,10 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
     prior's mutual information, the information it holds about the intensity relation. A prior whose
     training pairs disagree (the relation depends on anatomy or field of view) or that does not
     describe this pair (another modality pair, swapped, another anatomy, another scanner) gets
-    no weight. Without a measured spread (one pair, or a prior file written before it was stored)
-    the spread term is 1/2: alpha stays >= ALPHA_ONE_PAIR.
+    no weight. Nor does a prior without a measured spread (one pair, or a prior file written before it
+    was stored): nothing shows that its relation holds beyond its own pair, and one-pair priors from other
+    subjects or slices, given alpha 0.7, were as often worse than no prior as better (benchmarks/README.md,
+    "A prior never worse than no prior?"). An explicit alpha still uses such a prior.
     """
     info = max(float(ev["prior_mi"]), 1e-6)
     spread = training_spread(prior, level)
@@ -118,15 +119,7 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
     # side (the frame and the reference modality it was learned on).
     fit_ratio = float(ev["kl_fixed" if regional else "kl"]) / info
     trust_fit = _ramp(fit_ratio, *FIT_RANGE)
-    if spread is None:
-        trust_spread = (1.0 - ALPHA_ONE_PAIR) / (1.0 - ALPHA_MIN)
-        if prior.n_pairs < 2:
-            note = "a prior from one training pair has no spread to judge it by: conservative weight"
-        else:
-            note = "the prior file holds no spread of its training pairs (written before it was stored; train it again): conservative weight"
-    else:
-        trust_spread = _ramp(spread / info, *SPREAD_RANGE)
-        note = None
+    trust_spread = 0.0 if spread is None else _ramp(spread / info, *SPREAD_RANGE)
     alpha = 1.0 - (1.0 - ALPHA_MIN) * trust_spread * trust_fit
     alpha = round(alpha, 3)
     rec = dict(level=level, alpha=alpha, n_pairs=int(prior.n_pairs), kl=float(ev["kl"]),
@@ -141,11 +134,14 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
         reason = f"the prior's training pairs disagree (spread {spread / info:.2f} x its MI): mutual information alone"
     elif fit_ratio >= FIT_RANGE[1]:
         reason = f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
+    elif spread is None and prior.n_pairs < 2:
+        reason = ("one training pair, so nothing shows that the prior holds for other pairs: mutual information alone "
+                  "(train it on two or more pairs, or give alpha, e.g. 0.7, to use it anyway)")
+    elif spread is None:
+        reason = ("the prior file holds no spread of its training pairs (written before it was stored): mutual "
+                  "information alone (train it again to let alpha auto weigh it)")
     else:
-        spread_text = "unknown" if spread is None else f"{spread / info:.2f}"
         reason = (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}, "
-                  f"its training pairs' spread {spread_text})")
-    if note and alpha < 1:  # a weight to explain (none given: the reason says why)
-        rec["note"] = note
+                  f"its training pairs' spread {spread / info:.2f})")
     rec["reason"] = reason
     return alpha, rec

@@ -750,12 +750,6 @@ def working_grid_notes(result) -> list:
             f"image's; the field is interpolated onto the fixed image's {spacing_text(result.fixed.spacing)} mm grid"]
 
 
-def prior_weight_notes(result) -> list:
-    """Each note that explains a weight alpha "auto" gave the prior, once (not per level)."""
-    weighed = [w for w in result.prior_weights if w["alpha"] < 1]  # none given: none to explain
-    return [f"alpha auto: {n}" for n in dict.fromkeys(w["note"] for w in weighed if w.get("note"))]
-
-
 def _linear_summary(lin) -> str:
     if lin is None:
         return ""
