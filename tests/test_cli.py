@@ -88,9 +88,10 @@ def digest(paths):
 
 def test_train_writes_exactly_the_given_path(capsys, data, tmp_path):
     out = tmp_path / "my.prior"
-    rc, so, _ = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--mask", data["mask"],
-                    "--out", out, "--bins", "16", "--levels", "1")
+    rc, so, err = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--mask", data["mask"],
+                      "--out", out, "--bins", "16", "--levels", "1")
     assert rc == 0 and "written to" in so
+    assert "one training pair: register's alpha auto gives such a prior no weight" in err  # told before registering
     assert os.listdir(tmp_path) == ["my.prior"]
     p = priorreg.Prior.load(out)
     assert p.bins == 16 and p.levels == 1 and p.dim == 2 and p.n_pairs == 1

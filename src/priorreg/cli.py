@@ -392,6 +392,9 @@ def _train(args, con: Console) -> int:
         regions = f", regions={'x'.join(map(str, prior.regions))}" if prior.n_regions > 1 else ""
         print(f"{PROG}: prior from {prior.n_pairs} pair(s), {prior.dim}D, bins={prior.bins}, levels={prior.levels}"
               f"{regions} written to {args.out} ({time.perf_counter() - t0:.1f} s)")
+    if prior.n_pairs < 2:
+        con.note("one training pair: register's alpha auto gives such a prior no weight (nothing shows that it holds "
+                 "for other pairs); train on two or more pairs, or register with --alpha to use it")
     return 0
 
 
