@@ -193,3 +193,32 @@ def test_warp_in_slabs_gives_the_values_of_one_piece(monkeypatch):
     labels = mov.with_array((mov.array > 0.5).astype(np.uint8))
     assert np.array_equal(rs.warp(labels, None, reference=ref, interpolation="nearest").array,
                           rs.warp(labels, np.zeros_like(field), reference=ref, interpolation="nearest").array)
+
+
+def test_solver_step_reuses_coefficients_and_first_step_reaches_its_size():
+    """The solver's step (DCTs of u and F taken once, one inverse per step size) equals the plain solve of
+    u - tau*F; an accepted step's coefficients serve the next; the first step size moves about step_voxels."""
+    from types import SimpleNamespace
+
+    from priorreg import solver
+
+    g = torch.Generator().manual_seed(3)
+    shape, spacing = (10, 12, 9), (1.0, 1.2, 2.0)
+    reg = Tikhonov(0.5, spacing, bending=50.0)
+    u, F = torch.randn(3, *shape, dtype=torch.float64, generator=g), torch.randn(3, *shape, dtype=torch.float64, generator=g)
+    update = solver._Update(reg, u, spacing)
+    for tau in (0.1, 3.0):
+        u_new, delta, U = update(u, F, tau)
+        plain, _ = update.basis.solve(u - tau * F, tau, update.spectrum)
+        assert (u_new - plain).abs().max() < 1e-12 and delta == pytest.approx(solver._max_voxel_norm(plain - u, spacing))
+        assert (update.basis.forward(u_new) - U).abs().max() < 1e-9
+    forward = update.basis.forward
+    calls = []
+    update.basis.forward = lambda x: calls.append(1) or forward(x)
+    F2 = torch.randn(3, *shape, dtype=torch.float64, generator=g)
+    update(u_new, F2, 0.5)  # the accepted step's coefficients are reused: one forward DCT, of the new force
+    assert len(calls) == 1
+    opts = SimpleNamespace(step_voxels=0.5)
+    fmax = solver._max_voxel_norm(F, spacing)
+    tau = solver._first_tau(update, u * 0, F, fmax, opts)
+    assert update(u * 0, F, tau)[1] >= 0.25 and tau > opts.step_voxels / fmax

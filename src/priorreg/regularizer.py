@@ -155,7 +155,11 @@ class DCTBasis:
 
     def solve(self, rhs, tau, spectrum):
         """(I + tau*A)^{-1} rhs with A's eigenvalues ``spectrum``; returns (u, U = forward(u))."""
-        U = self.forward(rhs) / (1.0 + tau * spectrum)
+        return self.solve_coefficients(self.forward(rhs), tau, spectrum)
+
+    def solve_coefficients(self, R, tau, spectrum):
+        """:meth:`solve` given R = forward(rhs) (R is overwritten): the solver's steps share forward DCTs."""
+        U = R.div_(1.0 + tau * spectrum)
         return self.inverse(U), U
 
 
