@@ -13,7 +13,6 @@ sim-spectct-thorax with 300-306 (spect: 301-306); mni3d-2mm-t2,brats3d-2mm-flair
 import sys, os, json, time, warnings
 os.environ["OMP_NUM_THREADS"] = "1"
 sys.path.insert(0, "benchmarks")
-import numpy as np
 import seeds as S, run as R, cases_more as CM
 import torch
 torch.set_num_threads(1)
