@@ -459,3 +459,18 @@ def test_centroids_of_a_large_grid_come_from_every_kth_voxel_and_agree(monkeypat
     assert every_kth(a.shape, 10_000) == 2 and every_kth(a.shape, a.size) == 1
     sparse = linear._centroids(img, a)
     assert all(np.linalg.norm(w - s) < 2.0 for w, s in zip(whole, sparse))  # mm; voxels of 0.8-2 mm
+
+
+def test_far_trial_points_sample_the_border_with_zero_gradient():
+    """An affine trial step of L-BFGS put samples 1e4 image widths away and PyTorch's grid_sample backward
+    crashed the process (segmentation fault, a new user's IXI pair with a prior at alpha 0.5): the points are
+    clamped one voxel beyond the edge first, the same values and gradients as the border clamp."""
+    from priorreg import linear
+
+    vol = torch.arange(20.0).reshape(1, 1, 4, 5)
+    idx = torch.tensor([[3e9, -2e9], [1.5, 2.0], [float("inf"), 1.0]], requires_grad=True)
+    v = linear._sample(vol, idx, (4, 5))
+    got = v.detach()
+    assert got[0] == vol[0, 0, 3, 0] and float(got[1]) == pytest.approx(9.5) and got[2] == vol[0, 0, 3, 1]
+    v.sum().backward()
+    assert torch.all(idx.grad[0] == 0) and idx.grad[2, 0] == 0 and torch.all(idx.grad[1] != 0)  # inside: a gradient

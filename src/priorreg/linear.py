@@ -165,9 +165,15 @@ class _Problem:
 
 
 def _sample(vol: torch.Tensor, idx: torch.Tensor, shape: tuple) -> torch.Tensor:
-    """n-linear samples of vol (1, 1, *shape) at voxel coordinates idx (n, d), border-clamped."""
+    """n-linear samples of vol (1, 1, *shape) at voxel coordinates idx (n, d), border-clamped.
+
+    The coordinates are clamped to one voxel beyond the edges first: the same values and gradients (the
+    border is clamped anyway), and far points stay far from overflow: an affine trial step of an L-BFGS
+    line search put them 1e4 image widths away, and PyTorch's CPU grid_sample backward crashed the
+    process (a segmentation fault) there."""
     d = len(shape)
     size = torch.tensor([max(n - 1, 1) for n in shape], dtype=_DT, device=idx.device)
+    idx = torch.minimum(idx.clamp(min=-1.0), size + 1.0)
     g = (2.0 * idx / size - 1.0).flip(-1)
     grid = g.reshape(1, -1, *([1] * (d - 1)), d)
     return spatial.grid_sample(vol, grid).reshape(-1)
@@ -180,6 +186,9 @@ def _validity(idx: torch.Tensor, shape: tuple) -> torch.Tensor:
     return (2.0 * margin).clamp(0, 1).prod(dim=1)
 
 
+NO_OVERLAP_ENERGY = 1e3  # the energy of a transform with no overlap, or a non-finite one: worse than any alignment
+
+
 def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor, stats: bool = True):
     """(energy, MI, overlap fraction) of the transform with optimiser parameters p (``stats`` False:
     (energy, None, None), as the optimiser needs at every step)."""
@@ -190,7 +199,7 @@ def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor, stats: bool = True):
         idx = idx + lv.xc[:, k:k + 1] * M[:, k]
     w = _validity(idx, lv.shape)
     if float(w.detach().sum()) < 1.0:  # no overlap at all: worse than any real alignment
-        return (p * 0).sum() + 1e3, 0.0, 0.0
+        return (p * 0).sum() + NO_OVERLAP_ENERGY, 0.0, 0.0
     P = hist.parzen_joint_histogram(lv.fixed_bins, _sample(lv.moving, idx, lv.shape), pb.ranges, pb.S, w)
     Pt, P1, P2 = hist.entropy_terms(P, pb.eps)
     T = Tables(Pt, P1, P2, Pt[None], torch.ones(1, dtype=_DT, device=P.device))
@@ -210,8 +219,12 @@ def _optimise(lv: _Level, pb: _Problem, p: torch.Tensor, free: torch.Tensor, ite
     idx = free.nonzero().reshape(-1)
 
     def energy_and_gradient(xn):
+        if not np.all(np.isfinite(xn)):  # a trial step beyond float range: worse than any alignment
+            return NO_OVERLAP_ENERGY, np.zeros_like(xn)
         x = torch.as_tensor(xn, dtype=p.dtype, device=p.device).requires_grad_(True)
         e = _evaluate(lv, pb, p.index_put((idx,), x), stats=False)[0]
+        if not torch.isfinite(e):
+            return NO_OVERLAP_ENERGY, np.zeros_like(xn)
         e.backward()
         return float(e.detach()), x.grad.detach().cpu().numpy().astype(np.float64)
 
