@@ -626,7 +626,7 @@ def test_folding_and_a_moving_image_that_covers_little_of_the_anatomy_are_noted(
     fov = np.zeros((10, 10), bool)
     fov[:, :3] = True  # covers 1 of the region's 6 columns
     run = lambda fold, fov: outcome_notes(SimpleNamespace(jacobian_stats={"percent_nonpositive": fold, "min": -0.07},
-                                                          fov=fov, moving_on_fixed=None, warped=None), region)
+                                                          fov=fov, moving=None, warped=None), region)
     assert run(0.0, np.ones((10, 10), bool)) == [] and run(0.05, None) == []
     fold, cover = run(2.3, fov)
     assert fold.startswith("register(): the field folds 2.30% of the voxels (Jacobian min -0.070)")
@@ -950,15 +950,53 @@ def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
     said = lambda r: [w for w in r.warnings if "matches the fixed one far better" in w]  # noqa: E731
     assert not said(priorreg.register(fixed, moving.copy(), **kw))
     (swap,) = said(priorreg.register(fixed, moving.T.copy(), **kw))
-    assert "with the fixed grid's array axes in the order (1, 0)" in swap and "nibabel array must be transposed" in swap
+    assert "with its array axes in the order (1, 0)" in swap and "nibabel array must be transposed" in swap
     (turn,) = said(priorreg.register(fixed, moving[::-1, ::-1].copy(), **kw))
-    assert "mirrored along the fixed grid's array axis 0, 1" in turn
+    assert "mirrored along its array axis 0, 1" in turn
+    # Not square (a new user's 216 x 256 IXI crop, transposed, registered 88 degrees off without a word): the
+    # variants are of the moving image's own array, whatever its shape.
+    tall = f.with_array(f.array[10:210, 20:160].copy())
+    (swap,) = said(priorreg.register(tall, priorreg.Image(m.array[10:210, 20:160].T.copy(), tall.spacing), **kw))
+    assert "with its array axes in the order (1, 0)" in swap
+    assert not said(priorreg.register(tall, priorreg.Image(m.array[10:210, 20:160].copy(), tall.spacing), **kw))
     before = moving.copy()
     priorreg.register(fixed, moving, **kw)
     assert np.array_equal(moving, before)  # the check reads views of the input, never writes
     one = np.zeros(fixed.shape, bool)
     one[90, 90] = True  # a one-voxel mask (a 2 mm margin): too few samples to judge a mirror by
     assert not said(priorreg.register(fixed, moving.copy(), mask=one, linear="none", levels=1, **kw))
+
+
+def test_a_volume_with_two_axes_swapped_or_mirrored_is_warned_about():
+    """A new user's BraTS T1c with its x and z axes swapped (header unchanged), and one mirrored left-right,
+    registered silently wrong (tumour Dice 0): the variants are the moving volume's own, of any shape, compared
+    before registration. The right volume gets no warning (a 2 mm blur had let a mirror of this small one win)."""
+    f, m, v, lab = syn.case((24, 30, 20), syn.T2_MONO, max_disp=1.0, seed=0)
+    kw = dict(warn=False, max_iterations=5, levels=2)
+    said = lambda r: [w for w in r.warnings if "matches the fixed one far better" in w]  # noqa: E731
+    assert not said(priorreg.register(f, m, **kw))
+    fixed = priorreg.Image(f, (1.0, 1.0, 1.0))
+    (swap,) = said(priorreg.register(fixed, priorreg.Image(np.ascontiguousarray(m.transpose(2, 1, 0)), (1.0, 1.0, 1.0)), **kw))
+    assert "with its array axes in the order (2, 1, 0)" in swap
+    (flip,) = said(priorreg.register(f, np.ascontiguousarray(m[:, ::-1]), **kw))
+    assert "mirrored along its array axis 1" in flip
+
+
+def test_unrelated_images_are_warned_about():
+    """A new user's BrainWeb T1 against a uniform-noise image "registered" (a 9 degree affine) without a word;
+    the registered pair's MI is now compared with that of the moving values shuffled."""
+    from importlib.resources import files
+
+    from priorreg import io as pio
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    f, m = (pio.read_image(brainweb / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    kw = dict(warn=False, max_iterations=5, levels=2)
+    said = lambda r: [w for w in r.warnings if "share almost no information" in w]  # noqa: E731
+    noise = f.with_array(np.random.default_rng(0).uniform(0, 255, f.shape).astype(np.float32))
+    (w,) = said(priorreg.register(f, noise, **kw))
+    assert "not to be trusted" in w
+    assert not said(priorreg.register(f, m, **kw))
 
 
 def test_an_image_without_a_frame_beside_one_with_another_direction_is_warned_about():

@@ -157,17 +157,18 @@ def test_report_renders_without_matplotlib(tmp_path):
 
 def test_fov_percentage_when_the_moving_image_covers_half(half):
     fov = report.field_of_view(half)
-    assert fov.shape == half.fixed.shape and report.percent_outside(fov) == pytest.approx(50.0)
+    pct = report.percent_outside(fov)  # about half: the field (3 iterations) moves the border by a fraction of a pixel
+    assert fov.shape == half.fixed.shape and pct == pytest.approx(50.0, abs=0.5)
     html = report.render_html(half, report.report_dict(half))
-    assert "<td>fixed grid outside the moving field of view</td><td>50.0%</td>" in html
-    assert "50.0% of the fixed grid lies outside it" in html  # the checkerboard's caption, beside its outline
+    assert f"<td>fixed grid outside the moving field of view</td><td>{pct:.1f}%</td>" in html
+    assert f"{pct:.1f}% of the fixed grid lies outside it" in html  # the checkerboard's caption, beside its outline
     data = report._Data(half)
     for panel in (report.panel_checkerboard, report.panel_edges):
         before, after = images(panel(data)[2])
         assert has(after, report.FOV_RGB) and not has(before, report.FOV_RGB), panel.__name__
         # the outline runs down the middle of the 'after' picture (the moving image's right border)
-        cols = np.flatnonzero((after == report.FOV_RGB).all(-1).any(0))
-        assert abs(cols.mean() - after.shape[1] / 2) <= 2
+        per_col = (after == report.FOV_RGB).all(-1).sum(0)  # weighted: a short jog at a corner is not the line
+        assert abs((per_col * np.arange(len(per_col))).sum() / per_col.sum() - after.shape[1] / 2) <= 2
 
 
 def test_fov_is_where_the_field_lands_inside_the_moving_image():
