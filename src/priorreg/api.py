@@ -14,7 +14,8 @@ A registration is a short pipeline of named stages, each in its own module:
    on the fixed image's own layout.
 
 Along the way each stage's notes become ``result.warnings`` (a header that looks wrong, a squeezed
-histogram range, :mod:`priorreg.prior_warnings` about a learned prior, a field that folds).
+histogram range, :mod:`priorreg.prior_warnings` about a learned prior, a field that folds, and
+:mod:`priorreg.mixups`: a moving image mirrored or with its axes swapped, images that share no information).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mirror / axis-swap check (priorreg.result.mirror_notes) on right and wrong real pairs: for each pair,
+"""The mirror / axis-swap check (priorreg.mixups.mirror_notes) on right and wrong real pairs: for each pair,
 the MI of the moving image as given and of its best mirrored or axis-permuted variant, blurred by each
 given sigma (mm).
 
@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from priorreg import io as pio
-from priorreg import result as R
+from priorreg import mixups as R
 from priorreg.intensity import foreground
 
 warnings.simplefilter("ignore")

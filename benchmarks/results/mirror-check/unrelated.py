@@ -1,4 +1,4 @@
-"""The unrelated-images check (priorreg.result.unrelated_notes): the registered pair's MI (32 bins, 16384 voxels of
+"""The unrelated-images check (priorreg.mixups.unrelated_notes): the registered pair's MI (32 bins, 16384 voxels of
 the fixed anatomy) against that of the warped moving values shuffled, for real pairs registered with no flags
 and for the bundled T1 against uniform noise.
 
