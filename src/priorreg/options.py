@@ -72,7 +72,8 @@ class RegistrationOptions:
         (no prior needed); alpha < 1 needs a learned prior. See ``regularization_scaling`` for
         keeping the similarity-to-smoothness balance of alpha = 1 in a blend. "auto": chosen per
         pyramid level between 0.4 and 1 from how well the prior describes the pair and how much
-        its own training pairs agree (priorreg.prior_weight; 1 without a prior; recorded in
+        its own training pairs agree (priorreg.prior_weight; 1 without a prior, and 1 for a prior of
+        one training pair, which has no agreement to measure; recorded in
         ``RegistrationResult.prior_weights``).
     alpha_schedule : {"constant", "mi-finest"}
         "constant": alpha at every pyramid level. "mi-finest": alpha at the coarser levels and
