@@ -959,6 +959,15 @@ def test_a_moving_array_in_another_axis_order_or_mirrored_is_warned_about():
     (swap,) = said(priorreg.register(tall, priorreg.Image(m.array[10:210, 20:160].T.copy(), tall.spacing), **kw))
     assert "with its array axes in the order (1, 0)" in swap
     assert not said(priorreg.register(tall, priorreg.Image(m.array[10:210, 20:160].copy(), tall.spacing), **kw))
+    # Anisotropic pixels (0.7 x 1.3 mm): a variant's blocks are sized by the header position it stands at (a
+    # review found the transpose scaled wrong, and missed).
+    thin = priorreg.Image(f.array, (0.7, 1.3))
+    (swap,) = said(priorreg.register(thin, priorreg.Image(np.ascontiguousarray(m.array.T), (0.7, 1.3)), **kw))
+    assert "with its array axes in the order (1, 0)" in swap
+    # A band of the moving slice over under half the fixed anatomy: nothing to compare a variant with, no word
+    # (a review saw a variant land more of its points inside, and a false warning).
+    band = priorreg.Image(np.ascontiguousarray(m.array[62:138]), m.spacing, (0.0, 62.0))
+    assert not said(priorreg.register(f, band, **kw))
     before = moving.copy()
     priorreg.register(fixed, moving, **kw)
     assert np.array_equal(moving, before)  # the check reads views of the input, never writes

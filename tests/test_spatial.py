@@ -222,3 +222,24 @@ def test_solver_step_reuses_coefficients_and_first_step_reaches_its_size():
     fmax = solver._max_voxel_norm(F, spacing)
     tau = solver._first_tau(update, u * 0, F, fmax, opts)
     assert update(u * 0, F, tau)[1] >= 0.25 and tau > opts.step_voxels / fmax
+
+
+def test_first_step_size_stops_where_the_move_stops_growing():
+    """A force the regulariser smooths away (zero mean, stiff bending) has a move that saturates as tau grows:
+    the search extrapolated to tau 7e20 and a move of 27 x step_voxels (amplified rounding noise, a review);
+    it now ends there, as doubling did, within 2^30 of the first tau."""
+    from types import SimpleNamespace
+
+    from priorreg import solver
+
+    g = torch.Generator().manual_seed(0)
+    shape, spacing = (64, 64), (1.0, 1.0)
+    F = torch.randn(2, *shape, dtype=torch.float64, generator=g)
+    F -= F.mean(dim=(1, 2), keepdim=True)
+    u = torch.zeros_like(F)
+    update = solver._Update(Tikhonov(0.0, spacing, bending=50.0), u, spacing)
+    opts = SimpleNamespace(step_voxels=0.5)
+    fmax = solver._max_voxel_norm(F, spacing)
+    tau = solver._first_tau(update, u, F, fmax, opts)
+    assert tau <= solver.MAX_GROWTH * opts.step_voxels / fmax * (1 + 1e-12)
+    assert update(u, F, tau)[1] <= opts.step_voxels

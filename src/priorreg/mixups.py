@@ -61,15 +61,18 @@ def mirror_scores(fixed: Image, moving: Image, region, linear=None):
     A, o = fixed.index_to_world()
     world = A @ np.stack(at).astype(float) + o[:, None]  # the samples' world points
     blur = min(MIRROR_BLUR_MM, min(n * h for n, h in zip(fixed.shape, fixed.spacing)) / 50.0)
-    mov = _blurred(moving, blur)
-    mi = _mi_against(_read_at(_blurred(fixed, blur), world), np.asarray(mov.array))
-    variant = _Variants(mov, world)
+    mov, blocks = _blurred(moving, blur)
+    mi = _mi_against(_read_at(_blurred(fixed, blur)[0], world), np.asarray(mov.array))
+    variant = _Variants(mov, blocks, world)
     d = mov.ndim
-    given = variant.best(mi, tuple(range(d)), np.zeros(d, bool))
+    given = [variant.best(mi, tuple(range(d)), np.zeros(d, bool))]
     if linear is not None:
-        given = max(given, variant.through(mi, linear.matrix @ world + np.asarray(linear.translation)[:, None]))
-    score, how = max(((variant.best(mi, perm, flips), how) for how, perm, flips in _mirrors(d)), key=lambda t: t[0])
-    return given, score, how
+        given.append(variant.through(mi, linear.matrix @ world + np.asarray(linear.translation)[:, None]))
+    if all(g is None for g in given):  # the image as given covers under half the region: nothing to compare with
+        return None
+    scored = ((variant.best(mi, perm, flips) or 0.0, how) for how, perm, flips in _mirrors(d))
+    score, how = max(scored, key=lambda t: t[0])
+    return max(g for g in given if g is not None), score, how
 
 
 def _region_samples(region):
@@ -101,7 +104,7 @@ def unrelated_notes(result, region) -> list:
     ranges, S = (intensity_range([f.numpy()]), intensity_range([w.numpy()])), smoothing_matrix(32, 1.0)
     mi = sample_mi(f, w, ranges, S)
     shuffled = sample_mi(f, w[torch.randperm(len(w), generator=torch.Generator().manual_seed(0))], ranges, S)
-    if mi >= UNRELATED_RATIO * shuffled:
+    if mi > UNRELATED_RATIO * shuffled:  # strictly: a warped image constant over the region has both 0
         return []
     return [f"register(): the two images share almost no information (mutual information {mi:.4f} nats after "
             f"registration, {shuffled:.4f} with the moving values shuffled): they may be unrelated (a noise or "
@@ -121,9 +124,9 @@ def _mi_against(fixed_values: np.ndarray, moving: np.ndarray):
                                             torch.as_tensor(norm(values)), ranges, S)
 
 
-def _blurred(img: Image, mm: float) -> Image:
-    """``img`` averaged over blocks of at most ``mm`` and blurred by a Gaussian of sigma ``mm``: cheap on a
-    1 mm volume (block means first), and a few mm of misplacement cost little."""
+def _blurred(img: Image, mm: float):
+    """(``img`` averaged over blocks of at most ``mm`` and blurred by a Gaussian of sigma ``mm``, the block size
+    in voxels per axis): cheap on a 1 mm volume (block means first), and a few mm of misplacement cost little."""
     a, sp = np.asarray(img.array, dtype=np.float64), np.asarray(img.spacing, dtype=float)
     k = np.maximum(1, np.floor(mm / sp)).astype(int)
     n = np.asarray(a.shape) // k
@@ -133,7 +136,7 @@ def _blurred(img: Image, mm: float) -> Image:
     a = a.reshape([x for m, kk in zip(n, k) for x in (m, kk)]).mean(tuple(range(1, 2 * a.ndim, 2)))
     a = gaussian_filter(a, mm / (sp * k), mode="nearest")
     A, o = img.index_to_world()
-    return Image(a, tuple(sp * k), tuple(o + A @ ((k - 1) / 2.0)), img.direction)
+    return Image(a, tuple(sp * k), tuple(o + A @ ((k - 1) / 2.0)), img.direction), k
 
 
 def _read_at(img: Image, world: np.ndarray) -> np.ndarray:
@@ -144,46 +147,50 @@ def _read_at(img: Image, world: np.ndarray) -> np.ndarray:
 
 
 class _Variants:
-    """The moving image's array mirrored and/or with its axes permuted, read at world points without a copy."""
+    """The moving image's array mirrored and/or with its axes permuted, read at world points without a copy.
 
-    def __init__(self, img: Image, world: np.ndarray):
-        self.img, self.shape = img, np.asarray(img.shape)
+    A variant keeps the header's direction and its spacing per position: array axis perm[k] of the (block
+    averaged) image, ``blocks[perm[k]]`` voxels to a block, stands at position k, whose voxels the header
+    makes ``spacing[k]`` mm, so a variant's block there is spacing[k] * blocks[perm[k]] (a review found an
+    anisotropic slice's transpose scaled wrong, and missed, when the blocks' sizes were taken as they stood)."""
+
+    def __init__(self, img: Image, blocks, world: np.ndarray):
+        self.img, self.shape, self.blocks = img, np.asarray(img.shape), np.asarray(blocks)
         self.array = torch.as_tensor(np.asarray(img.array, dtype=np.float32))[None, None]
         A, o = img.index_to_world()
-        self.points = np.linalg.solve(A, world - o[:, None])  # the points in the header's index frame
+        self.direction, self.spacing = np.asarray(img.direction, float), np.asarray(img.spacing, float) / self.blocks
         k = every_kth(img.shape, MIRROR_SAMPLES * 16)
         fg = np.argwhere(foreground(np.asarray(img.array)[(slice(None, None, k),) * img.ndim]))
         self.centroid = fg.mean(0) * k if len(fg) else (self.shape - 1) / 2.0  # the anatomy's, as an index
-        # where the fixed region's centroid falls in that frame: the anatomy placement's target
-        self.target = np.linalg.solve(A, world.mean(1) - o)
+        # the points from the grid's world centre, and from the fixed region's centroid (the anatomy's target)
+        self.from_centre = world - (A @ ((self.shape - 1) / 2.0) + o)[:, None]
+        self.from_target = world - world.mean(1)[:, None]
 
-    def best(self, mi, perm, flips) -> float:
+    def best(self, mi, perm, flips):
         """MI of the variant (axes ``perm``, mirrored along ``flips``) placed by its grid centre and by its anatomy,
-        the better; on the points inside the moving grid only, and 0 where fewer than half of them are (zeros
-        outside had made a mirror of a small synthetic volume score 0.69 against the right one's 0.48)."""
-        vshape = self.shape[list(perm)]
-        c = np.where(flips, vshape - 1 - self.centroid[list(perm)], self.centroid[list(perm)])
-        grid = (vshape - 1) / 2.0 - (self.shape - 1) / 2.0  # the variant index at the header frame's origin
-        scores = [0.0]
-        for shift in (grid, c - self.target):
-            values, inside = self._values(perm, flips, vshape, shift)
+        the better; on the points inside the moving grid only, and None where fewer than half of them are for
+        both (zeros outside had made a mirror of a small synthetic volume score 0.69 against the right one's 0.48)."""
+        perm = list(perm)
+        vshape = self.shape[perm]
+        A_v = self.direction * (self.spacing * self.blocks[perm])[None, :]
+        c = np.where(flips, vshape - 1 - self.centroid[perm], self.centroid[perm])
+        scores = []
+        for rel, at in ((self.from_centre, (vshape - 1) / 2.0), (self.from_target, c)):
+            jv = np.linalg.solve(A_v, rel) + at[:, None]  # the variant's index of each point
+            j = np.empty_like(jv)
+            for k, (p, fl) in enumerate(zip(perm, flips)):
+                j[p] = vshape[k] - 1 - jv[k] if fl else jv[k]
+            values, inside = self._sample(j)
             if inside.mean() >= 0.5:
                 scores.append(mi(values, inside))
-        return max(scores)
+        return max(scores, default=None)
 
-    def through(self, mi, moved: np.ndarray) -> float:
-        """MI of the image as given read at the world points ``moved`` (d, n), where a transform takes the samples."""
+    def through(self, mi, moved: np.ndarray):
+        """MI of the image as given read at the world points ``moved`` (d, n), where a transform takes the samples
+        (None where fewer than half of them land inside it)."""
         A, o = self.img.index_to_world()
         values, inside = self._sample(np.linalg.solve(A, moved - o[:, None]))
-        return mi(values, inside) if inside.mean() >= 0.5 else 0.0
-
-    def _values(self, perm, flips, vshape, shift):
-        """(values, inside) at the points of the variant placed with ``shift``."""
-        jv = self.points + shift[:, None]  # the variant's index of each point
-        j = np.empty_like(jv)
-        for k, (p, fl) in enumerate(zip(perm, flips)):
-            j[p] = vshape[k] - 1 - jv[k] if fl else jv[k]
-        return self._sample(j)
+        return mi(values, inside) if inside.mean() >= 0.5 else None
 
     def _sample(self, j: np.ndarray):
         """(values, inside) of the array at indices ``j`` (d, n): n-linear, by torch's grid_sample (map_coordinates

@@ -155,7 +155,8 @@ MIN_COVERAGE = 0.5  # ... and one that leaves more than half the fixed anatomy w
 def outcome_notes(result: "RegistrationResult", region) -> list:
     """Notes on what a finished registration produced: folding (Jacobian <= 0), and a moving image that
     covers less than MIN_COVERAGE of the fixed image's ``region`` (mask or foreground) after registration, and a
-    moving image whose axes look mirrored or swapped (:func:`mirror_notes`)."""
+    moving image whose axes look mirrored or swapped, and images that share no information
+    (:mod:`priorreg.mixups`)."""
     notes = []
     js = result.jacobian_stats
     if js["percent_nonpositive"] > FOLDING_PERCENT:

@@ -124,26 +124,41 @@ class _Update:
         self._last = (u_new, U)
         return u_new, _max_voxel_norm(u_new - u, self.spacing), U
 
+    def accept(self):
+        """The step last tried is taken: its coefficients are the new u's; the old u's and the force's are
+        let go before the next force is computed (at 1 mm each is a 44 MB field)."""
+        self._u, self._F, self._last = self._last, None, None
 
-MAX_JUMP = 1e3  # the first step size grows by at most this factor per try
+
+MAX_JUMP = 1e3  # the first step size grows by at most this factor per try ...
+MAX_GROWTH = 2.0**30  # ... and by at most this factor in all (what 30 doublings reached before)
+MIN_POWER = 0.2  # a move growing more slowly with tau than tau^MIN_POWER has stopped growing: the search ends
 
 
 def _first_tau(update: _Update, u, F, fmax: float, opts) -> float:
-    """The first step size: one whose update moves about ``step_voxels``. Steps are measured on the update
-    itself, not on tau*F: a stiff regulariser (bending) shrinks tau*F a lot, and a cap on tau*F alone
-    would crawl. Each try scales tau by how far the last one fell short (the move grows about linearly
-    with tau while it is small, and more slowly after): at 1 mm that took 2-3 tries where doubling took 7,
-    each a full-resolution DCT solve."""
-    tau, last = opts.step_voxels / fmax, None
+    """The first step size: one whose update moves at least half of ``step_voxels`` (and less than about
+    ``step_voxels`` while the move grows with tau). Steps are measured on the update itself, not on tau*F:
+    a stiff regulariser (bending) shrinks tau*F a lot, and a cap on tau*F alone would crawl. Each try
+    scales tau by how far the last one fell short, through the power of tau the move grew with over the
+    last two tries: at 1 mm that took 2-3 tries where doubling took 7, each a full-resolution DCT solve.
+    Where the move has stopped growing (a force the regulariser smooths away, such as a constant one), the
+    search ends instead of extrapolating (a review found 27 x ``step_voxels`` of amplified rounding noise)."""
+    tau0 = tau = opts.step_voxels / fmax
+    last = None
     for _ in range(30):
         delta = update(u, F, tau)[1]
         if delta >= 0.5 * opts.step_voxels:
             break
         power = 1.0  # the move ~ tau^power, from the last two tries (1 until there are two)
-        if last is not None and delta > last[1] > 0:
-            power = min(1.0, max(0.2, math.log(delta / last[1]) / math.log(tau / last[0])))
+        if last is not None:
+            power = math.log(max(delta, 1e-300) / max(last[1], 1e-300)) / math.log(tau / last[0])
+            if power < MIN_POWER:
+                break
         last = (tau, delta)
-        tau *= min(MAX_JUMP, max(2.0, (0.75 * opts.step_voxels / max(delta, 1e-30)) ** (1.0 / power)))
+        grow = min(MAX_JUMP, max(2.0, (0.75 * opts.step_voxels / max(delta, 1e-30)) ** (1.0 / min(power, 1.0))))
+        if tau * grow > MAX_GROWTH * tau0:
+            break
+        tau *= grow
     return tau
 
 
@@ -219,6 +234,7 @@ def gradient_flow(data_terms, reg, u: torch.Tensor, opts, level: int, spacing, c
             break
         it += 1
         (u, J, values, scale), F = step, None
+        update.accept()
         scales.append(scale)
         hist.energy.append(J)
         hist.terms.append(values)
