@@ -991,6 +991,21 @@ def test_a_volume_with_two_axes_swapped_or_mirrored_is_warned_about():
     assert "mirrored along its array axis 1" in flip
 
 
+def test_a_mask_over_constant_background_is_refused_in_one_line():
+    """A new user's mask in a background corner gave a traceback from the linear stage (IndexError), or from
+    Otsu's bins with linear="none"; the training masks of fit_prior went through unwarned."""
+    f, m, v, lab = syn.case((40, 48), syn.T2_MONO, max_disp=1.0)
+    f = f.copy()
+    f[:10, :10] = 0.0
+    corner = np.zeros(f.shape, bool)
+    corner[:9, :9] = True  # 81 voxels: fewer are left to the stages ("too small")
+    for linear in ("affine", "none"):
+        with pytest.raises(PriorRegError, match="covers only voxels where the fixed image is constant"):
+            register(f, m, mask=corner, linear=linear, levels=1, max_iterations=2)
+    with pytest.raises(PriorRegError, match="covers only voxels where the fixed image is constant"):
+        priorreg.fit_prior([f], [m], masks=[corner], levels=1)
+
+
 def test_unrelated_images_are_warned_about():
     """A new user's BrainWeb T1 against a uniform-noise image "registered" (a 9 degree affine) without a word;
     the registered pair's MI is now compared with that of the moving values shuffled."""

@@ -85,6 +85,11 @@ def fields_equal(a, b) -> bool:
 class Image:
     """An n-D image (n = 2 or 3) with spacing, origin and direction.
 
+    ``spacing`` is per array axis (NumPy order: (z, y, x) for a file read with SimpleITK), but ``origin`` is
+    a world point, (x, y[, z]) in mm (ITK's LPS): ``world(i) = origin + direction @ (spacing * i)``. Without
+    a direction, array axis k runs along world axis d-1-k, so ``Image(a, (2.0, 1.0), origin=(5.0, 0.0))``
+    starts 5 mm along world x, which is array axis 1 (a new user passed the origin in spacing's order).
+
     ``volume`` (2D images only) is set when the image was read from a single-slice 3D
     file; :func:`priorreg.io.write_image` and ``write_field`` then write images on this
     grid back as that single-slice 3D grid, so outputs keep the input's dimensionality.
@@ -283,6 +288,9 @@ def as_image(x, name: str, func: str, spacing=None) -> Image:
     return img
 
 
+MASK_MIN_CHECKED = 64  # masks of this many voxels or more must see some structure of the fixed image
+
+
 def as_mask(mask, fixed: Image, name: str, func: str) -> np.ndarray | None:
     """Validate a fixed-space mask: the fixed image's shape (and grid, for a mask given as an Image), not empty."""
     if mask is None:
@@ -303,6 +311,12 @@ def as_mask(mask, fixed: Image, name: str, func: str) -> np.ndarray | None:
     m = (m > 0).astype(np.float64)
     if m.sum() == 0:
         raise PriorRegError(f"{func}: {name} is empty (no voxel > 0); give a mask that covers the region to align")
+    inside = np.asarray(fixed.array)[m > 0]
+    # a background corner: a traceback from the linear stage or Otsu's bins before (a mask of a few voxels is
+    # left to the stages, which say it is too small)
+    if inside.size >= MASK_MIN_CHECKED and inside.min() == inside.max():
+        raise PriorRegError(f"{func}: {name} covers only voxels where the fixed image is constant ({inside[0]:g}: "
+                            "background?); it holds no structure to align; give a mask over the anatomy")
     return m
 
 
