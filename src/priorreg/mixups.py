@@ -65,14 +65,21 @@ def mirror_scores(fixed: Image, moving: Image, region, linear=None):
     mi = _mi_against(_read_at(_blurred(fixed, blur)[0], world), np.asarray(mov.array))
     variant = _Variants(mov, blocks, world)
     d = mov.ndim
-    given = [variant.best(mi, tuple(range(d)), np.zeros(d, bool))]
+    identity = (tuple(range(d)), np.zeros(d, bool))
+    given = [variant.best(mi, *identity)]
     if linear is not None:
         given.append(variant.through(mi, linear.matrix @ world + np.asarray(linear.translation)[:, None]))
     if all(g is None for g in given):  # the image as given covers under half the region: nothing to compare with
         return None
-    scored = ((variant.best(mi, perm, flips) or 0.0, how) for how, perm, flips in _mirrors(d))
-    score, how = max(scored, key=lambda t: t[0])
-    return max(g for g in given if g is not None), score, how
+    scored = [(variant.best(mi, perm, flips), how) for how, perm, flips in _mirrors(d)]
+    score, how = max(scored, key=lambda t: t[0] or 0.0)
+    if score is None:
+        return None
+    given = max(g for g in given if g is not None)
+    if score >= MIRROR_RATIO * given:  # about to warn: could a move of the image as given do as well? Where a
+        # mirror is only a move (a disc: the circle phantom's moving image), it does, and nothing is said
+        given = max(given, variant.best_shift(mi))
+    return given, score, how
 
 
 def _region_samples(region):
@@ -163,27 +170,52 @@ class _Variants:
         fg = np.argwhere(foreground(np.asarray(img.array)[(slice(None, None, k),) * img.ndim]))
         self.centroid = fg.mean(0) * k if len(fg) else (self.shape - 1) / 2.0  # the anatomy's, as an index
         # the points from the grid's world centre, and from the fixed region's centroid (the anatomy's target)
-        self.from_centre = world - (A @ ((self.shape - 1) / 2.0) + o)[:, None]
-        self.from_target = world - world.mean(1)[:, None]
+        self.world_centre, self.target = A @ ((self.shape - 1) / 2.0) + o, world.mean(1)
+        self.from_centre = world - self.world_centre[:, None]
+        self.from_target = world - self.target[:, None]
 
     def best(self, mi, perm, flips):
         """MI of the variant (axes ``perm``, mirrored along ``flips``) placed by its grid centre and by its anatomy,
         the better; on the points inside the moving grid only, and None where fewer than half of them are for
         both (zeros outside had made a mirror of a small synthetic volume score 0.69 against the right one's 0.48)."""
+        vshape, _ = self._frame(perm)
+        c = np.where(flips, vshape - 1 - self.centroid[list(perm)], self.centroid[list(perm)])
+        scores = [self.placed(mi, perm, flips, rel, at) for rel, at in ((self.from_centre, (vshape - 1) / 2.0),
+                                                                       (self.from_target, c))]
+        return max((x for x in scores if x is not None), default=None)
+
+    def best_shift(self, mi) -> float:
+        """The best MI of the image as given moved over a grid of shifts, coarse to fine: 5 per axis a
+        1/8 of its extent apart, then three times 3 per axis about the best at half the step (only when a
+        variant is about to be named: 206 placements in 3D)."""
+        d = self.img.ndim
+        identity, centre = (tuple(range(d)), np.zeros(d, bool)), (self.shape - 1) / 2.0
+        step = np.abs(self.direction * (self.spacing * self.blocks)[None, :]) @ (self.shape - 1) / 8.0
+        best, at = -1.0, np.zeros(d)
+        for reach in (2, 1, 1, 1):
+            for k in itertools.product(range(-reach, reach + 1), repeat=d):
+                s = at + np.asarray(k) * step
+                score = self.placed(mi, *identity, self.from_centre - s[:, None], centre)
+                if score is not None and score > best:
+                    best, best_at = score, s
+            at, step = best_at if best >= 0 else at, step / 2.0
+        return max(best, 0.0)
+
+    def _frame(self, perm):
+        """(shape, voxel matrix) of the variant with its axes in the order ``perm``."""
         perm = list(perm)
-        vshape = self.shape[perm]
-        A_v = self.direction * (self.spacing * self.blocks[perm])[None, :]
-        c = np.where(flips, vshape - 1 - self.centroid[perm], self.centroid[perm])
-        scores = []
-        for rel, at in ((self.from_centre, (vshape - 1) / 2.0), (self.from_target, c)):
-            jv = np.linalg.solve(A_v, rel) + at[:, None]  # the variant's index of each point
-            j = np.empty_like(jv)
-            for k, (p, fl) in enumerate(zip(perm, flips)):
-                j[p] = vshape[k] - 1 - jv[k] if fl else jv[k]
-            values, inside = self._sample(j)
-            if inside.mean() >= 0.5:
-                scores.append(mi(values, inside))
-        return max(scores, default=None)
+        return self.shape[perm], self.direction * (self.spacing * self.blocks[perm])[None, :]
+
+    def placed(self, mi, perm, flips, rel, at):
+        """MI of the variant whose index ``at`` lies at the world point the samples' offsets ``rel`` (d, n) are
+        taken from; None where fewer than half of the samples fall inside it."""
+        vshape, A_v = self._frame(perm)
+        jv = np.linalg.solve(A_v, rel) + at[:, None]  # the variant's index of each point
+        j = np.empty_like(jv)
+        for k, (p, fl) in enumerate(zip(perm, flips)):
+            j[p] = vshape[k] - 1 - jv[k] if fl else jv[k]
+        values, inside = self._sample(j)
+        return mi(values, inside) if inside.mean() >= 0.5 else None
 
     def through(self, mi, moved: np.ndarray):
         """MI of the image as given read at the world points ``moved`` (d, n), where a transform takes the samples
