@@ -34,7 +34,8 @@ def mirror_notes(result, region) -> list:
     better kept: its grid's centre where the header puts the image's (an array mirrored under its header),
     and its anatomy's centroid (Otsu foreground) on the fixed region's (an array transposed under its header
     moves the anatomy): the orientation is judged, not the position, which the linear stage finds. The image
-    as given is placed the same two ways. All are compared before registration (the registered pair was the
+    as given is placed the same two ways and through the linear stage's transform, and, before a variant is
+    named, moved over a grid of shifts (a mirror that is only a move is not named). All are compared before registration (the registered pair was the
     reference until 2026-12-06: a BraTS pair's right orientation under a 4 mm warp scored a quarter of what
     registration gave its swapped axes), blurred by MIRROR_BLUR_MM or less, by the mutual information of the one
     Parzen joint histogram (32 bins) at most MIRROR_SAMPLES voxels of ``region``. Measured on right and wrong
@@ -170,9 +171,8 @@ class _Variants:
         fg = np.argwhere(foreground(np.asarray(img.array)[(slice(None, None, k),) * img.ndim]))
         self.centroid = fg.mean(0) * k if len(fg) else (self.shape - 1) / 2.0  # the anatomy's, as an index
         # the points from the grid's world centre, and from the fixed region's centroid (the anatomy's target)
-        self.world_centre, self.target = A @ ((self.shape - 1) / 2.0) + o, world.mean(1)
-        self.from_centre = world - self.world_centre[:, None]
-        self.from_target = world - self.target[:, None]
+        self.from_centre = world - (A @ ((self.shape - 1) / 2.0) + o)[:, None]
+        self.from_target = world - world.mean(1)[:, None]
 
     def best(self, mi, perm, flips):
         """MI of the variant (axes ``perm``, mirrored along ``flips``) placed by its grid centre and by its anatomy,
