@@ -526,3 +526,22 @@ def test_resume_takes_the_levels_a_small_image_was_given(capsys, tmp_path):
     assert json.loads((tmp_path / "out" / "a" / "report.json").read_text())["options"]["levels"] < 3
     rc, so, err = run(capsys, *argv, "--resume")
     assert rc == 0 and "0 registered, 0 failed, 1 skipped" in so, err
+
+
+def test_a_skipped_pair_keeps_its_notes(tmp_path):
+    """A new user's resumed cohort.json dropped a skipped pair's notes ("the field is small ..."): they come from
+    the earlier cohort.json, or else from the pair's report.json warnings."""
+    pr = cohort.Pair(line=2, id="a", fixed="f.nii.gz", moving="m.nii.gz", mask=None, out=str(tmp_path / "a"), skip=True)
+    before = {("a", pr.out): {"id": "a", "status": "ok", "seconds": 1.5, "final_energy": -0.1, "percent_folding": 0.0,
+                              "notes": ["warning: the field is small"]}}
+    rec = cohort._skipped_record(pr, before)
+    assert rec["notes"] == ["warning: the field is small"] and rec["seconds"] == 1.5
+    os.makedirs(pr.out)
+    (tmp_path / "a" / "report.json").write_text(json.dumps({"summary": {"seconds": 2.0}, "warnings": ["folds 2%"]}),
+                                                encoding="utf-8")
+    rec = cohort._skipped_record(pr, {})
+    assert rec["notes"] == ["warning: folds 2%"] and rec["seconds"] == 2.0
+    row = cohort._summary_row(pr, {"a": rec})
+    assert row["notes"] == ["warning: folds 2%"]
+    (csv_row,) = csv.DictReader(cohort._csv_text([row, ]).splitlines())
+    assert csv_row["notes"] == "warning: folds 2%" and csv_row["seconds"] == "2"

@@ -14,8 +14,8 @@ LocalCluster): it reads its images, registers, writes the same files as
 ``priorreg register`` into its folder (as a whole, through :mod:`priorreg.workflow`) and
 returns a small dict. A pair that
 fails is recorded with its one-line error; the others go on. DIR/cohort.csv and
-DIR/cohort.json summarise the run; ``--resume`` skips complete pairs and keeps the figures
-recorded when they ran. Exit status: 0 when every pair is registered (or was
+DIR/cohort.json summarise the run, each pair's notes (warnings) included; ``--resume`` skips complete pairs
+and keeps the figures and notes recorded when they ran. Exit status: 0 when every pair is registered (or was
 complete already, ``--resume``), 1 when some pair failed, 2 for an error before the run.
 
 dask is an optional dependency (``pip install "dask[distributed]"``); this module imports
@@ -44,7 +44,8 @@ INSTALL_HINT = 'python3 -m pip install "dask[distributed]"'
 COLUMNS = ("fixed", "moving", "id", "mask", "out")
 REQUIRED = ("fixed", "moving")
 SUMMARY_NAMES = ("cohort.csv", "cohort.json")
-SUMMARY_FIELDS = ("id", "status", "seconds", "final_energy", "percent_folding", "error", "fixed", "moving", "mask", "out", "line")
+SUMMARY_FIELDS = ("id", "status", "seconds", "final_energy", "percent_folding", "error", "fixed", "moving", "mask", "out", "line",
+                  "notes")  # notes last, joined by " | ": a pair's warnings were only in its own report.json
 EXIT_PAIRS_FAILED = 1
 
 
@@ -630,18 +631,21 @@ def previous_records(previous_run: dict) -> dict:
 
 
 def _skipped_record(pr: Pair, previous: dict) -> dict:
-    """A pair complete already: its figures as recorded when it ran (cohort.json), else from its report.json."""
+    """A pair complete already: its figures and notes as recorded when it ran (cohort.json), else its figures
+    and warnings from its report.json (a resumed cohort.json had dropped a skipped pair's notes)."""
     import json
 
     rec = {"id": pr.id, "status": "skipped", "seconds": None, "final_energy": None, "percent_folding": None, "error": ""}
     before = previous.get((pr.id, pr.out))
     if before is not None and before.get("seconds") is not None:
         rec.update({k: before.get(k) for k in FIGURES})
+        rec["notes"] = list(before.get("notes") or [])
         return rec
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
-            s = json.load(fh).get("summary", {})
-        rec.update({k: s.get(k) for k in FIGURES})
+            report = json.load(fh)
+        rec.update({k: report.get("summary", {}).get(k) for k in FIGURES})
+        rec["notes"] = [f"warning: {w}" for w in report.get("warnings") or []]
     except (OSError, ValueError, AttributeError):
         pass
     return rec
@@ -654,12 +658,20 @@ def _summary_row(pr: Pair, records: dict) -> dict:
             **({"notes": r["notes"]} if r.get("notes") else {})}
 
 
+def _csv_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return " | ".join(v) if isinstance(v, list) else v
+
+
 def _csv_text(rows: list) -> str:
     buf = _io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])) for k in SUMMARY_FIELDS})
+        w.writerow({k: _csv_cell(r.get(k)) for k in SUMMARY_FIELDS})
     return buf.getvalue()
 
 
