@@ -107,11 +107,11 @@ def unrelated_notes(result, region) -> list:
     at = None if result.warped is None else _region_samples(region)
     if at is None:
         return []
-    f = torch.as_tensor(normalize(np.asarray(result.fixed.array)[at]))
-    w = torch.as_tensor(normalize(np.asarray(result.warped.array)[at]))
-    ranges, S = (intensity_range([f.numpy()]), intensity_range([w.numpy()])), smoothing_matrix(32, 1.0)
-    mi = sample_mi(f, w, ranges, S)
-    shuffled = sample_mi(f, w[torch.randperm(len(w), generator=torch.Generator().manual_seed(0))], ranges, S)
+    w = np.asarray(result.warped.array)[at].astype(np.float64)
+    mi_of = _mi_against(np.asarray(result.fixed.array)[at], w)
+    every = np.ones(w.shape, bool)
+    mi = mi_of(w, every)
+    shuffled = mi_of(w[np.random.default_rng(0).permutation(w.size)], every)
     if mi > UNRELATED_RATIO * shuffled:  # strictly: a warped image constant over the region has both 0
         return []
     return [f"register(): the two images share almost no information (mutual information {mi:.4f} nats after "

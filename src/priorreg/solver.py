@@ -141,8 +141,8 @@ def _first_tau(update: _Update, u, F, fmax: float, opts) -> float:
     a stiff regulariser (bending) shrinks tau*F a lot, and a cap on tau*F alone would crawl. Each try
     scales tau by how far the last one fell short, through the power of tau the move grew with over the
     last two tries: at 1 mm that took 2-3 tries where doubling took 7, each a full-resolution DCT solve.
-    Where the move has stopped growing (a force the regulariser smooths away, such as a constant one), the
-    search ends instead of extrapolating (a review found 27 x ``step_voxels`` of amplified rounding noise)."""
+    Where the move has stopped growing (a force the regulariser smooths away: zero mean under stiff
+    bending, the move bounded by the regulariser's inverse whatever tau), the search ends instead of extrapolating (a review found 27 x ``step_voxels`` of amplified rounding noise)."""
     tau0 = tau = opts.step_voxels / fmax
     last = None
     for _ in range(30):
