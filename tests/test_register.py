@@ -147,6 +147,24 @@ def test_alpha_schedule_mi_finest_uses_the_prior_on_coarse_levels_only():
     assert not np.allclose(constant.field, r.field)
 
 
+def test_a_prior_whose_coarse_levels_the_finest_level_started_over_from_is_reported():
+    """mi-finest on a nearly aligned pair: the finest level (MI alone) restarts from the start field, so what the
+    prior's coarse levels did is dropped; a user had read no word of it. With the constant schedule the prior acts
+    at the finest level too, and nothing is said."""
+    f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=0.6)
+    pairs = [(syn.anatomy((64, 72), seed=s), 40 + 2 * s) for s in (5, 6)]
+    prior = fit_prior([syn.contrast(a, syn.T1, seed=k) for a, k in pairs],
+                      [syn.contrast(a, syn.T2_MONO, seed=k + 1) for a, k in pairs], levels=2)
+    for alpha in (0.4, "auto"):
+        r = register_with_presets(f, m, prior=prior, alpha=alpha, alpha_schedule="mi-finest", levels=2, warn=False)
+        assert r.history[-1].coarse_displacement["bending_factor"] > 1  # the restart (the default preset's)
+        assert sum("did not shape the result" in w for w in r.warnings) == 1, (alpha, r.warnings)
+    auto_mi = register_with_presets(f, m, prior=prior, alpha="auto", alpha_schedule="mi-finest", levels=2, warn=False)
+    assert np.array_equal(auto_mi.field, register_with_presets(f, m, prior=prior, alpha=1.0, levels=2, warn=False).field)
+    constant = register_with_presets(f, m, prior=prior, alpha=0.4, levels=2, warn=False)
+    assert not any("did not shape" in w for w in constant.warnings)
+
+
 def test_regularization_scaling_alpha_weighs_the_regulariser_by_each_levels_alpha():
     f, m, v, lab = syn.case((64, 72), syn.T2_MONO, max_disp=3.0)
     lab_t = syn.anatomy((64, 72), seed=5)

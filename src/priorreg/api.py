@@ -29,7 +29,8 @@ from .deformable import deformable
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
-from .prior_warnings import check_prior_order, misaligned_prior_warnings, trusted_prior_warnings, unused_prior_warnings
+from .prior_warnings import (check_prior_order, dropped_prior_warnings, misaligned_prior_warnings, trusted_prior_warnings,
+                             unused_prior_warnings)
 from .resample import warp
 from .intensity import foreground
 from .layout import on_one_layout
@@ -131,7 +132,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
     u, history, intensity_maps = deformable(work, pyr, callback)
-    late = unused_prior_warnings(inp, history) + ([] if swapped else trusted_prior_warnings(work, pyr, u))
+    late = unused_prior_warnings(inp, history) + dropped_prior_warnings(work, history) + (
+        [] if swapped else trusted_prior_warnings(work, pyr, u))
     u = u.double().cpu().numpy() if grid is None else grid.field_back(u)  # on the fixed grid
     field = one_field(lin, u, inp, resampled)
     if lay is not None:  # back on the fixed image's own layout, and the levels' grids as report.json gives them

@@ -30,7 +30,9 @@ from .linear import HEADER_TURN_DEGREES, MAX_SAMPLES, estimate_linear, header_tu
 from .transform import LinearResult, compose_field, linear_to_field, read_itk_transform, rotation_angle
 from .errors import PriorRegError
 from .image import Image
-from .resample import field_of_view, warp
+from .intensity import foreground
+from .pyramid import mask_level
+from .resample import field_of_view, warp_with_fov
 from .runtime import registration_threads
 
 NEAR_IDENTITY = 0.1  # largest singular value of A - I still passed as an initial field (about 6 degrees)
@@ -145,14 +147,46 @@ def origin_notes(inp: Inputs, lin: LinearResult | None, region: np.ndarray) -> l
 def after_prealign(inp: Inputs, lin: LinearResult | None) -> tuple[Inputs, bool]:
     """(the problem the deformable stage solves, whether the moving image was resampled through ``lin``)."""
     if lin is None:
-        return inp, False
+        return inside_moving(inp, inp.initial_field), False
     field = linear_to_field(lin, inp.fixed)
     near_identity = np.linalg.norm(lin.matrix - np.eye(lin.ndim), 2) <= NEAR_IDENTITY
     # (on two grids the deformable stage sees the moving image resampled onto the fixed box only)
     if inp.initial_field is None and near_identity and inp.fixed.same_grid(inp.moving):
-        return dataclasses.replace(inp, initial_field=field), False
-    moved = warp(inp.moving, field, reference=inp.fixed, fill=None, allow_empty=True)
-    return dataclasses.replace(inp, moving=moved), True
+        return inside_moving(dataclasses.replace(inp, initial_field=field), field), False
+    moved, fov = warp_with_fov(inp.moving, field, reference=inp.fixed, fill=None, allow_empty=True)
+    return inside_moving(dataclasses.replace(inp, moving=moved), None, fov), True
+
+
+# Beyond the moving image's field of view its edge voxels repeat (it is resampled with fill=None), and the
+# deformable stage would match them as anatomy: a 20 mm slab of T1c onto a whole-brain FLAIR, a known rigid
+# map, ended at 1.2-2.1 mm in the slab from the linear stage's 0.5-0.9 (benchmarks/README.md, "A moving
+# image that covers part of the fixed one"). Where the moving image misses more than this share of the fixed
+# anatomy, the deformable stage samples only where it has data.
+MISSED_ANATOMY = 0.01
+
+
+def inside_moving(inp: Inputs, field, fov: np.ndarray | None = None) -> Inputs:
+    """``inp`` with its mask cut to where the moving image has data through the start ``field`` (or the
+    given ``fov`` map, on ``inp``'s grids), one voxel in from its edge (the samples there read interpolated
+    edge voxels), when the moving image misses more than MISSED_ANATOMY of the fixed anatomy (the mask, or
+    the fixed image's Otsu foreground); unchanged where it does not, or where the cut mask would leave a
+    pyramid level empty."""
+    if fov is None:
+        if field is None and inp.fixed.same_grid(inp.moving):
+            return inp
+        fov = field_of_view(inp.moving, inp.fixed, field)
+    if fov.all():
+        return inp
+    from scipy import ndimage
+
+    fov = ndimage.binary_erosion(fov, border_value=1)  # (not from the fixed grid's own edge)
+    region = inp.mask > 0 if inp.mask is not None else foreground(inp.fixed.array)
+    if np.count_nonzero(region & ~fov) <= MISSED_ANATOMY * np.count_nonzero(region):
+        return inp
+    mask = fov if inp.mask is None else (inp.mask > 0) & fov
+    if not all(mask_level(mask, lv, inp.fixed.spacing).any() for lv in range(inp.options.levels)):
+        return inp
+    return dataclasses.replace(inp, mask=mask.astype(np.float64))
 
 
 def one_field(lin: LinearResult | None, field, inp: Inputs, resampled: bool):

@@ -1,6 +1,7 @@
 """What :func:`priorreg.register` warns about a learned prior once it has seen the pair: a prior learned
 with the modalities the other way round, a fixed weight for a prior the registered pair is far from, and a
-prior that alpha="auto" gave no weight at any level (:mod:`priorreg.prior_weight` decides the weights)."""
+prior that alpha="auto" gave no weight at any level, or whose levels' work the finest level started over
+from (:mod:`priorreg.prior_weight` decides the weights)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ import torch
 
 from .calibration import modality_order_check, swapped_prior_message
 from .checks import Inputs
-from .deformable import auto_level, prior_table, uses_prior
+from .deformable import NEARLY_ALIGNED_VOXELS, auto_level, level_alpha, prior_table, uses_prior
 from .normalise import Pyramids
 from .options import is_auto
 
@@ -83,3 +84,21 @@ def unused_prior_warnings(inp: Inputs, history: list) -> list:
            "it may have been learned on another modality pair or other anatomy")
     return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
             f"{far}; {why}. The result is mutual information alone"]
+
+
+def dropped_prior_warnings(inp: Inputs, history: list) -> list:
+    """The prior had weight only at coarser levels, and the finest level, at alpha 1, started again from the start
+    field (the coarser levels moved the pair by under NEARLY_ALIGNED_VOXELS, :func:`priorreg.deformable.nearly_aligned_start`):
+    the prior then did not shape the result, which a user of ``alpha_schedule="mi-finest"`` had not been told."""
+    finest = history[-1] if history else None
+    restarted = finest is not None and (finest.coarse_displacement or {}).get("bending_factor", 1.0) != 1.0
+    if inp.prior is None or not restarted:
+        return []
+    alphas = [h.prior_weight["alpha"] if h.prior_weight is not None else level_alpha(inp.options, h.level) for h in history]
+    if alphas[-1] < 1 or all(a >= 1 for a in alphas[:-1]):
+        return []
+    return [f"register(): the prior had weight only at the coarser levels, which moved the pair by under "
+            f"{NEARLY_ALIGNED_VOXELS:g} voxel, so the finest level (mutual information alone) started again from the "
+            "start field: the prior did not shape the result" + (
+                "; with alpha_schedule='constant' (--alpha-schedule constant) the prior acts at the finest level too"
+                if inp.options.alpha_schedule == "mi-finest" else "")]

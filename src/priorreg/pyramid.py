@@ -114,13 +114,18 @@ def image_pyramid(image: torch.Tensor, levels: int, spacing=None) -> list:
     return [downsample(image, level_factors(sp, lv)) for lv in range(levels)]
 
 
+def mask_level(mask, level: int, spacing=None):
+    """The mask (a tensor or an array) at pyramid ``level``: every f-th voxel per axis, as the images' levels."""
+    return mask[tuple(slice(0, None, f) for f in level_factors(_spacing(mask.shape, spacing), level))]
+
+
 def mask_pyramid(mask: torch.Tensor | None, levels: int, spacing=None) -> list:
     """Masks subsampled like the images (nearest), at every level."""
     if mask is None:
         return [None] * levels
     out = []
     for lv in range(levels):
-        m = mask[tuple(slice(0, None, f) for f in level_factors(_spacing(mask.shape, spacing), lv))].contiguous()
+        m = mask_level(mask, lv, spacing).contiguous()
         if m.sum() == 0:
             raise PriorRegError(f"register(): the mask is empty at pyramid {level_label(lv, levels)}; use fewer levels or a larger mask")
         out.append(m)

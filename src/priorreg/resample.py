@@ -202,6 +202,10 @@ def _box_share(boxes: list, shape) -> float:
 
 
 def field_of_view(moving: Image, reference: Image, field: np.ndarray | None) -> np.ndarray:
-    """Boolean map on the reference grid: where the field (None: none) lands inside the moving image."""
-    u = None if field is None else torch.as_tensor(torch_ready(np.asarray(field)), dtype=torch.float64)
-    return inside(world_coords(moving, reference, u), moving.shape).numpy()
+    """Boolean map on the reference grid: where the field (None: none) lands inside the moving image (a slab
+    of rows at a time, as :func:`warp`)."""
+    out = np.empty(reference.shape, dtype=bool)
+    for lo, hi in spatial.row_slabs(reference.shape, SLAB_VOXELS):
+        u = None if field is None else torch.as_tensor(torch_ready(np.asarray(field)[:, lo:hi]), dtype=torch.float64)
+        out[lo:hi] = inside(world_coords(moving, reference, u, rows=(lo, hi)), moving.shape).numpy()
+    return out

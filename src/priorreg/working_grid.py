@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import pyramid, spatial
 from .checks import local_regions
 from .errors import PriorRegError
-from .image import Image, level_factors
+from .image import Image
 
 
 def moving_resolution(fix: Image, mov: Image) -> np.ndarray:
@@ -93,8 +93,7 @@ def _mask_on(mask: np.ndarray, f) -> np.ndarray:
 
 def _fits(work, levels: int) -> bool:
     """Whether the working grid keeps the mask at every pyramid level and the asked-for regional blocks."""
-    strides = [tuple(slice(0, None, k) for k in level_factors(work.fixed.spacing, lv)) for lv in range(levels)]
-    if work.mask is not None and not all(work.mask[every].any() for every in strides):  # as pyramid.mask_pyramid
+    if work.mask is not None and not all(pyramid.mask_level(work.mask, lv, work.fixed.spacing).any() for lv in range(levels)):
         return False
     if work.options.local_weight > 0:
         try:
