@@ -1,4 +1,5 @@
-"""The held-out headline table with priorreg's rows re-run on later code (2026-12-05, 05:41 UTC) and the peers' rows of
+"""The held-out headline table with priorreg's rows re-run on later code (2026-12-06, 11:10 UTC; before that 2026-12-05,
+05:41 UTC, in git history) and the peers' rows of
 the first run (benchmarks/results/heldout/: the peers' code did not change).
 
     python3 benchmarks/results/heldout-rerun/merge.py   # reads heldout/ and heldout-rerun/{2d,3d,functional}
