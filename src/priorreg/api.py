@@ -36,7 +36,7 @@ from .intensity import foreground
 from .layout import on_one_layout
 from .working_grid import on_working_grid
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
-from .runtime import heap_temporaries, registration_threads
+from .runtime import heap_temporaries, one_blas_thread, registration_threads
 
 __all__ = ["register", "warp", "RegistrationResult"]
 
@@ -96,7 +96,7 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
                    initial_field=initial_field, overrides=overrides)
     n = math.prod(inp.fixed.shape)
     field_bytes = inp.fixed.ndim * n * (8 if inp.options.dtype == "float64" else 4)
-    with registration_threads(n) as threads, heap_temporaries(field_bytes):
+    with registration_threads(n) as threads, heap_temporaries(field_bytes), one_blas_thread():
         result = _run(inp, callback, warn, t0)
     result.threads = threads
     return result

@@ -122,6 +122,8 @@ def configure_threads(threads: int | None = None) -> dict:
     Passive OpenMP waiting is set up where still possible (:func:`set_wait_policy`); where it is
     not (torch was imported first) and the machine is already busy, one thread is used.
 
+    numpy's and scipy's BLAS get one thread (:func:`one_blas_thread` says why).
+
     Returns what was decided: ``{"threads", "cpus", "passive_wait", "reason"}``.
     """
     cpus = available_cpus()
@@ -151,6 +153,9 @@ def configure_threads(threads: int | None = None) -> dict:
         if os.environ.get("OMP_NUM_THREADS", "").strip() and _omp_threads() is None:
             reason += f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a thread count, replaced"
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # for the whole process: see one_blas_thread
     return {"threads": threads, "cpus": cpus, "passive_wait": passive, "reason": reason}
 
 
@@ -204,6 +209,28 @@ def registration_threads(n_voxels: int):
     finally:
         if want != before:
             torch.set_num_threads(before)
+
+
+@contextmanager
+def one_blas_thread():
+    """numpy's and scipy's BLAS (OpenBLAS in their wheels) on one thread for the duration, in the main thread.
+
+    A registration interleaves torch kernels on its OpenMP team with small BLAS calls (a 3 x 3 solve against
+    16 384 points, a world-coordinate product), and OpenBLAS keeps its own threads, which spin after each call
+    as libgomp's do: on 2 cores the two teams took turns waiting for each other. The MNI 2 mm case's whole
+    process took 7.2 s with OpenBLAS on 2 threads and 5.9 s on one (CPU 12.5 -> 8.7 s, the same field bit for
+    bit; benchmarks/README.md, "Whole-process speed"); the mirror check alone 1.3 s -> 0.33 s. No BLAS call of a
+    registration is large enough to gain from threads. Needs threadpoolctl (a dependency). A cohort's worker
+    threads leave the process-wide setting alone: their processes set it once (:func:`configure_threads`)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # ----------------------------------------------------------------------------- large temporaries
