@@ -270,3 +270,40 @@ def test_a_moving_image_that_covers_the_fixed_anatomy_keeps_its_samples():
     band = Image(np.ascontiguousarray(pd.array[62:138]), pd.spacing, (0.0, 62.0))
     cut = inside_moving(validate(fixed, band), None).mask
     assert cut is not None and 0.2 < cut.mean() < 0.4 and cut[100, 90] == 1 and cut[20, 90] == 0
+
+
+def test_a_thin_moving_band_is_cut_wherever_it_lies():
+    """A band of 4 rows: cut one row in from its edge it keeps 2, which the coarsest level (every 4th row) missed at
+    some offsets, and the samples beyond the band came back there (a review: 'cut' or not by where the slab sat);
+    the band's own rows are used then."""
+    from priorreg import Image, io
+    from priorreg.checks import validate
+    from priorreg.prealign import inside_moving
+
+    fixed, pd = (io.read_image(BRAINWEB / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    for k0 in range(100, 104):
+        band = Image(np.ascontiguousarray(pd.array[k0:k0 + 4]), pd.spacing, (0.0, float(k0)))
+        cut = inside_moving(validate(fixed, band, overrides=dict(levels=3)), None)
+        assert cut.mask is not None and cut.mask_is_fov, k0
+        assert 2 <= cut.mask[:, 90].sum() <= 4
+
+
+def test_the_nearly_aligned_rule_reads_the_anatomy_inside_a_field_of_view_mask():
+    """Where the mask is only the moving image's field of view (background included), the coarser levels'
+    move is measured on the fixed anatomy in it, as without a mask, not on the background."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from priorreg.deformable import coarse_displacement
+
+    f = np.zeros((40, 40))
+    f[10:30, 10:30] = 1.0
+    u = torch.zeros((2, 40, 40), dtype=torch.float64)
+    u[0][f == 0] = 1.0  # the background moved by a voxel, the anatomy not at all
+    pyr = SimpleNamespace(fixed=[torch.as_tensor(f)], mask=[torch.ones((40, 40))])
+    fixed = SimpleNamespace(spacing=(1.0, 1.0))
+    fov = SimpleNamespace(initial_field=None, fixed=fixed, mask_is_fov=True)
+    user = SimpleNamespace(initial_field=None, fixed=fixed, mask_is_fov=False)
+    assert coarse_displacement(fov, pyr, u) == 0.0
+    assert coarse_displacement(user, pyr, u) > 0.5

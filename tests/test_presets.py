@@ -66,7 +66,7 @@ def test_the_3d_bending_weight_is_physical_and_softer_only_in_a_small_field_of_v
     f, m = _pair((16, 20, 24))  # what a registration used is in its record (report.json's levels)
     r = priorreg.register(f, m, levels=2, max_iterations=2, nearly_aligned_stiffness=1.0, warn=False)
     used = [lv["regulariser"] for lv in r.as_dict()["levels"]]  # every level: the fixed grid's weight
-    assert used == [dict(membrane=0.3, bending_mm2=pytest.approx(400.0 * 0.20 ** 2))] * 2
+    assert used == [dict(membrane=0.3, bending_mm2=pytest.approx(400.0 * 0.20 ** 2), sampled_share=1.0)] * 2
 
 
 def test_the_preset_table_of_docs_options_is_the_presets():

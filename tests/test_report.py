@@ -331,9 +331,12 @@ def test_a_single_slice_file_is_titled_with_its_plane_and_sides_a_png_with_nothi
 
 def test_the_levels_table_gives_the_bending_weight_each_level_used(half):
     html = report.render_html(half, report.report_dict(half))
-    assert "<th>bending (mm^2, as used)</th>" in html and "divided by the mask's share of the grid" in html
+    assert "<th>bending (mm^2, as used)</th>" in html and "divided by the share of the grid sampled" in html
     for h in half.history:
         assert f"<td>{h.regulariser['bending_mm2']:.4g}</td>" in html
+    # the moving image covers half the fixed anatomy: the levels sampled its field of view only, and say so
+    shares = [lv["regulariser"]["sampled_share"] for lv in report.report_dict(half)["levels"]]
+    assert all(0.2 < s < 0.8 for s in shares), shares
 
 
 def test_the_reports_statistics_read_every_part_of_a_large_grid():

@@ -39,6 +39,7 @@ class Inputs:
     notes: list = field(default_factory=list)  # what validate chose for the caller (fewer levels on a small image)
     preset_note: str | None = None  # why ``preset`` was chosen where none was asked for (preset_for)
     bending_grid: tuple | None = None  # (spacing, shape) the bending rule reads: the fixed grid's (working_grid)
+    mask_is_fov: bool = False  # the mask is the moving image's field of view alone (prealign.inside_moving), no user's region
 
 
 def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:

@@ -197,7 +197,8 @@ NEARLY_ALIGNED_VOXELS = 0.75  # below this mean displacement from the coarser le
 def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
     """Mean length, in voxels of the finest grid, of what the coarser levels added to the start field
     (the linear stage's, when it is passed as ``initial_field``), inside the mask, or where the fixed
-    image is above its Otsu threshold (the field in an empty background is not what was aligned).
+    image is above its Otsu threshold (the field in an empty background is not what was aligned; within the
+    moving image's field of view where the mask is only that, ``Inputs.mask_is_fov``).
 
     Below NEARLY_ALIGNED_VOXELS the pair was nearly aligned and the finest level starts again from the
     start field with ``nearly_aligned_stiffness`` x the bending weight: there the default's error is its
@@ -209,10 +210,11 @@ def coarse_displacement(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> float:
     added = u if inp.initial_field is None else u - torch.as_tensor(inp.initial_field, dtype=u.dtype, device=u.device)
     h = torch.as_tensor(inp.fixed.spacing, dtype=u.dtype, device=u.device).reshape(d, *([1] * d))
     size = torch.sqrt(((added / h) ** 2).sum(0))
-    if pyr.mask[0] is not None:
+    if pyr.mask[0] is not None and not inp.mask_is_fov:
         inside = pyr.mask[0] > 0
-    else:
+    else:  # (where the mask is only the moving image's field of view, the anatomy in it)
         inside = torch.as_tensor(foreground(pyr.fixed[0].detach().double().cpu().numpy()), device=u.device)
+        inside = inside if pyr.mask[0] is None else inside & (pyr.mask[0] > 0)
     return float(size[inside].mean()) if bool(inside.any()) else float(size.mean())
 
 
@@ -268,7 +270,8 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
         setup = time.perf_counter() - t0
         u, h = gradient_flow(data, reg, u, inp.options, index, sp, callback)
         h.setup_seconds = setup
-        h.regulariser = dict(membrane=float(reg.weight), bending_mm2=float(reg.bending))  # after every factor
+        h.regulariser = dict(membrane=float(reg.weight), bending_mm2=float(reg.bending),  # after every factor
+                             sampled_share=mask_share(lv.mask))  # (the regulariser was divided by it)
         if nearly is not None:
             h.coarse_displacement = nearly  # how far the coarser levels moved the pair, and the bending factor used
         if record is not None:

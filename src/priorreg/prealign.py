@@ -168,9 +168,9 @@ MISSED_ANATOMY = 0.01
 def inside_moving(inp: Inputs, field, fov: np.ndarray | None = None) -> Inputs:
     """``inp`` with its mask cut to where the moving image has data through the start ``field`` (or the
     given ``fov`` map, on ``inp``'s grids), one voxel in from its edge (the samples there read interpolated
-    edge voxels), when the moving image misses more than MISSED_ANATOMY of the fixed anatomy (the mask, or
-    the fixed image's Otsu foreground); unchanged where it does not, or where the cut mask would leave a
-    pyramid level empty."""
+    edge voxels; at the edge itself where that leaves a pyramid level empty, as on a slab of a few slices),
+    when the moving image misses more than MISSED_ANATOMY of the fixed anatomy (the mask, or the fixed image's
+    Otsu foreground); unchanged where it does not, or where even the uneroded cut leaves a level empty."""
     if fov is None:
         if field is None and inp.fixed.same_grid(inp.moving):
             return inp
@@ -179,14 +179,14 @@ def inside_moving(inp: Inputs, field, fov: np.ndarray | None = None) -> Inputs:
         return inp
     from scipy import ndimage
 
-    fov = ndimage.binary_erosion(fov, border_value=1)  # (not from the fixed grid's own edge)
     region = inp.mask > 0 if inp.mask is not None else foreground(inp.fixed.array)
     if np.count_nonzero(region & ~fov) <= MISSED_ANATOMY * np.count_nonzero(region):
         return inp
-    mask = fov if inp.mask is None else (inp.mask > 0) & fov
-    if not all(mask_level(mask, lv, inp.fixed.spacing).any() for lv in range(inp.options.levels)):
-        return inp
-    return dataclasses.replace(inp, mask=mask.astype(np.float64))
+    for cut in (ndimage.binary_erosion(fov, border_value=1), fov):  # (not eroded from the fixed grid's own edge)
+        mask = cut if inp.mask is None else (inp.mask > 0) & cut
+        if all(mask_level(mask, lv, inp.fixed.spacing).any() for lv in range(inp.options.levels)):
+            return dataclasses.replace(inp, mask=mask.astype(np.float64), mask_is_fov=inp.mask is None)
+    return inp
 
 
 def one_field(lin: LinearResult | None, field, inp: Inputs, resampled: bool):

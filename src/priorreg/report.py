@@ -730,7 +730,8 @@ def _tail(result, report: dict) -> list:
     return [
         "<h2>Pyramid levels</h2>",
         "<p class='cap'>bending as used: the option's weight after its rule (bending_scale), times alpha where the "
-        "regulariser is scaled by it, divided by the mask's share of the grid, and times nearly_aligned_stiffness on "
+        "regulariser is scaled by it, divided by the share of the grid sampled (a mask's, or the moving image's field of view's where it misses "
+        "part of the fixed anatomy; levels[].regulariser.sampled_share in report.json), and times nearly_aligned_stiffness on "
         "the finest level of a nearly aligned pair (docs/options.md).</p>",
         _table(lvl_rows, ["level (coarse first)", "size (i x j x k)", "iterations", "stop reason", "seconds (set-up + iterations)",
                           "bending (mm^2, as used)", "J start", "J end"]),
