@@ -203,7 +203,7 @@ NO_OVERLAP_ENERGY = 1e3  # the energy of a transform with no overlap, or a non-f
 def _evaluate(lv: _Level, pb: _Problem, p: torch.Tensor, stats: bool = True, per_sample: bool = False):
     """(energy, MI, overlap fraction) of the transform with optimiser parameters p (``stats`` False:
     (energy, None, None), as the optimiser needs at every step); ``per_sample``: MI weighed by the share of
-    the anatomy's samples inside the moving image (PER_SAMPLE)."""
+    the fixed samples inside the moving image (PER_SAMPLE)."""
     A, tc = _matrix(p * pb.unit, lv.xc.shape[1])
     M = lv.to_index @ A  # d x d: one column at a time below (no BLAS call, no (n, d, d) temporary, on the n samples)
     idx = lv.to_index @ (pb.center + tc - lv.origin) + lv.xc[:, :1] * M[:, 0]
@@ -642,7 +642,6 @@ def estimate_linear(
     for lv in lvls:
         lv.xc = lv.xc - pb.center
         lv.fixed_bins = hist.first_axis(hist.bin_coordinates(lv.fv, *ranges[0], bins)[0], bins)  # once per level
-
     starts = _starts(fix, f_n, mov, m_n, mask, fc, initial)
     stages = [_free(fix.ndim, "rigid", dev)] + ([_free(fix.ndim, "affine", dev)] if kind == "affine" else [])
     p_init = None if initial is None else torch.as_tensor(starts[0], dtype=_DT, device=dev) / pb.unit
