@@ -812,7 +812,9 @@ def test_fit_prior_warns_about_a_training_pair_that_is_not_aligned(tmp_path):
     assert len(msgs) == 2, msgs
     assert msgs[0].startswith("fit_prior(): training pair 1 does not look aligned") and "3 voxels (6 mm) along j" in msgs[0]
     assert msgs[1].startswith("fit_prior(): training pair 2 does not look aligned") and "2 voxels (2 mm) along i" in msgs[1]
-    with pytest.warns(PriorRegWarning, match="more than 4 voxels \\(more than 4 mm\\) along i"):  # far off: not "4 voxels"
+    with pytest.warns(PriorRegWarning, match="by 6 voxels \\(6 mm\\) along i"):  # past the every-voxel window: not "4"
+        fit_prior([f], [np.roll(m, 6, axis=1)], levels=1)
+    with pytest.warns(PriorRegWarning, match="by 16 or more voxels \\(16 or more mm\\) along i"):  # the search's end
         fit_prior([f], [np.roll(m, 20, axis=1)], levels=1)
     # Inside a mask only: a pair aligned there (and shifted outside it, where the prior learns nothing) is fine.
     half = np.concatenate([m[:70], np.roll(m, 3, axis=1)[70:]])

@@ -52,31 +52,34 @@ def best_shift(f_n: np.ndarray, m_n: np.ndarray, mask=None, bins: int = 32) -> l
     x = torch.as_tensor(f_n[tuple(at)], dtype=torch.float64)
     ranges = (intensity_range([x.numpy()]), intensity_range([m_n[tuple(at)]]))
     smooth = hist.smoothing_matrix(bins, 1.0)
+    def mi_at(axis, s):
+        moved = at.copy()
+        moved[axis] += s
+        return hist.sample_mi(x, torch.as_tensor(m_n[tuple(moved)], dtype=torch.float64), ranges, smooth)
+
     found = []
     for axis, candidates in enumerate(shifts):
-        mi = {}
-        for s in candidates:
-            moved = at.copy()
-            moved[axis] += s
-            mi[s] = hist.sample_mi(x, torch.as_tensor(m_n[tuple(moved)], dtype=torch.float64), ranges, smooth)
+        mi = {s: mi_at(axis, s) for s in candidates}
         best = max(mi, key=mi.get) if mi else 0
+        if abs(best) >= FINE_SEARCH:  # beyond the fine window the peak is known to FINE_SEARCH: every shift near it
+            near = range(max(best - FINE_SEARCH + 1, -reach[axis]), min(best + FINE_SEARCH, reach[axis] + 1))
+            mi.update({s: mi_at(axis, s) for s in near if s not in mi})
+            best = max(mi, key=mi.get)
         found.append((best, mi[best] - mi[0] if mi else 0.0, reach[axis]))
     return found
 
 
 def misalignment_note(f_n: np.ndarray, m_n: np.ndarray, spacing, what: str, mask=None) -> str | None:
     """A warning when the normalised pair (one grid) matches clearly better MISALIGNED_VOXELS or more apart."""
-    far = [(abs(s), axis) for axis, (s, gain, _) in enumerate(best_shift(f_n, m_n, mask)) if gain >= MIN_GAIN]
-    voxels, axis = max(far, default=(0, 0))
-    if voxels < MISALIGNED_VOXELS:
+    far = [(gain, abs(s), axis) for axis, (s, gain, _) in enumerate(best_shift(f_n, m_n, mask))
+           if gain >= MIN_GAIN and abs(s) >= MISALIGNED_VOXELS]
+    if not far:
         return None
+    _, voxels, axis = max(far)  # the axis whose shift gains most: a pair far off along one axis gains a little along others
     ijk = "ijk"[f_n.ndim - 1 - axis]  # as viewers and file headers name the axes: numpy's reversed
-    if voxels > FINE_SEARCH:  # searched every FINE_SEARCH-th voxel there: the peak is known to that step
-        voxels, more = FINE_SEARCH, "more than "
-    else:
-        more = ""
+    more = " or more" if voxels == max(_shifts(f_n.shape[axis])) else ""  # the peak at the search's end
     mm = voxels * float(spacing[axis])
     return (f"{what} does not look aligned: its two images match best (mutual information) with the moving one "
-            f"shifted by {more}{voxels} voxels ({more}{mm:.3g} mm) along {ijk}; a prior learned from it holds a "
+            f"shifted by {voxels}{more} voxels ({mm:.3g}{more} mm) along {ijk}; a prior learned from it holds a "
             "blurred joint density and can pull registrations off; register the pair first and train on the "
             "warped moving image")
