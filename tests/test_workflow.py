@@ -320,6 +320,17 @@ def test_the_summary_line_keeps_a_small_translation():
     assert wf._linear_summary(lin).endswith("translation 1234.6 mm")  # not 1.23e+03
 
 
+def test_the_summary_line_names_an_initial_transform_used_as_it_is():
+    """With --initial-transform and --linear none the summary read "linear affine", as if the stage had run."""
+    import types
+
+    import numpy as np
+
+    lin = types.SimpleNamespace(kind="rigid", matrix=np.eye(2), translation_mm=(3.0, 4.0), rejected=False)
+    assert wf._linear_summary(lin, stage_ran=False) == ", initial transform (rigid): rotation 0.0 deg, translation 5.0 mm"
+    assert wf._linear_summary(lin) == ", linear rigid: rotation 0.0 deg, translation 5.0 mm"
+
+
 def test_a_rejected_linear_stage_is_not_summarised_as_a_found_identity():
     """Its optimum failed the MIND check and world alignment was kept: the summary read "rotation 0.0 deg,
     translation 0 mm" and the reason was in report.json only."""

@@ -706,8 +706,9 @@ def summary(result) -> str:
     """One line: time, iterations per level, final energy, folding."""
     js = result.jacobian_stats
     its = "+".join(str(h.iterations) for h in result.history)
+    linear = _linear_summary(result.linear, stage_ran=result.options.linear != "none")
     return (
-        f"done in {result.seconds:.1f} s ({its} iterations){_linear_summary(result.linear)}"
+        f"done in {result.seconds:.1f} s ({its} iterations){linear}"
         f"{_alpha_summary(result)}, final energy "
         f"{result.final_energy:.6g}, folding {js['percent_nonpositive']:.3f}% (Jacobian min {js['min']:.3f})"
     )
@@ -750,14 +751,16 @@ def working_grid_notes(result) -> list:
             f"image's; the field is interpolated onto the fixed image's {spacing_text(result.fixed.spacing)} mm grid"]
 
 
-def _linear_summary(lin) -> str:
+def _linear_summary(lin, stage_ran: bool = True) -> str:
+    """The linear part of the summary line: the stage's result, or (``stage_ran`` False) the initial transform used as it is."""
     if lin is None:
         return ""
     from .transform import rotation_angle
 
-    if lin.rejected:  # its optimum failed a check: what is kept is the start, not a found transform
-        return f", linear {lin.kind}: not kept (see its note)"
+    name = f"linear {lin.kind}" if stage_ran else f"initial transform ({lin.kind})"
+    if stage_ran and lin.rejected:  # its optimum failed a check: what is kept is the start, not a found transform
+        return f", {name}: not kept (see its note)"
     rot = rotation_angle(lin.matrix)
     shift = sum(t * t for t in lin.translation_mm) ** 0.5
     shown = f"{shift:.1f}" if shift >= 1 else f"{shift:.2g}"  # 0.024 mm is 2 voxels of 0.01 mm
-    return f", linear {lin.kind}: rotation {rot:.1f} deg, translation {shown} mm"
+    return f", {name}: rotation {rot:.1f} deg, translation {shown} mm"
