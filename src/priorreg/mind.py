@@ -78,6 +78,25 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 1) -> torch.T
 
 
 PCA_MAX_VOXELS = 2**20  # per image: the covariance of 12 channels is settled long before a million voxels
+PCA_CHUNK = 2**16  # voxels per float64 block of the covariance sums
+
+
+def _pooled_covariance(images, step: int) -> torch.Tensor:
+    """Channel covariance (C x C, float64) of every ``step``-th voxel of each (C, *S) image, pooled, summed
+    block by block: a float64 copy of the samples was 180 MB on a 1 mm brain, beside both descriptors."""
+    C = images[0].shape[0]
+    total = torch.zeros(C, dtype=torch.float64, device=images[0].device)
+    outer = torch.zeros((C, C), dtype=torch.float64, device=images[0].device)
+    n = 0
+    for m in images:
+        x = m.reshape(C, -1)[:, ::step]
+        for start in range(0, x.shape[1], PCA_CHUNK):
+            block = x[:, start:start + PCA_CHUNK].double()
+            total += block.sum(1)
+            outer += block @ block.T
+            n += block.shape[1]
+    mean = total / n
+    return outer / n - torch.outer(mean, mean)
 
 
 def principal_channels(a: torch.Tensor, b: torch.Tensor, k: int):
@@ -87,12 +106,7 @@ def principal_channels(a: torch.Tensor, b: torch.Tensor, k: int):
     differences are kept up to the variance of the discarded directions (all of them for k = C)."""
     C = a.shape[0]
     step = -(-a[0].numel() // PCA_MAX_VOXELS)  # ceil: 1 up to PCA_MAX_VOXELS voxels
-    xa, xb = a.reshape(C, -1)[:, ::step], b.reshape(C, -1)[:, ::step]
-    X = torch.empty((C, xa.shape[1] + xb.shape[1]), dtype=torch.float64, device=a.device)  # one copy, not three
-    X[:, :xa.shape[1]], X[:, xa.shape[1]:] = xa, xb
-    X.sub_(X.mean(1, keepdim=True))
-    cov = X @ X.T / X.shape[1]
-    evecs = torch.linalg.eigh(cov).eigenvectors
+    evecs = torch.linalg.eigh(_pooled_covariance((a, b), step)).eigenvectors
     W = evecs[:, -k:].T.to(a.dtype)  # (k, C), largest last
     proj = lambda m: (W @ m.reshape(C, -1)).reshape(k, *m.shape[1:])
     return proj(a), proj(b)
@@ -144,16 +158,23 @@ class MindEnergy:
         if channels and channels < Mf.shape[0]:
             Mf, self.moving_desc = principal_channels(Mf, self.moving_desc, channels)
         self.C = Mf.shape[0]
-        self.moving_grad = None
-        if force == "practical":
-            self.moving_grad = torch.cat([spatial.gradient(c, self.spacing) for c in self.moving_desc])  # (C*d, *S)
         n_grid = math.prod(self.shape)
         self.samples = spatial.Samples(fixed.shape, self.spacing, points, fixed.dtype, fixed.device)
         self.fixed_desc = self.samples.at(Mf.reshape(self.C, -1))
+        del Mf  # before the gradients: the fixed descriptor is needed at the samples only
+        self.moving_grad = self._gradients() if force == "practical" else None
         self.weights, n_weight = self.samples.mask_weights(mask, fixed.dtype)
         self.n_weight = n_weight
         self.n_ratio = n_grid / n_weight
         self._state = None
+
+    def _gradients(self) -> torch.Tensor:
+        """The moving descriptor's gradient (C*d, *S), filled channel by channel (a list then a cat held it twice)."""
+        d = len(self.shape)
+        out = torch.empty((self.C * d, *self.shape), dtype=self.moving_desc.dtype, device=self.moving_desc.device)
+        for c, channel in enumerate(self.moving_desc):
+            out[c * d:(c + 1) * d] = spatial.gradient(channel, self.spacing)
+        return out
 
     def _residual(self, u):
         coords = self.samples.coords(u)
