@@ -222,6 +222,20 @@ def test_initial_transform_from_file_is_refined(brainweb, tmp_path):
     assert worst < 0.5 and angle < 0.5
 
 
+def test_an_optimum_the_mind_check_rejects_falls_back_to_the_initial_transform_itself(brainweb, monkeypatch):
+    """The note said "the initial is kept" while the identity was kept: the fallback had been chosen again
+    between the initial transform and world alignment, by MI, and an aligned pair's MI picks the identity."""
+    import priorreg.linear as lin
+
+    fixed, moving = brainweb
+    initial = LinearResult(np.eye(2), np.array([2.0, -1.5]), kind="rigid", center=np.zeros(2))
+    monkeypatch.setattr(lin, "MIND_TOLERANCE", -1.0)  # every optimum that moved is rejected for MIND
+    r = estimate_linear(fixed, moving, kind="rigid", initial=initial)
+    assert r.rejected and r.notes[-1].endswith("the initial is kept"), r.notes
+    np.testing.assert_allclose(r.translation, [2.0, -1.5], atol=1e-9)
+    np.testing.assert_allclose(r.matrix, np.eye(2), atol=1e-12)
+
+
 # --------------------------------------------------------------------------- refusals
 
 

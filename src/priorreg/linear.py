@@ -432,9 +432,10 @@ def _to_world(p, pb: _Problem) -> tuple:
 SLID_OFF = "mutual information on a small overlap"  # (the note of an optimum that slid off the moving image)
 
 
-def _as_result(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> LinearResult:
+def _as_result(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func, as_given: bool = False) -> LinearResult:
     """The result at the finest level: the optimum, or world alignment (or the initial
-    transform) where that scores better, so an aligned pair is never made worse.
+    transform) where that scores better, so an aligned pair is never made worse (``as_given``:
+    ``p`` itself, scored, whatever world alignment scores: a fallback the MIND check keeps).
 
     A candidate that keeps less than half the overlap of world alignment (and at least
     ``min_overlap``) is not taken: MI measured on a sliver of overlap can beat MI on the
@@ -451,9 +452,9 @@ def _as_result(lv: _Level, pb: _Problem, p, p_init, kind, min_overlap, func) -> 
             f"{func}: overlap too small to register: the best alignment found keeps only {100 * best:.1f}% "
             f"of the fixed samples inside the moving image (needs {100 * min_overlap:.0f}%)"
         )
-    e1, mi1, ov, name, p = min(valid, key=lambda s: s[0])
+    e1, mi1, ov, name, p = scores[0] if as_given else min(valid, key=lambda s: s[0])
     notes = [] if name == "optimum" else [f"the linear stage did not improve on the {name}; it is kept"]
-    rejected = scores[0] not in valid
+    rejected = not as_given and scores[0] not in valid
     if rejected:
         notes = [f"its optimum kept only {100 * scores[0][2]:.0f}% of the fixed samples inside the "
                  f"moving image ({SLID_OFF}); the {name} is kept"]
@@ -545,7 +546,7 @@ def _checked_results(lv: _Level, pb: _Problem, found: list, p_init, min_overlap,
     for kind, p in found:
         res = _as_result(lv, pb, p, p_init, kind, min_overlap, func)
         if not res.notes:  # the optimum won on MI: does MIND agree?
-            checks.append((res, _as_result(lv, pb, q, None, kind, 0.0, func), name))
+            checks.append((res, _as_result(lv, pb, q, None, kind, 0.0, func, as_given=True), name))
             checked.append(len(results))
         results.append(res)
     for i, kept in zip(checked, _cross_check(*images, checks) if checks else []):
