@@ -505,6 +505,13 @@ def test_a_spect_pair_runs_functional_in_a_cohort_and_resumes(capsys, data, tmp_
     assert rc == 0, err
     presets = {k: json.loads((out / k / "report.json").read_text())["preset"] for k in ("mr", "spect")}
     assert presets == {"mr": "default", "spect": "functional"}
+    # cohort.json named "default" for every pair, and the switch was a warning in Python's words
+    rows = {r["id"]: r for r in json.loads((out / "cohort.json").read_text())["pairs"]}
+    assert {k: rows[k]["preset"] for k in rows} == presets
+    assert "preset" in (out / "cohort.csv").read_text().splitlines()[0].split(",")
+    spect_report = json.loads((out / "spect" / "report.json").read_text())
+    assert "functional" in spect_report["preset_note"] and not any("preset" in w for w in spect_report["warnings"])
+    assert "preset='default'" not in json.dumps(rows["spect"]["notes"])
     (out / "cohort.json").unlink()  # each pair's report.json is what --resume compares
     rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", *FAST, *LOCAL)
     assert rc == 0 and "0 registered, 0 failed, 2 skipped" in so, err

@@ -44,7 +44,7 @@ INSTALL_HINT = 'python3 -m pip install "dask[distributed]"'
 COLUMNS = ("fixed", "moving", "id", "mask", "out")
 REQUIRED = ("fixed", "moving")
 SUMMARY_NAMES = ("cohort.csv", "cohort.json")
-SUMMARY_FIELDS = ("id", "status", "seconds", "final_energy", "percent_folding", "error", "fixed", "moving", "mask", "out", "line",
+SUMMARY_FIELDS = ("id", "status", "preset", "seconds", "final_energy", "percent_folding", "error", "fixed", "moving", "mask", "out", "line",
                   "notes")  # notes last, joined by " | ": a pair's warnings were only in its own report.json
 EXIT_PAIRS_FAILED = 1
 
@@ -458,9 +458,11 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
     from .api import register
 
     pair = wf.read_pair(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"], notes)
+    preset, why = wf.chosen_preset(preset, pair.fixed, pair.moving, notes)  # a PET or SPECT file: functional
     # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
     result = register(pair.fixed, pair.moving, prior=prior, preset=preset, mask=pair.mask, warn=False,
                       callback=_stop_point, **overrides)
+    result.preset_note = why  # as `priorreg register` records it: a note, not a warning
     _stop_point()
     result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as the commands say them (report.json too)
     notes.extend(f"warning: {w}" for w in result.warnings)
@@ -482,12 +484,12 @@ def register_pair(spec: dict, prior=None, preset: str | None = None, overrides: 
                   torch_threads: int | None = None) -> dict:
     """Dask task: read, register and write one pair; never raises, returns a small dict."""
     t0 = time.perf_counter()
-    res = {"id": spec["id"], "status": "failed", "seconds": None, "final_energy": None, "percent_folding": None,
-           "error": "", "notes": []}
+    res = {"id": spec["id"], "status": "failed", "preset": None, "seconds": None, "final_energy": None,
+           "percent_folding": None, "error": "", "notes": []}
     try:
         _set_torch_threads(torch_threads)
         result = _register_and_write(spec, prior, preset, overrides or {}, res["notes"])
-        res.update(status="ok", final_energy=float(result.final_energy),
+        res.update(status="ok", preset=result.preset, final_energy=float(result.final_energy),
                    percent_folding=float(result.jacobian_stats["percent_nonpositive"]))
     except Exception as e:  # one failing pair must not stop the cohort
         res["error"] = wf.spoken(_one_line(e))
@@ -635,16 +637,17 @@ def _skipped_record(pr: Pair, previous: dict) -> dict:
     and warnings from its report.json (a resumed cohort.json had dropped a skipped pair's notes)."""
     import json
 
-    rec = {"id": pr.id, "status": "skipped", "seconds": None, "final_energy": None, "percent_folding": None, "error": ""}
+    rec = {"id": pr.id, "status": "skipped", "preset": None, "seconds": None, "final_energy": None, "percent_folding": None,
+           "error": ""}
     before = previous.get((pr.id, pr.out))
     if before is not None and before.get("seconds") is not None:
-        rec.update({k: before.get(k) for k in FIGURES})
+        rec.update({k: before.get(k) for k in FIGURES + ("preset",)})
         rec["notes"] = list(before.get("notes") or [])
         return rec
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
             report = json.load(fh)
-        rec.update({k: report.get("summary", {}).get(k) for k in FIGURES})
+        rec.update({k: report.get("summary", {}).get(k) for k in FIGURES}, preset=report.get("preset"))
         rec["notes"] = [f"warning: {w}" for w in report.get("warnings") or []]
     except (OSError, ValueError, AttributeError):
         pass
@@ -653,7 +656,8 @@ def _skipped_record(pr: Pair, previous: dict) -> dict:
 
 def _summary_row(pr: Pair, records: dict) -> dict:
     r = records.get(pr.id) or {"status": "not run", "error": "interrupted before it finished"}
-    return {"id": pr.id, "status": r["status"], **{k: r.get(k) for k in FIGURES}, "error": r.get("error", ""),
+    return {"id": pr.id, "status": r["status"], "preset": r.get("preset"), **{k: r.get(k) for k in FIGURES},
+            "error": r.get("error", ""),
             "fixed": pr.fixed, "moving": pr.moving, "mask": pr.mask or "", "out": pr.out, "line": pr.line,
             **({"notes": r["notes"]} if r.get("notes") else {})}
 
