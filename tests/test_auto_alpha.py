@@ -283,3 +283,7 @@ def test_a_prior_learned_within_masks_used_without_one_says_so():
     assert _alphas(res) == [1.0, 1.0] and "it was learned within masks and this pair has none" in res.warnings[-1]
     res = register(t1, moved, prior=prior, levels=2, mask=mask, warn=False)
     assert all(a < 1 for a in _alphas(res)) and not res.warnings
+    # a fixed alpha is warned about with the same cause (it named "another modality pair or other anatomy")
+    res = register(t1, moved, prior=prior, alpha=0.4, levels=2, warn=False)
+    (far,) = [w for w in res.warnings if "alpha='auto' would give it none" in w]
+    assert "it was learned within masks and this pair has none" in far, far

@@ -45,6 +45,13 @@ def misaligned_prior_warnings(inp: Inputs) -> list:
             "density is blurred; learn it again from aligned pairs"]
 
 
+def _far_cause(inp: Inputs) -> str:
+    """Why a pair may be far from its prior: a prior learned within masks used without one, else another pair."""
+    if inp.prior.notes.get("masked") and inp.mask is None:
+        return "it was learned within masks and this pair has none: give the pair a mask of the region it was learned on"
+    return "it may have been learned on another modality pair or other anatomy"
+
+
 FAR_FROM_PRIOR = 1.0  # KL(pair || prior) / MI(prior) of a registered pair above which a fixed alpha is questioned
 
 
@@ -62,7 +69,7 @@ def trusted_prior_warnings(inp: Inputs, pyr: Pyramids, u: torch.Tensor) -> list:
         return []
     return [f"register(): alpha={alpha:g} gave the prior weight {1 - alpha:g}, but the registered pair's joint "
             f"histogram is far from it (KL {rec['kl']:.2f} nats, {rec['fit_ratio']:.2f} x the prior's MI): alpha='auto' "
-            "would give it none; it may have been learned on another modality pair or other anatomy"]
+            f"would give it none; {_far_cause(inp)}"]
 
 
 def unused_prior_warnings(inp: Inputs, history: list) -> list:
@@ -79,11 +86,8 @@ def unused_prior_warnings(inp: Inputs, history: list) -> list:
                 "mutual information alone"]
     kl = last.get("kl")
     far = "" if kl is None else f" (KL to it {kl:.2f} nats at full resolution)"
-    why = ("it was learned within masks and this pair has none: give the pair a mask of the region it was learned on"
-           if inp.prior.notes.get("masked") and inp.mask is None else
-           "it may have been learned on another modality pair or other anatomy")
     return ["register(): the prior was given no weight at any level: this pair's joint histogram is far from it"
-            f"{far}; {why}. The result is mutual information alone"]
+            f"{far}; {_far_cause(inp)}. The result is mutual information alone"]
 
 
 def dropped_prior_warnings(inp: Inputs, history: list) -> list:
