@@ -344,3 +344,8 @@ def test_a_rejected_linear_stage_is_not_summarised_as_a_found_identity():
     assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [f"linear stage: {why}"]
     lin.rejected = False
     assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [] and "rotation 0.0 deg" in wf._linear_summary(lin)
+    # an affine stage that fell back to rigid said why in report.json only
+    lin.kind, lin.notes = "rigid", ["the affine estimate had scales [1.3, 0.8] and shears [0.0]: the rigid one is used"]
+    said = wf.linear_notes(types.SimpleNamespace(linear=lin, options=types.SimpleNamespace(linear="affine")))
+    assert said == ["linear stage: the affine estimate had scales [1.3, 0.8] and shears [0.0]: the rigid one is used"]
+    assert wf.linear_notes(types.SimpleNamespace(linear=lin, options=types.SimpleNamespace(linear="rigid"))) == []

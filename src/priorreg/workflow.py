@@ -734,9 +734,11 @@ def spoken(msg: str) -> str:
 
 def linear_notes(result) -> list:
     """The linear stage's notes when its optimum was rejected (world alignment or the initial transform kept:
-    the summary would otherwise read like a found identity); report.json's "linear" keeps every note."""
-    lin = result.linear
-    return [f"linear stage: {n}" for n in lin.notes] if lin is not None and lin.rejected else []
+    the summary would otherwise read like a found identity) or an affine stage fell back to rigid (the summary
+    says "linear rigid" after --linear affine); report.json's "linear" keeps every note."""
+    lin, options = result.linear, getattr(result, "options", None)
+    fell_back = lin is not None and options is not None and options.linear == "affine" and lin.kind == "rigid"
+    return [f"linear stage: {n}" for n in lin.notes] if lin is not None and (lin.rejected or fell_back) else []
 
 
 def working_grid_notes(result) -> list:
