@@ -191,6 +191,7 @@ def test_register_writes_all_outputs_and_never_the_inputs(capsys, data, tmp_path
     assert rep["versions"]["torch"] and rep["device"] == "cpu"
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "learned prior" in html
+    assert "<td>preset</td><td>default</td>" in html  # the page named no preset (a new-user pass)
     assert "src='http" not in html and 'src="http' not in html  # self-contained
     warped = pio.read_image(out / "warped.nii.gz")
     fixed = pio.read_image(data["fixed"])

@@ -663,7 +663,9 @@ def _head(result, report: dict) -> list:
 def _summary(result, fov) -> list:
     """The summary table: time, energy, Jacobian, and how much of the fixed grid the moving image covers."""
     js, out = result.jacobian_stats, percent_outside(fov)
+    preset = getattr(result, "preset", None)
     rows = [
+        ("preset", "none (options given)" if preset is None else preset),
         ("run time", f"{result.seconds:.1f} s"),
         ("final energy", f"{result.final_energy:.6g}"),
         ("Jacobian min / max", f"{js['min']:.3f} / {js['max']:.3f}"),
