@@ -396,6 +396,27 @@ def test_regional_prior_round_trip_version_1_files_and_refusals(pair, tmp_path):
     _raises(r"regions=\[40, 40\] is too fine", fit_prior, [f], [m], levels=2, regions=40)
 
 
+def test_a_regional_prior_of_other_fields_of_view_is_named(pair, tmp_path):
+    """A regional prior trained on pairs of different fields of view, or used on a fixed image of another, was
+    taken without a word (a new-user pass): its regions are blocks of the grid, other anatomy in each frame."""
+    f, m = pair
+    crop = (slice(0, f.shape[0] * 3 // 4), slice(None))
+    with pytest.warns(PriorRegWarning, match=r"training pairs' fields of view differ \(.* mm and .* mm\)"):
+        fit_prior([f, f[crop]], [m, m[crop]], bins=16, levels=2, regions=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prior = fit_prior([f, np.flip(f, 1)], [m, np.flip(m, 1)], bins=16, levels=2, regions=2)  # one frame
+        fit_prior([f, f[crop]], [m, m[crop]], bins=16, levels=2)  # a global prior has no frame
+    prior.save(tmp_path / "r.npz")
+    prior = priorreg.Prior.load(tmp_path / "r.npz")
+    assert prior.notes["extent_mm"] == [float(n) for n in f.shape]  # 1 mm voxels
+    said = lambda fixed, moving: [w for w in register(fixed, moving, prior=prior, alpha=0.5, levels=2, max_iterations=2, bins=16,
+                                                      warn=False).warnings if "the prior is regional" in w]
+    assert said(f, m) == []
+    (w,) = said(f[crop], m[crop])
+    assert f"learned on a field of view of {f.shape[1]} x {f.shape[0]} mm" in w, w
+
+
 @pytest.mark.slow
 def test_regional_prior_decides_the_circle_phantom():
     # docs/method.md §9.2 / the paper's Fig. 1: f1 has a small and a big disc; the moving disc

@@ -29,8 +29,8 @@ from .deformable import deformable
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
 from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
-from .prior_warnings import (check_prior_order, dropped_prior_warnings, misaligned_prior_warnings, trusted_prior_warnings,
-                             unused_prior_warnings)
+from .prior_warnings import (check_prior_order, dropped_prior_warnings, frame_prior_warnings, misaligned_prior_warnings,
+                             trusted_prior_warnings, unused_prior_warnings)
 from .resample import warp
 from .intensity import foreground
 from .layout import on_one_layout
@@ -127,7 +127,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     work, resampled = after_prealign(work, lin)  # (the moving image resampled onto the working grid only)
     pyr = normalise(work)
     work, swapped = check_prior_order(work, pyr)
-    notes = inp.notes + header + range_notes(pyr) + swapped + misaligned_prior_warnings(work)
+    notes = (inp.notes + header + range_notes(pyr) + swapped + misaligned_prior_warnings(work)
+             + frame_prior_warnings(work))
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)

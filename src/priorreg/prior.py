@@ -234,14 +234,50 @@ def fit_prior(
             misaligned.append(j)
     dim = pairs[0][0].ndim
     regs = check_regions(regions, dim, [p[0].shape for p in pairs], levels, func, spacings=[p[0].spacing for p in pairs])
+    frame = _regional_frame(regs, [p[0] for p in pairs], func)
     ranges = (intensity_range([p[1] for p in pairs]), intensity_range([p[2] for p in pairs]))
     tables, mass, per_pair = _pooled_tables(pairs, HistogramSpec(bins, parzen_sigma, ranges), regs, levels)
     pair_kl = np.stack([leave_one_out_kl(per_pair[lv], RegistrationOptions.prior_floor) for lv in range(levels)])
     notes = {"masked": True} if any(p[3] is not None for p in pairs) else {}  # register() says so if used without
     if misaligned:
         notes["misaligned_pairs"] = misaligned
+    if frame is not None:
+        notes["extent_mm"] = frame  # register() says so where the fixed image's differs
     return Prior(tables, bins, float(parzen_sigma), ranges, normalization, dim, levels, len(pairs), regs, mass, pair_kl,
                  notes=notes)
+
+
+FRAME_TOLERANCE = 0.05  # fields of view whose extents differ by more than this share along an axis are not one frame
+
+
+def extent_mm(img) -> list:
+    """The physical extent of an image's grid along each array axis (mm)."""
+    return [round(float(n * h), 3) for n, h in zip(img.shape, img.spacing)]
+
+
+def other_frame(a, b) -> bool:
+    """Whether two extents (mm per axis) differ by more than FRAME_TOLERANCE along some axis."""
+    return any(abs(x - y) > FRAME_TOLERANCE * max(x, y) for x, y in zip(a, b))
+
+
+def extent_text(extent) -> str:
+    """An extent as the notes give sizes: i x j (x k) mm."""
+    return " x ".join(f"{x:.4g}" for x in extent[::-1]) + " mm"
+
+
+def _regional_frame(regions, fixed_images, func):
+    """A regional prior's frame, the first training image's extent (None for one region); a warning where the
+    training images' fields of view differ: a region then covers other anatomy in each pair."""
+    if int(np.prod(regions)) == 1:
+        return None
+    extents = [extent_mm(img) for img in fixed_images]
+    other = next((e for e in extents[1:] if other_frame(e, extents[0])), None)
+    if other is not None:
+        warnings.warn(f"{func}: the training pairs' fields of view differ ({extent_text(extents[0])} and "
+                      f"{extent_text(other)}): each region of a regional prior then covers other anatomy in each pair; "
+                      "regional priors are for images in one frame (atlas space, one scanner's field of view)",
+                      PriorRegWarning, stacklevel=3)
+    return extents[0]
 
 
 def _read_npz(path: str) -> tuple:

@@ -13,6 +13,7 @@ from .checks import Inputs
 from .deformable import NEARLY_ALIGNED_VOXELS, auto_level, level_alpha, prior_table, uses_prior
 from .normalise import Pyramids
 from .options import is_auto
+from .prior import extent_mm, extent_text, other_frame
 
 
 def check_prior_order(inp: Inputs, pyr: Pyramids) -> tuple:
@@ -43,6 +44,17 @@ def misaligned_prior_warnings(inp: Inputs) -> list:
     return [f"register(): the prior was learned from {len(bad)} of {inp.prior.n_pairs} training pair(s) that did not "
             f"look aligned (pair(s) {which}, counted from 0, as fit_prior and 'priorreg train' warned): its joint "
             "density is blurred; learn it again from aligned pairs"]
+
+
+def frame_prior_warnings(inp: Inputs) -> list:
+    """A warning when a regional prior is used on a fixed image whose field of view is not the training images'
+    (its regions are blocks of the grid: on another extent each covers other anatomy)."""
+    frame = inp.prior.notes.get("extent_mm") if uses_prior(inp) and inp.prior.n_regions > 1 else None
+    if frame is None or not other_frame(extent_mm(inp.fixed), frame):
+        return []
+    return [f"register(): the prior is regional, learned on a field of view of {extent_text(frame)}, and the fixed "
+            f"image's is {extent_text(extent_mm(inp.fixed))}: its regions cover other anatomy here; regional priors "
+            "are for images in one frame"]
 
 
 def _far_cause(inp: Inputs) -> str:
