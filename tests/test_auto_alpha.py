@@ -287,3 +287,9 @@ def test_a_prior_learned_within_masks_used_without_one_says_so():
     res = register(t1, moved, prior=prior, alpha=0.4, levels=2, warn=False)
     (far,) = [w for w in res.warnings if "alpha='auto' would give it none" in w]
     assert "it was learned within masks and this pair has none" in far, far
+    # also where the moving image covers part of the anatomy (the deformable stage then samples a mask of its own)
+    A, o = moved.index_to_world()
+    part = pio.Image(np.ascontiguousarray(moved.array[60:]), moved.spacing, tuple(o + A @ [60, 0]), moved.direction)
+    res = register(t1, part, prior=prior, alpha=0.4, levels=2, warn=False)
+    (far,) = [w for w in res.warnings if "alpha='auto' would give it none" in w]
+    assert "it was learned within masks and this pair has none" in far, far

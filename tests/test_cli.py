@@ -132,6 +132,21 @@ def test_train_warns_in_one_line_about_a_pair_that_is_not_aligned(capsys, tmp_pa
     assert "4 voxels (4 mm) along i" in lines[0]
 
 
+def test_train_says_a_regional_priors_frames_differ_in_its_own_words(capsys, tmp_path):
+    """The warning named fit_prior(), a function the command's user never called."""
+    from importlib.resources import files
+
+    brainweb = files("priorreg") / "data" / "brainweb"
+    t1, pd = (pio.read_image(brainweb / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    for name, img in (("t1c.nii.gz", t1), ("pdc.nii.gz", pd)):
+        pio.write_image(img.with_array(np.ascontiguousarray(img.array[:150])), tmp_path / name)
+    rc, so, se = run(capsys, "train", "--fixed", brainweb / "BrainT1Slice.png", tmp_path / "t1c.nii.gz", "--moving",
+                     brainweb / "BrainProtonDensitySlice.png", tmp_path / "pdc.nii.gz", "--regions", "2", "--levels", "2",
+                     "--out", tmp_path / "p.npz")
+    assert rc == 0, se
+    assert "priorreg: warning: train: the training pairs' fields of view differ" in se and "fit_prior" not in se, se
+
+
 def test_train_regional_prior_and_bad_regions(capsys, data, tmp_path):
     out = tmp_path / "regional.npz"
     rc, so, _ = run(capsys, "train", "--fixed", data["train_f"], "--moving", data["train_m"], "--out", out,

@@ -491,6 +491,16 @@ def test_an_empty_out_is_refused_not_taken_as_the_working_directory(capsys, tmp_
     one_line_error(capsys, ["cohort", tmp_path / "m.csv", "--out", ""], "--out is empty")
 
 
+def test_a_skipped_pair_of_an_older_cohort_json_takes_its_preset_from_its_report(tmp_path):
+    """Rows written before rows recorded the preset had none, and --resume copied the gap on and on."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps({"preset": "functional"}), encoding="utf-8")
+    pr = cohort.Pair(line=2, id="a", fixed="f.nii.gz", moving="m.nii.gz", mask=None, out=str(tmp_path / "a"), skip=True)
+    old_row = {"id": "a", "status": "ok", "seconds": 3.0, "final_energy": -1.0, "percent_folding": 0.0, "notes": []}
+    assert cohort._skipped_record(pr, {("a", pr.out): old_row})["preset"] == "functional"
+    assert cohort._skipped_record(pr, {("a", pr.out): {**old_row, "preset": "paper"}})["preset"] == "paper"
+
+
 def test_a_spect_pair_runs_functional_in_a_cohort_and_resumes(capsys, data, tmp_path):
     """With no --preset, a pair whose moving file says SPECT runs the functional preset (as register does),
     and --resume compares it with the functional options, not the cohort's default ones."""

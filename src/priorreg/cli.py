@@ -385,8 +385,8 @@ def _train(args, con: Console) -> int:
         warnings.simplefilter("always", PriorRegWarning)
         prior = fit_prior(fixed, moving, masks=masks, **kw)
     pair = re.compile(r"^fit_prior\(\): training pair (\d+)")
-    _say_warnings(said, lambda m: pair.sub(lambda g: f"train: pair {g[1]} ({args.fixed[int(g[1])]} and "
-                                                     f"{args.moving[int(g[1])]})", m))
+    _say_warnings(said, lambda m: re.sub(r"^fit_prior\(\):", "train:", pair.sub(
+        lambda g: f"train: pair {g[1]} ({args.fixed[int(g[1])]} and {args.moving[int(g[1])]})", m)))
     prior.save(args.out)
     if not con.quiet:
         regions = f", regions={'x'.join(map(str, prior.regions))}" if prior.n_regions > 1 else ""

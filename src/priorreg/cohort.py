@@ -632,6 +632,17 @@ def previous_records(previous_run: dict) -> dict:
         return {}
 
 
+def _recorded_preset(folder: str):
+    """The preset a pair's report.json records (None where it cannot be read)."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
+            return json.load(fh).get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _skipped_record(pr: Pair, previous: dict) -> dict:
     """A pair complete already: its figures and notes as recorded when it ran (cohort.json), else its figures
     and warnings from its report.json (a resumed cohort.json had dropped a skipped pair's notes)."""
@@ -643,6 +654,8 @@ def _skipped_record(pr: Pair, previous: dict) -> dict:
     if before is not None and before.get("seconds") is not None:
         rec.update({k: before.get(k) for k in FIGURES + ("preset",)})
         rec["notes"] = list(before.get("notes") or [])
+        if rec["preset"] is None:  # a row written before rows recorded it: the pair's report.json has it
+            rec["preset"] = _recorded_preset(pr.out)
         return rec
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:

@@ -59,7 +59,7 @@ def frame_prior_warnings(inp: Inputs) -> list:
 
 def _far_cause(inp: Inputs) -> str:
     """Why a pair may be far from its prior: a prior learned within masks used without one, else another pair."""
-    if inp.prior.notes.get("masked") and inp.mask is None:
+    if inp.prior.notes.get("masked") and (inp.mask is None or inp.mask_is_fov):  # (the moving image's cover: no region)
         return "it was learned within masks and this pair has none: give the pair a mask of the region it was learned on"
     return "it may have been learned on another modality pair or other anatomy"
 
