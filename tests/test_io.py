@@ -1,5 +1,6 @@
 """File I/O: geometry round trips, 2D-in-3D files, colour images, errors, atomic writes, and
 the ITK/ANTs convention of the displacement field file."""
+import dataclasses
 import os
 
 import numpy as np
@@ -88,6 +89,24 @@ def test_single_slice_3d_file_is_2d(tmp_path):
     assert notes and "2D" in notes[0]
     png = pio.read_image(pio_data("BrainT1Slice.png"))
     assert png.ndim == 2 and png.shape == (217, 181)
+
+
+def test_a_single_slice_image_moved_or_resampled_is_written_with_its_own_geometry(tmp_path):
+    """An Image read from a single-slice 3D file keeps the file's grid (``volume``) for writing; one given another
+    spacing or origin, or subsampled, was written on the file's grid: half its size, or unmoved."""
+    s = sitk.GetImageFromArray(blob_image((1, 217, 181)))  # coronal-like: the size-1 axis is the file's k
+    s.SetSpacing((0.9, 1.1, 2.0))
+    s.SetOrigin((4.0, 5.0, 6.0))
+    sitk.WriteImage(s, str(tmp_path / "slice.nii.gz"))
+    img = pio.read_image(tmp_path / "slice.nii.gz")
+    cases = {"same": img, "moved": dataclasses.replace(img, origin=(7.0, -2.0)),
+             "half": priorreg.Image(img.array[::2, ::2], (2.2, 1.8), img.origin, img.direction, volume=img.volume)}
+    for name, im in cases.items():
+        pio.write_image(im, tmp_path / f"{name}.nii.gz")
+        back = sitk.ReadImage(str(tmp_path / f"{name}.nii.gz"))
+        assert back.GetSize() == (im.shape[1], im.shape[0], 1), name  # still single-slice 3D
+        assert back.GetSpacing() == pytest.approx((im.spacing[1], im.spacing[0], 2.0)), name
+        assert back.GetOrigin() == pytest.approx((*im.origin, 6.0)), name
 
 
 def pio_data(name):

@@ -129,11 +129,22 @@ def _set_geometry(sitk_img, ref):
 
 
 def _slice_volume(image: Image):
-    """The single-slice 3D grid a 2D image is to be written back to, or None."""
+    """The single-slice 3D grid a 2D image is to be written back to, or None: the file's, with the image's own
+    in-plane spacing, origin and direction where they were changed (an image resampled or moved keeps its
+    ``volume``; the file's grid had written it at the old size or place)."""
     vol = getattr(image, "volume", None)
     if vol is None or image.ndim != 2:
         return None
-    return vol
+    keep = [j for j in range(3) if j != vol.axis]
+    rows = [r for r in range(3) if r != vol.drop]
+    spacing, origin = np.array(vol.spacing, float), np.array(vol.origin, float)
+    direction = np.array(vol.direction, float)
+    if (np.allclose(image.spacing, spacing[keep]) and np.allclose(image.origin, origin[rows])
+            and np.allclose(image.direction, direction[np.ix_(rows, keep)], atol=1e-6)):
+        return vol
+    spacing[keep], origin[rows] = image.spacing, image.origin
+    direction[np.ix_(rows, keep)], direction[vol.drop, keep] = image.direction, 0.0
+    return SliceGeometry(vol.axis, tuple(spacing.tolist()), tuple(origin.tolist()), direction, vol.drop)
 
 
 def image_to_sitk(image: Image, *, keep_volume: bool = True):
