@@ -1130,3 +1130,11 @@ def test_warp_warns_when_the_moving_image_lies_mostly_outside_the_reference():
         warnings.simplefilter("error", PriorRegWarning)
         assert warp(ref.with_array(labels), zero, reference=ref, interpolation="nearest").array.sum() == labels.sum()
         assert warp(patch, zero, reference=ref, interpolation="nearest").array.sum() == labels[5:20, 5:20].sum()
+
+
+def test_warp_takes_a_field_of_the_other_byte_order():
+    """A big-endian field (as some readers give) raised torch's ValueError; images of either order were taken."""
+    rng = np.random.default_rng(0)
+    m = rng.random((20, 24))
+    field = rng.normal(0, 1.5, (2, 20, 24))
+    np.testing.assert_array_equal(warp(m, field.astype(">f8")), warp(m, field))

@@ -82,7 +82,7 @@ def _checked_field(field, ref: Image, mov: Image, func: str) -> np.ndarray:
         raise PriorRegError(f"{func}: moving is {mov.ndim}D but the reference grid is {ref.ndim}D")
     if not np.issubdtype(fld.dtype, np.number) or np.iscomplexobj(fld) or not np.all(np.isfinite(fld)):
         raise PriorRegError(f"{func}: field must hold finite real numbers (mm)")
-    return fld
+    return fld if fld.dtype.isnative else fld.astype(fld.dtype.newbyteorder("="))  # torch takes native byte order only
 
 
 def _check_label_fill(fill, dtype, func: str) -> None:
