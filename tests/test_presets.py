@@ -343,6 +343,8 @@ def test_a_pet_or_spect_file_gets_the_functional_preset_unless_one_is_asked_for(
         kept = priorreg.register(f, pet, levels=1, max_iterations=2, **kw)
         assert kept.preset_note is None and kept.options.mind_weight == preset_options("default", 2).mind_weight
     assert priorreg.register(f, priorreg.Image(m, modality="MR"), levels=1, max_iterations=2).preset == "default"
+    # as a user types it: "pt" ran the default preset (an API new-user pass)
+    assert priorreg.register(f, priorreg.Image(m, modality=" pt"), levels=1, max_iterations=2, warn=False).preset == "functional"
 
     for name, a in (("ct.nii.gz", f), ("spect.nii.gz", m)):
         priorreg.write_image(priorreg.Image(a.astype(np.float32)), tmp_path / name)

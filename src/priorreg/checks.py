@@ -104,6 +104,7 @@ def preset_for(preset, options, fixed, moving, prefix: str = "", override: str =
         return preset, []
     for name, im in (("moving", moving), ("fixed", fixed)):
         modality = getattr(im, "modality", None) if isinstance(im, Image) else None
+        modality = modality.strip().upper() if isinstance(modality, str) else modality  # "pt" as a user types it
         if modality in FUNCTIONAL_MODALITIES:
             return "functional", [f"{prefix}the {name} image is {FUNCTIONAL_MODALITIES[modality]} (Modality {modality} "
                                   "in its file): using preset functional (global MI and the prior, rigid linear stage); "
