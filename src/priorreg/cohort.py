@@ -593,15 +593,12 @@ def _check_same_options(out_dir: str, previous_run: dict, options: dict) -> None
 def _recorded_options(folder: str) -> tuple:
     """(the fixed grid (shape, spacing), the preset its images chose or None, options) a pair's report.json
     records; Nones when it cannot be read."""
-    import json
-
+    rep = _report(folder)
     try:
-        with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
-            rep = json.load(fh)
         fixed = rep["geometry"]["fixed"]
         grid = (tuple(fixed["shape"]), tuple(fixed["spacing_mm"]))
         return grid, rep.get("preset_note") and rep.get("preset"), rep["options"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None, None, None
 
 
@@ -632,38 +629,35 @@ def previous_records(previous_run: dict) -> dict:
         return {}
 
 
-def _recorded_preset(folder: str):
-    """The preset a pair's report.json records (None where it cannot be read)."""
+def _report(folder: str) -> dict:
+    """A pair's report.json, or {} where it cannot be read."""
     import json
 
     try:
         with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
-            return json.load(fh).get("preset")
-    except (OSError, ValueError, AttributeError):
-        return None
+            report = json.load(fh)
+        return report if isinstance(report, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _skipped_record(pr: Pair, previous: dict) -> dict:
     """A pair complete already: its figures and notes as recorded when it ran (cohort.json), else its figures
-    and warnings from its report.json (a resumed cohort.json had dropped a skipped pair's notes)."""
-    import json
-
+    and warnings from its report.json (a resumed cohort.json had dropped a skipped pair's notes); its preset
+    from its report.json where the row has none (rows written before they recorded it)."""
     rec = {"id": pr.id, "status": "skipped", "preset": None, "seconds": None, "final_energy": None, "percent_folding": None,
            "error": ""}
     before = previous.get((pr.id, pr.out))
     if before is not None and before.get("seconds") is not None:
         rec.update({k: before.get(k) for k in FIGURES + ("preset",)})
         rec["notes"] = list(before.get("notes") or [])
-        if rec["preset"] is None:  # a row written before rows recorded it: the pair's report.json has it
-            rec["preset"] = _recorded_preset(pr.out)
+        rec["preset"] = rec["preset"] or _report(pr.out).get("preset")
         return rec
-    try:
-        with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
-            report = json.load(fh)
-        rec.update({k: report.get("summary", {}).get(k) for k in FIGURES}, preset=report.get("preset"))
+    report = _report(pr.out)
+    summary = report.get("summary") if isinstance(report.get("summary"), dict) else {}
+    rec.update({k: summary.get(k) for k in FIGURES}, preset=report.get("preset"))
+    if report:
         rec["notes"] = [f"warning: {w}" for w in report.get("warnings") or []]
-    except (OSError, ValueError, AttributeError):
-        pass
     return rec
 
 

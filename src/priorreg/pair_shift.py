@@ -52,6 +52,7 @@ def best_shift(f_n: np.ndarray, m_n: np.ndarray, mask=None, bins: int = 32) -> l
     x = torch.as_tensor(f_n[tuple(at)], dtype=torch.float64)
     ranges = (intensity_range([x.numpy()]), intensity_range([m_n[tuple(at)]]))
     smooth = hist.smoothing_matrix(bins, 1.0)
+
     def mi_at(axis, s):
         moved = at.copy()
         moved[axis] += s
