@@ -50,10 +50,11 @@ def frame_prior_warnings(inp: Inputs) -> list:
     """A warning when a regional prior is used on a fixed image whose field of view is not the training images'
     (its regions are blocks of the grid: on another extent each covers other anatomy)."""
     frame = inp.prior.notes.get("extent_mm") if uses_prior(inp) and inp.prior.n_regions > 1 else None
-    if frame is None or not other_frame(extent_mm(inp.fixed), frame):
+    here = extent_mm(inp.fixed)
+    if frame is None or not other_frame(here, frame):
         return []
     return [f"register(): the prior is regional, learned on a field of view of {extent_text(frame)}, and the fixed "
-            f"image's is {extent_text(extent_mm(inp.fixed))}: its regions cover other anatomy here; regional priors "
+            f"image's is {extent_text(here)}: its regions cover other anatomy here; regional priors "
             "are for images in one frame"]
 
 
