@@ -369,3 +369,8 @@ def test_a_presets_variant_for_the_other_dimension_is_named():
         priorreg.register(f, m, options=PRESETS["default"][3], levels=1, max_iterations=2)
     r = priorreg.register(f, m, options=PRESETS["default"][2], levels=1, max_iterations=2, warn=False)
     assert not [w for w in r.warnings if "variant" in w]
+    # the 3D variant with a setting changed ran as silently; a 2D variant with the 3D bins is the user's choice
+    with pytest.warns(priorreg.PriorRegWarning, match="holds most settings of the 3D variant of preset 'default'"):
+        priorreg.register(f, m, options=preset_options("default", 3).replace(levels=1), max_iterations=2)
+    r = priorreg.register(f, m, options=preset_options("default", 2).replace(levels=1, bins=32), max_iterations=2, warn=False)
+    assert not [w for w in r.warnings if "variant" in w]

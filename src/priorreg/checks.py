@@ -6,7 +6,7 @@ shows (no overlap after the linear stage, a mask too small for a pyramid level).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -114,15 +114,27 @@ def preset_for(preset, options, fixed, moving, prefix: str = "", override: str =
 
 def other_dimension_notes(options, ndim: int, func: str) -> list:
     """A note where ``options=`` is a preset's variant for the other dimension (``PRESETS["default"][3]`` on
-    a 2D pair: 32 bins, the 3D bending rule), which ran without a word."""
+    a 2D pair: 32 bins, the 3D bending rule), also with a few settings changed
+    (``preset_options("default", 3).replace(levels=2)``): it ran without a word."""
     if options is None:
         return []
     other = 5 - ndim
     for name, per_dim in PRESETS.items():
-        if options == per_dim.get(other) and options != per_dim.get(ndim):
-            return [f"{func}: options= is the {other}D variant of preset {name!r}, but the images are {ndim}D; give "
-                    f"preset={name!r} (each preset picks its variant from the images) or preset_options({name!r}, {ndim})"]
+        if {ndim, other} <= per_dim.keys() and _mostly_other(options, per_dim[ndim], per_dim[other]):
+            what = "is" if options == per_dim[other] else "holds most settings of"
+            return [f"{func}: options= {what} the {other}D variant of preset {name!r}, but the images are {ndim}D; "
+                    f"give preset={name!r} (each preset picks its variant from the images) or "
+                    f"preset_options({name!r}, {ndim})"]
     return []
+
+
+def _mostly_other(options, this, other) -> bool:
+    """Whether ``options`` holds the ``other`` variant's value in more than half of the settings where the
+    two variants of one preset differ, and this variant's value in none."""
+    names = [f.name for f in fields(this) if getattr(this, f.name) != getattr(other, f.name)]
+    as_other = sum(getattr(options, f) == getattr(other, f) for f in names)
+    as_this = sum(getattr(options, f) == getattr(this, f) for f in names)
+    return bool(names) and as_this == 0 and as_other > len(names) / 2
 
 
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
