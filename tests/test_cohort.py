@@ -562,3 +562,25 @@ def test_a_skipped_pair_keeps_its_notes(tmp_path):
     assert row["notes"] == ["warning: folds 2%"]
     (csv_row,) = csv.DictReader(cohort._csv_text([row, ]).splitlines())
     assert csv_row["notes"] == "warning: folds 2%" and csv_row["seconds"] == "2"
+
+
+def test_resume_with_the_preset_every_kept_pair_ran(capsys, data, tmp_path):
+    """A cohort run without --preset whose pairs all ran functional (their files say SPECT) was refused when
+    resumed with --preset functional: the cohort's options differed though no pair's did."""
+    d = data / "data"
+    rows = []
+    for k in range(2):
+        spect = tmp_path / f"spect{k}.nii.gz"
+        spect.write_bytes((d / f"t2_{k}.nii.gz").read_bytes())
+        (tmp_path / f"spect{k}.json").write_text('{"Modality": "NM"}', encoding="utf-8")
+        rows.append((f"spect{k}", d / f"t1_{k}.nii.gz", spect, ""))
+    out = tmp_path / "out"
+    rc, so, err = run(capsys, "cohort", write_manifest(tmp_path / "m.csv", rows[:1]), "--out", out, *FAST, *LOCAL)
+    assert rc == 0, err
+    manifest = write_manifest(tmp_path / "m2.csv", rows)
+    rc, so, err = run(capsys, "cohort", manifest, "--out", out, "--resume", "--preset", "functional", *FAST, *LOCAL)
+    assert rc == 0 and "1 registered, 0 failed, 1 skipped" in so, err
+    assert json.loads((out / "cohort.json").read_text())["preset"] == "functional"
+    # a kept pair that ran other options still refuses the cohort's new ones, with the cohort's message
+    one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--preset", "default", *FAST, *LOCAL],
+                   "--resume with other options than the run in")

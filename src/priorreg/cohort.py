@@ -607,16 +607,38 @@ def _check_skipped_options(out_dir: str, pairs: list, expected) -> None:
     DIR/cohort.json is missing, as after a killed run): otherwise they would be kept beside pairs
     registered with others, under a summary naming one set. ``expected(grid, preset)``: the options a pair
     on that fixed grid runs now, under the preset its report names (a PET pair's may differ from the rest)."""
+    for pr in pairs:
+        names = _differing_options(pr, expected)
+        if names:
+            raise PriorRegError(f"--resume with other options than pair {pr.id} was registered with ({', '.join(names)} "
+                                f"differ; see {os.path.join(pr.out, 'report.json')}); give the same options, or a new --out")
+
+
+def _differing_options(pr: Pair, expected) -> list | None:
+    """The options a skipped pair's report.json records otherwise than ``expected`` gives now ([] for none, and
+    for a pair that runs now); None where its record cannot be read."""
     import json
 
-    for pr in pairs:
-        grid, preset, before = _recorded_options(pr.out) if pr.skip else (None, None, None)
-        want = json.loads(json.dumps(expected(grid, preset))) if before is not None else None
-        if want is None or before == want:
-            continue
-        names = sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
-        raise PriorRegError(f"--resume with other options than pair {pr.id} was registered with ({', '.join(names)} "
-                            f"differ; see {os.path.join(pr.out, 'report.json')}); give the same options, or a new --out")
+    if not pr.skip:
+        return []
+    grid, preset, before = _recorded_options(pr.out)
+    want = json.loads(json.dumps(expected(grid, preset))) if before is not None else None
+    if want is None:
+        return None
+    return sorted(k for k in set(before) | set(want) if before.get(k) != want.get(k))
+
+
+def _check_resumed_options(out_dir: str, previous_run: dict, options: dict, pairs: list, expected) -> None:
+    """--resume's two checks: the cohort's options against the run it resumes, and each skipped pair's against
+    its report.json. Other cohort options pass where every pair kept from the earlier run is recorded with the
+    options it would run with now (a cohort run without --preset whose pairs all ran functional, resumed with
+    --preset functional)."""
+    try:
+        _check_same_options(out_dir, previous_run, options)
+    except PriorRegError:
+        if not all(_differing_options(pr, expected) == [] for pr in pairs):
+            raise
+    _check_skipped_options(out_dir, pairs, expected)
 
 
 def previous_records(previous_run: dict) -> dict:
@@ -829,9 +851,8 @@ def _plan(args, con, overrides: dict) -> Plan:
     for n in dict.fromkeys(notes):  # once, not per dimension
         con.note(n)
     previous_run = read_previous_run(out_dir) if args.resume else {}
-    _check_same_options(out_dir, previous_run, options)
-    _check_skipped_options(out_dir, pairs, lambda grid, chosen: _pair_options(args.preset, grid, chosen,
-                                                                              (overrides, prior, prior_path)))
+    _check_resumed_options(out_dir, previous_run, options, pairs,
+                           lambda grid, chosen: _pair_options(args.preset, grid, chosen, (overrides, prior, prior_path)))
     previous = previous_records(previous_run)
     records = {p.id: _skipped_record(p, previous) for p in pairs if p.skip}
     if records:
