@@ -1138,3 +1138,19 @@ def test_warp_takes_a_field_of_the_other_byte_order():
     m = rng.random((20, 24))
     field = rng.normal(0, 1.5, (2, 20, 24))
     np.testing.assert_array_equal(warp(m, field.astype(">f8")), warp(m, field))
+
+
+def test_a_binary_moving_image_registers_without_a_traceback():
+    """A 0/255 mask-like moving PNG ended in numpy's ValueError: its warped values inside the brain were 255
+    up to rounding, and Otsu's histogram refused bins narrower than float spacing."""
+    from importlib.resources import files
+
+    from priorreg import intensity
+    from priorreg import io as pio
+
+    assert intensity.otsu_threshold(np.array([255 - 3e-14, 255.0, 255 + 3e-14])) == 255 - 3e-14
+    brainweb = files("priorreg") / "data" / "brainweb"
+    f, m = (pio.read_image(brainweb / n) for n in ("BrainT1Slice.png", "BrainProtonDensitySlice.png"))
+    binary = m.with_array((np.asarray(m.array) > 100) * 255.0)
+    r = register_with_presets(f, binary, warn=False, levels=2, max_iterations=5)
+    assert np.isfinite(np.asarray(r.field)).all()

@@ -40,8 +40,8 @@ def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
     """Otsu's threshold of a sample (between-class variance maximiser)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        return lo
+    if hi - lo <= 1e-12 * max(abs(lo), abs(hi), 1.0):  # constant up to rounding (a binary image interpolated):
+        return lo  # no split, and numpy refuses bins narrower than float spacing
     hist, edges = np.histogram(v, bins=nbins, range=(lo, hi))
     centers = 0.5 * (edges[:-1] + edges[1:])
     w0 = np.cumsum(hist)
