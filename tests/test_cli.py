@@ -285,6 +285,10 @@ def test_field_file_reproduces_warped_with_sitk_and_apply(capsys, data, tmp_path
     rc, _, err = run(capsys, "apply", data["moving"], "--field", out / "field.nii.gz", "--reference", data["fixed"],
                      "--out", tmp_path / "image_linear.nii.gz")  # an image with fractional values: no hint
     assert rc == 0 and "label map" not in err
+    rgb = sitk.Compose(*[sitk.ReadImage(str(data["labels"]), sitk.sitkUInt8) * k for k in (1, 2, 3)])
+    sitk.WriteImage(rgb, str(tmp_path / "labels_rgb.nii.gz"))  # labels as colours: their grey values are not labels
+    assert_error(capsys, ["apply", tmp_path / "labels_rgb.nii.gz", "--field", out / "field.nii.gz", "--reference",
+                          data["fixed"], "--out", tmp_path / "x.nii.gz", "--interpolation", "nearest"], "is a colour (RGB")
     lab = pio.read_image(tmp_path / "labels.nii.gz").array
     assert lab.dtype == np.int16 and set(np.unique(lab)) <= set(np.unique(pio.read_image(data["labels"]).array))
     other = tmp_path / "other_grid.nii.gz"  # the fixed image's shape on the default grid

@@ -286,6 +286,72 @@ def test_read_errors(tmp_path):
         pio.read_image(tmp_path / "pipe.nii.gz", "fixed")
 
 
+def _write_nifti2(path, arr: np.ndarray) -> None:
+    """A 2D float32 NIfTI-2 file (540-byte header, as nibabel.Nifti2Image writes), identity sform."""
+    import struct
+
+    srow = (1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0)
+    head = struct.pack("<i8shh8q3d8dq6dqq80s24sii6d12diii16sc15s", 540, b"n+2\0\r\n\x1a\n", 16, 32,
+                       2, arr.shape[1], arr.shape[0], 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 544,
+                       1, 0, 0, 0, 0, 0, 0, 0, b"", b"", 0, 1, 0, 0, 0, 0, 0, 0, *srow, 0, 2, 0, b"", b"\0", b"")
+    assert len(head) == 540
+    path.write_bytes(head + b"\0" * 4 + np.ascontiguousarray(arr, "<f4").tobytes())
+
+
+def test_itks_refusals_say_why_and_other_names_are_read(tmp_path):
+    """ITK's reason spans lines (a matrix): only its last line, "(-0 -0)", was kept. A NIfTI-2 file, a
+    .hdr/.img pair and an upper-case extension ("SCAN.MHA", which ITK did not read) each get their line."""
+    from priorreg.errors import itk_reason
+
+    e = RuntimeError("Exception thrown in SimpleITK ImageFileReader_Execute: /x/itkImageBase.hxx:145:\nITK ERROR: "
+                     "Image(0x55db358c16b0): Bad direction, determinant is 0. Refusing to change direction from 1 0\n0 1\n"
+                     " to -1 -0\n-0 -0\n")
+    assert itk_reason(e) == "Bad direction, determinant is 0. Refusing to change direction from 1 0 0 1 to -1 -0 -0 -0"
+    assert itk_reason(RuntimeError("one line")) == "one line" and itk_reason(RuntimeError("")) == "unknown error"
+    img = sitk.GetImageFromArray(blob_image((6, 7)).astype(np.float32))
+    _write_nifti2(tmp_path / "two.nii", sitk.GetArrayFromImage(img))
+    with pytest.raises(PriorRegError, match=r"two.nii as an image \(a NIfTI-2 file, which ITK does not read; save it as NIfTI-1"):
+        pio.read_image(tmp_path / "two.nii", "moving")
+    for ext in (".hdr", ".img"):
+        (tmp_path / f"pair{ext}").write_bytes(b"\0" * 348)
+        with pytest.raises(PriorRegError, match=r"half of an Analyze/NIfTI .hdr/.img pair, .* convert the pair to .nii.gz"):
+            pio.read_image(tmp_path / f"pair{ext}", "moving")
+    sitk.WriteImage(img, str(tmp_path / "scan.mha"))
+    (tmp_path / "scan.mha").rename(tmp_path / "SCAN.MHA")
+    np.testing.assert_array_equal(pio.read_image(tmp_path / "SCAN.MHA").array, sitk.GetArrayFromImage(img))
+
+
+def test_colour_labels_and_an_oblique_dicom_slice_are_refused_with_the_way_out(tmp_path):
+    """A palette PNG of labels warped with nearest neighbour came out as its colours' grey values (0, 14.6,
+    38.3, 75.1 for labels 0, 1, 2, 7); one file of an oblique DICOM series was advised to be resampled."""
+    from PIL import Image as PILImage
+
+    lab = np.zeros((20, 24), np.uint8)
+    lab[4:16, 5:20], lab[8:12, 8:12] = 1, 7
+    p = PILImage.fromarray(lab, "P")
+    p.putpalette([0, 0, 0, 128, 0, 0] + [0] * 15 + [0, 0, 128] + [0] * 744)
+    p.save(tmp_path / "labels.png")
+    assert pio.read_image(tmp_path / "labels.png").shape == lab.shape  # an image to register: grey, with a note
+    with pytest.raises(PriorRegError, match=r"labels.png is a colour \(RGB or palette\) image, and converted to grey its labels"):
+        pio.read_image(tmp_path / "labels.png", "moving", labels=True)
+    d = tmp_path / "oblique"
+    d.mkdir()
+    c, s_ = np.cos(np.radians(20)), np.sin(np.radians(20))
+    for k in range(3):
+        sl = sitk.GetImageFromArray((blob_image((1, 16, 12)) * 500).astype(np.int16))
+        sl.SetMetaData("0020|0037", f"1\\0\\0\\0\\{c}\\{s_}")  # rows along x, columns tilted 20 degrees
+        sl.SetMetaData("0020|0032", f"0\\{-s_ * 2.5 * k}\\{c * 2.5 * k}")
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.45")
+        sl.SetMetaData("0020|0013", str(k + 1))
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(d / f"s{k}.dcm"))
+        w.Execute(sl)
+    with pytest.raises(PriorRegError, match=r"s1.dcm is one file of a DICOM series of 3 files in its folder, and one oblique "
+                                            r"slice by itself is not supported; give the folder"):
+        pio.read_image(d / "s1.dcm", "moving")
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch, compress):
     img = priorreg.Image(blob_image((8, 9)))

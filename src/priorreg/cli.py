@@ -439,7 +439,7 @@ def cmd_apply(args, con: Console) -> int:
     wf.check_out_file(args.out, [args.moving, args.field, args.reference], args.overwrite)
     wf.check_image_format(args.out)
     notes = []
-    moving = wf.load_input(args.moving, "moving", notes)
+    moving = wf.load_input(args.moving, "moving", notes, labels=args.interpolation == "nearest")
     wf.check_image_format(args.out, moving.ndim)
     ref = pio.read_image(args.reference, "reference", notes, outputs_on_grid=True)
     field, grid, through_plane = pio.read_field(args.field)

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import PriorRegError
+from .errors import PriorRegError, itk_reason
 from .image import Image, SliceGeometry, perpendicular
 
 READ_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".dcm")
@@ -262,17 +262,14 @@ def _read_dicom_dir(path: str, name: str, notes):
     return img, _file_tags(files[sid][0], "0008|0060")[0]  # Modality: "MR", "CT", "PT", "NM", ...
 
 
-def _one_file_of_a_series(img, path: str, name: str) -> list:
-    """A note when a .dcm file is one slice of a series in its folder: the volume was likely meant."""
+def _series_files(img, path: str) -> int:
+    """How many files of the DICOM series of the file ``path`` (its image ``img``) lie in its folder."""
     uid = img.GetMetaData("0020|000e").strip() if img.HasMetaDataKey("0020|000e") else ""
     try:
         files = _sitk().ImageSeriesReader.GetGDCMSeriesFileNames(os.path.dirname(os.path.abspath(path)), uid) if uid else ()
     except RuntimeError:
         files = ()
-    if len(files) < 2:
-        return []
-    return [f"{name}: {path} is one file of a DICOM series of {len(files)} files in its folder; it is read as one "
-            "slice (give the folder to read the series as a volume)"]
+    return len(files)
 
 
 def _check_slice_spacing(file_names, img, path: str, name: str) -> None:
@@ -314,7 +311,7 @@ def _check_straight_stack(corners: np.ndarray, positions: np.ndarray, normal: np
                             "gantry makes); resample it onto a straight grid first (dcm2niix corrects gantry tilt)")
 
 
-def _to_scalar(img, path: str, name: str, notes):
+def _to_scalar(img, path: str, name: str, notes, labels: bool = False):
     sitk = _sitk()
     n = img.GetNumberOfComponentsPerPixel()
     if n == 1:
@@ -326,8 +323,12 @@ def _to_scalar(img, path: str, name: str, notes):
                             "give a scalar (grey-value) image")
     r, g, b = (sitk.Cast(sitk.VectorIndexSelectionCast(img, c), sitk.sitkFloat32) for c in range(3))
     same = all(bool(sitk.GetArrayFromImage(sitk.Equal(r, c)).all()) for c in (g, b))  # (a view would outlive its image)
+    kind = "RGBA" if n == 4 else "RGB"
+    if labels and not same:  # a palette PNG's indices are colours by now, and grey would mix them
+        raise PriorRegError(f"{name}: {path} is a colour ({kind} or palette) image, and converted to grey its labels "
+                            "would be other numbers; save the label values as a grey image (a palette PNG's "
+                            "indices: PIL.Image.fromarray(numpy.array(PIL.Image.open(path))))")
     if notes is not None:
-        kind = "RGBA" if n == 4 else "RGB"
         notes.append(f"{name}: {path} stores grey values as {kind} (three equal channels); read as grey" if same else
                      f"{name}: {path} is a colour ({kind}) image; converted to grey")
     return r if same else 0.299 * r + 0.587 * g + 0.114 * b  # grey as stored; colour: ITU-R BT.601 luma
@@ -601,6 +602,9 @@ def input_problem(path: str, name: str) -> str | None:
     if not os.path.isfile(path):  # a named pipe would be read forever
         return f"{name}: {path} is not a regular file (a pipe or a device); give an image file or a DICOM folder"
     ext = extension(path)
+    if ext in (".hdr", ".img"):
+        return (f"{name}: {path} is half of an Analyze/NIfTI .hdr/.img pair, which priorreg does not read (NaN voxels "
+                "in it could not be checked); convert the pair to .nii.gz (e.g. nibabel.load(p).to_filename('x.nii.gz'))")
     if ext not in READ_EXTENSIONS:
         return (f"{name}: unsupported file format {ext or '(no extension)'!r} for {path}; "
                 f"use one of {', '.join(READ_EXTENSIONS)} or a DICOM series directory")
@@ -609,8 +613,48 @@ def input_problem(path: str, name: str) -> str | None:
     return None
 
 
+# ITK picks a reader by the file name's extension in lower case; for another case it is named here.
+_IMAGE_IOS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO",
+              ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".png": "PNGImageIO", ".tif": "TIFFImageIO",
+              ".tiff": "TIFFImageIO", ".dcm": "GDCMImageIO"}
+
+
+def _read_file(path: str, ext: str, name: str):
+    """One image file through SimpleITK; its refusal as one line that says why."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    if not os.path.basename(path).endswith(ext):  # "SCAN.MHA"
+        reader.SetImageIO(_IMAGE_IOS[ext])
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        reason = itk_reason(e)
+    if ext == ".png" and "PixelType" in reason:  # ITK reads grey, RGB and RGBA PNGs, not grey + alpha
+        raise PriorRegError(f"{name}: cannot read {path}: a grey + alpha PNG is not supported; save it as "
+                            "grey or RGB (e.g. PIL: Image.open(path).convert('L').save(new_path))") from None
+    if ext in (".nii", ".nii.gz") and _nifti_version(path) == 2:
+        reason = "a NIfTI-2 file, which ITK does not read; save it as NIfTI-1 (e.g. nibabel.Nifti1Image)"
+    elif "Bad direction" in reason:
+        reason += "; a 2D file whose plane is not axial? save the slice as a 3D file of one slice"
+    raise PriorRegError(f"{name}: cannot read {path} as an image ({reason})") from None
+
+
+def _nifti_version(path: str) -> int | None:
+    """1 or 2 from a NIfTI header's first field (348 or 540, either byte order); None if unreadable."""
+    try:
+        with _open_maybe_gzip(path) as fh:
+            head = fh.read(4)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(head) < 4:
+        return None
+    sizes = {struct.unpack("<i", head)[0], struct.unpack(">i", head)[0]}
+    return 2 if 540 in sizes else 1 if 348 in sizes else None
+
+
 def read_image(path, name: str = "image", notes: list | None = None, *, allow_nonfinite: bool = False,
-               outputs_on_grid: bool = False) -> Image:
+               outputs_on_grid: bool = False, labels: bool = False) -> Image:
     """Read an image file (or a DICOM series directory) into an :class:`Image`.
 
     Raises :class:`PriorRegError` (one line) for a missing, unreadable, damaged
@@ -619,9 +663,9 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     its data block is checked as stored, since ITK's reader turns NaN into 0).
     With ``allow_nonfinite`` the NaN/Inf voxels are returned as they are in the file.
     Informational notes (colour converted to grey, single-slice 3D treated as 2D)
-    are appended to ``notes`` if given.
+    are appended to ``notes`` if given. ``labels``: the values are labels, so a colour image
+    (whose grey conversion would mix them) is refused.
     """
-    sitk = _sitk()
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise PriorRegError(f"read_image(): {name} must be a file path, got {type(path).__name__}")
     path = os.fspath(path)
@@ -629,33 +673,35 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     problem = input_problem(path, name)
     if problem:
         raise PriorRegError(problem)
+    series = 0
     if os.path.isdir(path):
         img, modality = _read_dicom_dir(path, name, notes)
     else:
         ext = extension(path)
         if ext in (".mha", ".mhd"):
             _check_metaimage(path, name)
-        try:
-            img = sitk.ReadImage(path)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-            if ext == ".png" and "PixelType" in first:  # ITK reads grey, RGB and RGBA PNGs, not grey + alpha
-                raise PriorRegError(f"{name}: cannot read {path}: a grey + alpha PNG is not supported; save it as "
-                                    "grey or RGB (e.g. PIL: Image.open(path).convert('L').save(new_path))") from None
-            raise PriorRegError(f"{name}: cannot read {path} as an image ({first.strip()[:200]})") from None
+        img = _read_file(path, ext, name)
         if ext in (".nii", ".nii.gz"):
             scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
         if ext in (".nii", ".nii.gz") and notes is not None:
             notes += _header_notes(path, img, name)
-        if ext == ".dcm" and notes is not None:
-            notes += _one_file_of_a_series(img, path, name)
+        series = _series_files(img, path) if ext == ".dcm" else 0
+        if series > 1 and notes is not None:  # the volume was likely meant
+            notes.append(f"{name}: {path} is one file of a DICOM series of {series} files in its folder; it is read "
+                         "as one slice (give the folder to read the series as a volume)")
         modality = _tag(img, "0008|0060") if ext == ".dcm" else _sidecar_modality(path)
-    img = _to_scalar(img, path, name, notes)
+    img = _to_scalar(img, path, name, notes, labels)
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     if img.GetDimension() not in (2, 3):
         raise PriorRegError(f"{name}: {path} is a {img.GetDimension()}D image; only 2D and 3D images are supported")
-    out = sitk_to_image(img, notes=notes, name=name, outputs_on_grid=outputs_on_grid)
+    try:
+        out = sitk_to_image(img, notes=notes, name=name, outputs_on_grid=outputs_on_grid)
+    except PriorRegError:  # e.g. an oblique slice
+        if os.path.isdir(path) or series < 2:
+            raise
+        raise PriorRegError(f"{name}: {path} is one file of a DICOM series of {series} files in its folder, and one "
+                            "oblique slice by itself is not supported; give the folder to read the series as a volume") from None
     out.modality = modality
     if scan is not None and (scan.n_nan or scan.n_inf):
         if not allow_nonfinite:
@@ -703,8 +749,7 @@ def read_field(path, name: str = "field") -> FieldFile:
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise PriorRegError(f"{name}: cannot read {path} ({first.strip()[:200]})") from None
+        raise PriorRegError(f"{name}: cannot read {path} ({itk_reason(e)})") from None
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     d = img.GetDimension()
@@ -836,8 +881,7 @@ def _write(sitk_img, path, name, compress: bool = True):
                 if ext == ".nii":
                     _check_nifti_complete(tmp, sitk_img)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({first.strip()[:200]})") from None
+        raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({itk_reason(e)})") from None
     except OSError as e:
         raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({e.strerror or e})") from None
 

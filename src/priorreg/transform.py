@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PriorRegError
+from .errors import PriorRegError, itk_reason
 from .image import Image
 
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
@@ -248,7 +248,7 @@ def write_itk_transform(path, result: LinearResult, ndim: int) -> None:
     try:
         sitk.WriteTransform(tx, os.fspath(path))
     except RuntimeError as e:
-        raise PriorRegError(f"{func}: cannot write {os.fspath(path)} ({str(e).strip().splitlines()[-1][:200]})") from None
+        raise PriorRegError(f"{func}: cannot write {os.fspath(path)} ({itk_reason(e)})") from None
 
 
 def _linear_part(tx, ndim: int):

@@ -195,13 +195,14 @@ def describe(img) -> str:
 OUTPUT_GRIDS = ("fixed", "reference")  # the roles whose grid the outputs take (register's fixed, apply's reference)
 
 
-def load_input(path, role: str, notes: list) -> "Image":  # noqa: F821
-    """Read an input image; refuses missing, damaged or non-numeric files and NaN/Inf (errors name the file)."""
+def load_input(path, role: str, notes: list, labels: bool = False) -> "Image":  # noqa: F821
+    """Read an input image; refuses missing, damaged or non-numeric files and NaN/Inf (errors name the file),
+    and with ``labels`` a colour image (its grey values would not be the labels)."""
     import numpy as np
 
     from . import io as pio
 
-    img = pio.read_image(path, role, notes, outputs_on_grid=role in OUTPUT_GRIDS)
+    img = pio.read_image(path, role, notes, outputs_on_grid=role in OUTPUT_GRIDS, labels=labels)
     if not (np.issubdtype(img.array.dtype, np.number) or img.array.dtype == bool):
         raise PriorRegError(f"{role}: {path} has non-numeric pixels ({img.array.dtype})")
     return img
