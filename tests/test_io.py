@@ -255,6 +255,11 @@ def test_dicom_series_directory(tmp_path):
     _write_series(t, vol, "1.2.826.0.1.3680043.2.1125.1.44", tilt_deg=15.0)
     with pytest.raises(PriorRegError, match=r"shift within their planes .*\(2.68 mm over the series, a 15.0 degree tilt"):
         pio.read_image(t)
+    with pytest.raises(PriorRegError, match=r"tmp_path_outer is a directory without a DICOM series \(give an image file or "
+                                            r"a DICOM series folder; below it, exam/t1 holds a DICOM series\)"):
+        (tmp_path / "tmp_path_outer" / "exam" / "t1").mkdir(parents=True)  # a series one folder further down
+        _write_series(tmp_path / "tmp_path_outer" / "exam" / "t1", vol, "1.2.826.0.1.3680043.2.1125.1.46")
+        pio.read_image(tmp_path / "tmp_path_outer")
 
 
 def test_read_errors(tmp_path):
@@ -319,6 +324,12 @@ def test_itks_refusals_say_why_and_other_names_are_read(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "scan.mha"))
     (tmp_path / "scan.mha").rename(tmp_path / "SCAN.MHA")
     np.testing.assert_array_equal(pio.read_image(tmp_path / "SCAN.MHA").array, sitk.GetArrayFromImage(img))
+    stack = sitk.GetImageFromArray(blob_image((5, 8, 9)).astype(np.float32))
+    sitk.WriteImage(stack, str(tmp_path / "stack.tif"))  # read as 3D without a word on its made-up slice spacing
+    notes = []
+    assert pio.read_image(tmp_path / "stack.tif", "moving", notes).shape == (5, 8, 9)
+    assert notes == [f"moving: {tmp_path / 'stack.tif'} is a TIFF stack of 5 pages; TIFF stores no slice spacing or position, "
+                     "so 1 mm between slices at the origin is assumed (give NIfTI, NRRD or DICOM for the real geometry)"]
 
 
 def test_colour_labels_and_an_oblique_dicom_slice_are_refused_with_the_way_out(tmp_path):

@@ -240,7 +240,8 @@ def _read_dicom_dir(path: str, name: str, notes):
     except RuntimeError:
         ids = ()
     if not ids:
-        raise PriorRegError(f"{name}: {path} is a directory without a DICOM series (give an image file or a DICOM series folder)")
+        raise PriorRegError(f"{name}: {path} is a directory without a DICOM series (give an image file or a DICOM series "
+                            f"folder{_series_below(path)})")
     files = {sid: reader.GetGDCMSeriesFileNames(path, sid) for sid in ids}
     sid = max(ids, key=lambda s: len(files[s]))
     tied = [s for s in ids if len(files[s]) == len(files[sid])]
@@ -260,6 +261,30 @@ def _read_dicom_dir(path: str, name: str, notes):
                             "one series") from None
     _check_slice_spacing(files[sid], img, path, name)
     return img, _file_tags(files[sid][0], "0008|0060")[0]  # Modality: "MR", "CT", "PT", "NM", ...
+
+
+def _series_below(path: str, most: int = 3, looked: int = 20) -> str:
+    """'; below it, X holds a DICOM series' for the folders below ``path`` (two levels down, the first
+    ``looked`` in name order, at most ``most`` named) that hold one; '' where none does."""
+    reader, found, top = _sitk().ImageSeriesReader(), [], path.rstrip(os.sep).count(os.sep)
+    for k, (root, dirs, _) in enumerate(os.walk(path)):
+        dirs.sort()
+        if root.count(os.sep) - top >= 2:
+            dirs[:] = []
+        if root != path and _has_series(reader, root):
+            found.append(os.path.relpath(root, path))
+        if len(found) == most or k == looked:
+            break
+    if not found:
+        return ""
+    return f"; below it, {', '.join(found)} " + ("holds a DICOM series" if len(found) == 1 else "hold DICOM series")
+
+
+def _has_series(reader, folder: str) -> bool:
+    try:
+        return bool(reader.GetGDCMSeriesIDs(folder))
+    except RuntimeError:
+        return False
 
 
 def _series_files(img, path: str) -> int:
@@ -685,6 +710,10 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
             scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
         if ext in (".nii", ".nii.gz") and notes is not None:
             notes += _header_notes(path, img, name)
+        if ext in (".tif", ".tiff") and img.GetDimension() == 3 and img.GetSize()[2] > 1 and notes is not None:
+            notes.append(f"{name}: {path} is a TIFF stack of {img.GetSize()[2]} pages; TIFF stores no slice spacing or "
+                         f"position, so {img.GetSpacing()[2]:g} mm between slices at the origin is assumed (give NIfTI, "
+                         "NRRD or DICOM for the real geometry)")
         series = _series_files(img, path) if ext == ".dcm" else 0
         if series > 1 and notes is not None:  # the volume was likely meant
             notes.append(f"{name}: {path} is one file of a DICOM series of {series} files in its folder; it is read "
