@@ -241,6 +241,12 @@ def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, pl
                               initial_transform=str(tmp_path / "out" / "linear.tfm"))
     np.testing.assert_allclose(again.linear.matrix, r.linear.matrix, atol=1e-9)
     np.testing.assert_allclose(again.linear.translation, r.linear.translation, atol=1e-6)
+    assert not [w for w in again.warnings if "plane" in w]
+    shifted = sitk.TranslationTransform(3, [5.0 if plane == "sagittal" else 0.0, 0.0, 5.0 if plane == "axial" else 0.0])
+    sitk.WriteTransform(shifted, str(tmp_path / "shifted.tfm"))  # 5 mm through the plane: dropped silently
+    with pytest.warns(priorreg.PriorRegWarning, match=r"moves the fixed slice's plane 5 mm along world [xz], but the "
+                                                      r"moving slice lies 0 mm from it; .* only the transform's part within"):
+        priorreg.register(fi, mi, levels=1, max_iterations=0, linear="none", initial_transform=str(tmp_path / "shifted.tfm"))
     tilted = sitk.AffineTransform(3)
     tilted.SetMatrix([1, 0, 0, 0, 0.9, -0.3, 0, 0.3, 0.9] if plane == "axial" else [0.9, -0.3, 0, 0.3, 0.9, 0, 0, 0, 1])
     sitk.WriteTransform(tilted, str(tmp_path / "tilted.tfm"))  # takes points out of the plane

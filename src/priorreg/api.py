@@ -28,7 +28,7 @@ from .checks import validate
 from .deformable import deformable
 from .errors import PriorRegError, PriorRegWarning
 from .normalise import normalise, range_notes
-from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, prealign
+from .prealign import after_prealign, check_overlap, header_notes, one_field, origin_notes, plane_shift_notes, prealign
 from .prior_warnings import (check_prior_order, dropped_prior_warnings, frame_prior_warnings, misaligned_prior_warnings,
                              trusted_prior_warnings, unused_prior_warnings)
 from .resample import warp
@@ -122,6 +122,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     lin = prealign(inp)  # in world space, on the arrays as stored (a wrong header's turn is guessed from them)
     check_overlap(inp, lin, region)
     header = header_notes(inp, lin) or origin_notes(inp, lin, region)  # a turned header also places it apart
+    header += plane_shift_notes(inp)
     given, (inp, lay) = inp, on_one_layout(inp)  # the deformable stage sees one voxel layout per grid
     work, grid = on_working_grid(inp, inp.moving)  # no finer than the moving image's voxels
     work, resampled = after_prealign(work, lin)  # (the moving image resampled onto the working grid only)

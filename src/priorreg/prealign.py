@@ -29,7 +29,7 @@ from .options import is_auto
 from .linear import HEADER_TURN_DEGREES, MAX_SAMPLES, estimate_linear, header_turn, usable_levels
 from .transform import LinearResult, compose_field, linear_to_field, read_itk_transform, rotation_angle
 from .errors import PriorRegError
-from .image import Image
+from .image import Image, plane_offset
 from .intensity import foreground
 from .pyramid import mask_level
 from .resample import field_of_view, warp_with_fov
@@ -84,6 +84,31 @@ def prealign(inp: Inputs) -> LinearResult | None:
                            "passed, is used")
         lin = rigid
     return lin
+
+
+PLANE_SHIFT_MM = 0.1  # an initial transform's shift through a single slice's plane said when it exceeds this
+
+
+def plane_shift_notes(inp: Inputs) -> list:
+    """A warning where the initial transform of a single-slice pair moves the fixed slice's plane through
+    itself other than onto the moving slice's plane: a slice has no other plane, so that shift is left out
+    (:func:`priorreg.transform.in_plane`) and the transform is not the one the file holds."""
+    volume, path = getattr(inp.fixed, "volume", None), inp.options.initial_transform
+    if volume is None or not path:
+        return []
+    try:
+        lin3 = read_itk_transform(path, 3)
+    except PriorRegError:  # a 2D transform: nothing through the plane
+        return []
+    x0 = np.zeros(3)
+    x0[volume.drop] = plane = float(volume.origin[volume.drop])
+    shift = float((lin3.matrix @ x0 + lin3.translation)[volume.drop]) - plane
+    gap = plane_offset(inp.fixed, inp.moving, "register()")
+    if abs(shift - gap) <= PLANE_SHIFT_MM:
+        return []
+    return [f"register(): the initial transform {path} moves the fixed slice's plane {shift:.3g} mm along world "
+            f"{'xyz'[volume.drop]}, but the moving slice lies {gap:.3g} mm from it; a single slice has no other plane, "
+            "so only the transform's part within the plane is used"]
 
 
 def header_notes(inp: Inputs, lin: LinearResult | None) -> list:
