@@ -271,6 +271,29 @@ def test_the_pipeline_falls_back_to_the_affine_estimates_own_rigid_stage(brainwe
     assert calls == ["affine"] and lin.kind == "rigid" and "the rigid one is used" in lin.notes[-1]
 
 
+def test_a_rigid_stage_that_kept_the_start_is_not_announced_as_used(brainweb, monkeypatch):
+    """The affine optimum failed its check and the rigid stage had not improved on world alignment: the console
+    said both "did not improve; it is kept" and "the rigid one, which passed, is used" (the same transform)."""
+    from priorreg import checks, prealign
+
+    def estimate(rigid_notes):
+        rigid = LinearResult(np.eye(2), np.zeros(2), kind="rigid", center=np.zeros(2), notes=list(rigid_notes))
+        lin = LinearResult(np.eye(2), np.zeros(2), kind="affine", center=np.zeros(2), rejected=True,
+                           notes=["its optimum raised mutual information but worsened the MIND descriptor distance"])
+        lin.rigid = rigid
+        return lambda *a, **kw: lin
+
+    fixed, moving = brainweb
+    inp = checks.validate(fixed, moving, prior=None, mask=None, spacing=None, preset=None, options=None,
+                          initial_field=None, overrides={})
+    monkeypatch.setattr(prealign, "estimate_linear", estimate(["the linear stage did not improve on the world alignment; it is kept"]))
+    lin = prealign.prealign(inp)
+    assert lin.kind == "affine" and not any("which passed" in n for n in lin.notes + lin.rigid.notes)
+    monkeypatch.setattr(prealign, "estimate_linear", estimate([]))  # a rigid optimum that passed is used instead
+    lin = prealign.prealign(inp)
+    assert lin.kind == "rigid" and "the rigid one, which passed, is used" in lin.notes[-1]
+
+
 def test_mind_cross_check_keeps_the_fallback_when_mind_disagrees(brainweb):
     from priorreg.intensity import normalize
     from priorreg.linear import _cross_check

@@ -79,7 +79,8 @@ def prealign(inp: Inputs) -> LinearResult | None:
         rigid.notes.append(f"the affine estimate had scales {np.round(lin.scales, 3).tolist()} and shears "
                            f"{np.round(lin.shears, 3).tolist()}: the rigid one is used")
         lin = rigid
-    elif rigid is not None and lin.rejected and not rigid.rejected:  # fewer parameters may still find a transform
+    elif rigid is not None and lin.rejected and not rigid.rejected and not rigid.notes:  # fewer parameters may still
+        # find a transform (a rigid stage with a note kept the start as well: the same transform, said once)
         rigid.notes.append("the affine optimum failed its check (MIND descriptors or overlap); the rigid one, which "
                            "passed, is used")
         lin = rigid
