@@ -374,3 +374,8 @@ def test_a_presets_variant_for_the_other_dimension_is_named():
         priorreg.register(f, m, options=preset_options("default", 3).replace(levels=1), max_iterations=2)
     r = priorreg.register(f, m, options=preset_options("default", 2).replace(levels=1, bins=32), max_iterations=2, warn=False)
     assert not [w for w in r.warnings if "variant" in w]
+    from priorreg.checks import other_dimension_notes  # the bare engine shares many 2D values: no preset's variant
+
+    assert other_dimension_notes(preset_options("default", 2).replace(levels=2), 3, "register()")
+    assert not other_dimension_notes(RegistrationOptions(), 3, "register()")
+    assert not other_dimension_notes(RegistrationOptions(bins=32, mind_channels=3), 3, "register()")

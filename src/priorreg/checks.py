@@ -129,12 +129,15 @@ def other_dimension_notes(options, ndim: int, func: str) -> list:
 
 
 def _mostly_other(options, this, other) -> bool:
-    """Whether ``options`` holds the ``other`` variant's value in more than half of the settings where the
-    two variants of one preset differ, and this variant's value in none."""
-    names = [f.name for f in fields(this) if getattr(this, f.name) != getattr(other, f.name)]
-    as_other = sum(getattr(options, f) == getattr(other, f) for f in names)
-    as_this = sum(getattr(options, f) == getattr(this, f) for f in names)
-    return bool(names) and as_this == 0 and as_other > len(names) / 2
+    """Whether ``options`` holds none of ``this`` variant's own values (where the two variants of one preset
+    differ) and most of the ``other`` variant's, counted where that also differs from the bare engine's
+    (``RegistrationOptions()``, which is no preset's variant)."""
+    bare = RegistrationOptions()
+    differ = [f.name for f in fields(this) if getattr(this, f.name) != getattr(other, f.name)]
+    own = [f for f in differ if getattr(other, f) != getattr(bare, f)]
+    as_this = sum(getattr(options, f) == getattr(this, f) for f in differ)
+    as_other = sum(getattr(options, f) == getattr(other, f) for f in own)
+    return bool(own) and as_this == 0 and as_other > len(own) / 2
 
 
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
