@@ -53,12 +53,39 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
     if fix.ndim != mov.ndim:
         raise PriorRegError(f"{func}: fixed is {fix.ndim}D but moving is {mov.ndim}D; both must be 2D or both 3D")
     plane_offset(fix, mov, func)  # single slices in different planes are refused
+    for name, im in (("fixed", fix), ("moving", mov)):
+        if min(im.spacing) < MIN_SPACING_MM:  # a header's spacing, not a scanner's: blurs of 1e12 voxels, or a hang
+            raise PriorRegError(f"{func}: {name}'s voxel spacing {_mm(im.spacing)} mm is below {MIN_SPACING_MM:g} mm "
+                                "(0.1 micrometre): a wrong header? fix its spacing (pixdim) or give the right one")
     if not isinstance(moving, Image) and not isinstance(fixed, Image) and fix.shape != mov.shape:
         raise PriorRegError(
             f"{func}: fixed has shape {fix.shape} but moving has {mov.shape}; arrays must share one grid "
             "(pass priorreg.Image objects with geometry to register different grids)"
         )
     return fix, mov
+
+
+MIN_SPACING_MM = 1e-4  # smaller voxels are refused
+MAX_ANISOTROPY = 50  # a voxel's longest side over its shortest, beyond which the spacing is warned about
+
+
+def _mm(v) -> str:
+    return "(" + ", ".join(f"{float(x):.3g}" for x in v) + ")"
+
+
+def _spacing_notes(fix: Image, mov: Image, func: str) -> list:
+    """A warning where an image's voxels are more than MAX_ANISOTROPY times longer along one axis than another
+    (thick slices reach 20-30): a header with one wrong spacing makes the anatomy a sliver, and the
+    registration then follows that header without a word."""
+    notes = []
+    for name, im in (("fixed", fix), ("moving", mov)):
+        sp = np.asarray(im.spacing, dtype=float)
+        if sp.max() > MAX_ANISOTROPY * sp.min():
+            extent = np.asarray(im.shape) * sp
+            notes.append(f"{func}: {name}'s voxels are {sp.max() / sp.min():.0f} times longer along one axis than another "
+                         f"(spacing {_mm(sp)} mm, so the image spans {_mm(extent)} mm): if that is not the anatomy's "
+                         "size, its header's spacing is wrong, and the registration follows it")
+    return notes
 
 
 def _slice_gap_notes(fix: Image, mov: Image, func: str) -> list:
@@ -241,7 +268,8 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
     given = dict(overrides or {})
     preset, chosen = preset_for(preset, options, fixed, moving, f"{func}: ")
     res = resolve(fix.ndim, fix.shape, preset=preset, options=options, given=given, prior=prior, spacing=fix.spacing)
-    opts, notes = res.options, chosen + _slice_gap_notes(fix, mov, func) + frame_notes(fixed, moving, fix, mov, func)
+    opts, notes = res.options, chosen + _spacing_notes(fix, mov, func) + _slice_gap_notes(fix, mov, func)
+    notes += frame_notes(fixed, moving, fix, mov, func)
     notes += other_dimension_notes(options, fix.ndim, func)
     if res.fewer_levels:
         notes.append(f"{func}: {opts.levels} pyramid level(s): an image of shape {fix.shape} is too small for {res.levels_asked}")
