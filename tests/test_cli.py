@@ -876,3 +876,19 @@ def test_a_level_line_printed_after_an_error_or_ctrl_c_says_so():
     line = s.getvalue()
     assert line.startswith("priorreg: level 1/3: 1 iteration(s), J=-0.2, ") and line.count("\n") == 1
     assert line.endswith(" s (when the run stopped)\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_console_that_cannot_be_written_does_not_stop_the_run(data, tmp_path):
+    """stdout closed: outputs written, then a traceback and status 1; stderr closed or its reader gone: the
+    run stopped with no outputs; stdout on a full disk: status 2 after every output was written."""
+    import shlex
+    import subprocess
+
+    cmd = [sys.executable, "-m", "priorreg", "register", str(data["fixed"]), str(data["moving"]), *FAST, "--out"]
+    for k, redirect in enumerate([">&-", "2>&-", ">/dev/full", "2>/dev/full"]):
+        out = tmp_path / f"o{k}"
+        r = subprocess.run(f"{shlex.join(cmd + [str(out)])} {redirect}", shell=True, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (redirect, r.returncode, r.stderr)
+        assert set(cli.OUTPUT_NAMES) <= {p.name for p in out.iterdir()}, redirect

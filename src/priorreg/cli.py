@@ -542,6 +542,47 @@ def _observed() -> bool:
     return bool(sys.getprofile() or sys.gettrace() or any(tools))
 
 
+class _BestEffort:
+    """A console stream whose failures (closed, a reader that quit, a full disk) are dropped: what the command
+    says there is progress and summaries; its outputs and its exit status are the result."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text) if self._stream is not None else len(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            if self._stream is not None:
+                self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream is not None and self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name):  # encoding, fileno, ...
+        return getattr(self._stream, name)
+
+
+def _usable_streams() -> None:
+    """A closed standard descriptor becomes /dev/null (a file opened later would take its number, and a library's
+    message to stderr would land in an output file); writes to stdout and stderr that fail are dropped."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+    sys.stdout, sys.stderr = _BestEffort(sys.stdout), _BestEffort(sys.stderr)
+
+
 def run() -> None:
     """The ``priorreg`` command (console script, ``python3 -m priorreg``): :func:`main`, then exit.
 
@@ -550,17 +591,15 @@ def run() -> None:
     pools took 0.25-0.3 s of a 6 s 3D registration on a 2-core machine. The
     cohort command exits normally (its cluster has exit handlers of its own).
     """
+    _usable_streams()
     code = main()
     if sys.argv[1:2] == ["cohort"] or _observed():  # a profiler or coverage writes at exit
         sys.exit(code)
     import logging
 
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)
 
 
