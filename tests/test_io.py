@@ -749,3 +749,19 @@ def test_images_and_priors_compare_by_value(tmp_path):
     p = priorreg.fit_prior([a], [a ** 2], levels=1)
     p.save(tmp_path / "p.npz")
     assert priorreg.Prior.load(tmp_path / "p.npz") == p and priorreg.fit_prior([a], [a ** 3], levels=1) != p
+
+
+def test_a_path_that_is_not_utf8_is_one_line_not_an_abort(tmp_path):
+    """A Latin-1 byte in a file name aborted the whole process inside SimpleITK's C++ (SIGABRT, status 134)."""
+    from priorreg import transform, workflow
+
+    good = tmp_path / "a.nii.gz"
+    pio.write_image(priorreg.Image(blob_image((6, 7))), good)
+    bad = os.path.join(os.fsencode(tmp_path), b"bad\xffname.nii.gz")
+    os.link(good, bad)
+    with pytest.raises(PriorRegError, match=r"holds a byte that is not UTF-8 \(0xff\), which SimpleITK cannot open"):
+        pio.read_image(os.fsdecode(bad), "fixed")
+    with pytest.raises(PriorRegError, match=r"--out: the path .* holds a byte that is not UTF-8 \(0xfd\)"):
+        workflow.check_out_file(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"x\xfd.nii.gz")), [], False)
+    with pytest.raises(PriorRegError, match=r"not UTF-8 \(0xff\)"):
+        transform.read_itk_transform(os.fsdecode(bad), 2)

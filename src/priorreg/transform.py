@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import PriorRegError, itk_reason
 from .image import Image
+from .io import name_problem
 
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
 
@@ -271,6 +272,8 @@ def read_itk_transform(path, ndim: int, volume=None) -> LinearResult:
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise PriorRegError(f"{func}: no such file: {p}")
+    if name_problem(p, func):
+        raise PriorRegError(name_problem(p, func))
     try:
         tx = sitk.ReadTransform(p)
     except RuntimeError:

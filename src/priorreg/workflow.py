@@ -540,7 +540,12 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out",
 
 def check_name_length(out, what: str = "--out") -> None:
     """Refuse a name in the path longer than the file system takes (255 bytes on most), before any work: it
-    failed at the final rename, after the whole run."""
+    failed at the final rename, after the whole run; and a path SimpleITK cannot open (``io.name_problem``)."""
+    from . import io as pio
+
+    problem = pio.name_problem(out, what)
+    if problem:
+        raise PriorRegError(problem)
     path = os.path.abspath(os.fspath(out))
     parent = os.path.dirname(path)
     while parent and not os.path.isdir(parent):
