@@ -349,3 +349,20 @@ def test_a_rejected_linear_stage_is_not_summarised_as_a_found_identity():
     said = wf.linear_notes(types.SimpleNamespace(linear=lin, options=types.SimpleNamespace(linear="affine")))
     assert said == ["linear stage: the affine estimate had scales [1.3, 0.8] and shears [0.0]: the rigid one is used"]
     assert wf.linear_notes(types.SimpleNamespace(linear=lin, options=types.SimpleNamespace(linear="rigid"))) == []
+
+
+def test_a_folder_another_run_wrote_meanwhile_is_not_replaced_without_overwrite(tmp_path):
+    """Two runs into one new --out: the later one replaced the first's outputs, both exit 0."""
+    from priorreg.errors import PriorRegError
+    from priorreg.workflow import run_folder
+
+    out = tmp_path / "same"
+    with pytest.raises(PriorRegError, match="was written by another run while this one ran; its files are not replaced"):
+        with run_folder(out, overwrite=False) as tmp:
+            (Path(tmp) / "report.json").write_text("mine", encoding="utf-8")
+            out.mkdir()  # the other run, done first
+            (out / "report.json").write_text("theirs", encoding="utf-8")
+    assert (out / "report.json").read_text(encoding="utf-8") == "theirs" and sorted(os.listdir(tmp_path)) == ["same"]
+    with run_folder(out, overwrite=True) as tmp:  # --overwrite: replaced, as asked
+        (Path(tmp) / "report.json").write_text("mine", encoding="utf-8")
+    assert (out / "report.json").read_text(encoding="utf-8") == "mine"

@@ -425,7 +425,8 @@ def cmd_register(args, con: Console) -> int:
         con.note(n)
     for w in result.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
-    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=notes)  # the options' notes too
+    wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=notes,  # the options' notes too
+                     overwrite=args.overwrite)
     if not con.quiet:
         print(f"{PROG}: {wf.summary(result)}; outputs in {args.out}")
     return 0

@@ -594,20 +594,25 @@ def make_out_dir(out) -> None:
 
 
 @contextlib.contextmanager
-def run_folder(out):
+def run_folder(out, overwrite: bool = True):
     """Yield a temporary folder for a run's files; on success they land in ``out`` as a whole.
 
     A new ``out``: the folder is a sibling, renamed into place. An existing ``out`` (empty, or with
     other files and --overwrite; a link to a folder): a folder inside it whose files are renamed in,
     each replacing the earlier run's, so the user's folder stays (its owner, group, mode, a shell
     inside it); an earlier run's outputs that this run did not write are removed. On failure the temporary
-    folder goes and ``out`` is as it was.
+    folder goes and ``out`` is as it was. Without ``overwrite``, files that appeared in ``out`` while the run
+    ran (another run into the same new folder) are not replaced: refused.
     """
     out = os.path.abspath(os.fspath(out))
     fresh = not os.path.isdir(out)
     tmp = _temp_folder(os.path.dirname(out) if fresh else out)
     try:
         yield tmp
+        fresh = fresh and not os.path.lexists(out)
+        if not overwrite and not fresh and [n for n in os.listdir(out) if not n.startswith(TEMP_PREFIX)]:
+            raise PriorRegError(f"{out} was written by another run while this one ran; its files are not replaced "
+                                "(use --overwrite or another --out)")
         if fresh:
             _rename_folder(tmp, out)
         else:
@@ -668,9 +673,10 @@ def write_images(folder, result) -> None:
 
 
 def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None, extra_html="",
-                  read_notes=()) -> dict:
+                  read_notes=(), overwrite: bool = True) -> dict:
     """Write the outputs of a registration (OUTPUT_NAMES, and LINEAR_NAME when the linear stage ran) into
-    ``out`` as a whole; returns the run record. ``read_notes``: what reading the inputs noted."""
+    ``out`` as a whole; returns the run record. ``read_notes``: what reading the inputs noted; ``overwrite``:
+    whether files another run wrote into ``out`` meanwhile may be replaced (:func:`run_folder`)."""
     from . import report as rep
 
     make_out_dir(os.path.dirname(os.path.abspath(out)))
@@ -678,7 +684,7 @@ def write_outputs(out, result, *, prior=None, mask=None, inputs=None, extra=None
     names = OUTPUT_NAMES + ((LINEAR_NAME,) if result.linear is not None else ())
     record["outputs"] = {n: os.path.abspath(os.path.join(os.fspath(out), n)) for n in names}  # as the inputs: absolute
     try:
-        with run_folder(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        with run_folder(out, overwrite) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
             # The images (mostly gzip, which releases the GIL) are written while the report is drawn.
             images = pool.submit(write_images, tmp, result)
             rep.write_json(os.path.join(tmp, "report.json"), record)
