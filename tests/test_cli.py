@@ -892,3 +892,26 @@ def test_a_console_that_cannot_be_written_does_not_stop_the_run(data, tmp_path):
                            timeout=120)
         assert r.returncode == 0 and "Traceback" not in r.stderr, (redirect, r.returncode, r.stderr)
         assert set(cli.OUTPUT_NAMES) <= {p.name for p in out.iterdir()}, redirect
+
+
+def test_sigterm_is_one_line_and_leaves_nothing_behind(capsys, data, tmp_path, monkeypatch):
+    """SIGTERM (timeout, a batch scheduler) ended the run with no word (status -15), and one arriving while the
+    outputs were written left a hidden folder holding five of the six."""
+    import signal
+    import time
+
+    from priorreg import workflow
+
+    write_images = workflow.write_images
+
+    def then_sigterm(*a, **kw):
+        write_images(*a, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs in the main thread meanwhile
+
+    monkeypatch.setattr(workflow, "write_images", then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--out", tmp_path / "o", *FAST)
+    assert rc == 143 and err.strip().splitlines()[-1] == "priorreg: error: terminated (SIGTERM)", err
+    assert "Traceback" not in err and os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == before  # the command's handler was its own

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import warnings
 
@@ -26,6 +27,7 @@ from .workflow import LINEAR_NAME, OUTPUT_NAMES, PROG, Console  # noqa: F401  (p
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 # train uses these fields of RegistrationOptions as fit_prior parameters.
 TRAIN_OPTIONS = ("bins", "parzen_sigma", "levels", "normalization")
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool}
@@ -502,11 +504,33 @@ def _fail(con: Console, msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a batch scheduler, ``docker stop``), taken as Ctrl-C is: the run stops where it is,
+    what it was writing is removed, a cohort writes its summary."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
     """Entry point of the ``priorreg`` command; returns the exit status (also used by sys.exit).
 
-    Ctrl-C at any time, the imports of the heavy libraries included, is one line and status 130.
+    Ctrl-C at any time, the imports of the heavy libraries included, is one line and status 130; SIGTERM
+    one line and status 143.
     """
+    try:
+        before = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: signals are not this call's to take
+        before = None
+    try:
+        return _main(argv)
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv) -> int:
     con = Console(quiet=True)
     try:
         args, extra = build_parser().parse_known_args(argv)
@@ -530,6 +554,9 @@ def main(argv=None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         _fail(con, f"{type(e).__name__}: {msg[:300]}")
         return EXIT_ERROR
+    except _Terminated:
+        _fail(con, "terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         _fail(con, "interrupted")
         return EXIT_INTERRUPTED
