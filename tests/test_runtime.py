@@ -1,5 +1,6 @@
 """priorreg.runtime: passive OpenMP waiting set before torch loads, and the thread count."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from priorreg import runtime
+from priorreg.errors import PriorRegError
 
 RUNTIME_PY = runtime.__file__
 
@@ -73,6 +75,10 @@ def test_threads_follow_the_cpus_the_process_may_use(restore_threads):
     assert runtime.configure_threads(2)["threads"] == 2 == torch.get_num_threads()
     mp.setenv(runtime.THREADS_ENV, "2")
     assert runtime.configure_threads()["threads"] == 2
+    for bad in ("abc", "0", "-1", "2.5"):  # "abc" ran 2 threads and "0" one, without a word
+        mp.setenv(runtime.THREADS_ENV, bad)
+        with pytest.raises(PriorRegError, match=f"PRIORREG_THREADS='{re.escape(bad)}' is not a thread count"):
+            runtime.configure_threads()
 
 
 def test_busy_machine_with_spinning_threads_gets_one_thread(restore_threads):

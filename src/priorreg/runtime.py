@@ -34,6 +34,8 @@ import os
 import sys
 from contextlib import contextmanager
 
+from .errors import PriorRegError
+
 #: A user's own settings win: these are only filled in where unset.
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 THREADS_ENV = "PRIORREG_THREADS"
@@ -132,11 +134,10 @@ def configure_threads(threads: int | None = None) -> dict:
     if threads is None:
         env = os.environ.get(THREADS_ENV, "").strip()
         if env:
-            try:
-                threads = int(env)
-                reason = THREADS_ENV
-            except ValueError:
-                threads = None
+            if not env.isdigit() or int(env) < 1:  # "abc" ran 2 threads, "0" and "-1" one, without a word
+                raise PriorRegError(f"{THREADS_ENV}={env!r} is not a thread count; give a whole number of at least 1, "
+                                    "or unset it (then the available CPUs)")
+            threads, reason = int(env), THREADS_ENV
         if threads is None:
             threads, reason = cpus, "available CPUs"
             if not passive and threads > 1 and _busy(cpus):
@@ -290,8 +291,6 @@ def heap_temporaries(field_bytes: int):
 def check_device(name: str, func: str):
     """``torch.device(name)`` if it is a CPU or an available CUDA device, else a clear error."""
     import torch
-
-    from .errors import PriorRegError
 
     try:
         dev = torch.device(name)
