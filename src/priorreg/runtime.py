@@ -34,8 +34,6 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .errors import PriorRegError
-
 #: A user's own settings win: these are only filled in where unset.
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 THREADS_ENV = "PRIORREG_THREADS"
@@ -135,6 +133,8 @@ def configure_threads(threads: int | None = None) -> dict:
         env = os.environ.get(THREADS_ENV, "").strip()
         if env:
             if not env.isdigit() or int(env) < 1:  # "abc" ran 2 threads, "0" and "-1" one, without a word
+                from .errors import PriorRegError  # (this module is loaded on its own too: tests/test_runtime.py)
+
                 raise PriorRegError(f"{THREADS_ENV}={env!r} is not a thread count; give a whole number of at least 1, "
                                     "or unset it (then the available CPUs)")
             threads, reason = int(env), THREADS_ENV
@@ -291,6 +291,8 @@ def heap_temporaries(field_bytes: int):
 def check_device(name: str, func: str):
     """``torch.device(name)`` if it is a CPU or an available CUDA device, else a clear error."""
     import torch
+
+    from .errors import PriorRegError
 
     try:
         dev = torch.device(name)
