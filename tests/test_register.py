@@ -1170,3 +1170,13 @@ def test_a_header_spacing_no_scanner_has_is_refused_or_warned_about():
         warnings.simplefilter("always")
         register(f, m, spacing=(6.0, 0.5, 0.5), levels=1, max_iterations=1)
     assert not [w for w in caught if "longer along one axis" in str(w.message)]
+
+
+def test_mind_patches_larger_than_the_image_are_refused():
+    """mind_radius=5000 on a slice ran for minutes (a 10 181-voxel padded copy); mind_dilation=500 was taken."""
+    f, m = syn.case((40, 44), syn.T2_MONO, max_disp=1.0)[:2]
+    with pytest.raises(PriorRegError, match=r"mind_radius=5000 .* patches of 10001 voxels across .* the image is 40 voxels"):
+        register_with_presets(f, m, mind_radius=5000)
+    with pytest.raises(PriorRegError, match=r"mind_dilation=500 make MIND-SSC patches of 3 voxels across 500 voxel"):
+        register_with_presets(f, m, mind_dilation=500)
+    register(f, m, mind_radius=5000, levels=1, max_iterations=1)  # without the MIND term they mean nothing

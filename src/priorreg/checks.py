@@ -167,6 +167,16 @@ def _mostly_other(options, this, other) -> bool:
     return bool(own) and as_this == 0 and as_other > len(own) / 2
 
 
+def _check_mind_size(opts: RegistrationOptions, shape, func: str) -> None:
+    """Refuse MIND patches or neighbours larger than the image (mind_radius=5000 padded a 181 x 217 slice to
+    10 181 voxels a side, and ran for minutes)."""
+    side = min(shape)
+    if opts.mind_weight > 0 and (2 * opts.mind_radius + 1 > side or opts.mind_dilation >= side):
+        raise PriorRegError(f"{func}: mind_radius={opts.mind_radius} and mind_dilation={opts.mind_dilation} make MIND-SSC "
+                            f"patches of {2 * opts.mind_radius + 1} voxels across {opts.mind_dilation} voxel(s) apart, but "
+                            f"the image is {side} voxels across its shortest side; give smaller ones (1 and 1 by default)")
+
+
 def _check_prior(prior, opts: RegistrationOptions, ndim: int, func: str) -> None:
     if not is_auto(opts.alpha) and opts.alpha < 1 and prior is None:
         raise PriorRegError(
@@ -282,6 +292,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
                      "its place (initial_transform= starts the linear stage from a transform)")
     _check_prior(prior, opts, fix.ndim, func)
     pyramid.check_levels(fix.shape, opts.levels, func, spacing=fix.spacing)
+    _check_mind_size(opts, fix.shape, func)
     channels = len(ssc_pairs(fix.ndim))  # MIND-SSC's channels: 4 in 2D, 12 in 3D
     if opts.mind_channels > channels:
         raise PriorRegError(f"{func}: mind_channels={opts.mind_channels}, but MIND-SSC has {channels} channels in "
