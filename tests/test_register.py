@@ -353,6 +353,11 @@ def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):
         arrays["tables"][0, 0, 3, 3] = bad
         np.savez(tmp_path / "damaged.npz", **arrays)
         _raises(r"is corrupt \(its tables hold NaN, Inf or negative values\)", priorreg.Prior.load, tmp_path / "damaged.npz")
+    with np.load(path) as z:  # a table of zeros was taken; only a KL warning hinted at it
+        arrays = {k: z[k] for k in z.files}
+    arrays["tables"] = arrays["tables"] * np.array([1.0, 0.0])[:, None, None, None]
+    np.savez(tmp_path / "zeros.npz", **arrays)
+    _raises(r"is corrupt \(a joint table sums to 0, not 1", priorreg.Prior.load, tmp_path / "zeros.npz")
     import json
 
     for change, match in ((dict(ranges=[[1.0, 0.0], [0.0, 1.0]]), "needs a finite low < high"),

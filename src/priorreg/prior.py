@@ -145,6 +145,10 @@ class Prior:
             raise PriorRegError(f"Prior.load(): {path} is corrupt (tables of shape {tables.shape}, regions {list(regions)})")
         if not np.all(np.isfinite(tables)) or tables.min() < 0 or (mass is not None and not np.all(np.isfinite(mass))):
             raise PriorRegError(f"Prior.load(): {path} is corrupt (its tables hold NaN, Inf or negative values)")
+        sums = tables.sum(axis=(-2, -1))
+        if np.abs(sums - 1).max() > 1e-3:  # an all-zero table was taken, and only the KL warning hinted at it
+            raise PriorRegError(f"Prior.load(): {path} is corrupt (a joint table sums to {sums.flat[np.abs(sums - 1).argmax()]:.4g}, "
+                                "not 1: each is a probability table)")
         return cls(tables=tables, bins=B, parzen_sigma=sigma, ranges=ranges, normalization=normalization, dim=dim,
                    levels=L, n_pairs=n_pairs, regions=regions, region_mass=mass, pair_kl=pair_kl,
                    notes=meta.get("notes", {}))
