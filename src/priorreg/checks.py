@@ -14,7 +14,7 @@ import torch
 from . import pyramid
 from .mind import ssc_pairs
 from .errors import PriorRegError
-from .image import Image, as_image, as_mask, on_one_grid, plane_offset, torch_ready, with_margin
+from .image import Image, as_image, as_mask, on_one_grid, plane_offset, spacing_text, torch_ready, with_margin
 from .options import AUTO, PRESETS, RegistrationOptions, auto_local_regions, is_auto, preset_alpha, resolve_options
 from .prior import Prior, check_regions
 from .runtime import check_device
@@ -54,9 +54,10 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
         raise PriorRegError(f"{func}: fixed is {fix.ndim}D but moving is {mov.ndim}D; both must be 2D or both 3D")
     plane_offset(fix, mov, func)  # single slices in different planes are refused
     for name, im in (("fixed", fix), ("moving", mov)):
-        if min(im.spacing) < MIN_SPACING_MM:  # a header's spacing, not a scanner's: blurs of 1e12 voxels, or a hang
-            raise PriorRegError(f"{func}: {name}'s voxel spacing {_mm(im.spacing)} mm is below {MIN_SPACING_MM:g} mm "
-                                "(0.1 micrometre): a wrong header? fix its spacing (pixdim) or give the right one")
+        if max(im.spacing) > MAX_SPACING_RATIO * min(im.spacing):  # a header's, not a scanner's: blurs of 1e12 voxels
+            raise PriorRegError(f"{func}: {name}'s voxels are {max(im.spacing) / min(im.spacing):.3g} times longer along "
+                                f"one axis than another (spacing {spacing_text(im.spacing)} mm): a wrong header? fix its "
+                                "spacing (pixdim)")
     if not isinstance(moving, Image) and not isinstance(fixed, Image) and fix.shape != mov.shape:
         raise PriorRegError(
             f"{func}: fixed has shape {fix.shape} but moving has {mov.shape}; arrays must share one grid "
@@ -65,12 +66,8 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
     return fix, mov
 
 
-MIN_SPACING_MM = 1e-4  # smaller voxels are refused
 MAX_ANISOTROPY = 50  # a voxel's longest side over its shortest, beyond which the spacing is warned about
-
-
-def _mm(v) -> str:
-    return "(" + ", ".join(f"{float(x):.3g}" for x in v) + ")"
+MAX_SPACING_RATIO = 1e4  # ... and refused (1e-9 mm beside 3 mm: a hang; 1e-30: scipy's "Maximum allowed size")
 
 
 def _spacing_notes(fix: Image, mov: Image, func: str) -> list:
@@ -81,10 +78,10 @@ def _spacing_notes(fix: Image, mov: Image, func: str) -> list:
     for name, im in (("fixed", fix), ("moving", mov)):
         sp = np.asarray(im.spacing, dtype=float)
         if sp.max() > MAX_ANISOTROPY * sp.min():
-            extent = np.asarray(im.shape) * sp
             notes.append(f"{func}: {name}'s voxels are {sp.max() / sp.min():.0f} times longer along one axis than another "
-                         f"(spacing {_mm(sp)} mm, so the image spans {_mm(extent)} mm): if that is not the anatomy's "
-                         "size, its header's spacing is wrong, and the registration follows it")
+                         f"(spacing {spacing_text(sp)} mm, so the image spans {spacing_text(np.asarray(im.shape) * sp)} "
+                         "mm): if that is not the anatomy's size, its header's spacing is wrong, and the registration "
+                         "follows it")
     return notes
 
 

@@ -40,6 +40,11 @@ def perpendicular(direction) -> bool:
     return float(np.abs(unit.T @ unit - np.eye(len(D))).max()) <= 1e-3
 
 
+def spacing_text(spacing) -> str:
+    """A voxel size (or an extent) as the notes give it: '3 x 0.5 x 0.5' (mm, the array's axes)."""
+    return " x ".join(f"{float(s):.3g}" for s in spacing)
+
+
 @dataclass(frozen=True, eq=False)
 class SliceGeometry:
     """The 3D grid of a single-slice 3D file (e.g. a 181x217x1 NIfTI) read as a 2D image.

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import PriorRegError, itk_reason
+from .errors import PriorRegError, itk_reason, name_problem
 from .image import Image, SliceGeometry, perpendicular
 
 READ_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".dcm")
@@ -617,23 +617,12 @@ def image_dimension(path: str) -> int | None:
     return len(size) if len(size) in (2, 3) else None
 
 
-def name_problem(path, name: str) -> str | None:
-    """Why SimpleITK cannot open ``path`` by its name: a byte that is not UTF-8 (a Latin-1 name from an old
-    share), on which its C++ layer aborts the whole process; None where it can."""
-    text = os.fsdecode(path)
-    bad = [ch for ch in os.path.abspath(text) if "\udc80" <= ch <= "\udcff"]  # Python's stand-ins for such bytes
-    if not bad:
-        return None
-    return (f"{name}: the path {os.fsencode(text)!r} holds a byte that is not UTF-8 (0x{ord(bad[0]) - 0xDC00:02x}), "
-            "which SimpleITK cannot open; rename it (or the folder) in UTF-8")
-
-
 def input_problem(path: str, name: str) -> str | None:
     """Why ``path`` cannot be read as an image, from its name and permissions alone (no such file, a
     format priorreg does not read, no permission); None where it may be (a folder: a DICOM series)."""
     if not os.path.exists(path):
         return f"{name}: no such file or directory: {path}"
-    if name_problem(path, name):
+    if name_problem(path, name):  # as SimpleITK is given it
         return name_problem(path, name)
     if os.path.isdir(path):
         return None

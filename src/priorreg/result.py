@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .jacobian import jacobian_determinant
-from .image import Image, every_kth, on_grid_of
+from .image import Image, every_kth, on_grid_of, spacing_text
 from .mixups import mirror_notes, unrelated_notes
 from .options import RegistrationOptions
 from .resample import warp, warp_with_fov
@@ -120,11 +120,6 @@ class RegistrationResult:
 
 SMALL_FIELD_VOXELS = 0.5  # below this mean displacement the field is of the order of the default's error floor
 SMALL_FIELD_SAMPLES = 2**20  # voxels the mean is taken over at most (every k-th along each axis)
-
-
-def spacing_text(spacing) -> str:
-    """A voxel size as the notes give it: '3 x 0.5 x 0.5' (mm, the array's axes)."""
-    return " x ".join(f"{float(s):.3g}" for s in spacing)
 
 
 def small_field_notes(field: np.ndarray, spacing, region) -> list:

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PriorRegError, itk_reason
+from .errors import PriorRegError, itk_reason, name_problem
 from .image import Image
-from .io import name_problem
 
 TRANSFORM_EXTENSIONS = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
 
@@ -272,8 +271,9 @@ def read_itk_transform(path, ndim: int, volume=None) -> LinearResult:
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise PriorRegError(f"{func}: no such file: {p}")
-    if name_problem(p, func):
-        raise PriorRegError(name_problem(p, func))
+    problem = name_problem(p, func)
+    if problem:
+        raise PriorRegError(problem)
     try:
         tx = sitk.ReadTransform(p)
     except RuntimeError:

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .errors import PriorRegError
+from .errors import PriorRegError, name_problem
 from .image import MIN_AXIS_VOXELS, level_factors
 
 PROG = "priorreg"
@@ -540,13 +540,13 @@ def check_out_dir(out, inputs, overwrite: bool, what: str = "--out",
 
 def check_name_length(out, what: str = "--out") -> None:
     """Refuse a name in the path longer than the file system takes (255 bytes on most), before any work: it
-    failed at the final rename, after the whole run; and a path SimpleITK cannot open (``io.name_problem``)."""
-    from . import io as pio
-
-    problem = pio.name_problem(out, what)
+    failed at the final rename, after the whole run; and a folder for the temporary files SimpleITK writes
+    (``out`` itself where it is a folder already, else the one it is in) whose path it cannot open
+    (``errors.name_problem``: the final name is given by a rename, which takes any)."""
+    path = os.path.abspath(os.fspath(out))
+    problem = name_problem(path if os.path.isdir(path) else os.path.dirname(path), what)
     if problem:
         raise PriorRegError(problem)
-    path = os.path.abspath(os.fspath(out))
     parent = os.path.dirname(path)
     while parent and not os.path.isdir(parent):
         parent = os.path.dirname(parent)
@@ -759,7 +759,7 @@ def working_grid_notes(result) -> list:
     finest = result.history[-1] if result.history else None
     if finest is None or tuple(finest.shape) == tuple(result.fixed.shape):
         return []
-    from .result import spacing_text
+    from .image import spacing_text
 
     return [f"the deformable stage worked on {spacing_text(finest.spacing)} mm voxels, no finer than the moving "
             f"image's; the field is interpolated onto the fixed image's {spacing_text(result.fixed.spacing)} mm grid"]
