@@ -313,6 +313,9 @@ def test_itks_refusals_say_why_and_other_names_are_read(tmp_path):
                      " to -1 -0\n-0 -0\n")
     assert itk_reason(e) == "Bad direction, determinant is 0. Refusing to change direction from 1 0 0 1 to -1 -0 -0 -0"
     assert itk_reason(RuntimeError("one line")) == "one line" and itk_reason(RuntimeError("")) == "unknown error"
+    windows = RuntimeError("Exception thrown in SimpleITK ImageFileReader_Execute: D:\\a\\itkImageBase.hxx:145:\nITK ERROR: "
+                           "Image(00000199AF126C20): Bad direction, determinant is 0.\n-0 -0\n")
+    assert itk_reason(windows) == "Bad direction, determinant is 0. -0 -0"
     img = sitk.GetImageFromArray(blob_image((6, 7)).astype(np.float32))
     _write_nifti2(tmp_path / "two.nii", sitk.GetArrayFromImage(img))
     with pytest.raises(PriorRegError, match=r"two.nii as an image \(a NIfTI-2 file, which ITK does not read; save it as NIfTI-1"):

@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -357,7 +358,13 @@ def test_a_folder_another_run_wrote_meanwhile_is_not_replaced_without_overwrite(
     from priorreg.workflow import run_folder
 
     out = tmp_path / "same"
-    with pytest.raises(PriorRegError, match="was written by another run while this one ran; its files are not replaced"):
+    with run_folder(out, overwrite=False) as tmp:  # another file appearing is not a run's output: no refusal
+        (Path(tmp) / "field.nii.gz").write_text("mine", encoding="utf-8")
+        out.mkdir()
+        (out / ".DS_Store").write_text("desktop", encoding="utf-8")
+    assert sorted(os.listdir(out)) == [".DS_Store", "field.nii.gz"]
+    shutil.rmtree(out)
+    with pytest.raises(PriorRegError, match="same gained report.json from another run while this one ran; they are not replaced"):
         with run_folder(out, overwrite=False) as tmp:
             (Path(tmp) / "report.json").write_text("mine", encoding="utf-8")
             out.mkdir()  # the other run, done first

@@ -601,7 +601,7 @@ def run_folder(out, overwrite: bool = True):
     other files and --overwrite; a link to a folder): a folder inside it whose files are renamed in,
     each replacing the earlier run's, so the user's folder stays (its owner, group, mode, a shell
     inside it); an earlier run's outputs that this run did not write are removed. On failure the temporary
-    folder goes and ``out`` is as it was. Without ``overwrite``, files that appeared in ``out`` while the run
+    folder goes and ``out`` is as it was. Without ``overwrite``, outputs that appeared in ``out`` while the run
     ran (another run into the same new folder) are not replaced: refused.
     """
     out = os.path.abspath(os.fspath(out))
@@ -610,9 +610,10 @@ def run_folder(out, overwrite: bool = True):
     try:
         yield tmp
         fresh = fresh and not os.path.lexists(out)
-        if not overwrite and not fresh and [n for n in os.listdir(out) if not n.startswith(TEMP_PREFIX)]:
-            raise PriorRegError(f"{out} was written by another run while this one ran; its files are not replaced "
-                                "(use --overwrite or another --out)")
+        theirs = [] if overwrite or fresh else sorted(set(os.listdir(out)) & set(os.listdir(tmp)))
+        if theirs:  # (another file, e.g. a desktop's .DS_Store, is not this run's to refuse)
+            raise PriorRegError(f"{out} gained {', '.join(theirs)} from another run while this one ran; they are not "
+                                "replaced (use --overwrite or another --out)")
         if fresh:
             _rename_folder(tmp, out)
         else:
