@@ -154,14 +154,14 @@ def other_dimension_notes(options, ndim: int, func: str) -> list:
 
 def _mostly_other(options, this, other) -> bool:
     """Whether ``options`` holds none of ``this`` variant's own values (where the two variants of one preset
-    differ) and most of the ``other`` variant's, counted where that also differs from the bare engine's
-    (``RegistrationOptions()``, which is no preset's variant)."""
+    differ) and most of the ``other`` variant's (two at least), counted where that also differs from the bare
+    engine's (``RegistrationOptions()``, which is no preset's variant)."""
     bare = RegistrationOptions()
     differ = [f.name for f in fields(this) if getattr(this, f.name) != getattr(other, f.name)]
     own = [f for f in differ if getattr(other, f) != getattr(bare, f)]
     as_this = sum(getattr(options, f) == getattr(this, f) for f in differ)
     as_other = sum(getattr(options, f) == getattr(other, f) for f in own)
-    return bool(own) and as_this == 0 and as_other > len(own) / 2
+    return as_this == 0 and as_other >= 2 and as_other > len(own) / 2  # one shared value is a coincidence
 
 
 def _check_mind_size(opts: RegistrationOptions, shape, func: str) -> None:
