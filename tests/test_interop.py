@@ -247,6 +247,12 @@ def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, pl
     with pytest.warns(priorreg.PriorRegWarning, match=r"moves the fixed slice's plane 5 mm along world [xz], but the "
                                                       r"moving slice lies 0 mm from it; .* only the transform's part within"):
         priorreg.register(fi, mi, levels=1, max_iterations=0, linear="none", initial_transform=str(tmp_path / "shifted.tfm"))
+    far = dict(geo, origin=tuple(o + 5.0 * (k == (2 if plane == "axial" else 0)) for k, o in enumerate(geo["origin"])))
+    apart = pio.read_image(write_sitk(moving.reshape(shape), tmp_path / "apart.nii.gz", **far))  # 5 mm away
+    sitk.WriteTransform(sitk.TranslationTransform(3), str(tmp_path / "none.tfm"))  # moves nothing: nothing dropped
+    r = priorreg.register(fi, apart, levels=1, max_iterations=0, linear="none", warn=False,
+                          initial_transform=str(tmp_path / "none.tfm"))
+    assert not [w for w in r.warnings if "moves the fixed slice's plane" in w] and "lies 5.0 mm from" in " ".join(r.warnings)
     tilted = sitk.AffineTransform(3)
     tilted.SetMatrix([1, 0, 0, 0, 0.9, -0.3, 0, 0.3, 0.9] if plane == "axial" else [0.9, -0.3, 0, 0.3, 0.9, 0, 0, 0, 1])
     sitk.WriteTransform(tilted, str(tmp_path / "tilted.tfm"))  # takes points out of the plane

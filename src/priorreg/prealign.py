@@ -27,7 +27,7 @@ import numpy as np
 from .checks import Inputs
 from .options import is_auto
 from .linear import HEADER_TURN_DEGREES, MAX_SAMPLES, estimate_linear, header_turn, usable_levels
-from .transform import LinearResult, compose_field, linear_to_field, read_itk_transform, rotation_angle
+from .transform import LinearResult, compose_field, linear_to_field, read_itk_transform, rotation_angle, through_plane_shift
 from .errors import PriorRegError
 from .image import Image, plane_offset
 from .intensity import foreground
@@ -92,8 +92,9 @@ PLANE_SHIFT_MM = 0.1  # an initial transform's shift through a single slice's pl
 
 def plane_shift_notes(inp: Inputs) -> list:
     """A warning where the initial transform of a single-slice pair moves the fixed slice's plane through
-    itself other than onto the moving slice's plane: a slice has no other plane, so that shift is left out
-    (:func:`priorreg.transform.in_plane`) and the transform is not the one the file holds."""
+    itself, other than onto the moving slice's plane: a slice has no other plane, so that shift is left out
+    (:func:`priorreg.transform.in_plane`) and the transform is not the one the file holds. (A transform
+    within the plane, of slices some distance apart, has the slice-gap warning.)"""
     volume, path = getattr(inp.fixed, "volume", None), inp.options.initial_transform
     if volume is None or not path:
         return []
@@ -101,11 +102,9 @@ def plane_shift_notes(inp: Inputs) -> list:
         lin3 = read_itk_transform(path, 3)
     except PriorRegError:  # a 2D transform: nothing through the plane
         return []
-    x0 = np.zeros(3)
-    x0[volume.drop] = plane = float(volume.origin[volume.drop])
-    shift = float((lin3.matrix @ x0 + lin3.translation)[volume.drop]) - plane
+    shift = through_plane_shift(lin3, volume.drop, float(volume.origin[volume.drop]))
     gap = plane_offset(inp.fixed, inp.moving, "register()")
-    if abs(shift - gap) <= PLANE_SHIFT_MM:
+    if abs(shift) <= PLANE_SHIFT_MM or abs(shift - gap) <= PLANE_SHIFT_MM:  # none, or onto the moving slice's plane
         return []
     return [f"register(): the initial transform {path} moves the fixed slice's plane {shift:.3g} mm along world "
             f"{'xyz'[volume.drop]}, but the moving slice lies {gap:.3g} mm from it; a single slice has no other plane, "

@@ -215,15 +215,26 @@ def in_plane(result: LinearResult, drop: int, plane: float, what: str) -> Linear
     onto a parallel one (the moving slice's), as the 2D map within it (what priorreg writes for a
     single-slice 3D image); the shift between the planes is left out, as the 2D registration leaves it."""
     keep = [k for k in range(3) if k != drop]
-    A, t = result.matrix, result.translation
-    x0 = np.zeros(3)
-    x0[drop] = plane
-    y0 = A @ x0 + t  # where the plane's origin goes
+    A = result.matrix
+    y0 = _plane_origin_image(result, drop, plane)
     if np.abs(A[drop, keep]).max() > 1e-6:
         raise PriorRegError(f"{what} holds a 3D transform that moves points out of the images' plane (world axis "
                             f"{'xyz'[drop]} = {plane:g} mm); a single-slice image needs one within it")
     center = None if result.center is None else np.asarray(result.center)[keep]
     return LinearResult(A[np.ix_(keep, keep)], y0[keep], kind=result.kind, center=center)
+
+
+def _plane_origin_image(result: LinearResult, drop: int, plane: float) -> np.ndarray:
+    """Where a 3D transform takes the plane ``world[drop] = plane``'s point at the other axes' origin."""
+    x0 = np.zeros(3)
+    x0[drop] = plane
+    return result.matrix @ x0 + result.translation
+
+
+def through_plane_shift(result: LinearResult, drop: int, plane: float) -> float:
+    """How far (mm) a 3D transform moves the plane ``world[drop] = plane`` along its normal: what
+    :func:`in_plane` leaves out."""
+    return float(_plane_origin_image(result, drop, plane)[drop]) - plane
 
 
 def write_itk_transform(path, result: LinearResult, ndim: int) -> None:
