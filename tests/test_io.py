@@ -256,9 +256,9 @@ def test_dicom_series_directory(tmp_path):
     with pytest.raises(PriorRegError, match=r"shift within their planes .*\(2.68 mm over the series, a 15.0 degree tilt"):
         pio.read_image(t)
     with pytest.raises(PriorRegError, match=r"tmp_path_outer is a directory without a DICOM series \(give an image file or "
-                                            r"a DICOM series folder; below it, exam/t1 holds a DICOM series\)"):
-        (tmp_path / "tmp_path_outer" / "exam" / "t1").mkdir(parents=True)  # a series one folder further down
-        _write_series(tmp_path / "tmp_path_outer" / "exam" / "t1", vol, "1.2.826.0.1.3680043.2.1125.1.46")
+                                            r"a DICOM series folder; below it, pat/study/t1 holds a DICOM series\)"):
+        (tmp_path / "tmp_path_outer" / "pat" / "study" / "t1").mkdir(parents=True)  # patient/study/series below
+        _write_series(tmp_path / "tmp_path_outer" / "pat" / "study" / "t1", vol, "1.2.826.0.1.3680043.2.1125.1.46")
         pio.read_image(tmp_path / "tmp_path_outer")
 
 

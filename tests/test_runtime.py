@@ -75,7 +75,7 @@ def test_threads_follow_the_cpus_the_process_may_use(restore_threads):
     assert runtime.configure_threads(2)["threads"] == 2 == torch.get_num_threads()
     mp.setenv(runtime.THREADS_ENV, "2")
     assert runtime.configure_threads()["threads"] == 2
-    for bad in ("abc", "0", "-1", "2.5"):  # "abc" ran 2 threads and "0" one, without a word
+    for bad in ("abc", "0", "-1", "2.5", "\u00b2"):  # "abc" ran 2 threads and "0" one, without a word
         mp.setenv(runtime.THREADS_ENV, bad)
         with pytest.raises(PriorRegError, match=f"PRIORREG_THREADS='{re.escape(bad)}' is not a thread count"):
             runtime.configure_threads()

@@ -263,13 +263,14 @@ def _read_dicom_dir(path: str, name: str, notes):
     return img, _file_tags(files[sid][0], "0008|0060")[0]  # Modality: "MR", "CT", "PT", "NM", ...
 
 
-def _series_below(path: str, most: int = 3, looked: int = 20) -> str:
-    """'; below it, X holds a DICOM series' for the folders below ``path`` (two levels down, the first
-    ``looked`` in name order, at most ``most`` named) that hold one; '' where none does."""
+def _series_below(path: str, most: int = 3, looked: int = 40) -> str:
+    """'; below it, X holds a DICOM series' for the folders below ``path`` (four levels down, as exports nest
+    patient/study/series, the first ``looked`` in name order, at most ``most`` named) that hold one; '' where
+    none does."""
     reader, found, top = _sitk().ImageSeriesReader(), [], path.rstrip(os.sep).count(os.sep)
     for k, (root, dirs, _) in enumerate(os.walk(path)):
         dirs.sort()
-        if root.count(os.sep) - top >= 2:
+        if root.count(os.sep) - top >= 4:
             dirs[:] = []
         if root != path and _has_series(reader, root):
             found.append(os.path.relpath(root, path))

@@ -132,7 +132,7 @@ def configure_threads(threads: int | None = None) -> dict:
     if threads is None:
         env = os.environ.get(THREADS_ENV, "").strip()
         if env:
-            if not env.isdigit() or int(env) < 1:  # "abc" ran 2 threads, "0" and "-1" one, without a word
+            if not env.isascii() or not env.isdigit() or int(env) < 1:  # "abc" ran 2 threads, "0" and "-1" one, without a word
                 from .errors import PriorRegError  # (this module is loaded on its own too: tests/test_runtime.py)
 
                 raise PriorRegError(f"{THREADS_ENV}={env!r} is not a thread count; give a whole number of at least 1, "
