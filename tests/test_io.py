@@ -327,6 +327,12 @@ def test_itks_refusals_say_why_and_other_names_are_read(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "scan.mha"))
     (tmp_path / "scan.mha").rename(tmp_path / "SCAN.MHA")
     np.testing.assert_array_equal(pio.read_image(tmp_path / "SCAN.MHA").array, sitk.GetArrayFromImage(img))
+    sitk.WriteImage(img, str(tmp_path / "x.nii.gz"))
+    (tmp_path / "x.nii.gz").rename(tmp_path / "X.NII.GZ")
+    np.testing.assert_array_equal(pio.read_image(tmp_path / "X.NII.GZ").array, sitk.GetArrayFromImage(img))
+    (tmp_path / "X.NII.GZ").rename(tmp_path / "x.nii.GZ")  # niftilib refused it in seven lines of its own
+    with pytest.raises(PriorRegError, match=r"NIfTI takes its extension in one case \(.nii.gz or .NII.GZ\), not .nii.GZ"):
+        pio.read_image(tmp_path / "x.nii.GZ")
     stack = sitk.GetImageFromArray(blob_image((5, 8, 9)).astype(np.float32))
     sitk.WriteImage(stack, str(tmp_path / "stack.tif"))  # read as 3D without a word on its made-up slice spacing
     notes = []

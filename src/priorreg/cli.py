@@ -519,10 +519,12 @@ def main(argv=None) -> int:
     Ctrl-C at any time, the imports of the heavy libraries included, is one line and status 130; SIGTERM
     one line and status 143.
     """
+    before = None
     try:
-        before = signal.signal(signal.SIGTERM, _terminate)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # an embedding program's own handler stays
+            before = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread: signals are not this call's to take
-        before = None
+        pass
     try:
         return _main(argv)
     finally:

@@ -431,7 +431,7 @@ _running = 0
 
 def _stop_point(*_):
     if _STOP.is_set():
-        raise PriorRegError("interrupted (Ctrl-C) before the pair finished; nothing was written")
+        raise PriorRegError("interrupted (Ctrl-C or SIGTERM) before the pair finished; nothing was written")
 
 
 def _wait_for_threads(timeout: float = 60.0) -> None:

@@ -650,9 +650,13 @@ _IMAGE_IOS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".mha": "MetaIm
 def _read_file(path: str, ext: str, name: str):
     """One image file through SimpleITK; its refusal as one line that says why."""
     sitk = _sitk()
+    given = os.path.basename(path)[-len(ext):]
+    if ext in (".nii", ".nii.gz") and given not in (ext, ext.upper()):  # niftilib refuses it, in seven lines
+        raise PriorRegError(f"{name}: cannot read {path}: NIfTI takes its extension in one case ({ext} or "
+                            f"{ext.upper()}), not {given}; rename the file")
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
-    if not os.path.basename(path).endswith(ext):  # "SCAN.MHA"
+    if given != ext:  # "SCAN.MHA"
         reader.SetImageIO(_IMAGE_IOS[ext])
     try:
         return reader.Execute()
@@ -697,32 +701,14 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise PriorRegError(f"read_image(): {name} must be a file path, got {type(path).__name__}")
     path = os.fspath(path)
-    scan = None
     problem = input_problem(path, name)
     if problem:
         raise PriorRegError(problem)
-    series = 0
     if os.path.isdir(path):
-        img, modality = _read_dicom_dir(path, name, notes)
+        (raw, modality), scan = _read_dicom_dir(path, name, notes), None
     else:
-        ext = extension(path)
-        if ext in (".mha", ".mhd"):
-            _check_metaimage(path, name)
-        img = _read_file(path, ext, name)
-        if ext in (".nii", ".nii.gz"):
-            scan = _scan_nifti(path, name, keep_positions=allow_nonfinite)
-        if ext in (".nii", ".nii.gz") and notes is not None:
-            notes += _header_notes(path, img, name)
-        if ext in (".tif", ".tiff") and img.GetDimension() == 3 and img.GetSize()[2] > 1 and notes is not None:
-            notes.append(f"{name}: {path} is a TIFF stack of {img.GetSize()[2]} pages; TIFF stores no slice spacing or "
-                         f"position, so {img.GetSpacing()[2]:g} mm between slices at the origin is assumed (give NIfTI, "
-                         "NRRD or DICOM for the real geometry)")
-        series = _series_files(img, path) if ext == ".dcm" else 0
-        if series > 1 and notes is not None:  # the volume was likely meant
-            notes.append(f"{name}: {path} is one file of a DICOM series of {series} files in its folder; it is read "
-                         "as one slice (give the folder to read the series as a volume)")
-        modality = _tag(img, "0008|0060") if ext == ".dcm" else _sidecar_modality(path)
-    img = _to_scalar(img, path, name, notes, labels)
+        raw, modality, scan = _read_one_file(path, name, notes, allow_nonfinite)
+    img = _to_scalar(raw, path, name, notes, labels)
     if img.GetDimension() == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
     if img.GetDimension() not in (2, 3):
@@ -730,7 +716,8 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     try:
         out = sitk_to_image(img, notes=notes, name=name, outputs_on_grid=outputs_on_grid)
     except PriorRegError:  # e.g. an oblique slice
-        if os.path.isdir(path) or series < 2:
+        series = _series_files(raw, path) if not os.path.isdir(path) and extension(path) == ".dcm" else 0
+        if series < 2:
             raise
         raise PriorRegError(f"{name}: {path} is one file of a DICOM series of {series} files in its folder, and one "
                             "oblique slice by itself is not supported; give the folder to read the series as a volume") from None
@@ -738,10 +725,39 @@ def read_image(path, name: str = "image", notes: list | None = None, *, allow_no
     if scan is not None and (scan.n_nan or scan.n_inf):
         if not allow_nonfinite:
             _refuse_nonfinite(out.array, path, name, scan.n_nan, scan.n_inf)
-        out = out.with_array(_restore_nonfinite(out.array, scan))
-    elif not allow_nonfinite:
+        return out.with_array(_restore_nonfinite(out.array, scan))
+    if not allow_nonfinite:
         _refuse_nonfinite(out.array, path, name)
     return out
+
+
+def _read_one_file(path: str, name: str, notes, allow_nonfinite: bool) -> tuple:
+    """(SimpleITK image, the modality its file or sidecar states, a NIfTI file's data scan or None) of one
+    image file; what its header tells beside the image goes to ``notes`` (:func:`_file_notes`)."""
+    ext = extension(path)
+    if ext in (".mha", ".mhd"):
+        _check_metaimage(path, name)
+    img = _read_file(path, ext, name)
+    scan = _scan_nifti(path, name, keep_positions=allow_nonfinite) if ext in (".nii", ".nii.gz") else None
+    if notes is not None:
+        notes += _file_notes(img, path, ext, name)
+    return img, _tag(img, "0008|0060") if ext == ".dcm" else _sidecar_modality(path), scan
+
+
+def _file_notes(img, path: str, ext: str, name: str) -> list:
+    """A NIfTI header's sform or units (:func:`_header_notes`), a TIFF stack's made-up slice spacing, or a DICOM
+    file that is one slice of a series in its folder (the volume was likely meant)."""
+    if ext in (".nii", ".nii.gz"):
+        return _header_notes(path, img, name)
+    if ext in (".tif", ".tiff") and img.GetDimension() == 3 and img.GetSize()[2] > 1:
+        return [f"{name}: {path} is a TIFF stack of {img.GetSize()[2]} pages; TIFF stores no slice spacing or "
+                f"position, so {img.GetSpacing()[2]:g} mm between slices at the origin is assumed (give NIfTI, "
+                "NRRD or DICOM for the real geometry)"]
+    series = _series_files(img, path) if ext == ".dcm" else 0
+    if series > 1:
+        return [f"{name}: {path} is one file of a DICOM series of {series} files in its folder; it is read "
+                "as one slice (give the folder to read the series as a volume)"]
+    return []
 
 
 def _restore_nonfinite(arr: np.ndarray, scan: _NiftiScan) -> np.ndarray:
