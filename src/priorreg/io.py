@@ -352,8 +352,8 @@ def _to_scalar(img, path: str, name: str, notes, labels: bool = False):
     kind = "RGBA" if n == 4 else "RGB"
     if labels and not same:  # a palette PNG's indices are colours by now, and grey would mix them
         raise PriorRegError(f"{name}: {path} is a colour ({kind} or palette) image, and converted to grey its labels "
-                            "would be other numbers; save the label values as a grey image (a palette PNG's "
-                            "indices: PIL.Image.fromarray(numpy.array(PIL.Image.open(path))))")
+                            "would be other numbers; save the label values as a one-channel image (for a palette "
+                            "PNG, its indices: PIL.Image.fromarray(numpy.array(PIL.Image.open(path))))")
     if notes is not None:
         notes.append(f"{name}: {path} stores grey values as {kind} (three equal channels); read as grey" if same else
                      f"{name}: {path} is a colour ({kind}) image; converted to grey")
