@@ -347,3 +347,25 @@ def test_the_reports_statistics_read_every_part_of_a_large_grid():
     full = np.percentile(np.arange(256), (0.5, 99.5))
     assert abs(lo - full[0]) < 4 and abs(hi - full[1]) < 4, (lo, hi, full)
     assert np.unique(report._every_nth(x)).size >= 64
+
+
+def test_3d_views_pass_through_the_anatomy_the_moving_image_covers():
+    """The views sat at the grid's middle: beside an 8-slice moving slab they showed no moving data, and in a
+    padded grid the sagittal slice lay in the background."""
+    a = np.zeros((40, 30, 50))
+    a[5:16, 10:21, 5:26] = 1.0 + np.random.default_rng(0).random((11, 11, 21))  # anatomy off the middle
+    assert report._anatomy_centre(a, None) == [10, 15, 15]
+    fov = np.zeros(a.shape, bool)
+    fov[11:13] = True  # a moving slab covers two of its slices
+    assert report._anatomy_centre(a, fov)[0] in (11, 12)
+    assert report._anatomy_centre(np.zeros((4, 6, 8)), None) == [2, 3, 4]  # nothing to find: the middle
+    views = report._views(priorreg.Image(a), [10, 15, 15])
+    assert views[0].title.startswith("axial slice k=10 of 40") and a[views[2].sl].any()
+
+
+def test_checkerboard_tiles_are_square_in_mm_and_two_at_least_across_a_slab():
+    """Tiles were a fixed count per axis: 16 voxels by 2 slices (24 x 6 mm) on a 19-slice 1.5 x 1.5 x 3 mm volume."""
+    tiles = report._even_tiles((19, 128, 128), (3.0, 1.5, 1.5))
+    first = lambda ax: int(np.argmax(np.diff(np.moveaxis(tiles, ax, 0)[:, 0, 0].astype(int)) != 0)) + 1  # noqa: E731
+    rows, cols = first(0) * 3.0, first(2) * 1.5
+    assert rows == pytest.approx(cols, abs=3.0) and 19 // first(0) >= 2, (rows, cols)

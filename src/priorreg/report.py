@@ -22,7 +22,7 @@ import numpy as np
 
 from . import io as pio
 from . import pictures as pic
-from .intensity import normalizer
+from .intensity import normalizer, otsu_threshold
 from .transform import rotation_angle
 from .pyramid import level_label, level_number
 
@@ -129,15 +129,16 @@ class _View:
         return x.T if self.transposed else x
 
 
-def _views(fixed) -> list:
-    """The image (2D), or three orthogonal mid slices (3D), each turned as a viewer shows anatomy (_turn)
-    and titled with its plane, its voxel index (i, j, k as ITK and 3D Slicer count) and the patient's side
-    at its top and left edges (_sides)."""
+def _views(fixed, centre=None) -> list:
+    """The image (2D), or three orthogonal slices (3D) through the voxel ``centre`` (default the grid's middle),
+    each turned as a viewer shows anatomy (_turn) and titled with its plane, its voxel index (i, j, k as ITK and
+    3D Slicer count) and the patient's side at its top and left edges (_sides)."""
     s, shape, spacing = slice(None), fixed.shape, fixed.spacing
+    centre = [n // 2 for n in shape] if centre is None else centre
     if fixed.ndim == 2:
         picks = [("", [s, s], (0, 1))]
     else:
-        picks = [(f"slice {'kji'[k]}={n // 2} of {n}", [n // 2 if a == k else s for a in range(3)],
+        picks = [(f"slice {'kji'[k]}={centre[k]} of {n}", [centre[k] if a == k else s for a in range(3)],
                   tuple(a for a in range(3) if a != k)) for k, n in enumerate(shape)]
     views = []
     for title, sl, ax in picks:
@@ -214,9 +215,28 @@ def _edges(a, spacing):
     return g > np.percentile(_every_nth(g[positive]), 95)
 
 
-def _even_tiles(shape, n=8) -> np.ndarray:
-    """Where a checkerboard of about ``n`` tiles per axis of a grid of ``shape`` shows its first image."""
-    tiles = [max(1, s // n) for s in shape]
+def _anatomy_centre(fixed: np.ndarray, fov) -> list:
+    """The voxel the 3D views pass through: the centroid of the fixed anatomy (above Otsu's threshold) that the
+    moving image covers, else of the fixed anatomy. The grid's middle showed no moving data beside a slab, and
+    background where the anatomy sat off centre in a padded grid."""
+    body = fixed > otsu_threshold(_every_nth(fixed))
+    both = body if fov is None else body & fov
+    region = both if both.any() else body
+    if not region.any():
+        return [n // 2 for n in fixed.shape]
+    centre = []
+    for k, n in enumerate(fixed.shape):
+        profile = region.sum(axis=tuple(a for a in range(fixed.ndim) if a != k))
+        centre.append(min(n - 1, int(round(float(np.arange(n) @ profile) / float(profile.sum())))))
+    return centre
+
+
+def _even_tiles(shape, spacing, n=8) -> np.ndarray:
+    """Where a checkerboard of square tiles (in mm) shows its first image: about ``n`` along the grid's
+    longest extent, and at least two along its shortest (thin slabs of thick slices had stripes of 16 x 2 voxels)."""
+    extent = np.asarray(shape) * np.asarray(spacing, dtype=float)
+    edge = min(extent.max() / n, extent.min() / 2)
+    tiles = [max(1, int(round(edge / sp))) for sp in spacing]
     parity = sum((np.arange(s) // t).reshape([-1 if j == k else 1 for j in range(len(shape))])
                  for k, (s, t) in enumerate(zip(shape, tiles)))
     return parity % 2 == 0
@@ -301,12 +321,12 @@ class _Data:
         self.result, self.prior, self.mask = result, prior, mask
         fix = result.fixed
         self.spacing = fix.spacing
-        self.views = _views(fix)
         self.fixed = np.asarray(fix.array, float)
         self.after = np.asarray(result.warped.array, float)
         before = _before_image(result)
         self.before = self.after if before is None else np.asarray(before.array, float)
         self.fov = field_of_view(result) if fov is None else fov
+        self.views = _views(fix, None if fix.ndim == 2 else _anatomy_centre(self.fixed, self.fov))
 
     @cached_property
     def moving_range(self):
@@ -325,7 +345,7 @@ class _Data:
 
     @cached_property
     def even_tiles(self):
-        return _even_tiles(self.fixed.shape)
+        return _even_tiles(self.fixed.shape, self.spacing)
 
     @cached_property
     def normal_maps(self):
