@@ -88,6 +88,25 @@ def test_the_linear_panel_when_the_linear_stage_ran():
     title, caption, body = report.panel_linear(report._Data(result))
     assert title == "Linear stage: before / after" and "rigid stage" in caption
     assert len(images(body)) == 2 and "after the rigid stage" in body
+    rows = dict(report._linear_rows(result.linear, report._linear_name(result)))
+    assert re.fullmatch(r"-?\d+\.\d\d deg", rows["linear stage (rigid): rotation"])  # 2D: one signed angle
+
+
+def test_an_initial_transform_used_as_given_is_not_called_a_stage(tmp_path):
+    """--linear none --initial-transform: the report said "linear stage (rigid)" and "after the rigid stage
+    alone" beside options saying linear none."""
+    import SimpleITK as sitk
+
+    lab = synthetic.anatomy((40, 40), seed=2)
+    fixed = Image(synthetic.contrast(lab, synthetic.T1), (1.0, 1.0))
+    moving = Image(synthetic.contrast(lab, synthetic.T2_MONO, seed=5), (1.0, 1.0))
+    sitk.WriteTransform(sitk.TranslationTransform(2, (1.5, -2.0)), str(tmp_path / "t.tfm"))
+    result = priorreg.register(fixed, moving, levels=1, max_iterations=2, linear="none", warn=False,
+                               initial_transform=str(tmp_path / "t.tfm"))
+    title, caption, body = report.panel_linear(report._Data(result))
+    assert title == "Initial transform: before / after" and "after the initial transform (rigid) alone" in caption
+    rows = dict(report._linear_rows(result.linear, report._linear_name(result)))
+    assert rows["initial transform: translation (world LPS)"] == "1.50 mm, -2.00 mm" and not any("stage" in k for k in rows)
 
 
 def test_views_are_mid_slices_with_the_pixel_aspect():

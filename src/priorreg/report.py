@@ -604,12 +604,13 @@ def panel_linear(d):
     fs, bs, _ = d.scaled
     lin = d.result.linear
     said = "".join(f" {n[0].upper()}{n[1:]}." for n in lin.notes)  # e.g. its optimum rejected, world alignment kept
+    after = f"the {lin.kind} stage" if _linear_name(d.result) == "linear stage" else f"the initial transform ({lin.kind})"
     return (
-        "Linear stage: before / after",
-        f"Checkerboards of the fixed image with the moving image at world alignment and after the {lin.kind} "
-        f"stage alone (before the deformable stage).{' Rotation, translation, scales and shears are in the summary.' if not lin.rejected else ''}{said}",
+        f"{_linear_name(d.result).capitalize()}: before / after",
+        f"Checkerboards of the fixed image with the moving image at world alignment and after {after} "
+        f"alone (before the deformable stage).{' Rotation, translation, scales and shears are in the summary.' if not lin.rejected else ''}{said}",
         _grid(d, [("world alignment", _show(_checkerboard(d, fs, bs)), ""),
-                  (f"after the {lin.kind} stage", _show(_checkerboard(d, fs, d.linear_only)), "")]),
+                  (f"after {after}", _show(_checkerboard(d, fs, d.linear_only)), "")]),
     )
 
 
@@ -691,7 +692,7 @@ def _summary(result, fov) -> list:
         ("Jacobian min / max", f"{js['min']:.3f} / {js['max']:.3f}"),
         ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
         ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
-        *_linear_rows(getattr(result, "linear", None)),
+        *_linear_rows(getattr(result, "linear", None), _linear_name(result)),
         *_alpha_rows(getattr(result, "prior_weights", None) or [], len(result.history)),
     ]
     return ["<h2>Summary</h2>", _table(rows)]
@@ -703,21 +704,29 @@ def _alpha_rows(weights, levels: int) -> list:
             for w in weights]
 
 
-def _linear_rows(lin) -> list:
-    """The linear stage's transform, as a reader checks it: degrees, mm, scales, shears."""
+def _linear_name(result) -> str:
+    """What the linear transform is: the stage's result, or (``--linear none``) the initial transform as given."""
+    options = getattr(result, "options", None)
+    return "initial transform" if options is not None and options.linear == "none" else "linear stage"
+
+
+def _linear_rows(lin, name: str = "linear stage") -> list:
+    """The linear transform, as a reader checks it: degrees, mm, scales, shears (``name``: :func:`_linear_name`)."""
     if lin is None:
         return []
     if lin.rejected:  # what is kept is the start, not a transform the stage found
-        return [(f"linear stage ({lin.kind})", "not kept: " + "; ".join(lin.notes))]
+        return [(f"{name} ({lin.kind})", "not kept: " + "; ".join(lin.notes))]
 
     def nums(xs, unit=""):
-        return ", ".join(f"{x:.2f}{unit}" for x in xs)
+        return ", ".join(f"{x + 0.0:.2f}{unit}" for x in np.round(xs, 2))  # (+ 0.0: no "-0.00")
 
+    turn = (f"{nums(lin.rotation_degrees, ' deg')}" if len(lin.rotation_degrees) == 1 else  # 2D: one signed angle
+            f"{rotation_angle(lin.matrix):.2f} deg in all (the angles of R in A = R S (I + H): "
+            f"{nums(lin.rotation_degrees, ' deg')})")
     return [
-        (f"linear stage ({lin.kind}): rotation", f"{rotation_angle(lin.matrix):.2f} deg in all (the angles of R in "
-                                                 f"A = R S (I + H): {nums(lin.rotation_degrees, ' deg')})"),
-        ("linear stage: translation (world LPS)", nums(lin.translation_mm, " mm")),
-        ("linear stage: scales / shears", f"{nums(lin.scales)} / {nums(lin.shears)}"),
+        (f"{name} ({lin.kind}): rotation", turn),
+        (f"{name}: translation (world LPS)", nums(lin.translation_mm, " mm")),
+        (f"{name}: scales / shears", f"{nums(lin.scales)} / {nums(lin.shears)}"),
     ]
 
 
