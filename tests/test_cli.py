@@ -915,3 +915,14 @@ def test_sigterm_is_one_line_and_leaves_nothing_behind(capsys, data, tmp_path, m
     assert rc == 143 and err.strip().splitlines()[-1] == "priorreg: error: terminated (SIGTERM)", err
     assert "Traceback" not in err and os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler was its own
+
+
+def test_the_initial_transform_file_is_stamped_among_the_inputs(capsys, data, tmp_path, monkeypatch):
+    """report.json named the file only in its options, as given (a relative path), with no size or time."""
+    monkeypatch.chdir(tmp_path)
+    sitk.WriteTransform(sitk.TranslationTransform(2, (1.0, 0.5)), "t.tfm")
+    rc, _, err = run(capsys, "register", data["fixed"], data["moving"], "--initial-transform", "t.tfm", "--linear", "none",
+                     "--out", "o", *FAST)
+    assert rc == 0, err
+    stamp = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))["inputs"]["initial_transform"]
+    assert stamp["path"] == str(tmp_path / "t.tfm") and stamp["bytes"] == (tmp_path / "t.tfm").stat().st_size

@@ -407,7 +407,7 @@ def cmd_register(args, con: Console) -> int:
     wf.check_out_dir(args.out, [args.fixed, args.moving, args.prior, args.mask], args.overwrite)
     notes = []
     prior = wf.load_prior(args.prior)
-    pair = wf.read_pair(args.fixed, args.moving, args.mask, prior, args.prior, notes)
+    pair = wf.read_pair(args.fixed, args.moving, args.mask, prior, args.prior, notes, overrides.get("initial_transform"))
     fixed, moving, mask = pair.fixed, pair.moving, pair.mask
     preset, why = wf.chosen_preset(args.preset, fixed, moving, notes)  # a PET or SPECT file: functional
     overrides, opts = wf.resolve_options(fixed.ndim, preset, overrides, prior, args.prior, notes,

@@ -457,7 +457,8 @@ def _register_and_write(spec: dict, prior, preset, overrides: dict, notes: list)
 def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: list):
     from .api import register
 
-    pair = wf.read_pair(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"], notes)
+    pair = wf.read_pair(spec["fixed"], spec["moving"], spec["mask"], prior, spec["prior"], notes,
+                        overrides.get("initial_transform"))
     preset, why = wf.chosen_preset(preset, pair.fixed, pair.moving, notes)  # a PET or SPECT file: functional
     # warn=False (pairs may run in threads): result.warnings go to the pair's notes and report.json
     result = register(pair.fixed, pair.moving, prior=prior, preset=preset, mask=pair.mask, warn=False,

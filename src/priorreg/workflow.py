@@ -352,10 +352,10 @@ class PairFiles:
     read_notes: list
 
 
-def read_pair(fixed_path, moving_path, mask_path, prior, prior_path, notes: list) -> PairFiles:
+def read_pair(fixed_path, moving_path, mask_path, prior, prior_path, notes: list, initial_transform=None) -> PairFiles:
     """Stamp the input files, then read and check them (:func:`load_pair`, :func:`check_prior_dim`): what
     ``priorreg register`` and each cohort pair do before registering. ``notes`` gets what reading noted."""
-    inputs = input_record(fixed_path, moving_path, mask_path, prior, prior_path)  # stamped before reading
+    inputs = input_record(fixed_path, moving_path, mask_path, prior, prior_path, initial_transform)  # before reading
     fixed, moving, mask = load_pair(fixed_path, moving_path, mask_path, notes)
     check_prior_dim(prior, prior_path, fixed, fixed_path)
     return PairFiles(fixed, moving, mask, inputs, list(notes))
@@ -705,11 +705,13 @@ def file_stamp(path) -> dict:
     return {"path": path, "bytes": sum(st.st_size for st in stats), "modified_ns": max((st.st_mtime_ns for st in stats), default=0)}
 
 
-def input_record(fixed, moving, mask=None, prior=None, prior_path=None) -> dict:
+def input_record(fixed, moving, mask=None, prior=None, prior_path=None, initial_transform=None) -> dict:
     """The ``inputs`` of a run record: each file's :func:`file_stamp`, and the prior's metadata."""
     rec = {"fixed": file_stamp(fixed), "moving": file_stamp(moving)}
     if mask:
         rec["mask"] = file_stamp(mask)
+    if initial_transform:
+        rec["initial_transform"] = file_stamp(initial_transform)
     if prior is not None:
         rec["prior"] = {**file_stamp(prior_path), **prior.metadata()}
     return rec
