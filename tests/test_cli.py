@@ -337,6 +337,8 @@ def test_demo_runs_and_reports(capsys, tmp_path):
     # the prior comes from the other half of the slice (no oracle): both runs must beat doing nothing
     assert max(epe.values()) < 0.5 * summary["known_field"]["mean_mm_in_head"]
     assert "one training pair" in err and "MI only (alpha auto gave the prior no weight)" in (out / "alphaauto" / "report.html").read_text(encoding="utf-8")
+    said = json.loads((out / "alphaauto" / "report.json").read_text())["warnings"]  # as the console printed them
+    assert said and all(f"warning: {w}" in err for w in said) and not any(w.startswith("register():") for w in said)
     assert run(capsys, "demo", "--out", out)[0] == 0  # a previous demo directory is reused
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
