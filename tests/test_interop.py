@@ -232,6 +232,13 @@ def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, pl
     write_outputs(tmp_path / "out", r)
     tx = sitk.ReadTransform(str(tmp_path / "out" / "linear.tfm"))
     assert tx.GetDimension() == 3
+    import json  # report.json (and report.html) gave the 2D in-plane frame's numbers under "world LPS"
+
+    rec = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["linear"]
+    np.testing.assert_allclose(rec["matrix"], np.array(tx.GetMatrix()).reshape(3, 3), atol=1e-9)
+    assert len(rec["translation_mm"]) == 3 and rec["center"] == pytest.approx(list(tx.GetCenter()))
+    html_text = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert ", ".join(f"{x + 0.0:.2f} mm" for x in np.round(rec["translation_mm"], 2)) in html_text
     by_sitk = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(m)), sitk.ReadImage(str(f)), tx, sitk.sitkLinear, 0.0))
     ours = priorreg.warp(mi, linear_to_field(r.linear, fi), reference=fi).array
     np.testing.assert_allclose(by_sitk.reshape(ours.shape)[4:-4, 4:-4], ours[4:-4, 4:-4], atol=1e-4)

@@ -692,7 +692,8 @@ def _summary(result, fov) -> list:
         ("Jacobian min / max", f"{js['min']:.3f} / {js['max']:.3f}"),
         ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
         ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
-        *_linear_rows(getattr(result, "linear", None), _linear_name(result)),
+        *_linear_rows(result.linear_in_files() if getattr(result, "linear", None) is not None else None,
+                      _linear_name(result)),
         *_alpha_rows(getattr(result, "prior_weights", None) or [], len(result.history)),
     ]
     return ["<h2>Summary</h2>", _table(rows)]
@@ -733,17 +734,21 @@ def _linear_rows(lin, name: str = "linear stage") -> list:
 def _inputs(report: dict) -> list:
     in_rows = [(role, info.get("path", "")) for role, info in report.get("inputs", {}).items()]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.get("input_notes", ()))
-    geo_rows = [
-        (role, "x".join(str(n) for n in g["itk"]["size"]), ", ".join(f"{s:.4g}" for s in g["itk"]["spacing_mm"]),
-         ", ".join(f"{o:.4g}" for o in g["origin_mm"]))
-        for role, g in report.get("geometry", {}).items()
-    ]
+    geo_rows = [(role, *_grid_cells(g)) for role, g in report.get("geometry", {}).items()]
     return [
         "<h2>Inputs</h2>",
         _table(in_rows, ["role", "path"]) if in_rows else "",
         f"<ul>{notes}</ul>" if notes else "",
         _table(geo_rows, ["image", "size (i x j x k, as in 3D Slicer)", "spacing mm (i, j, k)", "origin mm (LPS)"]),
     ]
+
+
+def _grid_cells(g: dict) -> tuple:
+    """(size, spacing, origin) as 3D Slicer shows the file: a single slice's 3D grid, not its 2D plane."""
+    f = g.get("file_grid")
+    size, spacing = (f["shape"][::-1], f["spacing_mm"][::-1]) if f else (g["itk"]["size"], g["itk"]["spacing_mm"])
+    origin = f["origin_mm"] if f else g["origin_mm"]
+    return "x".join(str(n) for n in size), ", ".join(f"{s:.4g}" for s in spacing), ", ".join(f"{o:.4g}" for o in origin)
 
 
 def _figure(title, caption, body) -> str:

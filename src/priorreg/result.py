@@ -7,10 +7,11 @@ import numpy as np
 import torch
 
 from .jacobian import jacobian_determinant
-from .image import Image, every_kth, on_grid_of, spacing_text
+from .image import Image, every_kth, on_grid_of, plane_offset, spacing_text
 from .mixups import mirror_notes, unrelated_notes
 from .options import RegistrationOptions
 from .resample import warp, warp_with_fov
+from .transform import embed_in_volume
 
 
 @dataclass
@@ -82,6 +83,15 @@ class RegistrationResult:
         the two world axes of its plane, e.g. y and z for a sagittal slice, with x, the dropped one, left out)."""
         return np.einsum("ij,j...->...i", self.fixed.direction, self.field)
 
+    def linear_in_files(self):
+        """``linear`` as linear.tfm and report.json hold it: for a slice read from a 3D file, the 3D transform of
+        the files' world (the map within the plane, and the shift to the moving slice's plane); else ``linear``."""
+        vol = getattr(self.fixed, "volume", None)
+        if self.linear is None or vol is None:
+            return self.linear
+        offset = 0.0 if self.moving is None else plane_offset(self.fixed, self.moving, "write")
+        return embed_in_volume(self.linear, vol.drop, float(vol.origin[vol.drop]), offset)
+
     def apply(self, image, interpolation: str = "linear") -> Image:
         """Warp another image of the moving space (e.g. a label map) through the field. A plain array is
         taken on the moving image's grid (it needs the moving image's shape); an Image keeps its own."""
@@ -110,7 +120,7 @@ class RegistrationResult:
             "device": self.device,
             "final_energy": self.final_energy,
             "jacobian": self.jacobian_stats,
-            "linear": None if self.linear is None else self.linear.as_dict(),
+            "linear": None if self.linear is None else self.linear_in_files().as_dict(),
             "fov_percent": None if self.fov is None else float(100.0 * np.mean(self.fov)),
             "levels": [h.as_dict() for h in self.history],
             "warnings": list(self.warnings),

@@ -6,6 +6,7 @@ slice's map in 3D (:func:`embed_in_volume`, :func:`in_plane`), and ITK transform
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -207,7 +208,7 @@ def embed_in_volume(result: LinearResult, drop: int, plane: float, offset: float
     A[np.ix_(keep, keep)] = result.matrix
     t[keep], t[drop] = result.translation, offset
     c[keep], c[drop] = result.center, plane
-    return LinearResult(A, t, kind=result.kind, center=c)
+    return dataclasses.replace(result, matrix=A, translation=t, center=c, rigid=None)  # its notes and scores kept
 
 
 def in_plane(result: LinearResult, drop: int, plane: float, what: str) -> LinearResult:

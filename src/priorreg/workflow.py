@@ -665,11 +665,9 @@ def write_images(folder, result) -> None:
     jacobian = fix.with_array(result.jacobian.astype(np.float32))
     pio.write_image(jacobian, os.path.join(folder, "jacobian.nii.gz"), "jacobian", compress=False)
     if result.linear is not None:  # also inside field.nii.gz; on its own for tools that want the linear part
-        from .transform import embed_in_volume, write_itk_transform
+        from .transform import write_itk_transform
 
-        lin = result.linear
-        if fix.volume is not None:  # read from a single-slice 3D file: a 3D transform, as the field is
-            lin = embed_in_volume(lin, fix.volume.drop, fix.volume.origin[fix.volume.drop], offset)
+        lin = result.linear_in_files()  # read from a single-slice 3D file: a 3D transform, as the field is
         write_itk_transform(os.path.join(folder, LINEAR_NAME), lin, lin.ndim)
 
 
