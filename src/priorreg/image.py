@@ -41,8 +41,9 @@ def perpendicular(direction) -> bool:
 
 
 def spacing_text(spacing) -> str:
-    """A voxel size (or an extent) as the notes give it: '3 x 0.5 x 0.5' (mm, the array's axes)."""
-    return " x ".join(f"{float(s):.3g}" for s in spacing)
+    """A voxel size (or an extent) given per array axis, as the notes and the report's tables give it: along
+    i, j, k as ITK and 3D Slicer count (the array axes reversed: '0.5 x 0.5 x 3' for thick axial slices)."""
+    return " x ".join(f"{float(s):.3g}" for s in reversed(tuple(spacing)))
 
 
 @dataclass(frozen=True, eq=False)
