@@ -117,6 +117,9 @@ def test_views_are_mid_slices_with_the_pixel_aspect():
                                         "coronal slice j=9 of 18; top S, left R",
                                         "sagittal slice i=6 of 12; top S, left A"]
     assert [v.aspect for v in views] == pytest.approx([1 / 1.5, 2 / 1.5, 2.0])
+    c, s_ = np.cos(np.radians(25)), np.sin(np.radians(25))  # tilted 25 degrees about x: named by the nearest plane
+    tilted = report._views(priorreg.Image(np.zeros((14, 18, 12)), (2.0, 1.0, 1.5), direction=np.array([[0, 0, 1], [-s_, c, 0], [c, s_, 0]])))
+    assert tilted[0].title.startswith("axial (oblique, 25 deg) slice k=7 of 14"), tilted[0].title
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
 
 

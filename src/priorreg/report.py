@@ -168,6 +168,8 @@ def _sides(fixed, shown, flips, title: str) -> str:
         j = int(np.argmax(np.abs(D[:, k])))
         side.append(_SIDE[world[j], -int(np.sign(D[j, k])) * (-1 if flip else 1)])  # the side it comes from
     plane = _PLANE[next(w for w in range(3) if w not in {world[int(np.argmax(np.abs(D[:, k])))] for k in shown})]
+    tilt = max(math.degrees(math.acos(min(1.0, float(np.abs(D[:, k]).max())))) for k in shown)
+    plane += f" (oblique, {tilt:.0f} deg)" if tilt >= 1 else ""  # drawn in the voxels' plane, named by the nearest
     return f"{plane} {title}".strip() + f"; top {side[0]}, left {side[1]}"
 
 
@@ -593,8 +595,10 @@ def panel_energy(d):
     xlabel = "accepted iteration (all levels; dashed: next level)"
     plots = [pic.svg_plot(total, title="energy J, coarse to fine", xlabel=xlabel, vlines=starts),
              pic.svg_plot(terms, title="energy terms", xlabel=xlabel, vlines=starts)]
-    return ("Energy", "J = alpha*similarity + (1-alpha)*prior term (KL, CE or cKL to p_L) + lambda*R per accepted "
-            "iteration, per pyramid level.", _cells(2, [f"<div>{p}</div>" for p in plots]))
+    return ("Energy", "J = alpha*(similarity + mind_weight*MIND) + (1-alpha)*prior term (KL, CE or cKL to p_L) + "
+            "regulariser (membrane and bending), per accepted iteration and pyramid level (the similarity and prior "
+            "terms in nats); the right plot draws each term before its weight.",
+            _cells(2, [f"<div>{p}</div>" for p in plots]))
 
 
 def panel_linear(d):
