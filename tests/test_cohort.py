@@ -584,3 +584,19 @@ def test_resume_with_the_preset_every_kept_pair_ran(capsys, data, tmp_path):
     # a kept pair that ran other options still refuses the cohort's new ones, with the cohort's message
     one_line_error(capsys, ["cohort", manifest, "--out", out, "--resume", "--preset", "default", *FAST, *LOCAL],
                    "--resume with other options than the run in")
+
+
+def test_resume_registers_again_after_the_initial_transform_changed(capsys, data, tmp_path):
+    """report.json stamps the initial transform file, but --resume compared only the images, mask and prior:
+    a rewritten transform was skipped with the old outputs."""
+    d = data / "data"
+    manifest = write_manifest(tmp_path / "m.csv", [("a", d / "t1_0.nii.gz", d / "t2_0.nii.gz", "")])
+    tfm, out = tmp_path / "t.tfm", tmp_path / "out"
+    sitk.WriteTransform(sitk.TranslationTransform(2, (1.0, 0.5)), str(tfm))
+    args = ["cohort", manifest, "--out", out, "--initial-transform", tfm, "--linear", "none", *FAST, *LOCAL]
+    assert run(capsys, *args)[0] == 0
+    rc, so, err = run(capsys, *args, "--resume")
+    assert rc == 0 and "0 registered, 0 failed, 1 skipped" in so, err
+    sitk.WriteTransform(sitk.TranslationTransform(2, (9.0, -7.5)), str(tfm))
+    rc, so, err = run(capsys, *args, "--resume")
+    assert rc == 0 and "1 registered, 0 failed, 0 skipped" in so, err

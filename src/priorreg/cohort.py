@@ -61,6 +61,7 @@ class Pair:
     out: str
     skip: bool = False  # complete from an earlier run (--resume)
     prior: str | None = None  # the cohort's --prior (absolute), which --resume compares as it does the images
+    initial_transform: str | None = None  # the cohort's --initial-transform (absolute), compared the same way
 
     def spec(self) -> dict:
         return {"line": self.line, "id": self.id, "fixed": self.fixed, "moving": self.moving, "mask": self.mask, "out": self.out}
@@ -217,7 +218,7 @@ def outputs_complete(folder: str) -> bool:
 
 def same_inputs(pr: Pair) -> bool:
     """Whether the pair's report.json names the fixed, moving and mask files its manifest row names now, and
-    the cohort's prior, at the size and modification time they had (a row corrected after a run, a file
+    the cohort's prior and initial transform, at the size and modification time they had (a row corrected after a run, a file
     re-exported at the same path, or another or retrained prior is registered again by --resume, not
     skipped with the old pair's outputs)."""
     import json
@@ -225,8 +226,9 @@ def same_inputs(pr: Pair) -> bool:
     try:
         with open(os.path.join(pr.out, "report.json"), encoding="utf-8") as fh:
             rec = json.load(fh).get("inputs", {})
-        was = [rec.get(k) or None for k in ("fixed", "moving", "mask", "prior")]
-        now = [None if p is None else wf.file_stamp(p) for p in (pr.fixed, pr.moving, pr.mask, pr.prior)]
+        was = [rec.get(k) or None for k in ("fixed", "moving", "mask", "prior", "initial_transform")]
+        now = [None if p is None else wf.file_stamp(p) for p in (pr.fixed, pr.moving, pr.mask, pr.prior,
+                                                                  pr.initial_transform)]
     except (OSError, ValueError, AttributeError):
         return False
     # A record from before the stamps (no "bytes") is compared by path alone, so an upgrade does not redo a cohort.
@@ -385,7 +387,7 @@ def _parse_rows(rows: list, base: str, out_dir: str, prior_dim: int | None) -> t
 
 
 def validate_manifest(manifest, out_dir, *, prior_path=None, overwrite=False, resume=False, notes=None,
-                      prior_dim: int | None = None) -> list:
+                      prior_dim: int | None = None, initial_transform=None) -> list:
     """Check the manifest and the outputs; returns the pairs or raises one error listing every bad row."""
     manifest = os.path.abspath(os.fspath(manifest))
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -395,6 +397,7 @@ def validate_manifest(manifest, out_dir, *, prior_path=None, overwrite=False, re
     pairs, problems = _parse_rows(rows, os.path.dirname(manifest), out_dir, prior_dim)
     for pr in pairs:
         pr.prior = None if prior_path is None else os.path.abspath(os.fspath(prior_path))
+        pr.initial_transform = None if initial_transform is None else os.path.abspath(os.fspath(initial_transform))
     first_out = _check_unique(pairs, problems)
     inputs = _input_keys(manifest, prior_path, pairs)
     checked = {}
@@ -848,6 +851,7 @@ def _plan(args, con, overrides: dict) -> Plan:
                      taken="use --resume to continue a cohort, --overwrite or another --out")
     out_dir = os.path.abspath(args.out)
     pairs = validate_manifest(args.manifest, out_dir, prior_path=prior_path, overwrite=args.overwrite, resume=args.resume,
+                              initial_transform=overrides.get("initial_transform"),
                               notes=notes, prior_dim=None if prior is None else prior.dim)
     for n in dict.fromkeys(notes):  # once, not per dimension
         con.note(n)
