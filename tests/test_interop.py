@@ -260,6 +260,11 @@ def test_single_slice_linear_transform_is_3d_and_reproduced_by_sitk(tmp_path, pl
     r = priorreg.register(fi, apart, levels=1, max_iterations=0, linear="none", warn=False,
                           initial_transform=str(tmp_path / "none.tfm"))
     assert not [w for w in r.warnings if "moves the fixed slice's plane" in w] and "lies 5.0 mm from" in " ".join(r.warnings)
+    from priorreg import report  # linear.tfm carries the 5 mm; the report's row says what they are
+
+    rows = dict(report._linear_rows(r.linear_in_files(), report._linear_name(r), report._slice_gap(r)))
+    assert f"(5 mm of it along world {'z' if plane == 'axial' else 'x'}: the distance between the slices' planes)" in \
+        rows["initial transform: translation (world LPS)"]
     tilted = sitk.AffineTransform(3)
     tilted.SetMatrix([1, 0, 0, 0, 0.9, -0.3, 0, 0.3, 0.9] if plane == "axial" else [0.9, -0.3, 0, 0.3, 0.9, 0, 0, 0, 1])
     sitk.WriteTransform(tilted, str(tmp_path / "tilted.tfm"))  # takes points out of the plane

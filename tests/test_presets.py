@@ -379,5 +379,6 @@ def test_a_presets_variant_for_the_other_dimension_is_named():
     assert other_dimension_notes(preset_options("default", 2).replace(levels=2), 3, "register()")
     assert not other_dimension_notes(RegistrationOptions(), 3, "register()")
     assert not other_dimension_notes(RegistrationOptions(bins=32, mind_channels=3), 3, "register()")
+    assert other_dimension_notes(preset_options("atlas", 2), 3, "register()")  # the variant itself, though it differs in one
     assert not other_dimension_notes(RegistrationOptions(bending_scale="spacing"), 3, "register()")  # one value: atlas 2D's
     assert not other_dimension_notes(preset_options("paper", 3).replace(bending_scale="spacing"), 3, "register()")

@@ -120,6 +120,7 @@ def test_views_are_mid_slices_with_the_pixel_aspect():
     c, s_ = np.cos(np.radians(25)), np.sin(np.radians(25))  # tilted 25 degrees about x: named by the nearest plane
     tilted = report._views(priorreg.Image(np.zeros((14, 18, 12)), (2.0, 1.0, 1.5), direction=np.array([[0, 0, 1], [-s_, c, 0], [c, s_, 0]])))
     assert tilted[0].title.startswith("axial (oblique, 25 deg) slice k=7 of 14"), tilted[0].title
+    assert "oblique" not in tilted[2].title  # the sagittal view's normal is x itself: turned within its plane only
     assert np.zeros((14, 18, 12))[views[1].sl].shape == (14, 12)
 
 
@@ -387,6 +388,8 @@ def test_3d_views_pass_through_the_anatomy_the_moving_image_covers():
 
 def test_checkerboard_tiles_are_square_in_mm_and_two_at_least_across_a_slab():
     """Tiles were a fixed count per axis: 16 voxels by 2 slices (24 x 6 mm) on a 19-slice 1.5 x 1.5 x 3 mm volume."""
+    thin = report._even_tiles((3, 256, 256), (1.0, 1.0, 1.0))  # three slices: tiles of one, square ones in-plane
+    assert thin[0, 0, 31] == thin[0, 0, 0] != thin[0, 0, 32] and thin[0, 0, 0] != thin[1, 0, 0]
     tiles = report._even_tiles((19, 128, 128), (3.0, 1.5, 1.5))
     first = lambda ax: int(np.argmax(np.diff(np.moveaxis(tiles, ax, 0)[:, 0, 0].astype(int)) != 0)) + 1  # noqa: E731
     rows, cols = first(0) * 3.0, first(2) * 1.5

@@ -144,7 +144,8 @@ def other_dimension_notes(options, ndim: int, func: str) -> list:
         return []
     other = 5 - ndim
     for name, per_dim in PRESETS.items():
-        if {ndim, other} <= per_dim.keys() and _mostly_other(options, per_dim[ndim], per_dim[other]):
+        if {ndim, other} <= per_dim.keys() and options != per_dim[ndim] and (
+                options == per_dim[other] or _mostly_other(options, per_dim[ndim], per_dim[other])):
             what = "is" if options == per_dim[other] else "holds most settings of"
             return [f"{func}: options= {what} the {other}D variant of preset {name!r}, but the images are {ndim}D; "
                     f"give preset={name!r} (each preset picks its variant from the images) or "

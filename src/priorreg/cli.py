@@ -421,7 +421,7 @@ def cmd_register(args, con: Console) -> int:
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=preset, mask=mask, callback=cb, warn=False, **overrides)
     result.preset_note = why  # report.json says why, as register() does where it chooses
-    result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as printed, so kept in report.json and report.html
+    wf.speak_warnings(result)
     con.end_bar(done=True)
     for n in wf.linear_notes(result) + wf.working_grid_notes(result):  # in the order the stages ran: the linear stage's, the grid's, then warnings
         con.note(n)

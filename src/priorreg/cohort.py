@@ -468,7 +468,7 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
                       callback=_stop_point, **overrides)
     result.preset_note = why  # as `priorreg register` records it: a note, not a warning
     _stop_point()
-    result.warnings[:] = [wf.spoken(w) for w in result.warnings]  # as the commands say them (report.json too)
+    wf.speak_warnings(result)
     notes.extend(f"warning: {w}" for w in result.warnings)
     notes.extend(wf.linear_notes(result) + wf.working_grid_notes(result))
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once

@@ -135,7 +135,7 @@ def _register_all(results, fixed, deformed, prior, true_mm, mask, device, consol
             "seconds": res.seconds,
             "percent_folding": res.jacobian_stats["percent_nonpositive"],
         })
-        res.warnings[:] = [wf.spoken(w) for w in res.warnings]  # as printed, so kept in report.json and report.html
+        wf.speak_warnings(res)
         if console is not None:
             console.note(f"alpha={_label(alpha)}: {wf.summary(res)}; endpoint error {err[mask].mean():.3f} mm")
             for w in res.warnings:

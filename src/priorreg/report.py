@@ -25,6 +25,7 @@ from . import pictures as pic
 from .intensity import normalizer, otsu_threshold
 from .transform import rotation_angle
 from .pyramid import level_label, level_number
+from .image import plane_offset
 
 
 # --------------------------------------------------------------------------- JSON
@@ -154,6 +155,9 @@ _SIDE = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, 
 _PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}  # by the world axis a slice is across
 
 
+OBLIQUE_DEGREES = 3.0  # a view whose plane's normal is tilted this far from a world axis is named oblique
+
+
 def _sides(fixed, shown, flips, title: str) -> str:
     """``title`` led by the view's plane and followed by the patient's side at its top and left edges
     ('axial slice k=7 of 14; top A, left R': k, j, i index the voxels as in ITK and 3D Slicer), by the world axis each shown array axis runs
@@ -168,8 +172,10 @@ def _sides(fixed, shown, flips, title: str) -> str:
         j = int(np.argmax(np.abs(D[:, k])))
         side.append(_SIDE[world[j], -int(np.sign(D[j, k])) * (-1 if flip else 1)])  # the side it comes from
     plane = _PLANE[next(w for w in range(3) if w not in {world[int(np.argmax(np.abs(D[:, k])))] for k in shown})]
-    tilt = max(math.degrees(math.acos(min(1.0, float(np.abs(D[:, k]).max())))) for k in shown)
-    plane += f" (oblique, {tilt:.0f} deg)" if tilt >= 1 else ""  # drawn in the voxels' plane, named by the nearest
+    if fixed.ndim == 3:  # drawn in the voxels' plane, named by the nearest: its normal's tilt (a slice is never oblique)
+        normal = next(k for k in range(3) if k not in shown)
+        tilt = math.degrees(math.acos(min(1.0, float(np.abs(D[:, normal]).max()))))
+        plane += f" (oblique, {tilt:.0f} deg)" if tilt >= OBLIQUE_DEGREES else ""
     return f"{plane} {title}".strip() + f"; top {side[0]}, left {side[1]}"
 
 
@@ -234,11 +240,11 @@ def _anatomy_centre(fixed: np.ndarray, fov) -> list:
 
 
 def _even_tiles(shape, spacing, n=8) -> np.ndarray:
-    """Where a checkerboard of square tiles (in mm) shows its first image: about ``n`` along the grid's
-    longest extent, and at least two along its shortest (thin slabs of thick slices had stripes of 16 x 2 voxels)."""
+    """Where a checkerboard shows its first image: square tiles (in mm) of about 1/``n`` of the grid's longest
+    extent, and along a shorter axis at most half its extent, so that it has two at least (thin slabs of thick
+    slices had stripes of 16 x 2 voxels)."""
     extent = np.asarray(shape) * np.asarray(spacing, dtype=float)
-    edge = min(extent.max() / n, extent.min() / 2)
-    tiles = [max(1, int(round(edge / sp))) for sp in spacing]
+    tiles = [max(1, int(min(extent.max() / n, e / 2) / sp)) for e, sp in zip(extent, spacing)]
     parity = sum((np.arange(s) // t).reshape([-1 if j == k else 1 for j in range(len(shape))])
                  for k, (s, t) in enumerate(zip(shape, tiles)))
     return parity % 2 == 0
@@ -595,7 +601,8 @@ def panel_energy(d):
     xlabel = "accepted iteration (all levels; dashed: next level)"
     plots = [pic.svg_plot(total, title="energy J, coarse to fine", xlabel=xlabel, vlines=starts),
              pic.svg_plot(terms, title="energy terms", xlabel=xlabel, vlines=starts)]
-    return ("Energy", "J = alpha*(similarity + mind_weight*MIND) + (1-alpha)*prior term (KL, CE or cKL to p_L) + "
+    return ("Energy", "J = alpha*(similarity (global MI, regional MI by local_weight) + mind_weight*MIND) + "
+            "(1-alpha)*prior term (KL, CE or cKL to p_L) + "
             "regulariser (membrane and bending), per accepted iteration and pyramid level (the similarity and prior "
             "terms in nats); the right plot draws each term before its weight.",
             _cells(2, [f"<div>{p}</div>" for p in plots]))
@@ -608,9 +615,10 @@ def panel_linear(d):
     fs, bs, _ = d.scaled
     lin = d.result.linear
     said = "".join(f" {n[0].upper()}{n[1:]}." for n in lin.notes)  # e.g. its optimum rejected, world alignment kept
-    after = f"the {lin.kind} stage" if _linear_name(d.result) == "linear stage" else f"the initial transform ({lin.kind})"
+    name = _linear_name(d.result)
+    after = f"the {lin.kind} stage" if name == "linear stage" else f"the initial transform ({lin.kind})"
     return (
-        f"{_linear_name(d.result).capitalize()}: before / after",
+        f"{name.capitalize()}: before / after",
         f"Checkerboards of the fixed image with the moving image at world alignment and after {after} "
         f"alone (before the deformable stage).{' Rotation, translation, scales and shears are in the summary.' if not lin.rejected else ''}{said}",
         _grid(d, [("world alignment", _show(_checkerboard(d, fs, bs)), ""),
@@ -696,8 +704,7 @@ def _summary(result, fov) -> list:
         ("Jacobian min / max", f"{js['min']:.3f} / {js['max']:.3f}"),
         ("voxels folding (Jacobian <= 0)", f"{js['percent_nonpositive']:.3f}%"),
         ("fixed grid outside the moving field of view", "n/a" if out is None else f"{out:.1f}%"),
-        *_linear_rows(result.linear_in_files() if getattr(result, "linear", None) is not None else None,
-                      _linear_name(result)),
+        *_linear_rows(result.linear_in_files(), _linear_name(result), _slice_gap(result)),
         *_alpha_rows(getattr(result, "prior_weights", None) or [], len(result.history)),
     ]
     return ["<h2>Summary</h2>", _table(rows)]
@@ -715,8 +722,17 @@ def _linear_name(result) -> str:
     return "initial transform" if options is not None and options.linear == "none" else "linear stage"
 
 
-def _linear_rows(lin, name: str = "linear stage") -> list:
-    """The linear transform, as a reader checks it: degrees, mm, scales, shears (``name``: :func:`_linear_name`)."""
+def _slice_gap(result) -> str:
+    """' (5 mm of it along world x: ...)' where two single slices lie in parallel planes apart: the 3D transform
+    (linear.tfm) carries that distance, which the 2D registration did not find."""
+    vol = getattr(result.fixed, "volume", None)
+    gap = 0.0 if vol is None or result.moving is None else plane_offset(result.fixed, result.moving, "report")
+    return f" ({gap:.3g} mm of it along world {'xyz'[vol.drop]}: the distance between the slices' planes)" if gap else ""
+
+
+def _linear_rows(lin, name: str = "linear stage", gap: str = "") -> list:
+    """The linear transform, as a reader checks it: degrees, mm, scales, shears (``name``: :func:`_linear_name`;
+    ``gap``: :func:`_slice_gap`)."""
     if lin is None:
         return []
     if lin.rejected:  # what is kept is the start, not a transform the stage found
@@ -730,7 +746,7 @@ def _linear_rows(lin, name: str = "linear stage") -> list:
             f"{nums(lin.rotation_degrees, ' deg')})")
     return [
         (f"{name} ({lin.kind}): rotation", turn),
-        (f"{name}: translation (world LPS)", nums(lin.translation_mm, " mm")),
+        (f"{name}: translation (world LPS)", nums(lin.translation_mm, " mm") + gap),
         (f"{name}: scales / shears", f"{nums(lin.scales)} / {nums(lin.shears)}"),
     ]
 

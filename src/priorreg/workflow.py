@@ -745,6 +745,13 @@ def spoken(msg: str) -> str:
     return _API_CALL.sub("", msg)
 
 
+def speak_warnings(result) -> list:
+    """``result.warnings`` reworded as the commands say them (:func:`spoken`), in place, so that report.json and
+    report.html keep them as printed; returns them."""
+    result.warnings[:] = [spoken(w) for w in result.warnings]
+    return result.warnings
+
+
 def linear_notes(result) -> list:
     """The linear stage's notes when its optimum was rejected (world alignment or the initial transform kept:
     the summary would otherwise read like a found identity) or an affine stage fell back to rigid (the summary
