@@ -54,10 +54,9 @@ def _check_pair(fixed, moving, spacing, func: str) -> tuple[Image, Image]:
         raise PriorRegError(f"{func}: fixed is {fix.ndim}D but moving is {mov.ndim}D; both must be 2D or both 3D")
     plane_offset(fix, mov, func)  # single slices in different planes are refused
     for name, im in (("fixed", fix), ("moving", mov)):
-        if max(im.spacing) > MAX_SPACING_RATIO * min(im.spacing):  # a header's, not a scanner's: blurs of 1e12 voxels
-            raise PriorRegError(f"{func}: {name}'s voxels are {max(im.spacing) / min(im.spacing):.3g} times longer along "
-                                f"one axis than another (spacing {spacing_text(im.spacing)} mm): a wrong header? fix its "
-                                "spacing (pixdim)")
+        if _elongation(im) > MAX_SPACING_RATIO:  # a header's, not a scanner's: blurs of 1e12 voxels
+            raise PriorRegError(f"{func}: {name}'s voxels are {_elongation(im):.3g} times longer along one axis than "
+                                f"another (spacing {spacing_text(im.spacing)} mm): a wrong header? fix its spacing (pixdim)")
     if not isinstance(moving, Image) and not isinstance(fixed, Image) and fix.shape != mov.shape:
         raise PriorRegError(
             f"{func}: fixed has shape {fix.shape} but moving has {mov.shape}; arrays must share one grid "
@@ -70,19 +69,19 @@ MAX_ANISOTROPY = 50  # a voxel's longest side over its shortest, beyond which th
 MAX_SPACING_RATIO = 1e4  # ... and refused (1e-9 mm beside 3 mm: a hang; 1e-30: scipy's "Maximum allowed size")
 
 
+def _elongation(im: Image) -> float:
+    """A voxel's longest side over its shortest."""
+    return float(max(im.spacing) / min(im.spacing))
+
+
 def _spacing_notes(fix: Image, mov: Image, func: str) -> list:
     """A warning where an image's voxels are more than MAX_ANISOTROPY times longer along one axis than another
     (thick slices reach 20-30): a header with one wrong spacing makes the anatomy a sliver, and the
     registration then follows that header without a word."""
-    notes = []
-    for name, im in (("fixed", fix), ("moving", mov)):
-        sp = np.asarray(im.spacing, dtype=float)
-        if sp.max() > MAX_ANISOTROPY * sp.min():
-            notes.append(f"{func}: {name}'s voxels are {sp.max() / sp.min():.0f} times longer along one axis than another "
-                         f"(spacing {spacing_text(sp)} mm, so the image spans {spacing_text(np.asarray(im.shape) * sp)} "
-                         "mm): if that is not the anatomy's size, its header's spacing is wrong, and the registration "
-                         "follows it")
-    return notes
+    return [f"{func}: {name}'s voxels are {_elongation(im):.0f} times longer along one axis than another (spacing "
+            f"{spacing_text(im.spacing)} mm, so the image spans {spacing_text(np.asarray(im.shape) * im.spacing)} mm): "
+            "if that is not the anatomy's size, its header's spacing is wrong, and the registration follows it"
+            for name, im in (("fixed", fix), ("moving", mov)) if _elongation(im) > MAX_ANISOTROPY]
 
 
 def _slice_gap_notes(fix: Image, mov: Image, func: str) -> list:
