@@ -623,8 +623,9 @@ def input_problem(path: str, name: str) -> str | None:
     format priorreg does not read, no permission); None where it may be (a folder: a DICOM series)."""
     if not os.path.exists(path):
         return f"{name}: no such file or directory: {path}"
-    if name_problem(path, name):  # as SimpleITK is given it
-        return name_problem(path, name)
+    unusable = name_problem(path, name)  # as SimpleITK is given it
+    if unusable:
+        return unusable
     if os.path.isdir(path):
         return None
     if not os.path.isfile(path):  # a named pipe would be read forever
