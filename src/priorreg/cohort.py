@@ -606,18 +606,6 @@ def _recorded_options(folder: str) -> tuple:
         return None, None, None
 
 
-def _check_skipped_options(out_dir: str, pairs: list, expected) -> None:
-    """The pairs --resume skips ran with the options given now, as their own report.json says (also when
-    DIR/cohort.json is missing, as after a killed run): otherwise they would be kept beside pairs
-    registered with others, under a summary naming one set. ``expected(grid, preset)``: the options a pair
-    on that fixed grid runs now, under the preset its report names (a PET pair's may differ from the rest)."""
-    for pr in pairs:
-        names = _differing_options(pr, expected)
-        if names:
-            raise PriorRegError(f"--resume with other options than pair {pr.id} was registered with ({', '.join(names)} "
-                                f"differ; see {os.path.join(pr.out, 'report.json')}); give the same options, or a new --out")
-
-
 def _differing_options(pr: Pair, expected) -> list | None:
     """The options a skipped pair's report.json records otherwise than ``expected`` gives now ([] for none, and
     for a pair that runs now); None where its record cannot be read."""
@@ -637,12 +625,20 @@ def _check_resumed_options(out_dir: str, previous_run: dict, options: dict, pair
     its report.json. Other cohort options pass where every pair kept from the earlier run is recorded with the
     options it would run with now (a cohort run without --preset whose pairs all ran functional, resumed with
     --preset functional)."""
+    differing = [(pr, _differing_options(pr, expected)) for pr in pairs]  # each report.json read once
     try:
         _check_same_options(out_dir, previous_run, options)
     except PriorRegError:
-        if not all(_differing_options(pr, expected) == [] for pr in pairs):
+        if not all(names == [] for _, names in differing):
             raise
-    _check_skipped_options(out_dir, pairs, expected)
+    # The pairs --resume skips ran with the options given now, as their own report.json says (also when
+    # DIR/cohort.json is missing, as after a killed run): otherwise they would be kept beside pairs registered
+    # with others, under a summary naming one set. ``expected(grid, preset)``: the options a pair on that fixed
+    # grid runs now, under the preset its report names (a PET pair's may differ from the rest).
+    for pr, names in differing:
+        if names:
+            raise PriorRegError(f"--resume with other options than pair {pr.id} was registered with ({', '.join(names)} "
+                                f"differ; see {os.path.join(pr.out, 'report.json')}); give the same options, or a new --out")
 
 
 def previous_records(previous_run: dict) -> dict:
