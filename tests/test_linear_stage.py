@@ -137,7 +137,7 @@ def test_the_report_shows_the_linear_stage(pair):
     if not (out / "report.html").exists():
         _run(["register", p["fixed"], p["moving"], "--out", str(out), "--max-iterations", "0", "--quiet"])
     page = (out / "report.html").read_text()
-    assert "Linear stage: before / after" in page and "linear stage (affine): rotation" in page
+    assert "after the affine stage</div>" in page and "linear stage (affine): rotation" in page
     assert " deg" in page and "translation (world LPS)" in page
 
 

@@ -109,12 +109,27 @@ def draw_lines(rgb, lines, colour_rgb) -> np.ndarray:
 
 
 def png_base64(rgb) -> str:
-    """A uint8 (rows, columns, 3) image as a base64 PNG."""
+    """A uint8 (rows, columns, 3) image as a base64 PNG, lossless and as small as is cheap: grey pictures as
+    one channel, pictures of at most 256 colours (grey with a coloured outline, a colour map) with a palette
+    (a 768 x 768 slice's report: 5.1 -> 3.1 MB; RGB throughout repeated each grey value three times)."""
+    buf = _bytesio.BytesIO()
+    _as_png_image(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, "PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _as_png_image(a):
+    """A PIL image of the RGB array ``a``: mode "L" where it is grey, "P" where it has at most 256 colours."""
     from PIL import Image
 
-    buf = _bytesio.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, "PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    if (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
+        return Image.fromarray(np.ascontiguousarray(a[..., 0]))
+    key = (a[..., 0].astype(np.int32) << 16) | (a[..., 1].astype(np.int32) << 8) | a[..., 2]
+    colours, index = np.unique(key, return_inverse=True)
+    if colours.size > 256:
+        return Image.fromarray(a)
+    im = Image.fromarray(index.reshape(a.shape[:2]).astype(np.uint8), "P")
+    im.putpalette(np.stack([colours >> 16, colours >> 8, colours], 1).astype(np.uint8).ravel().tolist())
+    return im
 
 
 def img_tag(rgb, alt: str) -> str:

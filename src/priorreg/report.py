@@ -446,14 +446,34 @@ def _fov_caption(d) -> str:
 
 
 def panel_checkerboard(d):
+    """Before and after registration; where a linear stage ran (or an initial transform was used), the moving
+    image after it alone sits between them (one "before" picture: a panel of its own repeated it)."""
     fs, bs, as_ = d.scaled
+    linear, said = _linear_column(d)
+    middle = [] if linear is None else [linear]
     return (
         "Checkerboard: fixed / moving",
         "Alternating tiles of the fixed image and the moving image, before and after registration. "
-        "After registration, structures should continue smoothly across tile borders." + _fov_caption(d),
-        _grid(d, [("before", _show(_checkerboard(d, fs, bs)), ""),
-                  ("after", _show(_checkerboard(d, fs, as_), outline=d.fov_outline), "")]),
+        "After registration, structures should continue smoothly across tile borders." + said + _fov_caption(d),
+        _grid(d, [("before", _show(_checkerboard(d, fs, bs)), ""), *middle,
+                  ("after" if linear is None else "after registration",
+                   _show(_checkerboard(d, fs, as_), outline=d.fov_outline), "")]),
     )
+
+
+def _linear_column(d) -> tuple:
+    """(the checkerboard column of the moving image through the linear transform alone, or None where there is
+    none; the caption's sentences on it)."""
+    lin = getattr(d.result, "linear", None)
+    if lin is None:
+        return None, ""
+    fs = d.scaled[0]
+    said = "".join(f" {n[0].upper()}{n[1:]}." for n in lin.notes)  # e.g. its optimum rejected, world alignment kept
+    name = _linear_name(d.result)
+    after = f"the {lin.kind} stage" if name == "linear stage" else f"the initial transform ({lin.kind})"
+    numbers = " (its rotation, translation, scales and shears are in the summary)" if not lin.rejected else ""
+    return ((f"after {after}", _show(_checkerboard(d, fs, d.linear_only)), ""),
+            f" Middle: after {after} alone{numbers}, before the deformable stage; before: at world alignment.{said}")
 
 
 def panel_edges(d):
@@ -608,25 +628,7 @@ def panel_energy(d):
             _cells(2, [f"<div>{p}</div>" for p in plots]))
 
 
-def panel_linear(d):
-    """The linear stage on its own (only when it ran)."""
-    if getattr(d.result, "linear", None) is None:
-        return None
-    fs, bs, _ = d.scaled
-    lin = d.result.linear
-    said = "".join(f" {n[0].upper()}{n[1:]}." for n in lin.notes)  # e.g. its optimum rejected, world alignment kept
-    name = _linear_name(d.result)
-    after = f"the {lin.kind} stage" if name == "linear stage" else f"the initial transform ({lin.kind})"
-    return (
-        f"{name.capitalize()}: before / after",
-        f"Checkerboards of the fixed image with the moving image at world alignment and after {after} "
-        f"alone (before the deformable stage).{' Rotation, translation, scales and shears are in the summary.' if not lin.rejected else ''}{said}",
-        _grid(d, [("world alignment", _show(_checkerboard(d, fs, bs)), ""),
-                  (f"after {after}", _show(_checkerboard(d, fs, d.linear_only)), "")]),
-    )
-
-
-PANELS = (panel_linear, panel_checkerboard, panel_edges, panel_differences, panel_deformation, panel_histograms,
+PANELS = (panel_checkerboard, panel_edges, panel_differences, panel_deformation, panel_histograms,
           panel_energy)
 
 
