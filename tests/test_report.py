@@ -201,6 +201,22 @@ def test_fov_percentage_when_the_moving_image_covers_half(half):
         assert abs((per_col * np.arange(len(per_col))).sum() / per_col.sum() - after.shape[1] / 2) <= 2
 
 
+def test_the_moving_pictures_are_black_outside_the_moving_image():
+    """A moving image with a negative background (CT-like) covering the left half of the fixed grid: its fill
+    outside (0) was drawn grey, as if it were data, before and after registration and after the linear stage."""
+    lab = synthetic.anatomy((48, 48), seed=0)
+    fixed = Image(synthetic.contrast(lab, synthetic.T1), (1.0, 1.0))
+    moving = synthetic.contrast(lab, synthetic.PD_NONMONO, seed=3)[:, :24] * 1000 - 1000
+    result = priorreg.register(fixed, Image(moving, (1.0, 1.0), origin=(0.0, 2.0)), levels=1, max_iterations=3,
+                               linear="rigid", warn=False)  # on another grid: 2 mm along
+    shown = images(report.panel_edges(report._Data(result))[2])  # the moving image under the fixed edges
+    assert len(shown) == 2
+    for a in shown + [report._Data(result).linear_only(report._Data(result).views[0])]:
+        right = a[:, a.shape[1] * 7 // 8:]  # beyond the moving image, whatever the linear stage did
+        grey = right if right.ndim == 2 else right[(right[..., 0] == right[..., 1]) & (right[..., 1] == right[..., 2])]
+        assert grey.size and (grey == 0).all()
+
+
 def test_fov_is_where_the_field_lands_inside_the_moving_image():
     # a shift of half the grid (32 mm along array axis 1) sends the right half of the fixed grid outside
     from priorreg.resample import field_of_view

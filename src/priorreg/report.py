@@ -345,11 +345,24 @@ class _Data:
     def scaled(self):
         """(fixed, before, after) scaled to [0, 1] for display, each a function of a view (scaling a 1 mm
         volume whole took 0.35 s of its report); moving ones share one range."""
-        def on_views(a, rng):
-            return lambda v: _scaled(v.take(a), rng)
+        def on_views(a, rng, fov=None):
+            return lambda v: _scaled(v.take(a), rng) * (1 if fov is None else v.take(fov))
 
         r_m = self.moving_range
-        return on_views(self.fixed, _display_range(self.fixed)), on_views(self.before, r_m), on_views(self.after, r_m)
+        return (on_views(self.fixed, _display_range(self.fixed)), on_views(self.before, r_m, self.before_fov),
+                on_views(self.after, r_m, self.fov))
+
+    @cached_property
+    def before_fov(self):
+        """Where the moving image has data on the fixed grid before registration (None: everywhere). The
+        moving pictures are black outside their field of view: the fill there (0) showed grey where the
+        moving image's background is negative (a CT at -1000 HU), as if it were data."""
+        r = self.result
+        if getattr(r, "moving", None) is None or r.fixed.same_grid(r.moving):
+            return None
+        from .resample import field_of_view as fov_of
+
+        return fov_of(r.moving, r.fixed, None)
 
     @cached_property
     def even_tiles(self):
@@ -369,7 +382,7 @@ class _Data:
     @cached_property
     def linear_only(self):
         """The moving image through the linear stage alone, scaled like ``scaled``'s moving images:
-        a function of a view, computed on that view's voxels only (0 outside the moving image)."""
+        a function of a view, computed on that view's voxels only (black outside the moving image)."""
         from scipy.ndimage import map_coordinates
 
         r = self.result
@@ -381,8 +394,10 @@ class _Data:
         def at(v):
             axes = [np.arange(n)[k] for n, k in zip(r.fixed.shape, v.sl)]  # an index or a whole axis
             grid = np.stack(np.meshgrid(*axes, indexing="ij"))
-            vals = map_coordinates(moving, B @ grid.reshape(len(axes), -1) + c[:, None], order=1, mode="constant")
-            view = _scaled(vals.reshape([n for n, a in zip(grid.shape[1:], axes) if np.ndim(a)]), self.moving_range)
+            idx = B @ grid.reshape(len(axes), -1) + c[:, None]
+            inside = np.all((idx >= -0.5) & (idx <= np.asarray(moving.shape)[:, None] - 0.5), axis=0)  # as ITK counts
+            view = _scaled(map_coordinates(moving, idx, order=1, mode="nearest"), self.moving_range) * inside
+            view = view.reshape([n for n, a in zip(grid.shape[1:], axes) if np.ndim(a)])
             return view.T if v.transposed else view
 
         return at
@@ -442,7 +457,8 @@ def _fov_caption(d) -> str:
     if d.fov_outline is None:
         return ""
     return (f" Cyan line (after): the moving image's field of view on the fixed grid; "
-            f"{percent_outside(d.fov):.1f}% of the fixed grid lies outside it, where the warped image is 0.")
+            f"{percent_outside(d.fov):.1f}% of the fixed grid lies outside it, where the warped image is 0 "
+            "(the moving pictures are black outside the moving image).")
 
 
 def panel_checkerboard(d):
