@@ -25,7 +25,6 @@ from . import pictures as pic
 from .intensity import normalizer, otsu_threshold
 from .transform import rotation_angle
 from .pyramid import level_label, level_number
-from .image import plane_offset
 
 
 # --------------------------------------------------------------------------- JSON
@@ -743,9 +742,8 @@ def _linear_name(result) -> str:
 def _slice_gap(result) -> str:
     """' (5 mm of it along world x: ...)' where two single slices lie in parallel planes apart: the 3D transform
     (linear.tfm) carries that distance, which the 2D registration did not find."""
-    vol = getattr(result.fixed, "volume", None)
-    gap = 0.0 if vol is None or result.moving is None else plane_offset(result.fixed, result.moving, "report")
-    return f" ({gap:.3g} mm of it along world {'xyz'[vol.drop]}: the distance between the slices' planes)" if gap else ""
+    gap = result.plane_gap
+    return f" ({gap:.3g} mm of it along world {'xyz'[result.fixed.volume.drop]}: the distance between the slices' planes)" if gap else ""
 
 
 def _linear_rows(lin, name: str = "linear stage", gap: str = "") -> list:

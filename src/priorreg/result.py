@@ -89,8 +89,13 @@ class RegistrationResult:
         vol = getattr(self.fixed, "volume", None)
         if self.linear is None or vol is None:
             return self.linear
-        offset = 0.0 if self.moving is None else plane_offset(self.fixed, self.moving, "write")
-        return embed_in_volume(self.linear, vol.drop, float(vol.origin[vol.drop]), offset)
+        return embed_in_volume(self.linear, vol.drop, float(vol.origin[vol.drop]), self.plane_gap)
+
+    @property
+    def plane_gap(self) -> float:
+        """How far (mm, along the normal) the moving slice's plane lies from the fixed one's, for single slices
+        read from 3D files (else 0): linear.tfm carries it, the 2D registration did not find it."""
+        return 0.0 if self.moving is None else plane_offset(self.fixed, self.moving, "RegistrationResult")
 
     def apply(self, image, interpolation: str = "linear") -> Image:
         """Warp another image of the moving space (e.g. a label map) through the field. A plain array is
