@@ -2,6 +2,8 @@
 the ITK/ANTs convention of the displacement field file."""
 import dataclasses
 import os
+import sys
+import subprocess
 
 import numpy as np
 import pytest
@@ -405,6 +407,31 @@ def test_a_short_nifti_write_is_an_error_not_a_cut_file(tmp_path, monkeypatch, e
     with pytest.raises(PriorRegError, match=r"cannot write .*out.* shorter than the image .*disk full"):
         pio.write_image(priorreg.Image(blob_image((20, 30))), tmp_path / f"out{ext}", compress=compress)
     assert os.listdir(tmp_path) == []  # neither the cut file nor a temporary
+
+
+def test_a_file_size_limit_is_priorreg_s_line_alone(tmp_path):
+    """A write cut short (here by a file size limit; a full disk alike) printed ITK's NIfTI library's own
+    "** ERROR: NWAD: wrote only ... bytes" above priorreg's line, which says the same."""
+    resource = pytest.importorskip("resource")  # POSIX
+    code = ("import sys, numpy as np, priorreg, priorreg.io as pio\n"
+            "try:\n    pio.write_image(priorreg.Image(np.random.default_rng(0).random((60, 60, 60))), sys.argv[1])\n"
+            "except priorreg.PriorRegError as e:\n    print(e, file=sys.stderr)\n")
+    for name in ("out.nii.gz", "out.nii"):
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)))
+        lines = p.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"output: cannot write {tmp_path / name} ("), p.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_what_itk_says_on_stderr_is_passed_on_less_its_errors_where_the_write_failed(capfd):
+    with pio._itk_error_lines_dropped():
+        os.write(2, b"** ERROR: said while writing\nanother library's line\n")
+    assert capfd.readouterr().err == "** ERROR: said while writing\nanother library's line\n"
+    with pytest.raises(OSError), pio._itk_error_lines_dropped():
+        os.write(2, b"** ERROR: NWAD: wrote only 1 of 2 bytes\nanother library's line\n")
+        raise OSError("short")
+    assert capfd.readouterr().err == "another library's line\n"
 
 
 def test_uncompressed_nii_gz_is_a_gzip_file_that_readers_read(tmp_path):

@@ -29,6 +29,7 @@ import os
 import shutil
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import zlib
@@ -922,7 +923,7 @@ def _write(sitk_img, path, name, compress: bool = True):
         raise PriorRegError(f"{name}: output directory does not exist: {directory}")
     ext = extension(path)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, _itk_error_lines_dropped():
             if ext == ".nii.gz":
                 _write_nifti_gzip(sitk_img, tmp, GZIP_LEVEL if compress else 0)
             else:
@@ -933,6 +934,60 @@ def _write(sitk_img, path, name, compress: bool = True):
         raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({itk_reason(e)})") from None
     except OSError as e:
         raise PriorRegError(f"{name}: cannot write {os.fspath(path)} ({e.strerror or e})") from None
+
+
+ITK_ERROR_PREFIX = b"** ERROR"  # how ITK's NIfTI library begins a line it writes to stderr itself
+
+
+@contextlib.contextmanager
+def _itk_error_lines_dropped():
+    """Around an ITK write: what the C libraries write to stderr (fd 2) is held back, then passed on, less
+    ITK_ERROR_PREFIX's lines where the write failed (a full disk printed NIfTI's "** ERROR: NWAD: wrote only
+    204448 of 3610516 bytes" above priorreg's one line, which says the same). fd 2 is the whole process's:
+    one write at a time holds it (the others, e.g. a cohort's other pairs, leave it be), and what other threads
+    write meanwhile is passed on late, not lost. Nothing is held where fd 2 is closed."""
+    if not _STDERR_HELD.acquire(blocking=False):
+        yield
+        return
+    saved = _dup_stderr()  # may be fd 0 where stdin is closed
+    if saved is None:
+        _STDERR_HELD.release()
+        yield
+        return
+    ran_through = False
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+                ran_through = True
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                held.seek(0)
+                lines = held.read().splitlines(keepends=True)
+                _write_fd2(b"".join(ln for ln in lines if ran_through or not ln.startswith(ITK_ERROR_PREFIX)))
+    finally:
+        _STDERR_HELD.release()
+
+
+_STDERR_HELD = threading.Lock()
+
+
+def _dup_stderr():
+    """A duplicate of fd 2 (Python's own stderr flushed first), or None where it is closed."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        return os.dup(2)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_fd2(data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        if data:
+            os.write(2, data)
 
 
 GZIP_LEVEL = 6  # zlib's default, and about what ITK's NIfTI writer uses
