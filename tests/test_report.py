@@ -215,6 +215,8 @@ def test_the_moving_pictures_are_black_outside_the_moving_image():
         right = a[:, a.shape[1] * 7 // 8:]  # beyond the moving image, whatever the linear stage did
         grey = right if right.ndim == 2 else right[(right[..., 0] == right[..., 1]) & (right[..., 1] == right[..., 2])]
         assert grey.size and (grey == 0).all()
+    for a in images(report.panel_differences(report._Data(result))[2]):  # a difference there is the fill's
+        assert (a[:, a.shape[1] * 7 // 8:] == 0).all() and not (a[:, : a.shape[1] // 4] == 0).all(-1).all()
 
 
 def test_fov_is_where_the_field_lands_inside_the_moving_image():

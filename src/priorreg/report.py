@@ -437,11 +437,13 @@ def _cells(ncols: int, cells) -> str:
     return f"<div class='grid' style='grid-template-columns:repeat({ncols},minmax(0,1fr))'>{''.join(cells)}</div>"
 
 
-def _show(a, table=pic.GREY, lo=0.0, hi=1.0, overlay=None, outline=None):
-    """draw(view, size): ``a`` (``lo`` .. ``hi`` over ``table``), optionally with a red mask overlay and a
-    field-of-view outline."""
+def _show(a, table=pic.GREY, lo=0.0, hi=1.0, overlay=None, outline=None, blank=None):
+    """draw(view, size): ``a`` (``lo`` .. ``hi`` over ``table``), optionally black where ``blank`` (no
+    moving-image data), with a red mask overlay and a field-of-view outline."""
     def draw(v, size):
         rgb = pic.colour(_at(a, v), lo, hi, table)
+        if blank is not None:
+            rgb = pic.paint(rgb, v.take(blank), (0, 0, 0))
         if overlay is not None:
             rgb = pic.paint(rgb, v.take(overlay), EDGE_RGB, 0.9)
         rgb = pic.enlarge(rgb, size)
@@ -513,12 +515,23 @@ def panel_differences(d):
         "Left: warped moving minus moving (normalised intensities): where the registration moved intensity "
         "(red: brighter after, blue: darker after). "
         "Right: |fixed - warped| after a rank (histogram) matching of the moving image to the fixed one, before "
-        "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches.",
-        _grid(d, [("after - before", _show(lambda v: mm(v.take(d.after)) - mm(v.take(d.before)), pic.DIVERGING, -0.5, 0.5),
+        "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches. Black: no "
+        "moving-image data there (outside its field of view), where a difference would be the warp's fill.",
+        _grid(d, [("after - before", _show(lambda v: mm(v.take(d.after)) - mm(v.take(d.before)), pic.DIVERGING, -0.5, 0.5,
+                                           blank=_no_data(d.before_fov, d.fov)),
                    pic.colour_bar(pic.DIVERGING, ["\u2264 -0.5", "0", "\u2265 0.5"])),
-                  ("|fixed - moving| (ranked), before", _show(_rank_diff(d.fixed, d.before, rf), **ranked), bar),
-                  ("|fixed - moving| (ranked), after", _show(_rank_diff(d.fixed, d.after, rf), **ranked), bar)]),
+                  ("|fixed - moving| (ranked), before", _show(_rank_diff(d.fixed, d.before, rf), **ranked,
+                                                              blank=_no_data(d.before_fov)), bar),
+                  ("|fixed - moving| (ranked), after", _show(_rank_diff(d.fixed, d.after, rf), **ranked,
+                                                             blank=_no_data(d.fov)), bar)]),
     )
+
+
+def _no_data(*fovs):
+    """Where any of the fields of view ``fovs`` (None: everywhere) leaves the moving image without data, or
+    None where none does."""
+    inside = [f for f in fovs if f is not None and not f.all()]
+    return None if not inside else ~np.logical_and.reduce(inside)
 
 
 def _warped_lines(u_rows, u_cols, size) -> np.ndarray:
