@@ -928,3 +928,27 @@ def test_the_initial_transform_file_is_stamped_among_the_inputs(capsys, data, tm
     assert rc == 0, err
     stamp = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))["inputs"]["initial_transform"]
     assert stamp["path"] == str(tmp_path / "t.tfm") and stamp["bytes"] == (tmp_path / "t.tfm").stat().st_size
+
+
+def test_what_is_known_before_the_levels_is_printed_before_them(capsys, data, tmp_path, monkeypatch):
+    """A rejected linear optimum's note and a warning known before the first level (a header's) came after
+    every level line: on a long run, minutes after they were known. Each is printed once."""
+    from priorreg import api, prealign
+    from priorreg.transform import LinearResult
+
+    why = "its optimum raised mutual information but worsened the MIND descriptor distance; world alignment is kept"
+
+    def rejected(*a, **kw):
+        return LinearResult(np.eye(2), np.zeros(2), kind="affine", center=np.zeros(2), rejected=True, notes=[why])
+
+    monkeypatch.setattr(prealign, "estimate_linear", rejected)
+    monkeypatch.setattr(api, "header_notes", lambda inp, lin: ["register(): the header looks turned"])
+    rc, out, err = run(capsys, "register", data["fixed"], data["moving"], "--out", tmp_path / "o", "--levels", "2",
+                       "--max-iterations", "3")
+    lines = err.splitlines()
+    noted = [i for i, ln in enumerate(lines) if ln == f"priorreg: linear stage: {why}"]
+    levels = [i for i, ln in enumerate(lines) if ln.startswith("priorreg: level ")]
+    assert rc == 0 and len(noted) == 1 and levels and noted[0] < levels[0], err
+    assert lines[noted[0] - 1].startswith("priorreg: linear stage (affine) and set-up: "), err
+    warned = [i for i, ln in enumerate(lines) if "the header looks turned" in ln]
+    assert warned == [noted[0] + 1] and lines[warned[0]] == "priorreg: warning: the header looks turned", err

@@ -342,14 +342,14 @@ def test_a_rejected_linear_stage_is_not_summarised_as_a_found_identity():
     why = "its optimum raised mutual information but worsened the MIND descriptor distance"
     lin = types.SimpleNamespace(kind="affine", matrix=np.eye(3), translation_mm=(0.0, 0.0, 0.0), rejected=True, notes=[why])
     assert wf._linear_summary(lin) == ", linear affine: not kept (see its note)"
-    assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [f"linear stage: {why}"]
+    assert wf.linear_notes(lin, None) == [f"linear stage: {why}"]
     lin.rejected = False
-    assert wf.linear_notes(types.SimpleNamespace(linear=lin)) == [] and "rotation 0.0 deg" in wf._linear_summary(lin)
+    assert wf.linear_notes(lin, None) == [] and "rotation 0.0 deg" in wf._linear_summary(lin)
     # an affine stage that fell back to rigid said why in report.json only
     lin.kind, lin.notes = "rigid", ["the affine estimate had scales [1.3, 0.8] and shears [0.0]: the rigid one is used"]
-    said = wf.linear_notes(types.SimpleNamespace(linear=lin, options=types.SimpleNamespace(linear="affine")))
+    said = wf.linear_notes(lin, types.SimpleNamespace(linear="affine"))
     assert said == ["linear stage: the affine estimate had scales [1.3, 0.8] and shears [0.0]: the rigid one is used"]
-    assert wf.linear_notes(types.SimpleNamespace(linear=lin, options=types.SimpleNamespace(linear="rigid"))) == []
+    assert wf.linear_notes(lin, types.SimpleNamespace(linear="rigid")) == []
 
 
 def test_a_folder_another_run_wrote_meanwhile_is_not_replaced_without_overwrite(tmp_path):

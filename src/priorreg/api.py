@@ -70,7 +70,10 @@ def register(fixed, moving, *, prior=None, preset=None, options=None, mask=None,
         Starting displacement (mm, same convention as the result); it replaces the linear stage.
     callback : callable(level, iteration, energy), optional
         Called at the start of each pyramid level (iteration 0) and after each accepted step
-        (progress display); ``level`` counts down to 0, the finest.
+        (progress display); ``level`` counts down to 0, the finest. Optional hooks on it:
+        ``callback.before_levels(linear, warnings)`` once the linear stage has run (its LinearResult
+        or None, and the warnings known so far: the console prints them then, not after a long run),
+        ``callback.setup(level)`` as a level's set-up begins.
     warn : bool
         Issue each of ``result.warnings`` as a :class:`PriorRegWarning` too (True), or only
         record them (False: the CLI and cohort print or store them themselves; thread-safe).
@@ -133,6 +136,8 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
     if warn:
         for msg in notes:
             warnings.warn(msg, PriorRegWarning, stacklevel=3)
+    if hasattr(callback, "before_levels"):  # a progress display's hook: what is known before the first level
+        callback.before_levels(lin, notes)
     u, history, intensity_maps = deformable(work, pyr, callback)
     late = unused_prior_warnings(inp, history) + dropped_prior_warnings(work, history) + (
         [] if swapped else trusted_prior_warnings(work, pyr, u))

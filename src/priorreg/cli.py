@@ -416,17 +416,27 @@ def cmd_register(args, con: Console) -> int:
         con.note(n)
     from .api import register  # torch: only once the arguments and the outputs are known to be good
 
-    cb = con.progress(opts.max_iterations, opts.levels, before=wf.ahead_of_levels(opts), spacing=fixed.spacing)
+    said = set()  # lines printed as soon as known (below the linear stage's line), not again at the end
+
+    def ahead(linear, warnings):
+        lines = wf.linear_notes(linear, opts) + [f"warning: {wf.spoken(w)}" for w in warnings]
+        said.update(lines)
+        return lines
+
+    cb = con.progress(opts.max_iterations, opts.levels, before=wf.ahead_of_levels(opts), spacing=fixed.spacing,
+                      ahead=ahead)
 
     # warn=False: result.warnings are printed below as one line each, not as Python warnings
     result = register(fixed, moving, prior=prior, preset=preset, mask=mask, callback=cb, warn=False, **overrides)
     result.preset_note = why  # report.json says why, as register() does where it chooses
     wf.speak_warnings(result)
     con.end_bar(done=True)
-    for n in wf.linear_notes(result) + wf.working_grid_notes(result):  # in the order the stages ran: the linear stage's, the grid's, then warnings
-        con.note(n)
+    for n in wf.linear_notes(result.linear, result.options) + wf.working_grid_notes(result):  # as the stages ran
+        if n not in said:
+            con.note(n)
     for w in result.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
+        if f"warning: {w}" not in said:
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
     wf.write_outputs(args.out, result, prior=prior, mask=mask, inputs=pair.inputs, read_notes=notes,  # the options' notes too
                      overwrite=args.overwrite)
     if not con.quiet:

@@ -470,7 +470,7 @@ def _register_and_write_once(spec: dict, prior, preset, overrides: dict, notes: 
     _stop_point()
     wf.speak_warnings(result)
     notes.extend(f"warning: {w}" for w in result.warnings)
-    notes.extend(wf.linear_notes(result) + wf.working_grid_notes(result))
+    notes.extend(wf.linear_notes(result.linear, result.options) + wf.working_grid_notes(result))
     # the report's pictures are numpy and Pillow only (no pyplot state): pairs in threads write at once
     wf.write_outputs(spec["out"], result, prior=prior, mask=pair.mask, inputs=pair.inputs, read_notes=pair.read_notes,
                      extra={"cohort": {"id": spec["id"], "manifest_line": spec["line"]}})

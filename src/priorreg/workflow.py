@@ -62,7 +62,7 @@ class Console:
             print(f"{PROG}: {msg}", file=self.stream)
 
     def progress(self, max_iterations: int, levels: int, label: str = "", before: str | None = None,
-                 spacing=(1.0, 1.0, 1.0)):
+                 spacing=(1.0, 1.0, 1.0), ahead=None):
         """A ``callback(level, iteration, energy)`` for :func:`priorreg.register` (None when quiet).
 
         On a TTY the bar fills by the levels finished, each weighed by its share of the work (its voxels on
@@ -77,6 +77,10 @@ class Console:
         new user found in no line) and the lines add up to the run; while it runs a TTY shows "set-up ..."
         (``cb.setup``, which :func:`priorreg.register` calls as a level's set-up begins). Not on a TTY (a
         log), a level that runs longer than LOG_EVERY_S also gets a line "so far" that often.
+
+        ``ahead(linear, warnings)``: the lines (notes, "warning: ...") to print below ``before``'s line, from
+        what :func:`priorreg.register` knows before its first level (``cb.before_levels``): a rejected linear
+        optimum or a header's warning came after a long run's level lines.
         """
         if self.quiet:
             return None
@@ -94,6 +98,8 @@ class Console:
                 first = state["level"] is None
                 if first and before:
                     self._ahead(f"{label}{before}: {now - state['start']:.1f} s")
+                for line in state.pop("ahead", []):
+                    self.note(line)
                 self.end_bar(done=True)
                 start = (now if iteration == 0 else state["start"]) if first else state["last"]
                 state.update(level=level, start=start, logged=start)
@@ -121,7 +127,12 @@ class Console:
                 self.stream.flush()
                 self._open, self._last = True, None  # the level's first step replaces this line
 
+        def before_levels(linear, warnings):
+            state["ahead"] = ahead(linear, warnings)
+
         cb.setup = setup
+        if ahead is not None:
+            cb.before_levels = before_levels
         return cb
 
     def _ahead(self, line: str) -> None:
@@ -752,11 +763,10 @@ def speak_warnings(result) -> list:
     return result.warnings
 
 
-def linear_notes(result) -> list:
-    """The linear stage's notes when its optimum was rejected (world alignment or the initial transform kept:
-    the summary would otherwise read like a found identity) or an affine stage fell back to rigid (the summary
-    says "linear rigid" after --linear affine); report.json's "linear" keeps every note."""
-    lin, options = result.linear, getattr(result, "options", None)
+def linear_notes(lin, options) -> list:
+    """The linear stage's (``lin``, or None) notes when its optimum was rejected (world alignment or the initial
+    transform kept: the summary would otherwise read like a found identity) or an affine stage fell back to
+    rigid (the summary says "linear rigid" after --linear affine); report.json's "linear" keeps every note."""
     fell_back = lin is not None and options is not None and options.linear == "affine" and lin.kind == "rigid"
     return [f"linear stage: {n}" for n in lin.notes] if lin is not None and (lin.rejected or fell_back) else []
 
