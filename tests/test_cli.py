@@ -795,7 +795,7 @@ def test_a_priors_levels_are_capped_on_a_thin_stack_like_the_presets(capsys, tmp
     rc, out, err = run(capsys, "register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "--prior", tmp_path / "p.npz",
                        "--out", tmp_path / "o", "--max-iterations", "3")
     assert rc == 0, err
-    assert "using --levels 1: an image of 36x40x5 voxels is too small for 2" in err
+    assert "using --levels 1: an image of 36x40x5 voxels is too small for 3" in err  # the preset's 3, not the prior's 2
 
 
 def test_out_names_too_long_and_demo_outs_are_refused_before_any_work(capsys, data, tmp_path):

@@ -173,8 +173,9 @@ def test_a_prior_sets_the_binning_a_preset_left_open():
     f, m = _pair((24, 24, 24))
     assert (priorreg.fit_prior([f], [m], levels=2).bins, priorreg.fit_prior([f], [m], levels=2).parzen_sigma) == (32, 1.0)
     prior = priorreg.fit_prior([f], [m], levels=2, bins=64, parzen_sigma=2.0)  # not the 3D presets' 32 / 1
-    r = priorreg.register(f, m, prior=prior, alpha=0.5, max_iterations=2, linear="none")
-    assert (r.options.bins, r.options.parzen_sigma, r.options.levels) == (64, 2.0, 2)
+    with pytest.warns(priorreg.PriorRegWarning, match="the coarsest of the 3 levels runs without it"):
+        r = priorreg.register(f, m, prior=prior, alpha=0.5, max_iterations=2, linear="none")
+    assert (r.options.bins, r.options.parzen_sigma, r.options.levels) == (64, 2.0, 3)  # not its levels: the preset's
     with pytest.raises(PriorRegError, match="bins"):  # given explicitly: refused, not silently changed
         priorreg.register(f, m, prior=prior, alpha=0.5, bins=32, max_iterations=2)
 

@@ -326,10 +326,30 @@ def test_refuses_a_prior_that_does_not_fit(pair, tmp_path):
     prior = fit_prior([f], [m], bins=16, parzen_sigma=1.0, levels=2)
     _raises(r"prior was learned with bins=16 but registration asks bins=64", register, f, m, prior=prior, alpha=0.0, parzen_sigma=1.0, levels=2)
     _raises(r"parzen_sigma=1\.0 but registration asks parzen_sigma=2\.0", register, f, m, prior=prior, alpha=0.0, bins=16, levels=2)
-    _raises(r"tables for 2 pyramid level\(s\) but registration asks levels=3", register, f, m, prior=prior, alpha=0.0, bins=16, parzen_sigma=1.0, levels=3)
     vol = np.random.default_rng(0).random((8, 8, 8))
     _raises(r"learned on 2D images but the images are 3D", register, vol, vol + 1, prior=prior, alpha=0.0, bins=16, parzen_sigma=1.0, levels=2)
     _raises(r"prior must be a priorreg.Prior", register, f, m, prior="p.npz", alpha=0.0)
+
+
+def test_a_prior_of_fewer_levels_leaves_the_coarser_levels_without_it(pair):
+    """A prior learned with 2 levels (e.g. on a 10-slice slab) made a 3-level run use 2 levels, although alpha
+    auto gave it no weight: on a 3D spinal cord pair 1.18 mm against 0.79 mm without the prior. Now the run
+    keeps its levels and the coarser ones run without the prior; with no weight at all it runs as without it."""
+    from priorreg.options import preset_options
+
+    f, m = pair
+    run = functools.partial(register_with_presets, f, m, max_iterations=5, warn=False)
+    prior = fit_prior([f, np.flip(f, 1)], [m, np.flip(m, 1)], levels=2)
+    res = run(prior=prior, levels=3)
+    assert res.options.levels == 3 and [w["level"] for w in res.prior_weights] == [2, 1, 0]
+    assert res.prior_weights[0]["alpha"] == 1.0 and "tables for 2 level(s)" in res.prior_weights[0]["reason"]
+    fixed = run(prior=prior, alpha=0.5, levels=3)
+    assert fixed.options.levels == 3 and any("the coarsest of the 3 levels runs without it" in w for w in fixed.warnings)
+    opts = preset_options("default", 2)
+    one = fit_prior([f], [m], levels=2, bins=opts.bins, parzen_sigma=opts.parzen_sigma)  # one pair: alpha auto gives it no weight
+    unused, default = run(prior=one), run()
+    assert [w["alpha"] for w in unused.prior_weights] == [1.0] * opts.levels
+    assert unused.options.levels == default.options.levels == 3 and np.array_equal(unused.field, default.field)
 
 
 def test_prior_save_load_round_trip_and_refusals(pair, tmp_path):

@@ -232,7 +232,9 @@ def test_a_prior_sets_what_the_preset_left_open(capsys, data, tmp_path):
     assert rc == 0, err
     assert "priorreg: using --bins 32 from the prior" in err
     rep = json.loads((tmp_path / "p" / "report.json").read_text())
-    assert rep["preset"] == "mr" and rep["options"]["bins"] == 32 and rep["options"]["levels"] == 2
+    levels = preset_options("mr", 2).levels  # not the prior's 2: its coarser levels run without it, and say so
+    assert rep["preset"] == "mr" and rep["options"]["bins"] == 32 and rep["options"]["levels"] == levels == 3
+    assert "the prior has tables for 2 pyramid level(s); the coarsest of the 3 levels runs without it" in err
     assert rep["options"]["mind_weight"] == preset_options("mr", 2).mind_weight and rep["options"]["alpha"] == 0.4
 
 

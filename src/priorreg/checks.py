@@ -209,16 +209,27 @@ def _initial_field(initial_field, fix: Image, func: str, opts: RegistrationOptio
 
 
 def prior_settings(opts: RegistrationOptions, prior, given: dict) -> dict:
-    """The options a prior sets where the caller did not: its bins and Parzen sigma, and fewer levels;
-    and always its normalisation (the images are normalised as its tables were, whatever was asked)."""
+    """The options a prior sets where the caller did not: its bins and Parzen sigma; and always its
+    normalisation (the images are normalised as its tables were, whatever was asked). Not its levels: a
+    level coarser than its coarsest table runs without it (:func:`priorreg.deformable.level_alpha`); a prior
+    learned on a 10-slice slab (2 levels) made a 3D run use 2 levels, a third worse, with the prior given
+    no weight."""
     if not isinstance(prior, Prior):
         return {}
     changes = {k: getattr(prior, k) for k in ("bins", "parzen_sigma") if k not in given and getattr(prior, k) != getattr(opts, k)}
-    if "levels" not in given and prior.levels < opts.levels:
-        changes["levels"] = prior.levels
     if prior.normalization != opts.normalization:
         changes["normalization"] = prior.normalization
     return changes
+
+
+def _coarse_levels_notes(prior, opts: RegistrationOptions, func: str) -> list:
+    """A note where a fixed alpha < 1 meets a pyramid coarser than the prior's tables (alpha auto's record
+    says it per level)."""
+    if not isinstance(prior, Prior) or opts.levels <= prior.levels or is_auto(opts.alpha) or opts.alpha >= 1:
+        return []
+    n = opts.levels - prior.levels
+    which = f"the coarsest of the {opts.levels} levels runs" if n == 1 else f"the {n} coarsest of the {opts.levels} levels run"
+    return [f"{func}: the prior has tables for {prior.levels} pyramid level(s); {which} without it (mutual information alone)"]
 
 
 def size_settings(opts: RegistrationOptions, shape, given: dict, spacing=None) -> dict:
@@ -242,7 +253,7 @@ class Resolution:
     """The options of one registration and what chose them beyond the caller's own settings."""
 
     options: RegistrationOptions
-    from_prior: dict  # what the prior set (prior_settings): its bins, Parzen sigma, levels, normalisation
+    from_prior: dict  # what the prior set (prior_settings): its bins, Parzen sigma, normalisation
     fewer_levels: dict  # {"levels": n} where the image is too small for the preset's (size_settings), else {}
     levels_asked: int  # the levels before fewer_levels
 
@@ -288,6 +299,7 @@ def validate(fixed, moving, *, prior=None, mask=None, spacing=None, preset=None,
         notes.append(f"{func}: linear={given['linear']!r} is not run: initial_field= starts the deformable stage in "
                      "its place (initial_transform= starts the linear stage from a transform)")
     _check_prior(prior, opts, fix.ndim, func)
+    notes += _coarse_levels_notes(prior, opts, func)
     pyramid.check_levels(fix.shape, opts.levels, func, spacing=fix.spacing)
     _check_mind_size(opts, fix.shape, func)
     channels = len(ssc_pairs(fix.ndim))  # MIND-SSC's channels: 4 in 2D, 12 in 3D

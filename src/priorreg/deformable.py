@@ -41,17 +41,20 @@ class Level:
     points: torch.Tensor | None  # histogram samples (None = every voxel)
 
 
-def level_alpha(opts: RegistrationOptions, level: int) -> float | None:
-    """alpha at ``level``: "mi-finest" uses MI alone at the finest level (0); None = chosen at the
-    level from the evidence (alpha="auto", :func:`auto_level`)."""
+def level_alpha(opts: RegistrationOptions, level: int, prior=None) -> float | None:
+    """alpha at ``level``: "mi-finest" uses MI alone at the finest level (0), as does a level coarser than
+    the ``prior``'s coarsest table (a prior learned with fewer levels); None = chosen at the level from the
+    evidence (alpha="auto", :func:`auto_level`, which gives a level without a table no weight)."""
     if opts.alpha_schedule == "mi-finest" and level == 0:
+        return 1.0
+    if prior is not None and level >= prior.levels and not is_auto(opts.alpha):
         return 1.0
     return None if is_auto(opts.alpha) else opts.alpha
 
 
 def uses_prior(inp: Inputs) -> bool:
     return inp.prior is not None and any(
-        a is None or a < 1 for a in (level_alpha(inp.options, lv) for lv in range(inp.options.levels))
+        a is None or a < 1 for a in (level_alpha(inp.options, lv, inp.prior) for lv in range(inp.options.levels))
     )
 
 
@@ -80,8 +83,8 @@ def auto_level(inp: Inputs, pyr: Pyramids, level: int, u: torch.Tensor, sp: tupl
     (:func:`priorreg.prior_weight.choose_alpha`) sets alpha; at alpha = 1 the level runs exactly as
     with alpha=1 (no fitted maps).
     """
-    if inp.prior is None:
-        return 1.0, pyr.fixed[level], pyr.moving[level], None, prior_weight.no_prior_record(level)
+    if inp.prior is None or level >= inp.prior.levels:
+        return 1.0, pyr.fixed[level], pyr.moving[level], None, prior_weight.no_prior_record(level, inp.prior)
     f_lv, m_lv, fit = fit_intensities(inp, pyr, level, prior_weight.PROBE_ALPHA, u, sp)
     warped = spatial.sample(m_lv, spatial.displaced_coords(u, sp))
     ev = prior_weight.pair_statistics(f_lv, warped, prior_table(inp, level), pyr.spec, pyr.mask[level], seed=level)
@@ -256,7 +259,7 @@ def deformable(inp: Inputs, pyr: Pyramids, callback=None):
             callback.setup(index)
         sp = pyramid.level_spacing(inp.fixed.spacing, index)
         u, nearly = nearly_aligned_start(inp, pyr, u, index)  # before the intensity fit, which reads u
-        alpha = level_alpha(inp.options, index)
+        alpha = level_alpha(inp.options, index, inp.prior)
         record = None
         if alpha is None:  # alpha="auto"
             alpha, f_lv, m_lv, fit, record = auto_level(inp, pyr, index, u, sp)

@@ -162,7 +162,8 @@ class Prior:
                                 f"{'is' if images else 'are'} {dim}D; learn one from {dim}D pairs ({learn}) or {without}")
 
     def check_compatible(self, dim: int, opts: RegistrationOptions, func: str = "register()") -> None:
-        """Refuse a prior learned for another dimension, binning or pyramid."""
+        """Refuse a prior learned for another dimension or binning (a pyramid of more levels than its
+        tables runs its coarser levels without it)."""
         self.check_dim(dim, func)
         if opts.bins != self.bins:
             raise PriorRegError(
@@ -173,11 +174,6 @@ class Prior:
             raise PriorRegError(
                 f"{func}: the prior was learned with parzen_sigma={self.parzen_sigma} but registration asks "
                 f"parzen_sigma={opts.parzen_sigma}; use the prior's value or train a new prior"
-            )
-        if opts.levels > self.levels:
-            raise PriorRegError(
-                f"{func}: the prior has tables for {self.levels} pyramid level(s) but registration asks "
-                f"levels={opts.levels}; use levels <= {self.levels} or train with more levels"
             )
 
 

@@ -111,7 +111,7 @@ def dropped_prior_warnings(inp: Inputs, history: list) -> list:
     restarted = finest is not None and (finest.coarse_displacement or {}).get("bending_factor", 1.0) != 1.0
     if inp.prior is None or not restarted:
         return []
-    alphas = [h.prior_weight["alpha"] if h.prior_weight is not None else level_alpha(inp.options, h.level) for h in history]
+    alphas = [h.prior_weight["alpha"] if h.prior_weight is not None else level_alpha(inp.options, h.level, inp.prior) for h in history]
     if alphas[-1] < 1 or all(a >= 1 for a in alphas[:-1]):
         return []
     return [f"register(): the prior had weight only at the coarser levels, which moved the pair by under "

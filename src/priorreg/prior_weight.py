@@ -91,8 +91,12 @@ def _ramp(x: float, lo: float, hi: float) -> float:
     return float(min(1.0, max(0.0, (hi - x) / (hi - lo))))
 
 
-def no_prior_record(level: int) -> dict:
-    return dict(level=level, alpha=1.0, reason="no prior: mutual information alone")
+def no_prior_record(level: int, prior=None) -> dict:
+    """The record of a level without a prior table: none given, or (``prior``) a level coarser than its coarsest."""
+    if prior is None:
+        return dict(level=level, alpha=1.0, reason="no prior: mutual information alone")
+    return dict(level=level, alpha=1.0, reason=f"the prior has tables for {prior.levels} level(s), not this coarser one: "
+                                               "mutual information alone")
 
 
 def choose_alpha(prior, level: int, ev: dict, fit=None):

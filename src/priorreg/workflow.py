@@ -487,8 +487,7 @@ def _prior_notes(from_prior: dict, given: dict, notes: list) -> None:
                 notes.append(f"--normalization {given[name]} is not used: the prior was learned with {value}, "
                              "and the images are normalised as its tables were")
             continue
-        why = f" (the prior has tables for {value} level(s))" if name == "levels" else " from the prior"
-        notes.append(f"using --{name.replace('_', '-')} {value}{why}")
+        notes.append(f"using --{name.replace('_', '-')} {value} from the prior")
 
 
 # --------------------------------------------------------------------------- outputs: checks before any work
