@@ -625,6 +625,17 @@ def test_a_small_field_is_noted_and_a_large_one_is_not():
     assert not any("the field is small" in w for w in moved.warnings)
 
 
+def test_the_small_field_note_counts_a_coarser_moving_image_s_voxels():
+    """An aligned 3D BraTS pair with a 4 mm moving image on a 2 mm grid ended 1.46 mm off (0.73 fixed voxel)
+    without the note: the error floor is in the coarser image's voxels, which the working grid only takes at
+    2.5 x or more."""
+    anatomy = syn.anatomy((32, 36, 28), seed=4)
+    fixed = Image(syn.contrast(anatomy, syn.T1, seed=1))
+    moving = Image(syn.contrast(anatomy, syn.T2_MONO, seed=2)[::2, ::2, ::2], spacing=(2.0, 2.0, 2.0), origin=(0.5, 0.5, 0.5))
+    res = register(fixed, moving, levels=2, max_iterations=30, warn=False)
+    assert any(w.startswith("register(): the field is small") and "voxel of 2 x 2 x 2 mm" in w for w in res.warnings), res.warnings
+
+
 def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkeypatch):
     """Without a mask both read the fixed image's Otsu foreground (the field in an empty background is
     not what was aligned); with a mask, the mask with the margin its samples get (image.with_margin)."""
