@@ -600,3 +600,15 @@ def test_resume_registers_again_after_the_initial_transform_changed(capsys, data
     sitk.WriteTransform(sitk.TranslationTransform(2, (9.0, -7.5)), str(tfm))
     rc, so, err = run(capsys, *args, "--resume")
     assert rc == 0 and "1 registered, 0 failed, 0 skipped" in so, err
+
+
+def test_resuming_a_run_whose_prior_lowered_its_levels_says_how(tmp_path):
+    """Before 2026-12-06 a 2-level prior lowered a cohort's levels to 2; it now runs 3, and --resume with the
+    same command line was refused with "levels differ" and no hint that --levels 2 resumes it."""
+    before = {"2d": {"levels": 2, "bins": 32}}
+    with pytest.raises(priorreg.PriorRegError, match=r"levels differ\) \(a run before 2026-12-06 took a prior's fewer "
+                                                      r"levels; --levels 2 resumes it as it ran\)"):
+        cohort._check_same_options(str(tmp_path), {"options": before}, {"2d": {"levels": 3, "bins": 32}})
+    with pytest.raises(priorreg.PriorRegError) as e:  # other differences: no such hint
+        cohort._check_same_options(str(tmp_path), {"options": before}, {"2d": {"levels": 3, "bins": 64}})
+    assert "--levels 2" not in str(e.value)

@@ -812,3 +812,16 @@ def test_a_path_that_is_not_utf8_is_one_line_not_an_abort(tmp_path, monkeypatch)
     os.link(good, os.path.join(folder, b"a.nii.gz"))
     monkeypatch.chdir(folder)
     assert pio.read_image("a.nii.gz").shape == (6, 7)
+
+
+def test_writes_go_ahead_without_a_usable_temporary_folder(tmp_path, monkeypatch):
+    """Holding ITK's stderr lines needs a temporary file: a deleted temporary folder made every write fail
+    ("No such file or directory") and leaked a file descriptor each time."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for k in range(3):
+        pio.write_image(priorreg.Image(blob_image((8, 9))), tmp_path / f"out{k}.nii.gz")
+    assert sorted(os.listdir(tmp_path)) == ["out0.nii.gz", "out1.nii.gz", "out2.nii.gz"]
+    assert fds is None or len(os.listdir("/proc/self/fd")) == fds

@@ -537,3 +537,16 @@ def test_a_slab_shifted_along_its_long_axis_is_found_not_left():
     assert not r.rejected and r.overlap > 0.5
     off = r.translation + 10.0 * A[:, 2]  # (with a 4 mm smooth warp on the fixed side: no exact rigid truth)
     assert abs(off @ A[:, 2]) < 1.5 and np.linalg.norm(off) < 3.5, r.translation
+
+
+def test_the_linear_stage_reads_no_prior_on_a_level_coarser_than_its_tables():
+    """A run may now have more levels than its prior (the coarser run without it): the linear stage read the
+    prior's coarsest table there, beside a warning saying "mutual information alone"."""
+    from priorreg import fit_prior
+    from priorreg.linear import _prior_term
+
+    rng = np.random.default_rng(0)
+    f = rng.random((24, 24))
+    prior = fit_prior([f, f.T], [f**2, (f**2).T], levels=1)
+    assert _prior_term(prior, 0, 1e-6, "kl", "cpu") is not None
+    assert _prior_term(prior, 1, 1e-6, "kl", "cpu") is None and _prior_term(prior, 2, 1e-6, "kl", "cpu") is None

@@ -634,6 +634,15 @@ def test_the_small_field_note_counts_a_coarser_moving_image_s_voxels():
     moving = Image(syn.contrast(anatomy, syn.T2_MONO, seed=2)[::2, ::2, ::2], spacing=(2.0, 2.0, 2.0), origin=(0.5, 0.5, 0.5))
     res = register(fixed, moving, levels=2, max_iterations=30, warn=False)
     assert any(w.startswith("register(): the field is small") and "voxel of 2 x 2 x 2 mm" in w for w in res.warnings), res.warnings
+    # 1 mm voxels on a grid turned 30 degrees are still 1 mm (a sum of extents made them 1.37)
+    lab = syn.anatomy((64, 64), seed=3)
+    t = np.deg2rad(30)
+    R = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    grid = Image(np.zeros((90, 90)), (1.0, 1.0), origin=tuple(np.array([32, 32]) - R @ np.array([45, 45])), direction=R)
+    turned = warp(Image(syn.contrast(lab, syn.T2_MONO, seed=2), (1.0, 1.0)), None, reference=grid, allow_empty=True)
+    res = register(Image(syn.contrast(lab, syn.T1, seed=1), (1.0, 1.0)), turned, levels=2, max_iterations=30,
+                   linear="none", warn=False)
+    assert any("the field is small" in w and "voxel of 1 x 1 mm" in w for w in res.warnings), res.warnings
 
 
 def test_the_small_field_note_measures_where_the_nearly_aligned_rule_does(monkeypatch):

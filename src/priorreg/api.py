@@ -36,7 +36,7 @@ from .prior_warnings import (check_prior_order, dropped_prior_warnings, frame_pr
 from .resample import warp
 from .intensity import foreground
 from .layout import on_one_layout
-from .working_grid import moving_resolution, on_working_grid
+from .working_grid import moving_voxel_size, on_working_grid
 from .result import RegistrationResult, make_result, outcome_notes, small_field_notes
 from .runtime import heap_temporaries, one_blas_thread, registration_threads
 
@@ -151,7 +151,7 @@ def _run(inp, callback, warn: bool, t0: float) -> RegistrationResult:
             h.shape, h.spacing = lay.vector_back(h.shape), lay.vector_back(h.spacing)
     # judged in the finest level's voxels, or the moving image's where coarser: the error floor is in the coarser
     # image's voxels (an aligned BraTS pair with a 4 mm moving image on a 2 mm grid ended 1.46 mm off, unsaid)
-    scale = np.maximum(history[-1].spacing, moving_resolution(given.fixed, given.moving))
+    scale = np.maximum(history[-1].spacing, moving_voxel_size(given.fixed, given.moving))
     late = late + small_field_notes(field, tuple(scale), region)
     result = make_result(given, pyr, field, history, intensity_maps, notes + late, time.perf_counter() - t0, lin)
     outcome = outcome_notes(result, region)

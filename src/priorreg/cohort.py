@@ -590,7 +590,10 @@ def _check_same_options(out_dir: str, previous_run: dict, options: dict) -> None
     if before and before != now:
         names = sorted({k for dim in set(before) | set(now) for k in set(before.get(dim) or {}) | set(now.get(dim) or {})
                         if (before.get(dim) or {}).get(k) != (now.get(dim) or {}).get(k)}) or ["the dimensions"]
-        raise PriorRegError(f"--resume with other options than the run in {out_dir} ({', '.join(names)} differ); "
+        was = sorted({(before.get(dim) or {}).get("levels") for dim in before} - {None})
+        hint = (f" (a run before 2026-12-06 took a prior's fewer levels; --levels {was[0]} resumes it as it ran)"
+                if names == ["levels"] and len(was) == 1 else "")
+        raise PriorRegError(f"--resume with other options than the run in {out_dir} ({', '.join(names)} differ){hint}; "
                             "give the same options, or a new --out")
 
 

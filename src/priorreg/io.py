@@ -949,16 +949,22 @@ def _itk_error_lines_dropped():
     if not _STDERR_HELD.acquire(blocking=False):
         yield
         return
-    saved = _dup_stderr()  # may be fd 0 where stdin is closed
+    try:
+        held = tempfile.TemporaryFile()
+    except OSError:  # no usable temporary folder: the write goes ahead, its C lines unheld
+        held = None
+    saved = None if held is None else _dup_stderr()  # may be fd 0 where stdin is closed
     if saved is None:
         _STDERR_HELD.release()
+        if held is not None:
+            held.close()
         yield
         return
     ran_through = False
     try:
-        with tempfile.TemporaryFile() as held:
-            os.dup2(held.fileno(), 2)
+        with held:
             try:
+                os.dup2(held.fileno(), 2)
                 yield
                 ran_through = True
             finally:

@@ -292,11 +292,11 @@ def _centroids(img: Image, arr: np.ndarray, mask=None) -> list:
 
 
 def _prior_term(prior, level, floor, name, dev):
-    """The prior term on the level's floored global table (a regional prior's tables, mixed)."""
-    if prior is None:
+    """The prior term on the level's floored global table (a regional prior's tables, mixed); None (mutual
+    information alone) without a prior or on a level coarser than its tables, as in the deformable stage."""
+    if prior is None or level >= prior.levels:
         return None
-    lv = min(level, prior.levels - 1)
-    Q = hist.floor_prior(prior.global_table(lv), floor)
+    Q = hist.floor_prior(prior.global_table(level), floor)
     return PRIOR_TERMS[name](torch.as_tensor(Q, dtype=_DT, device=dev))
 
 

@@ -110,6 +110,8 @@ def write_json(path, data: dict) -> None:
 FOV_RGB = (0, 229, 255)  # cyan: outline of the moving image's field of view
 EDGE_RGB = (255, 38, 26)  # red: the fixed image's edges
 GRID_RGB = (255, 204, 0)  # yellow: the deformed grid lines
+NO_DATA_RGB = (128, 128, 128)  # grey: no moving-image data in a difference image (neither colour map has it; black is
+# the ranked map's 0, "no difference")
 
 
 @dataclass(frozen=True)
@@ -438,12 +440,12 @@ def _cells(ncols: int, cells) -> str:
 
 
 def _show(a, table=pic.GREY, lo=0.0, hi=1.0, overlay=None, outline=None, blank=None):
-    """draw(view, size): ``a`` (``lo`` .. ``hi`` over ``table``), optionally black where ``blank`` (no
+    """draw(view, size): ``a`` (``lo`` .. ``hi`` over ``table``), optionally NO_DATA_RGB where ``blank`` (no
     moving-image data), with a red mask overlay and a field-of-view outline."""
     def draw(v, size):
         rgb = pic.colour(_at(a, v), lo, hi, table)
         if blank is not None:
-            rgb = pic.paint(rgb, v.take(blank), (0, 0, 0))
+            rgb = pic.paint(rgb, v.take(blank), NO_DATA_RGB)
         if overlay is not None:
             rgb = pic.paint(rgb, v.take(overlay), EDGE_RGB, 0.9)
         rgb = pic.enlarge(rgb, size)
@@ -515,7 +517,7 @@ def panel_differences(d):
         "Left: warped moving minus moving (normalised intensities): where the registration moved intensity "
         "(red: brighter after, blue: darker after). "
         "Right: |fixed - warped| after a rank (histogram) matching of the moving image to the fixed one, before "
-        "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches. Black: no "
+        "and after: for multi-modal pairs read it with care; it should shrink where anatomy matches. Grey: no "
         "moving-image data there (outside its field of view), where a difference would be the warp's fill.",
         _grid(d, [("after - before", _show(lambda v: mm(v.take(d.after)) - mm(v.take(d.before)), pic.DIVERGING, -0.5, 0.5,
                                            blank=_no_data(d.before_fov, d.fov)),
