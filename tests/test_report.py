@@ -1,6 +1,7 @@
 """The HTML report: its panels in order, each picture a PNG composed without a plotting library
 (no matplotlib in the process), the moving field of view outlined, colour scales and plots."""
 import base64
+import dataclasses
 import io
 import re
 import subprocess
@@ -95,6 +96,8 @@ def test_the_linear_stage_is_the_checkerboard_s_middle_column():
     assert len(shown) == 3 and not any((a == b).all() for i, a in enumerate(shown) for b in shown[i + 1:])
     page = report.render_html(result, report.report_dict(result))
     assert sum(p.tobytes() == shown[0].tobytes() for _, p in pictures(page)) == 1  # "before" drawn once
+    bare = dataclasses.replace(result, moving=None)  # a result without its moving image: no middle column
+    assert len(images(report.panel_checkerboard(report._Data(bare))[2])) == 2
     rows = dict(report._linear_rows(result.linear, report._linear_name(result)))
     assert re.fullmatch(r"-?\d+\.\d\d deg", rows["linear stage (rigid): rotation"])  # 2D: one signed angle
 

@@ -482,9 +482,9 @@ def panel_checkerboard(d):
 
 def _linear_column(d) -> tuple:
     """(the checkerboard column of the moving image through the linear transform alone, or None where there is
-    none; the caption's sentences on it)."""
+    none, or no moving image to draw through it; the caption's sentences on it)."""
     lin = getattr(d.result, "linear", None)
-    if lin is None:
+    if lin is None or getattr(d.result, "moving", None) is None:
         return None, ""
     fs = d.scaled[0]
     said = "".join(f" {n[0].upper()}{n[1:]}." for n in lin.notes)  # e.g. its optimum rejected, world alignment kept
