@@ -384,7 +384,10 @@ class _Data:
     def linear_only(self):
         """The moving image through the linear stage alone, scaled like ``scaled``'s moving images:
         a function of a view, computed on that view's voxels only (black outside the moving image)."""
+        import torch
         from scipy.ndimage import map_coordinates
+
+        from .resample import inside as in_image
 
         r = self.result
         (Mf, of), (Mm, om) = r.fixed.index_to_world(), r.moving.index_to_world()
@@ -396,7 +399,7 @@ class _Data:
             axes = [np.arange(n)[k] for n, k in zip(r.fixed.shape, v.sl)]  # an index or a whole axis
             grid = np.stack(np.meshgrid(*axes, indexing="ij"))
             idx = B @ grid.reshape(len(axes), -1) + c[:, None]
-            inside = np.all((idx >= -0.5) & (idx <= np.asarray(moving.shape)[:, None] - 0.5), axis=0)  # as ITK counts
+            inside = in_image(torch.as_tensor(idx), moving.shape).numpy()  # as ITK counts it, as the warp does
             view = _scaled(map_coordinates(moving, idx, order=1, mode="nearest"), self.moving_range) * inside
             view = view.reshape([n for n, a in zip(grid.shape[1:], axes) if np.ndim(a)])
             return view.T if v.transposed else view
