@@ -20,6 +20,7 @@ _WHERE = {
     "fit_prior": ".prior",
     "register": ".api",
     "warp": ".resample",
+    "invert_field": ".inverse",
     "read_image": ".io",
     "write_image": ".io",
 }

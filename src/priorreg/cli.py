@@ -291,9 +291,13 @@ def _add_apply(sub) -> None:
         help="apply a displacement field to an image (label maps too)",
         description="Resample MOVING on the --reference grid through FIELD (a field.nii.gz from 'priorreg register').",
     )
-    a.add_argument("moving", metavar="MOVING", help="image in the moving space (intensities or labels)")
+    a.add_argument("moving", metavar="MOVING", help="image in the moving space (intensities or labels); with "
+                   "--inverse, an image in the fixed space")
     a.add_argument("--field", required=True, metavar="FIELD", help="displacement field (field.nii.gz)")
-    a.add_argument("--reference", required=True, metavar="FIXED", help="the fixed image the field was computed on")
+    a.add_argument("--reference", required=True, metavar="FIXED", help="the fixed image the field was computed on; "
+                   "with --inverse, the moving image of the registration")
+    a.add_argument("--inverse", action="store_true", help="go the other way: resample an image of the fixed space "
+                   "(labels drawn on the fixed image) onto the moving image's grid, through the field's inverse")
     a.add_argument("--out", required=True, metavar="OUT", help="output image (.nii.gz, .nii, .mha, .nrrd, .png, .tif)")
     a.add_argument("--interpolation", choices=("linear", "nearest"), default="linear",
                    help="'nearest' for label maps (default: linear)")
@@ -452,18 +456,14 @@ def cmd_apply(args, con: Console) -> int:
     wf.check_out_file(args.out, [args.moving, args.field, args.reference], args.overwrite)
     wf.check_image_format(args.out)
     notes = []
-    moving = wf.load_input(args.moving, "moving", notes, labels=args.interpolation == "nearest")
+    moving = wf.load_input(args.moving, "image" if args.inverse else "moving", notes, labels=args.interpolation == "nearest")
     wf.check_image_format(args.out, moving.ndim)
     ref = pio.read_image(args.reference, "reference", notes, outputs_on_grid=True)
     field, grid, through_plane = pio.read_field(args.field)
-    offset = wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
-    differs = grid.grid_difference(ref)
-    if differs:
-        raise PriorRegError(f"field {args.field} is on a different grid than the reference {args.reference} ({differs}); "
-                            "use the fixed image of the registration")
-    if abs(through_plane - offset) > 1e-3:
-        raise PriorRegError(f"field {args.field} was made for a moving slice {through_plane:.4g} mm from the reference's "
-                            f"plane, but {args.moving} lies {offset:.4g} mm from it; use the moving image of the registration")
+    if args.inverse:
+        field = _inverse_of(args, field, grid, through_plane, ref, moving)
+    else:
+        _check_forward(args, grid, through_plane, ref, moving)
     if args.interpolation == "linear":
         notes += wf.label_map_notes(moving, args.moving)
     for n in notes:
@@ -488,6 +488,41 @@ def cmd_apply(args, con: Console) -> int:
     if not con.quiet:
         print(f"{PROG}: wrote {args.out} ({wf.describe(out)}, {args.interpolation} interpolation)")
     return 0
+
+
+def _check_forward(args, grid, through_plane: float, ref, moving) -> None:
+    """Refuse a field that was not made on ``ref``'s grid for ``moving``'s plane."""
+    offset = wf.check_pair(ref, moving, args.reference, args.moving, "reference", "moving")
+    differs = grid.grid_difference(ref)
+    if differs:
+        raise PriorRegError(f"field {args.field} is on a different grid than the reference {args.reference} ({differs}); "
+                            "use the fixed image of the registration")
+    if abs(through_plane - offset) > 1e-3:
+        raise PriorRegError(f"field {args.field} was made for a moving slice {through_plane:.4g} mm from the reference's "
+                            f"plane, but {args.moving} lies {offset:.4g} mm from it; use the moving image of the registration")
+
+
+def _inverse_of(args, field, grid, through_plane: float, ref, image):
+    """The field's inverse on ``ref``'s grid (the registration's moving image), for ``image`` of the fixed space."""
+    if abs(wf.check_pair(grid, image, args.field, args.moving, "field", "image")) > 1e-3:
+        raise PriorRegError(f"with --inverse, {args.moving} must be an image of the fixed space: it lies off the plane of "
+                            f"the field {args.field}")
+    offset = wf.check_pair(grid, ref, args.field, args.reference, "field", "reference")
+    if abs(through_plane - offset) > 1e-3:
+        raise PriorRegError(f"field {args.field} was made for a moving slice {through_plane:.4g} mm from its plane, but the "
+                            f"reference {args.reference} lies {offset:.4g} mm from it; with --inverse, give the moving "
+                            "image of the registration as --reference")
+    from .inverse import invert_field  # torch
+
+    inv = invert_field(field, grid, ref)
+    if inv.residual_mm > INVERSE_TOLERANCE * min(grid.spacing):
+        print(f"{PROG}: warning: the field's inverse is approximate (points still {inv.residual_mm:.2g} mm from where "
+              "they should be after its last step): the field folds, or is large against its smoothness; check the output",
+              file=sys.stderr)
+    return inv.field
+
+
+INVERSE_TOLERANCE = 0.1  # of a fixed voxel: a larger residual left by the inversion is warned about
 
 
 def cmd_demo(args, con: Console) -> int:

@@ -8,6 +8,7 @@ import torch
 
 from .jacobian import jacobian_determinant
 from .image import Image, every_kth, on_grid_of, plane_offset, spacing_text
+from .inverse import invert_field
 from .mixups import mirror_notes, unrelated_notes
 from .options import RegistrationOptions
 from .resample import warp, warp_with_fov
@@ -102,6 +103,13 @@ class RegistrationResult:
         taken on the moving image's grid (it needs the moving image's shape); an Image keeps its own."""
         image = on_grid_of(image, self.moving, "image", "RegistrationResult.apply()")
         return warp(image, self.field, reference=self.fixed, interpolation=interpolation)
+
+    def apply_inverse(self, image, interpolation: str = "linear") -> Image:
+        """Warp an image of the fixed space (e.g. labels drawn on the fixed image) onto the moving image's grid,
+        through the inverse of the field (:mod:`priorreg.inverse`). A plain array is taken on the fixed grid."""
+        image = on_grid_of(image, self.fixed, "image", "RegistrationResult.apply_inverse()")
+        inv = invert_field(self.field, self.fixed, self.moving, device=self.device)
+        return warp(image, inv.field, reference=self.moving, interpolation=interpolation, device=self.device)
 
     @property
     def final_energy(self) -> float:
