@@ -153,6 +153,30 @@ def test_auto_gives_no_weight_to_a_prior_the_order_check_flags(test_pair):
     assert np.abs(fixed.field - res.field).max() > 1e-3
 
 
+def test_the_order_warning_needs_the_fitted_intensities_to_agree(test_pair, monkeypatch):
+    """The raw KLs compare the pair on the prior's intensity scale; a right-order prior whose scale differs (BraTS
+    slices of the same patient) was flagged as swapped on 3 of 10 draws. The warning now also needs the swapped
+    orientation to fit better once each orientation has its own intensity maps."""
+    from priorreg import calibration, normalise, prior_warnings
+    from priorreg.checks import validate
+    from priorreg.deformable import prior_table
+
+    right, swapped = _prior(T1, T2), _prior(T2, T1)
+    for prior, want in ((right, False), (swapped, True)):
+        inp = validate(*test_pair, prior=prior, overrides={**FAST, "alpha": "auto"})
+        pyr = normalise.normalise(inp)
+        images = pyr.fixed[0], pyr.moving[0], prior_table(inp, 0), pyr.spec, pyr.mask[0]
+        assert calibration.swapped_after_fit(*images) is want
+        f, m = pyr.fixed[0], pyr.moving[0]  # the same on another intensity scale: the fits undo it
+        assert calibration.swapped_after_fit(0.7 * f + 0.2, 1.3 * m - 0.1, *images[2:]) is want
+    # The raw KLs of a flagged BraTS draw (2.70 as given, 1.51 swapped) with a right-order prior: no warning now.
+    monkeypatch.setattr(prior_warnings, "modality_order_check", lambda *a, **k: (2.70, 1.51))
+    res = _register_auto(*test_pair, right)
+    assert not [w for w in res.warnings if "swapped" in w] and _alphas(res) != [1.0, 1.0]
+    res = _register_auto(*test_pair, swapped)
+    assert [w for w in res.warnings if "far better with fixed and moving swapped" in w]
+
+
 def test_auto_at_alpha_one_is_mutual_information_alone(test_pair):
     """A level where auto chooses 1 runs exactly as alpha=1 (no fitted intensity maps, same field)."""
     prior = _prior(T2, T1)  # swapped: auto chooses 1 everywhere

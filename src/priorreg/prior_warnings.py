@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from .calibration import modality_order_check, swapped_prior_message
+from .calibration import modality_order_check, swapped_after_fit, swapped_prior_message
 from .checks import Inputs
 from .deformable import NEARLY_ALIGNED_VOXELS, auto_level, level_alpha, prior_table, uses_prior
 from .normalise import Pyramids
@@ -24,9 +24,9 @@ def check_prior_order(inp: Inputs, pyr: Pyramids) -> tuple:
     0.43 mm without it and 0.43 with the right one."""
     if not uses_prior(inp):
         return inp, []
-    check = modality_order_check(pyr.fixed[0], pyr.moving[0], prior_table(inp, 0), pyr.spec, pyr.mask[0])
-    msg = swapped_prior_message("register()", *check)
-    if msg is None:
+    images = pyr.fixed[0], pyr.moving[0], prior_table(inp, 0), pyr.spec, pyr.mask[0]
+    msg = swapped_prior_message("register()", *modality_order_check(*images))
+    if msg is None or not swapped_after_fit(*images):
         return inp, []
     if not is_auto(inp.options.alpha):
         return inp, [msg]

@@ -1,6 +1,7 @@
 """Modality-order check (priorreg.calibration.modality_order_check) on benchmark cases, with the
 right-order prior (fit as benchmarks/run.py's case_prior does) and with a swapped one
-(fit_prior(moving_list, fixed_list, same settings)).
+(fit_prior(moving_list, fixed_list, same settings)). Each row also holds the KLs after each orientation's own
+intensity fit (fit_given, fit_swapped: what calibration.swapped_after_fit compares; rows-fitted.jsonl).
 
 Replicates priorreg.api._run up to its order check (prior_warnings.check_prior_order): validate -> prealign -> after_prealign ->
 normalise -> modality_order_check(pyr.fixed[0], pyr.moving[0], prior_table(work, 0), pyr.spec, pyr.mask[0]).
@@ -32,7 +33,7 @@ torch.set_num_threads(1)
 import priorreg  # noqa: E402
 from priorreg import histogram as hist  # noqa: E402
 from priorreg import spatial  # noqa: E402
-from priorreg.calibration import ORDER_SAMPLES, modality_order_check, swapped_prior_message  # noqa: E402
+from priorreg.calibration import ORDER_SAMPLES, fit_intensity_maps, modality_order_check, swapped_prior_message  # noqa: E402
 from priorreg.checks import validate  # noqa: E402
 from priorreg.deformable import prior_table, uses_prior  # noqa: E402
 from priorreg.normalise import normalise  # noqa: E402
@@ -97,7 +98,9 @@ def one_check(fixed, moving, spacing, prior, over, lin=None, do_linear=True):
     assert uses_prior(work)
     Q = prior_table(work, 0)
     kg, ks = modality_order_check(pyr.fixed[0], pyr.moving[0], Q, pyr.spec, pyr.mask[0])
-    out = dict(given=kg, swapped=ks, ratio=ks / kg, margin=kg - ks,
+    fg = fit_intensity_maps(pyr.fixed[0], pyr.moving[0], Q, pyr.spec, pyr.mask[0], min_gain=0.0)[3]  # as swapped_after_fit
+    fs = fit_intensity_maps(pyr.moving[0], pyr.fixed[0], Q, pyr.spec, pyr.mask[0], min_gain=0.0)[3]
+    out = dict(given=kg, swapped=ks, ratio=ks / kg, margin=kg - ks, fit_given=fg, fit_swapped=fs,
                warns=swapped_prior_message("register()", kg, ks) is not None,
                resampled=bool(resampled), pair_mi=pair_mi(pyr, work), **prior_stats(Q))
     return out, lin
@@ -154,7 +157,7 @@ def user_case():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cases", nargs="*")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "rows.jsonl"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "rows-fitted.jsonl"))
     a = p.parse_args()
     names = a.cases if a.cases else BASE + [USER] + list(EXTRA)
     for name in names:
@@ -234,7 +237,7 @@ def main_more(names):
               f"r={r['ratio']:.2f} m={r['margin']:+.2f} {'WARN' if r['warns'] else ''} | swapped {w['given']:.3f}/"
               f"{w['swapped']:.3f} r={w['ratio']:.2f} m={w['margin']:+.2f} {'WARN' if w['warns'] else 'miss'} "
               f"| cpu {row['cpu_s']:.1f}s", flush=True)
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "rows.jsonl"), "a") as fh:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "rows-fitted.jsonl"), "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
 
