@@ -289,7 +289,9 @@ def _add_apply(sub) -> None:
     a = sub.add_parser(
         "apply",
         help="apply a displacement field to an image (label maps too)",
-        description="Resample MOVING on the --reference grid through FIELD (a field.nii.gz from 'priorreg register').",
+        description="Resample MOVING on the --reference grid through FIELD (a field.nii.gz from 'priorreg register'); "
+        "with --inverse, resample an image of the fixed space on the grid of the registration's moving image (given "
+        "as --reference) through the field's inverse.",
     )
     a.add_argument("moving", metavar="MOVING", help="image in the moving space (intensities or labels); with "
                    "--inverse, an image in the fixed space")
@@ -475,7 +477,7 @@ def cmd_apply(args, con: Console) -> int:
         out, fov = warp_with_fov(moving, field, reference=ref, interpolation=args.interpolation)
     _say_warnings(said)
     spoke = any(issubclass(w.category, PriorRegWarning) for w in said)  # warp's own says more where it spoke
-    for n in [] if spoke else wf.coverage_notes(ref, fov):
+    for n in [] if spoke else wf.coverage_notes(ref, fov, "the image" if args.inverse else "the moving image"):
         print(f"{PROG}: warning: {n}", file=sys.stderr)
     arr = out.array
     if args.interpolation == "linear" and pio.extension(args.out) != ".png":
@@ -514,15 +516,11 @@ def _inverse_of(args, field, grid, through_plane: float, ref, image):
                             "image of the registration as --reference")
     from .inverse import invert_field  # torch
 
-    inv = invert_field(field, grid, ref)
-    if inv.residual_mm > INVERSE_TOLERANCE * min(grid.spacing):
-        print(f"{PROG}: warning: the field's inverse is approximate (points still {inv.residual_mm:.2g} mm from where "
-              "they should be after its last step): the field folds, or is large against its smoothness; check the output",
-              file=sys.stderr)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", PriorRegWarning)
+        inv = invert_field(field, grid, ref)
+    _say_warnings(said)
     return inv.field
-
-
-INVERSE_TOLERANCE = 0.1  # of a fixed voxel: a larger residual left by the inversion is warned about
 
 
 def cmd_demo(args, con: Console) -> int:

@@ -278,7 +278,7 @@ def load_pair(fixed_path, moving_path, mask_path, notes: list) -> tuple:
     return fixed, moving, load_mask(mask_path, fixed, notes)
 
 
-def coverage_notes(reference, fov) -> list:
+def coverage_notes(reference, fov, what: str = "the moving image") -> list:
     """A warning when the field brings the moving image over less than result.MIN_COVERAGE of the reference's
     anatomy (its Otsu foreground), as register() warns; ``fov``: where the field lands inside the moving image
     (resample.warp_with_fov). A new user applied a field to a crop of the moving image and got an output that
@@ -293,7 +293,7 @@ def coverage_notes(reference, fov) -> list:
     share = coverage_share(fov, anatomy)
     if share >= MIN_COVERAGE:
         return []
-    return [f"apply: the moving image covers only {100 * share:.0f}% of the reference image's anatomy through the "
+    return [f"apply: {what} covers only {100 * share:.0f}% of the reference image's anatomy through the "
             "field; the output is 0 elsewhere"]
 
 
@@ -744,7 +744,7 @@ def _alpha_summary(result) -> str:
 
 
 _CALLS = {"Prior.load(): ": "--prior: ", "read_itk_transform(): ": "--initial-transform: "}  # as the command names them
-_API_CALL = re.compile(r"^(register|warp|Image)\(\): ")  # the library's function, which a command's user did not call
+_API_CALL = re.compile(r"^(register|warp|invert_field|Image)\(\): ")  # the library's function, which a command's user did not call
 
 
 def spoken(msg: str) -> str:
