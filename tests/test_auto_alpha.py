@@ -201,6 +201,15 @@ def test_choose_alpha_rule():
     a, rec = prior_weight.choose_alpha(P, 0, dict(kl=0.5, mi=0.5, prior_mi=0.5))
     assert a == 1.0 and "disagree" in rec["reason"]
     json.dumps(rec)  # goes into report.json as it is
+    # Close after the intensity fit, far before it: the fit did the matching (a prior from the same patient's other
+    # slices got weight and made BraTS slices worse, KL 2.9-5.2 x its MI before the fit, 0.2-0.5 after).
+    P.pair_kl = np.array([[0.01, 0.01, 0.01]])
+    ev = dict(kl=0.01, mi=0.5, prior_mi=0.5)
+    assert prior_weight.choose_alpha(P, 0, ev, dict(kl_before=0.4))[0] == pytest.approx(prior_weight.ALPHA_MIN)
+    a, rec = prior_weight.choose_alpha(P, 0, ev, dict(kl_before=0.75))  # 1.5 x MI: half the trust
+    assert a == pytest.approx(1 - 0.5 * (1 - prior_weight.ALPHA_MIN)) and rec["before_fit_ratio"] == pytest.approx(1.5)
+    a, rec = prior_weight.choose_alpha(P, 0, ev, dict(kl_before=1.5))
+    assert a == 1.0 and "before the intensity fit" in rec["reason"] and "the fit, not a shared relation" in rec["reason"]
 
 
 # --------------------------------------------------------------------------- register() and the CLI

@@ -74,6 +74,7 @@ PROBE_ALPHA = 0.5  # any alpha < 1: the intensity fit is tried as for a blend an
 ALPHA_MIN = 0.4  # the most weight the prior gets (the paper's alpha)
 SPREAD_RANGE = (0.05, 0.2)  # spread / MI(prior): full trust below, none above (linear between)
 FIT_RANGE = (0.15, 0.4)  # KL(pair || prior) / MI(prior): the same
+CALIBRATION_RANGE = (1.0, 2.0)  # the same KL before the intensity fit / MI(prior): the same
 
 
 def training_spread(prior, level: int):
@@ -123,29 +124,42 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
     # side (the frame and the reference modality it was learned on).
     fit_ratio = float(ev["kl_fixed" if regional else "kl"]) / info
     trust_fit = _ramp(fit_ratio, *FIT_RANGE)
+    # The intensity fit absorbs a calibration difference; where the pair, on the prior's own intensity scale, lies
+    # further from it than the information the prior holds, the four fitted numbers did the matching, and a small KL
+    # after them no longer shows that the relation transfers (benchmarks/README.md, "The prior's intensity scale").
+    before_ratio = (float(ev["kl"]) if fit is None else float(fit["kl_before"])) / info
+    trust_calibration = 1.0 if regional else _ramp(before_ratio, *CALIBRATION_RANGE)
     trust_spread = 0.0 if spread is None else _ramp(spread / info, *SPREAD_RANGE)
-    alpha = 1.0 - (1.0 - ALPHA_MIN) * trust_spread * trust_fit
+    alpha = 1.0 - (1.0 - ALPHA_MIN) * trust_spread * trust_fit * trust_calibration
     alpha = round(alpha, 3)
     rec = dict(level=level, alpha=alpha, n_pairs=int(prior.n_pairs), kl=float(ev["kl"]),
                kl_before_fit=float(ev["kl"]) if fit is None else float(fit["kl_before"]),
                prior_mi=float(ev["prior_mi"]), pair_mi=float(ev["mi"]), spread=spread,
-               fit_ratio=fit_ratio, spread_ratio=None if spread is None else spread / info,
-               trust=trust_spread * trust_fit)
+               fit_ratio=fit_ratio, spread_ratio=None if spread is None else spread / info, before_fit_ratio=before_ratio,
+               trust=trust_spread * trust_fit * trust_calibration)
     if regional:
         rec["fit"] = "fixed image against the prior's fixed side (regional prior)"
+    rec["reason"] = _reason(prior, alpha, info, spread, fit_ratio, 0.0 if regional else before_ratio)
+    return alpha, rec
+
+
+def _reason(prior, alpha: float, info: float, spread, fit_ratio: float, before_ratio: float) -> str:
+    """:func:`choose_alpha`'s reason in words: the first test the prior failed, or the weight it got and why."""
     if spread is not None and spread / info >= SPREAD_RANGE[1]:  # first: then it says little about any pair, even
         # one of its own training pairs (which is close to it and still got no weight: the pair was not the cause)
-        reason = f"the prior's training pairs disagree (spread {spread / info:.2f} x its MI): mutual information alone"
+        return f"the prior's training pairs disagree (spread {spread / info:.2f} x its MI): mutual information alone"
     elif fit_ratio >= FIT_RANGE[1]:
-        reason = f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
+        return f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
+    elif before_ratio >= CALIBRATION_RANGE[1]:
+        return (f"the pair is far from the prior on the prior's intensity scale (KL {before_ratio:.2f} x its MI before "
+                "the intensity fit): the fit, not a shared relation, brought it close: mutual information alone")
     elif spread is None and prior.n_pairs < 2:
-        reason = ("one training pair, so nothing shows that the prior holds for other pairs: mutual information alone "
-                  "(train it on two or more pairs, or give alpha, e.g. 0.7, to use it anyway)")
+        return ("one training pair, so nothing shows that the prior holds for other pairs: mutual information alone "
+                "(train it on two or more pairs, or give alpha, e.g. 0.7, to use it anyway)")
     elif spread is None:
-        reason = ("the prior file holds no spread of its training pairs (written before it was stored): mutual "
-                  "information alone (train it again to let alpha auto weigh it)")
+        return ("the prior file holds no spread of its training pairs (written before it was stored): mutual "
+                "information alone (train it again to let alpha auto weigh it)")
     else:
-        reason = (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}, "
-                  f"its training pairs' spread {spread / info:.2f})")
-    rec["reason"] = reason
-    return alpha, rec
+        return (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}, "
+                f"{before_ratio:.2f} before the intensity fit, its training pairs' spread {spread / info:.2f})")
+
