@@ -210,6 +210,21 @@ def test_choose_alpha_rule():
     assert a == pytest.approx(1 - 0.5 * (1 - prior_weight.ALPHA_MIN)) and rec["before_fit_ratio"] == pytest.approx(1.5)
     a, rec = prior_weight.choose_alpha(P, 0, ev, dict(kl_before=1.5))
     assert a == 1.0 and "before the intensity fit" in rec["reason"] and "the fit, not a shared relation" in rec["reason"]
+    a, rec = prior_weight.choose_alpha(P, 0, ev)  # no intensity fit: the KL is the one before it, judged by the fit ramp
+    assert a == pytest.approx(prior_weight.ALPHA_MIN) and rec["before_fit_ratio"] is None
+    P.n_regions = 4  # a regional prior is far at the start by design (the circle phantom: 1.3-1.9 x MI before the fit)
+    a, rec = prior_weight.choose_alpha(P, 0, dict(ev, kl_fixed=0.01), dict(kl_before=1.5))
+    assert a == pytest.approx(prior_weight.ALPHA_MIN) and "before the intensity fit" not in rec["reason"]
+
+
+def test_a_prior_set_aside_for_its_intensity_scale_is_named_as_such(test_pair, monkeypatch):
+    """The no-weight warning said "far from it ... another modality pair or other anatomy" when only the KL before the
+    intensity fit had decided; the pair was close after it."""
+    monkeypatch.setattr(prior_weight, "CALIBRATION_RANGE", (0.0, 1e-9))  # every pair is "far before the fit"
+    res = _register_auto(*test_pair, _prior(), prior_intensity_fit="affine")
+    assert _alphas(res) == [1.0, 1.0]
+    (w,) = [w for w in res.warnings if "no weight at any level" in w]
+    assert "prior's intensity scale" in w and "far from it" not in w
 
 
 # --------------------------------------------------------------------------- register() and the CLI

@@ -296,7 +296,7 @@ def _add_apply(sub) -> None:
     a.add_argument("moving", metavar="MOVING", help="image in the moving space (intensities or labels); with "
                    "--inverse, an image in the fixed space")
     a.add_argument("--field", required=True, metavar="FIELD", help="displacement field (field.nii.gz)")
-    a.add_argument("--reference", required=True, metavar="FIXED", help="the fixed image the field was computed on; "
+    a.add_argument("--reference", required=True, metavar="REFERENCE", help="the fixed image the field was computed on; "
                    "with --inverse, the moving image of the registration")
     a.add_argument("--inverse", action="store_true", help="go the other way: resample an image of the fixed space "
                    "(labels drawn on the fixed image) onto the moving image's grid, through the field's inverse")

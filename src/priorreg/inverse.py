@@ -8,10 +8,9 @@ image (an atlas's labels, a segmentation) onto the moving one.
 phi is split into its least-squares affine part and the rest, phi(X) = A X + t + w(X), and Newton's method
 solves phi(X) = Y from X = A^-1 (Y - t): X <- X - (A + grad w(X))^-1 (phi(X) - Y), grad w by central differences on
 the fixed grid, read by linear interpolation like w. A step that leaves a point further from its target is
-halved. Where the field folds (det(A + grad w) <= 0) the step uses A alone (as beyond the fixed grid), the inverse
-is not unique there, and
-the points do not settle: the residual left, |phi(X) - Y|, is returned and warned about. The affine part is
-inverted exactly, however large. Beyond the fixed grid w keeps its edge values (spatial.sample): points that
+halved. Where the field folds (det(A + grad w) <= 0) the step uses A alone (as beyond the fixed grid) and the
+inverse is not unique: the share of points that land there and the residual left, |phi(X) - Y|, are returned and
+warned about. The affine part is inverted exactly, however large. Beyond the fixed grid w keeps its edge values (spatial.sample): points that
 land there are counted.
 """
 from __future__ import annotations
@@ -38,11 +37,13 @@ class Inverse(NamedTuple):
     """``field``: (d, *moving.shape) mm along the moving grid's array axes (pull-back, into the fixed space);
     ``residual_mm``: the largest |phi(Y + D_m v(Y)) - Y| left where Y + D_m v(Y) lies in the fixed grid;
     ``iterations``: the most any slab needed;
-    ``outside``: the share of moving voxels whose inverse lies outside the fixed grid (extrapolated)."""
+    ``outside``: the share of moving voxels whose inverse lies outside the fixed grid (extrapolated); ``folded``: the
+    share whose inverse lands where the field folds (det(A + grad w) <= 0: not unique)."""
     field: np.ndarray
     residual_mm: float
     iterations: int
     outside: float
+    folded: float
 
 
 def invert_field(field, fixed: Image, moving: Image, *, device: str = "cpu") -> Inverse:
@@ -66,21 +67,25 @@ def invert_field(field, fixed: Image, moving: Image, *, device: str = "cpu") -> 
     maps = _Maps(torch.as_tensor(w, device=device), _gradient(w, M_f, device), np.linalg.inv(M_f), b_f, A, t, device)
     tol = TOLERANCE_VOXELS * min(fixed.spacing)
     out = np.empty((moving.ndim, *moving.shape))
-    worst, most, outside = 0.0, 0, 0
+    worst, most, outside, folds = 0.0, 0, 0, 0
     for lo, hi in spatial.row_slabs(moving.shape, SLAB_VOXELS):
         Y = torch.as_tensor(_world_points(moving, None, (lo, hi)).reshape(moving.ndim, -1), device=device)
         X, its = _newton(Y, maps, tol)
         ins = inside(maps.index(X), fixed.shape)  # the residual where the field is known (beyond: extrapolated)
-        res = (maps.phi(X)[0] - Y).square().sum(0).sqrt()[ins]
+        value, jac = maps.phi(X, jacobian=True)
+        res = (value - Y).square().sum(0).sqrt()[ins]
         worst, most = max(worst, float(res.max()) if res.numel() else 0.0), max(most, its)
+        folds += int(((torch.linalg.det(jac) / torch.linalg.det(maps.A) <= 0) & ins).sum())
         outside += int((~ins).sum())
         step = np.linalg.solve(moving.direction, (X - Y).cpu().numpy())  # world -> mm along moving's array axes
         out[:, lo:hi] = step.reshape(moving.ndim, hi - lo, *moving.shape[1:])
-    if worst > WARN_VOXELS * min(fixed.spacing):
-        warnings.warn(f"{func}: the inverse is approximate: some points are still {worst:.2g} mm from where they should "
-                      "be: the field folds there (its inverse is not unique), or stretches too much to be inverted; "
-                      "check the output", PriorRegWarning, stacklevel=2)
-    return Inverse(out, worst, most, outside / float(np.prod(moving.shape)))
+    n = float(np.prod(moving.shape))
+    if worst > WARN_VOXELS * min(fixed.spacing) or folds:
+        where = f"the field folds where {100 * folds / n:.2g}% of them land (the inverse is not unique there)" if folds \
+            else "the field stretches too much there to be inverted"
+        warnings.warn(f"{func}: the inverse is approximate: points are up to {worst:.2g} mm from where they should be, "
+                      f"and {where}; check the output", PriorRegWarning, stacklevel=2)
+    return Inverse(out, worst, most, outside / n, folds / n)
 
 
 class _Maps:

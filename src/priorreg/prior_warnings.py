@@ -93,6 +93,9 @@ def unused_prior_warnings(inp: Inputs, history: list) -> list:
     last = recs[-1]
     if last.get("spread") is None and "does not describe" not in last.get("reason", ""):  # one pair, or an old file
         return [f"register(): the prior was given no weight at any level: {last['reason']}"]
+    if "prior's intensity scale" in last.get("reason", ""):  # close after the intensity fit: its reason says why
+        return [f"register(): the prior was given no weight at any level: {last['reason']}; a prior from the same kind "
+                "of pair, scanner and protocol, or from other subjects, may describe it"]
     if "training pairs disagree" in last.get("reason", ""):  # the prior's own spread, not this pair, decided
         return [f"register(): the prior was given no weight at any level: {last['reason'].split(':')[0]} at full "
                 "resolution, so it says little about any pair; train it on more, or more alike, pairs. The result is "

@@ -127,8 +127,9 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
     # The intensity fit absorbs a calibration difference; where the pair, on the prior's own intensity scale, lies
     # further from it than the information the prior holds, the four fitted numbers did the matching, and a small KL
     # after them no longer shows that the relation transfers (benchmarks/README.md, "The prior's intensity scale").
-    before_ratio = (float(ev["kl"]) if fit is None else float(fit["kl_before"])) / info
-    trust_calibration = 1.0 if regional else _ramp(before_ratio, *CALIBRATION_RANGE)
+    # (Not for a regional prior, whose joint KL is far at the start by design, nor without a fit: then it is the KL.)
+    before_ratio = None if regional or fit is None else float(fit["kl_before"]) / info
+    trust_calibration = 1.0 if before_ratio is None else _ramp(before_ratio, *CALIBRATION_RANGE)
     trust_spread = 0.0 if spread is None else _ramp(spread / info, *SPREAD_RANGE)
     alpha = 1.0 - (1.0 - ALPHA_MIN) * trust_spread * trust_fit * trust_calibration
     alpha = round(alpha, 3)
@@ -139,18 +140,18 @@ def choose_alpha(prior, level: int, ev: dict, fit=None):
                trust=trust_spread * trust_fit * trust_calibration)
     if regional:
         rec["fit"] = "fixed image against the prior's fixed side (regional prior)"
-    rec["reason"] = _reason(prior, alpha, info, spread, fit_ratio, 0.0 if regional else before_ratio)
+    rec["reason"] = _reason(prior, alpha, info, spread, fit_ratio, before_ratio)
     return alpha, rec
 
 
-def _reason(prior, alpha: float, info: float, spread, fit_ratio: float, before_ratio: float) -> str:
+def _reason(prior, alpha: float, info: float, spread, fit_ratio: float, before_ratio) -> str:
     """:func:`choose_alpha`'s reason in words: the first test the prior failed, or the weight it got and why."""
     if spread is not None and spread / info >= SPREAD_RANGE[1]:  # first: then it says little about any pair, even
         # one of its own training pairs (which is close to it and still got no weight: the pair was not the cause)
         return f"the prior's training pairs disagree (spread {spread / info:.2f} x its MI): mutual information alone"
     elif fit_ratio >= FIT_RANGE[1]:
         return f"the prior does not describe this pair (KL {fit_ratio:.2f} x its MI): mutual information alone"
-    elif before_ratio >= CALIBRATION_RANGE[1]:
+    elif before_ratio is not None and before_ratio >= CALIBRATION_RANGE[1]:
         return (f"the pair is far from the prior on the prior's intensity scale (KL {before_ratio:.2f} x its MI before "
                 "the intensity fit): the fit, not a shared relation, brought it close: mutual information alone")
     elif spread is None and prior.n_pairs < 2:
@@ -160,6 +161,7 @@ def _reason(prior, alpha: float, info: float, spread, fit_ratio: float, before_r
         return ("the prior file holds no spread of its training pairs (written before it was stored): mutual "
                 "information alone (train it again to let alpha auto weigh it)")
     else:
-        return (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}, "
-                f"{before_ratio:.2f} before the intensity fit, its training pairs' spread {spread / info:.2f})")
+        before = "" if before_ratio is None else f", {before_ratio:.2f} before the intensity fit"
+        return (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}{before}, "
+                f"its training pairs' spread {spread / info:.2f})")
 
