@@ -175,3 +175,26 @@ def test_cli_apply_inverse_round_trips_a_known_field_and_checks_its_reference(ca
                      "--reference", str(tmp_path / "moving.nii.gz"), "--inverse", "--out", str(tmp_path / "f.nii.gz"),
                      "--quiet"]) == 0
     assert "inverse is approximate" in capsys.readouterr().err
+
+
+def test_cli_apply_inverse_refuses_the_wrong_slice_in_one_line(capsys, tmp_path):
+    """Single slices of a volume 2 mm apart: --inverse needs the registration's moving slice as --reference and an
+    image of the fixed slice's plane."""
+    import SimpleITK as sitk
+
+    for name, z in (("fixed", 0.0), ("moving", 2.0)):
+        img = sitk.GetImageFromArray(np.random.default_rng(0).random((1, 20, 24)))
+        img.SetOrigin((0.0, 0.0, z))
+        sitk.WriteImage(img, str(tmp_path / f"{name}.nii.gz"))
+    grid = pio.read_image(tmp_path / "fixed.nii.gz")
+    pio.write_field(np.zeros((*grid.shape, 2)), grid, tmp_path / "field.nii.gz", through_plane=2.0)
+    args = ["apply", "--field", str(tmp_path / "field.nii.gz"), "--inverse", "--quiet"]
+    assert cli.main([*args, str(tmp_path / "fixed.nii.gz"), "--reference", str(tmp_path / "moving.nii.gz"),
+                     "--out", str(tmp_path / "ok.nii.gz")]) == 0
+    capsys.readouterr()
+    for image, ref, said in (("fixed", "fixed", "give the moving image of the registration as --reference"),
+                             ("moving", "moving", "must be an image of the fixed space")):
+        assert cli.main([*args, str(tmp_path / f"{image}.nii.gz"), "--reference", str(tmp_path / f"{ref}.nii.gz"),
+                         "--out", str(tmp_path / f"{image}-{ref}.nii.gz")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -164,4 +164,3 @@ def _reason(prior, alpha: float, info: float, spread, fit_ratio: float, before_r
         before = "" if before_ratio is None else f", {before_ratio:.2f} before the intensity fit"
         return (f"prior weight {1 - alpha:.2f} (in units of the prior's MI: this pair's KL to it {fit_ratio:.2f}{before}, "
                 f"its training pairs' spread {spread / info:.2f})")
-
