@@ -71,8 +71,8 @@ def invert_field(field, fixed: Image, moving: Image, *, device: str = "cpu") -> 
     for lo, hi in spatial.row_slabs(moving.shape, SLAB_VOXELS):
         Y = torch.as_tensor(_world_points(moving, None, (lo, hi)).reshape(moving.ndim, -1), device=device)
         X, its = _newton(Y, maps, tol)
-        ins = inside(maps.index(X), fixed.shape)  # the residual where the field is known (beyond: extrapolated)
-        value, jac = maps.phi(X, jacobian=True)
+        value, jac, idx = maps.phi(X, jacobian=True)
+        ins = inside(idx, fixed.shape)  # the residual where the field is known (beyond: extrapolated)
         res = (value - Y).square().sum(0).sqrt()[ins]
         worst, most = max(worst, float(res.max()) if res.numel() else 0.0), max(most, its)
         folds += int(((torch.linalg.det(jac) / torch.linalg.det(maps.A) <= 0) & ins).sum())
@@ -100,14 +100,15 @@ class _Maps:
         return self.to_index @ (X - self.origin[:, None])
 
     def phi(self, X, jacobian: bool = False):
-        """(phi(X), and with ``jacobian`` A + grad w(X) as (n, d, d))."""
+        """(phi(X), with ``jacobian`` A + grad w(X) as (n, d, d) else None, X's fixed voxel coordinates (d, n))."""
         d = X.shape[0]
-        idx = self.index(X).reshape(d, -1, *([1] * (d - 1)))
-        value = self.A @ X + self.t[:, None] + spatial.sample(self.w, idx).reshape(d, -1)
+        idx = self.index(X)
+        at = idx.reshape(d, -1, *([1] * (d - 1)))
+        value = self.A @ X + self.t[:, None] + spatial.sample(self.w, at).reshape(d, -1)
         if not jacobian:
-            return value, None
-        g = spatial.sample(self.grad, idx).reshape(d, d, -1).permute(2, 0, 1).to(X.dtype)
-        return value, self.A + g
+            return value, None, idx
+        g = spatial.sample(self.grad, at).reshape(d, d, -1).permute(2, 0, 1).to(X.dtype)
+        return value, self.A + g, idx
 
 
 def _newton(Y, maps: _Maps, tol: float):
@@ -119,13 +120,13 @@ def _newton(Y, maps: _Maps, tol: float):
     while active.numel() and it < MAX_ITERATIONS:
         it += 1
         Xa = X[:, active]
-        value, jac = maps.phi(Xa, jacobian=True)
+        value, jac, idx = maps.phi(Xa, jacobian=True)
         r = value - Y[:, active]
         size = r.square().sum(0).sqrt()
         worse = size > before[active]  # the last step overshot: take half of it instead
         newton, det = _solve_small(jac, r)
         # A's step where the field folds, and beyond the fixed grid, where w keeps its edge values (no gradient)
-        use_a = ~((det / torch.linalg.det(maps.A) > 1e-3) & inside(maps.index(Xa), maps.shape))
+        use_a = ~((det / torch.linalg.det(maps.A) > 1e-3) & inside(idx, maps.shape))
         if use_a.any():
             newton[:, use_a] = torch.linalg.solve(maps.A, r[:, use_a])
         half = step[:, active] / 2
